@@ -1,0 +1,362 @@
+"""Typed, validated configuration.
+
+One dataclass per component; ``LerfConfig`` nests them. Presets (``tiny``, ``lerf-lite``, ``lerf``,
+``lerf-big``) are named overrides of the defaults, not forks of code. YAML files and ROS parameters
+map onto the same tree with dotted keys (``model.hidden_dim``). The resolved config is saved with
+every run and checkpoint (``to_dict``/``to_yaml``), and ``check()`` validates it once at start-up.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Mapping, Optional, Tuple, get_type_hints
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """An invalid configuration value; the message names the key."""
+
+
+@dataclass
+class TeacherConfig:
+    """The 2D teachers that supervise the language and DINO fields."""
+
+    kind: str = "clip"
+    """'clip' (OpenCLIP + timm DINO) or 'ground_truth' (synthetic scenes: their 2D semantics)."""
+    clip_model: str = "ViT-B-16"
+    """OpenCLIP architecture name."""
+    clip_pretrained: str = "laion2b_s34b_b88k"
+    """OpenCLIP pretrained tag (looked up in the local cache; never downloaded at run time)."""
+    clip_checkpoint: str = ""
+    """Path to a local OpenCLIP checkpoint file; overrides clip_pretrained when set."""
+    dino_model: str = "vit_small_patch8_224.dino"
+    """timm model name of the DINO ViT."""
+    dino_checkpoint: str = ""
+    """Path to a local DINO checkpoint file (timm/torch state dict)."""
+    random_weights: bool = False
+    """Tests and cost benchmarks only: build the real architectures with random weights."""
+    pyramid_levels: int = 7
+    """Number of crop scales in the CLIP pyramid."""
+    pyramid_min: float = 0.05
+    """Smallest crop side as a fraction of the image's shorter side."""
+    pyramid_max: float = 0.5
+    """Largest crop side as a fraction of the image's shorter side."""
+    pyramid_overlap: float = 0.5
+    """Overlap of neighbouring crops (stride = side * (1 - overlap))."""
+    batch_size: int = 64
+    """Crops per image-encoder forward pass."""
+    dino_max_side: int = 448
+    """Longest image side fed to DINO (memory bound); features are looked up at frame resolution."""
+    device: str = "auto"
+    """'auto' (CUDA when available), 'cpu' or 'cuda[:N]'."""
+
+
+@dataclass
+class ModelConfig:
+    """Sizes of the radiance field and the language/DINO fields."""
+
+    num_levels: int = 16
+    """Hash-grid levels of the density/colour field."""
+    features_per_level: int = 2
+    log2_hashmap_size: int = 19
+    base_resolution: int = 16
+    max_resolution: int = 2048
+    hidden_dim: int = 64
+    """Width of the density and colour MLPs."""
+    geo_feat_dim: int = 15
+    lang_num_levels: int = 12
+    """Hash-grid levels of the language field (reference: 12, res 16..512? see field docs)."""
+    lang_log2_hashmap_size: int = 19
+    lang_base_resolution: int = 16
+    lang_max_resolution: int = 512
+    lang_hidden_dim: int = 256
+    lang_num_layers: int = 4
+    dino_hidden_dim: int = 256
+    num_proposal_samples: Tuple[int, ...] = (256, 96)
+    """Samples per ray of each proposal stage."""
+    num_nerf_samples: int = 48
+    """Samples per ray of the final stage."""
+    num_lang_samples: int = 24
+    """Top-weighted samples per ray rendered by the language/DINO fields."""
+    near: float = 0.05
+    far: float = 1000.0
+    scene_scale: float = 1.0
+    """Half-extent (metres) of the region mapped linearly before scene contraction."""
+    scene_center: Tuple[float, float, float] = (0.0, 0.0, 0.0)
+    background_color: str = "random"
+    """'random' (training), 'black', 'white' or 'last_sample'."""
+
+
+@dataclass
+class TrainerConfig:
+    """Optimisation."""
+
+    rays_per_batch: int = 4096
+    max_steps: int = 30000
+    """Steps after which training idles (online: still accepts frames)."""
+    lr_fields: float = 1e-2
+    lr_mlp: float = 1e-2
+    lr_proposal: float = 1e-2
+    weight_decay: float = 0.0
+    lang_loss: str = "huber"
+    """'huber' (reference code) or 'cosine' (paper)."""
+    lang_weight: float = 0.1
+    dino_weight: float = 1.0
+    depth_weight: float = 0.1
+    """Weight of the optional depth loss (0 disables it)."""
+    interlevel_weight: float = 1.0
+    distortion_weight: float = 0.002
+    mixed_precision: bool = True
+    """fp16 autocast on CUDA (ignored on the CPU)."""
+    checkpoint_every: int = 2000
+    """Steps between periodic checkpoints (0 = only on request and at exit)."""
+    keep_checkpoints: int = 2
+    seed: int = 0
+
+
+@dataclass
+class KeyframeConfig:
+    """The bounded keyframe store of the online trainer."""
+
+    max_keyframes: int = 200
+    max_memory_mb: float = 2048.0
+    """Store memory bound (images, depth and teacher features)."""
+    min_translation: float = 0.05
+    """A frame becomes a keyframe when the camera moved at least this far (m) ..."""
+    min_rotation_deg: float = 5.0
+    """... or turned at least this much since the last keyframe."""
+    min_sharpness: float = 0.0
+    """Reject frames whose Laplacian variance (grey levels^2) is below this (0 disables)."""
+    min_brightness: float = 10.0
+    max_brightness: float = 245.0
+    min_keyframes_to_train: int = 3
+    max_image_side: int = 640
+    """Frames larger than this are downscaled before storing."""
+
+
+@dataclass
+class QueryConfig:
+    """The query engine."""
+
+    threshold: float = 0.55
+    max_points: int = 20000
+    max_grasps: int = 5
+    scales: Tuple[float, ...] = tuple(round(0.1 * i, 2) for i in range(1, 21))
+    """Candidate language scales (metres) of the scale search, within [0, 2]."""
+    canonical_phrases: Tuple[str, ...] = ("object", "things", "stuff", "texture")
+    temperature: float = 1.0
+    voxel_size: float = 0.01
+    min_views: int = 3
+    """Visibility filtering: a point must be seen by at least this many keyframes."""
+    max_text_length: int = 256
+    gripper_max_width: float = 0.08
+    dbscan_eps: float = 0.02
+    dbscan_min_points: int = 10
+    refresh_every_steps: int = 500
+    """Recompute the scored surface points after this many training steps."""
+
+
+@dataclass
+class LerfConfig:
+    """Everything a run needs."""
+
+    preset: str = "lerf"
+    output_dir: str = "outputs/lerf"
+    device: str = "auto"
+    """'auto' (CUDA when available), 'cpu' or 'cuda[:N]'."""
+    seed: int = 0
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    keyframes: KeyframeConfig = field(default_factory=KeyframeConfig)
+    query: QueryConfig = field(default_factory=QueryConfig)
+
+    # ------------------------------------------------------------------ (de)serialisation
+    def to_dict(self) -> Dict[str, Any]:
+        return _to_plain(dataclasses.asdict(self))
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "LerfConfig":
+        """Build from a (possibly partial) nested dict; a 'preset' key selects the base."""
+        base = preset(str(data.get("preset", "lerf")))
+        return base.override(data)
+
+    def override(self, data: Mapping[str, Any]) -> "LerfConfig":
+        """A copy with nested or dotted overrides applied; unknown keys raise ConfigError."""
+        out = copy.deepcopy(self)
+        for key, value in _flatten(data).items():
+            _set_dotted(out, key, value)
+        out.check()
+        return out
+
+    def check(self) -> "LerfConfig":
+        """Validate once at start-up; raise ConfigError naming the key."""
+        t, q, m, k, tr = self.teacher, self.query, self.model, self.keyframes, self.trainer
+        _require(t.kind in ("clip", "ground_truth"), "teacher.kind", t.kind, "'clip' or 'ground_truth'")
+        _require(0 < t.pyramid_min <= t.pyramid_max <= 1, "teacher.pyramid_min/max",
+                 (t.pyramid_min, t.pyramid_max), "0 < min <= max <= 1")
+        _require(t.pyramid_levels >= 1, "teacher.pyramid_levels", t.pyramid_levels, ">= 1")
+        _require(0 <= t.pyramid_overlap < 1, "teacher.pyramid_overlap", t.pyramid_overlap, "in [0, 1)")
+        _require(0 <= q.threshold <= 1, "query.threshold", q.threshold, "in [0, 1]")
+        _require(len(q.scales) > 0 and all(0 <= s <= 2 for s in q.scales), "query.scales", q.scales,
+                 "non-empty, each in [0, 2] m")
+        _require(q.max_points > 0 and q.max_grasps > 0, "query.max_points/max_grasps",
+                 (q.max_points, q.max_grasps), "> 0")
+        _require(q.gripper_max_width > 0, "query.gripper_max_width", q.gripper_max_width, "> 0")
+        _require(m.near > 0 and m.far > m.near, "model.near/far", (m.near, m.far), "0 < near < far")
+        _require(tr.rays_per_batch > 0, "trainer.rays_per_batch", tr.rays_per_batch, "> 0")
+        _require(tr.lang_loss in ("huber", "cosine"), "trainer.lang_loss", tr.lang_loss, "'huber' or 'cosine'")
+        _require(k.max_keyframes >= k.min_keyframes_to_train >= 1, "keyframes.max_keyframes",
+                 k.max_keyframes, ">= keyframes.min_keyframes_to_train >= 1")
+        _require(self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda"),
+                 "device", self.device, "'auto', 'cpu' or 'cuda[:N]'")
+        return self
+
+    @classmethod
+    def load_yaml(cls, path: str, overrides: Optional[Mapping[str, Any]] = None) -> "LerfConfig":
+        with open(path) as f:
+            data = yaml.safe_load(f) or {}
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: expected a mapping at top level")
+        # Accept the ROS parameter file form: {node_name: {ros__parameters: {...}}}
+        for v in list(data.values()):
+            if isinstance(v, dict) and "ros__parameters" in v:
+                data = v["ros__parameters"]
+                break
+        cfg = cls.from_dict(data)
+        return cfg.override(overrides) if overrides else cfg
+
+    def save_yaml(self, path: str) -> None:
+        with open(path, "w") as f:
+            f.write(self.to_yaml())
+
+    def resolved_device(self) -> str:
+        import torch
+
+        if self.device == "auto":
+            return "cuda" if torch.cuda.is_available() else "cpu"
+        return self.device
+
+
+# ---------------------------------------------------------------------------- presets
+PRESETS: Dict[str, Dict[str, Any]] = {
+    # The reference LERF (ViT-B/16 OpenCLIP).
+    "lerf": {},
+    # Smaller networks and fewer samples.
+    "lerf-lite": {
+        "model.lang_num_levels": 12, "model.lang_log2_hashmap_size": 17, "model.lang_hidden_dim": 128,
+        "model.lang_num_layers": 3, "model.log2_hashmap_size": 17, "model.num_proposal_samples": (128, 64),
+        "model.num_nerf_samples": 32, "model.num_lang_samples": 12, "trainer.rays_per_batch": 2048,
+    },
+    # ViT-L/14 OpenCLIP.
+    "lerf-big": {
+        "teacher.clip_model": "ViT-L-14", "teacher.clip_pretrained": "laion2b_s32b_b82k",
+        "model.lang_log2_hashmap_size": 20, "model.lang_hidden_dim": 256,
+    },
+    # Trains on 2 CPU cores in minutes (tests, demo, benchmark).
+    "tiny": {
+        "device": "cpu",
+        "model.num_levels": 8, "model.features_per_level": 2, "model.log2_hashmap_size": 14,
+        "model.base_resolution": 8, "model.max_resolution": 256, "model.hidden_dim": 32,
+        "model.lang_num_levels": 6, "model.lang_log2_hashmap_size": 14, "model.lang_base_resolution": 8,
+        "model.lang_max_resolution": 128, "model.lang_hidden_dim": 64, "model.lang_num_layers": 2,
+        "model.dino_hidden_dim": 64, "model.num_proposal_samples": (64,), "model.num_nerf_samples": 24,
+        "model.num_lang_samples": 8, "trainer.rays_per_batch": 1024, "trainer.max_steps": 3000,
+        "trainer.checkpoint_every": 500, "teacher.pyramid_levels": 4, "teacher.pyramid_min": 0.1,
+        "teacher.pyramid_max": 0.5, "keyframes.max_keyframes": 60,
+    },
+}
+
+
+def preset_names() -> List[str]:
+    return list(PRESETS)
+
+
+def preset(name: str) -> LerfConfig:
+    """The named preset, validated."""
+    if name not in PRESETS:
+        raise ConfigError(f"unknown preset '{name}'; choose one of {', '.join(PRESETS)}")
+    cfg = LerfConfig(preset=name)
+    for key, value in PRESETS[name].items():
+        _set_dotted(cfg, key, value)
+    return cfg.check()
+
+
+# ---------------------------------------------------------------------------- helpers
+def _require(ok: bool, key: str, value: Any, expected: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key} = {value!r} is invalid: expected {expected}")
+
+
+def _to_plain(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: _to_plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_to_plain(v) for v in obj]
+    return obj
+
+
+def _flatten(data: Mapping[str, Any], prefix: str = "") -> Dict[str, Any]:
+    out: Dict[str, Any] = {}
+    for k, v in data.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, Mapping):
+            out.update(_flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def _coerce(value: Any, typ: Any, key: str) -> Any:
+    origin = getattr(typ, "__origin__", None)
+    try:
+        if typ is bool:
+            if isinstance(value, str):
+                if value.lower() in ("true", "1", "yes"):
+                    return True
+                if value.lower() in ("false", "0", "no"):
+                    return False
+                raise ValueError(value)
+            return bool(value)
+        if typ is int:
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError(value)
+            return int(value)
+        if typ is float:
+            return float(value)
+        if typ is str:
+            return str(value)
+        if origin in (tuple, Tuple):
+            args = typ.__args__
+            elem = args[0]
+            seq = [value] if isinstance(value, (int, float, str)) else list(value)
+            return tuple(_coerce(v, elem, key) for v in seq)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{key} = {value!r} cannot be read as {getattr(typ, '__name__', typ)}") from exc
+    return value
+
+
+def _set_dotted(cfg: Any, key: str, value: Any) -> None:
+    if key == "preset":
+        if value != cfg.preset:
+            # Switching preset through an override would silently drop the preset's values.
+            raise ConfigError(f"preset = {value!r} must be chosen first (LerfConfig.from_dict / preset())")
+        return
+    parts = key.split(".")
+    obj = cfg
+    for p in parts[:-1]:
+        if not dataclasses.is_dataclass(obj) or not hasattr(obj, p):
+            raise ConfigError(f"unknown configuration key '{key}'")
+        obj = getattr(obj, p)
+    name = parts[-1]
+    if not dataclasses.is_dataclass(obj) or name not in {f.name for f in dataclasses.fields(obj)}:
+        raise ConfigError(f"unknown configuration key '{key}'")
+    hints = get_type_hints(type(obj))
+    if dataclasses.is_dataclass(hints[name]):
+        raise ConfigError(f"'{key}' is a section; set its fields instead")
+    setattr(obj, name, _coerce(value, hints[name], key))
