@@ -91,11 +91,23 @@ export AMENT_PREFIX_PATH="$VENV" CMAKE_PREFIX_PATH="$VENV"
 export PATH="$VENV/bin:$PATH"
 log "building interfaces with colcon"
 mkdir -p "$ROOT/log"
-"$VENV/bin/colcon" --log-base "$ROOT/log" build --base-paths "$ROOT" --build-base "$ROOT/build" \
+# CMake rejects exported include dirs inside the source tree, and .venv/ lies inside the
+# repository: build from a staged copy of the package's files instead.
+SRC="$ROOT/build/src/lerf_ros"
+rm -rf "$SRC" && mkdir -p "$SRC"
+cp -r package.xml CMakeLists.txt msg srv lerf_ros scripts launch config "$SRC/"
+find "$SRC" -name __pycache__ -prune -exec rm -rf {} +
+"$VENV/bin/colcon" --log-base "$ROOT/log" build --base-paths "$SRC" --build-base "$ROOT/build/colcon" \
   --install-base "$ROOT/install" --event-handlers console_direct- \
   --cmake-args -DPython3_EXECUTABLE="$VPY" -DCMAKE_BUILD_TYPE=Release \
   "-DCMAKE_INSTALL_RPATH=$ROOT/install/lerf_ros/lib" -DBUILD_TESTING=OFF >"$ROOT/log/colcon-build.log" 2>&1 \
   || { tail -50 "$ROOT/log/colcon-build.log"; echo "colcon build failed (full log: log/colcon-build.log)"; exit 1; }
+
+# The generated type-support libraries are loaded by name at run time; the ROS wheels put the
+# venv's lib/ on LD_LIBRARY_PATH, so link them in there.
+for lib in "$ROOT"/install/lerf_ros/lib/liblerf_ros__*.so; do
+  ln -sf "$lib" "$VENV/lib/$(basename "$lib")"
+done
 
 # 4. The library and the `lerf-ros` command, editable.
 log "installing lerf_ros (editable) into .venv"
