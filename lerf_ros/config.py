@@ -130,10 +130,36 @@ class KeyframeConfig:
     min_sharpness: float = 0.0
     """Reject frames whose Laplacian variance (grey levels^2) is below this (0 disables)."""
     min_brightness: float = 10.0
+    """Reject frames whose mean grey level (0..255) is below this (too dark) ..."""
     max_brightness: float = 245.0
+    """... or above this (washed out)."""
+    max_clipped_fraction: float = 0.5
+    """Reject frames with more than this fraction of clipped pixels (grey <= 2 or >= 253; 1 disables)."""
     min_keyframes_to_train: int = 3
     max_image_side: int = 640
-    """Frames larger than this are downscaled before storing."""
+    """Frames larger than this (longest side, pixels) are downscaled before storing (0 disables)."""
+    protect_newest: int = 3
+    """The newest this-many keyframes are never evicted when the store is full."""
+    rotation_weight: float = 0.0
+    """Metres per radian of turning in the pose distance of the eviction policy; 0 = derive it from
+    the keyframe thresholds (min_translation / radians(min_rotation_deg)), so both count alike."""
+
+    def check(self) -> "KeyframeConfig":
+        """Validate this section; raise ConfigError naming the key."""
+        _require(self.max_keyframes >= 1, "keyframes.max_keyframes", self.max_keyframes, ">= 1")
+        _require(self.max_memory_mb > 0, "keyframes.max_memory_mb", self.max_memory_mb, "> 0")
+        _require(self.min_translation >= 0, "keyframes.min_translation", self.min_translation, ">= 0")
+        _require(self.min_rotation_deg >= 0, "keyframes.min_rotation_deg", self.min_rotation_deg, ">= 0")
+        _require(self.min_sharpness >= 0, "keyframes.min_sharpness", self.min_sharpness, ">= 0")
+        _require(0 <= self.min_brightness <= self.max_brightness <= 255, "keyframes.min/max_brightness",
+                 (self.min_brightness, self.max_brightness), "0 <= min <= max <= 255")
+        _require(0 < self.max_clipped_fraction <= 1, "keyframes.max_clipped_fraction",
+                 self.max_clipped_fraction, "in (0, 1]")
+        _require(self.max_image_side == 0 or self.max_image_side >= 8, "keyframes.max_image_side",
+                 self.max_image_side, "0 (off) or >= 8")
+        _require(self.protect_newest >= 0, "keyframes.protect_newest", self.protect_newest, ">= 0")
+        _require(self.rotation_weight >= 0, "keyframes.rotation_weight", self.rotation_weight, ">= 0")
+        return self
 
 
 @dataclass

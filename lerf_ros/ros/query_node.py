@@ -1,0 +1,177 @@
+"""The query node: serves /lerf/query from a consistent snapshot of the field.
+
+Two ways to get the field:
+- in-process (the default launch): the trainer node hands over a snapshot provider; the node polls it
+  and never touches the live model, so training does not stall while a query runs;
+- as its own process: it watches the trainer's checkpoint folder and reloads the newest checkpoint.
+
+Outputs for RViz (transient-local, so a late RViz still gets the last answer):
+``/lerf/relevancy_cloud`` (PointCloud2: x y z rgb relevancy), ``/lerf/grasp_markers`` (MarkerArray),
+``/lerf/best_grasp`` (PoseStamped) and ``/lerf/scene_cloud`` (PointCloud2: x y z rgb).
+"""
+from __future__ import annotations
+
+import os
+import threading
+import time
+from typing import Callable, Optional
+
+import numpy as np
+import rclpy
+from geometry_msgs.msg import PoseStamped
+from rcl_interfaces.msg import ParameterDescriptor
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
+from rclpy.node import Node
+from sensor_msgs.msg import PointCloud2
+from std_msgs.msg import Header
+from visualization_msgs.msg import MarkerArray
+
+from lerf_ros.config import LerfConfig
+from lerf_ros.field.snapshot import FieldSnapshot
+from lerf_ros.ros.common import LATCHED_QOS, QUERY_SERVICE, main_for
+from lerf_ros.ros.convert import matrix_to_pose, points_to_pointcloud2
+from lerf_ros.ros.markers import grasp_markers
+from lerf_ros.ros.params import declare_config
+from lerf_ros.ros.tf import FrameResolver
+from lerf_ros.srv import Query
+
+SnapshotProvider = Callable[[], Optional[FieldSnapshot]]
+
+
+class QueryNode(Node):
+    """Serves ``/lerf/query``; see the module docstring."""
+
+    def __init__(self, snapshot_provider: Optional[SnapshotProvider] = None, teacher=None,
+                 cfg: Optional[LerfConfig] = None, name: str = "lerf_query", **kwargs) -> None:
+        super().__init__(name, **kwargs)
+        self.cfg = cfg if cfg is not None else declare_config(self)
+        p = lambda n, d, desc: self.declare_parameter(n, d, ParameterDescriptor(description=desc)).value  # noqa: E731
+        self.map_frame = p("world_frame", "map", "Fixed frame of the field (the trainer's world frame)")
+        self.checkpoint_dir = p("checkpoint_dir", "",
+                                "Separate-process mode: folder of the trainer's checkpoints to load "
+                                "(default: <output_dir>/checkpoints)")
+        reload_s = p("reload_period_s", 2.0, "How often to look for a newer snapshot or checkpoint (s)")
+        self._provider = snapshot_provider
+        self._teacher = teacher
+        self._engine = None
+        self._engine_error = ""
+        self._engine_lock = threading.Lock()
+        self._last_step = -1
+        self._loaded_checkpoint_mtime = 0.0
+        self._frames = FrameResolver(self, self.map_frame)
+
+        self.cloud_pub = self.create_publisher(PointCloud2, "/lerf/relevancy_cloud", LATCHED_QOS)
+        self.marker_pub = self.create_publisher(MarkerArray, "/lerf/grasp_markers", LATCHED_QOS)
+        self.grasp_pub = self.create_publisher(PoseStamped, "/lerf/best_grasp", LATCHED_QOS)
+        self.scene_pub = self.create_publisher(PointCloud2, "/lerf/scene_cloud", LATCHED_QOS)
+        self.srv = self.create_service(Query, QUERY_SERVICE, self._on_query,
+                                       callback_group=ReentrantCallbackGroup())
+        self.create_timer(float(reload_s), self._refresh_snapshot, callback_group=MutuallyExclusiveCallbackGroup())
+        mode = "in-process snapshots" if snapshot_provider is not None else f"checkpoints in {self._checkpoint_dir()}"
+        self.get_logger().info(f"serving {QUERY_SERVICE} ({mode})")
+
+    # ------------------------------------------------------------------ model
+    def _checkpoint_dir(self) -> str:
+        return self.checkpoint_dir or os.path.join(self.cfg.output_dir, "checkpoints")
+
+    def _get_engine(self):
+        """The query engine, built on first use (it needs the teacher's text encoder)."""
+        with self._engine_lock:
+            if self._engine is None and not self._engine_error:
+                try:
+                    from lerf_ros.query import QueryEngine
+                    from lerf_ros.teachers import make_teacher
+
+                    if self._teacher is None:
+                        self._teacher = make_teacher(self.cfg.teacher)
+                    self._engine = QueryEngine(self.cfg.query, self._teacher.encode_text)
+                    self.get_logger().info(f"text encoder: {self._teacher.description}")
+                except Exception as exc:  # weights missing, bad config: answer with the reason
+                    self._engine_error = f"the text encoder could not be loaded: {exc}"
+                    self.get_logger().error(self._engine_error)
+            return self._engine
+
+    def _refresh_snapshot(self) -> None:
+        try:
+            snap = self._provider() if self._provider is not None else self._load_newest_checkpoint()
+        except Exception as exc:
+            self.get_logger().warning(f"could not get a model snapshot: {exc}", throttle_duration_sec=30.0)
+            return
+        if snap is None or snap.step == self._last_step:
+            return
+        engine = self._get_engine()
+        if engine is None:
+            return
+        engine.set_snapshot(snap)
+        self._last_step = snap.step
+        self.get_logger().info(f"answering from the model at step {snap.step}", throttle_duration_sec=30.0)
+        self._publish_scene(engine)
+
+    def _load_newest_checkpoint(self) -> Optional[FieldSnapshot]:
+        from lerf_ros.mapping.checkpoint import latest_checkpoint, load_snapshot
+
+        path = latest_checkpoint(self._checkpoint_dir())
+        if path is None:
+            return None
+        mtime = os.path.getmtime(path)
+        if mtime <= self._loaded_checkpoint_mtime:
+            return None
+        snap = load_snapshot(path, device=self.cfg.resolved_device())
+        self._loaded_checkpoint_mtime = mtime
+        self.get_logger().info(f"loaded checkpoint {path} (step {snap.step})")
+        return snap
+
+    def _publish_scene(self, engine) -> None:
+        scene = engine.scene_points()
+        if scene is None or len(scene[0]) == 0:
+            return
+        xyz, rgb = scene[0], scene[1]
+        self.scene_pub.publish(points_to_pointcloud2(xyz, rgb, None, self.map_frame, self.get_clock().now().to_msg()))
+
+    # ------------------------------------------------------------------ service
+    def _on_query(self, request: Query.Request, response: Query.Response) -> Query.Response:
+        t0 = time.perf_counter()
+        frame_id = request.frame_id or self.map_frame
+        stamp = self.get_clock().now().to_msg()
+        world_to_target, frame_error = self._frames.world_to(frame_id)
+        if frame_error:
+            response.success, response.message = False, frame_error
+            return response
+        engine = self._get_engine()
+        if engine is None:
+            response.success, response.message = False, self._engine_error
+            return response
+        result = engine.query(request.text, negatives=list(request.negatives), threshold=float(request.threshold),
+                              max_points=int(request.max_points), max_grasps=int(request.max_grasps),
+                              world_to_target=world_to_target)
+        response.success = bool(result.success)
+        response.message = result.message
+        response.model_step = max(int(result.step), 0)
+        response.scale = float(result.scale)
+        response.max_relevancy = float(result.max_relevancy)
+        header = Header(frame_id=frame_id, stamp=stamp)
+        rel = None if result.relevancy is None else {"relevancy": np.asarray(result.relevancy, np.float32)}
+        if result.points is not None:
+            response.cloud = points_to_pointcloud2(result.points, result.colors, rel, frame_id, stamp)
+        for g in result.grasps:
+            response.grasps.append(PoseStamped(header=header, pose=matrix_to_pose(g.pose)))
+            response.grasp_scores.append(float(g.score))
+            response.grasp_widths.append(float(g.width))
+        if result.success:
+            self.cloud_pub.publish(response.cloud)
+            self.marker_pub.publish(grasp_markers([g.pose for g in result.grasps], response.grasp_widths,
+                                                  response.grasp_scores, header))
+            if response.grasps:
+                self.grasp_pub.publish(response.grasps[0])
+        ms = 1000.0 * (time.perf_counter() - t0)
+        self.get_logger().info(f"query '{request.text[:64]}': {'ok' if result.success else 'failed'} "
+                               f"({result.message}) in {ms:.0f} ms")
+        return response
+
+
+def main(args=None) -> int:
+    return main_for([QueryNode], args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
