@@ -1,0 +1,456 @@
+"""Keyframe selection and the bounded keyframe store of the online trainer (ROS-free).
+
+``KeyframeSelector`` decides, frame by frame, whether a posed frame is worth keeping:
+
+- the frame must be valid (``Frame.validate``) and its stamp must be later than the newest kept
+  keyframe's (a stamp going backwards is rejected with a reason the caller can count as a drop);
+- the camera must have moved at least ``min_translation`` metres or turned at least
+  ``min_rotation_deg`` degrees since the last kept keyframe (otherwise the frame is *skipped*: it
+  is fine, just redundant);
+- frames larger than ``max_image_side`` are downscaled (intrinsics adjusted);
+- badly exposed frames (mean grey level outside ``[min_brightness, max_brightness]`` or more than
+  ``max_clipped_fraction`` of the pixels clipped) and blurred frames (variance of the Laplacian of
+  the grey image below ``min_sharpness``) are *rejected*.
+
+``KeyframeStore`` holds the kept keyframes, bounded by count (``max_keyframes``) and by memory
+(``max_memory_mb``: image + depth + instance map + teacher features). Eviction policy when a bound
+is exceeded: the newest ``protect_newest`` keyframes are never evicted; among the others, the one
+whose pose is most redundant goes first, i.e. the one nearest (translation in metres plus
+``rotation_weight`` times the rotation angle in radians) to any other keyframe; ties go to the
+oldest. This keeps the spatial coverage of the store as wide as possible while the robot keeps
+revisiting places, and makes sure the newest views are always trained on.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import threading
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Tuple
+
+import numpy as np
+
+from lerf_ros.config import KeyframeConfig
+from lerf_ros.data.frame import Frame, FrameError
+from lerf_ros.mapping.poses import pose_distance
+
+__all__ = [
+    "KeyframeDecision",
+    "KeyframeSelector",
+    "Keyframe",
+    "KeyframeStore",
+    "KeyframeStoreError",
+    "grey_levels",
+    "laplacian_variance",
+    "exposure_stats",
+    "downscale_frame",
+    "scale_intrinsics",
+    "features_nbytes",
+]
+
+CLIP_LOW = 2.0
+"""Grey levels at or below this count as clipped to black."""
+CLIP_HIGH = 253.0
+"""Grey levels at or above this count as clipped to white."""
+
+
+class KeyframeStoreError(ValueError):
+    """A keyframe that cannot be stored (e.g. larger than the whole memory bound)."""
+
+
+# ---------------------------------------------------------------------------- image measures
+def grey_levels(rgb: np.ndarray) -> np.ndarray:
+    """Luma (ITU-R BT.601) of an (H, W, 3) uint8 image as (H, W) float32 grey levels in [0, 255]."""
+    rgb = np.asarray(rgb)
+    if rgb.ndim != 3 or rgb.shape[2] != 3:
+        raise ValueError(f"expected an HxWx3 image, got shape {rgb.shape}")
+    w = np.array([0.299, 0.587, 0.114], dtype=np.float32)
+    return rgb.astype(np.float32) @ w
+
+
+def laplacian_variance(grey: np.ndarray) -> float:
+    """Variance of the 4-neighbour Laplacian (kernel [[0,1,0],[1,-4,1],[0,1,0]]) of an (H, W)
+    grey image over its interior pixels, in grey levels squared. Low values mean a blurred image."""
+    g = np.asarray(grey, dtype=np.float32)
+    if g.ndim != 2 or g.shape[0] < 3 or g.shape[1] < 3:
+        raise ValueError(f"expected an (H, W) grey image of at least 3x3, got shape {g.shape}")
+    lap = g[:-2, 1:-1] + g[2:, 1:-1] + g[1:-1, :-2] + g[1:-1, 2:] - 4.0 * g[1:-1, 1:-1]
+    return float(lap.astype(np.float64).var())
+
+
+def exposure_stats(grey: np.ndarray) -> Tuple[float, float]:
+    """(mean grey level, fraction of pixels clipped to black or white) of an (H, W) grey image."""
+    g = np.asarray(grey)
+    clipped = np.count_nonzero((g <= CLIP_LOW) | (g >= CLIP_HIGH))
+    return float(g.mean(dtype=np.float64)), clipped / float(g.size)
+
+
+def scale_intrinsics(K: np.ndarray, sx: float, sy: float) -> np.ndarray:
+    """Intrinsics (3, 3) of the image resized by ``sx`` horizontally and ``sy`` vertically.
+
+    With pixel centres at ``u + 0.5`` (see ``lerf_ros.data.frame``) continuous image coordinates
+    scale exactly: ``fx, cx`` by ``sx`` and ``fy, cy`` by ``sy`` (skew by ``sx``).
+    """
+    S = np.diag([float(sx), float(sy), 1.0])
+    return S @ np.asarray(K, dtype=np.float64)
+
+
+def _nearest_index(n_out: int, n_in: int) -> np.ndarray:
+    # Source pixel whose cell holds the output pixel's centre (pixel-centre convention).
+    return np.minimum(((np.arange(n_out) + 0.5) * (n_in / n_out)).astype(np.int64), n_in - 1)
+
+
+def downscale_frame(frame: Frame, max_side: int) -> Frame:
+    """A copy of ``frame`` whose longest side is at most ``max_side`` pixels (unchanged if it is).
+
+    RGB is area-averaged (PIL box filter); depth and instance maps take the nearest source pixel
+    (averaging depth across an object boundary would invent surfaces). ``K`` is scaled with the
+    exact per-axis ratios ``W'/W`` and ``H'/H``. ``meta['original_size']`` records ``(W, H)``.
+    """
+    h, w = frame.height, frame.width
+    if max_side <= 0 or max(h, w) <= max_side:
+        return frame
+    from PIL import Image
+
+    s = max_side / float(max(h, w))
+    nw, nh = max(2, int(round(w * s))), max(2, int(round(h * s)))
+    rgb = np.asarray(Image.fromarray(np.ascontiguousarray(frame.rgb)).resize((nw, nh), Image.Resampling.BOX))
+    iy, ix = _nearest_index(nh, h), _nearest_index(nw, w)
+    depth = None if frame.depth is None else np.ascontiguousarray(frame.depth[iy[:, None], ix[None, :]])
+    inst = None if frame.instance is None else np.ascontiguousarray(frame.instance[iy[:, None], ix[None, :]])
+    meta = dict(frame.meta)
+    meta.setdefault("original_size", (w, h))
+    return dataclasses.replace(
+        frame, rgb=rgb, K=scale_intrinsics(frame.K, nw / w, nh / h), depth=depth, instance=inst, meta=meta
+    )
+
+
+# ---------------------------------------------------------------------------- selection
+@dataclass
+class KeyframeDecision:
+    """Outcome of ``KeyframeSelector.select``.
+
+    Attributes:
+        status: 'keep' (store it), 'skip' (valid but redundant: not enough motion) or
+            'reject' (bad input or bad image: count it as a dropped frame).
+        reason: human-readable explanation with the measured numbers.
+        frame: the frame to store (downscaled if needed) when status is 'keep', else None.
+        metrics: what was measured (translation_m, rotation_deg, brightness, clipped_fraction,
+            sharpness), only the ones computed before the decision.
+    """
+
+    status: str
+    reason: str
+    frame: Optional[Frame] = None
+    metrics: Dict[str, float] = field(default_factory=dict)
+
+    @property
+    def keep(self) -> bool:
+        return self.status == "keep"
+
+    @property
+    def rejected(self) -> bool:
+        return self.status == "reject"
+
+    def __bool__(self) -> bool:
+        return self.keep
+
+
+class KeyframeSelector:
+    """Decides which frames become keyframes (see the module doc). Not thread-safe: call it from
+    the one thread that feeds the store."""
+
+    def __init__(self, cfg: Optional[KeyframeConfig] = None):
+        self.cfg = (cfg or KeyframeConfig()).check()
+        self._last_stamp: Optional[float] = None
+        self._last_pose: Optional[np.ndarray] = None
+
+    @property
+    def last_stamp(self) -> Optional[float]:
+        """Stamp of the newest kept keyframe (None before the first)."""
+        return self._last_stamp
+
+    def reset(self) -> None:
+        """Forget the last kept keyframe (the next valid frame is kept)."""
+        self._last_stamp = None
+        self._last_pose = None
+
+    def mark_kept(self, frame: Frame) -> None:
+        """Record ``frame`` as the newest keyframe (e.g. after restoring a store from a checkpoint)."""
+        self._last_stamp = float(frame.stamp)
+        self._last_pose = np.array(frame.c2w, dtype=np.float64)
+
+    def select(self, frame: Frame, commit: bool = True) -> KeyframeDecision:
+        """Decide about ``frame``; with ``commit`` a kept frame becomes the new reference."""
+        cfg = self.cfg
+        try:
+            frame.validate()
+        except FrameError as exc:
+            return KeyframeDecision("reject", f"invalid frame: {exc}")
+        stamp = float(frame.stamp)
+        m: Dict[str, float] = {}
+        if self._last_stamp is not None:
+            if stamp < self._last_stamp:
+                return KeyframeDecision(
+                    "reject", f"stamp went backwards: {stamp:.3f} s is {self._last_stamp - stamp:.3f} s "
+                    f"before the newest keyframe ({self._last_stamp:.3f} s)")
+            if stamp == self._last_stamp:
+                return KeyframeDecision("reject", f"duplicate stamp {stamp:.3f} s (same as the newest keyframe)")
+            dt, ang = pose_distance(self._last_pose, frame.c2w)
+            m["translation_m"], m["rotation_deg"] = float(dt), math.degrees(float(ang))
+            moved = m["translation_m"] >= cfg.min_translation
+            turned = m["rotation_deg"] >= cfg.min_rotation_deg
+            if not (moved or turned):
+                return KeyframeDecision(
+                    "skip", f"camera moved {m['translation_m']:.3f} m and turned {m['rotation_deg']:.1f} deg "
+                    f"since the last keyframe (needs {cfg.min_translation:g} m or {cfg.min_rotation_deg:g} deg)", None, m)
+            why = (f"moved {m['translation_m']:.3f} m (>= {cfg.min_translation:g})" if moved
+                   else f"turned {m['rotation_deg']:.1f} deg (>= {cfg.min_rotation_deg:g})")
+        else:
+            why = "first keyframe"
+        prepared = downscale_frame(frame, cfg.max_image_side)
+        grey = grey_levels(prepared.rgb)
+        m["brightness"], m["clipped_fraction"] = exposure_stats(grey)
+        if m["brightness"] < cfg.min_brightness:
+            return KeyframeDecision(
+                "reject", f"too dark: mean brightness {m['brightness']:.1f} < {cfg.min_brightness:g}", None, m)
+        if m["brightness"] > cfg.max_brightness:
+            return KeyframeDecision(
+                "reject", f"too bright: mean brightness {m['brightness']:.1f} > {cfg.max_brightness:g}", None, m)
+        if m["clipped_fraction"] > cfg.max_clipped_fraction:
+            return KeyframeDecision(
+                "reject", f"badly exposed: {100 * m['clipped_fraction']:.0f}% of pixels clipped "
+                f"(> {100 * cfg.max_clipped_fraction:.0f}%)", None, m)
+        if cfg.min_sharpness > 0:
+            m["sharpness"] = laplacian_variance(grey)
+            if m["sharpness"] < cfg.min_sharpness:
+                return KeyframeDecision(
+                    "reject", f"blurred: Laplacian variance {m['sharpness']:.1f} < {cfg.min_sharpness:g}", None, m)
+        if commit:
+            self.mark_kept(prepared)
+        return KeyframeDecision("keep", f"kept: {why}", prepared, m)
+
+
+# ---------------------------------------------------------------------------- store
+def features_nbytes(feats: Any) -> int:
+    """Bytes held by teacher features: objects with ``nbytes()`` (or an ``nbytes`` attribute,
+    as numpy arrays and torch tensors have), or dicts/lists/tuples of them; None is 0."""
+    if feats is None:
+        return 0
+    if isinstance(feats, dict):
+        return sum(features_nbytes(v) for v in feats.values())
+    if isinstance(feats, (list, tuple)):
+        return sum(features_nbytes(v) for v in feats)
+    n = getattr(feats, "nbytes", None)
+    if n is None:
+        raise TypeError(f"teacher features of type {type(feats).__name__} do not report their size (nbytes)")
+    return int(n() if callable(n) else n)
+
+
+def _frame_nbytes(frame: Frame) -> int:
+    return int(sum(a.nbytes for a in (frame.rgb, frame.depth, frame.instance) if a is not None))
+
+
+@dataclass(frozen=True)
+class Keyframe:
+    """A stored keyframe. Immutable: ``set_features`` replaces the object in the store.
+
+    Attributes:
+        key: stable integer id (increasing in insertion order, never reused).
+        frame: the (possibly downscaled) frame.
+        features: teacher features, None until the feature worker attaches them.
+    """
+
+    key: int
+    frame: Frame
+    features: Any = None
+
+    @property
+    def nbytes(self) -> int:
+        return _frame_nbytes(self.frame) + features_nbytes(self.features)
+
+    @property
+    def has_features(self) -> bool:
+        return self.features is not None
+
+
+class KeyframeStore:
+    """Bounded, thread-safe keyframe store (eviction policy in the module doc).
+
+    Args:
+        cfg: ``max_keyframes``, ``max_memory_mb``, ``protect_newest``, ``rotation_weight`` (and the
+            keyframe thresholds, from which a zero ``rotation_weight`` is derived) are used.
+    """
+
+    def __init__(self, cfg: Optional[KeyframeConfig] = None):
+        self.cfg = (cfg or KeyframeConfig()).check()
+        self.max_keyframes = int(self.cfg.max_keyframes)
+        self.max_bytes = int(self.cfg.max_memory_mb * 1024 * 1024)
+        w = self.cfg.rotation_weight
+        if w <= 0:
+            w = (self.cfg.min_translation / math.radians(self.cfg.min_rotation_deg)
+                 if self.cfg.min_translation > 0 and self.cfg.min_rotation_deg > 0 else 1.0)
+        self.rotation_weight = float(w)
+        self._items: Dict[int, Keyframe] = {}  # insertion (= key) order
+        self._bytes = 0
+        self._next_key = 0
+        self._added = 0
+        self._evicted = 0
+        self._version = 0
+        self._lock = threading.RLock()
+
+    # -------------------------------------------------------------- reading
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._items)
+
+    def __contains__(self, key: int) -> bool:
+        with self._lock:
+            return key in self._items
+
+    def get(self, key: int) -> Keyframe:
+        """The keyframe with this key; KeyError (with a reason) if it is not (or no longer) stored."""
+        with self._lock:
+            try:
+                return self._items[key]
+            except KeyError:
+                raise KeyError(f"keyframe {key} is not in the store (evicted or never added)") from None
+
+    def keys(self) -> List[int]:
+        """Keys in insertion order (oldest first)."""
+        with self._lock:
+            return list(self._items)
+
+    def items(self) -> List[Tuple[int, Keyframe]]:
+        """A consistent snapshot of ``(key, Keyframe)`` pairs, oldest first."""
+        with self._lock:
+            return list(self._items.items())
+
+    def keys_with_features(self) -> List[int]:
+        with self._lock:
+            return [k for k, kf in self._items.items() if kf.features is not None]
+
+    def keys_without_features(self) -> List[int]:
+        with self._lock:
+            return [k for k, kf in self._items.items() if kf.features is None]
+
+    @property
+    def version(self) -> int:
+        """Increases on every change (add, eviction, features, removal); cheap change detection."""
+        with self._lock:
+            return self._version
+
+    @property
+    def nbytes(self) -> int:
+        with self._lock:
+            return self._bytes
+
+    def stats(self) -> Dict[str, Any]:
+        """count, bytes, with_features, feature_bytes, bounds and lifetime added/evicted counts."""
+        with self._lock:
+            fb = sum(features_nbytes(kf.features) for kf in self._items.values())
+            return {
+                "count": len(self._items),
+                "bytes": self._bytes,
+                "with_features": sum(kf.features is not None for kf in self._items.values()),
+                "feature_bytes": fb,
+                "max_keyframes": self.max_keyframes,
+                "max_bytes": self.max_bytes,
+                "added": self._added,
+                "evicted": self._evicted,
+            }
+
+    # -------------------------------------------------------------- writing
+    def add(self, frame: Frame) -> Tuple[int, List[int]]:
+        """Store ``frame``; returns ``(key, evicted_keys)``.
+
+        ``evicted_keys`` may contain ``key`` itself only when ``protect_newest`` is 0 and the new
+        frame is the most redundant one. Raises KeyframeStoreError when the frame alone is larger
+        than the memory bound.
+        """
+        need = _frame_nbytes(frame)
+        if need > self.max_bytes:
+            raise KeyframeStoreError(
+                f"keyframe needs {need / 2**20:.1f} MB, more than the store's whole memory bound "
+                f"({self.max_bytes / 2**20:.1f} MB): lower keyframes.max_image_side or raise keyframes.max_memory_mb")
+        with self._lock:
+            key = self._next_key
+            self._next_key += 1
+            self._items[key] = Keyframe(key, frame)
+            self._bytes += need
+            self._added += 1
+            self._version += 1
+            return key, self._enforce_bounds()
+
+    def set_features(self, key: int, feats: Any) -> List[int]:
+        """Attach teacher features to keyframe ``key``; returns keys evicted to stay within memory.
+
+        Raises KeyError if the keyframe was evicted meanwhile (a feature worker should catch it and
+        discard its result) and KeyframeStoreError if the keyframe with features alone exceeds the
+        memory bound.
+        """
+        add = features_nbytes(feats)
+        with self._lock:
+            old = self.get(key)
+            new = dataclasses.replace(old, features=feats)
+            if new.nbytes > self.max_bytes:
+                raise KeyframeStoreError(
+                    f"keyframe {key} with its features needs {new.nbytes / 2**20:.1f} MB, more than the "
+                    f"store's whole memory bound ({self.max_bytes / 2**20:.1f} MB)")
+            self._items[key] = new
+            self._bytes += add - features_nbytes(old.features)
+            self._version += 1
+            return self._enforce_bounds()
+
+    def remove(self, key: int) -> Keyframe:
+        """Remove and return keyframe ``key`` (KeyError if absent)."""
+        with self._lock:
+            kf = self.get(key)
+            self._drop(key)
+            return kf
+
+    def clear(self) -> None:
+        """Remove every keyframe (keys are not reused afterwards)."""
+        with self._lock:
+            self._items.clear()
+            self._bytes = 0
+            self._version += 1
+
+    # -------------------------------------------------------------- eviction
+    def _drop(self, key: int) -> None:
+        kf = self._items.pop(key)
+        self._bytes -= kf.nbytes
+        self._version += 1
+
+    def redundancy(self) -> Dict[int, float]:
+        """Per key: pose distance (m + rotation_weight * rad) to the nearest other keyframe."""
+        with self._lock:
+            keys = list(self._items)
+            if len(keys) < 2:
+                return {k: math.inf for k in keys}
+            d = self._pairwise(keys)
+            return dict(zip(keys, d.min(axis=1).tolist()))
+
+    def _pairwise(self, keys: List[int]) -> np.ndarray:
+        poses = np.stack([self._items[k].frame.c2w for k in keys]).astype(np.float64)  # (n, 4, 4)
+        dt, ang = pose_distance(poses[:, None], poses[None, :])  # (n, n) each
+        d = dt + self.rotation_weight * ang
+        np.fill_diagonal(d, np.inf)
+        return d
+
+    def _enforce_bounds(self) -> List[int]:
+        evicted: List[int] = []
+        while len(self._items) > self.max_keyframes or self._bytes > self.max_bytes:
+            keys = list(self._items)
+            n = len(keys)
+            if n <= 1:
+                break  # a single keyframe always fits (checked in add/set_features)
+            n_protected = min(self.cfg.protect_newest, n - 1)
+            n_cand = n - n_protected
+            d = self._pairwise(keys)
+            nearest = d[:n_cand].min(axis=1)  # candidates are the oldest n_cand keys
+            victim = keys[int(np.argmin(nearest))]  # argmin returns the first (oldest) on ties
+            self._drop(victim)
+            self._evicted += 1
+            evicted.append(victim)
+        return evicted
