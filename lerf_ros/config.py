@@ -182,6 +182,50 @@ class QueryConfig:
     dbscan_min_points: int = 10
     refresh_every_steps: int = 500
     """Recompute the scored surface points after this many training steps."""
+    surface_stride: int = 4
+    """Surface extraction renders each keyframe at 1/stride of its resolution."""
+    surface_max_views: int = 30
+    """At most this many keyframes (evenly spread) are rendered for surface extraction and count
+    as views in the visibility filter."""
+    surface_min_accumulation: float = 0.5
+    """Rendered pixels with less accumulated opacity than this are not back-projected."""
+    visibility_tolerance: float = 0.03
+    """A point counts as seen by a view when |rendered depth - point depth| <= this (m) ..."""
+    visibility_tolerance_rel: float = 0.03
+    """... plus this fraction of the point's depth (rendered depth blurs with distance)."""
+    max_candidate_points: int = 50000
+    """Surface points kept for scoring (random subsample beyond this)."""
+    field_chunk_points: int = 8192
+    """Points per language-field call in the scale search (memory bound)."""
+    text_cache_size: int = 256
+    """Text embeddings kept in the LRU cache."""
+    gripper_finger_depth: float = 0.04
+    """Finger length along the approach axis (m)."""
+    grasp_width_margin: float = 0.01
+    """Opening added to the object's extent along the closing axis (m)."""
+    tall_ratio: float = 1.5
+    """An object is tall (side grasps offered) when height > tall_ratio * its narrow horizontal extent."""
+
+    def check(self) -> "QueryConfig":
+        """Validate this section; raise ConfigError naming the key."""
+        _require(0 <= self.threshold <= 1, "query.threshold", self.threshold, "in [0, 1]")
+        _require(len(self.scales) > 0 and all(0 <= s <= 2 for s in self.scales), "query.scales", self.scales,
+                 "non-empty, each in [0, 2] m")
+        _require(len(self.canonical_phrases) > 0 and all(p.strip() for p in self.canonical_phrases),
+                 "query.canonical_phrases", self.canonical_phrases, "at least one non-empty phrase")
+        _require(self.temperature > 0, "query.temperature", self.temperature, "> 0")
+        for key in ("max_points", "max_grasps", "min_views", "max_text_length", "dbscan_min_points",
+                    "surface_stride", "surface_max_views", "max_candidate_points", "field_chunk_points",
+                    "text_cache_size"):
+            _require(getattr(self, key) > 0, f"query.{key}", getattr(self, key), "> 0")
+        for key in ("voxel_size", "gripper_max_width", "dbscan_eps", "gripper_finger_depth", "tall_ratio"):
+            _require(getattr(self, key) > 0, f"query.{key}", getattr(self, key), "> 0")
+        for key in ("refresh_every_steps", "visibility_tolerance", "visibility_tolerance_rel",
+                    "grasp_width_margin"):
+            _require(getattr(self, key) >= 0, f"query.{key}", getattr(self, key), ">= 0")
+        _require(0 <= self.surface_min_accumulation < 1, "query.surface_min_accumulation",
+                 self.surface_min_accumulation, "in [0, 1)")
+        return self
 
 
 @dataclass
@@ -295,6 +339,7 @@ PRESETS: Dict[str, Dict[str, Any]] = {
         "model.num_lang_samples": 8, "trainer.rays_per_batch": 1024, "trainer.max_steps": 3000,
         "trainer.checkpoint_every": 500, "teacher.pyramid_levels": 4, "teacher.pyramid_min": 0.1,
         "teacher.pyramid_max": 0.5, "keyframes.max_keyframes": 60,
+        "query.surface_stride": 2, "query.surface_max_views": 20, "query.max_candidate_points": 20000,
     },
 }
 

@@ -316,13 +316,8 @@ def _grasp_candidates(P: np.ndarray, N: np.ndarray, r: np.ndarray, up: np.ndarra
             ylo, yhi = _extent(ys, 0.5, 99.5)
             width = (yhi - ylo) + gripper.width_margin
             cy = 0.5 * (ylo + yhi)
-            if kind == "side":
-                cz = g_h
-                # Position: on the slice, fingertips at `insertion` past the near face.
-                origin = x * cx + y * cy + a * (near + insertion)
-                origin = origin - up * (origin @ up) + up * cz if abs(x @ up) > 0.5 else origin
-            else:
-                origin = x * cx + y * cy + a * (near + insertion)
+            # Fingertips `insertion` past the near face, centred on the slice across the closing axis.
+            origin = x * cx + y * cy + a * (near + insertion)
             pose = np.eye(4)
             pose[:3, 0], pose[:3, 1], pose[:3, 2], pose[:3, 3] = x, y, a, origin
             rel = float(np.mean(r[region][sl])) / rmax
