@@ -45,75 +45,168 @@ class TeacherConfig:
     """Largest crop side as a fraction of the image's shorter side."""
     pyramid_overlap: float = 0.5
     """Overlap of neighbouring crops (stride = side * (1 - overlap))."""
+    pyramid_overlap_ramp: Tuple[float, ...] = (0.05, 0.15)
+    """Crop-side fractions (a, b) over which the overlap ramps linearly from 0 (side <= a) up to
+    pyramid_overlap (side >= b), as the reference code does to keep the smallest scales affordable;
+    () gives every level pyramid_overlap."""
     batch_size: int = 64
     """Crops per image-encoder forward pass."""
     dino_max_side: int = 448
     """Longest image side fed to DINO (memory bound); features are looked up at frame resolution."""
+    dino_facet: str = "key"
+    """DINO feature: 'key' (keys of the last attention block, as the reference) or 'token'
+    (the final normalised patch tokens)."""
+    weights_cache_dir: str = ""
+    """Warm weights cache searched (never downloaded into) for clip_pretrained and the DINO weights:
+    a Hugging Face hub cache folder (models--org--name/...) or a folder holding the original
+    checkpoint files; empty: the default caches (HF_HUB_CACHE, ~/.cache/clip, the torch hub folder)."""
+    worker_queue_size: int = 16
+    """Keyframes waiting for teacher features; submitting to a full queue waits for room."""
     device: str = "auto"
     """'auto' (CUDA when available), 'cpu' or 'cuda[:N]'."""
+
+    def check(self) -> "TeacherConfig":
+        """Validate this section; raise ConfigError naming the key."""
+        _require(self.kind in ("clip", "ground_truth"), "teacher.kind", self.kind, "'clip' or 'ground_truth'")
+        _require(self.pyramid_levels >= 1, "teacher.pyramid_levels", self.pyramid_levels, ">= 1")
+        _require(0 < self.pyramid_min <= self.pyramid_max <= 1, "teacher.pyramid_min/max",
+                 (self.pyramid_min, self.pyramid_max), "0 < min <= max <= 1")
+        _require(0 <= self.pyramid_overlap < 1, "teacher.pyramid_overlap", self.pyramid_overlap, "in [0, 1)")
+        ramp = tuple(self.pyramid_overlap_ramp)
+        _require(len(ramp) == 0 or (len(ramp) == 2 and 0 <= ramp[0] <= ramp[1]), "teacher.pyramid_overlap_ramp",
+                 ramp, "() or (a, b) with 0 <= a <= b")
+        _require(self.batch_size >= 1, "teacher.batch_size", self.batch_size, ">= 1")
+        _require(self.dino_max_side >= 8, "teacher.dino_max_side", self.dino_max_side, ">= 8")
+        _require(self.dino_facet in ("key", "token"), "teacher.dino_facet", self.dino_facet, "'key' or 'token'")
+        _require(self.worker_queue_size >= 1, "teacher.worker_queue_size", self.worker_queue_size, ">= 1")
+        _require(self.device in ("auto", "cpu") or self.device.startswith("cuda"), "teacher.device",
+                 self.device, "'auto', 'cpu' or 'cuda[:N]'")
+        return self
 
 
 @dataclass
 class ModelConfig:
-    """Sizes of the radiance field and the language/DINO fields."""
+    """Sizes of the radiance field (nerfacto-style), its proposal samplers, and the language/DINO
+    fields (reference LERF). Distances are metres unless a field says "scene units" (metres
+    divided by ``scene_scale``)."""
 
     num_levels: int = 16
     """Hash-grid levels of the density/colour field."""
     features_per_level: int = 2
+    """Features per hash-grid level (1, 2, 4 or 8)."""
     log2_hashmap_size: int = 19
+    """log2 of the entries per hash-grid level."""
     base_resolution: int = 16
+    """Coarsest grid resolution (over the contracted scene cube [-2, 2]^3)."""
     max_resolution: int = 2048
+    """Finest grid resolution; levels grow geometrically from base to max."""
     hidden_dim: int = 64
-    """Width of the density and colour MLPs."""
+    """Width of the density MLP (one hidden layer)."""
+    hidden_dim_color: int = 64
+    """Width of the colour MLP (two hidden layers)."""
     geo_feat_dim: int = 15
-    lang_num_levels: int = 12
-    """Hash-grid levels of the language field (reference: 12, res 16..512? see field docs)."""
-    lang_log2_hashmap_size: int = 19
-    lang_base_resolution: int = 16
-    lang_max_resolution: int = 512
-    lang_hidden_dim: int = 256
-    lang_num_layers: int = 4
-    dino_hidden_dim: int = 256
+    """Geometry features passed from the density MLP to the colour MLP."""
+    sh_degree: int = 4
+    """Spherical-harmonics degree of the view-direction encoding (degree^2 coefficients, 1..4)."""
     num_proposal_samples: Tuple[int, ...] = (256, 96)
-    """Samples per ray of each proposal stage."""
+    """Samples per ray of each proposal stage (empty: no proposal networks, the final samples are
+    spread uniformly in the spacing coordinate)."""
     num_nerf_samples: int = 48
     """Samples per ray of the final stage."""
+    proposal_num_levels: int = 5
+    """Hash-grid levels of each proposal density network."""
+    proposal_log2_hashmap_size: int = 17
+    proposal_base_resolution: int = 16
+    proposal_max_resolution: Tuple[int, ...] = (128, 256)
+    """Finest resolution of each proposal network (the last value repeats for further stages)."""
+    proposal_hidden_dim: int = 16
+    """Width of each proposal network's MLP (one hidden layer)."""
+    proposal_anneal_steps: int = 1000
+    """Steps over which proposal weights are annealed from uniform to sharp."""
+    lang_num_levels: Tuple[int, ...] = (12, 12)
+    """Levels of each language hash grid (the grids' features are concatenated)."""
+    lang_log2_hashmap_size: Tuple[int, ...] = (19, 19)
+    """log2 table size of each language hash grid."""
+    lang_base_resolution: Tuple[int, ...] = (16, 128)
+    """Coarsest resolution of each language hash grid."""
+    lang_max_resolution: Tuple[int, ...] = (128, 512)
+    """Finest resolution of each language hash grid."""
+    lang_features_per_level: int = 8
+    """Features per level of the language hash grids."""
+    lang_hidden_dim: int = 256
+    """Width of the CLIP MLP."""
+    lang_num_layers: int = 4
+    """Hidden layers of the CLIP MLP (input: grid features + scale)."""
+    dino_hidden_dim: int = 256
+    """Width of the DINO MLP."""
+    dino_num_layers: int = 1
+    """Hidden layers of the DINO MLP."""
     num_lang_samples: int = 24
     """Top-weighted samples per ray rendered by the language/DINO fields."""
     near: float = 0.05
+    """Ray start (m)."""
     far: float = 1000.0
+    """Ray end (m); space beyond the scene cube is contracted, so this may be large."""
     scene_scale: float = 1.0
     """Half-extent (metres) of the region mapped linearly before scene contraction."""
     scene_center: Tuple[float, float, float] = (0.0, 0.0, 0.0)
+    """Centre (world metres) of that region."""
     background_color: str = "random"
-    """'random' (training), 'black', 'white' or 'last_sample'."""
+    """Training background: 'random' (per ray; forces opaque geometry), 'black' or 'white'.
+    Renders for evaluation use black for 'random'."""
+    hash_backend: str = "auto"
+    """'auto' (tinycudann on CUDA when importable, else PyTorch), 'torch' or 'tcnn'."""
 
 
 @dataclass
 class TrainerConfig:
-    """Optimisation."""
+    """Optimisation: Adam per parameter group (fields, proposal networks, language/DINO fields),
+    each with its own learning-rate schedule."""
 
     rays_per_batch: int = 4096
+    """Rays per training step."""
     max_steps: int = 30000
     """Steps after which training idles (online: still accepts frames)."""
     lr_fields: float = 1e-2
-    lr_mlp: float = 1e-2
+    """Initial learning rate of the density/colour field."""
     lr_proposal: float = 1e-2
+    """Initial learning rate of the proposal networks."""
+    lr_lang: float = 1e-2
+    """Initial learning rate of the language and DINO fields."""
+    lr_final_fields: float = 1e-4
+    """Learning rate of the density/colour field after decay_steps."""
+    lr_final_proposal: float = 1e-4
+    lr_final_lang: float = 1e-3
+    decay_steps: int = 30000
+    """Length of the fields' and proposals' learning-rate decay."""
+    lang_decay_steps: int = 4000
+    """Length of the language field's learning-rate decay."""
+    schedule: str = "exponential"
+    """'exponential' (log-linear from lr to lr_final) or 'cosine'."""
+    warmup_steps: int = 0
+    """Linear learning-rate warm-up steps (all groups)."""
+    adam_eps: float = 1e-15
     weight_decay: float = 0.0
+    """Adam weight decay of the density/colour field and proposal networks."""
+    lang_weight_decay: float = 1e-9
+    """Adam weight decay of the language and DINO fields."""
     lang_loss: str = "huber"
-    """'huber' (reference code) or 'cosine' (paper)."""
+    """'huber' (reference code: Huber on the rendered-minus-target difference) or 'cosine' (paper)."""
+    lang_huber_delta: float = 1.25
     lang_weight: float = 0.1
     dino_weight: float = 1.0
     depth_weight: float = 0.1
-    """Weight of the optional depth loss (0 disables it)."""
+    """Weight of the optional depth loss on frames that carry depth (0 disables it)."""
     interlevel_weight: float = 1.0
     distortion_weight: float = 0.002
     mixed_precision: bool = True
-    """fp16 autocast on CUDA (ignored on the CPU)."""
+    """fp16 autocast + gradient scaling on CUDA (ignored on the CPU)."""
     checkpoint_every: int = 2000
     """Steps between periodic checkpoints (0 = only on request and at exit)."""
     keep_checkpoints: int = 2
+    """Periodic checkpoints kept on disk (older ones are deleted)."""
     seed: int = 0
+    """Seed of the trainer's ray sampling and initialisation."""
 
 
 @dataclass
@@ -167,19 +260,30 @@ class QueryConfig:
     """The query engine."""
 
     threshold: float = 0.55
+    """Points with relevancy >= this are returned (a request's threshold 0 means this one)."""
     max_points: int = 20000
+    """Most points returned (the most relevant kept); also bounds the points clustered for grasps."""
     max_grasps: int = 5
+    """Most grasp poses returned."""
     scales: Tuple[float, ...] = tuple(round(0.1 * i, 2) for i in range(1, 21))
     """Candidate language scales (metres) of the scale search, within [0, 2]."""
     canonical_phrases: Tuple[str, ...] = ("object", "things", "stuff", "texture")
-    temperature: float = 1.0
+    """Negative phrases of every query (the paper's canonical phrases); requests may add more."""
+    temperature: float = 10.0
+    """Multiplier of the dot products in the relevancy's pairwise softmax (the reference code's 10)."""
     voxel_size: float = 0.01
+    """Voxel size (m) of the surface points (open3d voxel downsampling)."""
     min_views: int = 3
     """Visibility filtering: a point must be seen by at least this many keyframes."""
     max_text_length: int = 256
+    """Longest query or negative phrase accepted (characters)."""
     gripper_max_width: float = 0.08
-    dbscan_eps: float = 0.02
+    """Largest opening of the parallel-jaw gripper (m); wider grasps are rejected."""
+    dbscan_eps: float = 0.03
+    """DBSCAN neighbourhood radius (m) when clustering the relevant points into objects (about 3
+    voxels: a surface sampled at voxel_size then gives core points ~28 neighbours)."""
     dbscan_min_points: int = 10
+    """DBSCAN: neighbours a core point needs."""
     refresh_every_steps: int = 500
     """Recompute the scored surface points after this many training steps."""
     surface_stride: int = 4
@@ -197,6 +301,9 @@ class QueryConfig:
     """Surface points kept for scoring (random subsample beyond this)."""
     field_chunk_points: int = 8192
     """Points per language-field call in the scale search (memory bound)."""
+    feature_cache_mb: float = 512.0
+    """Memory (MiB) for the language field at every surface point and scale of the current snapshot,
+    stored in the field's output basis so that queries skip the field (0 disables)."""
     text_cache_size: int = 256
     """Text embeddings kept in the LRU cache."""
     gripper_finger_depth: float = 0.04
@@ -221,7 +328,7 @@ class QueryConfig:
         for key in ("voxel_size", "gripper_max_width", "dbscan_eps", "gripper_finger_depth", "tall_ratio"):
             _require(getattr(self, key) > 0, f"query.{key}", getattr(self, key), "> 0")
         for key in ("refresh_every_steps", "visibility_tolerance", "visibility_tolerance_rel",
-                    "grasp_width_margin"):
+                    "grasp_width_margin", "feature_cache_mb"):
             _require(getattr(self, key) >= 0, f"query.{key}", getattr(self, key), ">= 0")
         _require(0 <= self.surface_min_accumulation < 1, "query.surface_min_accumulation",
                  self.surface_min_accumulation, "in [0, 1)")
@@ -267,6 +374,10 @@ class LerfConfig:
     def check(self) -> "LerfConfig":
         """Validate once at start-up; raise ConfigError naming the key."""
         t, q, m, k, tr = self.teacher, self.query, self.model, self.keyframes, self.trainer
+        for section in (t, q, m, k, tr):
+            section_check = getattr(section, "check", None)
+            if callable(section_check):
+                section_check()
         _require(t.kind in ("clip", "ground_truth"), "teacher.kind", t.kind, "'clip' or 'ground_truth'")
         _require(0 < t.pyramid_min <= t.pyramid_max <= 1, "teacher.pyramid_min/max",
                  (t.pyramid_min, t.pyramid_max), "0 < min <= max <= 1")
@@ -319,25 +430,30 @@ PRESETS: Dict[str, Dict[str, Any]] = {
     "lerf": {},
     # Smaller networks and fewer samples.
     "lerf-lite": {
-        "model.lang_num_levels": 12, "model.lang_log2_hashmap_size": 17, "model.lang_hidden_dim": 128,
-        "model.lang_num_layers": 3, "model.log2_hashmap_size": 17, "model.num_proposal_samples": (128, 64),
-        "model.num_nerf_samples": 32, "model.num_lang_samples": 12, "trainer.rays_per_batch": 2048,
+        # reference lerf-lite: one language grid of 16 levels, 16..512, 2^19; 12 language samples
+        "model.lang_num_levels": (16,), "model.lang_log2_hashmap_size": (19,),
+        "model.lang_base_resolution": (16,), "model.lang_max_resolution": (512,), "model.num_lang_samples": 12,
     },
     # ViT-L/14 OpenCLIP.
     "lerf-big": {
         "teacher.clip_model": "ViT-L-14", "teacher.clip_pretrained": "laion2b_s32b_b82k",
-        "model.lang_log2_hashmap_size": 20, "model.lang_hidden_dim": 256,
+        # reference lerf-big: two language grids of 16 levels (16..128, 128..512), 2^20 each
+        "model.lang_num_levels": (16, 16), "model.lang_log2_hashmap_size": (20, 20),
     },
     # Trains on 2 CPU cores in minutes (tests, demo, benchmark).
     "tiny": {
         "device": "cpu",
-        "model.num_levels": 8, "model.features_per_level": 2, "model.log2_hashmap_size": 14,
-        "model.base_resolution": 8, "model.max_resolution": 256, "model.hidden_dim": 32,
-        "model.lang_num_levels": 6, "model.lang_log2_hashmap_size": 14, "model.lang_base_resolution": 8,
-        "model.lang_max_resolution": 128, "model.lang_hidden_dim": 64, "model.lang_num_layers": 2,
-        "model.dino_hidden_dim": 64, "model.num_proposal_samples": (64,), "model.num_nerf_samples": 24,
-        "model.num_lang_samples": 8, "trainer.rays_per_batch": 1024, "trainer.max_steps": 3000,
-        "trainer.checkpoint_every": 500, "teacher.pyramid_levels": 4, "teacher.pyramid_min": 0.1,
+        "model.num_levels": 8, "model.features_per_level": 2, "model.log2_hashmap_size": 15,
+        "model.base_resolution": 16, "model.max_resolution": 512, "model.hidden_dim": 32,
+        "model.hidden_dim_color": 32, "model.sh_degree": 3,
+        "model.num_proposal_samples": (48,), "model.num_nerf_samples": 24,
+        "model.proposal_num_levels": 5, "model.proposal_log2_hashmap_size": 14,
+        "model.proposal_max_resolution": (128,), "model.proposal_anneal_steps": 300,
+        "model.lang_num_levels": (8,), "model.lang_log2_hashmap_size": (15,), "model.lang_base_resolution": (16,),
+        "model.lang_max_resolution": (256,), "model.lang_features_per_level": 4, "model.lang_hidden_dim": 64,
+        "model.lang_num_layers": 2, "model.dino_hidden_dim": 64, "model.num_lang_samples": 8,
+        "trainer.rays_per_batch": 1024, "trainer.max_steps": 3000, "trainer.decay_steps": 3000,
+        "trainer.lang_decay_steps": 3000, "trainer.checkpoint_every": 500, "teacher.pyramid_levels": 4, "teacher.pyramid_min": 0.1,
         "teacher.pyramid_max": 0.5, "keyframes.max_keyframes": 60,
         "query.surface_stride": 2, "query.surface_max_views": 20, "query.max_candidate_points": 20000,
     },

@@ -145,45 +145,85 @@ def hash_grid_indices(x: torch.Tensor, layout: HashGridLayout) -> Tuple[torch.Te
         x: (N, 3) float positions in [0, 1] (values outside are clamped).
         layout: the grid.
     Returns:
-        rows: (N, L, 8) int64 rows of the concatenated table (level offsets included);
+        rows: (N, L, 8) int32 rows of the concatenated table (level offsets included);
         weights: (N, L, 8) trilinear weights (dtype of ``x``; differentiable w.r.t. ``x``).
         Corner ``c`` has offset bits ``(c >> 2) & 1, (c >> 1) & 1, c & 1`` along x, y, z.
     """
     dev = x.device
+    n = x.shape[0]
     n_levels = layout.num_levels
     x = x.clamp(0.0, 1.0)
     scales = torch.tensor(layout.scales, dtype=x.dtype, device=dev)
-    pos = x[:, None, :] * scales[None, :, None] + 0.5  # (N, L, 3)
+    half = torch.full((), 0.5, dtype=x.dtype, device=dev)
+    pos = torch.addcmul(half, x[:, None, :], scales[None, :, None])  # (N, L, 3): x * scale + 0.5
     grid = torch.floor(pos)
     frac = pos - grid  # gradient flows to x through pos
-    gi = grid.detach().to(torch.int64)  # (N, L, 3)
-    bits = torch.arange(2, device=dev, dtype=torch.int64)
-    corner = gi[..., None] + bits  # (N, L, 3, 2): coordinate of the low/high corner per axis
+    gi = grid.detach().to(torch.int32)  # (N, L, 3), non-negative since x >= 0
 
     n_dense = layout.num_dense_levels
     parts = []
     if n_dense > 0:
-        res = torch.tensor(layout.resolutions[:n_dense], dtype=torch.int64, device=dev)
-        size = torch.tensor(layout.sizes[:n_dense], dtype=torch.int64, device=dev)
-        c = corner[:, :n_dense]  # (N, Ld, 3, 2)
-        r = res[None, :, None]
-        idx = (c[:, :, 0, :, None, None] + (c[:, :, 1, None, :, None] * r[..., None, None])
-               + (c[:, :, 2, None, None, :] * (r * r)[..., None, None]))  # (N, Ld, 2, 2, 2)
-        parts.append(idx.reshape(idx.shape[0], n_dense, 8) % size[None, :, None])
+        # Dense levels: res^3 <= 2^log2 <= 2^30, so int32 never overflows.
+        res = torch.tensor(layout.resolutions[:n_dense], dtype=torch.int32, device=dev)[:, None]
+        size = torch.tensor(layout.sizes[:n_dense], dtype=torch.int32, device=dev)[:, None]
+        off = torch.tensor(layout.offsets[:n_dense], dtype=torch.int32, device=dev)[:, None]
+        g = gi[:, :n_dense]
+        cx = torch.stack([g[..., 0], g[..., 0] + 1], -1)  # (N, Ld, 2)
+        cy = torch.stack([g[..., 1], g[..., 1] + 1], -1) * res
+        cz = torch.stack([g[..., 2], g[..., 2] + 1], -1) * (res * res)
+        idx = (cx[..., :, None, None] + cy[..., None, :, None] + cz[..., None, None, :]).view(n, n_dense, 8)
+        parts.append(torch.remainder(idx, size) + off)
     if n_dense < n_levels:
-        mask = (1 << layout.log2_hashmap_size) - 1  # hashed levels all have 2^log2 entries
-        c = corner[:, n_dense:]
-        # Low bits of the uint32 products equal those of the int64 products: mask before xor.
-        h = [(c[:, :, d, :] * HASH_PRIMES[d]) & mask for d in range(3)]  # 3 x (N, Lh, 2)
-        idx = h[0][..., :, None, None] ^ h[1][..., None, :, None] ^ h[2][..., None, None, :]
-        parts.append(idx.reshape(idx.shape[0], n_levels - n_dense, 8))
+        # Hashed levels all hold 2^log2 entries. Only the low log2 bits of each uint32 product
+        # (coordinate * prime) survive the modulo, and those depend only on the low bits of the
+        # prime: multiply by (prime & mask) in int64, mask, then xor in int32.
+        mask = (1 << layout.log2_hashmap_size) - 1
+        g = gi[:, n_dense:].to(torch.int64)
+        h = []
+        for d in range(3):
+            p = HASH_PRIMES[d] & mask
+            a = g[..., d] * p  # corner bit 0; bit 1 is (c + 1) * p = a + p
+            h.append(torch.stack([a & mask, (a + p) & mask], -1).to(torch.int32))  # (N, Lh, 2)
+        idx = (h[0][..., :, None, None] ^ h[1][..., None, :, None] ^ h[2][..., None, None, :])
+        off = torch.tensor(layout.offsets[n_dense:-1], dtype=torch.int32, device=dev)[:, None]
+        parts.append(idx.view(n, n_levels - n_dense, 8) + off)
     rows = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
-    offsets = torch.tensor(layout.offsets[:-1], dtype=torch.int64, device=dev)
-    rows = rows + offsets[None, :, None]
 
     w = torch.stack([1.0 - frac, frac], dim=-1)  # (N, L, 3, 2)
     weights = w[:, :, 0, :, None, None] * w[:, :, 1, None, :, None] * w[:, :, 2, None, None, :]
-    return rows, weights.reshape(weights.shape[0], n_levels, 8)
+    return rows, weights.reshape(n, n_levels, 8)
+
+
+class _HashGridTable(torch.autograd.Function):
+    """Encoding with gradients to the table only (the training path): the forward gathers and
+    blends the 8 corners in one fused op and the backward scatters with ``index_add_``, which
+    is several times faster than autograd through a gather on the CPU."""
+
+    @staticmethod
+    def forward(ctx, rows: torch.Tensor, weights: torch.Tensor, params: torch.Tensor, fpl: int) -> torch.Tensor:
+        table = params.view(-1, fpl)
+        out = F.embedding_bag(rows.view(-1, 8), table, per_sample_weights=weights.reshape(-1, 8), mode="sum")
+        ctx.save_for_backward(rows, weights)
+        ctx.fpl = fpl
+        ctx.num_params = params.numel()
+        return out.view(rows.shape[0], -1)
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor):
+        rows, weights = ctx.saved_tensors
+        fpl = ctx.fpl
+        g = grad_out.reshape(-1, 1, fpl).to(weights.dtype)  # (N*L, 1, F)
+        vals = (g * weights.reshape(-1, 8, 1)).reshape(-1, fpl)  # (N*L*8, F)
+        n_entries = ctx.num_params // fpl
+        flat_rows = rows.reshape(-1)
+        if vals.device.type == "cpu":
+            # Rows repeat heavily (coarse levels); a histogram per feature beats index_add_ there.
+            grad_table = torch.stack([torch.bincount(flat_rows, weights=vals[:, f], minlength=n_entries)
+                                      for f in range(fpl)], dim=1).to(weights.dtype)
+        else:
+            grad_table = torch.zeros(n_entries, fpl, dtype=weights.dtype, device=weights.device)
+            grad_table.index_add_(0, flat_rows.long(), vals)
+        return None, None, grad_table.view(-1), None
 
 
 def hash_grid_forward_torch(x: torch.Tensor, params: torch.Tensor, layout: HashGridLayout) -> torch.Tensor:
@@ -194,8 +234,8 @@ def hash_grid_forward_torch(x: torch.Tensor, params: torch.Tensor, layout: HashG
         params: (layout.num_params,) flat table (tinycudann layout).
         layout: the grid.
     Returns:
-        (N, L * F) features, level-major, dtype of ``params``. Differentiable w.r.t. ``params``
-        (and ``x``).
+        (N, L * F) features, level-major, dtype of ``params``. Differentiable w.r.t. ``params``;
+        also w.r.t. ``x`` when ``x`` requires grad (a slower, fully autograd path).
     """
     if x.ndim != 2 or x.shape[1] != 3:
         raise ValueError(f"hash grid input must be (N, 3), got {tuple(x.shape)}")
@@ -205,11 +245,14 @@ def hash_grid_forward_torch(x: torch.Tensor, params: torch.Tensor, layout: HashG
     fpl = layout.features_per_level
     if n == 0:
         return params.new_zeros((0, layout.output_dim))
-    rows, weights = hash_grid_indices(x.to(params.dtype), layout)
-    table = params.view(-1, fpl)
-    # Gather + weighted sum of the 8 corners in one fused op (backward scatters into the table).
-    out = F.embedding_bag(rows.view(-1, 8), table, per_sample_weights=weights.reshape(-1, 8), mode="sum")
-    return out.view(n, layout.output_dim)
+    x = x.to(params.dtype)
+    if x.requires_grad and torch.is_grad_enabled():
+        rows, weights = hash_grid_indices(x, layout)
+        corners = params.view(-1, fpl)[rows.long()]  # (N, L, 8, F)
+        return (corners * weights[..., None]).sum(2).reshape(n, layout.output_dim)
+    with torch.no_grad():
+        rows, weights = hash_grid_indices(x, layout)
+    return _HashGridTable.apply(rows, weights, params, fpl)
 
 
 class HashEncoding(nn.Module):

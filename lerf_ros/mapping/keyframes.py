@@ -82,7 +82,7 @@ def exposure_stats(grey: np.ndarray) -> Tuple[float, float]:
     """(mean grey level, fraction of pixels clipped to black or white) of an (H, W) grey image."""
     g = np.asarray(grey)
     clipped = np.count_nonzero((g <= CLIP_LOW) | (g >= CLIP_HIGH))
-    return float(g.mean(dtype=np.float64)), clipped / float(g.size)
+    return float(g.mean(dtype=np.float64)), float(clipped) / float(g.size)
 
 
 def scale_intrinsics(K: np.ndarray, sx: float, sy: float) -> np.ndarray:
@@ -134,6 +134,8 @@ class KeyframeDecision:
         status: 'keep' (store it), 'skip' (valid but redundant: not enough motion) or
             'reject' (bad input or bad image: count it as a dropped frame).
         reason: human-readable explanation with the measured numbers.
+        kind: short machine-readable category for counters: 'keyframe', 'no_motion', 'invalid',
+            'stamp_backwards', 'duplicate_stamp', 'too_dark', 'too_bright', 'clipped', 'blurred'.
         frame: the frame to store (downscaled if needed) when status is 'keep', else None.
         metrics: what was measured (translation_m, rotation_deg, brightness, clipped_fraction,
             sharpness), only the ones computed before the decision.
@@ -141,6 +143,7 @@ class KeyframeDecision:
 
     status: str
     reason: str
+    kind: str
     frame: Optional[Frame] = None
     metrics: Dict[str, float] = field(default_factory=dict)
 
@@ -181,21 +184,27 @@ class KeyframeSelector:
         self._last_pose = np.array(frame.c2w, dtype=np.float64)
 
     def select(self, frame: Frame, commit: bool = True) -> KeyframeDecision:
-        """Decide about ``frame``; with ``commit`` a kept frame becomes the new reference."""
+        """Decide about ``frame``; with ``commit`` a kept frame becomes the new reference.
+
+        Checks run cheapest first: validity, stamp order, motion, then (on the downscaled image)
+        exposure and blur. A frame that did not move enough is skipped before its pixels are
+        examined, so redundant frames at a high frame rate cost almost nothing.
+        """
         cfg = self.cfg
         try:
             frame.validate()
         except FrameError as exc:
-            return KeyframeDecision("reject", f"invalid frame: {exc}")
+            return KeyframeDecision("reject", f"invalid frame: {exc}", "invalid")
         stamp = float(frame.stamp)
         m: Dict[str, float] = {}
         if self._last_stamp is not None:
             if stamp < self._last_stamp:
                 return KeyframeDecision(
                     "reject", f"stamp went backwards: {stamp:.3f} s is {self._last_stamp - stamp:.3f} s "
-                    f"before the newest keyframe ({self._last_stamp:.3f} s)")
+                    f"before the newest keyframe ({self._last_stamp:.3f} s)", "stamp_backwards")
             if stamp == self._last_stamp:
-                return KeyframeDecision("reject", f"duplicate stamp {stamp:.3f} s (same as the newest keyframe)")
+                return KeyframeDecision("reject", f"duplicate stamp {stamp:.3f} s (same as the newest keyframe)",
+                                        "duplicate_stamp")
             dt, ang = pose_distance(self._last_pose, frame.c2w)
             m["translation_m"], m["rotation_deg"] = float(dt), math.degrees(float(ang))
             moved = m["translation_m"] >= cfg.min_translation
@@ -203,7 +212,8 @@ class KeyframeSelector:
             if not (moved or turned):
                 return KeyframeDecision(
                     "skip", f"camera moved {m['translation_m']:.3f} m and turned {m['rotation_deg']:.1f} deg "
-                    f"since the last keyframe (needs {cfg.min_translation:g} m or {cfg.min_rotation_deg:g} deg)", None, m)
+                    f"since the last keyframe (needs {cfg.min_translation:g} m or {cfg.min_rotation_deg:g} deg)",
+                    "no_motion", None, m)
             why = (f"moved {m['translation_m']:.3f} m (>= {cfg.min_translation:g})" if moved
                    else f"turned {m['rotation_deg']:.1f} deg (>= {cfg.min_rotation_deg:g})")
         else:
@@ -213,22 +223,29 @@ class KeyframeSelector:
         m["brightness"], m["clipped_fraction"] = exposure_stats(grey)
         if m["brightness"] < cfg.min_brightness:
             return KeyframeDecision(
-                "reject", f"too dark: mean brightness {m['brightness']:.1f} < {cfg.min_brightness:g}", None, m)
+                "reject", f"too dark: mean brightness {m['brightness']:.1f} < {cfg.min_brightness:g}", "too_dark",
+                None, m)
         if m["brightness"] > cfg.max_brightness:
             return KeyframeDecision(
-                "reject", f"too bright: mean brightness {m['brightness']:.1f} > {cfg.max_brightness:g}", None, m)
+                "reject", f"too bright: mean brightness {m['brightness']:.1f} > {cfg.max_brightness:g}",
+                "too_bright", None, m)
         if m["clipped_fraction"] > cfg.max_clipped_fraction:
             return KeyframeDecision(
                 "reject", f"badly exposed: {100 * m['clipped_fraction']:.0f}% of pixels clipped "
-                f"(> {100 * cfg.max_clipped_fraction:.0f}%)", None, m)
+                f"(> {100 * cfg.max_clipped_fraction:.0f}%)", "clipped", None, m)
         if cfg.min_sharpness > 0:
             m["sharpness"] = laplacian_variance(grey)
             if m["sharpness"] < cfg.min_sharpness:
                 return KeyframeDecision(
-                    "reject", f"blurred: Laplacian variance {m['sharpness']:.1f} < {cfg.min_sharpness:g}", None, m)
+                    "reject", f"blurred: Laplacian variance {m['sharpness']:.1f} < {cfg.min_sharpness:g}", "blurred",
+                    None, m)
         if commit:
             self.mark_kept(prepared)
-        return KeyframeDecision("keep", f"kept: {why}", prepared, m)
+        return KeyframeDecision("keep", f"kept: {why}", "keyframe", prepared, m)
+
+    def consider(self, frame: Frame) -> KeyframeDecision:
+        """``select(frame, commit=True)``: decide, and make a kept frame the new reference."""
+        return self.select(frame, commit=True)
 
 
 # ---------------------------------------------------------------------------- store
@@ -297,6 +314,7 @@ class KeyframeStore:
         self._added = 0
         self._evicted = 0
         self._version = 0
+        self._unreported: List[int] = []  # evicted by set_features, not yet handed out
         self._lock = threading.RLock()
 
     # -------------------------------------------------------------- reading
@@ -364,8 +382,9 @@ class KeyframeStore:
     def add(self, frame: Frame) -> Tuple[int, List[int]]:
         """Store ``frame``; returns ``(key, evicted_keys)``.
 
-        ``evicted_keys`` may contain ``key`` itself only when ``protect_newest`` is 0 and the new
-        frame is the most redundant one. Raises KeyframeStoreError when the frame alone is larger
+        ``evicted_keys`` also holds keys evicted earlier by ``set_features`` and not yet taken with
+        ``take_evicted``; it may contain ``key`` itself only when ``protect_newest`` is 0 and the
+        new frame is the most redundant one. Raises KeyframeStoreError when the frame alone is larger
         than the memory bound.
         """
         need = _frame_nbytes(frame)
@@ -380,18 +399,24 @@ class KeyframeStore:
             self._bytes += need
             self._added += 1
             self._version += 1
-            return key, self._enforce_bounds()
+            evicted = self._unreported + self._enforce_bounds()
+            self._unreported = []
+            return key, evicted
 
-    def set_features(self, key: int, feats: Any) -> List[int]:
-        """Attach teacher features to keyframe ``key``; returns keys evicted to stay within memory.
+    def set_features(self, key: int, feats: Any) -> bool:
+        """Attach teacher features to keyframe ``key``.
 
-        Raises KeyError if the keyframe was evicted meanwhile (a feature worker should catch it and
-        discard its result) and KeyframeStoreError if the keyframe with features alone exceeds the
-        memory bound.
+        Returns False (and changes nothing) when the keyframe is no longer stored: the feature
+        worker finished after it was evicted, which is normal. Keyframes evicted to stay within
+        the memory bound because of the added bytes are handed out by ``take_evicted()`` (and by
+        the next ``add()``). Raises KeyframeStoreError if this keyframe with its features alone
+        exceeds the memory bound.
         """
         add = features_nbytes(feats)
         with self._lock:
-            old = self.get(key)
+            old = self._items.get(key)
+            if old is None:
+                return False
             new = dataclasses.replace(old, features=feats)
             if new.nbytes > self.max_bytes:
                 raise KeyframeStoreError(
@@ -400,10 +425,17 @@ class KeyframeStore:
             self._items[key] = new
             self._bytes += add - features_nbytes(old.features)
             self._version += 1
-            return self._enforce_bounds()
+            self._unreported.extend(self._enforce_bounds())
+            return True
+
+    def take_evicted(self) -> List[int]:
+        """Keys evicted by ``set_features`` since the last call (or the last ``add``), oldest first."""
+        with self._lock:
+            out, self._unreported = self._unreported, []
+            return out
 
     def remove(self, key: int) -> Keyframe:
-        """Remove and return keyframe ``key`` (KeyError if absent)."""
+        """Remove and return keyframe ``key`` (KeyError if absent; not reported as evicted)."""
         with self._lock:
             kf = self.get(key)
             self._drop(key)
@@ -414,6 +446,7 @@ class KeyframeStore:
         with self._lock:
             self._items.clear()
             self._bytes = 0
+            self._unreported = []
             self._version += 1
 
     # -------------------------------------------------------------- eviction

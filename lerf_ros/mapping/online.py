@@ -132,6 +132,9 @@ class OnlineTrainer:
             if self.store.set_features(key, feats):  # False when the keyframe was evicted meanwhile
                 self.views.set_features(key, feats)
                 self._features_ready += 1
+            # Attaching features can push the store over its memory bound.
+            for old in self.store.take_evicted():
+                self.views.remove(old)
         for key, err in self.worker.take_errors():
             self.log("warning", f"teacher features failed for keyframe {key}: {err}")
 

@@ -24,6 +24,9 @@ from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 
+#: gap (m) kept between the object's near side and the palm when the fingers reach in fully
+PALM_GAP = 0.005
+
 
 @dataclass(frozen=True)
 class GripperModel:
@@ -51,6 +54,8 @@ class GripperModel:
         for name in ("max_width", "finger_depth", "finger_thickness", "finger_breadth"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"GripperModel.{name} = {getattr(self, name)!r} must be > 0")
+        if self.finger_depth <= PALM_GAP:
+            raise ValueError(f"GripperModel.finger_depth = {self.finger_depth!r} must exceed {PALM_GAP} m")
         for name in ("width_margin", "approach_clearance", "support_clearance", "collision_tolerance"):
             if getattr(self, name) < 0:
                 raise ValueError(f"GripperModel.{name} = {getattr(self, name)!r} must be >= 0")
@@ -281,7 +286,8 @@ def _grasp_candidates(P: np.ndarray, N: np.ndarray, r: np.ndarray, up: np.ndarra
         along = P @ a
         near, far = _extent(along)
         depth_avail = far - near - gripper.support_clearance if kind == "top" else far - near
-        insertion = float(np.clip(depth_avail, min(0.005, far - near), gripper.finger_depth))
+        # Leave a small gap between the palm and the object.
+        insertion = float(np.clip(depth_avail, min(0.005, far - near), gripper.finger_depth - PALM_GAP))
         region = (along >= near - 1e-6) & (along <= near + insertion)
         if kind == "side":
             # Close on a horizontal slice at the middle of the object's height, or as low as the

@@ -1,0 +1,273 @@
+"""The query engine: text in; scored 3D points and grasp-target poses out. No ROS here.
+
+One query:
+1. validate the request (every problem becomes ``success=False`` and a message saying what to fix);
+2. take the current snapshot (swapped atomically by ``set_snapshot``) and its surface points
+   (``SurfaceCache``: recomputed only as training moves on);
+3. embed the text, the canonical phrases and the request's negatives (LRU-cached, the query
+   itself left out of the negatives);
+4. scale search: for every candidate scale evaluate the language field at every surface point and
+   the relevancy ``min_i exp(t phi.q) / (exp(t phi.q) + exp(t phi.c_i))``; the answer's scale is
+   the one with the highest maximum relevancy (the LERF paper's choice) and the points are scored
+   at that scale;
+5. points at or above the threshold, most relevant first, capped at ``max_points``;
+6. grasps on the chosen object cluster (``lerf_ros.query.grasp``, which documents the gripper frame);
+7. optionally everything expressed in another frame (``world_to_target``).
+
+Speed (details in ``lerf_ros.query.relevancy``). Per (snapshot, surface) pair the engine stores
+the language field at every surface point and scale as coefficients in the field's output basis
+(``ProjectedFeatures``, bounded by ``query.feature_cache_mb``), so a query costs one small matrix
+product per scale instead of S field evaluations; the first query after a new snapshot pays for
+them (or ``prepare()`` does, e.g. from the node's snapshot timer). Without them (too large), the
+field is evaluated per query, projected onto the span of the query's text embeddings; a snapshot
+offering ``language_multi_scale`` is evaluated for all scales at once.
+"""
+from __future__ import annotations
+
+import math
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+
+from lerf_ros.config import QueryConfig
+from lerf_ros.data.frame import FrameError, check_pose
+from lerf_ros.field.snapshot import FieldSnapshot
+from lerf_ros.query.grasp import Grasp, GripperModel, plan_grasps
+from lerf_ros.query.relevancy import FeatureCache, scale_search
+from lerf_ros.query.surface import SurfaceCache, SurfaceError, SurfacePoints
+from lerf_ros.teachers.text import TextEncoderCache, negative_phrases
+
+NO_MODEL_MESSAGE = "no model yet: the trainer has not produced a snapshot (waiting for keyframes)"
+
+
+@dataclass
+class QueryResult:
+    """The answer to one query (arrays in the requested frame; empty arrays on failure).
+
+    Attributes:
+        success: False when the request was bad or nothing qualified; ``message`` says why.
+        message: what happened, or what to fix.
+        step: training step of the snapshot that answered (-1 when none).
+        scale: chosen language scale (m); 0 when no scale search ran.
+        max_relevancy: highest relevancy over the surface points at the chosen scale.
+        points: (K, 3) float32 positions, most relevant first.
+        colors: (K, 3) uint8 colours.
+        relevancy: (K,) float32 relevancy, descending.
+        grasps: ranked grasp targets (best first).
+        timings: milliseconds: 'surface' (0 unless this query refreshed the surface points),
+            'features' (0 unless this query computed the snapshot's projected features), 'text',
+            'field' (the scale search), 'cluster' (clustering and grasps), 'total'.
+        surface_step: training step the surface points were extracted at.
+        num_candidates: surface points scored.
+    """
+
+    success: bool
+    message: str
+    step: int = -1
+    scale: float = 0.0
+    max_relevancy: float = 0.0
+    points: np.ndarray = field(default_factory=lambda: np.zeros((0, 3), np.float32))
+    colors: np.ndarray = field(default_factory=lambda: np.zeros((0, 3), np.uint8))
+    relevancy: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
+    grasps: List[Grasp] = field(default_factory=list)
+    timings: Dict[str, float] = field(default_factory=dict)
+    surface_step: int = -1
+    num_candidates: int = 0
+
+
+class QueryEngine:
+    """Answers text queries from the current snapshot. Thread-safe: any number of concurrent
+    ``query`` calls; ``set_snapshot`` swaps the model atomically (a running query keeps the one it
+    started with)."""
+
+    def __init__(self, cfg: QueryConfig, encode_text: Callable[[List[str]], torch.Tensor]) -> None:
+        self.cfg = cfg.check()
+        self.texts = TextEncoderCache(encode_text, cfg.text_cache_size)
+        self.gripper = GripperModel(max_width=cfg.gripper_max_width, finger_depth=cfg.gripper_finger_depth,
+                                    width_margin=cfg.grasp_width_margin,
+                                    support_clearance=max(0.01, 1.5 * cfg.voxel_size)).check()
+        self._lock = threading.Lock()
+        self._snapshot: Optional[FieldSnapshot] = None
+        self._surfaces = SurfaceCache(cfg)
+        self._features = FeatureCache(int(cfg.feature_cache_mb * 2**20))
+
+    # ------------------------------------------------------------------ model
+    def set_snapshot(self, snapshot: FieldSnapshot) -> None:
+        """Answer later queries from ``snapshot`` (read-only; never modified here)."""
+        for attr in ("step", "clip_dim", "device", "cameras", "language", "render"):
+            if not hasattr(snapshot, attr):
+                raise TypeError(f"snapshot lacks '{attr}': not a FieldSnapshot")
+        with self._lock:
+            self._snapshot = snapshot
+
+    @property
+    def snapshot(self) -> Optional[FieldSnapshot]:
+        with self._lock:
+            return self._snapshot
+
+    def surface(self) -> Optional[SurfacePoints]:
+        """Surface points of the current snapshot (computed if stale), or None without a snapshot."""
+        snap = self.snapshot
+        if snap is None:
+            return None
+        return self._surfaces.get(snap)[0]
+
+    def scene_points(self) -> Optional[Tuple[np.ndarray, np.ndarray]]:
+        """(xyz (N, 3) float32, rgb (N, 3) uint8) of the current surface, or None without a model."""
+        s = self.surface()
+        return None if s is None else (s.xyz, s.rgb)
+
+    def prepare(self) -> Dict[str, float]:
+        """Compute what the current snapshot's queries need (surface points, projected features)
+        now rather than in the first query. Returns milliseconds spent: 'surface', 'features'."""
+        snap = self.snapshot
+        out = {"surface": 0.0, "features": 0.0}
+        if snap is None:
+            return out
+        t0 = time.perf_counter()
+        surface, computed = self._surfaces.get(snap)
+        if computed:
+            out["surface"] = 1000 * (time.perf_counter() - t0)
+        if len(surface):
+            t1 = time.perf_counter()
+            _, built = self._get_features(snap, surface)
+            if built:
+                out["features"] = 1000 * (time.perf_counter() - t1)
+        return out
+
+    def _get_features(self, snap: FieldSnapshot, surface: SurfacePoints):
+        xyz = self._surfaces.xyz_tensor(surface, torch.device(snap.device))
+        scales = torch.tensor(self.cfg.scales, dtype=torch.float32, device=xyz.device)
+        return self._features.get(snap, surface, xyz, scales, self.cfg.field_chunk_points)
+
+    # ------------------------------------------------------------------ queries
+    def _check_request(self, text, negatives, threshold, max_points, max_grasps, world_to_target) -> str:
+        cfg = self.cfg
+        if not isinstance(text, str) or not text.strip():
+            return "empty query text: give a word or phrase naming what to find"
+        if len(text) > cfg.max_text_length:
+            return (f"query text too long ({len(text)} characters): at most {cfg.max_text_length} "
+                    "(query.max_text_length)")
+        for i, neg in enumerate(negatives):
+            if not isinstance(neg, str) or not neg.strip():
+                return f"negative phrase {i} is empty: remove it or give a phrase"
+            if len(neg) > cfg.max_text_length:
+                return f"negative phrase {i} too long ({len(neg)} characters): at most {cfg.max_text_length}"
+        if not isinstance(threshold, (int, float)) or not math.isfinite(threshold) or not 0 <= threshold <= 1:
+            return f"threshold {threshold!r} is outside [0, 1]: give a relevancy in [0, 1] (0 = default {cfg.threshold})"
+        if max_points < 0:
+            return f"max_points {max_points} is negative: give a count (0 = default {cfg.max_points})"
+        if max_grasps < 0:
+            return f"max_grasps {max_grasps} is negative: give a count (0 = default {cfg.max_grasps})"
+        if world_to_target is not None:
+            try:
+                check_pose(np.asarray(world_to_target, dtype=np.float64))
+            except (FrameError, TypeError, ValueError) as exc:
+                return f"world_to_target is not a rigid 4x4 transform: {exc}"
+        return ""
+
+    def query(self, text: str, negatives: Sequence[str] = (), threshold: float = 0.0, max_points: int = 0,
+              max_grasps: int = 0, world_to_target: Optional[np.ndarray] = None) -> QueryResult:
+        """Answer one query.
+
+        Args:
+            text: what to find (1..max_text_length characters).
+            negatives: extra negative phrases, added to the configured canonical phrases.
+            threshold: keep points with relevancy >= this; 0 = the configured default.
+            max_points: at most this many points (most relevant kept); 0 = the configured default.
+            max_grasps: at most this many grasps; 0 = the configured default.
+            world_to_target: optional (4, 4) rigid transform from the world frame to the output frame.
+        Returns:
+            QueryResult (never raises for a bad request: success=False and a message instead).
+        """
+        t0 = time.perf_counter()
+        timings = {"surface": 0.0, "features": 0.0, "text": 0.0, "field": 0.0, "cluster": 0.0}
+        negatives = list(negatives or ())
+        error = self._check_request(text, negatives, threshold, max_points, max_grasps, world_to_target)
+        if error:
+            return QueryResult(False, error, timings=self._total(timings, t0))
+        cfg = self.cfg
+        threshold = float(threshold) if threshold > 0 else cfg.threshold
+        max_points = int(max_points) or cfg.max_points
+        max_grasps = int(max_grasps) or cfg.max_grasps
+        text = text.strip()
+        negatives = [n.strip() for n in negatives]
+
+        snap = self.snapshot
+        if snap is None:
+            return QueryResult(False, NO_MODEL_MESSAGE, timings=self._total(timings, t0))
+        step = int(snap.step)
+        ts = time.perf_counter()
+        try:
+            surface, computed = self._surfaces.get(snap)
+        except SurfaceError as exc:
+            return QueryResult(False, f"cannot extract surface points at step {step}: {exc}", step=step,
+                               timings=self._total(timings, t0))
+        if computed:
+            timings["surface"] = 1000 * (time.perf_counter() - ts)
+        if len(surface) == 0:
+            return QueryResult(False, (f"no surface points yet at step {surface.step}: no opaque surface was seen by "
+                                       f"{cfg.min_views} keyframes (train longer, or lower query.min_views / "
+                                       "query.surface_min_accumulation)"), step=step, surface_step=surface.step,
+                               timings=self._total(timings, t0))
+
+        # --- text
+        tt = time.perf_counter()
+        negs = negative_phrases(negatives, cfg.canonical_phrases, exclude=[text])
+        if not negs:
+            return QueryResult(False, (f"no negative phrase left: '{text}' is the only canonical phrase; add a "
+                                       "negative phrase"), step=step, timings=self._total(timings, t0))
+        emb = self.texts.embed([text] + negs)                        # (1 + M, D)
+        timings["text"] = 1000 * (time.perf_counter() - tt)
+        if emb.shape[1] != int(snap.clip_dim):
+            return QueryResult(False, (f"the text encoder gives {emb.shape[1]}-dim embeddings but the model's "
+                                       f"language field has {snap.clip_dim}: the teacher does not match the model"),
+                               step=step, timings=self._total(timings, t0))
+
+        # --- scale search
+        tf = time.perf_counter()
+        feats, built = self._get_features(snap, surface)
+        if built:
+            timings["features"] = 1000 * (time.perf_counter() - tf)
+        xyz = self._surfaces.xyz_tensor(surface, torch.device(snap.device))
+        search = scale_search(snap, xyz, cfg.scales, emb, cfg.temperature, cfg.field_chunk_points, feats)
+        scale, max_rel, scores = search.scale, search.max_relevancy, search.scores
+        timings["field"] = 1000 * (time.perf_counter() - tf) - timings["features"]
+
+        above = np.flatnonzero(scores >= threshold)
+        base = dict(step=step, scale=scale, max_relevancy=max_rel, surface_step=surface.step,
+                    num_candidates=len(surface))
+        if len(above) == 0:
+            return QueryResult(False, (f"nothing above threshold {threshold:.3f} for '{text}': the best relevancy "
+                                       f"found is {max_rel:.3f} (scale {scale:.2f} m, {len(surface)} points); lower "
+                                       "the threshold or rephrase"), timings=self._total(timings, t0), **base)
+        order = above[np.argsort(-scores[above], kind="stable")]
+        keep = order[:max_points]
+
+        # --- grasps (on the relevant points, up to the configured cap, against the whole surface)
+        tc = time.perf_counter()
+        gidx = order[:cfg.max_points]
+        plan = plan_grasps(surface.xyz[gidx], surface.normals[gidx], scores[gidx], surface.xyz, self.gripper,
+                           cfg.dbscan_eps, cfg.dbscan_min_points, max_grasps, tall_ratio=cfg.tall_ratio)
+        timings["cluster"] = 1000 * (time.perf_counter() - tc)
+
+        pts = surface.xyz[keep]
+        grasps = plan.grasps
+        if world_to_target is not None:
+            T = np.asarray(world_to_target, dtype=np.float64)
+            pts = (pts.astype(np.float64) @ T[:3, :3].T + T[:3, 3]).astype(np.float32)
+            grasps = [g.transformed(T) for g in grasps]
+        msg = (f"{len(keep)} of {len(above)} points above threshold {threshold:.3f} (max relevancy {max_rel:.3f} "
+               f"at scale {scale:.2f} m, model step {step})")
+        msg += f"; {len(grasps)} grasp(s)" if grasps else f"; {plan.message}"
+        return QueryResult(True, msg, points=pts, colors=surface.rgb[keep], relevancy=scores[keep].astype(np.float32),
+                           grasps=grasps, timings=self._total(timings, t0), **base)
+
+    @staticmethod
+    def _total(timings: Dict[str, float], t0: float) -> Dict[str, float]:
+        timings["total"] = 1000 * (time.perf_counter() - t0)
+        return timings

@@ -1,0 +1,255 @@
+"""Candidate 3D points to score: the surface of the current field, seen by enough keyframes.
+
+Each keyframe camera of a snapshot (at most ``surface_max_views`` of them, evenly spread) renders
+expected depth, colour and accumulation at 1/``surface_stride`` of its resolution; pixels with
+enough accumulated opacity are back-projected to world points with their colour. The points are
+merged, voxel-downsampled (open3d), given normals (open3d, oriented towards the cameras that see
+them), and visibility-filtered as the LERF paper does: a point is kept only when at least
+``min_views`` of the rendered views see it (it projects inside the image, in front of the camera,
+and is not occluded: the view's rendered depth at that pixel matches the point's depth within
+``visibility_tolerance + visibility_tolerance_rel * depth``). When fewer views than ``min_views``
+were rendered, all of them are required. Finally the count is bounded by ``max_candidate_points``
+(random subsample, seeded by the training step so a refresh is reproducible).
+
+``SurfaceCache`` keeps the result per snapshot and recomputes it only when the snapshot's step has
+advanced by ``refresh_every_steps`` (or went backwards: a reset trainer), not for every query.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Tuple
+
+import numpy as np
+import torch
+
+from lerf_ros.config import QueryConfig
+from lerf_ros.field.snapshot import CameraView, FieldSnapshot
+
+
+class SurfaceError(RuntimeError):
+    """Surface extraction cannot run on this snapshot; the message says why."""
+
+
+@dataclass(frozen=True)
+class SurfacePoints:
+    """Surface points of one snapshot (world frame).
+
+    Attributes:
+        xyz: (N, 3) float32 positions (m).
+        rgb: (N, 3) uint8 rendered colour.
+        normals: (N, 3) float32 unit normals, pointing towards the cameras that see the point.
+        views: (N,) int32 number of rendered views that see the point.
+        step: training step of the snapshot they were extracted from.
+        stats: counts and timings of the extraction (for logs and benchmarks).
+    """
+
+    xyz: np.ndarray
+    rgb: np.ndarray
+    normals: np.ndarray
+    views: np.ndarray
+    step: int
+    stats: Dict[str, float] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return int(self.xyz.shape[0])
+
+
+def select_views(cameras: List[CameraView], max_views: int) -> List[int]:
+    """Indices of at most ``max_views`` cameras, evenly spread over the list (keyframe order)."""
+    n = len(cameras)
+    if n <= max_views:
+        return list(range(n))
+    return sorted(set(np.linspace(0, n - 1, max_views).round().astype(int).tolist()))
+
+
+def scaled_intrinsics(K: np.ndarray, width: int, height: int, new_width: int, new_height: int) -> np.ndarray:
+    """Intrinsics of the same camera rendered at another resolution (pixel-centre convention kept:
+    continuous image coordinates scale by new/old, so the principal point scales too)."""
+    K2 = np.array(K, dtype=np.float64, copy=True)
+    K2[0, :] *= new_width / width
+    K2[1, :] *= new_height / height
+    K2[2, :] = K[2, :]
+    return K2
+
+
+def backproject(depth: np.ndarray, K: np.ndarray, c2w: np.ndarray) -> np.ndarray:
+    """Pixel centres at z-depth -> world points. depth (H, W), K (3, 3), c2w (4, 4) -> (H, W, 3)."""
+    h, w = depth.shape
+    u, v = np.meshgrid(np.arange(w, dtype=np.float64) + 0.5, np.arange(h, dtype=np.float64) + 0.5)
+    pix = np.stack([u, v, np.ones_like(u)], axis=-1)                 # (H, W, 3)
+    rays = pix @ np.linalg.inv(K).T                                  # z component is 1
+    cam = rays * depth[..., None]
+    return cam @ c2w[:3, :3].T + c2w[:3, 3]
+
+
+def project(xyz: np.ndarray, K: np.ndarray, c2w: np.ndarray) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """World points -> (col (N,) int, row (N,) int, z (N,) camera z-depth). Pixel (col, row) is the one
+    whose area contains the projection (centres at +0.5)."""
+    cam = (xyz - c2w[:3, 3]) @ c2w[:3, :3]                           # R^T (p - t), row form
+    z = cam[:, 2]
+    zs = np.where(np.abs(z) > 1e-9, z, 1e-9)
+    uv = cam @ K.T
+    col = np.floor(uv[:, 0] / zs).astype(np.int64)
+    row = np.floor(uv[:, 1] / zs).astype(np.int64)
+    return col, row, z
+
+
+def _render_view(snapshot: FieldSnapshot, cam: CameraView, stride: int) -> Dict[str, np.ndarray]:
+    w = max(1, int(round(cam.width / stride)))
+    h = max(1, int(round(cam.height / stride)))
+    K = scaled_intrinsics(np.asarray(cam.K), cam.width, cam.height, w, h)
+    c2w = np.asarray(cam.c2w, dtype=np.float64)
+    with torch.no_grad():
+        out = snapshot.render(K, c2w, h, w)
+    for key in ("depth", "rgb", "accumulation"):
+        if key not in out:
+            raise SurfaceError(f"snapshot.render() returned no '{key}' (got {sorted(out)})")
+    depth = out["depth"].detach().float().cpu().numpy().reshape(h, w)
+    rgb = out["rgb"].detach().float().cpu().numpy().reshape(h, w, 3)
+    acc = out["accumulation"].detach().float().cpu().numpy().reshape(h, w)
+    return {"K": K, "c2w": c2w, "depth": depth, "rgb": rgb, "acc": acc}
+
+
+def extract_surface(snapshot: FieldSnapshot, cfg: QueryConfig) -> SurfacePoints:
+    """Surface points of ``snapshot`` (see the module docstring). Raises SurfaceError when the
+    snapshot has no cameras."""
+    import open3d as o3d
+
+    t0 = time.perf_counter()
+    cams = list(snapshot.cameras)
+    if not cams:
+        raise SurfaceError("the snapshot has no keyframe cameras to extract a surface from")
+    views = [_render_view(snapshot, cams[i], cfg.surface_stride) for i in select_views(cams, cfg.surface_max_views)]
+    t_render = time.perf_counter()
+
+    pts, cols = [], []
+    for v in views:
+        ok = (v["acc"] > cfg.surface_min_accumulation) & np.isfinite(v["depth"]) & (v["depth"] > 0)
+        if np.any(ok):
+            pts.append(backproject(v["depth"], v["K"], v["c2w"])[ok])
+            cols.append(np.clip(v["rgb"][ok], 0.0, 1.0))
+    stats: Dict[str, float] = {"views": float(len(views)), "rendered_points": float(sum(len(p) for p in pts))}
+    empty = SurfacePoints(np.zeros((0, 3), np.float32), np.zeros((0, 3), np.uint8), np.zeros((0, 3), np.float32),
+                          np.zeros(0, np.int32), int(snapshot.step), stats)
+    if not pts:
+        stats["ms"] = 1000 * (time.perf_counter() - t0)
+        return empty
+
+    pcd = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(np.concatenate(pts).astype(np.float64)))
+    pcd.colors = o3d.utility.Vector3dVector(np.concatenate(cols).astype(np.float64))
+    pcd = pcd.voxel_down_sample(cfg.voxel_size)
+    xyz = np.asarray(pcd.points)
+    rgb = np.asarray(pcd.colors)
+    stats["voxel_points"] = float(len(xyz))
+    rng = np.random.default_rng(int(snapshot.step))
+    # Visibility costs points x views; bound the work before it (the final bound comes after).
+    if len(xyz) > 4 * cfg.max_candidate_points:
+        keep = np.sort(rng.choice(len(xyz), 4 * cfg.max_candidate_points, replace=False))
+        xyz, rgb = xyz[keep], rgb[keep]
+
+    count = np.zeros(len(xyz), np.int32)
+    towards = np.zeros_like(xyz)                  # sum of unit directions to the cameras that see a point
+    for v in views:
+        h, w = v["depth"].shape
+        col, row, z = project(xyz, v["K"], v["c2w"])
+        inside = (z > 1e-6) & (col >= 0) & (col < w) & (row >= 0) & (row < h)
+        d = np.zeros_like(z)
+        d[inside] = v["depth"][row[inside], col[inside]]
+        tol = cfg.visibility_tolerance + cfg.visibility_tolerance_rel * np.abs(z)
+        opaque = v["acc"][np.clip(row, 0, h - 1), np.clip(col, 0, w - 1)] > cfg.surface_min_accumulation
+        seen = inside & opaque & (np.abs(d - z) <= tol)
+        count += seen
+        to_cam = v["c2w"][:3, 3] - xyz
+        to_cam /= np.maximum(np.linalg.norm(to_cam, axis=1, keepdims=True), 1e-12)
+        towards += to_cam * seen[:, None]
+    need = min(cfg.min_views, len(views))
+    keep = count >= need
+    stats["visible_points"] = float(keep.sum())
+    xyz, rgb, count, towards = xyz[keep], rgb[keep], count[keep], towards[keep]
+    if len(xyz) > cfg.max_candidate_points:
+        sel = np.sort(rng.choice(len(xyz), cfg.max_candidate_points, replace=False))
+        xyz, rgb, count, towards = xyz[sel], rgb[sel], count[sel], towards[sel]
+    if len(xyz) == 0:
+        stats["ms"] = 1000 * (time.perf_counter() - t0)
+        return empty
+
+    npcd = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(xyz))
+    npcd.estimate_normals(o3d.geometry.KDTreeSearchParamHybrid(radius=3.0 * cfg.voxel_size, max_nn=30))
+    normals = np.asarray(npcd.normals).copy()
+    if len(normals) != len(xyz):                 # too few neighbours anywhere: fall back to view directions
+        normals = towards.copy()
+    flip = np.sum(normals * towards, axis=1) < 0
+    normals[flip] *= -1.0
+    normals /= np.maximum(np.linalg.norm(normals, axis=1, keepdims=True), 1e-12)
+
+    stats["points"] = float(len(xyz))
+    stats["render_ms"] = 1000 * (t_render - t0)
+    stats["ms"] = 1000 * (time.perf_counter() - t0)
+    return SurfacePoints(xyz.astype(np.float32), np.round(rgb * 255.0).astype(np.uint8), normals.astype(np.float32),
+                         count.astype(np.int32), int(snapshot.step), stats)
+
+
+class SurfaceCache:
+    """The surface of the newest snapshot, recomputed only when training has moved on enough.
+
+    Thread-safe. A refresh is computed by one thread; while it runs, other callers get the previous
+    surface when there is one (and wait for the new one otherwise).
+    """
+
+    def __init__(self, cfg: QueryConfig) -> None:
+        self.cfg = cfg
+        self._state = threading.Lock()
+        self._compute = threading.Lock()
+        self._surface: Optional[SurfacePoints] = None
+        self._tensors: Dict[str, torch.Tensor] = {}
+
+    def _stale(self, snapshot: FieldSnapshot) -> bool:
+        s = self._surface
+        if s is None:
+            return True
+        step = int(snapshot.step)
+        if step == s.step:
+            return False
+        if step < s.step or len(s) == 0:          # reset trainer, or nothing found yet: retry
+            return True
+        return step - s.step >= self.cfg.refresh_every_steps
+
+    def get(self, snapshot: FieldSnapshot) -> Tuple[SurfacePoints, bool]:
+        """(surface for ``snapshot``, whether this call computed it)."""
+        with self._state:
+            if not self._stale(snapshot):
+                return self._surface, False
+            current = self._surface
+        if current is not None and not self._compute.acquire(blocking=False):
+            return current, False                 # someone is refreshing it: answer from the previous one
+        if current is None:
+            self._compute.acquire()
+        try:
+            with self._state:
+                if not self._stale(snapshot):
+                    return self._surface, False
+            surface = extract_surface(snapshot, self.cfg)
+            with self._state:
+                self._surface = surface
+                self._tensors = {}
+            return surface, True
+        finally:
+            self._compute.release()
+
+    def peek(self) -> Optional[SurfacePoints]:
+        """The cached surface, without computing anything."""
+        with self._state:
+            return self._surface
+
+    def xyz_tensor(self, surface: SurfacePoints, device: torch.device) -> torch.Tensor:
+        """(N, 3) float32 tensor of ``surface.xyz`` on ``device``, cached with the surface."""
+        key = f"{id(surface)}:{device}"
+        with self._state:
+            t = self._tensors.get(key)
+            if t is None:
+                t = torch.from_numpy(np.ascontiguousarray(surface.xyz)).to(device)
+                if self._surface is surface:
+                    self._tensors[key] = t
+            return t

@@ -1,0 +1,191 @@
+"""Helpers for tests that talk to real ROS 2 processes over DDS.
+
+- ``unique_domain_id()``: a ROS_DOMAIN_ID of this test process's own, so parallel runs do not
+  cross-talk (1..101: the range whose DDS ports stay below the Linux ephemeral port range).
+- ``ros_env(domain_id)``: environment for a child process (and the values the test process
+  itself needs): that domain, ``ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST`` (a process with a
+  different discovery range does not see the others), unbuffered output, the repository first on
+  ``PYTHONPATH`` (so children run this source tree; ``lerf_ros/__init__`` joins the generated
+  ``lerf_ros.msg``/``srv`` from the colcon install space onto it).
+- ``ros_context(domain_id)``: context manager that applies that environment to this process and
+  yields an initialised ``rclpy`` Context; nodes must be created with ``context=ctx``.
+- ``start_process(argv, env)`` / ``stop_process(p, timeout)``: a child in its own process group
+  (signals reach it and its children; a background job of a shell would ignore SIGINT), output
+  captured to a log file (``p.log_path``; ``process_output(p)`` reads it).
+- ``spin_until(node, predicate, timeout)``, ``wait_for_publisher``, ``wait_for_service``.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable, Dict, Iterator, List, Optional, Sequence
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def unique_domain_id() -> int:
+    """A ROS domain id derived from the pid, in 1..101 (domain 0 is everybody's default)."""
+    return 1 + os.getpid() % 101
+
+
+def ros_env(domain_id: Optional[int] = None, extra: Optional[Dict[str, str]] = None) -> Dict[str, str]:
+    """A copy of ``os.environ`` set up for a ROS process on ``domain_id`` (see the module doc)."""
+    env = dict(os.environ)
+    env["ROS_DOMAIN_ID"] = str(unique_domain_id() if domain_id is None else int(domain_id))
+    env["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
+    env.pop("ROS_LOCALHOST_ONLY", None)  # deprecated; conflicts with the discovery range
+    env["PYTHONUNBUFFERED"] = "1"
+    env["RCUTILS_LOGGING_BUFFERED_STREAM"] = "0"
+    paths = [str(REPO_ROOT)]
+    old = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p and p not in paths]
+    env["PYTHONPATH"] = os.pathsep.join(paths + old)
+    if extra:
+        env.update(extra)
+    return env
+
+
+@contextlib.contextmanager
+def ros_context(domain_id: Optional[int] = None) -> Iterator["object"]:
+    """Apply ``ros_env(domain_id)``'s ROS variables to this process and yield an initialised rclpy
+    Context (shut down and the environment restored on exit)."""
+    import rclpy
+    from rclpy.context import Context
+
+    env = ros_env(domain_id)
+    keys = ("ROS_DOMAIN_ID", "ROS_AUTOMATIC_DISCOVERY_RANGE", "ROS_LOCALHOST_ONLY")
+    saved = {k: os.environ.get(k) for k in keys}
+    for k in keys:
+        if k in env:
+            os.environ[k] = env[k]
+        else:
+            os.environ.pop(k, None)
+    ctx = Context()
+    # Signal handlers stay with pytest: the test process must not turn SIGINT into a shutdown.
+    from rclpy.signals import SignalHandlerOptions
+
+    rclpy.init(context=ctx, domain_id=int(env["ROS_DOMAIN_ID"]), signal_handler_options=SignalHandlerOptions.NO)
+    try:
+        yield ctx
+    finally:
+        rclpy.try_shutdown(context=ctx)
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def python_argv(*args: str) -> List[str]:
+    """argv running this interpreter (the venv's python) with ``args``."""
+    return [sys.executable, *args]
+
+
+def lerf_ros_argv(*args: str) -> List[str]:
+    """argv of the ``lerf-ros`` command (through ``python -m lerf_ros.cli``, no install needed)."""
+    return python_argv("-m", "lerf_ros.cli", *args)
+
+
+def start_process(argv: Sequence[str], env: Optional[Dict[str, str]] = None,
+                  cwd: Optional[os.PathLike] = None, log_path: Optional[os.PathLike] = None) -> subprocess.Popen:
+    """Start ``argv`` in a new session (its own process group), stdout+stderr to a log file.
+
+    The returned Popen has ``log_path`` (str) set; read it with ``process_output``.
+    """
+    if log_path is None:
+        fd, log_path = tempfile.mkstemp(prefix="ros_test_", suffix=".log")
+        os.close(fd)
+    log = open(log_path, "wb")
+    try:
+        p = subprocess.Popen(list(argv), env=env if env is not None else ros_env(), cwd=str(cwd or REPO_ROOT),
+                             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                             start_new_session=True)
+    finally:
+        log.close()
+    p.log_path = str(log_path)  # type: ignore[attr-defined]
+    return p
+
+
+def process_output(p: subprocess.Popen, tail: int = 8000) -> str:
+    """The last ``tail`` characters of what the process wrote."""
+    try:
+        text = Path(p.log_path).read_text(errors="replace")  # type: ignore[attr-defined]
+    except (AttributeError, OSError):
+        return ""
+    return text[-tail:]
+
+
+def _signal_group(p: subprocess.Popen, sig: int) -> None:
+    try:
+        os.killpg(p.pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def stop_process(p: subprocess.Popen, timeout: float = 10.0, sig: int = signal.SIGINT) -> int:
+    """Send ``sig`` to the process group and wait up to ``timeout`` s for the exit code.
+
+    If it does not exit in time, escalates to SIGTERM, then SIGKILL (a few seconds' grace each)
+    and sets ``p.escalated = True``; the code returned then is never 0 (the child's own code if it
+    is non-zero, else minus the escalation signal), so a test asserting a clean exit fails.
+    Already exited: returns its code.
+    """
+    p.escalated = False  # type: ignore[attr-defined]
+    if p.poll() is not None:
+        return p.returncode
+    _signal_group(p, sig)
+    try:
+        return p.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        pass
+    p.escalated = True  # type: ignore[attr-defined]
+    used = signal.SIGTERM
+    for used in (signal.SIGTERM, signal.SIGKILL):
+        _signal_group(p, used)
+        try:
+            p.wait(timeout=5.0)
+            break
+        except subprocess.TimeoutExpired:
+            continue
+    return p.returncode if p.returncode not in (None, 0) else -int(used)
+
+
+def spin_until(node, predicate: Callable[[], bool], timeout: float, executor=None, step: float = 0.05) -> bool:
+    """Spin ``node`` (through ``executor``, or a temporary single-threaded executor on the node's
+    context) until ``predicate()`` is true or ``timeout`` s pass. Returns ``predicate()``."""
+    from rclpy.executors import SingleThreadedExecutor
+
+    own = executor is None
+    if own:
+        executor = SingleThreadedExecutor(context=node.context)
+        executor.add_node(node)
+    try:
+        deadline = time.monotonic() + timeout
+        while not predicate():
+            if time.monotonic() > deadline:
+                return bool(predicate())
+            executor.spin_once(timeout_sec=step)
+        return True
+    finally:
+        if own:
+            executor.remove_node(node)
+            executor.shutdown(timeout_sec=0)
+
+
+def wait_for_publisher(node, topic: str, timeout: float, count: int = 1) -> bool:
+    """Spin until ``topic`` has at least ``count`` publishers (discovery takes a moment)."""
+    return spin_until(node, lambda: node.count_publishers(topic) >= count, timeout)
+
+
+def wait_for_service(client, timeout: float) -> bool:
+    """Wait for a service client's server (polls; no sleep-and-hope)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if client.wait_for_service(timeout_sec=0.2):
+            return True
+    return False

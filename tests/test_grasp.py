@@ -1,0 +1,187 @@
+"""Grasp-target poses on point clusters built here: boxes on a table, with exact normals."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from lerf_ros.query.grasp import (GripperModel, cluster_dbscan, gripper_collisions, plan_grasps,
+                                  quaternion_xyzw_to_rotation, rank_clusters, rotation_to_quaternion_xyzw)
+
+SPACING = 0.005
+GRIPPER = GripperModel(max_width=0.08, finger_depth=0.04, width_margin=0.01, support_clearance=0.01)
+
+
+def rot_z(yaw: float) -> np.ndarray:
+    c, s = np.cos(yaw), np.sin(yaw)
+    return np.array([[c, -s, 0], [s, c, 0], [0, 0, 1.0]])
+
+
+def box_surface(center, size, yaw=0.0, spacing=SPACING, bottom=False):
+    """Points and outward normals on the faces of a box standing on its bottom face (bottom face
+    left out: it rests on the table and no camera sees it)."""
+    size = np.asarray(size, float)
+    pts, nrm = [], []
+    for axis in range(3):
+        for sign in (-1.0, 1.0):
+            if axis == 2 and sign < 0 and not bottom:
+                continue
+            a, b = [i for i in range(3) if i != axis]
+            ua = np.arange(-size[a] / 2, size[a] / 2 + 1e-9, spacing)
+            ub = np.arange(-size[b] / 2, size[b] / 2 + 1e-9, spacing)
+            A, B = np.meshgrid(ua, ub, indexing="ij")
+            p = np.zeros((A.size, 3))
+            p[:, a], p[:, b], p[:, axis] = A.ravel(), B.ravel(), sign * size[axis] / 2
+            n = np.zeros_like(p)
+            n[:, axis] = sign
+            pts.append(p)
+            nrm.append(n)
+    R = rot_z(yaw)
+    return np.concatenate(pts) @ R.T + np.asarray(center, float), np.concatenate(nrm) @ R.T
+
+
+def table(extent=0.3, z=0.0, spacing=0.01, hole_box=None):
+    u = np.arange(-extent, extent + 1e-9, spacing)
+    X, Y = np.meshgrid(u, u, indexing="ij")
+    p = np.stack([X.ravel(), Y.ravel(), np.full(X.size, z)], axis=1)
+    return p
+
+
+def in_box(p, center, size, yaw=0.0, grow=0.02):
+    q = (np.asarray(p) - np.asarray(center)) @ rot_z(yaw)
+    return bool(np.all(np.abs(q) <= np.asarray(size) / 2 + grow))
+
+
+def plan_for_box(center, size, yaw=0.0, extra_scene=None, max_grasps=5):
+    pts, nrm = box_surface(center, size, yaw)
+    rel = np.full(len(pts), 0.9)
+    scene = np.concatenate([pts, table()] + ([extra_scene] if extra_scene is not None else []))
+    return plan_grasps(pts, nrm, rel, scene, GRIPPER, eps=0.02, min_points=10, max_grasps=max_grasps), pts
+
+
+def assert_frames_valid(grasps):
+    for g in grasps:
+        R = g.pose[:3, :3]
+        np.testing.assert_allclose(R.T @ R, np.eye(3), atol=1e-9)
+        assert np.linalg.det(R) == pytest.approx(1.0, abs=1e-9)
+        np.testing.assert_allclose(np.cross(R[:, 1], R[:, 2]), R[:, 0], atol=1e-9)   # x = y cross z
+        np.testing.assert_allclose(g.pose[3], [0, 0, 0, 1])
+
+
+@pytest.mark.parametrize("yaw", [0.0, 0.6])
+def test_small_box_gets_top_down_grasp_across_narrow_side(yaw):
+    center, size = (0.05, -0.02, 0.025), (0.04, 0.10, 0.05)      # 4 cm narrow, 10 cm long, 5 cm tall
+    plan, _ = plan_for_box(center, size, yaw)
+    assert plan.grasps, plan.message
+    assert_frames_valid(plan.grasps)
+    best = plan.grasps[0]
+    assert best.kind == "top"
+    np.testing.assert_allclose(best.approach, [0, 0, -1], atol=1e-6)
+    assert in_box(best.position, center, size, yaw)
+    narrow = rot_z(yaw)[:, 0]
+    assert abs(best.closing_axis @ narrow) > 0.98
+    assert size[0] <= best.width <= size[0] + GRIPPER.width_margin + 0.01
+    assert best.width <= GRIPPER.max_width
+    # The fingertips stay above the table.
+    assert best.position[2] >= GRIPPER.support_clearance - 1e-6
+    assert all(a.score >= b.score for a, b in zip(plan.grasps, plan.grasps[1:]))
+    assert all(0 < g.score <= 1 for g in plan.grasps)
+
+
+def test_tall_object_is_grasped_from_the_side_above_the_table():
+    center, size = (0.0, 0.0, 0.10), (0.05, 0.06, 0.20)
+    plan, _ = plan_for_box(center, size)
+    assert plan.grasps, plan.message
+    assert_frames_valid(plan.grasps)
+    best = plan.grasps[0]
+    assert best.kind == "side"
+    assert abs(best.approach[2]) < 1e-6                              # horizontal approach
+    assert in_box(best.position, center, size)
+    assert best.width <= GRIPPER.max_width
+    # Fingers (breadth along gripper x, here vertical) clear the table.
+    assert best.position[2] - GRIPPER.finger_breadth / 2 > 0.0
+    assert gripper_collisions(best.pose, best.width, GRIPPER, table()) == 0
+    # A top-down grasp is still offered, ranked below the side grasps.
+    tops = [g for g in plan.grasps if g.kind == "top"]
+    assert tops and tops[0].score < best.score
+
+
+def test_object_wider_than_gripper_gets_no_grasp_and_says_why():
+    plan, _ = plan_for_box((0, 0, 0.025), (0.20, 0.20, 0.05))
+    assert plan.grasps == []
+    assert "maximum opening" in plan.message and "0.080" in plan.message
+
+
+def test_obstacle_above_blocks_top_down_grasp():
+    center, size = (0.0, 0.0, 0.025), (0.04, 0.06, 0.05)
+    free, _ = plan_for_box(center, size)
+    assert free.grasps and free.grasps[0].kind == "top"
+    u = np.arange(-0.1, 0.1 + 1e-9, 0.005)
+    X, Y = np.meshgrid(u, u)
+    shelf = np.stack([X.ravel(), Y.ravel(), np.full(X.size, 0.09)], axis=1)   # 4 cm above the top
+    blocked, _ = plan_for_box(center, size, extra_scene=shelf)
+    assert blocked.grasps == []
+    assert "collide" in blocked.message
+
+
+def test_chooses_cluster_by_relevancy_mass_and_compactness():
+    a, na = box_surface((0.0, 0.0, 0.025), (0.04, 0.05, 0.05))
+    b, nb = box_surface((0.3, 0.0, 0.025), (0.04, 0.05, 0.05))
+    xyz, nrm = np.concatenate([a, b]), np.concatenate([na, nb])
+    for rel_a, rel_b, expect_x in ((0.9, 0.6, 0.0), (0.6, 0.9, 0.3)):
+        rel = np.concatenate([np.full(len(a), rel_a), np.full(len(b), rel_b)])
+        plan = plan_grasps(xyz, nrm, rel, np.concatenate([xyz, table(0.5)]), GRIPPER, 0.02, 10, 5)
+        assert len(plan.clusters) == 2
+        assert plan.grasps and all(g.cluster == 0 for g in plan.grasps)
+        assert plan.grasps[0].position[0] == pytest.approx(expect_x, abs=0.03)
+    # At equal mass, the compact cluster wins over a sprawling one.
+    labels = np.r_[np.zeros(100, int), np.ones(100, int)]
+    rng = np.random.default_rng(0)
+    pts = np.concatenate([rng.normal(0, 0.01, (100, 3)), rng.normal(1.0, 0.1, (100, 3))])
+    ranked = rank_clusters(pts, np.full(200, 0.8), labels, 0.08)
+    assert ranked[0].label == 0 and ranked[0].score > ranked[1].score
+
+
+def test_dbscan_separates_boxes_and_marks_noise():
+    a, _ = box_surface((0.0, 0.0, 0.025), (0.04, 0.05, 0.05))
+    b, _ = box_surface((0.2, 0.0, 0.025), (0.04, 0.05, 0.05))
+    lone = np.array([[1.0, 1.0, 1.0]])
+    labels = cluster_dbscan(np.concatenate([a, b, lone]), eps=0.02, min_points=10)
+    assert len(set(labels[:len(a)])) == 1 and len(set(labels[len(a):len(a) + len(b)])) == 1
+    assert labels[0] != labels[len(a)]
+    assert labels[-1] == -1
+
+
+def test_too_few_points_and_bad_shapes():
+    plan = plan_grasps(np.zeros((2, 3)), np.zeros((2, 3)), np.ones(2), None, GRIPPER, 0.02, 10, 5)
+    assert plan.grasps == [] and "too few" in plan.message
+    with pytest.raises(ValueError, match="expected xyz"):
+        plan_grasps(np.zeros((5, 2)), np.zeros((5, 3)), np.ones(5), None, GRIPPER, 0.02, 10, 5)
+    with pytest.raises(ValueError, match="max_width"):
+        GripperModel(max_width=0.0).check()
+
+
+def test_quaternion_round_trip_and_known_values():
+    np.testing.assert_allclose(rotation_to_quaternion_xyzw(np.eye(3)), [0, 0, 0, 1], atol=1e-12)
+    s = np.sqrt(0.5)
+    np.testing.assert_allclose(rotation_to_quaternion_xyzw(rot_z(np.pi / 2)), [0, 0, s, s], atol=1e-12)
+    # 180 degrees about x: w = 0 branch.
+    np.testing.assert_allclose(np.abs(rotation_to_quaternion_xyzw(np.diag([1.0, -1, -1]))), [1, 0, 0, 0], atol=1e-12)
+    rng = np.random.default_rng(1)
+    for _ in range(50):
+        q = rng.normal(size=4)
+        q /= np.linalg.norm(q)
+        R = quaternion_xyzw_to_rotation(q)
+        q2 = rotation_to_quaternion_xyzw(R)
+        assert q2[3] >= 0
+        np.testing.assert_allclose(q2, q * np.sign(q[3]), atol=1e-9)
+
+
+def test_transformed_grasp_moves_with_the_frame():
+    plan, _ = plan_for_box((0.0, 0.0, 0.025), (0.04, 0.06, 0.05))
+    g = plan.grasps[0]
+    T = np.eye(4)
+    T[:3, :3], T[:3, 3] = rot_z(0.3), [1.0, 2.0, 3.0]
+    h = g.transformed(T)
+    np.testing.assert_allclose(h.position, T[:3, :3] @ g.position + T[:3, 3])
+    np.testing.assert_allclose(h.approach, T[:3, :3] @ g.approach)
+    assert h.width == g.width and h.score == g.score
