@@ -25,6 +25,9 @@ class TeacherConfig:
 
     kind: str = "clip"
     """'clip' (OpenCLIP + timm DINO) or 'ground_truth' (synthetic scenes: their 2D semantics)."""
+    scene_dir: str = ""
+    """With kind 'ground_truth': the saved synthetic scene (``lerf-ros scene --out DIR``) whose
+    semantics are the teacher."""
     clip_model: str = "ViT-B-16"
     """OpenCLIP architecture name."""
     clip_pretrained: str = "laion2b_s34b_b88k"

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 
 
@@ -23,7 +24,7 @@ def run(args: argparse.Namespace) -> int:
         scene = make_scene(seed=args.seed, n_objects=args.objects, width=args.width, height=args.height,
                            n_frames=args.frames, shadows=not args.no_shadows)
     except ValueError as e:
-        print(f"lerf-ros scene: {e}")
+        print(f"lerf-ros scene: {e}", file=sys.stderr)
         return 2
     t1 = time.perf_counter()
     out = scene.save(args.out)

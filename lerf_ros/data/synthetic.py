@@ -659,8 +659,14 @@ class _Renderer:
 
         Hits are grouped by geometry (one sort), so each part's texture and normals are computed
         on a contiguous slice with its own scalar parameters: no per-ray Python work."""
+        rays = np.empty((len(origins), 6), np.float32)
+        rays[:, :3] = origins
+        rays[:, 3:] = dirs
+        return self.shade(rays, shadows)
+
+    def shade(self, rays: np.ndarray, shadows: bool = True):
+        """Like :meth:`cast` for a prebuilt (N, 6) float32 array of origins and directions."""
         o3d = self._o3d
-        rays = np.concatenate([origins, dirs], axis=1).astype(np.float32)
         ans = self.scene.cast_rays(o3d.core.Tensor(rays), nthreads=self.nthreads)
         t = ans["t_hit"].numpy()
         gid = ans["geometry_ids"].numpy().astype(np.int64)
@@ -714,8 +720,9 @@ class _Renderer:
         ndl = np.clip(n @ LIGHT_DIR.astype(np.float32), 0.0, None)
         lit = np.nonzero(ndl > 0)[0]
         if shadows and len(lit):
-            so = p_all[lit] + 2e-3 * n[lit]
-            srays = np.concatenate([so, np.broadcast_to(LIGHT_DIR, so.shape)], 1).astype(np.float32)
+            srays = np.empty((len(lit), 6), np.float32)
+            srays[:, :3] = p_all[lit] + np.float32(2e-3) * n[lit]
+            srays[:, 3:] = LIGHT_DIR
             occ = self.scene.test_occlusions(o3d.core.Tensor(srays), nthreads=self.nthreads).numpy()
             ndl[lit[occ]] = 0.0
         rgb[hit_idx] = albedo * (AMBIENT + DIFFUSE * ndl)[:, None]
@@ -737,10 +744,11 @@ class _Renderer:
         per = max(1, max_rays // (height * width))
         for s in range(0, F, per):
             cs = c2ws[s:s + per]
-            d = np.einsum("fij,nj->fni", cs[:, :3, :3], dcam).reshape(-1, 3)
-            o = np.repeat(cs[:, :3, 3], height * width, axis=0)
-            c, t, i = self.cast(o, d, shadows)
             nf = len(cs)
+            rays = np.empty((nf, height * width, 6), np.float32)
+            rays[..., :3] = cs[:, None, :3, 3]
+            rays[..., 3:] = np.einsum("fij,nj->fni", cs[:, :3, :3].astype(np.float32), dcam.astype(np.float32))
+            c, t, i = self.shade(rays.reshape(-1, 6), shadows)
             rgb[s:s + nf] = np.round(c * 255).astype(np.uint8).reshape(nf, -1, 3)
             depth[s:s + nf] = np.where(np.isfinite(t), t, 0.0).reshape(nf, -1)
             inst[s:s + nf] = i.reshape(nf, -1)
@@ -1032,6 +1040,11 @@ class SyntheticScene:
         return np.round(rgb * 255).astype(np.uint8).reshape(h, w, 3)
 
     # -- persistence -----------------------------------------------------------------------
+    @classmethod
+    def load(cls, directory: Union[str, os.PathLike]) -> "SyntheticScene":
+        """Same as :func:`load_scene`."""
+        return load_scene(directory)
+
     def save(self, directory: Union[str, os.PathLike], preview: bool = True) -> Path:
         """Write the scene to ``directory``: ``scene.json`` (parameters, intrinsics, poses, stamps,
         ground truth), ``ground_truth.npz`` (surface points), per frame ``frames/NNNNNN.png`` (RGB)
@@ -1041,6 +1054,8 @@ class SyntheticScene:
 
         d = Path(directory)
         (d / "frames").mkdir(parents=True, exist_ok=True)
+        for old in [*(d / "frames").glob("[0-9]" * 6 + ".png"), *(d / "frames").glob("[0-9]" * 6 + ".npz")]:
+            old.unlink()  # frames of a scene saved here before
         frames_json = []
         for i, f in enumerate(self.frames):
             rgb_name, data_name = f"frames/{i:06d}.png", f"frames/{i:06d}.npz"

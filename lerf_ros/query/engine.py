@@ -252,7 +252,8 @@ class QueryEngine:
         tc = time.perf_counter()
         gidx = order[:cfg.max_points]
         plan = plan_grasps(surface.xyz[gidx], surface.normals[gidx], scores[gidx], surface.xyz, self.gripper,
-                           cfg.dbscan_eps, cfg.dbscan_min_points, max_grasps, tall_ratio=cfg.tall_ratio)
+                           cfg.dbscan_eps, cfg.dbscan_min_points, max_grasps, tall_ratio=cfg.tall_ratio,
+                           point_spacing=cfg.voxel_size)
         timings["cluster"] = 1000 * (time.perf_counter() - tc)
 
         pts = surface.xyz[keep]

@@ -257,13 +257,15 @@ def gripper_collisions(pose: np.ndarray, width: float, gripper: GripperModel, sc
     return int(np.count_nonzero(fingers | back))
 
 
-def _grasp_candidates(P: np.ndarray, N: np.ndarray, r: np.ndarray, up: np.ndarray,
-                      gripper: GripperModel, tall_ratio: float) -> List[Tuple[np.ndarray, float, str, float]]:
+def _grasp_candidates(P: np.ndarray, N: np.ndarray, r: np.ndarray, up: np.ndarray, gripper: GripperModel,
+                      tall_ratio: float, spacing: float) -> List[Tuple[np.ndarray, float, str, float]]:
     """Candidate grasps on one object cluster: list of (pose 4x4, width, kind, quality in [0, 1]).
 
     Widths may exceed the gripper here; the caller rejects those and checks collisions.
-    P (n, 3) points, N (n, 3) unit normals (outward), r (n,) relevancy.
+    P (n, 3) points, N (n, 3) unit normals (outward), r (n,) relevancy; spacing: distance between
+    neighbouring points (m): the slices the widths are measured on are at least 3 spacings thick.
     """
+    half_slice = max(gripper.finger_breadth / 2, 1.5 * spacing)
     h = P @ up
     base, top = _extent(h)
     height = top - base
@@ -293,7 +295,7 @@ def _grasp_candidates(P: np.ndarray, N: np.ndarray, r: np.ndarray, up: np.ndarra
             # Close on a horizontal slice at the middle of the object's height, or as low as the
             # fingers can go without touching the support.
             g_h = max(base + 0.5 * height, base + gripper.support_clearance + gripper.finger_breadth / 2)
-            region &= np.abs(h - g_h) <= gripper.finger_breadth / 2 + 1e-6
+            region &= np.abs(h - g_h) <= half_slice + 1e-6
         if np.count_nonzero(region) < 3:
             continue
         R0 = P[region]
@@ -314,7 +316,7 @@ def _grasp_candidates(P: np.ndarray, N: np.ndarray, r: np.ndarray, up: np.ndarra
         entry = (along <= near + max(0.01, 0.25 * insertion))
         normal_fit = float(np.mean(np.clip(-(N[entry] @ a), 0.0, 1.0))) if np.any(entry) else 0.0
         for k, cx in enumerate(centres):
-            sl = np.abs(xs - cx) <= gripper.finger_breadth / 2
+            sl = np.abs(xs - cx) <= half_slice
             if np.count_nonzero(sl) < 3:
                 continue
             S = R0[sl]
@@ -335,7 +337,7 @@ def _grasp_candidates(P: np.ndarray, N: np.ndarray, r: np.ndarray, up: np.ndarra
 def plan_grasps(xyz: np.ndarray, normals: np.ndarray, relevancy: np.ndarray, scene: Optional[np.ndarray],
                 gripper: GripperModel, eps: float, min_points: int, max_grasps: int,
                 up: Sequence[float] = (0.0, 0.0, 1.0), tall_ratio: float = 1.5,
-                max_clusters: int = 3) -> GraspPlan:
+                max_clusters: int = 3, point_spacing: float = 0.0) -> GraspPlan:
     """Cluster the relevant points, choose the object, and rank grasps on it.
 
     Args:
@@ -346,6 +348,7 @@ def plan_grasps(xyz: np.ndarray, normals: np.ndarray, relevancy: np.ndarray, sce
         up: world up direction. tall_ratio: an object is tall (side grasps are offered, top-down
             ones penalised) when its height exceeds this times its narrow horizontal extent.
         max_clusters: clusters tried in order when the best one has no feasible grasp.
+        point_spacing: sampling distance of the points (m; the voxel size of voxelised clouds).
     Returns:
         GraspPlan with grasps sorted by score (best first); score = quality * cluster score
         relative to the best cluster. ``message`` says why nothing was found, when so.
@@ -374,7 +377,8 @@ def plan_grasps(xyz: np.ndarray, normals: np.ndarray, relevancy: np.ndarray, sce
     colliding = 0
     for ci, cl in enumerate(plan.clusters[:max_clusters]):
         idx = cl.indices
-        cands = _grasp_candidates(xyz[idx], normals[idx], relevancy[idx], up_v, gripper, tall_ratio)
+        cands = _grasp_candidates(xyz[idx], normals[idx], relevancy[idx], up_v, gripper, tall_ratio,
+                                  float(point_spacing))
         for pose, width, kind, quality in cands:
             if width > gripper.max_width:
                 too_wide.append(width)

@@ -190,6 +190,9 @@ class FeatureCache:
     def get(self, snapshot: FieldSnapshot, surface, xyz: torch.Tensor, scales: torch.Tensor,
             chunk: int) -> Tuple[Optional[ProjectedFeatures], bool]:
         """(features or None, whether this call built them)."""
+        if self.max_bytes <= 0:
+            self.note = "disabled (query.feature_cache_mb = 0)"
+            return None, False
         with self._lock:
             if self._key is not None and self._key[0] is snapshot and self._key[1] is surface:
                 return self._value, False

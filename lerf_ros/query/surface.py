@@ -8,8 +8,9 @@ them), and visibility-filtered as the LERF paper does: a point is kept only when
 ``min_views`` of the rendered views see it (it projects inside the image, in front of the camera,
 and is not occluded: the view's rendered depth at that pixel matches the point's depth within
 ``visibility_tolerance + visibility_tolerance_rel * depth``). When fewer views than ``min_views``
-were rendered, all of them are required. Finally the count is bounded by ``max_candidate_points``
-(random subsample, seeded by the training step so a refresh is reproducible).
+were rendered, all of them are required. Finally the count is bounded by ``max_candidate_points``:
+the points seen by the most views are kept (ties broken at random, seeded by the training step so
+a refresh is reproducible).
 
 ``SurfaceCache`` keeps the result per snapshot and recomputes it only when the snapshot's step has
 advanced by ``refresh_every_steps`` (or went backwards: a reset trainer), not for every query.
@@ -26,6 +27,10 @@ import torch
 
 from lerf_ros.config import QueryConfig
 from lerf_ros.field.snapshot import CameraView, FieldSnapshot
+
+
+#: voxel points always visibility-tested before any random thinning (more only for larger max_candidate_points)
+PRE_VISIBILITY_POINTS = 200_000
 
 
 class SurfaceError(RuntimeError):
@@ -144,9 +149,11 @@ def extract_surface(snapshot: FieldSnapshot, cfg: QueryConfig) -> SurfacePoints:
     rgb = np.asarray(pcd.colors)
     stats["voxel_points"] = float(len(xyz))
     rng = np.random.default_rng(int(snapshot.step))
-    # Visibility costs points x views; bound the work before it (the final bound comes after).
-    if len(xyz) > 4 * cfg.max_candidate_points:
-        keep = np.sort(rng.choice(len(xyz), 4 * cfg.max_candidate_points, replace=False))
+    # Visibility costs points x views: bound the work before it (random share; the final,
+    # visibility-ranked bound comes after).
+    pre_bound = max(10 * cfg.max_candidate_points, PRE_VISIBILITY_POINTS)
+    if len(xyz) > pre_bound:
+        keep = np.sort(rng.choice(len(xyz), pre_bound, replace=False))
         xyz, rgb = xyz[keep], rgb[keep]
 
     count = np.zeros(len(xyz), np.int32)
@@ -169,7 +176,10 @@ def extract_surface(snapshot: FieldSnapshot, cfg: QueryConfig) -> SurfacePoints:
     stats["visible_points"] = float(keep.sum())
     xyz, rgb, count, towards = xyz[keep], rgb[keep], count[keep], towards[keep]
     if len(xyz) > cfg.max_candidate_points:
-        sel = np.sort(rng.choice(len(xyz), cfg.max_candidate_points, replace=False))
+        # Keep the best-observed points (most views; random among equals): the part of the scene
+        # the robot looked at, rather than a thin random share of far walls and floor.
+        order = np.lexsort((rng.random(len(xyz)), -count))
+        sel = np.sort(order[:cfg.max_candidate_points])
         xyz, rgb, count, towards = xyz[sel], rgb[sel], count[sel], towards[sel]
     if len(xyz) == 0:
         stats["ms"] = 1000 * (time.perf_counter() - t0)

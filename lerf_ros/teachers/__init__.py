@@ -31,15 +31,20 @@ def make_teacher(cfg: TeacherConfig, scene: Optional[Any] = None) -> Teacher:
     """The teacher ``cfg.kind`` names.
 
     'clip': OpenCLIP + timm DINO (``ClipDinoTeacher``; raises TeacherWeightsError when the weights are
-    not available offline). 'ground_truth': the synthetic scene's 2D semantics; needs ``scene``.
+    not available offline). 'ground_truth': the synthetic scene's 2D semantics; needs ``scene`` or
+    ``cfg.scene_dir`` (a saved scene folder).
     """
     cfg.check()
     if cfg.kind == "clip":
         return ClipDinoTeacher.from_config(cfg)
     if cfg.kind == "ground_truth":
+        if scene is None and cfg.scene_dir:
+            from lerf_ros.data.synthetic import load_scene
+
+            scene = load_scene(cfg.scene_dir)
         if scene is None:
             raise ValueError("teacher.kind = 'ground_truth' needs the synthetic scene whose semantics it renders: "
-                             "make_teacher(cfg, scene=...); for real data use teacher.kind = 'clip'")
+                             "make_teacher(cfg, scene=...) or set teacher.scene_dir; for real data use teacher.kind = 'clip'")
         from lerf_ros.teachers.ground_truth import GroundTruthTeacher
 
         return GroundTruthTeacher(scene)

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from lerf_ros.data.frame import Frame
+from lerf_ros.data.synthetic import normalize_phrase as _normalize_phrase
 from lerf_ros.teachers.base import Teacher
 
 __all__ = ["GroundTruthTeacher", "BACKGROUND_CLASS", "stable_seed"]
@@ -39,12 +40,6 @@ def stable_seed(*parts: object) -> int:
 def _unit_gaussian(dim: int, *seed_parts: object) -> np.ndarray:
     v = np.random.default_rng(stable_seed(*seed_parts)).standard_normal(dim)
     return v / np.linalg.norm(v)
-
-
-def _normalize_phrase(text: str) -> str:
-    from lerf_ros.data.synthetic import normalize_phrase
-
-    return normalize_phrase(text)
 
 
 class GroundTruthTeacher(Teacher):
