@@ -195,3 +195,25 @@ def test_on_a_rendered_scene():
     absent = teacher.encode_text(scene.absent_classes())
     whole = teacher.encode_crops(frame, np.array([[0, 0, 64, 48]]))[0]
     assert float((absent @ whole).abs().max()) < 0.25
+
+
+def test_frame_without_instance_map_gets_the_scene_ground_truth_at_its_pose():
+    """A streamed frame (RGB + pose only) is labelled by rendering the scene at its pose."""
+    import copy
+
+    from lerf_ros.data.synthetic import make_scene
+    from lerf_ros.teachers.ground_truth import GroundTruthTeacher
+
+    sc = make_scene(seed=4, width=48, height=36, n_frames=3, nthreads=1)
+    teacher = GroundTruthTeacher(sc)
+    f = sc.frames[1]
+    streamed = copy.copy(f)
+    streamed.instance = None
+    boxes = np.array([[0, 0, 16, 16], [10, 8, 40, 30]])
+    np.testing.assert_allclose(teacher.encode_crops(streamed, boxes).numpy(),
+                               teacher.encode_crops(f, boxes).numpy(), atol=1e-5)
+    np.testing.assert_array_equal(streamed.instance, f.instance)
+    bare = GroundTruthTeacher(sc.objects, sc.vocabulary)
+    streamed.instance = None
+    with pytest.raises(ValueError, match="no instance map"):
+        bare.encode_crops(streamed, boxes)

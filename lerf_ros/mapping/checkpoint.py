@@ -30,7 +30,7 @@ from lerf_ros.field.snapshot import CameraView
 FORMAT = "lerf_ros.checkpoint"
 VERSION = 1
 _REQUIRED = ("format", "version", "config", "clip_dim", "dino_dim", "teacher", "step", "model", "cameras")
-_STEP_NAME = re.compile(r"step-(\d+)\.ckpt$")
+_STEP_NAME = re.compile(r"^step[-_](\d+)\.ckpt$")
 
 
 class CheckpointError(RuntimeError):
@@ -121,9 +121,10 @@ def checkpoint_name(step: int) -> str:
 
 
 def list_checkpoints(folder: str) -> List[str]:
-    """Periodic checkpoints (``step-NNNNNNN.ckpt``) in ``folder``, oldest step first."""
+    """Periodic checkpoints (``step-NNNNNNN.ckpt`` or ``step_NNNNNNNN.ckpt``) in ``folder``,
+    oldest step first."""
     found = []
-    for p in glob.glob(os.path.join(folder, "step-*.ckpt")):
+    for p in glob.glob(os.path.join(folder, "step*.ckpt")):
         m = _STEP_NAME.search(os.path.basename(p))
         if m:
             found.append((int(m.group(1)), p))

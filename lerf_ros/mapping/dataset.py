@@ -121,7 +121,7 @@ class TrainingViews:
             d = np.asarray(frame.depth, dtype=np.float32)
             d = np.where(np.isfinite(d) & (d > 0), d, 0.0).astype(np.float32)
             depth = torch.from_numpy(d).to(dev)
-        view = _View(key=key, rgb=torch.from_numpy(np.ascontiguousarray(frame.rgb)).to(dev), depth=depth,
+        view = _View(key=key, rgb=torch.from_numpy(np.array(frame.rgb, dtype=np.uint8, copy=True)).to(dev), depth=depth,
                      K=torch.as_tensor(np.asarray(frame.K), dtype=torch.float32, device=dev),
                      c2w=torch.as_tensor(np.asarray(frame.c2w), dtype=torch.float32, device=dev),
                      height=frame.height, width=frame.width, seq=0, features=features, stamp=float(frame.stamp))
@@ -263,3 +263,51 @@ class TrainingViews:
             return RayBatch(origins=origins, directions=dirs, dir_z=dir_z, rgb=rgb.float() / 255.0, depth=depth,
                             view_index=vid_d, u=u_d, v=v_d, fy=K_all[vid_d, 1, 1], crop_px=crop_px.to(dev),
                             feature_rows=rows.to(dev), clip=clip, dino=dino)
+
+
+def estimate_scene_bounds(frames: List[Frame], margin: float = 1.05, max_points_per_frame: int = 2000,
+                          percentile: float = 1.0) -> tuple:
+    """Centre and half-extent (metres) of the region to map linearly (``model.scene_center`` /
+    ``model.scene_scale``).
+
+    With depth, the region is the axis-aligned box of the camera centres and the back-projected
+    depth points (``percentile``..``100 - percentile`` per axis, so stray far points do not blow
+    it up); without depth, the box of the camera centres grown by 50% (cameras look inwards at
+    content at about their own spread). The half-extent is the largest half side times ``margin``.
+
+    Returns:
+        (center (3,) float list, scale float).
+    """
+    if not frames:
+        raise ValueError("cannot estimate scene bounds from no frames")
+    centres = np.stack([np.asarray(f.c2w, dtype=np.float64)[:3, 3] for f in frames])
+    pts = [centres]
+    has_depth = False
+    for f in frames:
+        if f.depth is None:
+            continue
+        d = np.asarray(f.depth, dtype=np.float64)
+        v, u = np.nonzero(np.isfinite(d) & (d > 0))
+        if len(u) == 0:
+            continue
+        has_depth = True
+        step = max(1, len(u) // max_points_per_frame)
+        u, v = u[::step], v[::step]
+        z = d[v, u]
+        K = np.asarray(f.K, dtype=np.float64)
+        y = (v + 0.5 - K[1, 2]) / K[1, 1]
+        x = (u + 0.5 - K[0, 2] - K[0, 1] * y) / K[0, 0]
+        cam = np.stack([x * z, y * z, z], axis=1)
+        c2w = np.asarray(f.c2w, dtype=np.float64)
+        pts.append(cam @ c2w[:3, :3].T + c2w[:3, 3])
+    allp = np.concatenate(pts)
+    if has_depth:
+        lo, hi = np.percentile(allp, percentile, axis=0), np.percentile(allp, 100.0 - percentile, axis=0)
+        lo, hi = np.minimum(lo, centres.min(0)), np.maximum(hi, centres.max(0))
+        half = (hi - lo).max() / 2.0
+    else:
+        lo, hi = centres.min(0), centres.max(0)
+        half = 1.5 * (hi - lo).max() / 2.0
+    center = (lo + hi) / 2.0
+    scale = float(max(half * margin, 0.1))
+    return [float(c) for c in center], scale

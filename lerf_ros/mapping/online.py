@@ -101,7 +101,8 @@ class OnlineTrainer:
     def _new_trainer(self):
         from lerf_ros.mapping.trainer import Trainer
 
-        return Trainer(self.cfg, self.teacher.clip_dim, self.teacher.dino_dim, self.views)
+        return Trainer(self.cfg, self.teacher.clip_dim, self.teacher.dino_dim, self.views,
+                       teacher=self.teacher_description)
 
     # ------------------------------------------------------------------ frames in
     def submit(self, frame: Frame) -> SubmitResult:

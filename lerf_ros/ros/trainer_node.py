@@ -121,7 +121,7 @@ class TrainerNode(Node):
         self.create_subscription(Image, "image", self._on_image, SENSOR_QOS, callback_group=sensors)
         self.create_subscription(CameraInfo, "camera_info", self._on_camera_info, SENSOR_QOS, callback_group=sensors)
         if self.use_depth:
-            self.create_subscription(Image, "depth", self._depth_msgs.append, SENSOR_QOS, callback_group=sensors)
+            self.create_subscription(Image, "depth", self._on_depth, SENSOR_QOS, callback_group=sensors)
         if pose_source == "pose":
             self.create_subscription(PoseStamped, "pose", self._on_pose, 50, callback_group=sensors)
         elif pose_source == "odom":
@@ -154,6 +154,9 @@ class TrainerNode(Node):
                 self.drops.drop("ingest queue full (frames arrive faster than they are processed)", "queue")
             self._queue.append(msg)
             self._queue_cv.notify()
+
+    def _on_depth(self, msg: Image) -> None:
+        self._depth_msgs.append(msg)
 
     def _on_camera_info(self, msg: CameraInfo) -> None:
         try:
@@ -215,7 +218,7 @@ class TrainerNode(Node):
             rgb, kind = image_to_numpy(msg)
         except ConversionError as exc:
             return None, ("encoding:" + msg.encoding, f"image: {exc}")
-        if kind != "color":
+        if kind != "rgb":
             return None, ("not_color", f"image encoding '{msg.encoding}' is not a colour image")
         if rgb.shape[:2] != (h, w):
             return None, ("size", f"image is {rgb.shape[1]}x{rgb.shape[0]} but camera_info says {w}x{h}")

@@ -57,7 +57,9 @@ class GroundTruthTeacher(Teacher):
     """
 
     def __init__(self, objects, vocabulary=None, *, seed: int = 0, clip_dim: int = 512, dino_dim: int = 64):
+        self.scene = None
         if vocabulary is None and hasattr(objects, "objects") and hasattr(objects, "vocabulary"):
+            self.scene = objects
             objects, vocabulary = objects.objects, objects.vocabulary
         if vocabulary is None:
             raise ValueError("GroundTruthTeacher needs the vocabulary (or pass a scene)")
@@ -100,12 +102,22 @@ class GroundTruthTeacher(Teacher):
                             f"labels as seeded {self.clip_dim}-d class vectors), not CLIP/DINO")
 
     # ---------------------------------------------------------------------------------------
+    def instance_map(self, frame: Frame) -> np.ndarray:
+        """(H, W) instance ids of ``frame``: its own map, or, for a frame that arrived without one
+        (e.g. streamed over ROS), the scene's ground truth rendered at the frame's pose and
+        intrinsics (needs the teacher to be built from the scene)."""
+        if frame.instance is not None:
+            return np.asarray(frame.instance)
+        if self.scene is None or not hasattr(self.scene, "render_view"):
+            raise ValueError(f"frame {frame.index} has no instance map: the ground-truth teacher only "
+                             "works on synthetic frames that carry instance ids, or when built from the scene")
+        _, _, inst = self.scene.render_view(frame.c2w, frame.K, frame.width, frame.height, shadows=False)
+        frame.instance = inst  # ground truth of this view; later calls on the same frame reuse it
+        return np.asarray(inst)
+
     def _class_map(self, frame: Frame) -> np.ndarray:
         """(H, W) class index of every pixel."""
-        if frame.instance is None:
-            raise ValueError(f"frame {frame.index} has no instance map: the ground-truth teacher only "
-                             "works on synthetic frames that carry instance ids")
-        inst = np.asarray(frame.instance)
+        inst = self.instance_map(frame)
         if inst.shape != frame.rgb.shape[:2]:
             raise ValueError(f"frame {frame.index}: instance map {inst.shape} does not match image {frame.rgb.shape[:2]}")
         lo, hi = int(inst.min()), int(inst.max())
@@ -156,7 +168,7 @@ class GroundTruthTeacher(Teacher):
     def dense_features(self, frame: Frame) -> torch.Tensor:
         """(H, W, dino_dim) float32: each pixel's instance vector, at full frame resolution."""
         self._class_map(frame)  # validates the instance map
-        return torch.from_numpy(self.instance_features[np.asarray(frame.instance)])
+        return torch.from_numpy(self.instance_features[self.instance_map(frame)])
 
     def class_index(self, text: str) -> Optional[int]:
         """Index into :attr:`class_names` of the class ``text`` names, or None."""
