@@ -4,7 +4,8 @@ Measures on a synthetic scene (seed 0, 60 views at 160x120):
   - text encoding: first-time cost of [query + 4 canonical phrases] with the ground-truth teacher
     and with OpenCLIP ViT-B-16 (random weights: cost only), and the cached cost;
   - per query, for 10k and 50k candidate surface points: p50/p95 of the total and of its parts
-    (text, field = the scale search over the 20 candidate scales, cluster = DBSCAN + grasps),
+    (text, field = the scale search over the 20 candidate scales, cluster = DBSCAN + grasps) and
+    the process CPU time of a query (the cores may be shared with other work),
     on two fields:
       * "analytic": the scene's ground-truth field (tests/analytic_field.py), with the fast
         paths it offers (language_multi_scale, language_basis);
@@ -48,7 +49,8 @@ from lerf_ros.query import QueryEngine  # noqa: E402
 from lerf_ros.query.surface import extract_surface  # noqa: E402
 from lerf_ros.teachers.ground_truth import GroundTruthTeacher  # noqa: E402
 
-PARTS = ("total", "text", "field", "cluster")
+PARTS = ("total", "text", "field", "cluster", "cpu")
+"""'cpu': process CPU time of the whole query (all threads), less sensitive to other load on shared cores."""
 
 
 class ModelLanguageOnSceneSurface:
@@ -95,8 +97,9 @@ def run_queries(engine: QueryEngine, texts: List[str], repeats: int, threshold: 
     timings, answered = [], 0
     for _ in range(repeats):
         for t in texts:
+            c0 = time.process_time()
             r = engine.query(t, threshold=threshold)
-            timings.append(r.timings)
+            timings.append(dict(r.timings, cpu=1000 * (time.process_time() - c0)))
             answered += int(r.success)
     return {"queries": len(timings), "answered": answered, **summarise(timings),
             "first_pass_text_p50_ms": round(pct([t["text"] for t in first], 50), 2)}

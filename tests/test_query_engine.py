@@ -256,7 +256,10 @@ def test_feature_cache_is_built_once_per_snapshot_and_surface(scene, teacher):
     value, built = small.get(newer, eng.surface(), xyz, torch.tensor(cfg.scales), 512)
     assert value is None and built and "feature_cache_mb" in small.note
     feats, note = ProjectedFeatures.build(newer, xyz, torch.tensor(cfg.scales), 512, 10**9)
-    assert note == "" and feats.coeffs.shape == (len(cfg.scales), len(xyz), feats.basis.shape[0])
+    assert note == "" and feats.coeffs.shape == (len(xyz), len(cfg.scales), feats.basis.shape[0])
+    # The coefficients reproduce the field exactly.
+    s = torch.tensor(cfg.scales[3:4] * len(xyz))
+    torch.testing.assert_close(feats.coeffs[:, 3] @ feats.basis, newer.language(xyz, s), atol=1e-5, rtol=0)
 
 
 def test_text_embeddings_are_cached(scene, teacher):

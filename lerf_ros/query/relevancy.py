@@ -10,7 +10,7 @@ numbers instead of (S, N, D), exactly.
 Projection onto the field's output span. The language field's outputs (unit rows) lie in a
 subspace of dimension r (an MLP's outputs span at most its last hidden width + 1; an analytic field
 its classes). With C an orthonormal basis of it, ``phi = (phi C^T) C`` and so
-``phi . e == (phi C^T) . (e C^T)`` for ANY text e. ``ProjectedFeatures`` stores the (S, N, r)
+``phi . e == (phi C^T) . (e C^T)`` for ANY text e. ``ProjectedFeatures`` stores the (N, S, r)
 coefficients of every surface point at every scale once per snapshot; each query is then a
 small matrix product instead of S evaluations of the field.
 
@@ -123,7 +123,8 @@ class ProjectedFeatures:
 
     Attributes:
         basis: (r, D) orthonormal rows spanning the field's outputs.
-        coeffs: (S, N, r) float32 coefficients: language(xyz_n, scale_s) == coeffs[s, n] @ basis.
+        coeffs: (N, S, r) float32 coefficients: language(xyz_n, scale_s) == coeffs[n, s] @ basis
+            (point-major, so a chunk of points is a contiguous block).
         build_ms: time it took to compute.
     """
 
@@ -157,14 +158,14 @@ class ProjectedFeatures:
                     return None, f"the field's outputs span {r} of {D} dimensions (no saving)"
                 if S * N * r * 4 > max_bytes:
                     return None, f"{S * N * r * 4 / 2**20:.0f} MiB needed > query.feature_cache_mb"
-                coeffs = torch.empty(S, N, r, dtype=torch.float32, device=xyz.device)
+                coeffs = torch.empty(N, S, r, dtype=torch.float32, device=xyz.device)
                 missed = None
                 for a in range(0, N, chunk):
                     c = language_projected(snapshot, xyz[a:a + chunk], scales, basis)   # (S, c, r)
                     if float((c * c).sum(-1).min()) < BASIS_MIN_ENERGY:
                         missed = slice(a, a + chunk)
                         break
-                    coeffs[:, a:a + chunk] = c
+                    coeffs[a:a + chunk] = c.transpose(0, 1)
                 if missed is None:
                     return cls(basis, coeffs, 1000 * (time.perf_counter() - t0)), ""
                 if exact:
@@ -248,11 +249,13 @@ def scale_search(snapshot: FieldSnapshot, xyz: torch.Tensor, scales: Sequence[fl
     with torch.no_grad():
         for a in range(0, N, chunk):
             if features is not None:
-                phi = features.coeffs[:, a:a + chunk]
+                phi = features.coeffs[a:a + chunk]                                  # (c, S, r)
+                r = relevancy(phi.reshape(-1, phi.shape[-1]), q, negs, temperature)
+                out[:, a:a + chunk] = r.reshape(-1, S).T.float().cpu()
             else:
-                phi = language_projected(snapshot, xyz[a:a + chunk], scales_t, basis)
-            r = relevancy(phi.reshape(-1, phi.shape[-1]), q, negs, temperature)
-            out[:, a:a + chunk] = r.reshape(S, -1).float().cpu()
+                phi = language_projected(snapshot, xyz[a:a + chunk], scales_t, basis)   # (S, c, T)
+                r = relevancy(phi.reshape(-1, phi.shape[-1]), q, negs, temperature)
+                out[:, a:a + chunk] = r.reshape(S, -1).float().cpu()
     best = out.max(dim=1).values
-    i = int(torch.argmax(best))
+    i = int(torch.argmin(best))
     return ScaleSearch(out, i, float(scales[i]), float(best[i]))

@@ -10,7 +10,8 @@ camera pose: TF (``world_frame`` -> the image's frame at the image stamp) when t
 otherwise a ``geometry_msgs/PoseStamped`` on ``pose`` or a ``nav_msgs/Odometry`` on ``odom``
 matched to the image stamp (optionally composed with a fixed body->camera extrinsic).
 
-Outputs: ``/lerf/status`` (TrainingStatus) and the services ``/lerf/save_checkpoint`` (Trigger),
+Outputs: ``/lerf/status`` (TrainingStatus), ``/lerf/keyframes`` (PoseArray of the keyframe cameras,
+latched) and the services ``/lerf/save_checkpoint`` (Trigger),
 ``/lerf/pause`` (SetBool: true pauses, false resumes) and ``/lerf/reset`` (Trigger).
 """
 from __future__ import annotations
@@ -21,7 +22,7 @@ from typing import Deque, Dict, Optional, Tuple
 
 import numpy as np
 from nav_msgs.msg import Odometry
-from geometry_msgs.msg import PoseStamped
+from geometry_msgs.msg import PoseArray, PoseStamped
 from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.node import Node
@@ -33,8 +34,8 @@ from lerf_ros.data.frame import Frame, FrameError
 from lerf_ros.mapping.online import OnlineTrainer, TrainerState
 from lerf_ros.mapping.poses import PoseBuffer, PoseLookupError, make_pose
 from lerf_ros.msg import TrainingStatus
-from lerf_ros.ros.common import SENSOR_QOS, STATUS_QOS, STATUS_TOPIC, main_for
-from lerf_ros.ros.convert import (ConversionError, camera_info_to_K, image_to_numpy, pose_to_matrix,
+from lerf_ros.ros.common import LATCHED_QOS, SENSOR_QOS, STATUS_QOS, STATUS_TOPIC, main_for
+from lerf_ros.ros.convert import (ConversionError, camera_info_to_K, image_to_numpy, matrix_to_pose, pose_to_matrix,
                                   stamp_to_sec, transform_to_matrix)
 from lerf_ros.ros.params import declare_config
 from lerf_ros.ros.tf import tf2_available
@@ -133,6 +134,8 @@ class TrainerNode(Node):
             self._tf_listener = tf2_ros.TransformListener(self._tf_buffer, self)
 
         self.status_pub = self.create_publisher(TrainingStatus, STATUS_TOPIC, STATUS_QOS)
+        self.keyframes_pub = self.create_publisher(PoseArray, "/lerf/keyframes", LATCHED_QOS)
+        self._published_store_version = -1
         control = MutuallyExclusiveCallbackGroup()
         self.create_service(Trigger, "/lerf/save_checkpoint", self._on_save, callback_group=control)
         self.create_service(SetBool, "/lerf/pause", self._on_pause, callback_group=control)
@@ -291,6 +294,17 @@ class TrainerNode(Node):
         msg.checkpoint = s.checkpoint
         msg.message = s.message
         self.status_pub.publish(msg)
+        self._publish_keyframes(msg.header)
+
+    def _publish_keyframes(self, header) -> None:
+        """Camera poses of the current keyframes (the trajectory RViz shows), when they changed."""
+        version = self.trainer.store.version
+        if version == self._published_store_version:
+            return
+        self._published_store_version = version
+        poses = PoseArray(header=header)
+        poses.poses = [matrix_to_pose(kf.frame.c2w) for _, kf in self.trainer.store.items()]
+        self.keyframes_pub.publish(poses)
 
     def _on_save(self, _req, resp):
         try:
