@@ -12,6 +12,8 @@ Measures on a synthetic scene (seed 0, 60 views at 160x120):
       * "tiny model": the language field of a real ``tiny``-preset LERF (``Trainer.snapshot()``,
         untrained weights: its timings are real, its answers are not), on the same surface points
         (the surface comes from the scene's exact render so the candidate count is what is asked);
+      * "tiny model, proposed multi-scale": the same field through a prototype of the optional
+        ``language_multi_scale`` a ``FrozenField`` could offer (``ProposedMultiScale`` below);
     each with the engine's per-snapshot projected features (default) and without them
     (``feature_cache_mb = 0``: the field is evaluated for every query);
   - the one-off costs per snapshot: surface extraction and projected features;
@@ -19,7 +21,7 @@ Measures on a synthetic scene (seed 0, 60 views at 160x120):
     second thread in the same process.
 Writes JSON (default bench/results/query.json) and prints a summary.
 
-    python bench/bench_query.py                    # CPU, 2 torch threads
+    python bench/bench_query.py                    # CPU, 1 torch thread
     python bench/bench_query.py --device cuda      # field and features on the GPU
 """
 from __future__ import annotations
@@ -42,7 +44,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "tests"))
 
-from analytic_field import AnalyticSnapshot  # noqa: E402
+from analytic_field import AnalyticSnapshot, LanguageFromModel  # noqa: E402
 from lerf_ros.config import preset  # noqa: E402
 from lerf_ros.data.synthetic import make_scene  # noqa: E402
 from lerf_ros.query import QueryEngine  # noqa: E402
@@ -53,26 +55,54 @@ PARTS = ("total", "text", "field", "cluster", "cpu")
 """'cpu': process CPU time of the whole query (all threads), less sensitive to other load on shared cores."""
 
 
-class ModelLanguageOnSceneSurface:
-    """A snapshot whose language field is a real model's and whose geometry (cameras, render) is
-    the synthetic scene's exact one, so the candidate points are the scene's surface."""
+class ProposedMultiScale:
+    """Prototype of the ``language_multi_scale`` the engine would use if ``FrozenField`` offered it
+    (see ``lerf_ros.query.relevancy``): the hash grids run once per point, the scale enters the first
+    layer as a bias, and with ``project`` the output layer is folded into it (``project @ W``) with
+    the output norm taken from the layer's Gram matrix, so the 512-wide output is never formed.
+    Reads the model's layers; checked against ``FrozenField.language`` before it is timed."""
 
-    def __init__(self, model_snapshot, geometry: AnalyticSnapshot) -> None:
-        self._model, self._geometry = model_snapshot, geometry
-        self.step, self.clip_dim, self.device = model_snapshot.step, model_snapshot.clip_dim, model_snapshot.device
-        self.cameras = geometry.cameras
-        for name in ("language_multi_scale", "language_basis"):    # pass on the optional fast paths
-            if hasattr(model_snapshot, name):
-                setattr(self, name, getattr(model_snapshot, name))
+    def __init__(self, frozen) -> None:
+        self._frozen = frozen
+        self.step, self.clip_dim, self.device, self.cameras = frozen.step, frozen.clip_dim, frozen.device, frozen.cameras
+        self._lang = frozen._model.lang
+        self._to_grid = frozen._model.to_grid
 
     def language(self, xyz, scale):
-        return self._model.language(xyz, scale)
-
-    def density(self, xyz):
-        return self._model.density(xyz)
+        return self._frozen.language(xyz, scale)
 
     def render(self, K, c2w, height, width):
-        return self._geometry.render(K, c2w, height, width)
+        return self._frozen.render(K, c2w, height, width)
+
+    @torch.no_grad()
+    def language_multi_scale(self, xyz, scales, project=None):
+        net = self._lang.clip_net
+        first, hidden, last = net[0], net[1:-1], net[-1]
+        feats = self._lang.features(self._to_grid(xyz.float()))                  # (N, F), once
+        base = feats @ first.weight[:, :-1].T + first.bias                        # (N, H)
+        w_scale = first.weight[:, -1]
+        if project is not None:
+            Wp, bp = project @ last.weight, project @ last.bias                    # (T, H), (T,)
+            gram, wb, bb = last.weight.T @ last.weight, last.weight.T @ last.bias, last.bias @ last.bias
+        out = []
+        for s in scales.tolist():
+            h = hidden(base + s * w_scale)
+            if project is None:
+                o = last(h)
+                out.append(o / o.norm(dim=-1, keepdim=True).clamp_min(1e-8))
+            else:
+                norm2 = ((h @ gram) * h).sum(-1) + 2 * (h @ wb) + bb
+                out.append((h @ Wp.T + bp) / norm2.clamp_min(1e-16).sqrt()[:, None])
+        return torch.stack(out)
+
+
+def check_prototype(proto: ProposedMultiScale, xyz: torch.Tensor, scales: torch.Tensor) -> float:
+    """Largest |difference| between the prototype and the model's own language field."""
+    ref = torch.stack([proto.language(xyz, torch.full((len(xyz),), float(s))) for s in scales])
+    got = proto.language_multi_scale(xyz, scales)
+    P = torch.linalg.qr(torch.randn(proto.clip_dim, 6))[0].T.contiguous()
+    got_p = proto.language_multi_scale(xyz, scales, P)
+    return max(float((got - ref).abs().max()), float((got_p - ref @ P.T).abs().max()))
 
 
 def pct(values: List[float], q: float) -> float:
@@ -110,7 +140,7 @@ def bench_engine(cfg, encode_text, snapshot, texts, repeats, threshold) -> Dict:
     engine.set_snapshot(snapshot)
     prep = engine.prepare()
     out = {"candidates": len(engine.surface()), "surface_ms": round(prep["surface"], 1),
-           "features_ms": round(prep["features"], 1), "features_note": engine._features.note}
+           "features_ms": round(prep["features"], 1), "features_note": engine.status()["features_note"]}
     out.update(run_queries(engine, texts, repeats, threshold))
     return out
 
@@ -160,7 +190,7 @@ def training_during_queries(scene, teacher, geometry: AnalyticSnapshot, cfg, sec
     train_for(2.0)                                                     # warm-up
     alone = train_for(seconds)
     engine = QueryEngine(cfg, teacher.encode_text)
-    engine.set_snapshot(ModelLanguageOnSceneSurface(trainer.snapshot(), geometry))
+    engine.set_snapshot(LanguageFromModel(trainer.snapshot(), geometry))
     prep = engine.prepare()
     texts = query_texts(scene)
     stop, lat = threading.Event(), []
@@ -187,7 +217,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("--out", default=os.path.join(ROOT, "bench", "results", "query.json"))
     ap.add_argument("--sizes", type=int, nargs="+", default=[10000, 50000])
     ap.add_argument("--repeats", type=int, default=3, help="passes over the query texts per case")
-    ap.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch CPU threads (1: on shared cores, waiting worker threads distort the timings)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--train-seconds", type=float, default=15.0)
     args = ap.parse_args(argv)
@@ -215,7 +246,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                   "tiny model: untrained weights (cost only); threshold 0.5 so the untrained field's points reach clustering",
                   "analytic: threshold 0.9 (see tests/test_query_engine.py on the ground-truth teacher's class vectors)"],
         "text_encoding": text_encoding(teacher, args.device),
-        "analytic": {}, "tiny_model": {},
+        "analytic": {}, "tiny_model": {}, "tiny_model_proposed_multi_scale": {},
     }
     print("text encoding:", json.dumps(result["text_encoding"]))
 
@@ -228,7 +259,14 @@ def main(argv: Optional[List[str]] = None) -> int:
         views.add(i, f)
     trainer = Trainer(lcfg, teacher.clip_dim, teacher.dino_dim, views, teacher=teacher.description)
     frozen = trainer.snapshot()
-    model_snap = ModelLanguageOnSceneSurface(frozen, analytic)
+    model_snap = LanguageFromModel(frozen, analytic)
+    proto = ProposedMultiScale(frozen)
+    err = check_prototype(proto, torch.rand(500, 3, device=args.device) - 0.5,
+                          torch.tensor(base.scales, device=args.device))
+    result["tiny_model_proposed_multi_scale"] = {"max_abs_error_vs_model": err}
+    if err > 1e-4:
+        raise RuntimeError(f"multi-scale prototype disagrees with the model by {err}")
+    proto_snap = LanguageFromModel(proto, analytic)
     # Surface refresh with the real model's own renders (untrained: the point count is arbitrary).
     t1 = time.perf_counter()
     surf = extract_surface(frozen, dataclasses.replace(base, surface_max_views=20))
@@ -238,12 +276,14 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     for n in args.sizes:
         for field_name, snap, thr, encode in (("analytic", analytic, 0.9, teacher.encode_text),
-                                              ("tiny_model", model_snap, 0.5, teacher.encode_text)):
+                                              ("tiny_model", model_snap, 0.5, teacher.encode_text),
+                                              ("tiny_model_proposed_multi_scale", proto_snap, 0.5,
+                                               teacher.encode_text)):
             for mode, mb in (("features", base.feature_cache_mb), ("direct", 0.0)):
                 cfg = dataclasses.replace(base, max_candidate_points=n, feature_cache_mb=mb, **geo).check()
                 reps = args.repeats
                 qtexts = texts
-                if field_name == "tiny_model" and mode == "direct":
+                if field_name.startswith("tiny_model") and mode == "direct":
                     qtexts, reps = texts[:3], 1                         # seconds per query on a CPU
                 res = bench_engine(cfg, encode, snap, qtexts, reps, thr)
                 result[field_name][f"{n}_{mode}"] = res

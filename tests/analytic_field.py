@@ -139,3 +139,27 @@ class PerScaleOnly:
 
     def render(self, K, c2w, height, width):
         return self._inner.render(K, c2w, height, width)
+
+
+class LanguageFromModel:
+    """A real model's language field on the scene's exact geometry: cameras and ``render`` from an
+    ``AnalyticSnapshot``, ``language`` (and any optional fast path) from a model snapshot such as
+    ``lerf_ros.field.frozen.FrozenField``. Lets tests and benchmarks score a chosen number of real
+    surface points with a real (e.g. untrained) language field."""
+
+    def __init__(self, model_snapshot, geometry: AnalyticSnapshot) -> None:
+        self._model, self._geometry = model_snapshot, geometry
+        self.step, self.clip_dim, self.device = model_snapshot.step, model_snapshot.clip_dim, model_snapshot.device
+        self.cameras = geometry.cameras
+        for name in ("language_multi_scale", "language_basis"):
+            if hasattr(model_snapshot, name):
+                setattr(self, name, getattr(model_snapshot, name))
+
+    def language(self, xyz, scale):
+        return self._model.language(xyz, scale)
+
+    def density(self, xyz):
+        return self._model.density(xyz)
+
+    def render(self, K, c2w, height, width):
+        return self._geometry.render(K, c2w, height, width)

@@ -120,7 +120,8 @@ def test_text_synonyms_and_unknown_words(teacher):
         np.testing.assert_allclose(row, mug, atol=1e-7)
     # an absent class still has its own embedding (queries for it should find nothing)
     np.testing.assert_allclose(teacher.encode_text(["tennis ball"])[0].numpy(), _emb(teacher, "tennis ball"), atol=1e-7)
-    words = ["giraffe", "object", "things", "stuff", "texture", "red mug handle"]
+    # (the generic canonical phrases are tested separately: they lean towards every class)
+    words = ["giraffe", "zebra crossing", "quantum", "red mug handle"]
     unk = teacher.encode_text(words).numpy()
     np.testing.assert_allclose(np.linalg.norm(unk, axis=1), 1.0, atol=1e-6)
     cos = unk @ teacher.class_embeddings.T
@@ -217,3 +218,26 @@ def test_frame_without_instance_map_gets_the_scene_ground_truth_at_its_pose():
     streamed.instance = None
     with pytest.raises(ValueError, match="no instance map"):
         bare.encode_crops(streamed, boxes)
+
+
+def test_canonical_phrases_are_generic_so_unrelated_text_scores_below_half():
+    """'object', 'things', ... are equally similar to every class; relevancy of an object's region to
+    its own name is near 1, to another class or an unknown word clearly below 0.5 (below the
+    default threshold 0.55 with a margin)."""
+    from lerf_ros.teachers.text import CANONICAL_PHRASES, relevancy
+
+    sc = make_scene(seed=4, width=32, height=24, n_frames=2, nthreads=1)
+    teacher = GroundTruthTeacher(sc)
+    canon = teacher.encode_text(list(CANONICAL_PHRASES))
+    sims = canon @ torch.from_numpy(teacher.class_embeddings).T  # (4, C)
+    assert float(sims.min()) > 0.1 and float(sims.max() - sims.min()) < 0.1
+    assert float((canon @ canon.T - torch.eye(4)).abs().max()) < 0.95  # distinct phrases
+    mug = teacher.encode_text(["mug"])[0]
+    phi = torch.from_numpy(teacher.class_embeddings)  # one "point" per class
+    rel = relevancy(phi, mug, canon)
+    mug_row = teacher.class_index("mug")
+    assert float(rel[mug_row]) > 0.95
+    others = torch.cat([rel[:mug_row], rel[mug_row + 1:]])
+    assert float(others.max()) < 0.4 and float(others.mean()) < 0.25
+    unknown = teacher.encode_text(["zebra crossing"])[0]
+    assert float(relevancy(phi, unknown, canon).max()) < 0.4

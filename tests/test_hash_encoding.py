@@ -10,6 +10,16 @@ from lerf_ros.field.hash_encoding import (HASH_PRIMES, HashEncoding, HashGridLay
                                           hash_grid_indices, tcnn_available)
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """One intra-op thread: on a shared CPU, OpenMP's spinning worker threads slow these small
+    ops down many times over."""
+    prev = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(prev)
+
+
 def per_corner_reference(x: np.ndarray, table: np.ndarray, lay: HashGridLayout) -> np.ndarray:
     """Direct computation: for every point, level and corner, the table row by the textbook rules
     (uint32 arithmetic), times the trilinear weight. Plain Python loops; float64."""
@@ -92,11 +102,11 @@ def test_weights_sum_to_one_and_rows_in_range():
     lay = HashGridLayout.build(8, 2, 11, 4, 300)
     x = torch.rand(500, 3)
     rows, w = hash_grid_indices(x, lay)
-    assert rows.shape == (500, 8, 8) and w.shape == (500, 8, 8)
-    torch.testing.assert_close(w.sum(-1), torch.ones(500, 8))
+    assert rows.shape == (8, 500, 8) and w.shape == (8, 500, 8)  # (levels, points, corners)
+    torch.testing.assert_close(w.sum(-1), torch.ones(8, 500))
     offsets = torch.tensor(lay.offsets)
     for lev in range(lay.num_levels):
-        r = rows[:, lev].long()
+        r = rows[lev].long()
         assert int(r.min()) >= lay.offsets[lev] and int(r.max()) < lay.offsets[lev + 1]
     assert offsets[-1] == lay.num_entries
 

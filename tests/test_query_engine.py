@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from analytic_field import AnalyticSnapshot, PerScaleOnly
+from analytic_field import AnalyticSnapshot, LanguageFromModel, PerScaleOnly
 from lerf_ros.config import preset
 from lerf_ros.data.synthetic import make_scene
 from lerf_ros.query import NO_MODEL_MESSAGE, QueryEngine
@@ -187,7 +187,8 @@ def test_fast_paths_match_the_plain_field(scene, teacher):
         eng.set_snapshot(s)
         prep = eng.prepare()
         assert (prep["features"] > 0) == (cfg.feature_cache_mb > 0), name
-        assert (eng._features._value is not None) == (cfg.feature_cache_mb > 0), eng._features.note
+        st = eng.status()
+        assert (st["features_rank"] > 0) == (cfg.feature_cache_mb > 0), st["features_note"]
         results[name] = [eng.query(o.class_name, threshold=0.6) for o in scene.objects[:3]]
     ref = results["per-scale, no features"]
     for name, res in results.items():
@@ -358,3 +359,49 @@ def test_scene_points_are_the_surface(engine):
     xyz, rgb = engine.scene_points()
     surf = engine.surface()
     assert xyz is surf.xyz and rgb is surf.rgb and len(xyz) == engine.cfg.max_candidate_points
+
+
+def test_real_language_field_features_match_direct_evaluation(scene, teacher):
+    """An untrained tiny-preset LERF language field: the estimated output basis captures it exactly
+    (an MLP's outputs span at most its last hidden width + 1 dimensions)."""
+    from lerf_ros.field.frozen import FrozenField
+    from lerf_ros.field.model import LerfModel
+
+    torch.manual_seed(0)
+    model = LerfModel(preset("tiny").model, teacher.clip_dim, teacher.dino_dim)
+    geometry = AnalyticSnapshot(scene, teacher.encode_text, step=0)
+    snap = LanguageFromModel(FrozenField(model, geometry.cameras, step=42), geometry)
+    answers = {}
+    for mb in (512.0, 0.0):
+        eng = QueryEngine(qcfg(max_candidate_points=800, surface_max_views=6, feature_cache_mb=mb), teacher.encode_text)
+        eng.set_snapshot(snap)
+        eng.prepare()
+        if mb:
+            st = eng.status()
+            assert 0 < st["features_rank"] <= preset("tiny").model.lang_hidden_dim + 1, st["features_note"]
+        answers[mb] = [eng.query(t, threshold=0.01) for t in ("mug", "bottle", "giraffe")]
+    for a, b in zip(answers[512.0], answers[0.0]):
+        assert a.success and a.step == 42 and a.scale == b.scale
+        np.testing.assert_allclose(a.relevancy, b.relevancy, atol=1e-4)
+
+
+def test_field_failures_and_mismatched_teachers_become_messages(scene, teacher, caplog):
+    class Broken(AnalyticSnapshot):
+        def language_multi_scale(self, xyz, scales, project=None):
+            raise RuntimeError("field exploded")
+
+        def language_basis(self):
+            raise RuntimeError("field exploded")
+
+    eng = QueryEngine(qcfg(max_candidate_points=500, surface_max_views=4), teacher.encode_text)
+    eng.set_snapshot(Broken(scene, teacher.encode_text, step=7))
+    with caplog.at_level("ERROR"):
+        r = eng.query("mug")
+    assert not r.success and r.message == "query failed: RuntimeError: field exploded" and r.step == 7
+    assert "field exploded" in caplog.text
+
+    small = GroundTruthTeacher(scene, clip_dim=64)
+    eng = QueryEngine(qcfg(max_candidate_points=500, surface_max_views=4), small.encode_text)
+    eng.set_snapshot(AnalyticSnapshot(scene, teacher.encode_text, step=3))
+    r = eng.query("mug")
+    assert not r.success and "64-dim embeddings but the model's language field has 512" in r.message

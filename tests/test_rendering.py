@@ -11,6 +11,16 @@ from lerf_ros.field.sampling import (anneal_weights, camera_rays, contract, cont
                                      spacing, spacing_inv, uniform_edges)
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """One intra-op thread: on a shared CPU, OpenMP's spinning worker threads slow these small
+    ops down many times over."""
+    prev = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(prev)
+
+
 def slab_density(edges: torch.Tensor, z0: float, z1: float, sigma: float) -> torch.Tensor:
     """Density of an opaque slab occupying [z0, z1] along the ray, evaluated at bin midpoints."""
     mids = 0.5 * (edges[:, 1:] + edges[:, :-1])

@@ -25,6 +25,11 @@ from typing import Any, Dict, List, Optional
 
 import numpy as np
 
+# PyTorch's worker threads sleep instead of spinning while they wait: on a CPU shared with other
+# processes (ROS nodes, other jobs) spinning OpenMP threads slow training down many times over.
+# Effective only if set before torch starts its thread pool, i.e. before torch is imported.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 HOLDOUT_EVERY = 8
 
 

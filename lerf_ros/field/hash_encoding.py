@@ -139,14 +139,14 @@ class HashGridLayout:
 
 
 def hash_grid_indices(x: torch.Tensor, layout: HashGridLayout) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Table rows and trilinear weights of the 8 cell corners at every level.
+    """Table rows and trilinear weights of the 8 cell corners at every level (level-major).
 
     Args:
         x: (N, 3) float positions in [0, 1] (values outside are clamped).
         layout: the grid.
     Returns:
-        rows: (N, L, 8) int32 rows of the concatenated table (level offsets included);
-        weights: (N, L, 8) trilinear weights (dtype of ``x``; differentiable w.r.t. ``x``).
+        rows: (L, N, 8) int32 rows of the concatenated table (level offsets included);
+        weights: (L, N, 8) trilinear weights (dtype of ``x``; differentiable w.r.t. ``x``).
         Corner ``c`` has offset bits ``(c >> 2) & 1, (c >> 1) & 1, c & 1`` along x, y, z.
     """
     dev = x.device
@@ -155,65 +155,69 @@ def hash_grid_indices(x: torch.Tensor, layout: HashGridLayout) -> Tuple[torch.Te
     x = x.clamp(0.0, 1.0)
     scales = torch.tensor(layout.scales, dtype=x.dtype, device=dev)
     half = torch.full((), 0.5, dtype=x.dtype, device=dev)
-    pos = torch.addcmul(half, x[:, None, :], scales[None, :, None])  # (N, L, 3): x * scale + 0.5
+    # Level-major (L, 3, N) so that every per-level slice below is contiguous.
+    pos = torch.addcmul(half, x.t()[None, :, :], scales[:, None, None])  # x * scale + 0.5
     grid = torch.floor(pos)
     frac = pos - grid  # gradient flows to x through pos
-    gi = grid.detach().to(torch.int32)  # (N, L, 3), non-negative since x >= 0
+    gi = grid.detach().to(torch.int32)  # non-negative since x >= 0
+    rows = torch.empty((n_levels, n, 2, 2, 2), dtype=torch.int32, device=dev)
 
     n_dense = layout.num_dense_levels
-    parts = []
     if n_dense > 0:
-        # Dense levels: res^3 <= 2^log2 <= 2^30, so int32 never overflows.
-        res = torch.tensor(layout.resolutions[:n_dense], dtype=torch.int32, device=dev)[:, None]
-        size = torch.tensor(layout.sizes[:n_dense], dtype=torch.int32, device=dev)[:, None]
-        off = torch.tensor(layout.offsets[:n_dense], dtype=torch.int32, device=dev)[:, None]
-        g = gi[:, :n_dense]
-        cx = torch.stack([g[..., 0], g[..., 0] + 1], -1)  # (N, Ld, 2)
-        cy = torch.stack([g[..., 1], g[..., 1] + 1], -1) * res
-        cz = torch.stack([g[..., 2], g[..., 2] + 1], -1) * (res * res)
-        idx = (cx[..., :, None, None] + cy[..., None, :, None] + cz[..., None, None, :]).view(n, n_dense, 8)
-        parts.append(torch.remainder(idx, size) + off)
+        # Dense levels: index = cx + cy*res + cz*res^2 (mod size); res^3 <= 2^30 fits int32.
+        res = torch.tensor(layout.resolutions[:n_dense], dtype=torch.int32, device=dev)
+        size = torch.tensor(layout.sizes[:n_dense], dtype=torch.int32, device=dev)
+        off = torch.tensor(layout.offsets[:n_dense], dtype=torch.int32, device=dev)
+        g = gi[:n_dense]
+        base = g[:, 0] + g[:, 1] * res[:, None] + g[:, 2] * (res * res)[:, None]  # (Ld, N)
+        b = torch.arange(2, dtype=torch.int32, device=dev)
+        r1 = res[:, None, None, None]
+        corner = b[None, :, None, None] + b[None, None, :, None] * r1 + b[None, None, None, :] * (r1 * r1)  # (Ld,2,2,2)
+        dense = rows[:n_dense]
+        torch.remainder(base[:, :, None, None, None] + corner[:, None], size[:, None, None, None, None], out=dense)
+        dense += off[:, None, None, None, None]
     if n_dense < n_levels:
         # Hashed levels all hold 2^log2 entries. Only the low log2 bits of each uint32 product
         # (coordinate * prime) survive the modulo, and those depend only on the low bits of the
         # prime: multiply by (prime & mask) in int64, mask, then xor in int32.
         mask = (1 << layout.log2_hashmap_size) - 1
-        g = gi[:, n_dense:].to(torch.int64)
-        h = []
-        for d in range(3):
-            p = HASH_PRIMES[d] & mask
-            a = g[..., d] * p  # corner bit 0; bit 1 is (c + 1) * p = a + p
-            h.append(torch.stack([a & mask, (a + p) & mask], -1).to(torch.int32))  # (N, Lh, 2)
-        idx = (h[0][..., :, None, None] ^ h[1][..., None, :, None] ^ h[2][..., None, None, :])
-        off = torch.tensor(layout.offsets[n_dense:-1], dtype=torch.int32, device=dev)[:, None]
-        parts.append(idx.view(n, n_levels - n_dense, 8) + off)
-    rows = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
+        primes = torch.tensor([p & mask for p in HASH_PRIMES], dtype=torch.int64, device=dev)[None, :, None]
+        a = gi[n_dense:].to(torch.int64) * primes  # (Lh, 3, N); corner bit 1: (c + 1) * p = a + p
+        h = torch.stack([(a & mask).to(torch.int32), ((a + primes) & mask).to(torch.int32)], dim=-1)  # (Lh,3,N,2)
+        xy = h[:, 0, :, :, None] ^ h[:, 1, :, None, :]  # (Lh, N, 2, 2)
+        hashed = rows[n_dense:]
+        torch.bitwise_xor(xy[..., None], h[:, 2, :, None, None, :], out=hashed)
+        off = torch.tensor(layout.offsets[n_dense:-1], dtype=torch.int32, device=dev)
+        hashed += off[:, None, None, None, None]
 
-    w = torch.stack([1.0 - frac, frac], dim=-1)  # (N, L, 3, 2)
-    weights = w[:, :, 0, :, None, None] * w[:, :, 1, None, :, None] * w[:, :, 2, None, None, :]
-    return rows, weights.reshape(n, n_levels, 8)
+    w = torch.stack([1.0 - frac, frac], dim=-1)  # (L, 3, N, 2)
+    wxy = w[:, 0, :, :, None] * w[:, 1, :, None, :]  # (L, N, 2, 2)
+    weights = wxy[..., None] * w[:, 2, :, None, None, :]  # (L, N, 2, 2, 2)
+    return rows.view(n_levels, n, 8), weights.reshape(n_levels, n, 8)
 
 
 class _HashGridTable(torch.autograd.Function):
     """Encoding with gradients to the table only (the training path): the forward gathers and
-    blends the 8 corners in one fused op and the backward scatters with ``index_add_``, which
-    is several times faster than autograd through a gather on the CPU."""
+    blends the 8 corners in one fused op and the backward scatters with a per-feature histogram
+    (CPU) or ``index_add_`` (CUDA), several times faster than autograd through a gather on the CPU."""
 
     @staticmethod
     def forward(ctx, rows: torch.Tensor, weights: torch.Tensor, params: torch.Tensor, fpl: int) -> torch.Tensor:
+        n_levels, n = rows.shape[0], rows.shape[1]
         table = params.view(-1, fpl)
         out = F.embedding_bag(rows.view(-1, 8), table, per_sample_weights=weights.reshape(-1, 8), mode="sum")
         ctx.save_for_backward(rows, weights)
         ctx.fpl = fpl
         ctx.num_params = params.numel()
-        return out.view(rows.shape[0], -1)
+        return out.view(n_levels, n, fpl).permute(1, 0, 2).reshape(n, n_levels * fpl)
 
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor):
         rows, weights = ctx.saved_tensors
         fpl = ctx.fpl
-        g = grad_out.reshape(-1, 1, fpl).to(weights.dtype)  # (N*L, 1, F)
-        vals = (g * weights.reshape(-1, 8, 1)).reshape(-1, fpl)  # (N*L*8, F)
+        n_levels, n = rows.shape[0], rows.shape[1]
+        g = grad_out.reshape(n, n_levels, fpl).permute(1, 0, 2).reshape(-1, 1, fpl).to(weights.dtype)  # (L*N, 1, F)
+        vals = (g * weights.reshape(-1, 8, 1)).reshape(-1, fpl)  # (L*N*8, F)
         n_entries = ctx.num_params // fpl
         flat_rows = rows.reshape(-1)
         if vals.device.type == "cpu":
@@ -248,8 +252,9 @@ def hash_grid_forward_torch(x: torch.Tensor, params: torch.Tensor, layout: HashG
     x = x.to(params.dtype)
     if x.requires_grad and torch.is_grad_enabled():
         rows, weights = hash_grid_indices(x, layout)
-        corners = params.view(-1, fpl)[rows.long()]  # (N, L, 8, F)
-        return (corners * weights[..., None]).sum(2).reshape(n, layout.output_dim)
+        corners = params.view(-1, fpl)[rows.long()]  # (L, N, 8, F)
+        out = (corners * weights[..., None]).sum(2)  # (L, N, F)
+        return out.permute(1, 0, 2).reshape(n, layout.output_dim)
     with torch.no_grad():
         rows, weights = hash_grid_indices(x, layout)
     return _HashGridTable.apply(rows, weights, params, fpl)

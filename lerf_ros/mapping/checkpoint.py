@@ -69,7 +69,7 @@ def read_checkpoint(path: str, map_location: str | torch.device = "cpu") -> Dict
     try:
         with open(path, "rb") as f:
             data = f.read()
-        payload = torch.load(io.BytesIO(data), map_location=map_location, weights_only=False)
+        payload = torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
     except Exception as exc:  # truncated, not a torch file, ...
         raise CheckpointError(f"{path}: cannot be read as a checkpoint ({type(exc).__name__}: {exc})") from exc
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:

@@ -159,8 +159,8 @@ class OnlineTrainer:
                     if step % self.snapshot_every == 0 or self._snapshot is None:
                         self._snapshot = self._trainer.snapshot()
                     every = self.cfg.trainer.checkpoint_every
-                    if every and step % every == 0:
-                        self._save_locked()
+                    if (every and step % every == 0) or step == self.cfg.trainer.max_steps:
+                        self._save_locked()  # periodic, and once when the step budget is reached
                 now = time.perf_counter()
                 if now - last_t >= 2.0:
                     self._rays_per_second = rays / (now - last_t)
@@ -192,10 +192,10 @@ class OnlineTrainer:
             self._error = ""
 
     def _save_locked(self) -> str:
-        from lerf_ros.mapping.checkpoint import prune_checkpoints
+        from lerf_ros.mapping.checkpoint import checkpoint_name, prune_checkpoints
 
         os.makedirs(self.checkpoint_dir, exist_ok=True)
-        path = os.path.join(self.checkpoint_dir, f"step_{self.step:08d}.ckpt")
+        path = os.path.join(self.checkpoint_dir, checkpoint_name(self.step))
         self._trainer.save_checkpoint(path)
         prune_checkpoints(self.checkpoint_dir, keep=self.cfg.trainer.keep_checkpoints)
         self._checkpoint = path

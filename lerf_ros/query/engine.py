@@ -24,6 +24,7 @@ offering ``language_multi_scale`` is evaluated for all scales at once.
 """
 from __future__ import annotations
 
+import logging
 import math
 import threading
 import time
@@ -42,6 +43,8 @@ from lerf_ros.query.surface import SurfaceCache, SurfaceError, SurfacePoints
 from lerf_ros.teachers.text import TextEncoderCache, negative_phrases
 
 NO_MODEL_MESSAGE = "no model yet: the trainer has not produced a snapshot (waiting for keyframes)"
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -139,6 +142,19 @@ class QueryEngine:
                 out["features"] = 1000 * (time.perf_counter() - t1)
         return out
 
+    def status(self) -> Dict[str, object]:
+        """What the engine holds now (for logs): snapshot and surface steps, candidate count, and the
+        projected features (basis width, MiB) or why there are none."""
+        snap = self.snapshot
+        surface = self._surfaces.peek()
+        feats = self._features.value
+        return {"step": -1 if snap is None else int(snap.step),
+                "surface_step": -1 if surface is None else surface.step,
+                "candidates": 0 if surface is None else len(surface),
+                "features_rank": 0 if feats is None else int(feats.basis.shape[0]),
+                "features_mib": 0.0 if feats is None else feats.nbytes / 2**20,
+                "features_note": self._features.note}
+
     def _get_features(self, snap: FieldSnapshot, surface: SurfacePoints):
         xyz = self._surfaces.xyz_tensor(surface, torch.device(snap.device))
         scales = torch.tensor(self.cfg.scales, dtype=torch.float32, device=xyz.device)
@@ -182,7 +198,8 @@ class QueryEngine:
             max_grasps: at most this many grasps; 0 = the configured default.
             world_to_target: optional (4, 4) rigid transform from the world frame to the output frame.
         Returns:
-            QueryResult (never raises for a bad request: success=False and a message instead).
+            QueryResult. Never raises: a bad request, and any failure while answering (logged with
+            its traceback), give success=False and a message.
         """
         t0 = time.perf_counter()
         timings = {"surface": 0.0, "features": 0.0, "text": 0.0, "field": 0.0, "cluster": 0.0}
@@ -190,6 +207,16 @@ class QueryEngine:
         error = self._check_request(text, negatives, threshold, max_points, max_grasps, world_to_target)
         if error:
             return QueryResult(False, error, timings=self._total(timings, t0))
+        try:
+            return self._answer(text, negatives, threshold, max_points, max_grasps, world_to_target, timings, t0)
+        except Exception as exc:  # a service must answer; the traceback goes to the log
+            log.exception("query %r failed", text[:64])
+            snap = self.snapshot
+            return QueryResult(False, f"query failed: {type(exc).__name__}: {exc}",
+                               step=-1 if snap is None else int(snap.step), timings=self._total(timings, t0))
+
+    def _answer(self, text: str, negatives: List[str], threshold: float, max_points: int, max_grasps: int,
+                world_to_target: Optional[np.ndarray], timings: Dict[str, float], t0: float) -> QueryResult:
         cfg = self.cfg
         threshold = float(threshold) if threshold > 0 else cfg.threshold
         max_points = int(max_points) or cfg.max_points

@@ -37,8 +37,10 @@ import torch
 from lerf_ros.field.snapshot import FieldSnapshot
 from lerf_ros.teachers.text import relevancy
 
-#: a basis is accepted when every projected unit row keeps at least this much of its squared norm
-BASIS_MIN_ENERGY = 1.0 - 1e-4
+#: a basis is accepted when every projected unit row keeps at least this much of its squared norm;
+#: rows below it are checked directly (their residual must stay under BASIS_MAX_RESIDUAL)
+BASIS_MIN_ENERGY = 1.0 - 1e-5
+BASIS_MAX_RESIDUAL = 1e-3
 #: points sampled (all scales each) to estimate the output span of a snapshot without language_basis()
 BASIS_SAMPLE_POINTS = 512
 
@@ -138,13 +140,15 @@ class ProjectedFeatures:
 
     @classmethod
     def build(cls, snapshot: FieldSnapshot, xyz: torch.Tensor, scales: torch.Tensor, chunk: int,
-              max_bytes: int, max_extensions: int = 4) -> Tuple[Optional["ProjectedFeatures"], str]:
+              max_bytes: int, max_extensions: int = 3) -> Tuple[Optional["ProjectedFeatures"], str]:
         """(features, "") or (None, why not): the basis is too wide to save anything, the
         coefficients would exceed ``max_bytes``, or the basis keeps missing part of the outputs.
 
-        An estimated basis (no ``language_basis()``) that misses outputs of some chunk of points
-        (a class or hidden unit absent from the sample) is extended with that chunk's residual
-        directions and the pass restarts, at most ``max_extensions`` times."""
+        An estimated basis (no ``language_basis()``) may miss outputs that the sample did not
+        reach (a class or a hidden unit active only at some points). One pass over all points
+        finds every point whose projection keeps too little of its norm; the basis is extended
+        with their residual directions and one more pass adds the coefficients along the new
+        directions, at most ``max_extensions`` times."""
         t0 = time.perf_counter()
         S, N, D = len(scales), len(xyz), int(snapshot.clip_dim)
         if N == 0 or max_bytes <= 0:
@@ -152,27 +156,37 @@ class ProjectedFeatures:
         exact = callable(getattr(snapshot, "language_basis", None))
         with torch.no_grad():
             basis = output_basis(snapshot, xyz, scales)
+            coeffs = torch.zeros(N, S, 0, dtype=torch.float32, device=xyz.device)
+            new_dirs = basis
             for _ in range(max_extensions + 1):
                 r = basis.shape[0]
                 if r > 0.75 * D:
                     return None, f"the field's outputs span {r} of {D} dimensions (no saving)"
                 if S * N * r * 4 > max_bytes:
                     return None, f"{S * N * r * 4 / 2**20:.0f} MiB needed > query.feature_cache_mb"
-                coeffs = torch.empty(N, S, r, dtype=torch.float32, device=xyz.device)
-                missed = None
+                more = torch.empty(N, S, new_dirs.shape[0], dtype=torch.float32, device=xyz.device)
                 for a in range(0, N, chunk):
-                    c = language_projected(snapshot, xyz[a:a + chunk], scales, basis)   # (S, c, r)
-                    if float((c * c).sum(-1).min()) < BASIS_MIN_ENERGY:
-                        missed = slice(a, a + chunk)
-                        break
-                    coeffs[a:a + chunk] = c.transpose(0, 1)
-                if missed is None:
+                    more[a:a + chunk] = language_projected(snapshot, xyz[a:a + chunk], scales, new_dirs).transpose(0, 1)
+                coeffs = torch.cat([coeffs, more], dim=2) if coeffs.shape[2] else more
+                del more
+                energy = torch.cat([(coeffs[a:a + chunk] ** 2).sum(-1).min(-1).values
+                                    for a in range(0, N, chunk)])                     # (N,) worst scale
+                low = torch.nonzero(energy < BASIS_MIN_ENERGY).flatten()
+                if low.numel() == 0:
+                    return cls(basis, coeffs, 1000 * (time.perf_counter() - t0)), ""
+                pick = low[torch.randperm(low.numel(), generator=torch.Generator().manual_seed(1))[:BASIS_SAMPLE_POINTS]
+                           .to(low.device)]
+                phi = language_projected(snapshot, xyz[pick], scales, None).reshape(-1, D)
+                resid = phi - (phi @ basis.T) @ basis
+                if float(resid.norm(dim=1).max()) < BASIS_MAX_RESIDUAL:
+                    # The rows were short, not outside the basis (rounding, or zero outputs): exact.
                     return cls(basis, coeffs, 1000 * (time.perf_counter() - t0)), ""
                 if exact:
                     return None, "language_basis() does not span the field's outputs"
-                phi = language_projected(snapshot, xyz[missed], scales, None).reshape(-1, D)
-                resid = phi - (phi @ basis.T) @ basis
-                basis = orthonormal_rows(torch.cat([basis, orthonormal_rows(resid, rel_tol=1e-4)]), rel_tol=1e-6)
+                new_dirs = orthonormal_rows(resid, rel_tol=1e-4)
+                new_dirs = new_dirs - (new_dirs @ basis.T) @ basis                   # keep them orthogonal
+                new_dirs = orthonormal_rows(new_dirs, rel_tol=1e-6)
+                basis = torch.cat([basis, new_dirs])
         return None, "the estimated output basis keeps missing part of the field"
 
 
@@ -187,6 +201,12 @@ class FeatureCache:
         self._value: Optional[ProjectedFeatures] = None
         self.note = ""
         """Why the newest pair has no features (empty when it has them)."""
+
+    @property
+    def value(self) -> Optional[ProjectedFeatures]:
+        """The features of the newest pair (None when it has none, or before the first build)."""
+        with self._lock:
+            return self._value
 
     def get(self, snapshot: FieldSnapshot, surface, xyz: torch.Tensor, scales: torch.Tensor,
             chunk: int) -> Tuple[Optional[ProjectedFeatures], bool]:
@@ -257,5 +277,5 @@ def scale_search(snapshot: FieldSnapshot, xyz: torch.Tensor, scales: Sequence[fl
                 r = relevancy(phi.reshape(-1, phi.shape[-1]), q, negs, temperature)
                 out[:, a:a + chunk] = r.reshape(S, -1).float().cpu()
     best = out.max(dim=1).values
-    i = int(torch.argmin(best))
+    i = int(torch.argmax(best))
     return ScaleSearch(out, i, float(scales[i]), float(best[i]))

@@ -10,6 +10,11 @@ instance ids are known:
 - a text is embedded as its class's embedding when it names a class or one of its synonyms
   (case, white space and a leading article ignored), and otherwise as a deterministic
   pseudo-random unit vector orthogonal to all class embeddings;
+- the generic phrases LERF uses as canonical negatives ("object", "things", "stuff", "texture")
+  are generic here too: each is equally similar to every class (the unit vector in the classes'
+  span with equal cosine to each, plus a phrase-specific part orthogonal to all classes; cosine
+  about 0.17 with each class). So a region's relevancy to a text that does not describe it falls
+  below 0.5, as with CLIP, rather than sitting exactly at 0.5;
 - dense features are a fixed, seeded 64-d vector per instance id (DINO-like: two mugs differ).
 
 So relevancy maps computed with this teacher measure the 3D field, not a 2D model's mistakes.
@@ -29,6 +34,10 @@ from lerf_ros.teachers.base import Teacher
 __all__ = ["GroundTruthTeacher", "BACKGROUND_CLASS", "stable_seed"]
 
 BACKGROUND_CLASS = "background"
+#: Texts that describe anything (LERF's canonical negatives): equally similar to every class.
+GENERIC_PHRASES = frozenset({"object", "objects", "things", "thing", "stuff", "texture"})
+#: Weight of a generic phrase's own (class-orthogonal) direction next to the class centroid.
+GENERIC_PRIVATE_WEIGHT = 0.5
 
 
 def stable_seed(*parts: object) -> int:
@@ -78,6 +87,10 @@ class GroundTruthTeacher(Teacher):
         self.class_embeddings = np.stack([_unit_gaussian(self.clip_dim, "class", self.seed, n)
                                           for n in self.class_names]).astype(np.float32)
         self._q, _ = np.linalg.qr(self.class_embeddings.T.astype(np.float64))  # (D, C) basis of their span
+        # The unit vector in the classes' span with the same cosine to every class embedding.
+        emb = self.class_embeddings.astype(np.float64)
+        centroid = emb.T @ np.linalg.solve(emb @ emb.T, np.ones(len(emb)))
+        self._class_centroid = centroid / np.linalg.norm(centroid)
         self._phrase_to_class: Dict[str, int] = {}
         for ci, c in enumerate(vocabulary):
             for p in (c.name, *c.synonyms):
@@ -183,7 +196,8 @@ class GroundTruthTeacher(Teacher):
     def encode_text(self, texts: Sequence[str]) -> torch.Tensor:
         """(len(texts), clip_dim): the class embedding for a class name or synonym, otherwise a
         unit vector seeded by the SHA-256 of the normalised text with the class subspace removed
-        (cosine 0 with every class, about 0.04 between two unrelated texts)."""
+        (cosine 0 with every class, about 0.04 between two unrelated texts); generic phrases
+        (GENERIC_PHRASES) lean towards the centroid of all classes (see the module docstring)."""
         if isinstance(texts, str):
             raise TypeError("encode_text takes a sequence of strings, not one string")
         out = np.zeros((len(texts), self.clip_dim), np.float64)
@@ -192,7 +206,12 @@ class GroundTruthTeacher(Teacher):
             if ci is not None:
                 out[i] = self.class_embeddings[ci]
                 continue
-            v = _unit_gaussian(self.clip_dim, "text", self.seed, _normalize_phrase(text))
+            phrase = _normalize_phrase(text)
+            v = _unit_gaussian(self.clip_dim, "text", self.seed, phrase)
             v = v - self._q @ (self._q.T @ v)
-            out[i] = v / np.linalg.norm(v)
+            v = v / np.linalg.norm(v)
+            if phrase in GENERIC_PHRASES:
+                v = self._class_centroid + GENERIC_PRIVATE_WEIGHT * v
+                v = v / np.linalg.norm(v)
+            out[i] = v
         return torch.from_numpy(out.astype(np.float32))
