@@ -134,8 +134,11 @@ def preset_child(name: str, n_rays: int, n_steps: int, threads: int) -> dict:
         t0 = time.perf_counter()
         trainer.step()
         times.append(time.perf_counter() - t0)
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return {"preset": name, "rays_per_batch": n_rays, "timed_steps": n_steps,
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # peak of training (before the snapshot copy)
+    t0 = time.perf_counter()
+    trainer.snapshot()
+    snapshot_s = time.perf_counter() - t0
+    return {"preset": name, "snapshot_seconds": snapshot_s, "rays_per_batch": n_rays, "timed_steps": n_steps,
             "seconds_per_step_median": float(np.median(times)),
             "rays_per_second": float(n_rays / np.median(times)), "build_seconds": build_s,
             "parameters": int(n_params), "parameter_mb": n_params * 4 / 2 ** 20,

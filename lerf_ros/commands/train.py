@@ -21,7 +21,7 @@ import os
 import re
 import sys
 import time
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List
 
 import numpy as np
 
@@ -80,6 +80,30 @@ def _build_config(args: argparse.Namespace):
     return cfg, overrides
 
 
+def _explicit_keys(args: argparse.Namespace, overrides: Dict[str, Any]) -> set:
+    """Dotted keys set on the command line or in the --config YAML (not by the preset)."""
+    keys = set(overrides)
+    if args.config:
+        import yaml
+
+        with open(args.config) as fh:
+            data = yaml.safe_load(fh) or {}
+        for v in list(data.values()) if isinstance(data, dict) else []:
+            if isinstance(v, dict) and "ros__parameters" in v:
+                data = v["ros__parameters"]
+                break
+
+        def walk(d: Any, prefix: str) -> None:
+            if isinstance(d, dict):
+                for k, v in d.items():
+                    walk(v, f"{prefix}{k}.")
+            else:
+                keys.add(prefix[:-1])
+
+        walk(data, "")
+    return keys
+
+
 # ---------------------------------------------------------------------------------- images
 _CMAP = np.array([[0.05, 0.03, 0.2], [0.3, 0.1, 0.55], [0.75, 0.2, 0.4], [0.98, 0.55, 0.1], [0.99, 0.95, 0.3]])
 
@@ -110,8 +134,6 @@ def _slug(text: str) -> str:
 
 # ---------------------------------------------------------------------------------- run
 def run(args: argparse.Namespace) -> int:
-    import torch
-
     from lerf_ros.config import ConfigError
     from lerf_ros.data.frame import FrameError
     from lerf_ros.data.sources import SourceError, open_source
@@ -149,7 +171,7 @@ def run(args: argparse.Namespace) -> int:
         return fail(f"cannot build the {kind} teacher: {exc}")
 
     # Scene bounds from the cameras (and depth) unless given.
-    if not any(k in overrides for k in ("model.scene_scale", "model.scene_center")) and not args.config:
+    if not any(k in _explicit_keys(args, overrides) for k in ("model.scene_scale", "model.scene_center")):
         center, scale = estimate_scene_bounds(frames)
         cfg = cfg.override({"model.scene_center": center, "model.scene_scale": scale})
     name = os.path.basename(os.path.normpath(str(args.scene))).replace(":", "-").replace(",", "_") or "scene"

@@ -18,11 +18,10 @@ uniform sampling (offline training). Within a view, pixels are drawn uniformly.
 """
 from __future__ import annotations
 
-import math
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass, fields
-from typing import Any, Dict, Hashable, List, Optional
+from typing import Any, Hashable, List, Optional
 
 import numpy as np
 import torch

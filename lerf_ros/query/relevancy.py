@@ -22,7 +22,10 @@ Optional snapshot methods used when present (a ``FieldSnapshot`` need not have t
         layer.
     language_basis() -> (r, D)
         orthonormal rows spanning every output of ``language`` (for an MLP: the column space of
-        its output layer's weight and bias). Without it the basis is estimated from a sample.
+        its output layer's weight and bias). Without it the basis is estimated from the outputs
+        at a sample of the points, extended wherever a point's output is not captured, and
+        accepted once every output keeps at least BASIS_MIN_ENERGY of its squared norm (a
+        residual under ~0.003, which moves a relevancy by at most ~0.008 at temperature 10).
 """
 from __future__ import annotations
 
