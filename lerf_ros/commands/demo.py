@@ -181,6 +181,7 @@ def _client(args, scene, out: Path, env: dict, nodes) -> int:
 def _report(text, obj, resp, ms, scene, out: Path) -> dict:
     import numpy as np
 
+    from lerf_ros.commands.query import write_relevancy_ply
     from lerf_ros.ros.convert import pointcloud2_to_numpy
 
     qdir = out / "queries"
@@ -212,20 +213,9 @@ def _report(text, obj, resp, ms, scene, out: Path) -> dict:
     if obj is not None:
         line += "  [on the object]" if rec["top_point_on_object"] else "  [NOT on the object]"
     print(line, flush=True)
-    _write_ply(qdir / f"{slug}.ply", xyz, rel)
+    write_relevancy_ply(qdir / f"{slug}.ply", xyz, rel)
     _write_overlay(qdir / f"{slug}.png", text, scene, obj, xyz, rel, resp)
     return rec
-
-
-def _write_ply(path: Path, xyz, rel) -> None:
-    import numpy as np
-    import open3d as o3d
-
-    pcd = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(xyz))
-    # Colour by relevancy (dark blue -> yellow) so the PLY shows the answer in any viewer.
-    t = np.clip((rel - rel.min()) / max(1e-6, rel.max() - rel.min()), 0, 1)[:, None]
-    pcd.colors = o3d.utility.Vector3dVector(np.concatenate([t, t * 0.9, 0.5 * (1 - t)], 1))
-    o3d.io.write_point_cloud(str(path), pcd)
 
 
 def _write_overlay(path: Path, text: str, scene, obj, xyz, rel, resp) -> None:

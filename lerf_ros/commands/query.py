@@ -1,0 +1,137 @@
+"""`lerf-ros query`: ask a trained field where something is.
+
+Two ways:
+- offline, from a checkpoint file or folder (``--checkpoint``): loads the field, builds the teacher's
+  text encoder from the checkpoint's config (or ``--scene`` for a synthetic scene's ground truth),
+  and answers with the same engine the query node uses;
+- online, from a running ``/lerf/query`` service (``--service``), over ROS.
+
+Prints the answer and the grasps; ``--ply`` writes the relevancy cloud.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+import numpy as np
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("text", nargs="+", help="what to look for (several queries: several arguments)")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--checkpoint", help="a checkpoint file, or a folder of checkpoints (the newest is used)")
+    src.add_argument("--service", action="store_true", help="call the running /lerf/query service")
+    p.add_argument("--scene", help="synthetic scene folder (ground-truth teacher) instead of the checkpoint's teacher")
+    p.add_argument("--negatives", nargs="*", default=[], help="extra negative phrases")
+    p.add_argument("--threshold", type=float, default=0.0, help="relevancy threshold (0 = default)")
+    p.add_argument("--max-grasps", type=int, default=0, help="number of grasps (0 = default)")
+    p.add_argument("--ply", help="write the relevancy cloud of each query to this folder as PLY")
+
+
+def _print(text, ok, message, step, scale, max_rel, grasps, ms) -> None:
+    print(f"'{text}': {'ok' if ok else 'no answer'} ({ms:.0f} ms, model step {step}): {message}")
+    for i, (pos, quat, width, score) in enumerate(grasps):
+        print(f"  grasp {i + 1}: position ({pos[0]:+.3f}, {pos[1]:+.3f}, {pos[2]:+.3f}) m, quaternion xyzw "
+              f"({quat[0]:+.3f}, {quat[1]:+.3f}, {quat[2]:+.3f}, {quat[3]:+.3f}), width {width * 100:.1f} cm, "
+              f"score {score:.2f}")
+
+
+def write_relevancy_ply(path: str, xyz: np.ndarray, rel: np.ndarray) -> None:
+    """A relevancy cloud as PLY, coloured by relevancy (dark blue -> yellow) for any viewer."""
+    import open3d as o3d
+
+    rel = np.asarray(rel, np.float64)
+    t = np.clip((rel - rel.min()) / max(1e-6, float(rel.max() - rel.min())), 0, 1)[:, None] if len(rel) else rel[:, None]
+    pcd = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(np.asarray(xyz, np.float64)))
+    pcd.colors = o3d.utility.Vector3dVector(np.concatenate([t, 0.9 * t, 0.5 * (1 - t)], 1))
+    o3d.io.write_point_cloud(str(path), pcd)
+
+
+def _write_ply(folder: str, text: str, xyz: np.ndarray, rel: np.ndarray) -> None:
+    os.makedirs(folder, exist_ok=True)
+    path = os.path.join(folder, "".join(c if c.isalnum() else "_" for c in text)[:40] + ".ply")
+    write_relevancy_ply(path, xyz, rel)
+    print(f"  wrote {path}")
+
+
+def _offline(args) -> int:
+    from lerf_ros.mapping.checkpoint import CheckpointError, config_of, latest_checkpoint, load_snapshot, read_checkpoint
+    from lerf_ros.mapping.poses import matrix_to_quat
+    from lerf_ros.query import QueryEngine
+    from lerf_ros.teachers import make_teacher
+
+    path = args.checkpoint
+    if os.path.isdir(path):
+        path = latest_checkpoint(path) or latest_checkpoint(os.path.join(path, "checkpoints"))
+        if path is None:
+            print(f"no checkpoint in {args.checkpoint}", file=sys.stderr)
+            return 2
+    try:
+        cfg = config_of(read_checkpoint(path))
+        snap = load_snapshot(path)
+    except (CheckpointError, OSError, KeyError) as exc:
+        print(f"cannot load {path}: {exc}", file=sys.stderr)
+        return 2
+    tcfg = cfg.teacher
+    if args.scene:
+        tcfg = cfg.override({"teacher.kind": "ground_truth", "teacher.scene_dir": args.scene}).teacher
+    teacher = make_teacher(tcfg)
+    print(f"field: {path} (step {snap.step}); text encoder: {teacher.description}")
+    engine = QueryEngine(cfg.query, teacher.encode_text)
+    engine.set_snapshot(snap)
+    code = 0
+    for text in args.text:
+        t0 = time.perf_counter()
+        r = engine.query(text, negatives=args.negatives, threshold=args.threshold, max_grasps=args.max_grasps)
+        ms = 1000 * (time.perf_counter() - t0)
+        grasps = [(g.pose[:3, 3], matrix_to_quat(g.pose[:3, :3]), g.width, g.score) for g in r.grasps]
+        _print(text, r.success, r.message, r.step, r.scale, r.max_relevancy, grasps, ms)
+        if args.ply and r.success:
+            _write_ply(args.ply, text, r.points, r.relevancy)
+        code = code or (0 if r.success else 1)
+    return code
+
+
+def _online(args) -> int:
+    import rclpy
+
+    from lerf_ros.ros.convert import pointcloud2_to_numpy
+    from lerf_ros.srv import Query
+
+    rclpy.init()
+    node = rclpy.create_node("lerf_query_cli")
+    client = node.create_client(Query, "/lerf/query")
+    code = 0
+    try:
+        if not client.wait_for_service(timeout_sec=10.0):
+            print("/lerf/query is not available (are the nodes running, on the same ROS_DOMAIN_ID?)", file=sys.stderr)
+            return 2
+        for text in args.text:
+            req = Query.Request(text=text, negatives=list(args.negatives), threshold=float(args.threshold),
+                                max_grasps=int(args.max_grasps))
+            t0 = time.perf_counter()
+            fut = client.call_async(req)
+            rclpy.spin_until_future_complete(node, fut, timeout_sec=60.0)
+            ms = 1000 * (time.perf_counter() - t0)
+            r = fut.result()
+            if r is None:
+                print(f"'{text}': no reply within 60 s", file=sys.stderr)
+                return 2
+            grasps = [((g.pose.position.x, g.pose.position.y, g.pose.position.z),
+                       (g.pose.orientation.x, g.pose.orientation.y, g.pose.orientation.z, g.pose.orientation.w),
+                       w, s) for g, w, s in zip(r.grasps, r.grasp_widths, r.grasp_scores)]
+            _print(text, r.success, r.message, r.model_step, r.scale, r.max_relevancy, grasps, ms)
+            if args.ply and r.success:
+                c = pointcloud2_to_numpy(r.cloud)
+                _write_ply(args.ply, text, np.stack([c["x"], c["y"], c["z"]], 1), np.asarray(c["relevancy"]))
+            code = code or (0 if r.success else 1)
+        return code
+    finally:
+        node.destroy_node()
+        rclpy.try_shutdown()
+
+
+def run(args: argparse.Namespace) -> int:
+    return _online(args) if args.service else _offline(args)
