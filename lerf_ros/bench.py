@@ -81,9 +81,9 @@ NON_VOCABULARY_WORDS: Tuple[str, ...] = ("giraffe", "laptop", "umbrella", "guita
 AGGREGATE_KEYS: Tuple[str, ...] = (
     "loc3d_accuracy", "loc3d_accuracy_name", "loc3d_accuracy_synonym", "loc3d_argmax_accuracy_name",
     "loc3d_answered_name", "loc2d_accuracy", "loc2d_queries", "precision_mean", "recall_mean",
-    "grasp_valid_rate", "grasp_in_object_rate", "grasp_clear_of_table_rate", "grasp_width_ok_rate",
-    "absent_false_positive_rate", "absent_max_relevancy", "present_max_relevancy_median",
-    "query_latency_ms_p50", "query_latency_ms_p95", "query_prepare_ms_mean", "teacher_s_per_keyframe",
+    "grasp_valid_rate", "grasp_valid_rate_graspable", "grasp_in_object_rate", "grasp_clear_of_table_rate",
+    "grasp_width_ok_rate", "objects_on_surface_fraction", "absent_false_positive_rate", "absent_max_relevancy",
+    "present_max_relevancy_median", "query_latency_ms_p50", "query_latency_ms_p95", "query_prepare_ms_mean", "teacher_s_per_keyframe",
     "offline_steps_mean", "offline_rays_per_s", "offline_rays_per_cpu_s", "online_rays_per_s",
     "online_rays_per_cpu_s", "online_overhead_pct", "online_overhead_cpu_pct", "online_first_correct_s",
     "online_all_correct_s", "online_objects_correct_fraction", "online_query_latency_ms_p95",
@@ -94,7 +94,7 @@ AGGREGATE_KEYS: Tuple[str, ...] = (
 FRACTION_KEYS: Tuple[str, ...] = (
     "loc3d_accuracy", "loc3d_accuracy_name", "loc3d_accuracy_synonym", "loc3d_argmax_accuracy_name",
     "loc3d_answered_name", "loc2d_accuracy", "precision_mean", "recall_mean", "grasp_valid_rate",
-    "grasp_in_object_rate", "grasp_clear_of_table_rate", "grasp_width_ok_rate", "absent_false_positive_rate",
+    "grasp_valid_rate_graspable", "objects_on_surface_fraction", "grasp_in_object_rate", "grasp_clear_of_table_rate", "grasp_width_ok_rate", "absent_false_positive_rate",
     "absent_max_relevancy", "present_max_relevancy_median", "online_objects_correct_fraction",
 )
 
@@ -144,6 +144,10 @@ class BenchSettings:
     surface_tol: float = 0.02
     table_tol: float = 0.005
     min_box_pixels: int = 10
+    curve_steps: Tuple[int, ...] = ()
+    """Offline steps at which the snapshot is also evaluated (3D queries only): a learning curve."""
+    online: bool = True
+    """Run the online phase."""
     eval_reserve_s: float = 35.0
     """Initial guess of one scene's non-training time (scene, features, evaluation); later scenes use
     the measured time."""
@@ -403,43 +407,57 @@ def train_offline(scene, cfg, teacher, settings: BenchSettings, time_cap_s: floa
         views.add(i, scene.frames[i], feats)
     trainer = Trainer(cfg, teacher.clip_dim, teacher.dino_dim, views, teacher=teacher.description)
     warmup = min(3, settings.max_steps - 1)
-    t_start = time.perf_counter()
-    t_meas = c_meas = None
+    train_s = 0.0  # time in training steps only (not in learning-curve evaluations)
+    wall_meas = cpu_meas = 0.0
     steps_meas = 0
+    curve: List[Dict[str, Any]] = []
     bar = progress.bar(total=settings.max_steps, desc=f"train seed {scene.seed}", unit="step")
     stats: Dict[str, float] = {}
     try:
         while trainer.step_count < settings.max_steps:
-            if trainer.step_count == warmup:
-                t_meas, c_meas = time.perf_counter(), time.process_time()
+            t0, c0 = time.perf_counter(), time.process_time()
             stats = trainer.step()
-            if t_meas is not None:
+            dt = time.perf_counter() - t0
+            train_s += dt
+            if trainer.step_count > warmup:
+                wall_meas += dt
+                cpu_meas += time.process_time() - c0
                 steps_meas += 1
             bar.update(1)
             bar.set_postfix({"rays/s": f"{trainer.rays_per_second:.0f}", "psnr": f"{stats['psnr']:.1f}"},
                             refresh=False)
-            if time.perf_counter() - t_start >= time_cap_s:
+            if trainer.step_count in settings.curve_steps and trainer.step_count < settings.max_steps:
+                ev = evaluate_snapshot(scene, trainer.snapshot(), cfg, teacher, settings, progress, with_2d=False)
+                curve.append(_curve_point(trainer.step_count, train_s, ev))
+                log(f"seed {scene.seed} step {trainer.step_count}: 3D names "
+                    f"{_fmt(curve[-1]['loc3d_accuracy_name'], 'pct')}, wrong: {', '.join(curve[-1]['wrong']) or '-'}")
+            if train_s >= time_cap_s:
                 break
     finally:
         bar.close()
-    train_s = time.perf_counter() - t_start
     rays = cfg.trainer.rays_per_batch
-    if t_meas is not None and steps_meas > 0:
-        wall = time.perf_counter() - t_meas
-        cpu = time.process_time() - c_meas
-        rps, rpc = steps_meas * rays / wall, steps_meas * rays / max(cpu, 1e-9)
+    if steps_meas > 0:
+        rps, rpc = steps_meas * rays / wall_meas, steps_meas * rays / max(cpu_meas, 1e-9)
     else:
-        rps = trainer.step_count * rays / max(train_s, 1e-9)
-        rpc = None
+        rps, rpc = trainer.step_count * rays / max(train_s, 1e-9), None
     out = {"steps": trainer.step_count, "train_s": train_s, "rays_per_s": rps, "rays_per_cpu_s": rpc,
            "final_batch_psnr": stats.get("psnr"), "final_loss": stats.get("loss"),
            "train_frames": len(train_idx), "teacher_s_per_keyframe": float(np.mean(teacher_times)),
            "teacher_s_per_keyframe_max": float(np.max(teacher_times)), "stopped_by": (
-               "steps" if trainer.step_count >= settings.max_steps else "time budget")}
+               "steps" if trainer.step_count >= settings.max_steps else "time budget"), "curve": curve}
     log(f"seed {scene.seed}: {trainer.step_count} steps in {train_s:.0f} s ({out['stopped_by']}), "
         f"{rps:.0f} rays/s" + (f", {rpc:.0f} rays per CPU-s" if rpc else "") +
         f"; teacher {1000 * out['teacher_s_per_keyframe']:.1f} ms/keyframe")
     return trainer, out
+
+
+def _curve_point(step: int, train_s: float, ev: Dict[str, Any]) -> Dict[str, Any]:
+    m = ev["metrics"]
+    return {"step": step, "train_s": train_s,
+            **{k: m[k] for k in ("loc3d_accuracy_name", "loc3d_argmax_accuracy_name", "precision_mean", "recall_mean",
+                                 "grasp_valid_rate", "absent_false_positive_rate", "objects_on_surface_fraction")},
+            "max_relevancy": {o["name"]: o["max_relevancy"] for o in ev["objects"]},
+            "wrong": [o["name"] for o in ev["objects"] if not o["correct"]]}
 
 
 def absent_words(scene, teacher, settings: BenchSettings) -> List[Tuple[str, str]]:
@@ -458,8 +476,9 @@ def absent_words(scene, teacher, settings: BenchSettings) -> List[Tuple[str, str
 
 
 def evaluate_snapshot(scene, snapshot, cfg, teacher, settings: BenchSettings, progress: _Progress,
-                      log: LogFn) -> Dict[str, Any]:
-    """Every metric of one trained snapshot on its scene (see the module docstring)."""
+                      with_2d: bool = True) -> Dict[str, Any]:
+    """Every metric of one trained snapshot on its scene (see the module docstring); ``with_2d``
+    False skips the held-out 2D evaluation."""
     from lerf_ros.query import QueryEngine
 
     qc = cfg.query
@@ -473,12 +492,18 @@ def evaluate_snapshot(scene, snapshot, cfg, teacher, settings: BenchSettings, pr
     prep_ms = 1000 * (time.perf_counter() - t0)
     surface = engine.surface()
     n_surface = 0 if surface is None else len(surface)
+    surface_xyz = np.zeros((0, 3)) if surface is None else surface.xyz
 
     queries: List[Dict[str, Any]] = []
     objects: List[Dict[str, Any]] = []
     for obj in scene.objects:
-        rec: Dict[str, Any] = {"name": obj.name, "instance_id": obj.instance_id,
-                               "size_m": [round(float(s), 4) for s in obj.size]}
+        narrow = float(min(obj.size[0], obj.size[1]))
+        rec: Dict[str, Any] = {
+            "name": obj.name, "instance_id": obj.instance_id, "size_m": [round(float(s), 4) for s in obj.size],
+            # candidate surface points on the object: 0 means surface extraction missed it
+            "surface_points_on_object": int(obj.contains(surface_xyz, settings.grow_3d).sum()),
+            # a parallel-jaw grasp across the object's narrow side fits the gripper
+            "graspable": narrow + qc.grasp_width_margin <= qc.gripper_max_width}
         for j, phrase in enumerate(obj.phrases()):
             r = engine.query(phrase)
             top = r.points[0] if r.success and len(r.points) else None
@@ -529,7 +554,7 @@ def evaluate_snapshot(scene, snapshot, cfg, teacher, settings: BenchSettings, pr
 
     # 2D localization on the held-out views
     views2d = []
-    held = [i for i in range(len(scene.frames)) if i % settings.holdout_every == 0]
+    held = [i for i in range(len(scene.frames)) if i % settings.holdout_every == 0] if with_2d else []
     bar = progress.bar(total=len(held), desc=f"2D held-out seed {scene.seed}", unit="view")
     t2d = time.perf_counter()
     try:
@@ -564,6 +589,8 @@ def evaluate_snapshot(scene, snapshot, cfg, teacher, settings: BenchSettings, pr
         "precision_mean": mean_or_none([o["precision"] for o in objects]),
         "recall_mean": mean_or_none([o["recall"] for o in objects]),
         "grasp_valid_rate": fraction([o["grasp"]["valid"] for o in objects]),
+        "grasp_valid_rate_graspable": fraction([o["grasp"]["valid"] for o in objects if o["graspable"]]),
+        "objects_on_surface_fraction": fraction([o["surface_points_on_object"] > 0 for o in objects]),
         "grasp_in_object_rate": fraction([o["grasp"]["in_object"] for o in objects]),
         "grasp_clear_of_table_rate": fraction([o["grasp"]["clear_of_table"] for o in objects]),
         "grasp_width_ok_rate": fraction([o["grasp"]["width_ok"] for o in objects]),
@@ -808,6 +835,8 @@ def _aggregate(scenes: List[Dict[str, Any]], online: Optional[Dict[str, Any]]) -
         "precision_mean": mean_or_none([o["precision"] for o in objs]),
         "recall_mean": mean_or_none([o["recall"] for o in objs]),
         "grasp_valid_rate": fraction([o["grasp"]["valid"] for o in objs]),
+        "grasp_valid_rate_graspable": fraction([o["grasp"]["valid"] for o in objs if o["graspable"]]),
+        "objects_on_surface_fraction": fraction([o["surface_points_on_object"] > 0 for o in objs]),
         "grasp_in_object_rate": fraction([o["grasp"]["in_object"] for o in objs]),
         "grasp_clear_of_table_rate": fraction([o["grasp"]["clear_of_table"] for o in objs]),
         "grasp_width_ok_rate": fraction([o["grasp"]["width_ok"] for o in objs]),
@@ -900,7 +929,9 @@ def markdown(result: Dict[str, Any]) -> str:
         ("3D argmax (ignoring threshold), names", _fmt(a["loc3d_argmax_accuracy_name"], "pct"), None),
         ("2D localization, held-out views", f"{_fmt(a['loc2d_accuracy'], 'pct')} of {a['loc2d_queries']}", None),
         ("relevancy cloud precision / recall", f"{_fmt(a['precision_mean'])} / {_fmt(a['recall_mean'])}", None),
-        ("best grasp valid", _fmt(a["grasp_valid_rate"], "pct"), tg["grasp_valid"]),
+        ("best grasp valid", f"{_fmt(a['grasp_valid_rate'], 'pct')} ({_fmt(a['grasp_valid_rate_graspable'], 'pct')} of "
+                             "objects narrow enough for the gripper)", tg["grasp_valid"]),
+        ("objects with extracted surface points", _fmt(a["objects_on_surface_fraction"], "pct"), None),
         ("absent queries above threshold", f"{_fmt(a['absent_false_positive_rate'], 'pct')} "
                                            f"(max relevancy {_fmt(a['absent_max_relevancy'])})",
          tg["absent_never_above_threshold"]),
@@ -935,6 +966,14 @@ def markdown(result: Dict[str, Any]) -> str:
                      f"{_fmt(m['loc3d_accuracy_name'], 'pct')} | {_fmt(m['loc2d_accuracy'], 'pct')} | "
                      f"{_fmt(m['precision_mean'])} | {_fmt(m['recall_mean'])} | {_fmt(m['grasp_valid_rate'], 'pct')} | "
                      f"{_fmt(m['absent_false_positive_rate'], 'pct')} |")
+    curves = [(sc["seed"], sc["curve"]) for sc in result["scenes"] if sc.get("curve")]
+    if curves:
+        lines += ["", "Learning curve (offline, 3D name queries):", "", "| seed | step | train s | 3D names | wrong |",
+                  "|---|---|---|---|---|"]
+        for seed, curve in curves:
+            for c in curve:
+                lines.append(f"| {seed} | {c['step']} | {c['train_s']:.0f} | {_fmt(c['loc3d_accuracy_name'], 'pct')} | "
+                             f"{', '.join(c['wrong']) or '-'} |")
     return "\n".join(lines) + "\n"
 
 
@@ -953,7 +992,7 @@ def run_benchmark(settings: BenchSettings, out_dir: Optional[str] = "bench/resul
     torch.set_num_threads(settings.threads)
     t_run = time.perf_counter()
     deadline = t_run + settings.budget_s
-    offline_end = t_run + settings.budget_s * (1.0 - settings.online_fraction)
+    offline_end = t_run + settings.budget_s * (1.0 - (settings.online_fraction if settings.online else 0.0))
     cfg = build_config(settings)
     log(f"mode {settings.mode}: seeds {list(settings.seeds)}, {settings.width}x{settings.height}, "
         f"{settings.n_frames} frames, preset {settings.preset}, budget {settings.budget_s:.0f} s, "
@@ -976,7 +1015,7 @@ def run_benchmark(settings: BenchSettings, out_dir: Optional[str] = "bench/resul
         t_ev = time.perf_counter()
         snap = trainer.snapshot()
         del trainer
-        ev = evaluate_snapshot(scene, snap, cfg, teacher, settings, progress, log)
+        ev = evaluate_snapshot(scene, snap, cfg, teacher, settings, progress)
         m = ev["metrics"]
         log(f"seed {seed}: 3D names {_fmt(m['loc3d_accuracy_name'], 'pct')} (argmax "
             f"{_fmt(m['loc3d_argmax_accuracy_name'], 'pct')}), 2D {_fmt(m['loc2d_accuracy'], 'pct')}, "
@@ -985,11 +1024,13 @@ def run_benchmark(settings: BenchSettings, out_dir: Optional[str] = "bench/resul
             f"{_fmt(m['query_latency_ms_p50'], 'ms')}/{_fmt(m['query_latency_ms_p95'], 'ms')}, "
             f"evaluation {time.perf_counter() - t_ev:.0f} s")
         reserve = (time.perf_counter() - t_sc) - off["train_s"]
+        if off["curve"]:
+            ev["curve"] = off["curve"] + [_curve_point(off["steps"], off["train_s"], ev)]
         scenes.append({"seed": seed, "objects_present": scene.present_classes(), "offline": off,
                        "scene_timings": dict(scene.timings), **ev})
         del snap
     online = None
-    if settings.online_fraction > 0 and online_scene is not None:
+    if settings.online and online_scene is not None:
         topup_reserve = 0.05 * settings.budget_s if settings.stream_frames > 0 else 0.0
         cap = deadline - time.perf_counter() - topup_reserve
         cap = float(min(settings.online_max_s, max(settings.online_min_s, cap)))
@@ -1057,6 +1098,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--frames", type=int, help="frames per scene (default: 30 quick, 60 full)")
     p.add_argument("--stream-frames", type=int, help="frames streamed before the memory reading (default 300 / 1000)")
     p.add_argument("--online-max", type=float, metavar="SECONDS", help="longest online phase")
+    p.add_argument("--curve", type=int, nargs="+", default=[], metavar="STEP",
+                   help="also evaluate the offline snapshots at these steps (3D queries): a learning curve")
+    p.add_argument("--no-online", action="store_true", help="skip the online phase (streaming, timing, memory)")
     p.add_argument("--preset", default="tiny", help="configuration preset (default tiny)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="configuration override with a dotted key, e.g. query.threshold=0.6 (repeatable)")
@@ -1084,6 +1128,8 @@ def settings_from_args(args: argparse.Namespace) -> BenchSettings:
         s.online_max_s = float(args.online_max)
         s.online_min_s = min(s.online_min_s, s.online_max_s)
     s.preset = args.preset
+    s.curve_steps = tuple(sorted(set(int(c) for c in args.curve)))
+    s.online = not args.no_online
     for item in args.set:
         if "=" not in item:
             raise ValueError(f"--set {item!r}: expected KEY=VALUE")

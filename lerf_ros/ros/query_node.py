@@ -51,6 +51,10 @@ class QueryNode(Node):
                                 "Separate-process mode: folder of the trainer's checkpoints to load "
                                 "(default: <output_dir>/checkpoints)")
         reload_s = p("reload_period_s", 2.0, "How often to look for a newer snapshot or checkpoint (s)")
+        self.min_swap_s = p("snapshot_min_interval_s", 10.0,
+                            "Shortest time between two model swaps (each swap re-extracts the surface "
+                            "points and their language features, a few seconds on a CPU)")
+        self._last_swap = -float("inf")
         self._provider = snapshot_provider
         self._teacher = teacher
         self._engine = None
@@ -92,6 +96,8 @@ class QueryNode(Node):
             return self._engine
 
     def _refresh_snapshot(self) -> None:
+        if self._last_step >= 0 and time.monotonic() - self._last_swap < float(self.min_swap_s):
+            return
         try:
             snap = self._provider() if self._provider is not None else self._load_newest_checkpoint()
         except Exception as exc:
@@ -104,7 +110,16 @@ class QueryNode(Node):
             return
         engine.set_snapshot(snap)
         self._last_step = snap.step
-        self.get_logger().info(f"answering from the model at step {snap.step}", throttle_duration_sec=30.0)
+        self._last_swap = time.monotonic()
+        # Extract the surface points and their features now, not in the next query.
+        try:
+            ms = engine.prepare()
+        except Exception as exc:  # the next query reports the reason to its caller
+            self.get_logger().warning(f"could not prepare the model at step {snap.step}: {exc}",
+                                      throttle_duration_sec=30.0)
+            return
+        self.get_logger().info(f"answering from the model at step {snap.step} (prepared in "
+                               f"{sum(ms.values()):.0f} ms)", throttle_duration_sec=30.0)
         self._publish_scene(engine)
 
     def _load_newest_checkpoint(self) -> Optional[FieldSnapshot]:

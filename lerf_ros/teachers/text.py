@@ -36,8 +36,9 @@ def relevancy(phi: torch.Tensor, query: torch.Tensor, negatives: torch.Tensor,
         return_index: also return, per row, the negative that attains the minimum.
     Returns:
         (N,) relevancy in (0, 1) (and (N,) long indices into ``negatives`` if ``return_index``).
-        Computed as ``sigmoid(T (phi.q - phi.c_i))``, the two-way softmax in a form that neither
-        overflows nor underflows to NaN.
+        Computed as ``sigmoid(T (phi.q - max_i phi.c_i))``: the two-way softmax in a form that
+        neither overflows nor underflows to NaN, and its minimum over the negatives taken where
+        it is attained (sigmoid is increasing).
     """
     if phi.ndim != 2:
         raise ValueError(f"phi must have shape (N, D), got {tuple(phi.shape)}")
@@ -52,8 +53,10 @@ def relevancy(phi: torch.Tensor, query: torch.Tensor, negatives: torch.Tensor,
     c = negatives.to(phi.device, torch.float32)
     pos = phi @ q  # (N,)
     neg = phi @ c.T  # (N, M)
-    pair = torch.sigmoid(temperature * (pos[:, None] - neg))  # (N, M)
-    rel, idx = pair.min(dim=1)
+    # sigmoid is increasing, so the min over negatives of sigmoid(T (pos - neg_i)) is attained at
+    # the most similar negative: one sigmoid per row instead of one per pair.
+    top, idx = neg.max(dim=1)
+    rel = torch.sigmoid(temperature * (pos - top))
     return (rel, idx) if return_index else rel
 
 
