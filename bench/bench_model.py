@@ -118,12 +118,38 @@ def occupancy_refresh_seconds(trainer: Trainer, res: int) -> float:
     return time.perf_counter() - t0
 
 
+def _proc_status_mb(field: str) -> float:
+    """A memory field of /proc/self/status (VmRSS, VmHWM) in MB; NaN where unavailable."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    return float("nan")
+
+
+def _reset_peak_rss() -> bool:
+    """Reset the process's peak-RSS watermark (Linux: write 5 to /proc/self/clear_refs)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+        return True
+    except OSError:
+        return False
+
+
 def preset_child(name: str, n_rays: int, n_steps: int, threads: int) -> dict:
     """Runs in a fresh process: build the preset at full size, time training steps."""
     torch.set_num_threads(threads)
     scene = make_scene(seed=0, width=160, height=120, n_frames=16, nthreads=threads)
     clip_dim, dino_dim = PRESET_DIMS[name]
-    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    import gc
+
+    gc.collect()
+    rss0 = _proc_status_mb("VmRSS")
+    reset = _reset_peak_rss()  # the scene's ray caster peaks higher than small models: start afresh
     t0 = time.perf_counter()
     trainer, cfg = build(scene, name, {"trainer.rays_per_batch": n_rays}, clip_dim, dino_dim)
     build_s = time.perf_counter() - t0
@@ -134,7 +160,7 @@ def preset_child(name: str, n_rays: int, n_steps: int, threads: int) -> dict:
         t0 = time.perf_counter()
         trainer.step()
         times.append(time.perf_counter() - t0)
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # peak of training (before the snapshot copy)
+    peak = _proc_status_mb("VmHWM") if reset else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
     t0 = time.perf_counter()
     trainer.snapshot()
     snapshot_s = time.perf_counter() - t0
@@ -142,7 +168,8 @@ def preset_child(name: str, n_rays: int, n_steps: int, threads: int) -> dict:
             "seconds_per_step_median": float(np.median(times)),
             "rays_per_second": float(n_rays / np.median(times)), "build_seconds": build_s,
             "parameters": int(n_params), "parameter_mb": n_params * 4 / 2 ** 20,
-            "peak_rss_mb": rss / 1024.0, "rss_before_model_mb": rss0 / 1024.0,
+            "peak_rss_mb": peak, "rss_before_model_mb": rss0, "peak_over_baseline_mb": peak - rss0,
+            "peak_is_since_model_build": reset,
             "samples_per_ray": list(cfg.model.num_proposal_samples) + [cfg.model.num_nerf_samples],
             "lang_samples_per_ray": cfg.model.num_lang_samples, "clip_dim": clip_dim, "dino_dim": dino_dim}
 
@@ -158,6 +185,8 @@ def main() -> int:
     ap.add_argument("--presets", default="tiny,lerf-lite,lerf,lerf-big", help="comma-separated presets to time ('' skips)")
     ap.add_argument("--skip-convergence", action="store_true")
     ap.add_argument("--out", default=os.path.join(HERE, "results", "model.json"))
+    ap.add_argument("--merge", action="store_true",
+                    help="keep the sections of an existing --out file that this run does not measure")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -221,10 +250,19 @@ def main() -> int:
                 continue
             rec = json.loads(proc.stdout.strip().splitlines()[-1])
             result["presets"][name] = rec
-            print(f"  {rec['rays_per_second']:.0f} rays/s, peak RSS {rec['peak_rss_mb']:.0f} MB, "
+            print(f"  {rec['rays_per_second']:.0f} rays/s, peak RSS {rec['peak_rss_mb']:.0f} MB "
+                  f"({rec['peak_over_baseline_mb']:.0f} MB over the process before the model), "
                   f"{rec['parameters'] / 1e6:.1f} M parameters", flush=True)
         result["presets_gpu"] = "not measured: no GPU on this machine (the tinycudann path needs CUDA)"
     result["machine"]["load_avg_end"] = load_avg()
+    if args.merge and os.path.isfile(args.out):
+        with open(args.out) as fh:
+            old = json.load(fh)
+        machine = {**old.get("machine", {}), "load_avg_end_" + "+".join(k for k in result if k not in ("machine", "scene")):
+                   result["machine"]["load_avg_end"]}
+        old.update({k: v for k, v in result.items() if k not in ("machine", "scene")})
+        old["machine"] = machine
+        result = old
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w") as fh:
         json.dump(result, fh, indent=2)

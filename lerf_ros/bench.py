@@ -81,9 +81,10 @@ NON_VOCABULARY_WORDS: Tuple[str, ...] = ("giraffe", "laptop", "umbrella", "guita
 AGGREGATE_KEYS: Tuple[str, ...] = (
     "loc3d_accuracy", "loc3d_accuracy_name", "loc3d_accuracy_synonym", "loc3d_argmax_accuracy_name",
     "loc3d_answered_name", "loc2d_accuracy", "loc2d_queries", "precision_mean", "recall_mean",
-    "grasp_valid_rate", "grasp_valid_rate_graspable", "grasp_in_object_rate", "grasp_clear_of_table_rate",
+    "grasp_valid_rate", "grasp_none_rate", "grasp_in_object_rate", "grasp_clear_of_table_rate",
     "grasp_width_ok_rate", "objects_on_surface_fraction", "absent_false_positive_rate", "absent_max_relevancy",
-    "present_max_relevancy_median", "query_latency_ms_p50", "query_latency_ms_p95", "query_prepare_ms_mean", "teacher_s_per_keyframe",
+    "present_max_relevancy_median", "query_latency_ms_p50", "query_latency_ms_p95", "query_prepare_ms_mean",
+    "teacher_s_per_keyframe",
     "offline_steps_mean", "offline_rays_per_s", "offline_rays_per_cpu_s", "online_rays_per_s",
     "online_rays_per_cpu_s", "online_overhead_pct", "online_overhead_cpu_pct", "online_first_correct_s",
     "online_all_correct_s", "online_objects_correct_fraction", "online_query_latency_ms_p95",
@@ -94,8 +95,9 @@ AGGREGATE_KEYS: Tuple[str, ...] = (
 FRACTION_KEYS: Tuple[str, ...] = (
     "loc3d_accuracy", "loc3d_accuracy_name", "loc3d_accuracy_synonym", "loc3d_argmax_accuracy_name",
     "loc3d_answered_name", "loc2d_accuracy", "precision_mean", "recall_mean", "grasp_valid_rate",
-    "grasp_valid_rate_graspable", "objects_on_surface_fraction", "grasp_in_object_rate", "grasp_clear_of_table_rate", "grasp_width_ok_rate", "absent_false_positive_rate",
-    "absent_max_relevancy", "present_max_relevancy_median", "online_objects_correct_fraction",
+    "grasp_none_rate", "objects_on_surface_fraction", "grasp_in_object_rate", "grasp_clear_of_table_rate",
+    "grasp_width_ok_rate", "absent_false_positive_rate", "absent_max_relevancy", "present_max_relevancy_median",
+    "online_objects_correct_fraction",
 )
 
 
@@ -186,7 +188,7 @@ def mode_settings(mode: str) -> BenchSettings:
         return BenchSettings()
     if mode == "full":
         return BenchSettings(mode="full", seeds=(0, 1, 2, 3, 4), width=160, height=120, n_frames=60,
-                             max_steps=2000, budget_s=3600.0, online_fraction=0.2, online_min_s=60.0,
+                             max_steps=1200, budget_s=4800.0, online_fraction=0.2, online_min_s=60.0,
                              online_max_s=600.0, online_check_every_s=15.0, stream_frames=1000,
                              eval_reserve_s=90.0)
     raise ValueError(f"unknown benchmark mode {mode!r}: 'quick' or 'full'")
@@ -497,13 +499,10 @@ def evaluate_snapshot(scene, snapshot, cfg, teacher, settings: BenchSettings, pr
     queries: List[Dict[str, Any]] = []
     objects: List[Dict[str, Any]] = []
     for obj in scene.objects:
-        narrow = float(min(obj.size[0], obj.size[1]))
         rec: Dict[str, Any] = {
             "name": obj.name, "instance_id": obj.instance_id, "size_m": [round(float(s), 4) for s in obj.size],
             # candidate surface points on the object: 0 means surface extraction missed it
-            "surface_points_on_object": int(obj.contains(surface_xyz, settings.grow_3d).sum()),
-            # a parallel-jaw grasp across the object's narrow side fits the gripper
-            "graspable": narrow + qc.grasp_width_margin <= qc.gripper_max_width}
+            "surface_points_on_object": int(obj.contains(surface_xyz, settings.grow_3d).sum())}
         for j, phrase in enumerate(obj.phrases()):
             r = engine.query(phrase)
             top = r.points[0] if r.success and len(r.points) else None
@@ -535,10 +534,11 @@ def evaluate_snapshot(scene, snapshot, cfg, teacher, settings: BenchSettings, pr
                 g = r.grasps[0]
                 rec["grasp"] = grasp_checks(g.pose, g.width, obj, engine.gripper, qc.gripper_max_width,
                                             settings.grow_grasp, float(scene.table_height), settings.table_tol)
-                rec["grasp"].update({"kind": g.kind, "score": float(g.score)})
+                rec["grasp"].update({"returned": True, "kind": g.kind, "score": float(g.score)})
             else:
-                rec["grasp"] = {"valid": False, "in_object": False, "clear_of_table": False, "width_ok": False,
-                                "note": "no grasp returned"}
+                # the planner's reason is the tail of the answer's message (or why nothing was answered)
+                rec["grasp"] = {"returned": False, "valid": False, "in_object": False, "clear_of_table": False,
+                                "width_ok": False, "note": r.message.split("; ")[-1]}
         objects.append(rec)
 
     absent_res = []
@@ -589,7 +589,7 @@ def evaluate_snapshot(scene, snapshot, cfg, teacher, settings: BenchSettings, pr
         "precision_mean": mean_or_none([o["precision"] for o in objects]),
         "recall_mean": mean_or_none([o["recall"] for o in objects]),
         "grasp_valid_rate": fraction([o["grasp"]["valid"] for o in objects]),
-        "grasp_valid_rate_graspable": fraction([o["grasp"]["valid"] for o in objects if o["graspable"]]),
+        "grasp_none_rate": fraction([not o["grasp"].get("returned", False) for o in objects]),
         "objects_on_surface_fraction": fraction([o["surface_points_on_object"] > 0 for o in objects]),
         "grasp_in_object_rate": fraction([o["grasp"]["in_object"] for o in objects]),
         "grasp_clear_of_table_rate": fraction([o["grasp"]["clear_of_table"] for o in objects]),
@@ -762,6 +762,7 @@ def run_online(scene, cfg, settings: BenchSettings, time_cap_s: float, progress:
         online_s = time.perf_counter() - (feeder.first_submit or t_begin)
         feeder.stop()
         frames_online = feeder.next_index
+        kept, rejected = feeder.kept, feeder.rejected
         # top up the stream for the memory number: as fast as the trainer takes frames
         t_mem = time.perf_counter()
         if feeder.next_index < settings.stream_frames:
@@ -776,6 +777,7 @@ def run_online(scene, cfg, settings: BenchSettings, time_cap_s: float, progress:
                     sample_memory("top-up")
             mbar.close()
             feeder.stop()
+            kept, rejected = kept + feeder.kept, rejected + feeder.rejected
         stream_s = time.perf_counter() - t_mem
         sample_memory("end")
         st = ot.store.stats()
@@ -802,7 +804,8 @@ def run_online(scene, cfg, settings: BenchSettings, time_cap_s: float, progress:
         "rays_per_cpu_s": steps * rays / cpu if cpu > 0 and steps else None,
         "measured_steps": steps, "measured_wall_s": wall, "final_step": status.step,
         "query_latency_ms_p50": percentile(latencies, 50), "query_latency_ms_p95": percentile(latencies, 95),
-        "frames_streamed_online": frames_online, "frames_streamed": feeder.next_index,
+        "frames_streamed_online": frames_online, "frames_streamed": feeder.next_index, "frames_kept": kept,
+        "frames_rejected": rejected,
         "stream_topup_s": stream_s, "store": {k: st[k] for k in ("count", "bytes", "with_features", "feature_bytes",
                                                                  "max_keyframes", "max_bytes", "added", "evicted")},
         "rss_start_mb": rss0, "rss_end_mb": memory[-1]["rss_mb"] if memory else rss_mb(),
@@ -835,7 +838,7 @@ def _aggregate(scenes: List[Dict[str, Any]], online: Optional[Dict[str, Any]]) -
         "precision_mean": mean_or_none([o["precision"] for o in objs]),
         "recall_mean": mean_or_none([o["recall"] for o in objs]),
         "grasp_valid_rate": fraction([o["grasp"]["valid"] for o in objs]),
-        "grasp_valid_rate_graspable": fraction([o["grasp"]["valid"] for o in objs if o["graspable"]]),
+        "grasp_none_rate": fraction([not o["grasp"].get("returned", False) for o in objs]),
         "objects_on_surface_fraction": fraction([o["surface_points_on_object"] > 0 for o in objs]),
         "grasp_in_object_rate": fraction([o["grasp"]["in_object"] for o in objs]),
         "grasp_clear_of_table_rate": fraction([o["grasp"]["clear_of_table"] for o in objs]),
@@ -888,7 +891,9 @@ def _targets(agg: Dict[str, Any]) -> Dict[str, Any]:
         "grasp_valid": t(v["grasp_valid_rate"], (v["grasp_valid_rate"] or 0) >= 0.9, ">= 0.9"),
         "first_correct_s": t(v["online_all_correct_s"], (v["online_all_correct_s"] or 1e9) <= 300, "<= 300 s (all objects)"),
         "query_p95_ms": t(v["query_latency_ms_p95"], (v["query_latency_ms_p95"] or 1e9) < 300, "< 300 ms"),
-        "online_overhead_pct": t(v["online_overhead_pct"], (v["online_overhead_pct"] or 1e9) < 15, "< 15 %"),
+        # per CPU-second: the wall-clock rates move with other processes' load on a shared machine
+        "online_overhead_pct": t(v["online_overhead_cpu_pct"], (v["online_overhead_cpu_pct"] or 1e9) < 15,
+                                 "< 15 % (per CPU-s)"),
         "store_bounded": t(v["stream_store_bounded"], bool(v["stream_store_bounded"]), "store within its bounds"),
     }
 
@@ -929,8 +934,8 @@ def markdown(result: Dict[str, Any]) -> str:
         ("3D argmax (ignoring threshold), names", _fmt(a["loc3d_argmax_accuracy_name"], "pct"), None),
         ("2D localization, held-out views", f"{_fmt(a['loc2d_accuracy'], 'pct')} of {a['loc2d_queries']}", None),
         ("relevancy cloud precision / recall", f"{_fmt(a['precision_mean'])} / {_fmt(a['recall_mean'])}", None),
-        ("best grasp valid", f"{_fmt(a['grasp_valid_rate'], 'pct')} ({_fmt(a['grasp_valid_rate_graspable'], 'pct')} of "
-                             "objects narrow enough for the gripper)", tg["grasp_valid"]),
+        ("best grasp valid", f"{_fmt(a['grasp_valid_rate'], 'pct')} (no grasp returned for "
+                             f"{_fmt(a['grasp_none_rate'], 'pct')})", tg["grasp_valid"]),
         ("objects with extracted surface points", _fmt(a["objects_on_surface_fraction"], "pct"), None),
         ("absent queries above threshold", f"{_fmt(a['absent_false_positive_rate'], 'pct')} "
                                            f"(max relevancy {_fmt(a['absent_max_relevancy'])})",
@@ -1092,8 +1097,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="bench/results", help="results folder (default bench/results)")
     p.add_argument("--seeds", type=int, nargs="+", help="scene seeds (default: 0 1 quick, 0..4 full)")
     p.add_argument("--budget", type=float, metavar="SECONDS", help="wall-clock budget of the run (default: 420 quick, "
-                                                                   "3600 full); training shrinks to fit")
-    p.add_argument("--steps", type=int, help="offline training steps per scene (default: 600 quick, 2000 full)")
+                                                                   "4800 full); training shrinks to fit")
+    p.add_argument("--steps", type=int, help="offline training steps per scene (default: 600 quick, 1200 full)")
     p.add_argument("--size", type=int, nargs=2, metavar=("W", "H"), help="image size (default: 96 72 quick, 160 120 full)")
     p.add_argument("--frames", type=int, help="frames per scene (default: 30 quick, 60 full)")
     p.add_argument("--stream-frames", type=int, help="frames streamed before the memory reading (default 300 / 1000)")

@@ -96,7 +96,7 @@ def test_query_node_answers_from_checkpoint_over_dds(trained):
                     if not resp.success:
                         continue
                     cloud = pointcloud2_to_numpy(resp.cloud)
-                    assert {"x", "y", "z", "rgb", "relevancy"} <= set(cloud.dtype.names)
+                    assert {"x", "y", "z", "rgb", "relevancy"} <= set(cloud)
                     rel = np.asarray(cloud["relevancy"])
                     assert np.all(np.diff(rel) <= 1e-6), "cloud not sorted most relevant first"
                     assert rel.max() == pytest.approx(resp.max_relevancy, abs=1e-4)
