@@ -133,7 +133,7 @@ class BenchSettings:
     """Seconds of undisturbed training between two online checks."""
     online_snapshot_every: int = 20
     """Training steps between the online trainer's snapshots."""
-    stream_frames: int = 300
+    stream_frames: int = 1000
     """Frames streamed in total (the online phase's, then topped up as fast as the trainer takes
     them) before the resident memory is read."""
     holdout_every: int = 8
@@ -189,7 +189,7 @@ def mode_settings(mode: str) -> BenchSettings:
     if mode == "full":
         return BenchSettings(mode="full", seeds=(0, 1, 2, 3, 4), width=160, height=120, n_frames=60,
                              max_steps=1200, budget_s=4800.0, online_fraction=0.2, online_min_s=60.0,
-                             online_max_s=600.0, online_check_every_s=15.0, stream_frames=1000,
+                             online_max_s=600.0, online_check_every_s=15.0,
                              eval_reserve_s=90.0)
     raise ValueError(f"unknown benchmark mode {mode!r}: 'quick' or 'full'")
 
@@ -537,8 +537,9 @@ def evaluate_snapshot(scene, snapshot, cfg, teacher, settings: BenchSettings, pr
                 rec["grasp"].update({"returned": True, "kind": g.kind, "score": float(g.score)})
             else:
                 # the planner's reason is the tail of the answer's message (or why nothing was answered)
+                note = r.message.split("; ")[-1] if r.success else f"query not answered: {r.message}"
                 rec["grasp"] = {"returned": False, "valid": False, "in_object": False, "clear_of_table": False,
-                                "width_ok": False, "note": r.message.split("; ")[-1]}
+                                "width_ok": False, "note": note}
         objects.append(rec)
 
     absent_res = []
@@ -963,6 +964,13 @@ def markdown(result: Dict[str, Any]) -> str:
     for name, val, target in rows:
         goal = "" if target is None else f"{target['goal']}: {'met' if target['met'] else 'not met'}"
         lines.append(f"| {name} | {val} | {goal} |")
+    last = next((c for c in reversed(on.get("checks") or []) if "surface_step" in c), None)
+    if last is not None:
+        lines += ["", f"Online (seed {on['seed']}, {on['rate_hz']:g} Hz): checks every {on['check_every_s']:g} s of "
+                      f"training; the last answered from the snapshot of step {last['snapshot_step']} with surface "
+                      f"points of step {last['surface_step']} (query.refresh_every_steps = "
+                      f"{result['config']['query']['refresh_every_steps']}); first correct per object (s): "
+                      + ", ".join(f"{k} {_fmt(v, 's')}" for k, v in on["first_correct_s"].items()) + "."]
     lines += ["", "| seed | objects | steps | 3D names | 2D | precision | recall | grasp | absent FP |",
               "|---|---|---|---|---|---|---|---|---|"]
     for sc in result["scenes"]:
@@ -1101,7 +1109,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=int, help="offline training steps per scene (default: 600 quick, 1200 full)")
     p.add_argument("--size", type=int, nargs=2, metavar=("W", "H"), help="image size (default: 96 72 quick, 160 120 full)")
     p.add_argument("--frames", type=int, help="frames per scene (default: 30 quick, 60 full)")
-    p.add_argument("--stream-frames", type=int, help="frames streamed before the memory reading (default 300 / 1000)")
+    p.add_argument("--stream-frames", type=int, help="frames streamed before the memory reading (default 1000)")
     p.add_argument("--online-max", type=float, metavar="SECONDS", help="longest online phase")
     p.add_argument("--curve", type=int, nargs="+", default=[], metavar="STEP",
                    help="also evaluate the offline snapshots at these steps (3D queries): a learning curve")

@@ -154,6 +154,9 @@ class ModelConfig:
     """Half-extent (metres) of the region mapped linearly before scene contraction."""
     scene_center: Tuple[float, float, float] = (0.0, 0.0, 0.0)
     """Centre (world metres) of that region."""
+    auto_bounds: bool = True
+    """Online trainer: set scene_center/scene_scale from the first keyframes (camera centres and
+    depth) when training starts, instead of the values above."""
     background_color: str = "random"
     """Training background: 'random' (per ray; forces opaque geometry), 'black' or 'white'.
     Renders for evaluation use black for 'random'."""

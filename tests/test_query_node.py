@@ -89,6 +89,7 @@ def test_query_node_answers_from_checkpoint_over_dds(trained):
             assert resp.model_step == STEPS, resp.message
 
             on_object, grasps_on_object, asked = 0, 0, 0
+            text_with_grasp = None
             for obj in scene.objects:
                 for text in (obj.name, obj.synonyms[0] if obj.synonyms else obj.name):
                     resp = ask(text)
@@ -103,6 +104,7 @@ def test_query_node_answers_from_checkpoint_over_dds(trained):
                     top = np.stack([cloud["x"], cloud["y"], cloud["z"]], 1)[:10]
                     on_object += bool(np.mean(obj.contains(top, margin=0.02)) >= 0.5)
                     if resp.grasps:
+                        text_with_grasp = text
                         T = pose_to_matrix(resp.grasps[0].pose)
                         grasps_on_object += bool(obj.contains(T[None, :3, 3], margin=0.02)[0])
                         assert len(resp.grasps) == len(resp.grasp_scores) == len(resp.grasp_widths)
@@ -118,7 +120,8 @@ def test_query_node_answers_from_checkpoint_over_dds(trained):
                 assert not resp.success and "best relevancy" in resp.message
 
             # The last successful answer is latched for a late RViz.
-            ask(scene.objects[0].name)
+            assert text_with_grasp is not None
+            assert ask(text_with_grasp).grasps
             got = {}
             late = rclpy.create_node("late_rviz", context=ctx)
             latched(late, PointCloud2, "/lerf/relevancy_cloud", got)

@@ -222,8 +222,8 @@ class _HashGridTable(torch.autograd.Function):
         flat_rows = rows.reshape(-1)
         if vals.device.type == "cpu":
             # Rows repeat heavily (coarse levels); a histogram per feature beats index_add_ there.
-            grad_table = torch.stack([torch.bincount(flat_rows, weights=vals[:, f], minlength=n_entries)
-                                      for f in range(fpl)], dim=1).to(weights.dtype)
+            grad_table = torch.stack([torch.bincount(flat_rows, weights=vals[:, f], minlength=n_entries).to(weights.dtype)
+                                      for f in range(fpl)], dim=1)
         else:
             grad_table = torch.zeros(n_entries, fpl, dtype=weights.dtype, device=weights.device)
             grad_table.index_add_(0, flat_rows.long(), vals)

@@ -76,6 +76,7 @@ class OnlineTrainer:
         from lerf_ros.teachers.worker import FeatureWorker
 
         self.cfg = cfg
+        self._auto_bounds = cfg.model.auto_bounds
         self.log = log
         self.snapshot_every = max(1, int(snapshot_every))
         torch.manual_seed(cfg.seed)
@@ -86,7 +87,7 @@ class OnlineTrainer:
         self.views = TrainingViews()
         self.worker = FeatureWorker(self.teacher, cfg.teacher)
         self._lock = threading.RLock()  # guards the model (step/reset/checkpoint/snapshot)
-        self._trainer = self._new_trainer()
+        self._trainer = None  # built when training starts (scene bounds) or on resume
         self._paused = False
         self._closing = threading.Event()
         self._thread: Optional[threading.Thread] = None
@@ -99,8 +100,17 @@ class OnlineTrainer:
         self.checkpoint_dir = os.path.join(cfg.output_dir, "checkpoints")
 
     def _new_trainer(self):
+        from lerf_ros.mapping.dataset import estimate_scene_bounds
         from lerf_ros.mapping.trainer import Trainer
 
+        if self.cfg.model.auto_bounds:
+            frames = [kf.frame for _, kf in self.store.items()]
+            if frames:
+                center, scale = estimate_scene_bounds(frames)
+                self.cfg = self.cfg.override({"model.scene_center": center, "model.scene_scale": scale,
+                                              "model.auto_bounds": False})
+                self.log("info", f"scene bounds from {len(frames)} keyframes: centre "
+                                 f"{[round(c, 3) for c in center]} m, half-extent {scale:.3f} m")
         return Trainer(self.cfg, self.teacher.clip_dim, self.teacher.dino_dim, self.views,
                        teacher=self.teacher_description)
 
@@ -152,6 +162,10 @@ class OnlineTrainer:
                     self._closing.wait(0.05)
                     continue
                 with self._lock:
+                    if self._paused:  # paused while this thread waited for the lock
+                        continue
+                    if self._trainer is None:
+                        self._trainer = self._new_trainer()
                     out = self._trainer.step()
                     step = self._trainer.step_count
                     self._losses = {k: float(v) for k, v in out.items() if k in ("rgb", "lang", "dino", "psnr", "depth")}
@@ -173,7 +187,8 @@ class OnlineTrainer:
     # ------------------------------------------------------------------ control
     @property
     def step(self) -> int:
-        return int(self._trainer.step_count)
+        trainer = self._trainer
+        return 0 if trainer is None else int(trainer.step_count)
 
     @property
     def latest_snapshot(self):
@@ -181,12 +196,16 @@ class OnlineTrainer:
         return self._snapshot
 
     def set_paused(self, paused: bool) -> None:
+        """Pause or resume; when pausing, returns after the step in flight (if any) has finished."""
         self._paused = bool(paused)
+        with self._lock:
+            pass
 
     def reset(self) -> None:
         """A fresh model at step 0; keyframes and their features are kept."""
         with self._lock:
-            self._trainer = self._new_trainer()
+            self._trainer = None  # rebuilt (with fresh bounds when auto) at the next step
+            self.cfg = self.cfg.override({"model.auto_bounds": self._auto_bounds})
             self._snapshot = None
             self._losses = {}
             self._error = ""
@@ -204,16 +223,25 @@ class OnlineTrainer:
 
     def save_checkpoint(self) -> str:
         with self._lock:
+            if self._trainer is None:
+                raise RuntimeError("no model yet: training has not started (waiting for keyframes)")
             return self._save_locked()
 
     def resume_latest(self) -> Optional[str]:
         """Load the newest checkpoint in ``output_dir/checkpoints`` if there is one."""
         from lerf_ros.mapping.checkpoint import latest_checkpoint
 
+        from lerf_ros.mapping.checkpoint import config_of, read_checkpoint
+
         path = latest_checkpoint(self.checkpoint_dir)
         if path is None:
             return None
+        saved = config_of(read_checkpoint(path)).model
         with self._lock:
+            # The field's coordinate frame is part of the weights: take the checkpoint's bounds.
+            self.cfg = self.cfg.override({"model.scene_center": saved.scene_center,
+                                          "model.scene_scale": saved.scene_scale, "model.auto_bounds": False})
+            self._trainer = self._new_trainer()
             self._trainer.load_checkpoint(path)
             self._checkpoint = path
         return path
