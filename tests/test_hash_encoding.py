@@ -10,14 +10,7 @@ from lerf_ros.field.hash_encoding import (HASH_PRIMES, HashEncoding, HashGridLay
                                           hash_grid_indices, tcnn_available)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: on a shared CPU, OpenMP's spinning worker threads slow these small
-    ops down many times over."""
-    prev = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(prev)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def per_corner_reference(x: np.ndarray, table: np.ndarray, lay: HashGridLayout) -> np.ndarray:

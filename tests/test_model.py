@@ -7,14 +7,7 @@ from lerf_ros.field.fields import LanguageField, spherical_harmonics
 from lerf_ros.field.model import LerfModel, geometry_losses, language_losses, total_loss
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: on a shared CPU, OpenMP's spinning worker threads slow these small
-    ops down many times over."""
-    prev = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(prev)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 CLIP, DINO = 32, 8
 

@@ -11,14 +11,7 @@ from lerf_ros.field.sampling import (anneal_weights, camera_rays, contract, cont
                                      spacing, spacing_inv, uniform_edges)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: on a shared CPU, OpenMP's spinning worker threads slow these small
-    ops down many times over."""
-    prev = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(prev)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def slab_density(edges: torch.Tensor, z0: float, z1: float, sigma: float) -> torch.Tensor:

@@ -15,14 +15,7 @@ from lerf_ros.teachers.features import compute_frame_features
 from lerf_ros.teachers.ground_truth import GroundTruthTeacher
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: on a shared CPU, OpenMP's spinning worker threads slow these small
-    ops down many times over."""
-    prev = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(prev)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
