@@ -41,6 +41,10 @@ between checks, so the queries' CPU use does not count against training) against
 and the resident memory as frames keep streaming (topped up to ``stream_frames`` frames): the
 keyframe store is bounded, so memory must level off.
 
+Scene bounds: with ``model.auto_bounds`` (the default) the offline trainer gets them from its
+training frames, as ``lerf-ros train`` does, and the online trainer from its first keyframes; set
+``model.auto_bounds=false`` with ``model.scene_center``/``model.scene_scale`` to fix both.
+
 The teacher is the synthetic scene's ground truth (``GroundTruthTeacher``: its instance maps and
 class labels as seeded embedding vectors), standing in for CLIP and DINO: the numbers measure the
 3D system (field, training, surface extraction, relevancy, grasps), not a 2D model's mistakes.
@@ -88,7 +92,8 @@ AGGREGATE_KEYS: Tuple[str, ...] = (
     "offline_steps_mean", "offline_rays_per_s", "offline_rays_per_cpu_s", "online_rays_per_s",
     "online_rays_per_cpu_s", "online_overhead_pct", "online_overhead_cpu_pct", "online_first_correct_s",
     "online_all_correct_s", "online_objects_correct_fraction", "online_query_latency_ms_p95",
-    "stream_frames", "stream_rss_mb", "stream_rss_growth_after_full_mb", "stream_store_bounded", "peak_rss_mb",
+    "online_each_correct_s", "stream_frames", "stream_rss_mb", "stream_rss_growth_after_full_mb",
+    "stream_rss_growth_second_half_mb", "stream_store_bounded", "peak_rss_mb",
 )
 
 #: Aggregate keys whose values are fractions in [0, 1] (or None when nothing was measured).
@@ -395,11 +400,14 @@ def train_offline(scene, cfg, teacher, settings: BenchSettings, time_cap_s: floa
                   log: LogFn):
     """Teacher features for the training frames, then up to ``settings.max_steps`` steps (or
     ``time_cap_s`` seconds of training). Returns (trainer, stats dict)."""
-    from lerf_ros.mapping.dataset import TrainingViews
+    from lerf_ros.mapping.dataset import TrainingViews, estimate_scene_bounds
     from lerf_ros.mapping.trainer import Trainer
     from lerf_ros.teachers.features import compute_frame_features
 
     train_idx = [i for i in range(len(scene.frames)) if i % settings.holdout_every != 0]
+    if cfg.model.auto_bounds:  # as ``lerf-ros train`` does: bounds from all the training frames
+        center, scale = estimate_scene_bounds([scene.frames[i] for i in train_idx])
+        cfg = cfg.override({"model.scene_center": center, "model.scene_scale": scale})
     views = TrainingViews(recency_boost=0.0)
     teacher_times = []
     for i in train_idx:
@@ -443,6 +451,7 @@ def train_offline(scene, cfg, teacher, settings: BenchSettings, time_cap_s: floa
     else:
         rps, rpc = trainer.step_count * rays / max(train_s, 1e-9), None
     out = {"steps": trainer.step_count, "train_s": train_s, "rays_per_s": rps, "rays_per_cpu_s": rpc,
+           "scene_center": list(cfg.model.scene_center), "scene_scale": cfg.model.scene_scale,
            "final_batch_psnr": stats.get("psnr"), "final_loss": stats.get("loss"),
            "train_frames": len(train_idx), "teacher_s_per_keyframe": float(np.mean(teacher_times)),
            "teacher_s_per_keyframe_max": float(np.max(teacher_times)), "stopped_by": (
@@ -783,6 +792,7 @@ def run_online(scene, cfg, settings: BenchSettings, time_cap_s: float, progress:
         sample_memory("end")
         st = ot.store.stats()
         status = ot.status()
+        bounds = {"scene_center": list(ot.cfg.model.scene_center), "scene_scale": ot.cfg.model.scene_scale}
     finally:
         bar.close()
         feeder.stop()
@@ -794,10 +804,15 @@ def run_online(scene, cfg, settings: BenchSettings, time_cap_s: float, progress:
     steps = sum(w["steps"] for w in windows)
     full_at = next((m for m in memory if m["keyframes"] >= ocfg.keyframes.max_keyframes), None)
     growth = (memory[-1]["rss_mb"] - full_at["rss_mb"]) if full_at is not None else None
+    # over the second half of the stream (the query engine's caches are warm by then)
+    half = next((m for m in memory if m["frames"] >= memory[-1]["frames"] / 2), None) if memory else None
+    growth_half = memory[-1]["rss_mb"] - half["rss_mb"] if half is not None and half is not memory[-1] else None
+    times = list(first_correct.values())
     res = {
         "seed": scene.seed, "rate_hz": settings.online_rate_hz, "time_cap_s": time_cap_s, "online_s": online_s,
         "first_correct_s": first_correct,
         "first_correct_any_s": min([t for t in first_correct.values() if t is not None], default=None),
+        "each_correct_s": max(times) if times and all(t is not None for t in times) else None,
         "all_correct_s": all_correct_s,
         "objects_correct_fraction": float(np.mean([t is not None for t in first_correct.values()])),
         "check_every_s": settings.online_check_every_s, "checks": checks,
@@ -810,9 +825,10 @@ def run_online(scene, cfg, settings: BenchSettings, time_cap_s: float, progress:
         "stream_topup_s": stream_s, "store": {k: st[k] for k in ("count", "bytes", "with_features", "feature_bytes",
                                                                  "max_keyframes", "max_bytes", "added", "evicted")},
         "rss_start_mb": rss0, "rss_end_mb": memory[-1]["rss_mb"] if memory else rss_mb(),
-        "rss_growth_after_store_full_mb": growth, "memory_samples": memory,
+        "rss_growth_after_store_full_mb": growth, "rss_growth_second_half_mb": growth_half,
+        "memory_samples": memory,
         "store_bounded": bool(st["count"] <= st["max_keyframes"] and st["bytes"] <= st["max_bytes"]),
-        "trainer_messages": messages[:20],
+        "trainer_messages": messages[:20], **bounds,
     }
     return res
 
@@ -868,12 +884,14 @@ def _aggregate(scenes: List[Dict[str, Any]], online: Optional[Dict[str, Any]]) -
     agg["online_overhead_cpu_pct"] = (100.0 * (1.0 - on["rays_per_cpu_s"] / rpc_ref)
                                       if on.get("rays_per_cpu_s") and rpc_ref else None)
     agg["online_first_correct_s"] = on.get("first_correct_any_s")
+    agg["online_each_correct_s"] = on.get("each_correct_s")
     agg["online_all_correct_s"] = on.get("all_correct_s")
     agg["online_objects_correct_fraction"] = on.get("objects_correct_fraction")
     agg["online_query_latency_ms_p95"] = on.get("query_latency_ms_p95")
     agg["stream_frames"] = on.get("frames_streamed")
     agg["stream_rss_mb"] = on.get("rss_end_mb")
     agg["stream_rss_growth_after_full_mb"] = on.get("rss_growth_after_store_full_mb")
+    agg["stream_rss_growth_second_half_mb"] = on.get("rss_growth_second_half_mb")
     agg["stream_store_bounded"] = on.get("store_bounded")
     agg["peak_rss_mb"] = peak_rss_mb()
     return agg
@@ -890,7 +908,8 @@ def _targets(agg: Dict[str, Any]) -> Dict[str, Any]:
         "loc3d_name": t(v["loc3d_accuracy_name"], (v["loc3d_accuracy_name"] or 0) >= 0.95, ">= 0.95"),
         "absent_never_above_threshold": t(v["absent_false_positive_rate"], v["absent_false_positive_rate"] == 0, "== 0"),
         "grasp_valid": t(v["grasp_valid_rate"], (v["grasp_valid_rate"] or 0) >= 0.9, ">= 0.9"),
-        "first_correct_s": t(v["online_all_correct_s"], (v["online_all_correct_s"] or 1e9) <= 300, "<= 300 s (all objects)"),
+        "first_correct_s": t(v["online_each_correct_s"], (v["online_each_correct_s"] or 1e9) <= 300,
+                             "<= 300 s (each object)"),
         "query_p95_ms": t(v["query_latency_ms_p95"], (v["query_latency_ms_p95"] or 1e9) < 300, "< 300 ms"),
         # per CPU-second: the wall-clock rates move with other processes' load on a shared machine
         "online_overhead_pct": t(v["online_overhead_cpu_pct"], (v["online_overhead_cpu_pct"] or 1e9) < 15,
@@ -951,13 +970,13 @@ def markdown(result: Dict[str, Any]) -> str:
                                               f"({_fmt(a['online_rays_per_cpu_s'])} per CPU-s)", None),
         ("online overhead wall / CPU", f"{_fmt(a['online_overhead_pct'])}% / {_fmt(a['online_overhead_cpu_pct'])}%",
          tg["online_overhead_pct"]),
-        ("online: first object / all objects correct", f"{_fmt(a['online_first_correct_s'], 's')} / "
-                                                        f"{_fmt(a['online_all_correct_s'], 's')} "
-                                                        f"({_fmt(a['online_objects_correct_fraction'], 'pct')} "
-                                                        f"of objects within {_fmt(on.get('online_s'), 's')})",
-         tg["first_correct_s"]),
+        ("online: first correct answer, first object / each object / all at once",
+         f"{_fmt(a['online_first_correct_s'], 's')} / {_fmt(a['online_each_correct_s'], 's')} / "
+         f"{_fmt(a['online_all_correct_s'], 's')} ({_fmt(a['online_objects_correct_fraction'], 'pct')} of objects "
+         f"within {_fmt(on.get('online_s'), 's')})", tg["first_correct_s"]),
         ("RSS after streamed frames", f"{_fmt(a['stream_rss_mb'])} MB after {a['stream_frames']} frames "
-                                      f"(+{_fmt(a['stream_rss_growth_after_full_mb'])} MB since store full)",
+                                      f"({_fmt(a['stream_rss_growth_second_half_mb'])} MB over the second half, "
+                                      f"{_fmt(a['stream_rss_growth_after_full_mb'])} MB since the store filled)",
          tg["store_bounded"]),
         ("peak RSS", f"{_fmt(a['peak_rss_mb'])} MB", None),
     ]

@@ -33,6 +33,7 @@ STEPS = 300
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
+    """A checkpoint of STEPS training steps (a few minutes on 2 idle cores)."""
     root = tmp_path_factory.mktemp("query_node")
     scene = make_scene(seed=1, n_objects=5, width=80, height=60, n_frames=24, nthreads=1)
     scene.save(root / "scene", preview=False)
@@ -62,6 +63,7 @@ def latched(node, msg_type, topic, store):
     return node.create_subscription(msg_type, topic, lambda m: store.__setitem__(topic, m), qos)
 
 
+@pytest.mark.timeout(1800)  # the fixture trains a model first
 def test_query_node_answers_from_checkpoint_over_dds(trained):
     scene, params = trained
     domain = unique_domain_id()
