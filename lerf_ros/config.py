@@ -291,7 +291,8 @@ class QueryConfig:
     dbscan_min_points: int = 10
     """DBSCAN: neighbours a core point needs."""
     refresh_every_steps: int = 500
-    """Recompute the scored surface points after this many training steps."""
+    """Recompute the scored surface points after this many training steps (sooner while training
+    is young: whenever the step count has doubled since the last extraction)."""
     surface_stride: int = 4
     """Surface extraction renders each keyframe at 1/stride of its resolution."""
     surface_max_views: int = 30

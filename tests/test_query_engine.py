@@ -228,7 +228,7 @@ def test_scale_search_picks_the_scale_with_the_highest_maximum():
 
 
 def test_feature_cache_is_built_once_per_snapshot_and_surface(scene, teacher):
-    snap = AnalyticSnapshot(scene, teacher.encode_text, step=0)
+    snap = AnalyticSnapshot(scene, teacher.encode_text, step=1000)
     cfg = qcfg(max_candidate_points=1500, refresh_every_steps=500)
     eng = QueryEngine(cfg, teacher.encode_text)
     eng.set_snapshot(snap)
@@ -239,14 +239,14 @@ def test_feature_cache_is_built_once_per_snapshot_and_surface(scene, teacher):
     calls = snap.calls["language_multi_scale"]
     eng.query(scene.objects[2].class_name)
     assert snap.calls["language_multi_scale"] == calls                   # answered from the features
-    newer = AnalyticSnapshot(scene, teacher.encode_text, step=200)
+    newer = AnalyticSnapshot(scene, teacher.encode_text, step=1200)
     eng.set_snapshot(newer)
     r = eng.query(scene.objects[0].class_name)
-    assert r.step == 200 and r.surface_step == 0                          # same surface, new field
+    assert r.step == 1200 and r.surface_step == 1000                      # same surface, new field
     assert r.timings["surface"] == 0 and r.timings["features"] > 0
-    eng.set_snapshot(AnalyticSnapshot(scene, teacher.encode_text, step=700))
+    eng.set_snapshot(AnalyticSnapshot(scene, teacher.encode_text, step=1500))
     r = eng.query(scene.objects[0].class_name)
-    assert r.step == 700 and r.surface_step == 700 and r.timings["surface"] > 0
+    assert r.step == 1500 and r.surface_step == 1500 and r.timings["surface"] > 0
     # Too small a budget: no features, same answer.
     small = FeatureCache(max_bytes=1000)
     xyz = torch.from_numpy(eng.surface().xyz)
@@ -315,7 +315,7 @@ def test_concurrent_queries_give_identical_results(scene, teacher, engine):
 
 def test_queries_during_snapshot_swaps_are_consistent(scene, teacher):
     eng = QueryEngine(qcfg(max_candidate_points=1500, refresh_every_steps=10**6), teacher.encode_text)
-    snaps = [AnalyticSnapshot(scene, teacher.encode_text, step=s) for s in (10, 20, 30)]
+    snaps = [AnalyticSnapshot(scene, teacher.encode_text, step=s) for s in (1000, 1010, 1020)]
     eng.set_snapshot(snaps[0])
     eng.prepare()
     name = scene.objects[0].class_name
@@ -348,7 +348,7 @@ def test_queries_during_snapshot_swaps_are_consistent(scene, teacher):
     stop.set()
     t_swap.join()
     assert not errors
-    assert set(steps) <= {10, 20, 30} and len(steps) == 16
+    assert set(steps) <= {1000, 1010, 1020} and len(steps) == 16
 
 
 def test_scene_points_are_the_surface(engine):

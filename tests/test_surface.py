@@ -190,10 +190,20 @@ def test_cache_refreshes_only_when_training_moved_on(scene, snap):
 
     s0, built = cache.get(at(100))
     assert built and s0.step == 100
-    s1, built = cache.get(at(599))                  # 499 steps later: keep
+    s1, built = cache.get(at(199))                  # young field: keep until the step count doubles
     assert not built and s1 is s0
-    s2, built = cache.get(at(600))                  # 500 steps later: refresh
-    assert built and s2.step == 600 and s2 is not s0
+    s1, built = cache.get(at(200))                  # doubled: refresh
+    assert built and s1.step == 200
+    s1, built = cache.get(at(400))
+    assert built and s1.step == 400
+    s1, built = cache.get(at(799))
+    assert not built and s1.step == 400
+    s1, built = cache.get(at(800))
+    assert built and s1.step == 800
+    s1, built = cache.get(at(1299))                 # from here every refresh_every_steps: keep
+    assert not built and s1.step == 800
+    s2, built = cache.get(at(1300))                 # 500 steps later: refresh
+    assert built and s2.step == 1300 and s2 is not s1
     s3, built = cache.get(at(20))                   # trainer reset: refresh
     assert built and s3.step == 20
     assert cache.peek() is s3

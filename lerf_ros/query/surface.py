@@ -224,7 +224,9 @@ class SurfaceCache:
             return False
         if step < s.step or len(s) == 0:          # reset trainer, or nothing found yet: retry
             return True
-        return step - s.step >= self.cfg.refresh_every_steps
+        # Early on the geometry changes fast: refresh whenever training has doubled its step count,
+        # then every refresh_every_steps.
+        return step - s.step >= min(self.cfg.refresh_every_steps, max(s.step, 1))
 
     def get(self, snapshot: FieldSnapshot) -> Tuple[SurfacePoints, bool]:
         """(surface for ``snapshot``, whether this call computed it)."""
