@@ -716,9 +716,13 @@ def run_online(scene, cfg, settings: BenchSettings, time_cap_s: float, progress:
     t_begin = time.perf_counter()
     bar = progress.bar(total=int(time_cap_s), desc=f"online seed {scene.seed}", unit="s")
 
+    origin: List[float] = []  # time of the stream's first frame
+
     def sample_memory(tag: str) -> None:
+        if not origin:
+            origin.append(feeder.first_submit or t_begin)
         st = ot.store.stats()
-        memory.append({"t_s": time.perf_counter() - (feeder.first_submit or t_begin), "frames": feeder.next_index,
+        memory.append({"t_s": time.perf_counter() - origin[0], "frames": feeder.next_index,
                        "rss_mb": rss_mb(), "keyframes": st["count"], "store_mb": st["bytes"] / 2**20,
                        "evicted": st["evicted"], "phase": tag})
 
