@@ -356,7 +356,7 @@ def relevancy_maps_2d(snapshot, K: np.ndarray, c2w: np.ndarray, height: int, wid
     out). Per text: ((H, W) map at the scale whose map peaks highest, that scale)."""
     import torch
 
-    from lerf_ros.teachers.text import negative_phrases, relevancy
+    from lerf_ros.teachers.text import relevancy
 
     if not texts:
         return {}
