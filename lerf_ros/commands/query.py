@@ -64,15 +64,18 @@ def _offline(args) -> int:
 
     path = args.checkpoint
     if os.path.isdir(path):
-        path = latest_checkpoint(path) or latest_checkpoint(os.path.join(path, "checkpoints"))
-        if path is None:
+        # The newest of: periodic checkpoints (trainer node, `lerf-ros train`) and `final.ckpt`.
+        found = [p for d in (path, os.path.join(path, "checkpoints"))
+                 for p in (latest_checkpoint(d), os.path.join(d, "final.ckpt")) if p and os.path.isfile(p)]
+        if not found:
             print(f"no checkpoint in {args.checkpoint}", file=sys.stderr)
             return 2
+        path = max(found, key=os.path.getmtime)
     try:
         cfg = config_of(read_checkpoint(path))
         snap = load_snapshot(path)
     except (CheckpointError, OSError, KeyError) as exc:
-        print(f"cannot load {path}: {exc}", file=sys.stderr)
+        print(f"cannot load the checkpoint: {exc}", file=sys.stderr)
         return 2
     tcfg = cfg.teacher
     if args.scene:

@@ -1,0 +1,50 @@
+"""The `lerf-ros` command: help, and `query` against a checkpoint file and folder."""
+import subprocess
+import sys
+
+from lerf_ros.config import preset
+from lerf_ros.data.synthetic import make_scene
+from lerf_ros.mapping.checkpoint import checkpoint_name
+from lerf_ros.mapping.dataset import TrainingViews
+from lerf_ros.mapping.trainer import Trainer
+from lerf_ros.teachers.features import compute_frame_features
+from lerf_ros.teachers.ground_truth import GroundTruthTeacher
+
+
+def lerf_ros(*args, timeout=300):
+    return subprocess.run([sys.executable, "-m", "lerf_ros.cli", *args], capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def test_help_lists_every_command():
+    out = lerf_ros("--help")
+    assert out.returncode == 0
+    for name in ("demo", "run", "scene", "replay", "train", "query", "bench"):
+        assert name in out.stdout
+    assert lerf_ros("no-such-command").returncode == 2
+
+
+def test_query_a_checkpoint_folder(tmp_path, one_thread):
+    scene = make_scene(seed=2, width=40, height=30, n_frames=4, nthreads=1)
+    scene.save(tmp_path / "scene", preview=False)
+    cfg = preset("tiny").override({"teacher.kind": "ground_truth", "trainer.rays_per_batch": 256})
+    teacher = GroundTruthTeacher(scene)
+    views = TrainingViews()
+    for i, f in enumerate(scene.frames):
+        views.add(i, f, compute_frame_features(teacher, f, cfg.teacher))
+    trainer = Trainer(cfg, teacher.clip_dim, teacher.dino_dim, views)
+    for _ in range(2):
+        trainer.step()
+    (tmp_path / "run" / "checkpoints").mkdir(parents=True)
+    trainer.save_checkpoint(str(tmp_path / "run" / "checkpoints" / checkpoint_name(2)))
+
+    name = scene.objects[0].name
+    out = lerf_ros("query", name, "zebra", "--checkpoint", str(tmp_path / "run"), "--scene", str(tmp_path / "scene"))
+    assert f"'{name}'" in out.stdout and "'zebra'" in out.stdout, out.stdout + out.stderr
+    assert "model step 2" in out.stdout
+    assert out.returncode in (0, 1)  # 1: some query had nothing above the threshold (a 2-step model)
+    missing = lerf_ros("query", name, "--checkpoint", str(tmp_path / "nothing_here"))
+    assert missing.returncode == 2 and "no such checkpoint" in missing.stderr and "nothing_here" in missing.stderr
+    (tmp_path / "empty").mkdir()
+    empty = lerf_ros("query", name, "--checkpoint", str(tmp_path / "empty"))
+    assert empty.returncode == 2 and "no checkpoint in" in empty.stderr
