@@ -33,6 +33,8 @@ from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from lerf_ros.data.frame import Frame, FrameError
+# Quaternion and transform helpers live with the pose buffer; re-exported here for bag users.
+from lerf_ros.mapping.poses import invert_pose, make_pose, matrix_to_quat, quat_slerp, quat_to_matrix
 
 __all__ = [
     "RosbagError", "RosbagSource", "read_rosbag", "write_rosbag", "TfBuffer",
@@ -69,79 +71,6 @@ def frame_k_to_ros_k(K: np.ndarray) -> np.ndarray:
     K[0, 2] -= 0.5
     K[1, 2] -= 0.5
     return K
-
-
-def quat_to_matrix(q: np.ndarray) -> np.ndarray:
-    """(..., 4) quaternions x, y, z, w (any norm) -> (..., 3, 3) rotation matrices."""
-    q = np.asarray(q, np.float64)
-    q = q / np.linalg.norm(q, axis=-1, keepdims=True)
-    x, y, z, w = np.moveaxis(q, -1, 0)
-    return np.stack([
-        np.stack([1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)], -1),
-        np.stack([2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)], -1),
-        np.stack([2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)], -1),
-    ], -2)
-
-
-def matrix_to_quat(R: np.ndarray) -> np.ndarray:
-    """(..., 3, 3) rotation matrices -> (..., 4) unit quaternions x, y, z, w (w >= 0)."""
-    R = np.asarray(R, np.float64)
-    m = R.reshape(-1, 3, 3)
-    tr = np.trace(m, axis1=1, axis2=2)
-    # four candidate forms; use the numerically largest diagonal per matrix
-    cand = np.stack([tr, m[:, 0, 0], m[:, 1, 1], m[:, 2, 2]], 1)
-    k = np.argmax(cand, 1)
-    q = np.zeros((len(m), 4))
-    for case in range(4):
-        s = k == case
-        if not s.any():
-            continue
-        a = m[s]
-        if case == 0:
-            r = np.sqrt(1 + tr[s]) * 2
-            q[s] = np.stack([(a[:, 2, 1] - a[:, 1, 2]) / r, (a[:, 0, 2] - a[:, 2, 0]) / r,
-                             (a[:, 1, 0] - a[:, 0, 1]) / r, r / 4], 1)
-        else:
-            i = case - 1
-            j, l = (i + 1) % 3, (i + 2) % 3
-            r = np.sqrt(1 + a[:, i, i] - a[:, j, j] - a[:, l, l]) * 2
-            qq = np.zeros((len(a), 4))
-            qq[:, i] = r / 4
-            qq[:, j] = (a[:, j, i] + a[:, i, j]) / r
-            qq[:, l] = (a[:, l, i] + a[:, i, l]) / r
-            qq[:, 3] = (a[:, l, j] - a[:, j, l]) / r
-            q[s] = qq
-    q *= np.where(q[:, 3:] < 0, -1.0, 1.0)
-    return q.reshape(R.shape[:-2] + (4,))
-
-
-def _slerp(q0: np.ndarray, q1: np.ndarray, a: np.ndarray) -> np.ndarray:
-    """Spherical interpolation of (N, 4) unit quaternions with weights a in [0, 1] (N,)."""
-    dot = np.sum(q0 * q1, -1)
-    q1 = np.where(dot[:, None] < 0, -q1, q1)
-    dot = np.abs(dot)
-    th = np.arccos(np.clip(dot, -1, 1))
-    sin = np.sin(th)
-    small = sin < 1e-6
-    w0 = np.where(small, 1 - a, np.sin((1 - a) * th) / np.where(small, 1, sin))
-    w1 = np.where(small, a, np.sin(a * th) / np.where(small, 1, sin))
-    q = w0[:, None] * q0 + w1[:, None] * q1
-    return q / np.linalg.norm(q, axis=-1, keepdims=True)
-
-
-def _to_matrix(t: np.ndarray, q: np.ndarray) -> np.ndarray:
-    T = np.tile(np.eye(4), t.shape[:-1] + (1, 1))
-    T[..., :3, :3] = quat_to_matrix(q)
-    T[..., :3, 3] = t
-    return T
-
-
-def _inv(T: np.ndarray) -> np.ndarray:
-    out = np.tile(np.eye(4), T.shape[:-2] + (1, 1))
-    Rt = np.swapaxes(T[..., :3, :3], -1, -2)
-    out[..., :3, :3] = Rt
-    out[..., :3, 3] = -np.einsum("...ij,...j->...i", Rt, T[..., :3, 3])
-    return out
 
 
 # --------------------------------------------------------------------------------------------
@@ -217,7 +146,7 @@ class TfBuffer:
         q = q / np.linalg.norm(q, axis=1, keepdims=True)
         n = len(stamps)
         if link.static:
-            return np.broadcast_to(_to_matrix(tr[-1], q[-1]), (n, 4, 4)).copy(), np.ones(n, bool)
+            return np.broadcast_to(make_pose(tr[-1], q[-1]), (n, 4, 4)).copy(), np.ones(n, bool)
         hi = np.clip(np.searchsorted(ts, stamps), 1, max(len(ts) - 1, 1))
         lo = hi - 1
         if len(ts) == 1:
@@ -230,8 +159,8 @@ class TfBuffer:
         valid = bracketed | nearest
         a = np.where(bracketed, a, np.where(np.abs(stamps - t0) <= np.abs(stamps - t1), 0.0, 1.0))
         trans = tr[lo] + a[:, None] * (tr[hi] - tr[lo])
-        rot = _slerp(q[lo], q[hi], a)
-        return _to_matrix(trans, rot), valid
+        rot = quat_slerp(q[lo], q[hi], a)
+        return make_pose(trans, rot), valid
 
     def lookup(self, target: str, source: str, stamps: Sequence[float]) -> Tuple[np.ndarray, np.ndarray]:
         """(N, 4, 4) ``T_target_source`` at each stamp and (N,) bool: all links available there.
@@ -256,7 +185,7 @@ class TfBuffer:
 
         Ts, vs = to_common(ca)
         Tt, vt = to_common(cb)
-        return _inv(Tt) @ Ts, vs & vt
+        return invert_pose(Tt) @ Ts, vs & vt
 
 
 # --------------------------------------------------------------------------------------------
@@ -729,7 +658,7 @@ def write_rosbag(path: Union[str, os.PathLike], frames: Sequence[Frame], storage
             c_static = w.add_connection("/tf_static", TF_MSG, typestore=ts)
             msgs.append((_ns(stamps[0]) - 1, c_static,
                          T[TF_MSG](transforms=[tstamped(stamps[0], base_frame, cam, mount)]), TF_MSG))
-            world_base = np.stack([f.c2w for f in frames]) @ _inv(mount)
+            world_base = np.stack([f.c2w for f in frames]) @ invert_pose(mount)
             tq, tt = matrix_to_quat(world_base[:, :3, :3]), world_base[:, :3, 3]
             for off in tf_offsets:
                 s = np.clip(stamps + off, stamps[0], stamps[-1])
@@ -737,7 +666,7 @@ def write_rosbag(path: Union[str, os.PathLike], frames: Sequence[Frame], storage
                 lo = hi - 1 if len(stamps) > 1 else hi * 0
                 gap = np.where(stamps[hi] > stamps[lo], stamps[hi] - stamps[lo], 1.0)
                 a = np.clip((s - stamps[lo]) / gap, 0, 1)
-                Ms = _to_matrix(tt[lo] + a[:, None] * (tt[hi] - tt[lo]), _slerp(tq[lo], tq[hi], a))
+                Ms = make_pose(tt[lo] + a[:, None] * (tt[hi] - tt[lo]), quat_slerp(tq[lo], tq[hi], a))
                 for k in range(0, len(frames), pose_every):
                     msgs.append((_ns(s[k]), c_tf, T[TF_MSG](transforms=[tstamped(s[k], world_frame, base_frame, Ms[k])]), TF_MSG))
         elif pose in ("pose", "odometry"):
