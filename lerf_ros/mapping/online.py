@@ -23,7 +23,7 @@ from typing import Callable, Dict, Optional
 import torch
 
 from lerf_ros.config import LerfConfig
-from lerf_ros.data.frame import Frame, FrameError
+from lerf_ros.data.frame import Frame
 
 LogFn = Callable[[str, str], None]  # (level: 'info'|'warning'|'error', text)
 
@@ -116,11 +116,8 @@ class OnlineTrainer:
 
     # ------------------------------------------------------------------ frames in
     def submit(self, frame: Frame) -> SubmitResult:
-        """Offer a frame; never raises for bad input (the result says why it was not used)."""
-        try:
-            frame.validate()
-        except FrameError as exc:
-            return SubmitResult(False, True, f"invalid frame: {exc}", "invalid")
+        """Offer a frame; never raises for bad input (the result says why it was not used).
+        The selector validates the frame first (an invalid one is rejected, kind 'invalid')."""
         decision = self.selector.consider(frame)
         if not decision.keep:
             return SubmitResult(False, decision.rejected, decision.reason, decision.kind)
@@ -236,13 +233,14 @@ class OnlineTrainer:
         path = latest_checkpoint(self.checkpoint_dir)
         if path is None:
             return None
-        saved = config_of(read_checkpoint(path)).model
+        payload = read_checkpoint(path)
+        saved = config_of(payload).model
         with self._lock:
             # The field's coordinate frame is part of the weights: take the checkpoint's bounds.
             self.cfg = self.cfg.override({"model.scene_center": saved.scene_center,
                                           "model.scene_scale": saved.scene_scale, "model.auto_bounds": False})
             self._trainer = self._new_trainer()
-            self._trainer.load_checkpoint(path)
+            self._trainer.load_checkpoint(path, payload=payload)
             self._checkpoint = path
         return path
 

@@ -213,13 +213,15 @@ class Trainer:
         ckpt.write_atomic(path, self.state_payload())
         return path
 
-    def load_checkpoint(self, path: str) -> int:
+    def load_checkpoint(self, path: str, payload: Optional[Dict[str, Any]] = None) -> int:
         """Restore weights, optimiser, scaler, generator and step from ``path`` (bit-exact).
 
         The checkpoint must describe the same model (config 'model' section, clip_dim, dino_dim);
         use :meth:`from_checkpoint` to build a trainer from a checkpoint's own config. Returns the step.
+        ``payload``: the file's contents when the caller has already read them (not read again).
         """
-        payload = ckpt.read_checkpoint(path)
+        if payload is None:
+            payload = ckpt.read_checkpoint(path)
         if int(payload["clip_dim"]) != self.clip_dim or int(payload["dino_dim"]) != self.dino_dim:
             raise ckpt.CheckpointError(
                 f"{path}: language field dimensions (clip {payload['clip_dim']}, dino {payload['dino_dim']}) differ "
@@ -249,5 +251,5 @@ class Trainer:
         if device is not None:
             cfg = cfg.override({"device": device})
         trainer = cls(cfg, int(payload["clip_dim"]), int(payload["dino_dim"]), views, teacher=str(payload["teacher"]))
-        trainer.load_checkpoint(path)
+        trainer.load_checkpoint(path, payload=payload)
         return trainer
