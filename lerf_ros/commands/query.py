@@ -72,8 +72,9 @@ def _offline(args) -> int:
             return 2
         path = max(found, key=os.path.getmtime)
     try:
-        cfg = config_of(read_checkpoint(path))
-        snap = load_snapshot(path)
+        payload = read_checkpoint(path)
+        cfg = config_of(payload)
+        snap = load_snapshot(path, payload=payload)
     except (CheckpointError, OSError, KeyError) as exc:
         print(f"cannot load the checkpoint: {exc}", file=sys.stderr)
         return 2

@@ -97,14 +97,17 @@ def config_of(payload: Dict[str, Any]) -> LerfConfig:
     return LerfConfig.from_dict(payload["config"])
 
 
-def load_snapshot(path: str, device: Optional[str | torch.device] = None):
+def load_snapshot(path: str, device: Optional[str | torch.device] = None,
+                  payload: Optional[Dict[str, Any]] = None):
     """A ``FrozenField`` straight from a checkpoint file (what a separate query process uses).
 
-    ``device`` defaults to the checkpoint config's device ('auto' -> CUDA when available)."""
+    ``device`` defaults to the checkpoint config's device ('auto' -> CUDA when available);
+    ``payload``: the file's contents when the caller has already read them (not read again)."""
     from lerf_ros.field.frozen import FrozenField
     from lerf_ros.field.model import LerfModel
 
-    payload = read_checkpoint(path)
+    if payload is None:
+        payload = read_checkpoint(path)
     cfg = config_of(payload)
     dev = torch.device(device if device is not None else cfg.resolved_device())
     model = LerfModel(cfg.model, int(payload["clip_dim"]), int(payload["dino_dim"]))
