@@ -4,8 +4,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from lerf_ros.query.grasp import (GripperModel, cluster_dbscan, gripper_collisions, plan_grasps,
-                                  quaternion_xyzw_to_rotation, rank_clusters, rotation_to_quaternion_xyzw)
+from lerf_ros.query.grasp import (GripperModel, _outline_cos, cluster_dbscan, gripper_collisions,
+                                  plan_grasps, quaternion_xyzw_to_rotation, rank_clusters,
+                                  rotation_to_quaternion_xyzw)
 
 SPACING = 0.005
 GRIPPER = GripperModel(max_width=0.08, finger_depth=0.04, width_margin=0.01, support_clearance=0.01)
@@ -89,7 +90,7 @@ def test_small_box_gets_top_down_grasp_across_narrow_side(yaw):
 
 def test_tall_object_is_grasped_from_the_side_above_the_table():
     center, size = (0.0, 0.0, 0.10), (0.05, 0.06, 0.20)
-    plan, _ = plan_for_box(center, size)
+    plan, _ = plan_for_box(center, size, max_grasps=60)
     assert plan.grasps, plan.message
     assert_frames_valid(plan.grasps)
     best = plan.grasps[0]
@@ -185,3 +186,80 @@ def test_transformed_grasp_moves_with_the_frame():
     np.testing.assert_allclose(h.position, T[:3, :3] @ g.position + T[:3, 3])
     np.testing.assert_allclose(h.approach, T[:3, :3] @ g.approach)
     assert h.width == g.width and h.score == g.score
+
+
+def cup_surface(center, r_out, wall, height, spacing=0.005):
+    """An open cylindrical cup (walls and an inner floor, no lid) standing on z = 0: points and
+    outward normals."""
+    cx, cy = center[0], center[1]
+    pts, nrm = [], []
+    zs = np.arange(0.004, height + 1e-9, spacing)
+    for r, sign in ((r_out, 1.0), (r_out - wall, -1.0)):
+        th = np.arange(0, 2 * np.pi, spacing / r)
+        T, Z = np.meshgrid(th, zs)
+        d = np.stack([np.cos(T.ravel()), np.sin(T.ravel()), np.zeros(T.size)], 1)
+        pts.append(np.stack([cx + r * d[:, 0], cy + r * d[:, 1], Z.ravel()], 1))
+        nrm.append(sign * d)
+    u = np.arange(-(r_out - wall), r_out - wall + 1e-9, spacing)   # the floor inside
+    X, Y = np.meshgrid(u, u)
+    inside = X ** 2 + Y ** 2 < (r_out - wall) ** 2
+    pts.append(np.stack([cx + X[inside], cy + Y[inside], np.full(inside.sum(), 0.004)], 1))
+    nrm.append(np.tile([0.0, 0.0, 1.0], (int(inside.sum()), 1)))
+    return np.concatenate(pts), np.concatenate(nrm)
+
+
+def test_bowl_wider_than_gripper_is_grasped_at_its_rim():
+    center, r_out, wall, height = (0.02, -0.01), 0.08, 0.006, 0.06
+    pts, nrm = cup_surface(center, r_out, wall, height)
+    scene = np.concatenate([pts, table()])
+    plan = plan_grasps(pts, nrm, np.full(len(pts), 0.9), scene, GRIPPER, 0.02, 10, 5, point_spacing=0.005)
+    assert plan.grasps, plan.message
+    assert_frames_valid(plan.grasps)
+    for g in plan.grasps:
+        radial = np.hypot(g.position[0] - center[0], g.position[1] - center[1])
+        assert r_out - wall - 0.01 <= radial <= r_out + 0.005           # on the wall, not across the bowl
+        assert g.width <= wall + GRIPPER.width_margin + 0.01
+        closing = np.array([*g.closing_axis[:2], 0.0])
+        to_axis = np.array([g.position[0] - center[0], g.position[1] - center[1], 0.0]) / radial
+        assert abs(closing @ to_axis) > 0.9                              # closes across the wall
+        assert g.position[2] > height - GRIPPER.finger_depth             # fingertips reach in from the rim
+        assert gripper_collisions(g.pose, g.width, GRIPPER, scene, pad=0.0025) <= GRIPPER.collision_tolerance
+
+
+def test_gap_inside_an_object_that_fits_is_not_a_part():
+    """A hole in the seen surface of a small box (part of it no camera saw) must not make the
+    planner put a finger into the box: the runs that fit together are grasped together."""
+    center, size = (0.0, 0.0, 0.025), (0.05, 0.10, 0.05)
+    pts, nrm = box_surface(center, size)
+    hole = (np.abs(pts[:, 0] + 0.002) < 0.013) & (pts[:, 2] > 0.03)          # top and sides near x = 0
+    pts, nrm = pts[~hole], nrm[~hole]
+    scene = np.concatenate([pts, table()])
+    plan = plan_grasps(pts, nrm, np.full(len(pts), 0.9), scene, GRIPPER, 0.02, 10, 5, point_spacing=0.01)
+    assert plan.grasps, plan.message
+    for g in plan.grasps:
+        if abs(g.closing_axis[0]) > 0.9:                                # closing across the 5 cm side
+            assert g.width >= size[0] - 0.002
+
+
+def test_outline_slope_tells_a_straight_side_from_a_corner():
+    xs = np.repeat(np.linspace(-0.01, 0.01, 5), 7)
+    straight = np.tile(np.linspace(-0.03, 0.03, 7), 5)
+    assert _outline_cos(xs, straight, 0.0, 0.005) > 0.99
+    corner = np.concatenate([np.linspace(-0.03 + x + 0.01, 0.03 - x - 0.01, 7) for x in np.linspace(-0.01, 0.01, 5)])
+    assert 0.6 < _outline_cos(xs, corner, 0.0, 0.005) < 0.75        # 45-degree ends: cos 45 = 0.71
+
+
+def test_padding_catches_a_finger_between_sparse_samples():
+    """A finger cutting through a surface sampled every 1.5 cm can fall between the samples; growing
+    the volume by half the spacing finds it."""
+    u = np.arange(-0.1, 0.1 + 1e-9, 0.015) + 0.0075           # no sample inside a 1 cm finger here
+    X, Y = np.meshgrid(u, u)
+    sheet = np.stack([X.ravel(), Y.ravel(), np.full(X.size, 0.02)], 1)
+    pose = np.eye(4)
+    pose[:3, 2] = [0, 0, -1]
+    pose[:3, 1] = [0, 1, 0]
+    pose[:3, 0] = np.cross(pose[:3, 1], pose[:3, 2])
+    pose[:3, 3] = [0.0, 0.0, 0.0]                                   # fingertips below the sheet
+    width = 0.02
+    assert gripper_collisions(pose, width, GRIPPER, sheet) <= GRIPPER.collision_tolerance
+    assert gripper_collisions(pose, width, GRIPPER, sheet, pad=0.0075) > GRIPPER.collision_tolerance

@@ -41,7 +41,14 @@ class GripperModel:
     finger_breadth: float = 0.02
     """Finger size along x (m): the height of the slice of the object the pads close on."""
     width_margin: float = 0.01
-    """Added to the object's extent along the closing axis to get the opening (m)."""
+    """Added to the object's extent along the closing axis to get the opening (m); the opening is
+    capped at ``max_width`` when the extent plus ``min_clearance`` still fits."""
+    min_clearance: float = 0.004
+    """Least free space (m, both sides together) the open fingers need around the part they close
+    on: a part wider than ``max_width - min_clearance`` cannot be grasped."""
+    min_contact_cos: float = 0.75
+    """Least mean ``|normal . closing axis|`` of the surfaces the finger pads close on: more slanted
+    contacts (a fingertip high on a ball) do not hold. 0 accepts any."""
     approach_clearance: float = 0.10
     """Length (m) of the corridor behind the palm that must be free of scene points."""
     support_clearance: float = 0.01
@@ -56,7 +63,10 @@ class GripperModel:
                 raise ValueError(f"GripperModel.{name} = {getattr(self, name)!r} must be > 0")
         if self.finger_depth <= PALM_GAP:
             raise ValueError(f"GripperModel.finger_depth = {self.finger_depth!r} must exceed {PALM_GAP} m")
-        for name in ("width_margin", "approach_clearance", "support_clearance", "collision_tolerance"):
+        if not 0 <= self.min_contact_cos <= 1:
+            raise ValueError(f"GripperModel.min_contact_cos = {self.min_contact_cos!r} must be in [0, 1]")
+        for name in ("width_margin", "min_clearance", "approach_clearance", "support_clearance",
+                     "collision_tolerance"):
             if getattr(self, name) < 0:
                 raise ValueError(f"GripperModel.{name} = {getattr(self, name)!r} must be >= 0")
         return self
@@ -235,37 +245,111 @@ def rank_clusters(xyz: np.ndarray, relevancy: np.ndarray, labels: np.ndarray,
 
 
 # ---------------------------------------------------------------------------- geometry of one grasp
-def gripper_collisions(pose: np.ndarray, width: float, gripper: GripperModel, scene: np.ndarray) -> int:
+def gripper_collisions(pose: np.ndarray, width: float, gripper: GripperModel, scene: np.ndarray,
+                       pad: float = 0.0) -> int:
     """Number of scene points inside the fingers, the palm or the approach corridor.
 
     Args:
         pose: (4, 4) gripper-to-world. width: opening (m). scene: (M, 3) world points.
+        pad: grows the volumes (m) across the approach (along x, and outwards along y), so that a
+            finger cannot slip between the samples of a surface it would cut through; half the
+            points' spacing is enough.
     """
     if len(scene) == 0:
         return 0
     R, o = pose[:3, :3], pose[:3, 3]
     q = (scene - o) @ R                      # (M, 3) in the gripper frame
-    half_b = gripper.finger_breadth / 2
+    half_b = gripper.finger_breadth / 2 + pad
+    outer = width / 2 + gripper.finger_thickness + pad
     in_x = np.abs(q[:, 0]) <= half_b
     ay = np.abs(q[:, 1])
     # Fingers: from the fingertips (z = 0) back to the palm (z = -finger_depth), outside the opening.
-    fingers = in_x & (q[:, 2] <= 0) & (q[:, 2] >= -gripper.finger_depth) & (ay >= width / 2) & (
-        ay <= width / 2 + gripper.finger_thickness)
+    fingers = in_x & (q[:, 2] <= 0) & (q[:, 2] >= -gripper.finger_depth) & (ay >= width / 2) & (ay <= outer)
     # Palm and the corridor behind it, as wide as the open gripper.
     back = in_x & (q[:, 2] < -gripper.finger_depth) & (
-        q[:, 2] >= -gripper.finger_depth - gripper.approach_clearance) & (ay <= width / 2 + gripper.finger_thickness)
+        q[:, 2] >= -gripper.finger_depth - gripper.approach_clearance) & (ay <= outer)
     return int(np.count_nonzero(fingers | back))
 
 
-def _grasp_candidates(P: np.ndarray, N: np.ndarray, r: np.ndarray, up: np.ndarray, gripper: GripperModel,
-                      tall_ratio: float, spacing: float) -> List[Tuple[np.ndarray, float, str, float]]:
+def _slab_segments(ys: np.ndarray, min_gap: float) -> List[Tuple[int, int]]:
+    """Runs of sorted values ``ys`` separated by gaps wider than ``min_gap``: [(start, stop), ...]
+    index ranges into ``ys`` (stop exclusive)."""
+    cut = np.flatnonzero(np.diff(ys) > min_gap) + 1
+    bounds = np.concatenate([[0], cut, [len(ys)]])
+    return [(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:])]
+
+
+def _contact_cos(ys: np.ndarray, depth: np.ndarray, normals: np.ndarray, y: np.ndarray, end: float,
+                 band: float, min_depth: float) -> float:
+    """Mean |normal . closing axis| of the slab points within ``band`` of one jaw's contact ``end``
+    and at least ``min_depth`` deep (the part of the surface the finger pad closes on), or of all
+    the points within ``band`` of it when none is that deep; 1.0 when there are none at all."""
+    near_end = np.abs(ys - end) <= band
+    sel = near_end & (depth >= min_depth)
+    if not np.any(sel):
+        sel = near_end
+    if not np.any(sel):
+        return 1.0
+    return float(np.mean(np.abs(normals[sel] @ y)))
+
+
+def _similar(a: np.ndarray, b: np.ndarray, spacing: float) -> bool:
+    """Whether two grasp poses are near duplicates: origins within max(1 cm, spacing), the same
+    approach and closing axes (up to the gripper's symmetry) within about 15 degrees."""
+    close = np.linalg.norm(a[:3, 3] - b[:3, 3]) <= max(0.01, spacing)
+    return bool(close and a[:3, 2] @ b[:3, 2] > 0.966 and abs(a[:3, 1] @ b[:3, 1]) > 0.966)
+
+
+def _outline_cos(xs: np.ndarray, ys: np.ndarray, u: float, spacing: float) -> float:
+    """How square the jaws meet the object's outline: 1 / sqrt(1 + slope^2) of the steeper of the
+    two ends of a slice's run of points (``xs`` across the closing axis, ``ys`` along it). An end's
+    slope is how far it moves between the slice's two halves (``xs < u`` and ``>= u``): the
+    difference of the halves' extreme ``ys`` over that of their ``xs`` (at least half the spacing). A
+    box's straight side gives about 1, its corner about 0.7; 1.0 when a half is empty."""
+    left, right = np.flatnonzero(xs < u), np.flatnonzero(xs >= u)
+    if len(left) == 0 or len(right) == 0:
+        return 1.0
+    worst = 0.0
+    for pick in (np.argmin, np.argmax):
+        i, j = left[pick(ys[left])], right[pick(ys[right])]
+        dx = max(abs(float(xs[j] - xs[i])), 0.5 * spacing, 1e-4)
+        worst = max(worst, abs(float(ys[j] - ys[i])) / dx)
+    return float(1.0 / np.sqrt(1.0 + worst * worst))
+
+
+def _grasp_candidates(P: np.ndarray, N: np.ndarray, r: np.ndarray, S: np.ndarray, up: np.ndarray,
+                      gripper: GripperModel, tall_ratio: float, spacing: float, n_yaws: int = 8
+                      ) -> List[Tuple[np.ndarray, float, str, float]]:
     """Candidate grasps on one object cluster: list of (pose 4x4, width, kind, quality in [0, 1]).
 
-    Widths may exceed the gripper here; the caller rejects those and checks collisions.
-    P (n, 3) points, N (n, 3) unit normals (outward), r (n,) relevancy; spacing: distance between
-    neighbouring points (m): the slices the widths are measured on are at least 3 spacings thick.
+    For each approach (top-down with ``n_yaws`` closing directions over 180 degrees; for tall
+    objects also four horizontal side approaches closing horizontally) the object is cut into
+    slices as broad as the finger pads across the closing axis. In each slice, the surface points
+    the fingers would reach (``insertion`` deep from the object's near side in that slice, at two
+    depths; the object's and its surroundings' points ``S``) are split along the closing axis
+    wherever a gap leaves room for a finger. When the runs that hold points of the object fit
+    between the fingers together, they make one candidate (a gap inside an object may be a part
+    nobody has seen); otherwise each run that holds points of the object is one candidate: a part
+    of it (a bowl's or a roll of tape's wall at the rim, a mug's handle). Shallower insertions give
+    the cap of a fruit that is too wide at its middle; side slices give a vase's neck.
+
+    A candidate's width is its extent plus ``gripper.width_margin``, capped at the maximum opening
+    when the extent plus ``gripper.min_clearance`` still fits; otherwise the uncapped width is
+    returned (quality 0) and the caller rejects it as too wide. Candidates whose contact surfaces
+    are too slanted to hold (mean ``|normal . closing axis|`` of the object's points at the jaws
+    below ``gripper.min_contact_cos``) are left out. Quality favours top grasps on squat objects
+    and side grasps on tall ones, square contacts, deep insertion, grasps near the object's
+    centre, and relevant points.
+
+    P (n, 3) object points, N (n, 3) their unit normals (either sign), r (n,) relevancy; S (m, 3)
+    surface points around the object (may include P); spacing: distance between neighbouring
+    points (m).
     """
-    half_slice = max(gripper.finger_breadth / 2, 1.5 * spacing)
+    step = max(gripper.finger_breadth / 2, spacing)
+    half_b = max(gripper.finger_breadth / 2, 0.75 * spacing)
+    min_gap = max(gripper.finger_thickness + gripper.min_clearance, 2.0 * spacing)
+    band = max(spacing, 0.005)
+    max_insertion = gripper.finger_depth - PALM_GAP
     h = P @ up
     base, top = _extent(h)
     height = top - base
@@ -275,62 +359,96 @@ def _grasp_candidates(P: np.ndarray, N: np.ndarray, r: np.ndarray, up: np.ndarra
     major = _unit(axes2[0, 0] * e1 + axes2[0, 1] * e2)
     minor = _unit(axes2[1, 0] * e1 + axes2[1, 1] * e2)
     lo, hi = _extent(P @ minor)
-    minor_extent = hi - lo
-    tall = height > tall_ratio * max(minor_extent, 1e-6)
+    tall = height > tall_ratio * max(hi - lo, 1e-6)
+    w = r / max(float(r.max()), 1e-12)
+    centre = (P * w[:, None]).sum(axis=0) / max(float(w.sum()), 1e-12)
+    radius = max(0.25 * float(np.ptp(foot[:, 0]) + np.ptp(foot[:, 1])), gripper.finger_breadth)
+    # The object's points are always part of the free-space test, whatever the caller's scene holds.
+    S = np.concatenate([P, S]) if len(S) else P
 
-    approaches: List[Tuple[np.ndarray, str, float]] = [(-up, "top", 0.6 if tall else 1.0)]
+    approaches: List[Tuple[np.ndarray, np.ndarray, str, float]] = []
+    for k in range(n_yaws):
+        th = np.pi * k / n_yaws
+        approaches.append((-up, _unit(np.cos(th) * minor + np.sin(th) * major), "top", 0.6 if tall else 1.0))
     if tall:
         for d in (major, -major, minor, -minor):
-            approaches.append((d, "side", 0.9))
-    rmax = max(float(r.max()), 1e-12)
+            approaches.append((d, _unit(np.cross(up, d)), "side", 0.9))
     out = []
-    for a, kind, prior in approaches:
-        along = P @ a
-        near, far = _extent(along)
-        depth_avail = far - near - gripper.support_clearance if kind == "top" else far - near
-        # Leave a small gap between the palm and the object.
-        insertion = float(np.clip(depth_avail, min(0.005, far - near), gripper.finger_depth - PALM_GAP))
-        region = (along >= near - 1e-6) & (along <= near + insertion)
-        if kind == "side":
-            # Close on a horizontal slice at the middle of the object's height, or as low as the
-            # fingers can go without touching the support.
-            g_h = max(base + 0.5 * height, base + gripper.support_clearance + gripper.finger_breadth / 2)
-            region &= np.abs(h - g_h) <= half_slice + 1e-6
-        if np.count_nonzero(region) < 3:
-            continue
-        R0 = P[region]
-        b1, b2 = _perpendicular_basis(a)
-        ax = _principal_axes_2d(np.stack([R0 @ b1, R0 @ b2], axis=1))
-        y = _unit(ax[1, 0] * b1 + ax[1, 1] * b2)       # closing axis: the narrow side
-        if kind == "side":
-            # Close horizontally: the narrow horizontal direction across the approach.
-            y = _unit(np.cross(up, a))
-        if y @ (e1 + 0.5 * e2) < 0:                     # deterministic sign (the gripper is symmetric)
-            y = -y
+    for a, y, kind, prior in approaches:
         x = np.cross(y, a)
-        xs = R0 @ x
-        xlo, xhi = _extent(xs)
-        centres = [0.5 * (xlo + xhi)]
-        if xhi - xlo > 4 * gripper.finger_breadth:          # long object: also grasp off-centre
-            centres += [xlo + 0.25 * (xhi - xlo), xlo + 0.75 * (xhi - xlo)]
-        entry = (along <= near + max(0.01, 0.25 * insertion))
-        normal_fit = float(np.mean(np.clip(-(N[entry] @ a), 0.0, 1.0))) if np.any(entry) else 0.0
-        for k, cx in enumerate(centres):
-            sl = np.abs(xs - cx) <= half_slice
-            if np.count_nonzero(sl) < 3:
+        px, py, pa = P @ x, P @ y, P @ a
+        sy_all = S @ y
+        keep = (sy_all >= py.min() - gripper.max_width) & (sy_all <= py.max() + gripper.max_width)
+        Sk = S[keep]
+        sx, sy, sa = Sk @ x, sy_all[keep], Sk @ a
+        if kind == "top":
+            xlo, xhi = _extent(px)
+            mid = 0.5 * (xlo + xhi)
+            m = int(np.floor(0.5 * (xhi - xlo) / step))
+            slices = mid + step * np.arange(-m, m + 1)
+        else:
+            # x is the world's down direction here: slices at heights where the pads clear the support.
+            lowest = base + gripper.support_clearance + half_b
+            hs = np.arange(top - half_b, lowest - 1e-9, -step) if top - half_b >= lowest else np.zeros(0)
+            slices = hs * float(x @ up)   # px of a point at height hs
+        for u in slices:
+            p_in = np.flatnonzero(np.abs(px - u) <= half_b)
+            if len(p_in) < 3:
                 continue
-            S = R0[sl]
-            ys = S @ y
-            ylo, yhi = _extent(ys, 0.5, 99.5)
-            width = (yhi - ylo) + gripper.width_margin
-            cy = 0.5 * (ylo + yhi)
-            # Fingertips `insertion` past the near face, centred on the slice across the closing axis.
-            origin = x * cx + y * cy + a * (near + insertion)
-            pose = np.eye(4)
-            pose[:3, 0], pose[:3, 1], pose[:3, 2], pose[:3, 3] = x, y, a, origin
-            rel = float(np.mean(r[region][sl])) / rmax
-            quality = prior * (0.5 + 0.5 * normal_fit) * (0.5 + 0.5 * rel) * (1.0 if k == 0 else 0.9)
-            out.append((pose, float(width), kind, quality))
+            near, far = float(pa[p_in].min()), float(pa[p_in].max())
+            avail = far - near - (gripper.support_clearance if kind == "top" else 0.0)
+            full = float(np.clip(avail, min(0.005, far - near), max_insertion))
+            s_in = np.abs(sx - u) <= half_b
+            for frac in (1.0, 0.5):
+                insertion = full * frac
+                if frac < 1.0 and insertion < 0.01:
+                    break
+                bottom = near + insertion + 1e-9
+                # What lies between the fingers (above them, the palm's collision check decides).
+                s_slab = np.flatnonzero(s_in & (sa <= bottom) & (sa >= bottom - gripper.finger_depth))
+                s_order = s_slab[np.argsort(sy[s_slab])]
+                slab_y = sy[s_order]
+                p_slab = p_in[pa[p_in] <= bottom]
+                if len(p_slab) < 3 or len(slab_y) == 0:
+                    continue
+                p_y = py[p_slab]
+                runs = [(float(slab_y[s0]), float(slab_y[s1 - 1])) for s0, s1 in _slab_segments(slab_y, min_gap)]
+                # The runs the object spans, merged: when they fit between the fingers, grasp them
+                # all at once (gaps inside an object may be parts of it nobody has seen), and
+                # the parts only when the whole is too wide.
+                ours = [(a0, a1) for a0, a1 in runs if a1 >= p_y.min() - 1e-9 and a0 <= p_y.max() + 1e-9]
+                whole = (min(r0 for r0, _ in ours), max(r1 for _, r1 in ours))
+                if len(ours) > 1 and whole[1] - whole[0] + gripper.min_clearance <= gripper.max_width:
+                    ours = [whole]
+                for ylo, yhi in ours:
+                    mine = p_slab[(p_y >= ylo - 1e-9) & (p_y <= yhi + 1e-9)]
+                    if len(mine) < 3:
+                        continue
+                    extent = yhi - ylo
+                    if extent + gripper.min_clearance > gripper.max_width:
+                        out.append((np.eye(4), extent + gripper.width_margin, kind, 0.0))   # too wide
+                        continue
+                    width = min(extent + gripper.width_margin, gripper.max_width)
+                    if insertion >= 2.0 * spacing:
+                        d_min = 0.4 * insertion
+                        ys_m, dep_m = py[mine], pa[mine] - near
+                        cos_ = min(_contact_cos(ys_m, dep_m, N[mine], y, ylo, band, d_min),
+                                   _contact_cos(ys_m, dep_m, N[mine], y, yhi, band, d_min))
+                    else:
+                        cos_ = 1.0   # too shallow to see the contact surfaces at this sampling
+                    run = s_order[(slab_y >= ylo) & (slab_y <= yhi)]
+                    cos_ = min(cos_, _outline_cos(sx[run], sy[run], u, spacing))
+                    if cos_ < gripper.min_contact_cos:
+                        continue
+                    origin = x * u + y * (0.5 * (ylo + yhi)) + a * (near + insertion)
+                    off = origin - centre
+                    off -= a * (off @ a)
+                    central = 1.0 - 0.3 * min(1.0, float(np.linalg.norm(off)) / radius)
+                    quality = (prior * (0.5 + 0.5 * cos_) * (0.6 + 0.4 * insertion / max_insertion) * central
+                               * (0.5 + 0.5 * float(np.mean(w[mine]))))
+                    pose = np.eye(4)
+                    pose[:3, 0], pose[:3, 1], pose[:3, 2], pose[:3, 3] = x, y, a, origin
+                    out.append((pose, float(width), kind, float(quality)))
     return out
 
 
@@ -375,28 +493,41 @@ def plan_grasps(xyz: np.ndarray, normals: np.ndarray, relevancy: np.ndarray, sce
     best_score = plan.clusters[0].score
     too_wide: List[float] = []
     colliding = 0
+    pad = 0.5 * float(point_spacing)
+    reach = gripper.max_width + gripper.finger_depth + gripper.approach_clearance + gripper.finger_thickness
     for ci, cl in enumerate(plan.clusters[:max_clusters]):
         idx = cl.indices
-        cands = _grasp_candidates(xyz[idx], normals[idx], relevancy[idx], up_v, gripper, tall_ratio,
+        P = xyz[idx]
+        # Only scene points the gripper could touch while grasping this cluster.
+        lo, hi = P.min(axis=0) - reach, P.max(axis=0) + reach
+        near_scene = scene_pts[np.all((scene_pts >= lo) & (scene_pts <= hi), axis=1)]
+        cands = _grasp_candidates(P, normals[idx], relevancy[idx], near_scene, up_v, gripper, tall_ratio,
                                   float(point_spacing))
+        feasible = []
         for pose, width, kind, quality in cands:
             if width > gripper.max_width:
                 too_wide.append(width)
                 continue
-            if gripper_collisions(pose, width, gripper, scene_pts) > gripper.collision_tolerance:
+            width_fit = 1.0 - 0.5 * (width / gripper.max_width) ** 2
+            feasible.append((quality * width_fit * cl.score / best_score, pose, width, kind))
+        feasible.sort(key=lambda c: -c[0])
+        # Best first; collision checks only until enough distinct grasps are found.
+        for score, pose, width, kind in feasible:
+            if len(plan.grasps) >= max_grasps:
+                break
+            if any(_similar(pose, g.pose, point_spacing) for g in plan.grasps):
+                continue
+            if gripper_collisions(pose, width, gripper, near_scene, pad) > gripper.collision_tolerance:
                 colliding += 1
                 continue
-            width_fit = 1.0 - 0.5 * (width / gripper.max_width) ** 2
-            score = quality * width_fit * cl.score / best_score
             plan.grasps.append(Grasp(pose=pose, score=float(score), width=width, kind=kind, cluster=ci))
         if plan.grasps:
             break
     plan.grasps.sort(key=lambda g: -g.score)
-    plan.grasps = plan.grasps[:max_grasps]
     if not plan.grasps:
         parts = []
         if too_wide:
-            parts.append(f"the object is {min(too_wide):.3f} m across its narrowest grasp, more than the "
+            parts.append(f"the object is {min(too_wide):.3f} m across at its narrowest part (with margin), more than the "
                          f"gripper's maximum opening {gripper.max_width:.3f} m")
         if colliding:
             parts.append(f"{colliding} candidate pose(s) collide with the scene")
