@@ -435,11 +435,14 @@ class LerfConfig:
 PRESETS: Dict[str, Dict[str, Any]] = {
     # The reference LERF (ViT-B/16 OpenCLIP).
     "lerf": {},
-    # Smaller networks and fewer samples.
+    # Smaller networks and fewer samples, and a cheaper crop pyramid.
     "lerf-lite": {
         # reference lerf-lite: one language grid of 16 levels, 16..512, 2^19; 12 language samples
         "model.lang_num_levels": (16,), "model.lang_log2_hashmap_size": (19,),
         "model.lang_base_resolution": (16,), "model.lang_max_resolution": (512,), "model.num_lang_samples": 12,
+        # 4 scales from 10% to 50%: 513 crops per 640x480 keyframe instead of 1,250, within one query
+        # of the reference pyramid's 3D localization (bench/pyramid_study.py)
+        "teacher.pyramid_levels": 4, "teacher.pyramid_min": 0.1,
     },
     # ViT-L/14 OpenCLIP.
     "lerf-big": {

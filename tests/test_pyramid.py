@@ -208,3 +208,13 @@ def test_compute_frame_features_pairs_boxes_with_grid_cells():
     out = feats.dino.lookup(torch.tensor([10.0]), torch.tensor([6.0]))
     torch.testing.assert_close(out, torch.tensor([[10.0 / 8, 6.0 / 8]]))
     assert feats.nbytes() == p.nbytes() + feats.dino.nbytes() > 0
+
+
+def test_preset_pyramids_cost_what_the_readme_says():
+    from lerf_ros.config import preset
+    from lerf_ros.teachers.pyramid import crops_per_frame
+
+    assert crops_per_frame(480, 640, preset("lerf").teacher) == 1250          # the reference pyramid
+    assert crops_per_frame(480, 640, preset("lerf-big").teacher) == 1250
+    assert crops_per_frame(480, 640, preset("lerf-lite").teacher) == 513       # the study's choice
+    assert crops_per_frame(720, 1280, preset("lerf-lite").teacher) == 667
