@@ -73,7 +73,7 @@ def main(argv=None) -> int:
         res = run_benchmark(s, out_dir=None, log=lambda text: print(f"[pyramid]   {text}", flush=True))
         agg = res["aggregate"]
         n_queries = sum(len(sc.get("objects", [])) for sc in res["scenes"])
-        row = {"name": name, "overrides": overrides,
+        row = {"name": name, "overrides": overrides, "wall_s": res["wall_s"],
                "crops": crop_counts(overrides, [(640, 480), (1280, 720), tuple(args.size)]),
                "name_queries": n_queries, "steps": [sc["offline"]["steps"] for sc in res["scenes"]],
                "teacher_s_per_keyframe": agg.get("teacher_s_per_keyframe"),
@@ -95,6 +95,9 @@ def _previous_rows(args) -> List[Dict[str, Any]]:
         doc = json.load(fh)
     same = (doc.get("seeds") == list(args.seeds) and doc.get("steps") == args.steps
             and doc.get("size") == list(args.size) and doc.get("frames") == args.frames)
+    if not same:
+        print(f"[pyramid] {path} was made with other seeds, steps, size or frames: its rows are replaced",
+              flush=True)
     return list(doc.get("rows", [])) if same else []
 
 
@@ -108,7 +111,7 @@ def _write(args, rows, wall_s: float) -> None:
            "command": (f"python bench/pyramid_study.py --seeds {' '.join(map(str, args.seeds))} --steps {args.steps} "
                        f"--size {args.size[0]} {args.size[1]} --frames {args.frames}"),
            "seeds": args.seeds, "steps": args.steps, "size": args.size, "frames": args.frames,
-           "wall_s": wall_s, "rows": rows}
+           "wall_s": sum(r.get("wall_s", 0.0) for r in rows), "rows": rows}
     with open(os.path.join(args.out, "pyramid_study.json"), "w") as fh:
         json.dump(doc, fh, indent=1)
     ref = next((r for r in rows if r["name"] == "reference"), None)
@@ -118,14 +121,15 @@ def _write(args, rows, wall_s: float) -> None:
              "| pyramid | crops 640x480 | crops 1280x720 | 3D names | vs reference | 3D synonyms | 3D argmax | "
              "2D | precision / recall |", "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        d = "" if ref is None or r["loc3d_accuracy_name"] is None else \
+        d = "" if ref is None or r["loc3d_accuracy_name"] is None or ref["loc3d_accuracy_name"] is None else \
             f"{100 * (r['loc3d_accuracy_name'] - ref['loc3d_accuracy_name']):+.1f} pt"
         pr = "n/a" if r["precision_mean"] is None else f"{r['precision_mean']:.3f} / {r['recall_mean']:.3f}"
         lines.append(f"| {r['name']} | {r['crops']['640x480']} | {r['crops']['1280x720']} | "
                      f"{_pct(r['loc3d_accuracy_name'])} | {d} | {_pct(r['loc3d_accuracy_synonym'])} | "
                      f"{_pct(r['loc3d_argmax_accuracy_name'])} | {_pct(r['loc2d_accuracy'])} | {pr} |")
     n = rows[0]["name_queries"] if rows else 0
-    lines += ["", f"{n} named-object queries per row: one query is {100 / max(n, 1):.1f} points."]
+    lines += ["", f"{n} named-object queries per row: one query is {100 / max(n, 1):.1f} points. Candidates run: "
+              f"{', '.join(r['name'] for r in rows)} (of {', '.join(CANDIDATES)}; add more with --only NAME ...)."]
     with open(os.path.join(args.out, "pyramid_study.md"), "w") as fh:
         fh.write("\n".join(lines) + "\n")
 

@@ -26,6 +26,8 @@ import numpy as np
 
 #: gap (m) kept between the object's near side and the palm when the fingers reach in fully
 PALM_GAP = 0.005
+#: shallowest insertion (m) of the fingers past an object's near side (thinner slices are skipped)
+MIN_INSERTION = 0.005
 
 
 @dataclass(frozen=True)
@@ -347,7 +349,9 @@ def _grasp_candidates(P: np.ndarray, N: np.ndarray, r: np.ndarray, S: np.ndarray
     """
     step = max(gripper.finger_breadth / 2, spacing)
     half_b = max(gripper.finger_breadth / 2, 0.75 * spacing)
-    min_gap = max(gripper.finger_thickness + gripper.min_clearance, 2.0 * spacing)
+    # A gap is room for a finger when it holds the finger, its share of the opening and the sampling.
+    min_gap = max(gripper.finger_thickness + max(gripper.min_clearance, gripper.width_margin / 2) + 0.5 * spacing,
+                  2.0 * spacing)
     band = max(spacing, 0.005)
     max_insertion = gripper.finger_depth - PALM_GAP
     h = P @ up
@@ -361,7 +365,7 @@ def _grasp_candidates(P: np.ndarray, N: np.ndarray, r: np.ndarray, S: np.ndarray
     lo, hi = _extent(P @ minor)
     tall = height > tall_ratio * max(hi - lo, 1e-6)
     w = r / max(float(r.max()), 1e-12)
-    centre = (P * w[:, None]).sum(axis=0) / max(float(w.sum()), 1e-12)
+    centre = (P * w[:, None]).sum(axis=0) / float(w.sum()) if w.sum() > 0 else P.mean(axis=0)
     radius = max(0.25 * float(np.ptp(foot[:, 0]) + np.ptp(foot[:, 1])), gripper.finger_breadth)
     # The object's points are always part of the free-space test, whatever the caller's scene holds.
     S = np.concatenate([P, S]) if len(S) else P
@@ -396,8 +400,10 @@ def _grasp_candidates(P: np.ndarray, N: np.ndarray, r: np.ndarray, S: np.ndarray
             if len(p_in) < 3:
                 continue
             near, far = float(pa[p_in].min()), float(pa[p_in].max())
+            if far - near < MIN_INSERTION:
+                continue   # nothing in this slice for the fingers to close on
             avail = far - near - (gripper.support_clearance if kind == "top" else 0.0)
-            full = float(np.clip(avail, min(0.005, far - near), max_insertion))
+            full = float(np.clip(avail, MIN_INSERTION, max_insertion))
             s_in = np.abs(sx - u) <= half_b
             for frac in (1.0, 0.5):
                 insertion = full * frac
@@ -417,6 +423,8 @@ def _grasp_candidates(P: np.ndarray, N: np.ndarray, r: np.ndarray, S: np.ndarray
                 # all at once (gaps inside an object may be parts of it nobody has seen), and
                 # the parts only when the whole is too wide.
                 ours = [(a0, a1) for a0, a1 in runs if a1 >= p_y.min() - 1e-9 and a0 <= p_y.max() + 1e-9]
+                if not ours:
+                    continue
                 whole = (min(r0 for r0, _ in ours), max(r1 for _, r1 in ours))
                 if len(ours) > 1 and whole[1] - whole[0] + gripper.min_clearance <= gripper.max_width:
                     ours = [whole]
@@ -426,7 +434,8 @@ def _grasp_candidates(P: np.ndarray, N: np.ndarray, r: np.ndarray, S: np.ndarray
                         continue
                     extent = yhi - ylo
                     if extent + gripper.min_clearance > gripper.max_width:
-                        out.append((np.eye(4), extent + gripper.width_margin, kind, 0.0))   # too wide
+                        # too wide: a width above the maximum whatever the margin, so the caller rejects it
+                        out.append((np.eye(4), extent + max(gripper.width_margin, gripper.min_clearance), kind, 0.0))
                         continue
                     width = min(extent + gripper.width_margin, gripper.max_width)
                     if insertion >= 2.0 * spacing:
@@ -437,7 +446,7 @@ def _grasp_candidates(P: np.ndarray, N: np.ndarray, r: np.ndarray, S: np.ndarray
                     else:
                         cos_ = 1.0   # too shallow to see the contact surfaces at this sampling
                     run = s_order[(slab_y >= ylo) & (slab_y <= yhi)]
-                    cos_ = min(cos_, _outline_cos(sx[run], sy[run], u, spacing))
+                    cos_ = min(cos_, _outline_cos(sx[run], sy[run], u, max(spacing, gripper.finger_breadth / 4)))
                     if cos_ < gripper.min_contact_cos:
                         continue
                     origin = x * u + y * (0.5 * (ylo + yhi)) + a * (near + insertion)
@@ -490,7 +499,7 @@ def plan_grasps(xyz: np.ndarray, normals: np.ndarray, relevancy: np.ndarray, sce
         plan.message = (f"no cluster of at least {min_points} relevant points within {eps} m of each other "
                         "(lower query.dbscan_min_points or raise query.dbscan_eps)")
         return plan
-    best_score = plan.clusters[0].score
+    best_score = max(plan.clusters[0].score, 1e-12)
     too_wide: List[float] = []
     colliding = 0
     pad = 0.5 * float(point_spacing)
