@@ -263,3 +263,17 @@ def test_padding_catches_a_finger_between_sparse_samples():
     width = 0.02
     assert gripper_collisions(pose, width, GRIPPER, sheet) <= GRIPPER.collision_tolerance
     assert gripper_collisions(pose, width, GRIPPER, sheet, pad=0.0075) > GRIPPER.collision_tolerance
+
+
+def test_cluster_as_wide_as_the_table_is_skipped_fast():
+    """A query with a very low threshold makes the whole table relevant: no grasp, a reason, and
+    no long search."""
+    import time
+
+    sheet = table(extent=0.6, spacing=0.01)
+    sheet[:, 2] = 0.02
+    nrm = np.tile([0.0, 0.0, 1.0], (len(sheet), 1))
+    t0 = time.perf_counter()
+    plan = plan_grasps(sheet, nrm, np.full(len(sheet), 0.5), sheet, GRIPPER, 0.025, 10, 5, point_spacing=0.01)
+    assert time.perf_counter() - t0 < 10.0
+    assert plan.grasps == [] and "wider than" in plan.message

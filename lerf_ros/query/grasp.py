@@ -28,6 +28,10 @@ import numpy as np
 PALM_GAP = 0.005
 #: shallowest insertion (m) of the fingers past an object's near side (thinner slices are skipped)
 MIN_INSERTION = 0.005
+#: most slices per approach direction (coarser slices on big clusters keep the cost bounded)
+MAX_SLICES = 24
+#: clusters wider than this (m, largest horizontal extent) are not one graspable object
+MAX_OBJECT_EXTENT = 0.5
 
 
 @dataclass(frozen=True)
@@ -348,6 +352,9 @@ def _grasp_candidates(P: np.ndarray, N: np.ndarray, r: np.ndarray, S: np.ndarray
     points (m).
     """
     step = max(gripper.finger_breadth / 2, spacing)
+    # Bound the work on big clusters: at most MAX_SLICES slices per approach.
+    span = float(np.ptp(P, axis=0).max()) if len(P) else 0.0
+    step = max(step, span / MAX_SLICES)
     half_b = max(gripper.finger_breadth / 2, 0.75 * spacing)
     # A gap is room for a finger when it holds the finger, its share of the opening and the sampling.
     min_gap = max(gripper.finger_thickness + max(gripper.min_clearance, gripper.width_margin / 2) + 0.5 * spacing,
@@ -502,11 +509,16 @@ def plan_grasps(xyz: np.ndarray, normals: np.ndarray, relevancy: np.ndarray, sce
     best_score = max(plan.clusters[0].score, 1e-12)
     too_wide: List[float] = []
     colliding = 0
+    too_large = 0
     pad = 0.5 * float(point_spacing)
     reach = gripper.max_width + gripper.finger_depth + gripper.approach_clearance + gripper.finger_thickness
     for ci, cl in enumerate(plan.clusters[:max_clusters]):
         idx = cl.indices
         P = xyz[idx]
+        foot = P - np.outer(P @ up_v, up_v)
+        if float(np.ptp(foot, axis=0).max()) > MAX_OBJECT_EXTENT:
+            too_large += 1
+            continue
         # Only scene points the gripper could touch while grasping this cluster.
         lo, hi = P.min(axis=0) - reach, P.max(axis=0) + reach
         near_scene = scene_pts[np.all((scene_pts >= lo) & (scene_pts <= hi), axis=1)]
@@ -540,5 +552,8 @@ def plan_grasps(xyz: np.ndarray, normals: np.ndarray, relevancy: np.ndarray, sce
                          f"gripper's maximum opening {gripper.max_width:.3f} m")
         if colliding:
             parts.append(f"{colliding} candidate pose(s) collide with the scene")
+        if too_large:
+            parts.append(f"{too_large} cluster(s) wider than {MAX_OBJECT_EXTENT} m (not one object: "
+                         "raise the threshold)")
         plan.message = "no feasible grasp: " + ("; ".join(parts) if parts else "no candidate poses")
     return plan
