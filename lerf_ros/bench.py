@@ -586,27 +586,8 @@ def evaluate_snapshot(scene, snapshot, cfg, teacher, settings: BenchSettings, pr
     t2d = time.perf_counter() - t2d
 
     lat = [q["latency_ms"] for q in queries]
-    names = [q for q in queries if q["kind"] == "name"]
-    syn = [q for q in queries if q["kind"] == "synonym"]
     metrics = {
-        "loc3d_accuracy": fraction([q["correct"] for q in names + syn]),
-        "loc3d_accuracy_name": fraction([q["correct"] for q in names]),
-        "loc3d_accuracy_synonym": fraction([q["correct"] for q in syn]),
-        "loc3d_argmax_accuracy_name": fraction([o["argmax_correct"] for o in objects]),
-        "loc3d_answered_name": fraction([o["answered"] for o in objects]),
-        "loc2d_accuracy": fraction([v["correct"] for v in views2d]),
-        "loc2d_queries": len(views2d),
-        "precision_mean": mean_or_none([o["precision"] for o in objects]),
-        "recall_mean": mean_or_none([o["recall"] for o in objects]),
-        "grasp_valid_rate": fraction([o["grasp"]["valid"] for o in objects]),
-        "grasp_none_rate": fraction([not o["grasp"].get("returned", False) for o in objects]),
-        "objects_on_surface_fraction": fraction([o["surface_points_on_object"] > 0 for o in objects]),
-        "grasp_in_object_rate": fraction([o["grasp"]["in_object"] for o in objects]),
-        "grasp_clear_of_table_rate": fraction([o["grasp"]["clear_of_table"] for o in objects]),
-        "grasp_width_ok_rate": fraction([o["grasp"]["width_ok"] for o in objects]),
-        "absent_false_positive_rate": fraction([a["above_threshold"] for a in absent_res]),
-        "absent_max_relevancy": max([a["max_relevancy"] for a in absent_res], default=None),
-        "present_max_relevancy_median": percentile([o["max_relevancy"] for o in objects], 50),
+        **_answer_metrics(objects, queries, views2d, absent_res),
         "query_latency_ms_p50": percentile(lat, 50),
         "query_latency_ms_p95": percentile(lat, 95),
         "query_field_ms_p50": percentile([q["field_ms"] for q in queries], 50),
@@ -838,35 +819,44 @@ def run_online(scene, cfg, settings: BenchSettings, time_cap_s: float, progress:
 
 
 # =============================================================================== the run
+def _answer_metrics(objects: List[Dict[str, Any]], queries: List[Dict[str, Any]], views2d: List[Dict[str, Any]],
+                    absent: List[Dict[str, Any]]) -> Dict[str, Any]:
+    """Localization, relevancy-cloud and grasp metrics of a set of evaluated objects, queries, 2D
+    views and absent-object queries (one scene's, or all scenes' pooled)."""
+    names = [q for q in queries if q["kind"] == "name"]
+    syn = [q for q in queries if q["kind"] == "synonym"]
+    return {
+        "loc3d_accuracy": fraction([q["correct"] for q in names + syn]),
+        "loc3d_accuracy_name": fraction([q["correct"] for q in names]),
+        "loc3d_accuracy_synonym": fraction([q["correct"] for q in syn]),
+        "loc3d_argmax_accuracy_name": fraction([o["argmax_correct"] for o in objects]),
+        "loc3d_answered_name": fraction([o["answered"] for o in objects]),
+        "loc2d_accuracy": fraction([v["correct"] for v in views2d]),
+        "loc2d_queries": len(views2d),
+        "precision_mean": mean_or_none([o["precision"] for o in objects]),
+        "recall_mean": mean_or_none([o["recall"] for o in objects]),
+        "grasp_valid_rate": fraction([o["grasp"]["valid"] for o in objects]),
+        "grasp_none_rate": fraction([not o["grasp"].get("returned", False) for o in objects]),
+        "objects_on_surface_fraction": fraction([o["surface_points_on_object"] > 0 for o in objects]),
+        "grasp_in_object_rate": fraction([o["grasp"]["in_object"] for o in objects]),
+        "grasp_clear_of_table_rate": fraction([o["grasp"]["clear_of_table"] for o in objects]),
+        "grasp_width_ok_rate": fraction([o["grasp"]["width_ok"] for o in objects]),
+        "absent_false_positive_rate": fraction([a["above_threshold"] for a in absent]),
+        "absent_max_relevancy": max([a["max_relevancy"] for a in absent], default=None),
+        "present_max_relevancy_median": percentile([o["max_relevancy"] for o in objects], 50),
+    }
+
+
 def _aggregate(scenes: List[Dict[str, Any]], online: Optional[Dict[str, Any]]) -> Dict[str, Any]:
     objs = [o for s in scenes for o in s["objects"]]
     queries = [q for s in scenes for q in s["queries"]]
-    names = [q for q in queries if q["kind"] == "name"]
-    syn = [q for q in queries if q["kind"] == "synonym"]
     absent = [a for s in scenes for a in s["absent"]]
     v2d = [v for s in scenes for v in s["views_2d"]]
     off = [s["offline"] for s in scenes]
     offline_rps = mean_or_none([o["rays_per_s"] for o in off])
     offline_rpc = mean_or_none([o["rays_per_cpu_s"] for o in off])
     agg: Dict[str, Any] = {
-        "loc3d_accuracy": fraction([q["correct"] for q in names + syn]),
-        "loc3d_accuracy_name": fraction([q["correct"] for q in names]),
-        "loc3d_accuracy_synonym": fraction([q["correct"] for q in syn]),
-        "loc3d_argmax_accuracy_name": fraction([o["argmax_correct"] for o in objs]),
-        "loc3d_answered_name": fraction([o["answered"] for o in objs]),
-        "loc2d_accuracy": fraction([v["correct"] for v in v2d]),
-        "loc2d_queries": len(v2d),
-        "precision_mean": mean_or_none([o["precision"] for o in objs]),
-        "recall_mean": mean_or_none([o["recall"] for o in objs]),
-        "grasp_valid_rate": fraction([o["grasp"]["valid"] for o in objs]),
-        "grasp_none_rate": fraction([not o["grasp"].get("returned", False) for o in objs]),
-        "objects_on_surface_fraction": fraction([o["surface_points_on_object"] > 0 for o in objs]),
-        "grasp_in_object_rate": fraction([o["grasp"]["in_object"] for o in objs]),
-        "grasp_clear_of_table_rate": fraction([o["grasp"]["clear_of_table"] for o in objs]),
-        "grasp_width_ok_rate": fraction([o["grasp"]["width_ok"] for o in objs]),
-        "absent_false_positive_rate": fraction([a["above_threshold"] for a in absent]),
-        "absent_max_relevancy": max([a["max_relevancy"] for a in absent], default=None),
-        "present_max_relevancy_median": percentile([o["max_relevancy"] for o in objs], 50),
+        **_answer_metrics(objs, queries, v2d, absent),
         "query_latency_ms_p50": percentile([q["latency_ms"] for q in queries], 50),
         "query_latency_ms_p95": percentile([q["latency_ms"] for q in queries], 95),
         "query_prepare_ms_mean": mean_or_none([s["metrics"]["query_prepare_ms"] for s in scenes]),
