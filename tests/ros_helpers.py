@@ -13,6 +13,8 @@
   (signals reach it and its children; a background job of a shell would ignore SIGINT), output
   captured to a log file (``p.log_path``; ``process_output(p)`` reads it).
 - ``spin_until(node, predicate, timeout)``, ``wait_for_publisher``, ``wait_for_service``.
+- ``call(node, client, request, timeout)``: a service call that asks again when an answer is lost
+  (the product's ``call_service``), spinning ``node``.
 """
 from __future__ import annotations
 
@@ -189,3 +191,20 @@ def wait_for_service(client, timeout: float) -> bool:
         if client.wait_for_service(timeout_sec=0.2):
             return True
     return False
+
+
+def call(node, client, request, timeout: float = 60.0):
+    """The response to ``request`` (``call_service``, spinning ``node``); fails the test on no answer."""
+    from rclpy.executors import SingleThreadedExecutor
+
+    from lerf_ros.ros.common import call_service
+
+    executor = SingleThreadedExecutor(context=node.context)
+    executor.add_node(node)
+    try:
+        resp = call_service(client, request, lambda s: executor.spin_once(timeout_sec=s), timeout=timeout)
+    finally:
+        executor.remove_node(node)
+        executor.shutdown(timeout_sec=0)
+    assert resp is not None, f"no answer from {client.srv_name} within {timeout:g} s"
+    return resp

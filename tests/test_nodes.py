@@ -28,7 +28,7 @@ from lerf_ros.ros.convert import K_to_camera_info, matrix_to_pose, numpy_to_imag
 from lerf_ros.srv import Query  # noqa: E402
 
 from ros_helpers import (  # noqa: E402
-    lerf_ros_argv, process_output, python_argv, ros_context, ros_env, spin_until, start_process, stop_process,
+    call, lerf_ros_argv, process_output, python_argv, ros_context, ros_env, spin_until, start_process, stop_process,
     unique_domain_id, wait_for_service,
 )
 
@@ -79,12 +79,6 @@ def wait_service_of(node, client, proc, timeout=90.0):
 def wait_status(node, status, proc, timeout=90.0):
     ok = spin_until(node, lambda: status.last is not None or proc.poll() is not None, timeout)
     assert ok and proc.poll() is None, process_output(proc)
-
-
-def call(node, client, request, timeout=60.0):
-    future = client.call_async(request)
-    assert spin_until(node, future.done, timeout), "service call timed out"
-    return future.result()
 
 
 def node_argv(params, module="lerf_ros.ros.lerf_node"):

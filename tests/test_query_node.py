@@ -26,7 +26,7 @@ from lerf_ros.srv import Query  # noqa: E402
 from lerf_ros.teachers.features import compute_frame_features  # noqa: E402
 from lerf_ros.teachers.ground_truth import GroundTruthTeacher  # noqa: E402
 
-from ros_helpers import process_output, python_argv, ros_context, ros_env, spin_until, start_process, stop_process, unique_domain_id  # noqa: E402,E501
+from ros_helpers import call, process_output, python_argv, ros_context, ros_env, spin_until, start_process, stop_process, unique_domain_id  # noqa: E402,E501
 
 STEPS = 300
 
@@ -75,9 +75,8 @@ def test_query_node_answers_from_checkpoint_over_dds(trained):
             client = node.create_client(Query, "/lerf/query")
 
             def ask(text, **kw):
-                fut = client.call_async(Query.Request(text=text, **kw))
-                assert spin_until(node, fut.done, 120.0), process_output(proc)
-                return fut.result()
+                assert proc.poll() is None, process_output(proc)
+                return call(node, client, Query.Request(text=text, **kw), timeout=120.0)
 
             assert spin_until(node, lambda: client.service_is_ready() or proc.poll() is not None, 90.0)
             assert proc.poll() is None, process_output(proc)

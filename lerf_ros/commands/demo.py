@@ -111,6 +111,7 @@ def _client(args, scene, out: Path, env: dict, nodes) -> int:
     from tqdm import tqdm
 
     from lerf_ros.msg import TrainingStatus
+    from lerf_ros.ros.common import call_service
     from lerf_ros.srv import Query
 
     rclpy.init()
@@ -158,11 +159,12 @@ def _client(args, scene, out: Path, env: dict, nodes) -> int:
         print()
         for text, obj in queries:
             t0 = time.perf_counter()
-            fut = client.call_async(Query.Request(text=text))
-            while not fut.done():
-                ex.spin_once(timeout_sec=0.05)
+            resp = call_service(client, Query.Request(text=text), lambda s: ex.spin_once(timeout_sec=s), timeout=120.0)
             ms = 1000.0 * (time.perf_counter() - t0)
-            summary.append(_report(text, obj, fut.result(), ms, scene, out))
+            if resp is None:
+                print(f"'{text}': no reply from /lerf/query within 120 s; see {out / 'nodes.log'}", file=sys.stderr)
+                return 1
+            summary.append(_report(text, obj, resp, ms, scene, out))
         (out / "summary.json").write_text(json.dumps(summary, indent=2))
         correct = [r for r in summary if r["expected"] is not None]
         n_ok = sum(r["top_point_on_object"] for r in correct)

@@ -101,6 +101,7 @@ def _offline(args) -> int:
 def _online(args) -> int:
     import rclpy
 
+    from lerf_ros.ros.common import call_service
     from lerf_ros.ros.convert import pointcloud2_to_numpy
     from lerf_ros.srv import Query
 
@@ -116,10 +117,8 @@ def _online(args) -> int:
             req = Query.Request(text=text, negatives=list(args.negatives), threshold=float(args.threshold),
                                 max_grasps=int(args.max_grasps))
             t0 = time.perf_counter()
-            fut = client.call_async(req)
-            rclpy.spin_until_future_complete(node, fut, timeout_sec=60.0)
+            r = call_service(client, req, lambda s: rclpy.spin_once(node, timeout_sec=s), timeout=60.0)
             ms = 1000 * (time.perf_counter() - t0)
-            r = fut.result()
             if r is None:
                 print(f"'{text}': no reply within 60 s", file=sys.stderr)
                 return 2

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import sys
+import time
 from typing import Callable, List, Sequence
 
 import rclpy
@@ -60,3 +61,29 @@ def main_for(factories: List[Callable[[], Node]], args=None) -> int:
         rclpy.try_shutdown()
         return 2
     return spin_nodes(nodes)
+
+
+def call_service(client, request, spin_once: Callable[[float], None], timeout: float = 60.0,
+                 first_wait: float = 5.0):
+    """Call a service and wait for its answer, asking again when an answer is lost.
+
+    Right after discovery a server can take a request before it has matched the client's reply
+    reader; its reply is then dropped ("failed to send response") and the call would wait forever.
+    A call that has no answer after ``first_wait`` s is withdrawn and asked again, with the wait
+    doubling each time, until ``timeout`` s have passed. Only for idempotent services (a query is).
+    ``spin_once(seconds)`` spins whatever executor the client's node is on. Returns the response,
+    or None when no answer came within ``timeout``.
+    """
+    deadline = time.monotonic() + timeout
+    wait = first_wait
+    while True:
+        future = client.call_async(request)
+        give_up = min(time.monotonic() + wait, deadline)
+        while not future.done() and time.monotonic() < give_up:
+            spin_once(0.05)
+        if future.done():
+            return future.result()
+        client.remove_pending_request(future)
+        if time.monotonic() >= deadline:
+            return None
+        wait *= 2.0
