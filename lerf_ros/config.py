@@ -300,6 +300,10 @@ class QueryConfig:
     as views in the visibility filter."""
     surface_min_accumulation: float = 0.5
     """Rendered pixels with less accumulated opacity than this are not back-projected."""
+    surface_max_box: float = 2.0
+    """Surface points farther from the scene centre than this many scene half-extents
+    (``model.scene_scale``, per axis) are not scored: beyond the scene box the field is contracted
+    and coarse, and a far wall's language can look like anything (0 keeps every point)."""
     visibility_tolerance: float = 0.03
     """A point counts as seen by a view when |rendered depth - point depth| <= this (m) ..."""
     visibility_tolerance_rel: float = 0.03
@@ -319,6 +323,10 @@ class QueryConfig:
     """Opening added to the object's extent along the closing axis (m)."""
     tall_ratio: float = 1.5
     """An object is tall (side grasps offered) when height > tall_ratio * its narrow horizontal extent."""
+    grasp_focus: float = 0.5
+    """Grasps are planned on the relevant points in the top share of the relevancy range,
+    relevancy >= max - grasp_focus * (max - threshold): an object's own points score highest, the
+    blur around it lower (1 plans on every point above the threshold)."""
 
     def check(self) -> "QueryConfig":
         """Validate this section; raise ConfigError naming the key."""
@@ -335,10 +343,11 @@ class QueryConfig:
         for key in ("voxel_size", "gripper_max_width", "dbscan_eps", "gripper_finger_depth", "tall_ratio"):
             _require(getattr(self, key) > 0, f"query.{key}", getattr(self, key), "> 0")
         for key in ("refresh_every_steps", "visibility_tolerance", "visibility_tolerance_rel",
-                    "grasp_width_margin", "feature_cache_mb"):
+                    "grasp_width_margin", "feature_cache_mb", "surface_max_box"):
             _require(getattr(self, key) >= 0, f"query.{key}", getattr(self, key), ">= 0")
         _require(0 <= self.surface_min_accumulation < 1, "query.surface_min_accumulation",
                  self.surface_min_accumulation, "in [0, 1)")
+        _require(0 <= self.grasp_focus <= 1, "query.grasp_focus", self.grasp_focus, "in [0, 1]")
         return self
 
 

@@ -153,6 +153,25 @@ def test_max_points_keeps_the_most_relevant(scene, engine):
     assert capped.relevancy.min() >= full.relevancy[25:].max()
 
 
+def test_grasps_are_planned_on_the_top_of_the_relevancy_range(scene, teacher):
+    """query.grasp_focus: grasps use the points within the top share of [threshold, max]."""
+    obj = scene.objects[0]
+    answers = {}
+    for focus in (1.0, 0.3):
+        eng = QueryEngine(qcfg(grasp_focus=focus), teacher.encode_text)
+        eng.set_snapshot(AnalyticSnapshot(scene, teacher.encode_text, step=100))
+        answers[focus] = eng.query(obj.class_name, threshold=0.05)
+    every, top = answers[1.0], answers[0.3]
+    assert every.success and top.success
+    assert every.grasp_points == len(every.points)
+    cut = top.max_relevancy - 0.3 * (top.max_relevancy - 0.05)
+    n = top.grasp_points
+    assert 0 < n < every.grasp_points
+    assert top.relevancy[n - 1] >= cut - 1e-6
+    assert n == 3 * qcfg().dbscan_min_points or top.relevancy[n] < cut
+    assert top.grasps and obj.contains(top.grasps[0].pose[None, :3, 3], margin=0.02)[0]
+
+
 def test_world_to_target_moves_points_and_grasps(scene, engine):
     obj = next(o for o in scene.objects if o.class_name in ("soda can", "egg", "bottle"))
     T = np.eye(4)

@@ -67,6 +67,21 @@ def test_select_views_spreads_and_bounds():
     assert select_views(cams[:3], 5) == [0, 1, 2]
 
 
+def test_surface_beyond_the_scene_box_is_not_scored(scene):
+    """A snapshot that knows its scene box keeps only the points within surface_max_box half-extents
+    of its centre; 0 keeps them all."""
+    snap = AnalyticSnapshot(scene, GroundTruthTeacher(scene).encode_text, step=10)
+    everything = extract_surface(snap, qcfg())
+    center = everything.xyz.mean(0).astype(np.float64)
+    half = 0.5 * float(np.abs(everything.xyz - center).max())  # so that a good share lies outside
+    snap.scene_center, snap.scene_scale = center, half / 1.5
+    boxed = extract_surface(snap, qcfg(surface_max_box=1.5))
+    assert 0 < len(boxed) < len(everything)
+    assert np.all(np.abs(boxed.xyz - center) <= half + 1e-4)
+    assert boxed.stats["in_box_points"] < boxed.stats["rendered_points"]
+    assert len(extract_surface(snap, qcfg(surface_max_box=0.0))) == len(everything)
+
+
 def test_surface_lies_on_the_true_geometry_with_camera_facing_normals(scene, snap):
     cfg = qcfg()
     surf = extract_surface(snap, cfg)

@@ -66,6 +66,7 @@ class QueryResult:
             'field' (the scale search), 'cluster' (clustering and grasps), 'total'.
         surface_step: training step the surface points were extracted at.
         num_candidates: surface points scored.
+        grasp_points: the most relevant points the grasps were planned on (``query.grasp_focus``).
     """
 
     success: bool
@@ -80,6 +81,7 @@ class QueryResult:
     timings: Dict[str, float] = field(default_factory=dict)
     surface_step: int = -1
     num_candidates: int = 0
+    grasp_points: int = 0
 
 
 class QueryEngine:
@@ -239,7 +241,8 @@ class QueryEngine:
         if len(surface) == 0:
             return QueryResult(False, (f"no surface points yet at step {surface.step}: no opaque surface was seen by "
                                        f"{cfg.min_views} keyframes (train longer, or lower query.min_views / "
-                                       "query.surface_min_accumulation)"), step=step, surface_step=surface.step,
+                                       "query.surface_min_accumulation, or raise query.surface_max_box)"),
+                               step=step, surface_step=surface.step,
                                timings=self._total(timings, t0))
 
         # --- text
@@ -275,9 +278,10 @@ class QueryEngine:
         order = above[np.argsort(-scores[above], kind="stable")]
         keep = order[:max_points]
 
-        # --- grasps (on the relevant points, up to the configured cap, against the whole surface)
+        # --- grasps (on the most relevant points, up to the configured cap, against the whole surface)
         tc = time.perf_counter()
-        gidx = order[:cfg.max_points]
+        focus = int(np.count_nonzero(scores[order] >= max_rel - cfg.grasp_focus * (max_rel - threshold)))
+        gidx = order[:min(max(focus, 3 * cfg.dbscan_min_points), cfg.max_points)]
         plan = plan_grasps(surface.xyz[gidx], surface.normals[gidx], scores[gidx], surface.xyz, self.gripper,
                            cfg.dbscan_eps, cfg.dbscan_min_points, max_grasps, tall_ratio=cfg.tall_ratio,
                            point_spacing=cfg.voxel_size)
@@ -293,7 +297,7 @@ class QueryEngine:
                f"at scale {scale:.2f} m, model step {step})")
         msg += f"; {len(grasps)} grasp(s)" if grasps else f"; {plan.message}"
         return QueryResult(True, msg, points=pts, colors=surface.rgb[keep], relevancy=scores[keep].astype(np.float32),
-                           grasps=grasps, timings=self._total(timings, t0), **base)
+                           grasps=grasps, grasp_points=len(gidx), timings=self._total(timings, t0), **base)
 
     @staticmethod
     def _total(timings: Dict[str, float], t0: float) -> Dict[str, float]:

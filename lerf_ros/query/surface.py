@@ -2,7 +2,9 @@
 
 Each keyframe camera of a snapshot (at most ``surface_max_views`` of them, evenly spread) renders
 expected depth, colour and accumulation at 1/``surface_stride`` of its resolution; pixels with
-enough accumulated opacity are back-projected to world points with their colour. The points are
+enough accumulated opacity are back-projected to world points with their colour; points beyond
+``surface_max_box`` scene half-extents from the scene centre (the contracted background, where the
+field is coarse) are dropped when the snapshot knows its scene box. The points are
 merged, voxel-downsampled (open3d), given normals (open3d, oriented towards the cameras that see
 them), and visibility-filtered as the LERF paper does: a point is kept only when at least
 ``min_views`` of the rendered views see it (it projects inside the image, in front of the camera,
@@ -117,6 +119,15 @@ def _render_view(snapshot: FieldSnapshot, cam: CameraView, stride: int) -> Dict[
     return {"K": K, "c2w": c2w, "depth": depth, "rgb": rgb, "acc": acc}
 
 
+def _scene_box(snapshot: FieldSnapshot, max_box: float) -> Optional[Tuple[np.ndarray, float]]:
+    """(centre (3,), half side) of the region whose surface is scored, or None for no bound (0, or
+    a snapshot without ``scene_center`` / ``scene_scale``)."""
+    center, scale = getattr(snapshot, "scene_center", None), getattr(snapshot, "scene_scale", None)
+    if max_box <= 0 or center is None or scale is None:
+        return None
+    return np.asarray(center, np.float64).reshape(3), float(max_box) * float(scale)
+
+
 def extract_surface(snapshot: FieldSnapshot, cfg: QueryConfig) -> SurfacePoints:
     """Surface points of ``snapshot`` (see the module docstring). Raises SurfaceError when the
     snapshot has no cameras."""
@@ -129,13 +140,23 @@ def extract_surface(snapshot: FieldSnapshot, cfg: QueryConfig) -> SurfacePoints:
     views = [_render_view(snapshot, cams[i], cfg.surface_stride) for i in select_views(cams, cfg.surface_max_views)]
     t_render = time.perf_counter()
 
+    box = _scene_box(snapshot, cfg.surface_max_box)
     pts, cols = [], []
+    n_rendered = 0
     for v in views:
         ok = (v["acc"] > cfg.surface_min_accumulation) & np.isfinite(v["depth"]) & (v["depth"] > 0)
-        if np.any(ok):
-            pts.append(backproject(v["depth"], v["K"], v["c2w"])[ok])
-            cols.append(np.clip(v["rgb"][ok], 0.0, 1.0))
-    stats: Dict[str, float] = {"views": float(len(views)), "rendered_points": float(sum(len(p) for p in pts))}
+        if not np.any(ok):
+            continue
+        p, c = backproject(v["depth"], v["K"], v["c2w"])[ok], v["rgb"][ok]
+        n_rendered += len(p)
+        if box is not None:
+            inside = np.all(np.abs(p - box[0]) <= box[1], axis=1)
+            p, c = p[inside], c[inside]
+        pts.append(p)
+        cols.append(np.clip(c, 0.0, 1.0))
+    stats: Dict[str, float] = {"views": float(len(views)), "rendered_points": float(n_rendered),
+                               "in_box_points": float(sum(len(p) for p in pts))}
+    pts, cols = [p for p in pts if len(p)], [c for c in cols if len(c)]
     empty = SurfacePoints(np.zeros((0, 3), np.float32), np.zeros((0, 3), np.uint8), np.zeros((0, 3), np.float32),
                           np.zeros(0, np.int32), int(snapshot.step), stats)
     if not pts:
