@@ -271,8 +271,9 @@ class QueryConfig:
     """Most points returned (the most relevant kept); also bounds the points clustered for grasps."""
     max_grasps: int = 5
     """Most grasp poses returned."""
-    scales: Tuple[float, ...] = tuple(round(0.1 * i, 2) for i in range(1, 21))
-    """Candidate language scales (metres) of the scale search, within [0, 2]."""
+    scales: Tuple[float, ...] = (0.05,) + tuple(round(0.1 * i, 2) for i in range(1, 21))
+    """Candidate language scales (metres) of the scale search, within [0, 2] (5 cm for thin things
+    like a pen or a banana, then every 10 cm up to 2 m)."""
     canonical_phrases: Tuple[str, ...] = ("object", "things", "stuff", "texture")
     """Negative phrases of every query (the paper's canonical phrases); requests may add more."""
     temperature: float = 10.0
