@@ -417,16 +417,7 @@ class LerfConfig:
 
     @classmethod
     def load_yaml(cls, path: str, overrides: Optional[Mapping[str, Any]] = None) -> "LerfConfig":
-        with open(path) as f:
-            data = yaml.safe_load(f) or {}
-        if not isinstance(data, dict):
-            raise ConfigError(f"{path}: expected a mapping at top level")
-        # Accept the ROS parameter file form: {node_name: {ros__parameters: {...}}}
-        for v in list(data.values()):
-            if isinstance(v, dict) and "ros__parameters" in v:
-                data = v["ros__parameters"]
-                break
-        cfg = cls.from_dict(data)
+        cfg = cls.from_dict(read_yaml_settings(path))
         return cfg.override(overrides) if overrides else cfg
 
     def save_yaml(self, path: str) -> None:
@@ -506,6 +497,24 @@ def _to_plain(obj: Any) -> Any:
     if isinstance(obj, (list, tuple)):
         return [_to_plain(v) for v in obj]
     return obj
+
+
+def read_yaml_settings(path: str) -> Dict[str, Any]:
+    """The settings of a config YAML, nested: a plain mapping, or the ROS parameter file form
+    ``{node_name: {ros__parameters: {...}}}`` (the first node's parameters)."""
+    with open(path) as f:
+        data = yaml.safe_load(f) or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at top level")
+    for v in list(data.values()):
+        if isinstance(v, dict) and "ros__parameters" in v:
+            return v["ros__parameters"]
+    return data
+
+
+def dotted_keys(data: Mapping[str, Any]) -> List[str]:
+    """The dotted names of the leaves of a nested mapping ({'a': {'b': 1}} -> ['a.b'])."""
+    return list(_flatten(data))
 
 
 def _flatten(data: Mapping[str, Any], prefix: str = "") -> Dict[str, Any]:

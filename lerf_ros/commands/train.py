@@ -82,25 +82,11 @@ def _build_config(args: argparse.Namespace):
 
 def _explicit_keys(args: argparse.Namespace, overrides: Dict[str, Any]) -> set:
     """Dotted keys set on the command line or in the --config YAML (not by the preset)."""
+    from lerf_ros.config import dotted_keys, read_yaml_settings
+
     keys = set(overrides)
     if args.config:
-        import yaml
-
-        with open(args.config) as fh:
-            data = yaml.safe_load(fh) or {}
-        for v in list(data.values()) if isinstance(data, dict) else []:
-            if isinstance(v, dict) and "ros__parameters" in v:
-                data = v["ros__parameters"]
-                break
-
-        def walk(d: Any, prefix: str) -> None:
-            if isinstance(d, dict):
-                for k, v in d.items():
-                    walk(v, f"{prefix}{k}.")
-            else:
-                keys.add(prefix[:-1])
-
-        walk(data, "")
+        keys.update(dotted_keys(read_yaml_settings(args.config)))
     return keys
 
 

@@ -226,9 +226,7 @@ class OnlineTrainer:
 
     def resume_latest(self) -> Optional[str]:
         """Load the newest checkpoint in ``output_dir/checkpoints`` if there is one."""
-        from lerf_ros.mapping.checkpoint import latest_checkpoint
-
-        from lerf_ros.mapping.checkpoint import config_of, read_checkpoint
+        from lerf_ros.mapping.checkpoint import config_of, latest_checkpoint, read_checkpoint
 
         path = latest_checkpoint(self.checkpoint_dir)
         if path is None:
