@@ -6,8 +6,10 @@ import numpy as np
 import pytest
 
 from lerf_ros.data.frame import Frame
-from lerf_ros.data.synthetic import (VOCABULARY, SceneFormatError, load_scene, look_at, make_scene,
-                                     normalize_phrase, scene_digest)
+from lerf_ros.data.synthetic.io import SCENE_FORMAT, SceneFormatError
+from lerf_ros.data.synthetic.objects import VOCABULARY, normalize_phrase
+from lerf_ros.data.synthetic.scene import load_scene, make_scene, scene_digest
+from lerf_ros.data.synthetic.trajectory import look_at
 
 W, H = 96, 72
 
@@ -147,6 +149,19 @@ def test_deterministic_for_a_seed():
     assert scene_digest(a) != scene_digest(c)
 
 
+def test_layout_of_a_seed_does_not_change():
+    """A saved scene stores only the seed of its geometry and rebuilds it on load (``render_view``),
+    so the objects a seed draws, their places and turns are part of the file format: pinned here."""
+    s = make_scene(seed=7, width=8, height=8, n_frames=1, n_surface_points=16)
+    expect = [("remote control", (-0.4485, -0.0720, 0.0109), -2.0772), ("pear", (0.4693, 0.2938, 0.0618), -1.6966),
+              ("teapot", (0.3027, 0.1074, 0.0669), 2.9195), ("stapler", (-0.1628, -0.2600, 0.0204), -2.5032),
+              ("scissors", (-0.4538, 0.1959, 0.0040), 1.0915), ("banana", (0.2482, -0.1030, 0.0177), -1.6641),
+              ("tennis ball", (0.4831, -0.1536, 0.0336), -1.0391)]
+    assert [o.class_name for o in s.objects] == [e[0] for e in expect]
+    np.testing.assert_allclose([o.center for o in s.objects], [e[1] for e in expect], atol=1e-4)
+    np.testing.assert_allclose([o.yaw for o in s.objects], [e[2] for e in expect], atol=1e-4)
+
+
 @pytest.mark.parametrize("seed", range(12))
 def test_layout_has_no_overlap_and_stays_on_the_table(seed):
     s = make_scene(seed=seed, width=8, height=8, n_frames=1, n_surface_points=400)
@@ -181,6 +196,9 @@ def test_save_load_round_trip(scene, tmp_path):
 
     with Image.open(out / "preview.png") as im:
         assert im.size[0] > 400 and im.size[1] > 200
+    doc = json.loads((out / "scene.json").read_text())
+    assert doc["format"] == SCENE_FORMAT == "lerf_ros.synthetic_scene/1"  # scenes saved earlier stay loadable
+    assert set(doc) == {"format", "conventions", "params", "table", "vocabulary", "objects", "frames"}
     back = load_scene(out)
     assert scene_digest(back) == scene_digest(scene)
     for a, b in zip(scene.frames, back.frames):

@@ -17,7 +17,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from lerf_ros.data.synthetic import PREVIEW_FILE, SCENE_FILE, make_scene
+    from lerf_ros.data.synthetic.io import PREVIEW_FILE, SCENE_FILE
+    from lerf_ros.data.synthetic.scene import make_scene
 
     t0 = time.perf_counter()
     try:
