@@ -5,9 +5,10 @@ import threading
 import numpy as np
 import pytest
 
-from lerf_ros.data.frame import FrameError
-from lerf_ros.mapping.poses import (
+from lerf_ros.data.frame import FrameError, check_pose as check_frame_pose
+from lerf_ros.geometry.poses import (
     PoseBuffer,
+    PoseError,
     PoseLookupError,
     interpolate_pose,
     invert_pose,
@@ -18,6 +19,7 @@ from lerf_ros.mapping.poses import (
     quat_slerp,
     quat_to_matrix,
 )
+from lerf_ros.geometry.poses import check_pose
 
 
 def axis_angle_matrix(axis, angle):
@@ -136,11 +138,11 @@ def test_buffer_out_of_order_pruning_and_validation():
     assert len(buf) == 3 and buf.oldest_stamp == pytest.approx(0.4)
     bad = known_motion(0.5)
     bad[0, 0] = np.nan
-    with pytest.raises(FrameError, match="NaN"):
+    with pytest.raises(PoseError, match="NaN"):
         buf.add(2.0, bad)
     shear = np.eye(4)
     shear[0, 1] = 0.5
-    with pytest.raises(FrameError, match="not a rigid"):
+    with pytest.raises(PoseError, match="not a rigid"):
         buf.add(2.0, shear)
     with pytest.raises(ValueError, match="stamp is not finite"):
         buf.add(float("nan"), np.eye(4))
@@ -190,3 +192,19 @@ def test_interpolate_pose_endpoints():
     np.testing.assert_allclose(interpolate_pose(a, b, 0.0), a, atol=1e-12)
     np.testing.assert_allclose(interpolate_pose(a, b, 1.0), b, atol=1e-12)
     np.testing.assert_allclose(interpolate_pose(a, b, 0.5), known_motion(0.5), atol=1e-12)
+
+
+@pytest.mark.parametrize("bad,message", [
+    (np.eye(3), "must be 4x4"),
+    (np.diag([1.0, 1.0, np.inf, 1.0]), "NaN or infinite"),
+    (np.array([[1, 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0.1, 0, 1.0]]), "bottom row"),
+    (np.diag([1.0, 1.0, 1.1, 1.0]), "not orthonormal"),
+    (np.diag([1.0, 1.0, -1.0, 1.0]), "determinant -1"),
+])
+def test_check_pose_names_the_problem(bad, message):
+    check_pose(rigid([0.3, -1, 2], 0.7, [1, 2, 3]))  # a rigid transform passes
+    with pytest.raises(PoseError, match=message):
+        check_pose(bad)
+    # the frame-level check reports the same problem as a FrameError
+    with pytest.raises(FrameError, match=message):
+        check_frame_pose(bad)

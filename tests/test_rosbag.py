@@ -170,3 +170,82 @@ def test_open_source_detects_bags(frames, tmp_path):
     (tmp_path / "x.txt").write_text("hello")
     with pytest.raises(SourceError, match=r"x.txt: not a posed-frame source"):
         open_source(tmp_path / "x.txt")
+
+
+def _bag_with_raw_images(path, frames, colour, depth):
+    """A bag whose image and depth messages carry the fields ``colour(frame)`` / ``depth(frame)``
+    return (encoding, is_bigendian, step, data bytes), as a camera driver might record them; the
+    camera pose is on a PoseStamped topic."""
+    from rosbags.rosbag2 import Writer
+    from rosbags.typesys import Stores, get_typestore
+
+    ts = get_typestore(Stores.LATEST)
+    T = ts.types
+    names = {"image": "sensor_msgs/msg/Image", "info": "sensor_msgs/msg/CameraInfo",
+             "pose": "geometry_msgs/msg/PoseStamped"}
+    with Writer(path, version=Writer.VERSION_LATEST) as w:
+        conns = {k: w.add_connection(f"/cam/{k}", typ, typestore=ts) for k, typ in names.items()}
+        conns["depth"] = w.add_connection("/cam/depth", names["image"], typestore=ts)
+        for f in frames:
+            sec = int(f.stamp)
+            stamp = T["builtin_interfaces/msg/Time"](sec=sec, nanosec=int(round((f.stamp - sec) * 1e9)))
+            head = T["std_msgs/msg/Header"](stamp=stamp, frame_id=f.frame_id)
+            q = matrix_to_quat(f.c2w)
+            pose = T["geometry_msgs/msg/Pose"](
+                position=T["geometry_msgs/msg/Point"](x=f.c2w[0, 3], y=f.c2w[1, 3], z=f.c2w[2, 3]),
+                orientation=T["geometry_msgs/msg/Quaternion"](x=q[0], y=q[1], z=q[2], w=q[3]))
+            K = frame_k_to_ros_k(f.K)
+            info = T[names["info"]](
+                header=head, height=f.height, width=f.width, distortion_model="plumb_bob", d=np.zeros(5),
+                k=K.reshape(-1), r=np.eye(3).reshape(-1), p=np.concatenate([K, np.zeros((3, 1))], 1).reshape(-1),
+                binning_x=0, binning_y=0, roi=T["sensor_msgs/msg/RegionOfInterest"](
+                    x_offset=0, y_offset=0, height=0, width=0, do_rectify=False))
+            world = T["std_msgs/msg/Header"](stamp=stamp, frame_id="map")
+            msgs = [("pose", names["pose"], T[names["pose"]](header=world, pose=pose)), ("info", names["info"], info)]
+            for key, make in (("image", colour), ("depth", depth)):
+                enc, big, step, data = make(f)
+                msgs.append((key, names["image"], T[names["image"]](
+                    header=head, height=f.height, width=f.width, encoding=enc, is_bigendian=int(big), step=step,
+                    data=np.frombuffer(data, np.uint8))))
+            t_ns = int(round(f.stamp * 1e9))
+            for key, typ, msg in msgs:
+                w.write(conns[key], t_ns, ts.serialize_cdr(msg, typ))
+    return path
+
+
+def test_sixteen_bit_colour_padded_rows_and_invalid_depth(frames, tmp_path):
+    """A big-endian rgb16 colour stream with padded rows and a 32FC1 depth stream with NaN, inf and
+    negative values: colour keeps the high byte, invalid depth becomes 0 (the decoder the nodes use)."""
+    pad = 6
+
+    def rgb16(f):
+        wide = (f.rgb.astype(np.uint16) * 256 + 3).astype(">u2").reshape(f.height, -1).view(np.uint8)
+        return "rgb16", True, wide.shape[1] + pad, np.pad(wide, ((0, 0), (0, pad))).tobytes()
+
+    def depth32(f):
+        d = f.depth.astype("<f4")
+        d[0, :3] = [np.nan, np.inf, -1.0]
+        return "32FC1", False, d.shape[1] * 4, d.tobytes()
+
+    back = read_rosbag(_bag_with_raw_images(tmp_path / "b16", frames[:2], rgb16, depth32))
+    assert len(back) == 2
+    for a, b in zip(frames, back):
+        np.testing.assert_array_equal(b.rgb, a.rgb)
+        np.testing.assert_array_equal(b.depth[0, :3], 0.0)
+        np.testing.assert_array_equal(b.depth[1:], a.depth[1:])
+
+
+def test_undecodable_images_name_the_bag_topic_and_problem(frames, tmp_path):
+    def rgb8(f):
+        return "rgb8", False, f.width * 3, f.rgb.tobytes()
+
+    def short_rows(f):
+        return "rgb8", False, f.width * 3 - 1, f.rgb.tobytes()
+
+    bad_depth = _bag_with_raw_images(tmp_path / "colour_depth", frames[:1], rgb8, rgb8)
+    with pytest.raises(RosbagError, match=r"colour_depth: /cam/depth image at [\d.]+ s: depth image has encoding "
+                                          r"'rgb8'; depth must be 16UC1 or mono16 \(millimetres\) or 32FC1"):
+        read_rosbag(bad_depth)
+    bad_step = _bag_with_raw_images(tmp_path / "step", frames[:1], short_rows, rgb8)
+    with pytest.raises(RosbagError, match=r"step: /cam/image image 0: image step 119 is smaller than width 40"):
+        read_rosbag(bad_step, depth_topic="")

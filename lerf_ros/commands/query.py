@@ -58,7 +58,7 @@ def _write_ply(folder: str, text: str, xyz: np.ndarray, rel: np.ndarray) -> None
 
 def _offline(args) -> int:
     from lerf_ros.mapping.checkpoint import CheckpointError, config_of, latest_checkpoint, load_snapshot, read_checkpoint
-    from lerf_ros.mapping.poses import matrix_to_quat
+    from lerf_ros.geometry.poses import matrix_to_quat
     from lerf_ros.query import QueryEngine
     from lerf_ros.teachers import make_teacher
 

@@ -16,27 +16,20 @@ from typing import Optional
 
 import numpy as np
 
+from lerf_ros.geometry.poses import PoseError, check_pose as check_rigid_pose
+
 
 class FrameError(ValueError):
     """A frame that cannot be used; the message says what is wrong with it."""
 
 
 def check_pose(c2w: np.ndarray, tol: float = 1e-3) -> None:
-    """Raise FrameError unless ``c2w`` is a finite 4x4 rigid transform (rotation with det +1)."""
-    c2w = np.asarray(c2w)
-    if c2w.shape != (4, 4):
-        raise FrameError(f"pose must be 4x4, got shape {c2w.shape}")
-    if not np.all(np.isfinite(c2w)):
-        raise FrameError("pose contains NaN or infinite values")
-    if not np.allclose(c2w[3], [0.0, 0.0, 0.0, 1.0], atol=tol):
-        raise FrameError(f"pose bottom row must be [0 0 0 1], got {c2w[3].tolist()}")
-    r = c2w[:3, :3]
-    err = np.abs(r.T @ r - np.eye(3)).max()
-    if err > tol:
-        raise FrameError(f"pose rotation is not orthonormal (|R^T R - I| = {err:.3g}): not a rigid transform")
-    det = float(np.linalg.det(r))
-    if det < 0:
-        raise FrameError("pose rotation has determinant -1 (a reflection): not a rigid transform")
+    """Raise FrameError unless ``c2w`` is a finite 4x4 rigid transform (rotation with det +1);
+    the check is ``lerf_ros.geometry.poses.check_pose``."""
+    try:
+        check_rigid_pose(c2w, tol)
+    except PoseError as exc:
+        raise FrameError(str(exc)) from None
 
 
 def check_intrinsics(K: np.ndarray) -> None:

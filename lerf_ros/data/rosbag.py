@@ -1,8 +1,9 @@
 """rosbag2 files (sqlite3 ``.db3`` and ``.mcap``) as posed frames, without ROS: the ``rosbags`` library.
 
-Reads ``sensor_msgs/Image`` (rgb8, bgr8, rgba8, bgra8, mono8, and 16-bit variants) or
-``sensor_msgs/CompressedImage`` (JPEG/PNG), ``sensor_msgs/CameraInfo``, optional aligned depth
-(``16UC1`` millimetres or ``32FC1`` metres), and the camera pose either
+Reads ``sensor_msgs/Image`` (rgb8, bgr8, rgba8, bgra8, mono8, and 16-bit variants; decoded by
+``lerf_ros.geometry.image``, the decoder the ROS nodes use too) or ``sensor_msgs/CompressedImage``
+(JPEG/PNG), ``sensor_msgs/CameraInfo``, optional aligned depth (``16UC1`` / ``mono16``
+millimetres or ``32FC1`` metres), and the camera pose either
 
 - from TF (``/tf`` + ``/tf_static``): the chain ``world_frame -> camera frame`` (the image's
   ``header.frame_id``) looked up at the image stamp, each dynamic link interpolated between the
@@ -33,8 +34,9 @@ from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from lerf_ros.data.frame import Frame, FrameError
-# Quaternion and transform helpers live with the pose buffer; re-exported here for bag users.
-from lerf_ros.mapping.poses import invert_pose, make_pose, matrix_to_quat, quat_slerp, quat_to_matrix
+from lerf_ros.geometry.image import ImageDecodeError, decode_color, decode_depth
+# Quaternion and transform helpers live in geometry.poses; two are re-exported here for bag users.
+from lerf_ros.geometry.poses import invert_pose, make_pose, matrix_to_quat, quat_slerp, quat_to_matrix
 
 __all__ = [
     "RosbagError", "RosbagSource", "read_rosbag", "write_rosbag", "TfBuffer",
@@ -202,27 +204,11 @@ def _ns(stamp: float) -> int:
 
 
 def _decode_image(msg, what: str) -> np.ndarray:
-    """Image message -> (H, W, 3) uint8 RGB."""
-    h, w, step, enc = int(msg.height), int(msg.width), int(msg.step), str(msg.encoding).lower()
-    data = np.asarray(msg.data, np.uint8)
-    if data.size < h * step:
-        raise RosbagError(f"{what}: image data has {data.size} bytes, expected {h}x{step}")
-    rows = data[: h * step].reshape(h, step)
-    layouts = {"rgb8": (3, (0, 1, 2)), "bgr8": (3, (2, 1, 0)), "rgba8": (4, (0, 1, 2)), "bgra8": (4, (2, 1, 0)),
-               "mono8": (1, (0, 0, 0)), "8uc1": (1, (0, 0, 0)), "8uc3": (3, (2, 1, 0)), "8uc4": (4, (2, 1, 0))}
-    if enc in layouts:
-        c, order = layouts[enc]
-        img = rows[:, : w * c].reshape(h, w, c)
-        return np.ascontiguousarray(img[..., list(order)])
-    layouts16 = {"rgb16": (3, (0, 1, 2)), "bgr16": (3, (2, 1, 0)), "mono16": (1, (0, 0, 0)),
-                 "rgba16": (4, (0, 1, 2)), "bgra16": (4, (2, 1, 0))}
-    if enc in layouts16:
-        c, order = layouts16[enc]
-        dt = np.dtype(">u2" if msg.is_bigendian else "<u2")
-        img = rows[:, : w * c * 2].copy().view(dt).reshape(h, w, c)
-        return np.ascontiguousarray((img[..., list(order)] >> 8).astype(np.uint8))
-    raise RosbagError(f"{what}: unsupported colour encoding '{msg.encoding}' "
-                      "(supported: rgb8, bgr8, rgba8, bgra8, mono8, rgb16, bgr16, mono16)")
+    """Image message -> (H, W, 3) uint8 RGB (``lerf_ros.geometry.image.decode_color``)."""
+    try:
+        return decode_color(msg.encoding, msg.height, msg.width, msg.step, bool(msg.is_bigendian), msg.data)
+    except ImageDecodeError as exc:
+        raise RosbagError(f"{what}: {exc}") from None
 
 
 def _decode_compressed(msg, what: str) -> np.ndarray:
@@ -236,18 +222,11 @@ def _decode_compressed(msg, what: str) -> np.ndarray:
 
 
 def _decode_depth(msg, what: str) -> np.ndarray:
-    """Depth image message -> (H, W) float32 metres (0 = invalid)."""
-    h, w, step, enc = int(msg.height), int(msg.width), int(msg.step), str(msg.encoding).upper()
-    rows = np.asarray(msg.data, np.uint8)[: h * step].reshape(h, step)
-    big = bool(msg.is_bigendian)
-    if enc in ("16UC1", "MONO16"):
-        d = rows[:, : w * 2].copy().view(">u2" if big else "<u2").reshape(h, w).astype(np.float32) * np.float32(1e-3)
-    elif enc == "32FC1":
-        d = rows[:, : w * 4].copy().view(">f4" if big else "<f4").reshape(h, w).astype(np.float32)
-    else:
-        raise RosbagError(f"{what}: unsupported depth encoding '{msg.encoding}' (supported: 16UC1 mm, 32FC1 m)")
-    d[~np.isfinite(d) | (d < 0)] = 0.0
-    return d
+    """Depth image message -> (H, W) float32 metres, 0 = no measurement (``decode_depth``)."""
+    try:
+        return decode_depth(msg.encoding, msg.height, msg.width, msg.step, bool(msg.is_bigendian), msg.data)
+    except ImageDecodeError as exc:
+        raise RosbagError(f"{what}: {exc}") from None
 
 
 # --------------------------------------------------------------------------------------------

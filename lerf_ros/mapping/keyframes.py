@@ -32,7 +32,7 @@ import numpy as np
 
 from lerf_ros.config import KeyframeConfig
 from lerf_ros.data.frame import Frame, FrameError
-from lerf_ros.mapping.poses import pose_distance
+from lerf_ros.geometry.poses import pose_distance
 
 __all__ = [
     "KeyframeDecision",

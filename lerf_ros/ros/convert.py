@@ -1,14 +1,14 @@
 """Conversions between ROS 2 messages and numpy.
 
 Only message classes are used: nothing here needs ``rclpy.init()`` or a node, so the functions
-are usable (and tested) without a ROS graph. Optional packages of a full ROS 2 install are used
-when importable and never required: ``cv_bridge`` (image conversion; an equivalent numpy path
-is always available) and ``tf2_msgs`` (see ``tf_message``).
+are usable (and tested) without a ROS graph. Images are decoded by the package's one ROS-free
+decoder, ``lerf_ros.geometry.image`` (the rosbag2 reader uses the same). ``tf2_msgs`` is used when
+importable and never required (see ``tf_message``).
 
 Conventions (see ``lerf_ros.data.frame``):
 
-- Colour images come out as (H, W, 3) uint8 RGB, depth as (H, W) float32 metres (0 or non-finite
-  means no measurement).
+- Colour images come out as (H, W, 3) uint8 RGB, depth as (H, W) float32 metres (0 means no
+  measurement).
 - Intrinsics. ROS ``CameraInfo`` (like OpenCV) puts the centre of pixel ``u`` at the integer
   coordinate ``u``; the package's ``Frame.K`` puts it at ``u + 0.5``. ``camera_info_to_K`` and
   ``K_to_camera_info`` add / remove that half pixel on ``cx`` and ``cy``.
@@ -16,7 +16,6 @@ Conventions (see ``lerf_ros.data.frame``):
 """
 from __future__ import annotations
 
-import functools
 import math
 from typing import Any, Dict, Mapping, Optional, Tuple
 
@@ -26,13 +25,12 @@ from geometry_msgs.msg import Pose, PoseStamped, Transform, TransformStamped
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2, PointField
 from std_msgs.msg import Header
 
-from lerf_ros.data.frame import FrameError, check_pose
-from lerf_ros.mapping.poses import make_pose, matrix_to_quat, quat_normalize
+from lerf_ros.geometry.image import ENCODINGS, ImageDecodeError, canonical_encoding, decode_image, image_kind
+from lerf_ros.geometry.poses import PoseError, check_pose, make_pose, matrix_to_quat, quat_normalize
 
 __all__ = [
     "ConversionError",
-    "COLOR_ENCODINGS",
-    "DEPTH_ENCODINGS",
+    "WRITE_ENCODINGS",
     "image_to_numpy",
     "numpy_to_image",
     "camera_info_to_K",
@@ -57,102 +55,27 @@ class ConversionError(ValueError):
     """A message that cannot be converted; the message names the problem."""
 
 
-# encoding -> (numpy dtype, channels)
-_ENCODINGS: Dict[str, Tuple[np.dtype, int]] = {
-    "rgb8": (np.dtype(np.uint8), 3),
-    "bgr8": (np.dtype(np.uint8), 3),
-    "rgba8": (np.dtype(np.uint8), 4),
-    "bgra8": (np.dtype(np.uint8), 4),
-    "mono8": (np.dtype(np.uint8), 1),
-    "16UC1": (np.dtype(np.uint16), 1),
-    "32FC1": (np.dtype(np.float32), 1),
-}
-COLOR_ENCODINGS = ("rgb8", "bgr8", "rgba8", "bgra8", "mono8")
-"""Encodings returned as (H, W, 3) uint8 RGB (kind 'rgb')."""
-DEPTH_ENCODINGS = ("16UC1", "32FC1")
-"""Encodings returned as (H, W) float32 metres (kind 'depth'); 16UC1 is millimetres on the wire."""
+WRITE_ENCODINGS = ("rgb8", "bgr8", "rgba8", "bgra8", "mono8", "16UC1", "32FC1")
+"""Encodings ``numpy_to_image`` writes (``image_to_numpy`` reads more: see ``lerf_ros.geometry.image``)."""
 _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 
 
-def _canonical_encoding(encoding: str) -> str:
-    for name in _ENCODINGS:
-        if name.lower() == str(encoding).strip().lower():
-            return name
-    raise ConversionError(
-        f"unsupported image encoding '{encoding}' (supported: {', '.join(_ENCODINGS)})")
-
-
 # ---------------------------------------------------------------------------- images
-@functools.lru_cache(maxsize=1)
-def _cv_bridge():
-    """A CvBridge when the ``cv_bridge`` package is importable, else None."""
-    try:
-        from cv_bridge import CvBridge  # noqa: WPS433 (optional dependency of a full ROS install)
-    except ImportError:
-        return None
-    return CvBridge()
+def image_to_numpy(msg: Image) -> Tuple[np.ndarray, str]:
+    """Convert a ``sensor_msgs/Image`` to numpy with the package's one decoder
+    (``lerf_ros.geometry.image.decode_image``).
 
-
-def _raw_pixels(msg: Image, enc: str) -> np.ndarray:
-    """(H, W, C) or (H, W) view of the message's pixels in native byte order, padding removed."""
-    dtype, ch = _ENCODINGS[enc]
-    h, w, step = int(msg.height), int(msg.width), int(msg.step)
-    if h <= 0 or w <= 0:
-        raise ConversionError(f"image has zero size ({w}x{h})")
-    row = w * ch * dtype.itemsize
-    if step < row:
-        raise ConversionError(
-            f"image step {step} is smaller than width {w} x {ch * dtype.itemsize} bytes per pixel = {row} ({enc})")
-    buf = np.frombuffer(msg.data, dtype=np.uint8)
-    if buf.size != step * h:
-        raise ConversionError(
-            f"image data has {buf.size} bytes, expected step {step} x height {h} = {step * h} ({w}x{h} {enc})")
-    rows = buf.reshape(h, step)[:, :row]
-    wire = dtype.newbyteorder(">" if msg.is_bigendian else "<") if dtype.itemsize > 1 else dtype
-    px = np.ascontiguousarray(rows).view(wire).astype(dtype, copy=False)
-    return px.reshape(h, w, ch) if ch > 1 else px.reshape(h, w)
-
-
-def image_to_numpy(msg: Image, use_cv_bridge: Optional[bool] = None) -> Tuple[np.ndarray, str]:
-    """Convert a ``sensor_msgs/Image`` to numpy.
-
-    Returns ``(array, kind)``: kind 'rgb' with an (H, W, 3) uint8 RGB array for rgb8, bgr8, rgba8,
-    bgra8 (alpha dropped) and mono8 (grey replicated); kind 'depth' with an (H, W) float32 array in
-    metres for 16UC1 (millimetres on the wire; 0 stays 0 = no measurement) and 32FC1. Row padding
-    (``step``) and ``is_bigendian`` are honoured. The array owns its memory.
-
-    ``use_cv_bridge`` (colour encodings): None = use cv_bridge when importable, False = numpy
-    only, True = require it.
+    Returns ``(array, kind)``: kind 'rgb' with an (H, W, 3) uint8 RGB array for the colour
+    encodings (rgb8, bgr8, rgba8, bgra8, mono8, 8UC1/3/4 and their 16-bit forms); kind 'depth' with
+    an (H, W) float32 array in metres for 16UC1 (millimetres on the wire) and 32FC1, where 0 means
+    no measurement (non-finite and negative values become 0). Row padding (``step``) and
+    ``is_bigendian`` are honoured. The array owns its memory.
     Raises ConversionError for an unknown encoding or inconsistent size/step/data length.
     """
-    enc = _canonical_encoding(msg.encoding)
-    bridge = None
-    if use_cv_bridge is not False:
-        bridge = _cv_bridge()
-        if bridge is None and use_cv_bridge:
-            raise ConversionError("cv_bridge was requested but is not importable")
-    arr = _raw_pixels(msg, enc)  # validates size, step and data length on both paths
-    if enc in COLOR_ENCODINGS:
-        if bridge is not None:
-            try:
-                return np.array(bridge.imgmsg_to_cv2(msg, desired_encoding="rgb8"), dtype=np.uint8), "rgb"
-            except Exception as exc:  # CvBridgeError and OpenCV errors
-                raise ConversionError(f"cv_bridge could not convert the {enc} image: {exc}") from exc
-        if enc == "rgb8":
-            out = arr
-        elif enc == "bgr8":
-            out = arr[..., ::-1]
-        elif enc == "rgba8":
-            out = arr[..., :3]
-        elif enc == "bgra8":
-            out = arr[..., 2::-1]
-        else:  # mono8
-            out = np.repeat(arr[..., None], 3, axis=2)
-        return np.array(out, dtype=np.uint8, order="C"), "rgb"
-    # Depth: already in native byte order without padding; cv_bridge would add nothing.
-    if enc == "16UC1":
-        return arr.astype(np.float32) * np.float32(0.001), "depth"
-    return np.array(arr, dtype=np.float32), "depth"
+    try:
+        return decode_image(msg.encoding, msg.height, msg.width, msg.step, bool(msg.is_bigendian), msg.data)
+    except ImageDecodeError as exc:
+        raise ConversionError(str(exc)) from None
 
 
 def numpy_to_image(
@@ -172,10 +95,15 @@ def numpy_to_image(
     ``stamp``: seconds (float), a ``builtin_interfaces/Time`` or None (zero). ``big_endian`` and
     ``row_padding`` (extra bytes per row) exist mostly to exercise subscribers.
     """
-    enc = _canonical_encoding(encoding)
-    dtype, ch = _ENCODINGS[enc]
+    try:
+        enc = canonical_encoding(encoding)
+    except ImageDecodeError as exc:
+        raise ConversionError(str(exc)) from None
+    if enc not in WRITE_ENCODINGS:
+        raise ConversionError(f"numpy_to_image writes {', '.join(WRITE_ENCODINGS)}; not '{enc}'")
+    dtype, ch = ENCODINGS[enc]
     a = np.asarray(array)
-    if enc in COLOR_ENCODINGS:
+    if image_kind(enc) == "rgb":
         if a.dtype != np.uint8:
             raise ConversionError(f"{enc} needs a uint8 array, got {a.dtype}")
         if a.ndim == 2:
@@ -287,7 +215,7 @@ def K_to_camera_info(K: np.ndarray, width: int, height: int, stamp: Any = None, 
 def _checked(T: np.ndarray, what: str) -> np.ndarray:
     try:
         check_pose(T)
-    except FrameError as exc:
+    except PoseError as exc:
         raise ConversionError(f"{what}: {exc}") from exc
     return T
 

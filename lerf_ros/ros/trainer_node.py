@@ -32,7 +32,7 @@ from std_srvs.srv import SetBool, Trigger
 from lerf_ros.config import LerfConfig
 from lerf_ros.data.frame import Frame, FrameError
 from lerf_ros.mapping.online import OnlineTrainer, TrainerState
-from lerf_ros.mapping.poses import PoseBuffer, PoseLookupError, make_pose
+from lerf_ros.geometry.poses import PoseBuffer, PoseLookupError, make_pose
 from lerf_ros.msg import TrainingStatus
 from lerf_ros.ros.common import LATCHED_QOS, SENSOR_QOS, STATUS_QOS, STATUS_TOPIC, main_for
 from lerf_ros.ros.convert import (ConversionError, camera_info_to_K, image_to_numpy, matrix_to_pose, pose_to_matrix,

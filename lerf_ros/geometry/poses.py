@@ -1,4 +1,4 @@
-"""Rigid-transform helpers and a stamped pose buffer (ROS-free).
+"""Rigid-transform helpers and a stamped pose buffer (ROS-free, below every other layer).
 
 Quaternions are ``(x, y, z, w)`` (the ROS ``geometry_msgs/Quaternion`` order) and Hamilton
 (``w`` is the scalar part). Every helper accepts batches: leading dimensions are kept.
@@ -18,10 +18,10 @@ from typing import List, Optional, Tuple
 
 import numpy as np
 
-from lerf_ros.data.frame import check_pose
-
 __all__ = [
+    "PoseError",
     "PoseLookupError",
+    "check_pose",
     "PoseBuffer",
     "quat_to_matrix",
     "matrix_to_quat",
@@ -35,8 +35,32 @@ __all__ = [
 ]
 
 
+class PoseError(ValueError):
+    """A matrix that is not a finite rigid 4x4 transform; the message says what is wrong."""
+
+
 class PoseLookupError(LookupError):
     """No pose can be given for a stamp; the message says why."""
+
+
+def check_pose(T: np.ndarray, tol: float = 1e-3) -> None:
+    """Raise PoseError unless ``T`` is a finite 4x4 rigid transform (a rotation with det +1).
+
+    ``tol`` bounds the bottom-row error and ``|R^T R - I|``.
+    """
+    T = np.asarray(T)
+    if T.shape != (4, 4):
+        raise PoseError(f"pose must be 4x4, got shape {T.shape}")
+    if not np.all(np.isfinite(T)):
+        raise PoseError("pose contains NaN or infinite values")
+    if not np.allclose(T[3], [0.0, 0.0, 0.0, 1.0], atol=tol):
+        raise PoseError(f"pose bottom row must be [0 0 0 1], got {T[3].tolist()}")
+    r = T[:3, :3]
+    err = np.abs(r.T @ r - np.eye(3)).max()
+    if err > tol:
+        raise PoseError(f"pose rotation is not orthonormal (|R^T R - I| = {err:.3g}): not a rigid transform")
+    if float(np.linalg.det(r)) < 0:
+        raise PoseError("pose rotation has determinant -1 (a reflection): not a rigid transform")
 
 
 # ---------------------------------------------------------------------------- quaternions
@@ -279,7 +303,7 @@ class PoseBuffer:
     def add(self, stamp: float, T: np.ndarray) -> None:
         """Store pose ``T`` (4, 4) at ``stamp`` seconds; a pose with the same stamp is replaced.
 
-        Raises FrameError (a ValueError) for a non-finite or non-rigid pose and ValueError for a
+        Raises PoseError (a ValueError) for a non-finite or non-rigid pose and ValueError for a
         non-finite stamp.
         """
         stamp = float(stamp)
