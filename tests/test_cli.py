@@ -5,9 +5,7 @@ import sys
 from lerf_ros.config import preset
 from lerf_ros.data.synthetic import make_scene
 from lerf_ros.mapping.checkpoint import checkpoint_name
-from lerf_ros.mapping.dataset import TrainingViews
-from lerf_ros.mapping.trainer import Trainer
-from lerf_ros.teachers.features import compute_frame_features
+from lerf_ros.mapping.session import Session
 from lerf_ros.teachers.ground_truth import GroundTruthTeacher
 
 
@@ -29,14 +27,13 @@ def test_query_a_checkpoint_folder(tmp_path, one_thread):
     scene.save(tmp_path / "scene", preview=False)
     cfg = preset("tiny").override({"teacher.kind": "ground_truth", "trainer.rays_per_batch": 256})
     teacher = GroundTruthTeacher(scene)
-    views = TrainingViews()
-    for i, f in enumerate(scene.frames):
-        views.add(i, f, compute_frame_features(teacher, f, cfg.teacher))
-    trainer = Trainer(cfg, teacher.clip_dim, teacher.dino_dim, views)
+    session = Session(cfg, teacher, online=False)
+    for f in scene.frames:
+        session.add(f)
     for _ in range(2):
-        trainer.step()
+        session.step()
     (tmp_path / "run" / "checkpoints").mkdir(parents=True)
-    trainer.save_checkpoint(str(tmp_path / "run" / "checkpoints" / checkpoint_name(2)))
+    session.save_checkpoint(str(tmp_path / "run" / "checkpoints" / checkpoint_name(2)))
 
     name = scene.objects[0].name
     out = lerf_ros("query", name, "zebra", "--checkpoint", str(tmp_path / "run"), "--scene", str(tmp_path / "scene"))

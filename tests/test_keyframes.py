@@ -7,10 +7,9 @@ import pytest
 
 from lerf_ros.config import ConfigError, KeyframeConfig
 from lerf_ros.data.frame import Frame
-from lerf_ros.mapping.keyframes import (
+from lerf_ros.mapping.keyframes import KeyframeStore, KeyframeStoreError
+from lerf_ros.mapping.selection import (
     KeyframeSelector,
-    KeyframeStore,
-    KeyframeStoreError,
     downscale_frame,
     exposure_stats,
     grey_levels,
@@ -247,10 +246,10 @@ def test_store_memory_bound_with_features():
             return self.n
 
     # features of 0.6 frame: 4 frames + 1 feature = 4.6 frames > 4.5: an eviction
+    before = set(store.keys())
     assert store.set_features(3, Feats(int(0.6 * fb))) is True
-    ev = store.take_evicted()
-    assert len(ev) == 1 and 3 not in ev and ev[0] not in store
-    assert store.take_evicted() == []
+    ev = sorted(before - set(store.keys()))
+    assert len(ev) == 1 and 3 not in ev and ev[0] not in store and store.stats()["evicted"] == 1
     s = store.stats()
     assert s["count"] == 3 and s["bytes"] == 3 * fb + int(0.6 * fb) and s["with_features"] == 1
     assert s["feature_bytes"] == int(0.6 * fb) and s["bytes"] <= s["max_bytes"]
@@ -302,17 +301,3 @@ def test_store_thread_safety():
     s = store.stats()
     assert s["count"] == 10 and s["added"] == 80 and s["evicted"] == 70
     assert s["bytes"] == sum(kf.nbytes for _, kf in store.items())
-
-
-def test_evictions_caused_by_features_reach_the_next_add():
-    fb = frame_bytes()
-    store = KeyframeStore(cfg(max_keyframes=100, max_memory_mb=3.5 * fb / 2**20, protect_newest=1))
-    for i in range(3):
-        store.add(frame(i, t=(i, 0, 0)))
-    assert store.set_features(1, np.zeros(int(0.6 * fb), np.uint8))  # 3.6 frames > 3.5: evicts one
-    assert len(store) == 2
-    # not taken with take_evicted: the next add reports it together with its own evictions
-    key, evicted = store.add(frame(3, t=(3, 0, 0)))
-    assert len(evicted) == 2 and key not in evicted
-    assert sorted(store.keys() + evicted) == [0, 1, 2, 3]
-    assert store.take_evicted() == []

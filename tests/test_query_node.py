@@ -18,12 +18,9 @@ from visualization_msgs.msg import MarkerArray  # noqa: E402
 
 from lerf_ros.config import preset  # noqa: E402
 from lerf_ros.data.synthetic import make_scene  # noqa: E402
-from lerf_ros.mapping.checkpoint import checkpoint_name  # noqa: E402
-from lerf_ros.mapping.dataset import TrainingViews  # noqa: E402
-from lerf_ros.mapping.trainer import Trainer  # noqa: E402
+from lerf_ros.mapping.session import Session  # noqa: E402
 from lerf_ros.ros.convert import pointcloud2_to_numpy, pose_to_matrix  # noqa: E402
 from lerf_ros.srv import Query  # noqa: E402
-from lerf_ros.teachers.features import compute_frame_features  # noqa: E402
 from lerf_ros.teachers.ground_truth import GroundTruthTeacher  # noqa: E402
 
 from ros_helpers import call, process_output, python_argv, ros_context, ros_env, spin_until, start_process, stop_process, unique_domain_id  # noqa: E402,E501
@@ -40,16 +37,13 @@ def trained(tmp_path_factory):
     cfg = preset("tiny").override({"teacher.kind": "ground_truth", "teacher.scene_dir": str(root / "scene"),
                                    "output_dir": str(root / "out")})
     teacher = GroundTruthTeacher(scene)
-    views = TrainingViews()
-    for i, f in enumerate(scene.frames):
-        views.add(i, f, compute_frame_features(teacher, f, cfg.teacher))
+    session = Session(cfg, teacher, online=False)
+    for f in scene.frames:
+        session.add(f)
     torch.set_num_threads(2)
-    trainer = Trainer(cfg, teacher.clip_dim, teacher.dino_dim, views, teacher=teacher.description)
     for _ in range(STEPS):
-        trainer.step()
-    ckpt_dir = root / "out" / "checkpoints"
-    ckpt_dir.mkdir(parents=True)
-    trainer.save_checkpoint(str(ckpt_dir / checkpoint_name(trainer.step_count)))
+        session.step()
+    session.save_checkpoint()  # <output_dir>/checkpoints/step-NNNNNNN.ckpt
     params = root / "params.yaml"
     params.write_text(
         "/**:\n  ros__parameters:\n    preset: tiny\n"

@@ -1,4 +1,5 @@
-"""Training views, the trainer, snapshots, checkpoints and the ``train`` command, on tiny scenes."""
+"""Ray sampling from the keyframe store, the trainer, the session, snapshots, checkpoints and the ``train``
+command, on tiny scenes."""
 import os
 import threading
 
@@ -9,7 +10,8 @@ import torch
 from lerf_ros.config import preset
 from lerf_ros.data.synthetic import make_scene
 from lerf_ros.mapping import checkpoint as ckpt
-from lerf_ros.mapping.dataset import TrainingViews, estimate_scene_bounds
+from lerf_ros.mapping.keyframes import KeyframeStore
+from lerf_ros.mapping.rays import estimate_scene_bounds
 from lerf_ros.mapping.trainer import Trainer, learning_rate
 from lerf_ros.teachers.features import compute_frame_features
 from lerf_ros.teachers.ground_truth import GroundTruthTeacher
@@ -32,10 +34,11 @@ def tiny_cfg(scene, **over):
 
 
 def make_views(scene, teacher=None, cfg=None, recency_boost=0.0, n=None):
-    views = TrainingViews(recency_boost=recency_boost)
-    for i, f in enumerate(scene.frames[:n]):
+    """An unbounded keyframe store holding the scene's frames (keys 0, 1, ... in frame order)."""
+    views = KeyframeStore(bounded=False, recency_boost=recency_boost)
+    for f in scene.frames[:n]:
         feats = compute_frame_features(teacher, f, cfg.teacher) if teacher is not None else None
-        views.add(i, f, feats)
+        views.add(f, feats)
     return views
 
 
@@ -71,8 +74,8 @@ def test_view_weighting_favours_new_views_without_starving_old(scene):
     share = counts / counts.sum()
     torch.testing.assert_close(share, w / w.sum(), rtol=0, atol=0.02)
     assert float(share[0]) > 0.05  # the oldest view still gets its share
-    views.add(0, scene.frames[0])  # re-adding makes a view the newest
-    assert float(views.view_weights()[-1]) == pytest.approx(5.0) and views.keys()[-1] == 0
+    key, _ = views.add(scene.frames[0])  # an added keyframe is the newest
+    assert float(views.view_weights()[-1]) == pytest.approx(5.0) and views.keys()[-1] == key == 8
     uniform = make_views(scene, recency_boost=0.0).view_weights()
     assert torch.all(uniform == 1.0)
 
@@ -84,15 +87,14 @@ def test_add_remove_and_errors(scene):
     assert len(views) == 2 and 1 not in views
     with pytest.raises(KeyError):
         views.remove(1)
-    with pytest.raises(KeyError):
-        views.set_features(99, object())
-    with pytest.raises(RuntimeError, match="no training views"):
-        TrainingViews().sample(4)
+    assert views.set_features(99, np.zeros(4, np.float32)) is False  # not stored: nothing happens
+    with pytest.raises(RuntimeError, match="no keyframes"):
+        KeyframeStore().sample(4)
     bad = scene.frames[0]
     from lerf_ros.data.frame import Frame, FrameError
 
     with pytest.raises(FrameError):
-        views.add("bad", Frame(rgb=bad.rgb[..., :2], K=bad.K, c2w=bad.c2w))
+        views.add(Frame(rgb=bad.rgb[..., :2], K=bad.K, c2w=bad.c2w))
 
 
 def test_add_remove_while_sampling_is_safe(scene):
@@ -104,8 +106,8 @@ def test_add_remove_while_sampling_is_safe(scene):
         try:
             k = 100
             while not stop.is_set():
-                views.add(k, scene.frames[k % 8])
-                views.remove(k)
+                key, _ = views.add(scene.frames[k % 8])
+                views.remove(key)
                 k += 1
         except Exception as exc:  # pragma: no cover - reported below
             errors.append(exc)

@@ -80,16 +80,6 @@ def _build_config(args: argparse.Namespace):
     return cfg, overrides
 
 
-def _explicit_keys(args: argparse.Namespace, overrides: Dict[str, Any]) -> set:
-    """Dotted keys set on the command line or in the --config YAML (not by the preset)."""
-    from lerf_ros.config import dotted_keys, read_yaml_settings
-
-    keys = set(overrides)
-    if args.config:
-        keys.update(dotted_keys(read_yaml_settings(args.config)))
-    return keys
-
-
 # ---------------------------------------------------------------------------------- images
 _CMAP = np.array([[0.05, 0.03, 0.2], [0.3, 0.1, 0.55], [0.75, 0.2, 0.4], [0.98, 0.55, 0.1], [0.99, 0.95, 0.3]])
 
@@ -123,10 +113,8 @@ def run(args: argparse.Namespace) -> int:
     from lerf_ros.config import ConfigError
     from lerf_ros.data.frame import FrameError
     from lerf_ros.data.sources import SourceError, open_source
-    from lerf_ros.mapping import checkpoint as ckpt
-    from lerf_ros.mapping.dataset import TrainingViews, estimate_scene_bounds
-    from lerf_ros.mapping.trainer import Trainer
-    from lerf_ros.teachers import compute_frame_features, make_teacher
+    from lerf_ros.mapping.session import Session
+    from lerf_ros.teachers import make_teacher
     from lerf_ros.teachers.text import negative_phrases, relevancy
 
     def fail(msg: str) -> int:
@@ -156,48 +144,43 @@ def run(args: argparse.Namespace) -> int:
     except Exception as exc:  # missing weights, no scene for the ground-truth teacher, ...
         return fail(f"cannot build the {kind} teacher: {exc}")
 
-    # Scene bounds from the cameras (and depth) unless given.
-    if not any(k in _explicit_keys(args, overrides) for k in ("model.scene_scale", "model.scene_center")):
-        center, scale = estimate_scene_bounds(frames)
-        cfg = cfg.override({"model.scene_center": center, "model.scene_scale": scale})
     name = os.path.basename(os.path.normpath(str(args.scene))).replace(":", "-").replace(",", "_") or "scene"
     out_dir = args.out or os.path.join(cfg.output_dir, f"train-{name}")
-    ckpt_dir = os.path.join(out_dir, "checkpoints")
     render_dir = os.path.join(out_dir, "renders")
-    os.makedirs(ckpt_dir, exist_ok=True)
     os.makedirs(render_dir, exist_ok=True)
     cfg = cfg.override({"output_dir": out_dir})
     cfg.save_yaml(os.path.join(out_dir, "config.yaml"))
 
     train_idx = [i for i in range(len(frames)) if i % HOLDOUT_EVERY != 0]
     eval_idx = [i for i in range(len(frames)) if i % HOLDOUT_EVERY == 0]
-    device = cfg.resolved_device()
+    session = Session(cfg, teacher, online=False, log=lambda level, text: print(text, flush=True))
     print(f"{source.kind} source {args.scene}: {len(frames)} frames {frames[0].width}x{frames[0].height}, "
-          f"{len(train_idx)} train / {len(eval_idx)} held out; preset {cfg.preset} on {device}")
+          f"{len(train_idx)} train / {len(eval_idx)} held out; preset {cfg.preset} on {session.device}")
     print(f"teacher: {teacher.description}")
-    print(f"scene: centre {np.round(cfg.model.scene_center, 3).tolist()} m, half-extent {cfg.model.scene_scale:.3f} m")
 
     from tqdm import tqdm
 
-    views = TrainingViews(device=device, recency_boost=0.0)
     t_feat = time.perf_counter()
-    for i in tqdm(train_idx, desc="teacher features", disable=args.no_progress, leave=False):
-        views.add(i, frames[i], compute_frame_features(teacher, frames[i], cfg.teacher))
+    for n, i in enumerate(tqdm(train_idx, desc="teacher features", disable=args.no_progress, leave=False), 1):
+        session.add(frames[i])
+        if args.no_progress and (n % 10 == 0 or n == len(train_idx)):
+            el = time.perf_counter() - t_feat
+            print(f"teacher features: {n}/{len(train_idx)} frames, {el:.1f} s "
+                  f"({el / n:.2f} s per frame)", flush=True)
     t_feat = time.perf_counter() - t_feat
     print(f"teacher features: {len(train_idx)} frames in {t_feat:.1f} s")
 
-    trainer = Trainer(cfg, teacher.clip_dim, teacher.dino_dim, views, teacher=teacher.description)
-    if args.resume:
-        path = ckpt.latest_checkpoint(ckpt_dir)
-        if path is not None:
-            trainer.load_checkpoint(path)
-            print(f"resumed from {path} at step {trainer.step_count}")
+    if args.resume and session.resume() is not None:
+        print(f"resumed from {session.last_checkpoint} at step {session.step_count}")
+    trainer = session.ensure_model()
+    center, scale = session.bounds
+    print(f"scene: centre {np.round(center, 3).tolist()} m, half-extent {scale:.3f} m")
 
     def evaluate() -> Dict[str, float]:
         ps, derr = [], []
         for i in eval_idx:
             f = frames[i]
-            r = trainer.render_view(f.K, f.c2w, f.height, f.width)
+            r = session.render_view(f.K, f.c2w, f.height, f.width)
             mse = float(((r["rgb"].cpu().numpy() - f.rgb / 255.0) ** 2).mean())
             ps.append(-10.0 * math.log10(max(mse, 1e-10)))
             if f.depth is not None:
@@ -212,15 +195,15 @@ def run(args: argparse.Namespace) -> int:
     t_train = 0.0
     psnr_ema = None
     every = cfg.trainer.checkpoint_every
-    bar = tqdm(total=steps, initial=min(trainer.step_count, steps), desc="train", disable=args.no_progress,
+    bar = tqdm(total=steps, initial=min(session.step_count, steps), desc="train", disable=args.no_progress,
                dynamic_ncols=True)
     try:
-        while trainer.step_count < steps:
+        while session.step_count < steps:
             t0 = time.perf_counter()
-            stats = trainer.step()
+            stats = session.step()
             t_train += time.perf_counter() - t0
             psnr_ema = stats["psnr"] if psnr_ema is None else 0.95 * psnr_ema + 0.05 * stats["psnr"]
-            step = trainer.step_count
+            step = session.step_count
             bar.update(1)
             bar.set_postfix({"rays/s": f"{trainer.rays_per_second:.0f}", "psnr": f"{psnr_ema:.2f}",
                              "loss": f"{stats['loss']:.4f}"}, refresh=False)
@@ -228,19 +211,18 @@ def run(args: argparse.Namespace) -> int:
                 print(f"step {step}/{steps}  psnr {psnr_ema:.2f}  loss {stats['loss']:.4f}  "
                       f"rays/s {trainer.rays_per_second:.0f}", flush=True)
             if every and step % every == 0:
-                trainer.save_checkpoint(os.path.join(ckpt_dir, ckpt.checkpoint_name(step)))
-                ckpt.prune_checkpoints(ckpt_dir, cfg.trainer.keep_checkpoints)
+                session.save_checkpoint()
             if args.eval_every and step % args.eval_every == 0:
                 ev = evaluate()
                 history.append({"step": step, "train_seconds": t_train, "heldout_psnr": ev["psnr"]})
                 bar.write(f"step {step}: held-out PSNR {ev['psnr']:.2f} dB after {t_train:.0f} s of training")
     except KeyboardInterrupt:
         bar.close()
-        path = trainer.save_checkpoint(os.path.join(ckpt_dir, ckpt.checkpoint_name(trainer.step_count)))
-        print(f"interrupted at step {trainer.step_count}; checkpoint {path}", file=sys.stderr)
+        path = session.save_checkpoint()
+        print(f"interrupted at step {session.step_count}; checkpoint {path}", file=sys.stderr)
         return 130
     bar.close()
-    final = trainer.save_checkpoint(os.path.join(ckpt_dir, "final.ckpt"))
+    final = session.save_checkpoint(os.path.join(session.checkpoint_dir, "final.ckpt"))
 
     # Held-out evaluation and renders.
     ev = evaluate()
@@ -256,7 +238,7 @@ def run(args: argparse.Namespace) -> int:
     probe_scales = [scales[int(round(j))] for j in np.linspace(0, len(scales) - 1, min(5, len(scales)))]
     for i in eval_idx[:max(0, args.max_renders)]:
         f = frames[i]
-        r = trainer.render_view(f.K, f.c2w, f.height, f.width)
+        r = session.render_view(f.K, f.c2w, f.height, f.width)
         rgb = (r["rgb"].cpu().numpy() * 255.0 + 0.5).astype(np.uint8)
         save_png(os.path.join(render_dir, f"view_{i:03d}_rgb.png"), np.concatenate([f.rgb, rgb], axis=1))
         d = r["depth"].cpu().numpy()
@@ -268,7 +250,7 @@ def run(args: argparse.Namespace) -> int:
             queries, q_emb, n_emb, negs = text_emb
             # Render the language field at a few scales; keep, per query, the scale whose map
             # reaches the highest relevancy (the reference's scale search, on a coarse grid).
-            clips = {s: trainer.render_view(f.K, f.c2w, f.height, f.width, scale=s)["clip"] for s in probe_scales}
+            clips = {s: session.render_view(f.K, f.c2w, f.height, f.width, scale=s)["clip"] for s in probe_scales}
             for qi, q in enumerate(queries):
                 best = None
                 for s, clip in clips.items():
@@ -280,7 +262,7 @@ def run(args: argparse.Namespace) -> int:
                 save_png(os.path.join(render_dir, f"view_{i:03d}_relevancy_{_slug(q)}.png"),
                          np.concatenate([rgb, colormap((rel - 0.5) * 2.0)], axis=1))
                 rel_info.setdefault(q, []).append({"view": i, "scale_m": s, "max_relevancy": float(rel.max())})
-    metrics = {"scene": str(args.scene), "preset": cfg.preset, "device": str(trainer.device), "steps": trainer.step_count,
+    metrics = {"scene": str(args.scene), "preset": cfg.preset, "device": str(trainer.device), "steps": session.step_count,
                "train_seconds": t_train, "rays_per_second": trainer.rays_per_second,
                "heldout_psnr": ev["psnr"], "heldout_psnr_per_view": dict(zip(map(str, eval_idx), ev["psnr_per_view"])),
                "teacher": teacher.description, "history": history, "checkpoint": final,

@@ -1,254 +1,55 @@
-"""Keyframe selection and the bounded keyframe store of the online trainer (ROS-free).
+"""The bounded keyframe store of a mapping session (ROS-free).
 
-``KeyframeSelector`` decides, frame by frame, whether a posed frame is worth keeping:
+Each keyframe's pixels are held exactly once: as tensors on the training device (``rgb`` uint8,
+``depth`` float32 metres with 0 = no measurement). On the CPU, ``Keyframe.frame`` gives numpy views
+of that same memory (no copy); on a GPU it copies to the host on demand. The store samples its own
+training rays (``sample``), so there is no second copy of the images for training.
 
-- the frame must be valid (``Frame.validate``) and its stamp must be later than the newest kept
-  keyframe's (a stamp going backwards is rejected with a reason the caller can count as a drop);
-- the camera must have moved at least ``min_translation`` metres or turned at least
-  ``min_rotation_deg`` degrees since the last kept keyframe (otherwise the frame is *skipped*: it
-  is fine, just redundant);
-- frames larger than ``max_image_side`` are downscaled (intrinsics adjusted);
-- badly exposed frames (mean grey level outside ``[min_brightness, max_brightness]`` or more than
-  ``max_clipped_fraction`` of the pixels clipped) and blurred frames (variance of the Laplacian of
-  the grey image below ``min_sharpness``) are *rejected*.
+Bounds: ``max_keyframes`` and ``max_memory_mb`` (image + depth + teacher features, the bytes this
+store really holds). Eviction policy when a bound is exceeded: the newest ``protect_newest``
+keyframes are never evicted; among the others, the one whose pose is most redundant goes first,
+i.e. the one nearest (translation in metres plus ``rotation_weight`` times the rotation angle in
+radians) to any other keyframe; ties go to the oldest. This keeps the spatial coverage of the store
+as wide as possible while the robot keeps revisiting places, and makes sure the newest views are
+always trained on. An unbounded store (``bounded=False``: offline training on a whole dataset)
+never evicts.
 
-``KeyframeStore`` holds the kept keyframes, bounded by count (``max_keyframes``) and by memory
-(``max_memory_mb``: image + depth + instance map + teacher features). Eviction policy when a bound
-is exceeded: the newest ``protect_newest`` keyframes are never evicted; among the others, the one
-whose pose is most redundant goes first, i.e. the one nearest (translation in metres plus
-``rotation_weight`` times the rotation angle in radians) to any other keyframe; ties go to the
-oldest. This keeps the spatial coverage of the store as wide as possible while the robot keeps
-revisiting places, and makes sure the newest views are always trained on.
+View weighting when sampling rays. Frames keep arriving while the field trains, so new views should
+be learnt quickly without the old ones being forgotten. Keyframe ``i`` is drawn with probability
+proportional to
+
+    w_i = 1 + recency_boost * exp(-age_i / recency_tau)
+
+where ``age_i`` counts the keyframes added after it (the newest has age 0). Every keyframe keeps at
+least weight 1, so an old one is never starved: with V keyframes its share is at least
+``1 / (V + recency_boost * recency_tau')`` (``tau'`` ~ ``recency_tau`` for V >> tau); the newest gets
+up to ``1 + recency_boost`` times the share of an old one. ``recency_boost = 0`` gives uniform
+sampling (offline training). Within a keyframe, pixels are drawn uniformly.
 """
 from __future__ import annotations
 
 import dataclasses
 import math
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
+import torch
 
 from lerf_ros.config import KeyframeConfig
-from lerf_ros.data.frame import Frame, FrameError
+from lerf_ros.data.frame import Frame
+from lerf_ros.field.snapshot import CameraView
 from lerf_ros.geometry.poses import pose_distance
+from lerf_ros.mapping.rays import RayBatch, sample_rays
 
-__all__ = [
-    "KeyframeDecision",
-    "KeyframeSelector",
-    "Keyframe",
-    "KeyframeStore",
-    "KeyframeStoreError",
-    "grey_levels",
-    "laplacian_variance",
-    "exposure_stats",
-    "downscale_frame",
-    "scale_intrinsics",
-    "features_nbytes",
-]
-
-CLIP_LOW = 2.0
-"""Grey levels at or below this count as clipped to black."""
-CLIP_HIGH = 253.0
-"""Grey levels at or above this count as clipped to white."""
+__all__ = ["Keyframe", "KeyframeStore", "KeyframeStoreError", "features_nbytes"]
 
 
 class KeyframeStoreError(ValueError):
     """A keyframe that cannot be stored (e.g. larger than the whole memory bound)."""
 
 
-# ---------------------------------------------------------------------------- image measures
-def grey_levels(rgb: np.ndarray) -> np.ndarray:
-    """Luma (ITU-R BT.601) of an (H, W, 3) uint8 image as (H, W) float32 grey levels in [0, 255]."""
-    rgb = np.asarray(rgb)
-    if rgb.ndim != 3 or rgb.shape[2] != 3:
-        raise ValueError(f"expected an HxWx3 image, got shape {rgb.shape}")
-    w = np.array([0.299, 0.587, 0.114], dtype=np.float32)
-    return rgb.astype(np.float32) @ w
-
-
-def laplacian_variance(grey: np.ndarray) -> float:
-    """Variance of the 4-neighbour Laplacian (kernel [[0,1,0],[1,-4,1],[0,1,0]]) of an (H, W)
-    grey image over its interior pixels, in grey levels squared. Low values mean a blurred image."""
-    g = np.asarray(grey, dtype=np.float32)
-    if g.ndim != 2 or g.shape[0] < 3 or g.shape[1] < 3:
-        raise ValueError(f"expected an (H, W) grey image of at least 3x3, got shape {g.shape}")
-    lap = g[:-2, 1:-1] + g[2:, 1:-1] + g[1:-1, :-2] + g[1:-1, 2:] - 4.0 * g[1:-1, 1:-1]
-    return float(lap.astype(np.float64).var())
-
-
-def exposure_stats(grey: np.ndarray) -> Tuple[float, float]:
-    """(mean grey level, fraction of pixels clipped to black or white) of an (H, W) grey image."""
-    g = np.asarray(grey)
-    clipped = np.count_nonzero((g <= CLIP_LOW) | (g >= CLIP_HIGH))
-    return float(g.mean(dtype=np.float64)), float(clipped) / float(g.size)
-
-
-def scale_intrinsics(K: np.ndarray, sx: float, sy: float) -> np.ndarray:
-    """Intrinsics (3, 3) of the image resized by ``sx`` horizontally and ``sy`` vertically.
-
-    With pixel centres at ``u + 0.5`` (see ``lerf_ros.data.frame``) continuous image coordinates
-    scale exactly: ``fx, cx`` by ``sx`` and ``fy, cy`` by ``sy`` (skew by ``sx``).
-    """
-    S = np.diag([float(sx), float(sy), 1.0])
-    return S @ np.asarray(K, dtype=np.float64)
-
-
-def _nearest_index(n_out: int, n_in: int) -> np.ndarray:
-    # Source pixel whose cell holds the output pixel's centre (pixel-centre convention).
-    return np.minimum(((np.arange(n_out) + 0.5) * (n_in / n_out)).astype(np.int64), n_in - 1)
-
-
-def downscale_frame(frame: Frame, max_side: int) -> Frame:
-    """A copy of ``frame`` whose longest side is at most ``max_side`` pixels (unchanged if it is).
-
-    RGB is area-averaged (PIL box filter); depth and instance maps take the nearest source pixel
-    (averaging depth across an object boundary would invent surfaces). ``K`` is scaled with the
-    exact per-axis ratios ``W'/W`` and ``H'/H``. ``meta['original_size']`` records ``(W, H)``.
-    """
-    h, w = frame.height, frame.width
-    if max_side <= 0 or max(h, w) <= max_side:
-        return frame
-    from PIL import Image
-
-    s = max_side / float(max(h, w))
-    nw, nh = max(2, int(round(w * s))), max(2, int(round(h * s)))
-    rgb = np.asarray(Image.fromarray(np.ascontiguousarray(frame.rgb)).resize((nw, nh), Image.Resampling.BOX))
-    iy, ix = _nearest_index(nh, h), _nearest_index(nw, w)
-    depth = None if frame.depth is None else np.ascontiguousarray(frame.depth[iy[:, None], ix[None, :]])
-    inst = None if frame.instance is None else np.ascontiguousarray(frame.instance[iy[:, None], ix[None, :]])
-    meta = dict(frame.meta)
-    meta.setdefault("original_size", (w, h))
-    return dataclasses.replace(
-        frame, rgb=rgb, K=scale_intrinsics(frame.K, nw / w, nh / h), depth=depth, instance=inst, meta=meta
-    )
-
-
-# ---------------------------------------------------------------------------- selection
-@dataclass
-class KeyframeDecision:
-    """Outcome of ``KeyframeSelector.select``.
-
-    Attributes:
-        status: 'keep' (store it), 'skip' (valid but redundant: not enough motion) or
-            'reject' (bad input or bad image: count it as a dropped frame).
-        reason: human-readable explanation with the measured numbers.
-        kind: short machine-readable category for counters: 'keyframe', 'no_motion', 'invalid',
-            'stamp_backwards', 'duplicate_stamp', 'too_dark', 'too_bright', 'clipped', 'blurred'.
-        frame: the frame to store (downscaled if needed) when status is 'keep', else None.
-        metrics: what was measured (translation_m, rotation_deg, brightness, clipped_fraction,
-            sharpness), only the ones computed before the decision.
-    """
-
-    status: str
-    reason: str
-    kind: str
-    frame: Optional[Frame] = None
-    metrics: Dict[str, float] = field(default_factory=dict)
-
-    @property
-    def keep(self) -> bool:
-        return self.status == "keep"
-
-    @property
-    def rejected(self) -> bool:
-        return self.status == "reject"
-
-    def __bool__(self) -> bool:
-        return self.keep
-
-
-class KeyframeSelector:
-    """Decides which frames become keyframes (see the module doc). Not thread-safe: call it from
-    the one thread that feeds the store."""
-
-    def __init__(self, cfg: Optional[KeyframeConfig] = None):
-        self.cfg = (cfg or KeyframeConfig()).check()
-        self._last_stamp: Optional[float] = None
-        self._last_pose: Optional[np.ndarray] = None
-
-    @property
-    def last_stamp(self) -> Optional[float]:
-        """Stamp of the newest kept keyframe (None before the first)."""
-        return self._last_stamp
-
-    def reset(self) -> None:
-        """Forget the last kept keyframe (the next valid frame is kept)."""
-        self._last_stamp = None
-        self._last_pose = None
-
-    def mark_kept(self, frame: Frame) -> None:
-        """Record ``frame`` as the newest keyframe (e.g. after restoring a store from a checkpoint)."""
-        self._last_stamp = float(frame.stamp)
-        self._last_pose = np.array(frame.c2w, dtype=np.float64)
-
-    def select(self, frame: Frame, commit: bool = True) -> KeyframeDecision:
-        """Decide about ``frame``; with ``commit`` a kept frame becomes the new reference.
-
-        Checks run cheapest first: validity, stamp order, motion, then (on the downscaled image)
-        exposure and blur. A frame that did not move enough is skipped before its pixels are
-        examined, so redundant frames at a high frame rate cost almost nothing.
-        """
-        cfg = self.cfg
-        try:
-            frame.validate()
-        except FrameError as exc:
-            return KeyframeDecision("reject", f"invalid frame: {exc}", "invalid")
-        stamp = float(frame.stamp)
-        m: Dict[str, float] = {}
-        if self._last_stamp is not None:
-            if stamp < self._last_stamp:
-                return KeyframeDecision(
-                    "reject", f"stamp went backwards: {stamp:.3f} s is {self._last_stamp - stamp:.3f} s "
-                    f"before the newest keyframe ({self._last_stamp:.3f} s)", "stamp_backwards")
-            if stamp == self._last_stamp:
-                return KeyframeDecision("reject", f"duplicate stamp {stamp:.3f} s (same as the newest keyframe)",
-                                        "duplicate_stamp")
-            dt, ang = pose_distance(self._last_pose, frame.c2w)
-            m["translation_m"], m["rotation_deg"] = float(dt), math.degrees(float(ang))
-            moved = m["translation_m"] >= cfg.min_translation
-            turned = m["rotation_deg"] >= cfg.min_rotation_deg
-            if not (moved or turned):
-                return KeyframeDecision(
-                    "skip", f"camera moved {m['translation_m']:.3f} m and turned {m['rotation_deg']:.1f} deg "
-                    f"since the last keyframe (needs {cfg.min_translation:g} m or {cfg.min_rotation_deg:g} deg)",
-                    "no_motion", None, m)
-            why = (f"moved {m['translation_m']:.3f} m (>= {cfg.min_translation:g})" if moved
-                   else f"turned {m['rotation_deg']:.1f} deg (>= {cfg.min_rotation_deg:g})")
-        else:
-            why = "first keyframe"
-        prepared = downscale_frame(frame, cfg.max_image_side)
-        grey = grey_levels(prepared.rgb)
-        m["brightness"], m["clipped_fraction"] = exposure_stats(grey)
-        if m["brightness"] < cfg.min_brightness:
-            return KeyframeDecision(
-                "reject", f"too dark: mean brightness {m['brightness']:.1f} < {cfg.min_brightness:g}", "too_dark",
-                None, m)
-        if m["brightness"] > cfg.max_brightness:
-            return KeyframeDecision(
-                "reject", f"too bright: mean brightness {m['brightness']:.1f} > {cfg.max_brightness:g}",
-                "too_bright", None, m)
-        if m["clipped_fraction"] > cfg.max_clipped_fraction:
-            return KeyframeDecision(
-                "reject", f"badly exposed: {100 * m['clipped_fraction']:.0f}% of pixels clipped "
-                f"(> {100 * cfg.max_clipped_fraction:.0f}%)", "clipped", None, m)
-        if cfg.min_sharpness > 0:
-            m["sharpness"] = laplacian_variance(grey)
-            if m["sharpness"] < cfg.min_sharpness:
-                return KeyframeDecision(
-                    "reject", f"blurred: Laplacian variance {m['sharpness']:.1f} < {cfg.min_sharpness:g}", "blurred",
-                    None, m)
-        if commit:
-            self.mark_kept(prepared)
-        return KeyframeDecision("keep", f"kept: {why}", "keyframe", prepared, m)
-
-    def consider(self, frame: Frame) -> KeyframeDecision:
-        """``select(frame, commit=True)``: decide, and make a kept frame the new reference."""
-        return self.select(frame, commit=True)
-
-
-# ---------------------------------------------------------------------------- store
 def features_nbytes(feats: Any) -> int:
     """Bytes held by teacher features: objects with ``nbytes()`` (or an ``nbytes`` attribute,
     as numpy arrays and torch tensors have), or dicts/lists/tuples of them; None is 0."""
@@ -264,45 +65,106 @@ def features_nbytes(feats: Any) -> int:
     return int(n() if callable(n) else n)
 
 
-def _frame_nbytes(frame: Frame) -> int:
-    return int(sum(a.nbytes for a in (frame.rgb, frame.depth, frame.instance) if a is not None))
+def _tensor_nbytes(t: Optional[torch.Tensor]) -> int:
+    return 0 if t is None else int(t.numel() * t.element_size())
 
 
-@dataclass(frozen=True)
+def _numpy_view(t: torch.Tensor) -> np.ndarray:
+    return t.numpy() if t.device.type == "cpu" else t.cpu().numpy()
+
+
+@dataclass(frozen=True, eq=False)
 class Keyframe:
     """A stored keyframe. Immutable: ``set_features`` replaces the object in the store.
 
     Attributes:
         key: stable integer id (increasing in insertion order, never reused).
-        frame: the (possibly downscaled) frame.
-        features: teacher features, None until the feature worker attaches them.
+        rgb: (H, W, 3) uint8 tensor on the store's device: the one copy of the image.
+        depth: (H, W) float32 z-depth in metres on the store's device (0 = none), or None.
+        K: (3, 3) float64 intrinsics. c2w: (4, 4) float64 camera-to-world pose.
+        stamp, frame_id, index, meta: as in ``Frame``.
+        features: teacher features, None until they are attached.
     """
 
     key: int
-    frame: Frame
+    rgb: torch.Tensor
+    depth: Optional[torch.Tensor]
+    K: np.ndarray
+    c2w: np.ndarray
+    stamp: float
+    frame_id: str = "camera"
+    index: int = -1
+    meta: Dict[str, Any] = dataclasses.field(default_factory=dict)
     features: Any = None
 
     @property
+    def height(self) -> int:
+        return int(self.rgb.shape[0])
+
+    @property
+    def width(self) -> int:
+        return int(self.rgb.shape[1])
+
+    @property
+    def image_nbytes(self) -> int:
+        """Bytes of the image and depth tensors."""
+        return _tensor_nbytes(self.rgb) + _tensor_nbytes(self.depth)
+
+    @property
     def nbytes(self) -> int:
-        return _frame_nbytes(self.frame) + features_nbytes(self.features)
+        return self.image_nbytes + features_nbytes(self.features)
 
     @property
     def has_features(self) -> bool:
         return self.features is not None
 
+    @property
+    def frame(self) -> Frame:
+        """The keyframe as a ``Frame`` (numpy views of the stored tensors on the CPU, a host copy
+        on a GPU). The instance map of a synthetic frame is not kept."""
+        return Frame(rgb=_numpy_view(self.rgb), K=self.K, c2w=self.c2w, stamp=self.stamp, frame_id=self.frame_id,
+                     depth=None if self.depth is None else _numpy_view(self.depth), index=self.index,
+                     meta=self.meta)
+
+    @property
+    def camera(self) -> CameraView:
+        return CameraView(self.K, self.c2w, self.height, self.width)
+
+
+def make_keyframe(key: int, frame: Frame, device: torch.device) -> Keyframe:
+    """Copy ``frame``'s pixels once onto ``device`` (depth: non-finite and negative values -> 0)."""
+    rgb = torch.from_numpy(np.array(frame.rgb, dtype=np.uint8, copy=True)).to(device)
+    depth = None
+    if frame.depth is not None:
+        d = np.asarray(frame.depth, dtype=np.float32)
+        depth = torch.from_numpy(np.where(np.isfinite(d) & (d > 0), d, 0.0).astype(np.float32)).to(device)
+    return Keyframe(key=key, rgb=rgb, depth=depth, K=np.array(frame.K, dtype=np.float64),
+                    c2w=np.array(frame.c2w, dtype=np.float64), stamp=float(frame.stamp), frame_id=frame.frame_id,
+                    index=int(frame.index), meta=dict(frame.meta))
+
 
 class KeyframeStore:
-    """Bounded, thread-safe keyframe store (eviction policy in the module doc).
+    """Bounded, thread-safe keyframe store that samples training rays (see the module doc).
 
     Args:
         cfg: ``max_keyframes``, ``max_memory_mb``, ``protect_newest``, ``rotation_weight`` (and the
             keyframe thresholds, from which a zero ``rotation_weight`` is derived) are used.
+        device: where the images live and ray batches are built.
+        bounded: False for a store that never evicts (offline training on a whole dataset).
+        recency_boost, recency_tau: view weighting when sampling rays (module doc).
     """
 
-    def __init__(self, cfg: Optional[KeyframeConfig] = None):
+    def __init__(self, cfg: Optional[KeyframeConfig] = None, device: str | torch.device = "cpu",
+                 bounded: bool = True, recency_boost: float = 4.0, recency_tau: float = 8.0):
         self.cfg = (cfg or KeyframeConfig()).check()
-        self.max_keyframes = int(self.cfg.max_keyframes)
-        self.max_bytes = int(self.cfg.max_memory_mb * 1024 * 1024)
+        if recency_boost < 0 or recency_tau <= 0:
+            raise ValueError(f"recency_boost must be >= 0 and recency_tau > 0, got {recency_boost}, {recency_tau}")
+        self.device = torch.device(device)
+        self.bounded = bool(bounded)
+        self.max_keyframes = int(self.cfg.max_keyframes) if bounded else math.inf
+        self.max_bytes = int(self.cfg.max_memory_mb * 1024 * 1024) if bounded else math.inf
+        self.recency_boost = float(recency_boost)
+        self.recency_tau = float(recency_tau)
         w = self.cfg.rotation_weight
         if w <= 0:
             w = (self.cfg.min_translation / math.radians(self.cfg.min_rotation_deg)
@@ -314,7 +176,7 @@ class KeyframeStore:
         self._added = 0
         self._evicted = 0
         self._version = 0
-        self._unreported: List[int] = []  # evicted by set_features, not yet handed out
+        self._cameras: Optional[Tuple[int, Tuple[torch.Tensor, ...]]] = None  # (version, stacked cameras)
         self._lock = threading.RLock()
 
     # -------------------------------------------------------------- reading
@@ -344,13 +206,22 @@ class KeyframeStore:
         with self._lock:
             return list(self._items.items())
 
+    def keyframes(self) -> List[Keyframe]:
+        """A consistent snapshot of the keyframes, oldest first."""
+        with self._lock:
+            return list(self._items.values())
+
     def keys_with_features(self) -> List[int]:
         with self._lock:
             return [k for k, kf in self._items.items() if kf.features is not None]
 
-    def keys_without_features(self) -> List[int]:
+    def num_with_features(self) -> int:
         with self._lock:
-            return [k for k, kf in self._items.items() if kf.features is None]
+            return sum(1 for kf in self._items.values() if kf.features is not None)
+
+    def cameras(self) -> List[CameraView]:
+        """The keyframes' cameras, oldest first."""
+        return [kf.camera for kf in self.keyframes()]
 
     @property
     def version(self) -> int:
@@ -364,12 +235,13 @@ class KeyframeStore:
             return self._bytes
 
     def stats(self) -> Dict[str, Any]:
-        """count, bytes, with_features, feature_bytes, bounds and lifetime added/evicted counts."""
+        """count, bytes, image_bytes, with_features, feature_bytes, bounds and lifetime added/evicted."""
         with self._lock:
             fb = sum(features_nbytes(kf.features) for kf in self._items.values())
             return {
                 "count": len(self._items),
                 "bytes": self._bytes,
+                "image_bytes": self._bytes - fb,
                 "with_features": sum(kf.features is not None for kf in self._items.values()),
                 "feature_bytes": fb,
                 "max_keyframes": self.max_keyframes,
@@ -379,15 +251,15 @@ class KeyframeStore:
             }
 
     # -------------------------------------------------------------- writing
-    def add(self, frame: Frame) -> Tuple[int, List[int]]:
-        """Store ``frame``; returns ``(key, evicted_keys)``.
+    def add(self, frame: Frame, features: Any = None) -> Tuple[int, List[int]]:
+        """Copy ``frame``'s pixels onto the store's device and store it; returns ``(key, evicted_keys)``.
 
-        ``evicted_keys`` also holds keys evicted earlier by ``set_features`` and not yet taken with
-        ``take_evicted``; it may contain ``key`` itself only when ``protect_newest`` is 0 and the
-        new frame is the most redundant one. Raises KeyframeStoreError when the frame alone is larger
-        than the memory bound.
+        ``evicted_keys`` may contain ``key`` itself only when ``protect_newest`` is 0 and the new
+        frame is the most redundant one. Raises KeyframeStoreError when the frame alone is larger
+        than the memory bound, FrameError for an invalid frame.
         """
-        need = _frame_nbytes(frame)
+        frame.validate()
+        need = frame.rgb.size + (frame.depth.size * 4 if frame.depth is not None else 0) + features_nbytes(features)
         if need > self.max_bytes:
             raise KeyframeStoreError(
                 f"keyframe needs {need / 2**20:.1f} MB, more than the store's whole memory bound "
@@ -395,22 +267,21 @@ class KeyframeStore:
         with self._lock:
             key = self._next_key
             self._next_key += 1
-            self._items[key] = Keyframe(key, frame)
-            self._bytes += need
+        kf = dataclasses.replace(make_keyframe(key, frame, self.device), features=features)
+        with self._lock:
+            self._items[key] = kf
+            self._bytes += kf.nbytes
             self._added += 1
             self._version += 1
-            evicted = self._unreported + self._enforce_bounds()
-            self._unreported = []
-            return key, evicted
+            return key, self._enforce_bounds()
 
     def set_features(self, key: int, feats: Any) -> bool:
         """Attach teacher features to keyframe ``key``.
 
         Returns False (and changes nothing) when the keyframe is no longer stored: the feature
-        worker finished after it was evicted, which is normal. Keyframes evicted to stay within
-        the memory bound because of the added bytes are handed out by ``take_evicted()`` (and by
-        the next ``add()``). Raises KeyframeStoreError if this keyframe with its features alone
-        exceeds the memory bound.
+        worker finished after it was evicted, which is normal. The added bytes may evict other
+        keyframes (counted in ``stats()['evicted']``). Raises KeyframeStoreError if this keyframe
+        with its features alone exceeds the memory bound.
         """
         add = features_nbytes(feats)
         with self._lock:
@@ -425,17 +296,11 @@ class KeyframeStore:
             self._items[key] = new
             self._bytes += add - features_nbytes(old.features)
             self._version += 1
-            self._unreported.extend(self._enforce_bounds())
+            self._enforce_bounds()
             return True
 
-    def take_evicted(self) -> List[int]:
-        """Keys evicted by ``set_features`` since the last call (or the last ``add``), oldest first."""
-        with self._lock:
-            out, self._unreported = self._unreported, []
-            return out
-
     def remove(self, key: int) -> Keyframe:
-        """Remove and return keyframe ``key`` (KeyError if absent; not reported as evicted)."""
+        """Remove and return keyframe ``key`` (KeyError if absent; not counted as evicted)."""
         with self._lock:
             kf = self.get(key)
             self._drop(key)
@@ -446,8 +311,34 @@ class KeyframeStore:
         with self._lock:
             self._items.clear()
             self._bytes = 0
-            self._unreported = []
             self._version += 1
+
+    # -------------------------------------------------------------- rays
+    def sample(self, n: int, generator: Optional[torch.Generator] = None) -> RayBatch:
+        """Draw ``n`` random training rays (view weighting in the module doc); see ``sample_rays``.
+        Random numbers come from ``generator`` (a CPU generator), so a seeded generator gives a
+        reproducible batch."""
+        with self._lock:
+            views = list(self._items.values())
+            if not views:
+                raise RuntimeError("no keyframes: add frames before sampling rays")
+            if self._cameras is None or self._cameras[0] != self._version:
+                self._cameras = (self._version, self._stack_cameras(views))
+            stacked = self._cameras[1]
+        return sample_rays(views, stacked, n, generator, self.device)
+
+    def _stack_cameras(self, views: List[Keyframe]) -> Tuple[torch.Tensor, ...]:
+        K = torch.as_tensor(np.stack([kf.K for kf in views]), dtype=torch.float32, device=self.device)
+        c2w = torch.as_tensor(np.stack([kf.c2w for kf in views]), dtype=torch.float32, device=self.device)
+        hw = torch.tensor([kf.height * kf.width for kf in views], dtype=torch.float64)
+        w = torch.tensor([kf.width for kf in views], dtype=torch.int64)
+        return K, c2w, hw, w, self.view_weights(len(views))
+
+    def view_weights(self, n: Optional[int] = None) -> torch.Tensor:
+        """(n,) sampling weights of the keyframes, oldest first (module doc); n defaults to the count."""
+        n = len(self) if n is None else n
+        age = torch.arange(n - 1, -1, -1, dtype=torch.float64)
+        return 1.0 + self.recency_boost * torch.exp(-age / self.recency_tau)
 
     # -------------------------------------------------------------- eviction
     def _drop(self, key: int) -> None:
@@ -465,7 +356,7 @@ class KeyframeStore:
             return dict(zip(keys, d.min(axis=1).tolist()))
 
     def _pairwise(self, keys: List[int]) -> np.ndarray:
-        poses = np.stack([self._items[k].frame.c2w for k in keys]).astype(np.float64)  # (n, 4, 4)
+        poses = np.stack([self._items[k].c2w for k in keys])  # (n, 4, 4)
         dt, ang = pose_distance(poses[:, None], poses[None, :])  # (n, n) each
         d = dt + self.rotation_weight * ang
         np.fill_diagonal(d, np.inf)

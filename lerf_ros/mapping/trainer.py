@@ -1,4 +1,4 @@
-"""The LERF training loop: ray batches from ``TrainingViews`` -> losses -> one optimiser step.
+"""The LERF optimiser: ray batches from a keyframe store -> losses -> one optimiser step.
 
 One ``Trainer.step()`` samples ``trainer.rays_per_batch`` rays, renders them (proposal sampling,
 radiance field, and the language/DINO fields on the rays whose view has teacher features),
@@ -25,7 +25,7 @@ import copy
 import math
 import threading
 import time
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional, Protocol, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -35,9 +35,11 @@ from lerf_ros.field.frozen import FrozenField, render_image
 from lerf_ros.field.model import (LerfModel, check_model_config, check_trainer_config, geometry_losses,
                                   language_losses, total_loss)
 from lerf_ros.mapping import checkpoint as ckpt
-from lerf_ros.mapping.dataset import TrainingViews
+from lerf_ros.field.snapshot import CameraView
+from lerf_ros.mapping.rays import RayBatch
 
 _GROUPS = ("fields", "proposal", "lang")
+_BOUNDS_KEYS = ("scene_center", "scene_scale", "auto_bounds")
 
 
 def learning_rate(lr0: float, lr_final: float, decay_steps: int, step: int, schedule: str, warmup: int) -> float:
@@ -53,6 +55,18 @@ def learning_rate(lr0: float, lr_final: float, decay_steps: int, step: int, sche
     return lr
 
 
+class RaySource(Protocol):
+    """What the trainer learns from: ``lerf_ros.mapping.keyframes.KeyframeStore`` implements it."""
+
+    def sample(self, n: int, generator: Optional[torch.Generator] = None) -> RayBatch: ...
+
+    def cameras(self) -> List[CameraView]: ...
+
+
+Bounds = Tuple[Sequence[float], float]
+"""Scene bounds: (centre (3,) metres, half-extent metres) of the region the field maps linearly."""
+
+
 class Trainer:
     """Trains a LERF on the rays of ``views``.
 
@@ -60,11 +74,14 @@ class Trainer:
         cfg: the run's configuration (model, trainer, device).
         clip_dim: the teacher's CLIP dimension (language field output).
         dino_dim: the teacher's dense-feature dimension (DINO field output).
-        views: the training views (shared with whoever adds frames).
+        views: where rays come from (the session's keyframe store, shared with whoever adds frames).
         teacher: one-line description of the teacher (recorded in checkpoints and snapshots).
+        bounds: (centre, half-extent) of the scene; default ``model.scene_center`` /
+            ``model.scene_scale``. Part of the weights: checkpoints keep them.
     """
 
-    def __init__(self, cfg: LerfConfig, clip_dim: int, dino_dim: int, views: TrainingViews, teacher: str = "") -> None:
+    def __init__(self, cfg: LerfConfig, clip_dim: int, dino_dim: int, views: RaySource, teacher: str = "",
+                 bounds: Optional[Bounds] = None) -> None:
         cfg.check()
         check_model_config(cfg.model)
         check_trainer_config(cfg.trainer)
@@ -76,8 +93,16 @@ class Trainer:
             raise ConfigError(f"device = {cfg.device!r} is invalid: CUDA is not available on this machine")
         tc = self.cfg.trainer
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(tc.seed)
+            torch.manual_seed(self.cfg.seed)
             self.model = LerfModel(self.cfg.model, clip_dim, dino_dim)
+        if bounds is not None:
+            center, scale = bounds
+            if len(center) != 3 or not float(scale) > 0 or not np.all(np.isfinite(center)):
+                raise ConfigError(f"scene bounds must be a finite centre (3 values) and a half-extent > 0, "
+                                  f"got {center}, {scale}")
+            with torch.no_grad():
+                self.model.scene_center.copy_(torch.as_tensor(np.asarray(center, dtype=np.float32)))
+                self.model.scene_scale.fill_(float(scale))
         self.model.to(self.device).train()
         groups = self.model.param_groups()
         decay = {"fields": tc.weight_decay, "proposal": tc.weight_decay, "lang": tc.lang_weight_decay}
@@ -86,11 +111,16 @@ class Trainer:
             lr=tc.lr_fields, eps=tc.adam_eps)
         self.use_amp = self.device.type == "cuda" and tc.mixed_precision
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
-        self.generator = torch.Generator().manual_seed(tc.seed)
+        self.generator = torch.Generator().manual_seed(self.cfg.seed)
         self.step_count = 0
         self.rays_per_second = 0.0
         """Exponential moving average of rays per second over recent steps (whole step)."""
         self._lock = threading.RLock()
+
+    @property
+    def bounds(self) -> Tuple[List[float], float]:
+        """(centre, half-extent) of the scene in metres."""
+        return [float(c) for c in self.model.scene_center.tolist()], float(self.model.scene_scale)
 
     @property
     def clip_dim(self) -> int:
@@ -205,7 +235,7 @@ class Trainer:
                 "step": self.step_count, "model": cpu(self.model.state_dict()),
                 "optimizer": cpu(self.optimizer.state_dict()), "scaler": self.scaler.state_dict(),
                 "generator": self.generator.get_state().clone(), "rays_per_second": self.rays_per_second,
-                "cameras": ckpt.cameras_to_payload(self.views.cameras()),
+                "cameras": ckpt.cameras_to_payload(self.views.cameras()), "bounds": self.bounds,
             }
 
     def save_checkpoint(self, path: str) -> str:
@@ -228,7 +258,8 @@ class Trainer:
                 f"from this trainer's (clip {self.clip_dim}, dino {self.dino_dim})")
         theirs = payload["config"].get("model", {})
         ours = self.cfg.to_dict()["model"]
-        diff = sorted(k for k in set(ours) | set(theirs) if ours.get(k) != theirs.get(k))
+        # The scene bounds are state restored with the weights (buffers), not a property of the architecture.
+        diff = sorted(k for k in set(ours) | set(theirs) if ours.get(k) != theirs.get(k) and k not in _BOUNDS_KEYS)
         if diff:
             raise ckpt.CheckpointError(f"{path}: model configuration differs in {', '.join('model.' + k for k in diff)}")
         with self._lock:
@@ -244,7 +275,7 @@ class Trainer:
         return self.step_count
 
     @classmethod
-    def from_checkpoint(cls, path: str, views: TrainingViews, device: Optional[str] = None) -> "Trainer":
+    def from_checkpoint(cls, path: str, views: RaySource, device: Optional[str] = None) -> "Trainer":
         """A trainer built from the checkpoint's own configuration, restored from it."""
         payload = ckpt.read_checkpoint(path)
         cfg = ckpt.config_of(payload)

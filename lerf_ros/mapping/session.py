@@ -1,0 +1,259 @@
+"""One mapping run (ROS-free): the object every way of training builds.
+
+A ``Session`` owns
+- the keyframe selector and the keyframe store (each image held once, on the training device; the
+  store samples the training rays),
+- the teacher and its features: computed in a background ``FeatureWorker`` for frames offered with
+  ``submit`` (a live stream), or right away for frames given with ``add`` (a recorded dataset),
+- the scene bounds, as explicit state (``bounds``): estimated from the keyframes when training starts
+  (``model.auto_bounds``) or taken from the configuration, restored from a checkpoint on resume,
+  forgotten by ``reset``; the configuration is never rewritten,
+- the trainer (built when training starts), its snapshots and its checkpoints.
+
+The online trainer (``lerf_ros.mapping.online``) is a session plus its threads; ``lerf-ros train``
+and the benchmark are a session plus a loop; tests build the same session.
+"""
+from __future__ import annotations
+
+import os
+import threading
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+import numpy as np
+import torch
+
+from lerf_ros.config import LerfConfig
+from lerf_ros.data.frame import Frame
+from lerf_ros.field.frozen import FrozenField
+from lerf_ros.mapping import checkpoint as ckpt
+from lerf_ros.mapping.keyframes import KeyframeStore, KeyframeStoreError
+from lerf_ros.mapping.rays import estimate_scene_bounds
+from lerf_ros.mapping.selection import KeyframeSelector
+from lerf_ros.mapping.trainer import Trainer
+
+LogFn = Callable[[str, str], None]  # (level: 'info'|'warning'|'error', text)
+
+LOSS_KEYS = ("rgb", "lang", "dino", "psnr", "depth")
+"""Per-step statistics a session keeps as its latest losses."""
+
+
+def print_log(level: str, text: str) -> None:
+    """The default log: one line on stdout."""
+    print(f"[{level}] {text}", flush=True)
+
+
+@dataclass
+class SubmitResult:
+    """What became of a submitted frame."""
+
+    kept: bool
+    """It became a keyframe."""
+    rejected: bool
+    """It was bad input (blurred, badly exposed, invalid, stamp going backwards): counts as dropped."""
+    reason: str = ""
+    kind: str = ""
+    """A short stable category of the reason (for logging each kind once)."""
+
+
+class Session:
+    """See the module docstring.
+
+    Args:
+        cfg: the run's configuration (checked here).
+        teacher: the 2D teacher; default ``make_teacher(cfg.teacher, scene=scene)``.
+        scene: a synthetic scene, for the ground-truth teacher.
+        online: True for a live stream: a bounded store whose ray sampling favours the newest
+            keyframes, and a background feature worker. False for a recorded dataset: every frame
+            given with ``add`` is kept and sampled uniformly, features computed in ``add``.
+        log: ``log(level, text)`` for the session's few messages (bounds, feature errors, checkpoints).
+    """
+
+    def __init__(self, cfg: LerfConfig, teacher: Any = None, *, scene: Any = None, online: bool = True,
+                 log: LogFn = print_log) -> None:
+        from lerf_ros.teachers import make_teacher
+
+        self.cfg = cfg.check()
+        self.online = bool(online)
+        self.log = log
+        torch.manual_seed(cfg.seed)
+        self.teacher = teacher if teacher is not None else make_teacher(cfg.teacher, scene=scene)
+        self.device = torch.device(cfg.resolved_device())
+        self.selector = KeyframeSelector(cfg.keyframes)
+        self.keyframes = KeyframeStore(cfg.keyframes, device=self.device, bounded=self.online,
+                                       recency_boost=4.0 if self.online else 0.0)
+        self.checkpoint_dir = os.path.join(cfg.output_dir, "checkpoints")
+        self.bounds: Optional[Tuple[List[float], float]] = None
+        """(centre, half-extent) in metres of the region the field maps linearly; None until training starts."""
+        self.trainer: Optional[Trainer] = None
+        self.losses: Dict[str, float] = {}
+        self.last_checkpoint = ""
+        self.lock = threading.RLock()
+        """Guards the model (step, reset, snapshot, checkpoints); hold it to make several calls one."""
+        self._worker = None
+        if self.online:
+            from lerf_ros.teachers.worker import FeatureWorker
+
+            self._worker = FeatureWorker(self.teacher, cfg.teacher)
+
+    # ------------------------------------------------------------------ frames in
+    @property
+    def teacher_description(self) -> str:
+        return self.teacher.description
+
+    def submit(self, frame: Frame) -> SubmitResult:
+        """Offer a frame of a live stream; never raises for bad input (the result says why it was not
+        used). The selector validates it first (an invalid frame is rejected, kind 'invalid'); a kept
+        frame goes to the store and its teacher features are computed in the background."""
+        if self._worker is None:
+            raise RuntimeError("submit() is for online sessions; use add() for a recorded dataset")
+        decision = self.selector.consider(frame)
+        if not decision.keep:
+            return SubmitResult(False, decision.rejected, decision.reason, decision.kind)
+        try:
+            key, _ = self.keyframes.add(decision.frame)
+        except KeyframeStoreError as exc:
+            return SubmitResult(False, True, str(exc), "too_large")
+        try:
+            kf = self.keyframes.get(key)
+        except KeyError:  # evicted at once (protect_newest = 0 and the most redundant pose)
+            return SubmitResult(False, False, "evicted as the most redundant keyframe", "redundant")
+        # The worker reads the stored pixels (no second copy); the instance map of a synthetic frame
+        # is only needed for its features.
+        work = kf.frame
+        if decision.frame.instance is not None:
+            work.instance = decision.frame.instance
+        self._worker.submit(key, work)
+        return SubmitResult(True, False, "keyframe", "keyframe")
+
+    def add(self, frame: Frame, features: Any = None) -> int:
+        """Keep ``frame`` as a keyframe (no selection) with its teacher features (computed now when
+        not given); returns its key. Raises FrameError for an invalid frame."""
+        from lerf_ros.teachers.features import compute_frame_features
+
+        frame.validate()
+        if features is None:
+            features = compute_frame_features(self.teacher, frame, self.cfg.teacher)
+        key, _ = self.keyframes.add(frame, features)
+        return key
+
+    def collect_features(self) -> int:
+        """Attach the features the background worker has finished; returns how many were attached.
+        Failures are logged (the keyframe keeps training colour and depth only)."""
+        if self._worker is None:
+            return 0
+        n = 0
+        for key, feats in self._worker.poll():
+            n += bool(self.keyframes.set_features(key, feats))  # False when evicted meanwhile
+        for key, err in self._worker.take_errors():
+            self.log("warning", f"teacher features failed for keyframe {key}: {err}")
+        return n
+
+    @property
+    def features_pending(self) -> int:
+        return 0 if self._worker is None else self._worker.pending
+
+    def ready_keyframes(self) -> int:
+        """Keyframes with teacher features."""
+        return self.keyframes.num_with_features()
+
+    def can_train(self) -> bool:
+        """Enough keyframes have features (``keyframes.min_keyframes_to_train``; offline: one)."""
+        need = self.cfg.keyframes.min_keyframes_to_train if self.online else 1
+        return self.ready_keyframes() >= need
+
+    # ------------------------------------------------------------------ model
+    @property
+    def step_count(self) -> int:
+        trainer = self.trainer
+        return 0 if trainer is None else int(trainer.step_count)
+
+    def _initial_bounds(self) -> Tuple[List[float], float]:
+        m = self.cfg.model
+        if not m.auto_bounds:
+            return [float(c) for c in m.scene_center], float(m.scene_scale)
+        kfs = self.keyframes.keyframes()
+        if not kfs:
+            raise RuntimeError("no keyframes: the scene bounds cannot be estimated yet")
+        center, scale = estimate_scene_bounds(kfs)
+        self.log("info", f"scene bounds from {len(kfs)} keyframes: centre {[round(c, 3) for c in center]} m, "
+                         f"half-extent {scale:.3f} m")
+        return center, scale
+
+    def ensure_model(self) -> Trainer:
+        """The trainer, built on first use (scene bounds fixed then)."""
+        with self.lock:
+            if self.trainer is None:
+                if self.bounds is None:
+                    self.bounds = self._initial_bounds()
+                self.trainer = Trainer(self.cfg, self.teacher.clip_dim, self.teacher.dino_dim, self.keyframes,
+                                       teacher=self.teacher_description, bounds=self.bounds)
+            return self.trainer
+
+    def step(self) -> Dict[str, float]:
+        """One optimiser step (see ``Trainer.step``); builds the model first if needed."""
+        with self.lock:
+            stats = self.ensure_model().step()
+            self.losses = {k: float(v) for k, v in stats.items() if k in LOSS_KEYS}
+            return stats
+
+    def snapshot(self) -> FrozenField:
+        """An immutable snapshot of the current model for queries."""
+        with self.lock:
+            return self.ensure_model().snapshot()
+
+    def render_view(self, K: np.ndarray, c2w: np.ndarray, height: int, width: int,
+                    scale: Optional[float] = None) -> Dict[str, torch.Tensor]:
+        """Render a view with the live model (see ``Trainer.render_view``)."""
+        return self.ensure_model().render_view(K, c2w, height, width, scale=scale)
+
+    def reset(self) -> None:
+        """A fresh model at step 0 (bounds estimated again); keyframes and their features are kept."""
+        with self.lock:
+            self.trainer = None
+            self.bounds = None
+            self.losses = {}
+
+    # ------------------------------------------------------------------ checkpoints
+    def save_checkpoint(self, path: Optional[str] = None) -> str:
+        """Write a checkpoint atomically (default: ``<output_dir>/checkpoints/step-NNNNNNN.ckpt``, the
+        newest ``trainer.keep_checkpoints`` periodic ones kept); returns its path."""
+        with self.lock:
+            if self.trainer is None:
+                raise RuntimeError("no model yet: training has not started (waiting for keyframes)")
+            periodic = path is None
+            if periodic:
+                os.makedirs(self.checkpoint_dir, exist_ok=True)
+                path = os.path.join(self.checkpoint_dir, ckpt.checkpoint_name(self.step_count))
+            self.trainer.save_checkpoint(path)
+            if periodic:
+                ckpt.prune_checkpoints(self.checkpoint_dir, keep=self.cfg.trainer.keep_checkpoints)
+            self.last_checkpoint = path
+            self.log("info", f"checkpoint {path}")
+            return path
+
+    def resume(self, path: Optional[str] = None) -> Optional[str]:
+        """Continue from checkpoint ``path`` (default: the newest periodic one in the checkpoint folder;
+        None when there is none). The checkpoint's scene bounds are taken: they are part of the weights."""
+        if path is None:
+            path = ckpt.latest_checkpoint(self.checkpoint_dir)
+            if path is None:
+                return None
+        payload = ckpt.read_checkpoint(path)
+        with self.lock:
+            self.bounds = checkpoint_bounds(payload)
+            self.trainer = None
+            self.ensure_model().load_checkpoint(path, payload=payload)
+            self.last_checkpoint = path
+        return path
+
+    def close(self) -> None:
+        """Stop the feature worker (queued frames are dropped)."""
+        if self._worker is not None:
+            self._worker.close(cancel=True)
+
+
+def checkpoint_bounds(payload: Dict[str, Any]) -> Tuple[List[float], float]:
+    """The scene bounds a checkpoint was trained with (its weights' buffers hold them)."""
+    state = payload["model"]
+    return [float(c) for c in state["scene_center"].tolist()], float(state["scene_scale"])
