@@ -5,7 +5,7 @@
 
 Writes ``bench_quick.json`` / ``bench_quick.md`` (quick) or ``bench.json`` / ``bench.md`` (full) into
 ``--out``. The metrics and the protocol are described in ``lerf_ros.bench``; the teacher is the
-synthetic scene's ground truth, not CLIP.
+synthetic scene's ground truth, not CLIP. This is the benchmark's only entry point.
 """
 from __future__ import annotations
 
@@ -18,12 +18,14 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from lerf_ros.bench import add_arguments as bench_arguments
+    """The benchmark's options (``lerf_ros.bench.cli``)."""
+    from lerf_ros.bench.cli import add_arguments as bench_arguments
 
     bench_arguments(p)
 
 
 def run(args: argparse.Namespace) -> int:
-    from lerf_ros.bench import main_from_args
+    """Run the benchmark; the exit code (2 for bad arguments)."""
+    from lerf_ros.bench.cli import main_from_args
 
     return main_from_args(args, prog="lerf-ros bench")
