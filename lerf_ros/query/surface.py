@@ -29,6 +29,10 @@ import torch
 
 from lerf_ros.config import QueryConfig
 from lerf_ros.field.snapshot import CameraView, FieldSnapshot
+from lerf_ros.geometry.camera import backproject, project, scaled_intrinsics
+
+__all__ = ["PRE_VISIBILITY_POINTS", "SurfaceError", "SurfacePoints", "SurfaceCache", "select_views", "extract_surface",
+           "backproject", "project", "scaled_intrinsics"]
 
 
 #: voxel points always visibility-tested before any random thinning (more only for larger max_candidate_points)
@@ -69,38 +73,6 @@ def select_views(cameras: List[CameraView], max_views: int) -> List[int]:
     if n <= max_views:
         return list(range(n))
     return sorted(set(np.linspace(0, n - 1, max_views).round().astype(int).tolist()))
-
-
-def scaled_intrinsics(K: np.ndarray, width: int, height: int, new_width: int, new_height: int) -> np.ndarray:
-    """Intrinsics of the same camera rendered at another resolution (pixel-centre convention kept:
-    continuous image coordinates scale by new/old, so the principal point scales too)."""
-    K2 = np.array(K, dtype=np.float64, copy=True)
-    K2[0, :] *= new_width / width
-    K2[1, :] *= new_height / height
-    K2[2, :] = K[2, :]
-    return K2
-
-
-def backproject(depth: np.ndarray, K: np.ndarray, c2w: np.ndarray) -> np.ndarray:
-    """Pixel centres at z-depth -> world points. depth (H, W), K (3, 3), c2w (4, 4) -> (H, W, 3)."""
-    h, w = depth.shape
-    u, v = np.meshgrid(np.arange(w, dtype=np.float64) + 0.5, np.arange(h, dtype=np.float64) + 0.5)
-    pix = np.stack([u, v, np.ones_like(u)], axis=-1)                 # (H, W, 3)
-    rays = pix @ np.linalg.inv(K).T                                  # z component is 1
-    cam = rays * depth[..., None]
-    return cam @ c2w[:3, :3].T + c2w[:3, 3]
-
-
-def project(xyz: np.ndarray, K: np.ndarray, c2w: np.ndarray) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """World points -> (col (N,) int, row (N,) int, z (N,) camera z-depth). Pixel (col, row) is the one
-    whose area contains the projection (centres at +0.5)."""
-    cam = (xyz - c2w[:3, 3]) @ c2w[:3, :3]                           # R^T (p - t), row form
-    z = cam[:, 2]
-    zs = np.where(np.abs(z) > 1e-9, z, 1e-9)
-    uv = cam @ K.T
-    col = np.floor(uv[:, 0] / zs).astype(np.int64)
-    row = np.floor(uv[:, 1] / zs).astype(np.int64)
-    return col, row, z
 
 
 def _render_view(snapshot: FieldSnapshot, cam: CameraView, stride: int) -> Dict[str, np.ndarray]:
