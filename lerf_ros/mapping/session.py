@@ -77,7 +77,7 @@ class Session:
         self.online = bool(online)
         self.log = log
         torch.manual_seed(cfg.seed)
-        self.teacher = teacher if teacher is not None else make_teacher(cfg.teacher, scene=scene)
+        self.teacher = teacher if teacher is not None else make_teacher(cfg.teacher, scene=scene, device=cfg.device)
         self.device = torch.device(cfg.resolved_device())
         self.selector = KeyframeSelector(cfg.keyframes)
         self.keyframes = KeyframeStore(cfg.keyframes, device=self.device, bounded=self.online,
@@ -188,6 +188,7 @@ class Session:
                     self.bounds = self._initial_bounds()
                 self.trainer = Trainer(self.cfg, self.teacher.clip_dim, self.teacher.dino_dim, self.keyframes,
                                        teacher=self.teacher_description, bounds=self.bounds)
+                self.bounds = self.trainer.bounds  # as the model holds them (float32)
             return self.trainer
 
     def step(self) -> Dict[str, float]:
