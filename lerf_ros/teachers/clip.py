@@ -11,7 +11,7 @@ benchmarks only; ``description`` then says "RANDOM WEIGHTS: tests/benchmarks onl
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, Dict, Iterable, Optional, Sequence
+from typing import Dict, Optional, Sequence
 
 import numpy as np
 import torch
@@ -20,11 +20,9 @@ import torch.nn.functional as F
 from lerf_ros.config import ConfigError, TeacherConfig
 from lerf_ros.data.frame import Frame
 from lerf_ros.teachers.base import Teacher
-
-if TYPE_CHECKING:  # pragma: no cover
-    from lerf_ros.teachers.dino import DinoEncoder
-
-RANDOM_WEIGHTS_NOTE = "RANDOM WEIGHTS: tests/benchmarks only"
+from lerf_ros.teachers.dino import DinoEncoder
+from lerf_ros.teachers.weights import (RANDOM_WEIGHTS_NOTE, TeacherWeightsError, ensure_offline_hub,
+                                       find_cached_weights, resolve_device)
 
 #: Small OpenCLIP architectures (overrides of the ViT-B-16 config) for fast tests: random weights or a
 #: local checkpoint of the same architecture, never a pretrained tag.
@@ -35,55 +33,6 @@ TEST_ARCHITECTURES: Dict[str, dict] = {
         text_cfg=dict(context_length=77, vocab_size=49408, width=64, heads=2, layers=2),
     ),
 }
-
-
-class TeacherWeightsError(RuntimeError):
-    """Teacher weights are not available locally; the message says how to provide them."""
-
-
-def resolve_device(device: str) -> torch.device:
-    """'auto' -> CUDA when available else CPU; otherwise ``torch.device(device)``."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"teacher.device = {device!r} is invalid: CUDA is not available on this machine")
-    return dev
-
-
-def ensure_offline_hub() -> None:
-    """Keep the Hugging Face hub client from reaching the network (unless the user decided otherwise)."""
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
-
-def find_cached_weights(hf_repo: str = "", hf_filenames: Sequence[str] = (), url: str = "",
-                        cache_dir: str = "", url_dirs: Iterable[str] = ()) -> Optional[str]:
-    """Path of a locally cached weights file, or None. Never touches the network.
-
-    Looks for ``hf_repo``/``hf_filenames`` in the Hugging Face hub cache (``cache_dir`` when given,
-    else the default one), for ``hf_filenames`` directly in ``cache_dir``, and for the file name of
-    ``url`` in ``cache_dir`` and ``url_dirs``.
-    """
-    ensure_offline_hub()
-    if hf_repo:
-        from huggingface_hub import try_to_load_from_cache
-
-        for name in hf_filenames:
-            try:
-                hit = try_to_load_from_cache(hf_repo, name, cache_dir=cache_dir or None)
-            except Exception:  # malformed cache folders: treat as a miss
-                hit = None
-            if isinstance(hit, str) and os.path.isfile(hit):
-                return hit
-    candidates = [os.path.join(cache_dir, name) for name in hf_filenames] if cache_dir else []
-    if url:
-        base = os.path.basename(url)
-        candidates += [os.path.join(folder, base) for folder in ([cache_dir] if cache_dir else []) + list(url_dirs)]
-    for path in candidates:
-        path = os.path.expanduser(path)
-        if os.path.isfile(path):
-            return path
-    return None
 
 
 def extract_crops(image: torch.Tensor, boxes: np.ndarray, out_size: int) -> torch.Tensor:
@@ -315,7 +264,7 @@ class ClipEncoder:
 class ClipDinoTeacher(Teacher):
     """The real teacher: OpenCLIP crop and text embeddings plus dense DINO features."""
 
-    def __init__(self, clip: ClipEncoder, dino: "DinoEncoder") -> None:
+    def __init__(self, clip: ClipEncoder, dino: DinoEncoder) -> None:
         self.clip = clip
         self.dino = dino
         self.clip_dim = clip.embed_dim
@@ -324,8 +273,6 @@ class ClipDinoTeacher(Teacher):
 
     @classmethod
     def from_config(cls, cfg: TeacherConfig) -> "ClipDinoTeacher":
-        from lerf_ros.teachers.dino import DinoEncoder
-
         cfg.check()
         return cls(ClipEncoder.from_config(cfg), DinoEncoder.from_config(cfg))
 
