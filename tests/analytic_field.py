@@ -7,8 +7,8 @@
   ``normalize(w e_class + (1 - w) e_background)``, ``w = exp(-0.5 (ln(s / size) / width)^2)``,
   size = the largest side of the object's box. Outside every box it is the background embedding.
   So the scale search has a right answer: the candidate scale nearest the object's size.
-- language_multi_scale and language_basis: the optional fast paths of the query engine, in closed
-  form (class lookup once per point; the norm of the blend from the embeddings' dot products).
+- language_multi_scale and language_basis: in closed form (class lookup once per point; the norm of
+  the blend from the embeddings' dot products; the span of the class embeddings).
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 import numpy as np
 import torch
 
-from lerf_ros.field.snapshot import CameraView
+from lerf_ros.field.snapshot import CameraView, language_per_scale
 
 #: density (1/m) inside objects and the table slab
 SOLID_DENSITY = 1000.0
@@ -124,8 +124,10 @@ class AnalyticSnapshot:
                 "accumulation": (depth_t > 0).float()}
 
 
-class PerScaleOnly:
-    """The same field without ``language_multi_scale``: exercises the engine's per-scale fallback."""
+class ReferencePaths:
+    """The same field through the reference paths: ``language_multi_scale`` calls ``language`` once
+    per scale (``language_per_scale``), and ``language_basis`` guarantees nothing narrower than the
+    whole space, so the query engine estimates a basis from samples."""
 
     def __init__(self, inner: AnalyticSnapshot) -> None:
         self._inner = inner
@@ -133,6 +135,12 @@ class PerScaleOnly:
 
     def language(self, xyz, scale):
         return self._inner.language(xyz, scale)
+
+    def language_multi_scale(self, xyz, scales, project=None):
+        return language_per_scale(self, xyz, scales, project)
+
+    def language_basis(self):
+        return torch.eye(self.clip_dim, device=self.device)
 
     def density(self, xyz):
         return self._inner.density(xyz)
@@ -143,20 +151,24 @@ class PerScaleOnly:
 
 class LanguageFromModel:
     """A real model's language field on the scene's exact geometry: cameras and ``render`` from an
-    ``AnalyticSnapshot``, ``language`` (and any optional fast path) from a model snapshot such as
-    ``lerf_ros.field.frozen.FrozenField``. Lets tests and benchmarks score a chosen number of real
-    surface points with a real (e.g. untrained) language field."""
+    ``AnalyticSnapshot``, the language field (``language``, ``language_multi_scale``,
+    ``language_basis``) and density from a model snapshot such as ``lerf_ros.field.frozen.FrozenField``.
+    Lets tests and benchmarks score a chosen number of real surface points with a real (e.g.
+    untrained) language field."""
 
     def __init__(self, model_snapshot, geometry: AnalyticSnapshot) -> None:
         self._model, self._geometry = model_snapshot, geometry
         self.step, self.clip_dim, self.device = model_snapshot.step, model_snapshot.clip_dim, model_snapshot.device
         self.cameras = geometry.cameras
-        for name in ("language_multi_scale", "language_basis"):
-            if hasattr(model_snapshot, name):
-                setattr(self, name, getattr(model_snapshot, name))
 
     def language(self, xyz, scale):
         return self._model.language(xyz, scale)
+
+    def language_multi_scale(self, xyz, scales, project=None):
+        return self._model.language_multi_scale(xyz, scales, project)
+
+    def language_basis(self):
+        return self._model.language_basis()
 
     def density(self, xyz):
         return self._model.density(xyz)

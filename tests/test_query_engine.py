@@ -13,9 +13,10 @@ import numpy as np
 import pytest
 import torch
 
-from analytic_field import AnalyticSnapshot, LanguageFromModel, PerScaleOnly
+from analytic_field import AnalyticSnapshot, LanguageFromModel, ReferencePaths
 from lerf_ros.config import preset
 from lerf_ros.data.synthetic import make_scene
+from lerf_ros.field.snapshot import language_per_scale
 from lerf_ros.query import NO_MODEL_MESSAGE, QueryEngine
 from lerf_ros.query.relevancy import FeatureCache, ProjectedFeatures, scale_search, text_basis
 from lerf_ros.teachers.ground_truth import GroundTruthTeacher
@@ -188,13 +189,13 @@ def test_world_to_target_moves_points_and_grasps(scene, engine):
 
 
 def test_fast_paths_match_the_plain_field(scene, teacher):
-    """Projected features (exact and estimated basis), multi-scale and per-scale evaluation agree."""
+    """Projected features (guaranteed and estimated basis), multi-scale and per-scale evaluation agree."""
     snap = AnalyticSnapshot(scene, teacher.encode_text, step=5)
     variants = {
         "features, exact basis": (snap, qcfg(max_candidate_points=2000)),
-        "features, estimated basis": (PerScaleOnly(snap), qcfg(max_candidate_points=2000)),
+        "features, estimated basis": (ReferencePaths(snap), qcfg(max_candidate_points=2000)),
         "multi-scale, no features": (snap, qcfg(max_candidate_points=2000, feature_cache_mb=0)),
-        "per-scale, no features": (PerScaleOnly(snap), qcfg(max_candidate_points=2000, feature_cache_mb=0)),
+        "per-scale, no features": (ReferencePaths(snap), qcfg(max_candidate_points=2000, feature_cache_mb=0)),
     }
     results = {}
     for name, (s, cfg) in variants.items():
@@ -236,6 +237,9 @@ def test_scale_search_picks_the_scale_with_the_highest_maximum():
             height = torch.where(xyz[:, 0] < 0.5, 0.6, 0.9)
             w = height * torch.exp(-((scale - peak) / 0.3) ** 2)
             return torch.nn.functional.normalize(torch.stack([w, 1 - w, torch.zeros_like(w)], -1), dim=-1)
+
+        def language_multi_scale(self, xyz, scales, project=None):
+            return language_per_scale(self, xyz, scales, project)
 
     q = torch.tensor([[1.0, 0, 0], [0, 1.0, 0], [0, 0, 1.0]])
     xyz = torch.tensor([[0.0, 0, 0], [1.0, 0, 0]])
@@ -377,8 +381,8 @@ def test_scene_points_are_the_surface(engine):
 
 
 def test_real_language_field_features_match_direct_evaluation(scene, teacher):
-    """An untrained tiny-preset LERF language field: the estimated output basis captures it exactly
-    (an MLP's outputs span at most its last hidden width + 1 dimensions)."""
+    """An untrained tiny-preset LERF language field: its guaranteed output basis (the output layer's
+    columns and bias: last hidden width + 1 dimensions) gives the same answers as direct evaluation."""
     from lerf_ros.field.frozen import FrozenField
     from lerf_ros.field.model import LerfModel
 
@@ -393,7 +397,7 @@ def test_real_language_field_features_match_direct_evaluation(scene, teacher):
         eng.prepare()
         if mb:
             st = eng.status()
-            assert 0 < st["features_rank"] <= preset("tiny").model.lang_hidden_dim + 1, st["features_note"]
+            assert st["features_rank"] == preset("tiny").model.lang_hidden_dim + 1, st["features_note"]
         answers[mb] = [eng.query(t, threshold=0.01) for t in ("mug", "bottle", "giraffe")]
     for a, b in zip(answers[512.0], answers[0.0]):
         assert a.success and a.step == 42 and a.scale == b.scale
@@ -420,3 +424,22 @@ def test_field_failures_and_mismatched_teachers_become_messages(scene, teacher, 
     eng.set_snapshot(AnalyticSnapshot(scene, teacher.encode_text, step=3))
     r = eng.query("mug")
     assert not r.success and "64-dim embeddings but the model's language field has 512" in r.message
+
+
+def test_set_snapshot_rejects_what_is_not_a_field_snapshot(scene, teacher):
+    class NoFastPath:
+        step, clip_dim, device, cameras = 0, 3, torch.device("cpu"), []
+
+        def language(self, xyz, scale):
+            return torch.zeros(len(xyz), 3)
+
+        def density(self, xyz):
+            return torch.zeros(len(xyz))
+
+        def render(self, K, c2w, height, width):
+            return {}
+
+    eng = QueryEngine(qcfg(), teacher.encode_text)
+    with pytest.raises(TypeError, match="NoFastPath is not a FieldSnapshot.*language_multi_scale"):
+        eng.set_snapshot(NoFastPath())
+    assert eng.snapshot is None

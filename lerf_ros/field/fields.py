@@ -5,9 +5,10 @@ normalisation + contraction, see ``sampling.contract_to_unit``), flattened to (N
 """
 from __future__ import annotations
 
-from typing import List, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from lerf_ros.field.hash_encoding import HashEncoding
@@ -141,9 +142,58 @@ class LanguageField(nn.Module):
         return torch.cat([e(x01) for e in self.encodings], dim=-1)
 
     def clip(self, feats: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-        """feats (N, F), scale (N,) metres -> (N, clip_dim) unit rows (float32)."""
+        """feats (N, F), scale (N,) metres -> (N, clip_dim) unit rows (float32).
+
+        The training path, and the reference for :meth:`clip_multi_scale`."""
         out = self.clip_net(torch.cat([feats, scale[:, None].to(feats.dtype)], dim=-1)).float()
         return out / out.norm(dim=-1, keepdim=True).clamp_min(1e-8)
+
+    def clip_basis(self) -> torch.Tensor:
+        """(r, clip_dim) float32 orthonormal rows spanning every output of :meth:`clip`.
+
+        The CLIP head ends in a linear layer ``W h + b`` (W: clip_dim x hidden), so every output,
+        normalised or not, lies in the span of W's columns and b: r <= hidden + 1 (r = clip_dim when
+        the head is at least as wide as its output)."""
+        last = self.clip_net[-1]
+        cols = torch.cat([last.weight.detach().T, last.bias.detach()[None]]).double()     # (hidden + 1, D)
+        _, sv, vh = torch.linalg.svd(cols, full_matrices=False)
+        keep = sv > 1e-7 * sv[0].clamp_min(1e-300)
+        return vh[keep].float().contiguous()
+
+    def clip_multi_scale(self, feats: torch.Tensor, scales: torch.Tensor, project: Optional[torch.Tensor] = None,
+                         basis: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """:meth:`clip` of the same grid features at several scales, optionally projected.
+
+        The scale is one input of the head's first layer, so that layer's feature part is computed
+        once per point and each scale adds ``s * w_scale``; the hidden layers then run per scale. The
+        output layer is folded into the output basis C (``basis``, from :meth:`clip_basis`): the
+        head's output in C-coordinates ``y = (C W) h + C b`` has the norm of the full output, and
+        ``project @ out / |out| == (project C^T) y / |y|``, so the clip_dim-wide output is never formed.
+
+        Args:
+            feats: (N, F) grid features (:meth:`features`). scales: (S,) metres.
+            project: (T, clip_dim) rows to project onto, or None for the unit outputs themselves.
+            basis: :meth:`clip_basis` (computed here when None; pass it when calling repeatedly).
+        Returns:
+            (S, N, T) ``clip(feats, s) @ project.T`` for each scale ((S, N, clip_dim) without project), float32.
+        """
+        if feats.ndim != 2 or scales.ndim != 1:
+            raise ValueError(f"feats must be (N, F) and scales (S,), got {tuple(feats.shape)}, {tuple(scales.shape)}")
+        first, hidden, last = self.clip_net[0], self.clip_net[1:-1], self.clip_net[-1]
+        n_feat = feats.shape[1]
+        base = F.linear(feats, first.weight[:, :n_feat], first.bias)                        # (N, H0)
+        w_scale = first.weight[:, n_feat]
+        C = self.clip_basis() if basis is None else basis.to(last.weight.dtype)
+        out_w, out_b = C @ last.weight, C @ last.bias                                         # (r, H), (r,)
+        to_out = C if project is None else C @ project.to(C.dtype).T                          # (r, T or D)
+        outs = []
+        for s in scales.to(feats.dtype).tolist():
+            y = F.linear(hidden(base + s * w_scale), out_w, out_b).float()                  # (N, r)
+            y = y / y.norm(dim=-1, keepdim=True).clamp_min(1e-8)
+            outs.append(y @ to_out.float())
+        if not outs:
+            return feats.new_zeros((0, feats.shape[0], self.clip_dim if project is None else project.shape[0]))
+        return torch.stack(outs)
 
     def dino(self, feats: torch.Tensor) -> torch.Tensor:
         """feats (N, F) -> (N, dino_dim) (float32, not normalised)."""

@@ -47,6 +47,12 @@ class FrozenField:
         self.chunk_rays = int(chunk_rays or (32768 if self.device.type == "cuda" else 4096))
         self.scene_center = m.scene_center.detach().cpu().numpy().copy()
         self.scene_scale = float(m.scene_scale)
+        self._clip_basis = m.lang.clip_basis()
+
+    def language_basis(self) -> torch.Tensor:
+        """(r, clip_dim) orthonormal rows spanning every output of :meth:`language` (the column space
+        of the language head's output layer and its bias; r <= hidden width + 1). A copy."""
+        return self._clip_basis.clone()
 
     @property
     def config(self):
@@ -70,6 +76,25 @@ class FrozenField:
             s = s[sl] if s.numel() > 1 else s
             out.append(self._model.language_at(xyz[sl], s))
         return torch.cat(out) if out else torch.zeros((0, self.clip_dim), device=self.device)
+
+    @torch.no_grad()
+    def language_multi_scale(self, xyz: torch.Tensor, scales: torch.Tensor,
+                             project: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """``language`` at every scale, in one pass of the hash grids per point.
+
+        xyz (N, 3), scales (S,) metres, project (T, clip_dim) or None -> (S, N, T) =
+        ``language(xyz, s) @ project.T`` for each scale ((S, N, clip_dim) without project)."""
+        xyz = self._points(xyz)
+        scales = torch.as_tensor(scales, dtype=torch.float32, device=self.device).reshape(-1)
+        if project is not None:
+            project = torch.as_tensor(project, dtype=torch.float32, device=self.device)
+            if project.ndim != 2 or project.shape[1] != self.clip_dim:
+                raise ValueError(f"project must be (T, {self.clip_dim}), got {tuple(project.shape)}")
+        step = self.chunk_rays * 8
+        out = [self._model.language_multi_scale_at(xyz[i:i + step], scales, project, self._clip_basis)
+               for i in range(0, xyz.shape[0], step)]
+        width = self.clip_dim if project is None else project.shape[0]
+        return torch.cat(out, dim=1) if out else torch.zeros((len(scales), 0, width), device=self.device)
 
     @torch.no_grad()
     def density(self, xyz: torch.Tensor) -> torch.Tensor:

@@ -284,6 +284,14 @@ class LerfModel(nn.Module):
             raise ValueError(f"scale has {scale.shape[0]} values for {xyz.shape[0]} points")
         return self.lang.clip(self.lang.features(self.to_grid(xyz.float())), scale)
 
+    def language_multi_scale_at(self, xyz: torch.Tensor, scales: torch.Tensor, project: Optional[torch.Tensor] = None,
+                                basis: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """``F_lang`` at world points for every scale: the hash grids run once per point
+        (``LanguageField.clip_multi_scale``). xyz (N, 3), scales (S,) metres, project (T, clip_dim) or
+        None, basis ``lang.clip_basis()`` or None -> (S, N, T or clip_dim)."""
+        scales = torch.as_tensor(scales, dtype=torch.float32, device=xyz.device).reshape(-1)
+        return self.lang.clip_multi_scale(self.lang.features(self.to_grid(xyz.float())), scales, project, basis)
+
 
 # ---------------------------------------------------------------------------------- losses
 def geometry_losses(out: RenderOutput, target_rgb: torch.Tensor, cfg: TrainerConfig,

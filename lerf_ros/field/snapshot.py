@@ -7,7 +7,7 @@ training never waits on a query.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, List, Protocol
+from typing import Dict, List, Optional, Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -23,8 +23,11 @@ class CameraView:
     width: int
 
 
+@runtime_checkable
 class FieldSnapshot(Protocol):
-    """Read-only access to a trained LERF. All methods run under ``torch.no_grad()``."""
+    """Read-only access to a trained LERF: everything the query engine uses. All methods run under
+    ``torch.no_grad()``. Implemented by ``lerf_ros.field.frozen.FrozenField`` (and by the test
+    suite's analytic field)."""
 
     step: int
     """Training step the weights come from."""
@@ -37,6 +40,19 @@ class FieldSnapshot(Protocol):
         """Language field at world points. xyz (N, 3), scale (N,) metres -> (N, clip_dim), unit rows."""
         ...
 
+    def language_multi_scale(self, xyz: torch.Tensor, scales: torch.Tensor,
+                             project: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """``language`` at every scale, projected: xyz (N, 3), scales (S,) metres, project (T, clip_dim)
+        or None -> (S, N, T) = ``language(xyz, s) @ project.T`` for each s ((S, N, clip_dim) without
+        project). What the scale search calls; an implementation encodes each point once (the
+        position encoding does not depend on the scale). ``language_per_scale`` is the reference."""
+        ...
+
+    def language_basis(self) -> torch.Tensor:
+        """(r, clip_dim) orthonormal rows whose span holds every output of ``language`` (a guarantee,
+        not an estimate; r = clip_dim when nothing narrower is known)."""
+        ...
+
     def density(self, xyz: torch.Tensor) -> torch.Tensor:
         """Volume density at world points. xyz (N, 3) -> (N,) non-negative."""
         ...
@@ -45,3 +61,16 @@ class FieldSnapshot(Protocol):
         """Render a view: 'rgb' (H, W, 3) in [0, 1], 'depth' (H, W) z-depth metres,
         'accumulation' (H, W) in [0, 1]."""
         ...
+
+
+def language_per_scale(snapshot: FieldSnapshot, xyz: torch.Tensor, scales: torch.Tensor,
+                       project: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """The reference for ``FieldSnapshot.language_multi_scale``: ``language`` once per scale.
+
+    xyz (N, 3), scales (S,), project (T, clip_dim) or None -> (S, N, T or clip_dim) float32."""
+    outs = []
+    for s in torch.as_tensor(scales, dtype=torch.float32).reshape(-1).tolist():
+        phi = snapshot.language(xyz, torch.full((len(xyz),), s, dtype=torch.float32, device=xyz.device)).float()
+        outs.append(phi if project is None else phi @ project.float().T)
+    width = int(snapshot.clip_dim) if project is None else project.shape[0]
+    return torch.stack(outs) if outs else torch.zeros((0, len(xyz), width), device=xyz.device)

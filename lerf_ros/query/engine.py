@@ -19,8 +19,9 @@ the language field at every surface point and scale as coefficients in the field
 (``ProjectedFeatures``, bounded by ``query.feature_cache_mb``), so a query costs one small matrix
 product per scale instead of S field evaluations; the first query after a new snapshot pays for
 them (or ``prepare()`` does, e.g. from the node's snapshot timer). Without them (too large), the
-field is evaluated per query, projected onto the span of the query's text embeddings; a snapshot
-offering ``language_multi_scale`` is evaluated for all scales at once.
+field is evaluated per query, projected onto the span of the query's text embeddings. Either way
+the field answers all candidate scales of a chunk of points in one call
+(``FieldSnapshot.language_multi_scale``: the real field runs its hash grids once per point).
 """
 from __future__ import annotations
 
@@ -103,9 +104,9 @@ class QueryEngine:
     # ------------------------------------------------------------------ model
     def set_snapshot(self, snapshot: FieldSnapshot) -> None:
         """Answer later queries from ``snapshot`` (read-only; never modified here)."""
-        for attr in ("step", "clip_dim", "device", "cameras", "language", "render"):
-            if not hasattr(snapshot, attr):
-                raise TypeError(f"snapshot lacks '{attr}': not a FieldSnapshot")
+        if not isinstance(snapshot, FieldSnapshot):
+            raise TypeError(f"{type(snapshot).__name__} is not a FieldSnapshot: it needs step, clip_dim, device, "
+                            "cameras, language, language_multi_scale, language_basis, density and render")
         with self._lock:
             self._snapshot = snapshot
 

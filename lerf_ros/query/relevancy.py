@@ -14,18 +14,17 @@ its classes). With C an orthonormal basis of it, ``phi = (phi C^T) C`` and so
 coefficients of every surface point at every scale once per snapshot; each query is then a
 small matrix product instead of S evaluations of the field.
 
-Optional snapshot methods used when present (a ``FieldSnapshot`` need not have them):
+Where the basis comes from. ``FieldSnapshot.language_basis()`` guarantees a span (for the LERF
+MLP: the columns of its output layer and its bias, r <= hidden width + 1). When that basis is
+narrow enough to save work and its coefficients fit ``query.feature_cache_mb``, it is used as is:
+one pass over the points, exact. Otherwise (a wide head: 257 of 512 dimensions for the ``lerf``
+presets, 1 GiB at 50k points and 21 scales) a narrower basis is estimated from the outputs at a
+sample of the points, extended wherever a point's output is not captured, and accepted once every
+output keeps at least BASIS_MIN_ENERGY of its squared norm (a residual under ~0.003, which moves a
+relevancy by at most ~0.008 at temperature 10).
 
-    language_multi_scale(xyz (N, 3), scales (S,), project (T, D) or None) -> (S, N, T or D)
-        ``language(xyz, s) @ project.T`` for every scale; an implementation can encode the points
-        once (the hash grid does not depend on the scale) and fold ``project`` into its output
-        layer.
-    language_basis() -> (r, D)
-        orthonormal rows spanning every output of ``language`` (for an MLP: the column space of
-        its output layer's weight and bias). Without it the basis is estimated from the outputs
-        at a sample of the points, extended wherever a point's output is not captured, and
-        accepted once every output keeps at least BASIS_MIN_ENERGY of its squared norm (a
-        residual under ~0.003, which moves a relevancy by at most ~0.008 at temperature 10).
+Every field evaluation goes through ``FieldSnapshot.language_multi_scale``: all candidate scales
+of a chunk of points in one call (the real field encodes each point once).
 """
 from __future__ import annotations
 
@@ -44,7 +43,7 @@ from lerf_ros.teachers.text import relevancy
 #: rows below it are checked directly (their residual must stay under BASIS_MAX_RESIDUAL)
 BASIS_MIN_ENERGY = 1.0 - 1e-5
 BASIS_MAX_RESIDUAL = 1e-3
-#: points sampled (all scales each) to estimate the output span of a snapshot without language_basis()
+#: points sampled (all scales each) to estimate the output span when language_basis() is too wide
 BASIS_SAMPLE_POINTS = 512
 
 
@@ -83,7 +82,8 @@ def text_basis(embeddings: torch.Tensor) -> torch.Tensor:
 
 def language_projected(snapshot: FieldSnapshot, xyz: torch.Tensor, scales: torch.Tensor,
                        project: Optional[torch.Tensor]) -> torch.Tensor:
-    """The language field at every (scale, point), optionally projected.
+    """The language field at every (scale, point), optionally projected (``language_multi_scale``
+    with its output shape checked).
 
     Args:
         xyz: (N, 3) points on the snapshot's device; scales: (S,) metres; project: (T, D) or None.
@@ -91,30 +91,25 @@ def language_projected(snapshot: FieldSnapshot, xyz: torch.Tensor, scales: torch
         (S, N, T) = language(xyz, s) @ project.T for each scale s ((S, N, D) without ``project``).
     """
     S, N = len(scales), len(xyz)
-    multi = getattr(snapshot, "language_multi_scale", None)
-    if callable(multi):
-        out = multi(xyz, scales, project)
-        width = int(snapshot.clip_dim) if project is None else project.shape[0]
-        if tuple(out.shape) != (S, N, width):
-            raise ValueError(f"language_multi_scale returned shape {tuple(out.shape)}, expected ({S}, {N}, {width})")
-        return out.float()
-    outs = []
-    for s in scales.tolist():
-        phi = snapshot.language(xyz, torch.full((N,), s, dtype=torch.float32, device=xyz.device)).float()
-        outs.append(phi if project is None else phi @ project.T)
-    return torch.stack(outs)
+    out = snapshot.language_multi_scale(xyz, scales, project)
+    width = int(snapshot.clip_dim) if project is None else project.shape[0]
+    if tuple(out.shape) != (S, N, width):
+        raise ValueError(f"language_multi_scale returned shape {tuple(out.shape)}, expected ({S}, {N}, {width})")
+    return out.float()
 
 
-def output_basis(snapshot: FieldSnapshot, xyz: torch.Tensor, scales: torch.Tensor,
-                 sample_points: int = BASIS_SAMPLE_POINTS, seed: int = 0) -> torch.Tensor:
-    """(r, D) orthonormal basis of the language field's outputs: ``snapshot.language_basis()`` when
-    offered, else estimated from the outputs at a random sample of the points (all scales)."""
-    exact = getattr(snapshot, "language_basis", None)
-    if callable(exact):
-        basis = exact().float()
-        if basis.ndim != 2 or basis.shape[1] != int(snapshot.clip_dim):
-            raise ValueError(f"language_basis returned shape {tuple(basis.shape)}, expected (r, {snapshot.clip_dim})")
-        return basis
+def guaranteed_basis(snapshot: FieldSnapshot) -> torch.Tensor:
+    """``snapshot.language_basis()`` as float32, its shape checked: (r, D)."""
+    basis = snapshot.language_basis().float()
+    if basis.ndim != 2 or basis.shape[1] != int(snapshot.clip_dim) or basis.shape[0] < 1:
+        raise ValueError(f"language_basis returned shape {tuple(basis.shape)}, expected (r, {snapshot.clip_dim})")
+    return basis
+
+
+def estimated_basis(snapshot: FieldSnapshot, xyz: torch.Tensor, scales: torch.Tensor,
+                    sample_points: int = BASIS_SAMPLE_POINTS, seed: int = 0) -> torch.Tensor:
+    """(r, D) orthonormal basis of the language field's outputs at a random sample of the points
+    (all scales): possibly narrower than ``language_basis()``, possibly missing outputs elsewhere."""
     g = torch.Generator().manual_seed(int(seed))
     n = min(len(xyz), sample_points)
     idx = torch.randperm(len(xyz), generator=g)[:n].to(xyz.device)
@@ -147,18 +142,22 @@ class ProjectedFeatures:
         """(features, "") or (None, why not): the basis is too wide to save anything, the
         coefficients would exceed ``max_bytes``, or the basis keeps missing part of the outputs.
 
-        An estimated basis (no ``language_basis()``) may miss outputs that the sample did not
-        reach (a class or a hidden unit active only at some points). One pass over all points
-        finds every point whose projection keeps too little of its norm; the basis is extended
-        with their residual directions and one more pass adds the coefficients along the new
-        directions, at most ``max_extensions`` times."""
+        The guaranteed basis (``language_basis()``) is used when it is narrow enough and fits:
+        one pass, exact. Otherwise a basis is estimated from a sample of the points; it may miss
+        outputs the sample did not reach (a class or a hidden unit active only at some points).
+        One pass over all points finds every point whose projection keeps too little of its norm;
+        the basis is extended with their residual directions and one more pass adds the
+        coefficients along the new directions, at most ``max_extensions`` times."""
         t0 = time.perf_counter()
         S, N, D = len(scales), len(xyz), int(snapshot.clip_dim)
         if N == 0 or max_bytes <= 0:
             return None, "disabled"
-        exact = callable(getattr(snapshot, "language_basis", None))
         with torch.no_grad():
-            basis = output_basis(snapshot, xyz, scales)
+            basis = guaranteed_basis(snapshot).to(xyz.device)
+            r = basis.shape[0]
+            exact = r <= 0.75 * D and S * N * r * 4 <= max_bytes
+            if not exact:
+                basis = estimated_basis(snapshot, xyz, scales)
             coeffs = torch.zeros(N, S, 0, dtype=torch.float32, device=xyz.device)
             new_dirs = basis
             for _ in range(max_extensions + 1):
