@@ -45,7 +45,8 @@ if ROOT not in sys.path:
 
 from lerf_ros.config import preset  # noqa: E402
 from lerf_ros.data.synthetic import make_scene  # noqa: E402
-from lerf_ros.mapping.dataset import TrainingViews, estimate_scene_bounds  # noqa: E402
+from lerf_ros.mapping.keyframes import KeyframeStore  # noqa: E402
+from lerf_ros.mapping.rays import estimate_scene_bounds  # noqa: E402
 from lerf_ros.mapping.trainer import Trainer  # noqa: E402
 from lerf_ros.teachers.features import compute_frame_features  # noqa: E402
 from lerf_ros.teachers.ground_truth import GroundTruthTeacher  # noqa: E402
@@ -67,11 +68,11 @@ def build(scene, name: str, overrides: dict, clip_dim: int, dino_dim: int, with_
     cfg = preset(name).override({"device": "cpu", "teacher.kind": "ground_truth", "model.scene_center": center,
                                  "model.scene_scale": scale, **overrides})
     teacher = GroundTruthTeacher(scene, clip_dim=clip_dim, dino_dim=dino_dim)
-    views = TrainingViews(recency_boost=0.0)
+    views = KeyframeStore(bounded=False, recency_boost=0.0)
     train_idx = [i for i in range(len(scene.frames)) if i % 8 != 0]
     for i in train_idx:
         f = scene.frames[i]
-        views.add(i, f, compute_frame_features(teacher, f, cfg.teacher) if with_features else None)
+        views.add(f, compute_frame_features(teacher, f, cfg.teacher) if with_features else None)
     return Trainer(cfg, clip_dim, dino_dim, views, teacher=teacher.description), cfg
 
 

@@ -8,7 +8,7 @@ import torch
 
 from lerf_ros.bench import BenchSettings, run_benchmark  # the names bench/pyramid_study.py imports
 from lerf_ros.bench.cli import settings_from_args
-from lerf_ros.bench.evaluate import backproject
+from lerf_ros.geometry.camera import backproject
 from lerf_ros.bench.metrics import (AGGREGATE_KEYS, FRACTION_KEYS, box_2d, grasp_checks, in_box_2d, min_distances,
                                     precision_recall)
 from lerf_ros.bench.settings import build_config, mode_settings

@@ -60,7 +60,7 @@ Modules: ``settings`` (``BenchSettings``, the quick and full modes, the configur
 ``cli`` (the options of ``lerf-ros bench``).
 """
 from lerf_ros.bench.cli import add_arguments, main_from_args, settings_from_args
-from lerf_ros.bench.evaluate import absent_words, backproject, curve_point, evaluate_snapshot, relevancy_maps_2d
+from lerf_ros.bench.evaluate import absent_words, curve_point, evaluate_snapshot, relevancy_maps_2d
 from lerf_ros.bench.machine import Progress, machine_info, peak_rss_mb, rss_mb
 from lerf_ros.bench.metrics import (AGGREGATE_KEYS, FRACTION_KEYS, aggregate, answer_metrics, box_2d, fraction,
                                     grasp_checks, gripper_corners, in_box_2d, mean_or_none, min_distances, percentile,
@@ -74,7 +74,7 @@ from lerf_ros.bench.settings import (NON_VOCABULARY_WORDS, TEACHER_NOTE, BenchSe
 
 __all__ = [
     "AGGREGATE_KEYS", "FRACTION_KEYS", "NON_VOCABULARY_WORDS", "TEACHER_NOTE", "BenchSettings", "LogFn", "Progress",
-    "absent_words", "add_arguments", "aggregate", "answer_metrics", "backproject", "box_2d", "build_config",
+    "absent_words", "add_arguments", "aggregate", "answer_metrics", "box_2d", "build_config",
     "curve_point", "evaluate_snapshot", "fraction", "grasp_checks", "gripper_corners", "in_box_2d", "machine_info",
     "main_from_args", "markdown", "mean_or_none", "min_distances", "mode_settings", "peak_rss_mb", "percentile",
     "plain", "precision_recall", "relevancy_maps_2d", "rss_mb", "run_benchmark", "run_online", "settings_from_args",

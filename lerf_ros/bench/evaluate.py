@@ -11,22 +11,7 @@ import numpy as np
 from lerf_ros.bench.machine import Progress
 from lerf_ros.bench.metrics import answer_metrics, box_2d, grasp_checks, in_box_2d, percentile, precision_recall
 from lerf_ros.bench.settings import BenchSettings
-
-
-def backproject(depth: np.ndarray, K: np.ndarray, c2w: np.ndarray) -> np.ndarray:
-    """(H * W, 3) world points of every pixel centre of a z-depth image (H, W) (OpenCV camera,
-    pixel centres at i + 0.5), row-major."""
-    depth = np.asarray(depth, np.float64)
-    if depth.ndim != 2:
-        raise ValueError(f"depth must be (H, W), got shape {depth.shape}")
-    H, W = depth.shape
-    K = np.asarray(K, np.float64)
-    c2w = np.asarray(c2w, np.float64)
-    v, u = np.meshgrid(np.arange(H) + 0.5, np.arange(W) + 0.5, indexing="ij")
-    y = (v - K[1, 2]) / K[1, 1]
-    x = (u - K[0, 2] - K[0, 1] * y) / K[0, 0]
-    cam = np.stack([x * depth, y * depth, depth], axis=-1).reshape(-1, 3)
-    return cam @ c2w[:3, :3].T + c2w[:3, 3]
+from lerf_ros.geometry.camera import backproject
 
 
 def relevancy_maps_2d(snapshot, K: np.ndarray, c2w: np.ndarray, height: int, width: int, texts: Sequence[str],
@@ -42,7 +27,7 @@ def relevancy_maps_2d(snapshot, K: np.ndarray, c2w: np.ndarray, height: int, wid
     if not texts:
         return {}
     rendered = snapshot.render(K, c2w, height, width)
-    pts = torch.from_numpy(backproject(rendered["depth"].cpu().numpy(), K, c2w).astype(np.float32))
+    pts = torch.from_numpy(backproject(rendered["depth"].cpu().numpy(), K, c2w).reshape(-1, 3).astype(np.float32))
     embs = {t: (text_cache.query(t), text_cache.negatives(canonical=canonical, exclude=[t])) for t in texts}
     best: Dict[str, Tuple[np.ndarray, float]] = {}
     for s in scales:

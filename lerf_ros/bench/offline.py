@@ -1,5 +1,5 @@
 """The offline phase of the benchmark: teacher features for a scene's training frames, then a
-trainer run for a step or time budget (``train_offline``)."""
+mapping session trained for a step or time budget (``train_offline``)."""
 from __future__ import annotations
 
 import time
@@ -17,22 +17,17 @@ def train_offline(scene, cfg, teacher, settings: BenchSettings, time_cap_s: floa
                   log: LogFn):
     """Teacher features for the training frames, then up to ``settings.max_steps`` steps (or
     ``time_cap_s`` seconds of training). Returns (trainer, stats dict)."""
-    from lerf_ros.mapping.dataset import TrainingViews, estimate_scene_bounds
-    from lerf_ros.mapping.trainer import Trainer
-    from lerf_ros.teachers.features import compute_frame_features
+    from lerf_ros.mapping.session import Session
 
+    # Bounds (with ``model.auto_bounds``) come from the training keyframes, as in ``lerf-ros train``.
+    session = Session(cfg, teacher, online=False, log=lambda level, text: None)
     train_idx = [i for i in range(len(scene.frames)) if i % settings.holdout_every != 0]
-    if cfg.model.auto_bounds:  # as ``lerf-ros train`` does: bounds from all the training frames
-        center, scale = estimate_scene_bounds([scene.frames[i] for i in train_idx])
-        cfg = cfg.override({"model.scene_center": center, "model.scene_scale": scale})
-    views = TrainingViews(recency_boost=0.0)
     teacher_times = []
     for i in train_idx:
         t0 = time.perf_counter()
-        feats = compute_frame_features(teacher, scene.frames[i], cfg.teacher)
+        session.add(scene.frames[i])  # teacher features computed here
         teacher_times.append(time.perf_counter() - t0)
-        views.add(i, scene.frames[i], feats)
-    trainer = Trainer(cfg, teacher.clip_dim, teacher.dino_dim, views, teacher=teacher.description)
+    trainer = session.ensure_model()
     warmup = min(3, settings.max_steps - 1)
     train_s = 0.0  # time in training steps only (not in learning-curve evaluations)
     wall_meas = cpu_meas = 0.0
@@ -43,7 +38,7 @@ def train_offline(scene, cfg, teacher, settings: BenchSettings, time_cap_s: floa
     try:
         while trainer.step_count < settings.max_steps:
             t0, c0 = time.perf_counter(), time.process_time()
-            stats = trainer.step()
+            stats = session.step()
             dt = time.perf_counter() - t0
             train_s += dt
             if trainer.step_count > warmup:
@@ -68,7 +63,7 @@ def train_offline(scene, cfg, teacher, settings: BenchSettings, time_cap_s: floa
     else:
         rps, rpc = trainer.step_count * rays / max(train_s, 1e-9), None
     out = {"steps": trainer.step_count, "train_s": train_s, "rays_per_s": rps, "rays_per_cpu_s": rpc,
-           "scene_center": list(cfg.model.scene_center), "scene_scale": cfg.model.scene_scale,
+           "scene_center": list(session.bounds[0]), "scene_scale": session.bounds[1],
            "final_batch_psnr": stats.get("psnr"), "final_loss": stats.get("loss"),
            "train_frames": len(train_idx), "teacher_s_per_keyframe": float(np.mean(teacher_times)),
            "teacher_s_per_keyframe_max": float(np.max(teacher_times)), "stopped_by": (

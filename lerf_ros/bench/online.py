@@ -116,7 +116,7 @@ def run_online(scene, cfg, settings: BenchSettings, time_cap_s: float, progress:
     def sample_memory(tag: str) -> None:
         if not origin:
             origin.append(feeder.first_submit or t_begin)
-        st = ot.store.stats()
+        st = ot.keyframes.stats()
         memory.append({"t_s": time.perf_counter() - origin[0], "frames": feeder.next_index,
                        "rss_mb": rss_mb(), "keyframes": st["count"], "store_mb": st["bytes"] / 2**20,
                        "evicted": st["evicted"], "phase": tag})
@@ -189,9 +189,10 @@ def run_online(scene, cfg, settings: BenchSettings, time_cap_s: float, progress:
             kept, rejected = kept + feeder.kept, rejected + feeder.rejected
         stream_s = time.perf_counter() - t_mem
         sample_memory("end")
-        st = ot.store.stats()
+        st = ot.keyframes.stats()
         status = ot.status()
-        bounds = {"scene_center": list(ot.cfg.model.scene_center), "scene_scale": ot.cfg.model.scene_scale}
+        center, scale = ot.session.bounds or (None, None)
+        bounds = {"scene_center": center, "scene_scale": scale}
     finally:
         bar.close()
         feeder.stop()

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from lerf_ros.field.sampling import camera_rays
+from lerf_ros.geometry.camera import backproject
 
 
 @dataclass
@@ -155,19 +156,13 @@ def estimate_scene_bounds(frames: Sequence[Any], margin: float = 1.05, max_point
             continue
         d = f.depth.cpu().numpy() if isinstance(f.depth, torch.Tensor) else f.depth
         d = np.asarray(d, dtype=np.float64)
-        v, u = np.nonzero(np.isfinite(d) & (d > 0))
-        if len(u) == 0:
+        valid = np.isfinite(d) & (d > 0)
+        n_valid = int(np.count_nonzero(valid))
+        if n_valid == 0:
             continue
         has_depth = True
-        step = max(1, len(u) // max_points_per_frame)
-        u, v = u[::step], v[::step]
-        z = d[v, u]
-        K = np.asarray(f.K, dtype=np.float64)
-        y = (v + 0.5 - K[1, 2]) / K[1, 1]
-        x = (u + 0.5 - K[0, 2] - K[0, 1] * y) / K[0, 0]
-        cam = np.stack([x * z, y * z, z], axis=1)
-        c2w = np.asarray(f.c2w, dtype=np.float64)
-        pts.append(cam @ c2w[:3, :3].T + c2w[:3, 3])
+        step = max(1, n_valid // max_points_per_frame)
+        pts.append(backproject(np.where(valid, d, 0.0), f.K, f.c2w)[valid][::step])
     allp = np.concatenate(pts)
     if has_depth:
         lo, hi = np.percentile(allp, percentile, axis=0), np.percentile(allp, 100.0 - percentile, axis=0)
