@@ -151,7 +151,7 @@ def test_replay_process_stops_on_sigterm(scene_dir):
 def test_replay_node_in_process_loop_clock_and_max_frames(scene):
     from rosgraph_msgs.msg import Clock
 
-    from lerf_ros.commands.replay import ReplayNode
+    from lerf_ros.ros.replay_node import ReplayNode
 
     frames = scene.frames[:4]
     with ros_context(unique_domain_id()) as ctx:

@@ -106,31 +106,21 @@ def run(args: argparse.Namespace) -> int:
 
 def _client(args, scene, out: Path, env: dict, nodes) -> int:
     os.environ.update({k: env[k] for k in ("ROS_DOMAIN_ID", "ROS_AUTOMATIC_DISCOVERY_RANGE")})
-    import rclpy
-    from rclpy.executors import SingleThreadedExecutor
     from tqdm import tqdm
 
-    from lerf_ros.msg import TrainingStatus
-    from lerf_ros.ros.common import call_service
-    from lerf_ros.srv import Query
+    from lerf_ros.ros.client import LerfClient
 
-    rclpy.init()
-    node = rclpy.create_node("lerf_demo")
-    ex = SingleThreadedExecutor()
-    ex.add_node(node)
-    last = {}
-    node.create_subscription(TrainingStatus, "/lerf/status", lambda m: last.__setitem__("s", m), 10)
-    client = node.create_client(Query, "/lerf/query")
+    client = LerfClient("lerf_demo", follow_status=True)
     t_start = time.monotonic()
     try:
         bar = tqdm(total=args.steps, desc="training", unit="step", dynamic_ncols=True)
         first_frame_t = None
         while True:
-            ex.spin_once(timeout_sec=0.2)
+            client.spin_once(0.2)
             if nodes.poll() is not None:
                 print(f"the nodes exited with code {nodes.returncode}; see {out / 'nodes.log'}", file=sys.stderr)
                 return 1
-            s = last.get("s")
+            s = client.status
             if s is not None:
                 if first_frame_t is None and s.frames_received > 0:
                     first_frame_t = time.monotonic()
@@ -147,7 +137,7 @@ def _client(args, scene, out: Path, env: dict, nodes) -> int:
         # Give the query node a moment to take the newest snapshot.
         t_wait = time.monotonic() + 5.0
         while time.monotonic() < t_wait:
-            ex.spin_once(timeout_sec=0.1)
+            client.spin_once(0.1)
         queries = []
         for o in scene.objects:
             queries.append((o.name, o))
@@ -159,12 +149,12 @@ def _client(args, scene, out: Path, env: dict, nodes) -> int:
         print()
         for text, obj in queries:
             t0 = time.perf_counter()
-            resp = call_service(client, Query.Request(text=text), lambda s: ex.spin_once(timeout_sec=s), timeout=120.0)
+            result = client.query(text, timeout=120.0)
             ms = 1000.0 * (time.perf_counter() - t0)
-            if resp is None:
+            if result is None:
                 print(f"'{text}': no reply from /lerf/query within 120 s; see {out / 'nodes.log'}", file=sys.stderr)
                 return 1
-            summary.append(_report(text, obj, resp, ms, scene, out))
+            summary.append(_report(text, obj, result, ms, scene, out))
         (out / "summary.json").write_text(json.dumps(summary, indent=2))
         correct = [r for r in summary if r["expected"] is not None]
         n_ok = sum(r["top_point_on_object"] for r in correct)
@@ -176,56 +166,53 @@ def _client(args, scene, out: Path, env: dict, nodes) -> int:
         print("\n" + TEACHER_NOTE)
         return 0
     finally:
-        node.destroy_node()
-        rclpy.try_shutdown()
+        client.close()
 
 
-def _report(text, obj, resp, ms, scene, out: Path) -> dict:
+def _report(text, obj, result, ms, scene, out: Path) -> dict:
+    """Print one answer (a ``lerf_ros.query.QueryResult``) and write its PLY and PNG; the summary record."""
     import numpy as np
 
     from lerf_ros.commands.query import write_relevancy_ply
-    from lerf_ros.ros.convert import pointcloud2_to_numpy
+    from lerf_ros.geometry.poses import matrix_to_quat
 
     qdir = out / "queries"
     qdir.mkdir(exist_ok=True)
     slug = "".join(c if c.isalnum() else "_" for c in text)[:40]
-    rec = {"text": text, "expected": obj.name if obj is not None else None, "success": bool(resp.success),
-           "message": resp.message, "latency_ms": round(ms, 1), "model_step": int(resp.model_step),
-           "scale_m": round(float(resp.scale), 3), "max_relevancy": round(float(resp.max_relevancy), 3),
+    rec = {"text": text, "expected": obj.name if obj is not None else None, "success": bool(result.success),
+           "message": result.message, "latency_ms": round(ms, 1), "model_step": int(result.step),
+           "scale_m": round(float(result.scale), 3), "max_relevancy": round(float(result.max_relevancy), 3),
            "top_point_on_object": False, "grasp": None}
     head = f"'{text}'" + (f" (object: {obj.name})" if obj is not None else " (absent)")
-    if not resp.success:
-        print(f"{head}: no answer: {resp.message} [{ms:.0f} ms]")
+    if not result.success:
+        print(f"{head}: no answer: {result.message} [{ms:.0f} ms]")
         return rec
-    cloud = pointcloud2_to_numpy(resp.cloud)
-    xyz = np.stack([cloud["x"], cloud["y"], cloud["z"]], 1).astype(np.float64)
-    rel = np.asarray(cloud["relevancy"], np.float64)
+    xyz = np.asarray(result.points, np.float64)
+    rel = np.asarray(result.relevancy, np.float64)
     top = xyz[int(np.argmax(rel))]
     if obj is not None:
         rec["top_point_on_object"] = bool(obj.contains(top[None], margin=0.02)[0])
-    line = (f"{head}: {len(xyz)} points, max relevancy {resp.max_relevancy:.2f} at scale {resp.scale:.2f} m, "
-            f"step {resp.model_step}, {ms:.0f} ms")
-    if resp.grasps:
-        g = resp.grasps[0].pose
-        p, q = g.position, g.orientation
-        rec["grasp"] = {"position": [p.x, p.y, p.z], "orientation_xyzw": [q.x, q.y, q.z, q.w],
-                        "width_m": float(resp.grasp_widths[0]), "score": float(resp.grasp_scores[0])}
-        line += (f"\n    best grasp: position ({p.x:+.3f}, {p.y:+.3f}, {p.z:+.3f}) m, quaternion "
-                 f"({q.x:+.2f}, {q.y:+.2f}, {q.z:+.2f}, {q.w:+.2f}), width {resp.grasp_widths[0] * 100:.1f} cm")
+    line = (f"{head}: {len(xyz)} points, max relevancy {result.max_relevancy:.2f} at scale {result.scale:.2f} m, "
+            f"step {result.step}, {ms:.0f} ms")
+    if result.grasps:
+        g = result.grasps[0]
+        p, q = g.pose[:3, 3], matrix_to_quat(g.pose)
+        rec["grasp"] = {"position": p.tolist(), "orientation_xyzw": q.tolist(), "width_m": float(g.width),
+                        "score": float(g.score)}
+        line += (f"\n    best grasp: position ({p[0]:+.3f}, {p[1]:+.3f}, {p[2]:+.3f}) m, quaternion "
+                 f"({q[0]:+.2f}, {q[1]:+.2f}, {q[2]:+.2f}, {q[3]:+.2f}), width {g.width * 100:.1f} cm")
     if obj is not None:
         line += "  [on the object]" if rec["top_point_on_object"] else "  [NOT on the object]"
     print(line, flush=True)
     write_relevancy_ply(qdir / f"{slug}.ply", xyz, rel)
-    _write_overlay(qdir / f"{slug}.png", text, scene, obj, xyz, rel, resp)
+    _write_overlay(qdir / f"{slug}.png", text, scene, obj, xyz, rel, result)
     return rec
 
 
-def _write_overlay(path: Path, text: str, scene, obj, xyz, rel, resp) -> None:
+def _write_overlay(path: Path, text: str, scene, obj, xyz, rel, result) -> None:
     """A keyframe image (the one seeing the object best), relevancy points projected on it, grasp drawn."""
     import numpy as np
     from PIL import Image, ImageDraw
-
-    from lerf_ros.ros.convert import pose_to_matrix
 
     frames = scene.frames
     if obj is not None:
@@ -252,9 +239,9 @@ def _write_overlay(path: Path, text: str, scene, obj, xyz, rel, resp) -> None:
         t = (rel[i] - lo) / (hi - lo)
         draw.ellipse([uv[i, 0] - 2, uv[i, 1] - 2, uv[i, 0] + 2, uv[i, 1] + 2],
                      fill=(int(255 * t), int(220 * t), int(255 * (1 - t)), 200))
-    for k, g in enumerate(resp.grasps[:3]):
-        T = pose_to_matrix(g.pose)
-        w = float(resp.grasp_widths[k]) / 2
+    for k, g in enumerate(result.grasps[:3]):
+        T = g.pose
+        w = float(g.width) / 2
         pts = np.array([T[:3, 3] + T[:3, :3] @ v for v in
                         ([0, -w, 0], [0, w, 0], [0, -w, -0.04], [0, w, -0.04], [0, 0, -0.04], [0, 0, -0.12])])
         (a, b, c, d, e, s), zz = project(pts)
@@ -263,5 +250,5 @@ def _write_overlay(path: Path, text: str, scene, obj, xyz, rel, resp) -> None:
         col = (40, 255, 60, 255) if k == 0 else (200, 200, 200, 180)
         for p0, p1 in ((a, c), (b, d), (c, d), (e, s)):
             draw.line([tuple(p0), tuple(p1)], fill=col, width=3 if k == 0 else 1)
-    draw.text((6, 6), f"'{text}'  max relevancy {resp.max_relevancy:.2f}", fill=(255, 255, 255, 255))
+    draw.text((6, 6), f"'{text}'  max relevancy {result.max_relevancy:.2f}", fill=(255, 255, 255, 255))
     img.save(path)

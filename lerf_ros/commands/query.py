@@ -30,12 +30,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ply", help="write the relevancy cloud of each query to this folder as PLY")
 
 
-def _print(text, ok, message, step, scale, max_rel, grasps, ms) -> None:
-    print(f"'{text}': {'ok' if ok else 'no answer'} ({ms:.0f} ms, model step {step}): {message}")
-    for i, (pos, quat, width, score) in enumerate(grasps):
+def _print(text: str, r, ms: float) -> None:
+    """One answer (a ``lerf_ros.query.QueryResult``, computed here or by the service) and its grasps."""
+    from lerf_ros.geometry.poses import matrix_to_quat
+
+    print(f"'{text}': {'ok' if r.success else 'no answer'} ({ms:.0f} ms, model step {r.step}): {r.message}")
+    for i, g in enumerate(r.grasps):
+        pos, quat = g.pose[:3, 3], matrix_to_quat(g.pose)
         print(f"  grasp {i + 1}: position ({pos[0]:+.3f}, {pos[1]:+.3f}, {pos[2]:+.3f}) m, quaternion xyzw "
-              f"({quat[0]:+.3f}, {quat[1]:+.3f}, {quat[2]:+.3f}, {quat[3]:+.3f}), width {width * 100:.1f} cm, "
-              f"score {score:.2f}")
+              f"({quat[0]:+.3f}, {quat[1]:+.3f}, {quat[2]:+.3f}, {quat[3]:+.3f}), width {g.width * 100:.1f} cm, "
+              f"score {g.score:.2f}")
 
 
 def write_relevancy_ply(path: str, xyz: np.ndarray, rel: np.ndarray) -> None:
@@ -58,7 +62,6 @@ def _write_ply(folder: str, text: str, xyz: np.ndarray, rel: np.ndarray) -> None
 
 def _offline(args) -> int:
     from lerf_ros.mapping.checkpoint import CheckpointError, config_of, latest_checkpoint, load_snapshot, read_checkpoint
-    from lerf_ros.geometry.poses import matrix_to_quat
     from lerf_ros.query import QueryEngine
     from lerf_ros.teachers import make_teacher
 
@@ -90,8 +93,7 @@ def _offline(args) -> int:
         t0 = time.perf_counter()
         r = engine.query(text, negatives=args.negatives, threshold=args.threshold, max_grasps=args.max_grasps)
         ms = 1000 * (time.perf_counter() - t0)
-        grasps = [(g.pose[:3, 3], matrix_to_quat(g.pose[:3, :3]), g.width, g.score) for g in r.grasps]
-        _print(text, r.success, r.message, r.step, r.scale, r.max_relevancy, grasps, ms)
+        _print(text, r, ms)
         if args.ply and r.success:
             _write_ply(args.ply, text, r.points, r.relevancy)
         code = code or (0 if r.success else 1)
@@ -99,42 +101,28 @@ def _offline(args) -> int:
 
 
 def _online(args) -> int:
-    import rclpy
+    from lerf_ros.ros.client import LerfClient
 
-    from lerf_ros.ros.common import call_service
-    from lerf_ros.ros.convert import pointcloud2_to_numpy
-    from lerf_ros.srv import Query
-
-    rclpy.init()
-    node = rclpy.create_node("lerf_query_cli")
-    client = node.create_client(Query, "/lerf/query")
-    code = 0
-    try:
-        if not client.wait_for_service(timeout_sec=10.0):
+    with LerfClient("lerf_query_cli") as client:
+        if not client.wait_for_service(10.0):
             print("/lerf/query is not available (are the nodes running, on the same ROS_DOMAIN_ID?)", file=sys.stderr)
             return 2
+        code = 0
         for text in args.text:
-            req = Query.Request(text=text, negatives=list(args.negatives), threshold=float(args.threshold),
-                                max_grasps=int(args.max_grasps))
             t0 = time.perf_counter()
-            r = call_service(client, req, lambda s: rclpy.spin_once(node, timeout_sec=s), timeout=60.0)
+            r = client.query(text, negatives=args.negatives, threshold=args.threshold, max_grasps=args.max_grasps,
+                             timeout=60.0)
             ms = 1000 * (time.perf_counter() - t0)
             if r is None:
                 print(f"'{text}': no reply within 60 s", file=sys.stderr)
                 return 2
-            grasps = [((g.pose.position.x, g.pose.position.y, g.pose.position.z),
-                       (g.pose.orientation.x, g.pose.orientation.y, g.pose.orientation.z, g.pose.orientation.w),
-                       w, s) for g, w, s in zip(r.grasps, r.grasp_widths, r.grasp_scores)]
-            _print(text, r.success, r.message, r.model_step, r.scale, r.max_relevancy, grasps, ms)
+            _print(text, r, ms)
             if args.ply and r.success:
-                c = pointcloud2_to_numpy(r.cloud)
-                _write_ply(args.ply, text, np.stack([c["x"], c["y"], c["z"]], 1), np.asarray(c["relevancy"]))
+                _write_ply(args.ply, text, r.points, r.relevancy)
             code = code or (0 if r.success else 1)
         return code
-    finally:
-        node.destroy_node()
-        rclpy.try_shutdown()
 
 
 def run(args: argparse.Namespace) -> int:
+    """Answer each text from the checkpoint (``--checkpoint``) or the running service (``--service``)."""
     return _online(args) if args.service else _offline(args)
