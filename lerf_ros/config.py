@@ -3,20 +3,31 @@
 One dataclass per component; ``LerfConfig`` nests them. Presets (``tiny``, ``lerf-lite``, ``lerf``,
 ``lerf-big``) are named overrides of the defaults, not forks of code. YAML files and ROS parameters
 map onto the same tree with dotted keys (``model.hidden_dim``). The resolved config is saved with
-every run and checkpoint (``to_dict``/``to_yaml``), and ``check()`` validates it once at start-up.
+every run and checkpoint (``to_dict``/``to_yaml``), and ``check()`` validates it once at start-up:
+each section checks its own fields in its ``check()``; ``LerfConfig.check()`` runs them and adds the
+rules that span sections.
+
+A parameter YAML may also carry the ROS nodes' own settings (``world_frame``, ``pose_source``, ...,
+listed in ``NODE_PARAMETERS``): the loader knows them and leaves them out of the model
+configuration, so one file serves ``ros2 launch``, ``lerf-ros run`` and ``lerf-ros train``.
 """
 from __future__ import annotations
 
 import copy
 import dataclasses
+import re
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Mapping, Optional, Tuple, get_type_hints
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, get_type_hints
 
 import yaml
 
 
 class ConfigError(ValueError):
     """An invalid configuration value; the message names the key."""
+
+
+LERF_NODES: Tuple[str, ...] = ("lerf_trainer", "lerf_query")
+"""Default names of the package's ROS nodes (the sections of a parameter file the loader reads)."""
 
 
 @dataclass
@@ -65,8 +76,6 @@ class TeacherConfig:
     checkpoint files; empty: the default caches (HF_HUB_CACHE, ~/.cache/clip, the torch hub folder)."""
     worker_queue_size: int = 16
     """Keyframes waiting for teacher features; submitting to a full queue waits for room."""
-    device: str = "auto"
-    """'auto' (CUDA when available), 'cpu' or 'cuda[:N]'."""
 
     def check(self) -> "TeacherConfig":
         """Validate this section; raise ConfigError naming the key."""
@@ -82,8 +91,6 @@ class TeacherConfig:
         _require(self.dino_max_side >= 8, "teacher.dino_max_side", self.dino_max_side, ">= 8")
         _require(self.dino_facet in ("key", "token"), "teacher.dino_facet", self.dino_facet, "'key' or 'token'")
         _require(self.worker_queue_size >= 1, "teacher.worker_queue_size", self.worker_queue_size, ">= 1")
-        _require(self.device in ("auto", "cpu") or self.device.startswith("cuda"), "teacher.device",
-                 self.device, "'auto', 'cpu' or 'cuda[:N]'")
         return self
 
 
@@ -119,7 +126,9 @@ class ModelConfig:
     proposal_num_levels: int = 5
     """Hash-grid levels of each proposal density network."""
     proposal_log2_hashmap_size: int = 17
+    """log2 of the entries per hash-grid level of each proposal density network."""
     proposal_base_resolution: int = 16
+    """Coarsest grid resolution of each proposal density network."""
     proposal_max_resolution: Tuple[int, ...] = (128, 256)
     """Finest resolution of each proposal network (the last value repeats for further stages)."""
     proposal_hidden_dim: int = 16
@@ -161,7 +170,52 @@ class ModelConfig:
     """Training background: 'random' (per ray; forces opaque geometry), 'black' or 'white'.
     Renders for evaluation use black for 'random'."""
     hash_backend: str = "auto"
-    """'auto' (tinycudann on CUDA when importable, else PyTorch), 'torch' or 'tcnn'."""
+    """'auto' (tinycudann on CUDA when importable, else PyTorch), 'torch' or 'tcnn' (CUDA only)."""
+
+    def check(self) -> "ModelConfig":
+        """Validate this section; raise ConfigError naming the key."""
+        _require(1 <= self.num_levels <= 32, "model.num_levels", self.num_levels, "1..32")
+        for key in ("features_per_level", "lang_features_per_level"):
+            _require(getattr(self, key) in (1, 2, 4, 8), f"model.{key}", getattr(self, key), "1, 2, 4 or 8")
+        for key in ("log2_hashmap_size", "proposal_log2_hashmap_size"):
+            _require(4 <= getattr(self, key) <= 30, f"model.{key}", getattr(self, key), "4..30")
+        _require(2 <= self.base_resolution <= self.max_resolution, "model.base_resolution/max_resolution",
+                 (self.base_resolution, self.max_resolution), "2 <= base <= max")
+        lang = (self.lang_num_levels, self.lang_log2_hashmap_size, self.lang_base_resolution, self.lang_max_resolution)
+        n = len(self.lang_num_levels)
+        _require(n >= 1 and all(len(v) == n for v in lang),
+                 "model.lang_num_levels/lang_log2_hashmap_size/lang_*_resolution", lang,
+                 "one entry per language grid in each (at least one grid)")
+        _require(all(1 <= v <= 32 for v in self.lang_num_levels), "model.lang_num_levels", self.lang_num_levels,
+                 "each 1..32")
+        _require(all(4 <= v <= 30 for v in self.lang_log2_hashmap_size), "model.lang_log2_hashmap_size",
+                 self.lang_log2_hashmap_size, "each 4..30")
+        _require(all(2 <= b <= m for b, m in zip(self.lang_base_resolution, self.lang_max_resolution)),
+                 "model.lang_base_resolution/lang_max_resolution",
+                 (self.lang_base_resolution, self.lang_max_resolution), "2 <= base <= max for each grid")
+        _require(all(s >= 1 for s in self.num_proposal_samples), "model.num_proposal_samples",
+                 self.num_proposal_samples, "each >= 1")
+        _require(len(self.proposal_max_resolution) >= 1 or not self.num_proposal_samples,
+                 "model.proposal_max_resolution", self.proposal_max_resolution, "at least one value")
+        _require(all(r >= self.proposal_base_resolution >= 2 for r in self.proposal_max_resolution),
+                 "model.proposal_max_resolution", self.proposal_max_resolution,
+                 f">= proposal_base_resolution ({self.proposal_base_resolution}) >= 2")
+        _require(self.num_nerf_samples >= 1, "model.num_nerf_samples", self.num_nerf_samples, ">= 1")
+        _require(1 <= self.num_lang_samples <= self.num_nerf_samples, "model.num_lang_samples",
+                 self.num_lang_samples, f"1..num_nerf_samples ({self.num_nerf_samples})")
+        _require(1 <= self.sh_degree <= 4, "model.sh_degree", self.sh_degree, "1..4")
+        _require(self.proposal_anneal_steps >= 0, "model.proposal_anneal_steps", self.proposal_anneal_steps, ">= 0")
+        _require(self.scene_scale > 0, "model.scene_scale", self.scene_scale, "> 0")
+        _require(len(self.scene_center) == 3, "model.scene_center", self.scene_center, "3 values")
+        _require(0 < self.near < self.far, "model.near/far", (self.near, self.far), "0 < near < far")
+        _require(self.background_color in ("random", "black", "white"), "model.background_color",
+                 self.background_color, "'random', 'black' or 'white'")
+        _require(self.hash_backend in ("auto", "torch", "tcnn"), "model.hash_backend", self.hash_backend,
+                 "'auto', 'torch' or 'tcnn'")
+        for key in ("hidden_dim", "hidden_dim_color", "geo_feat_dim", "proposal_hidden_dim", "lang_hidden_dim",
+                    "dino_hidden_dim", "lang_num_layers", "dino_num_layers"):
+            _require(getattr(self, key) >= 1, f"model.{key}", getattr(self, key), ">= 1")
+        return self
 
 
 @dataclass
@@ -182,7 +236,9 @@ class TrainerConfig:
     lr_final_fields: float = 1e-4
     """Learning rate of the density/colour field after decay_steps."""
     lr_final_proposal: float = 1e-4
+    """Learning rate of the proposal networks after decay_steps."""
     lr_final_lang: float = 1e-3
+    """Learning rate of the language and DINO fields after lang_decay_steps."""
     decay_steps: int = 30000
     """Length of the fields' and proposals' learning-rate decay."""
     lang_decay_steps: int = 4000
@@ -192,6 +248,7 @@ class TrainerConfig:
     warmup_steps: int = 0
     """Linear learning-rate warm-up steps (all groups)."""
     adam_eps: float = 1e-15
+    """Adam epsilon of every parameter group (tiny, as in nerfacto: hash-grid gradients are sparse)."""
     weight_decay: float = 0.0
     """Adam weight decay of the density/colour field and proposal networks."""
     lang_weight_decay: float = 1e-9
@@ -199,20 +256,42 @@ class TrainerConfig:
     lang_loss: str = "huber"
     """'huber' (reference code: Huber on the rendered-minus-target difference) or 'cosine' (paper)."""
     lang_huber_delta: float = 1.25
+    """Threshold of the 'huber' language loss (quadratic below, linear above)."""
     lang_weight: float = 0.1
+    """Weight of the language (CLIP) loss, the paper's lambda_lang."""
     dino_weight: float = 1.0
+    """Weight of the MSE loss on rendered DINO features."""
     depth_weight: float = 0.1
     """Weight of the optional depth loss on frames that carry depth (0 disables it)."""
     interlevel_weight: float = 1.0
+    """Weight of the interlevel loss that makes each proposal network's weights bound the final ones."""
     distortion_weight: float = 0.002
+    """Weight of the distortion loss (mip-NeRF 360) that gathers each ray's weights into few samples."""
     mixed_precision: bool = True
     """fp16 autocast + gradient scaling on CUDA (ignored on the CPU)."""
     checkpoint_every: int = 2000
     """Steps between periodic checkpoints (0 = only on request and at exit)."""
     keep_checkpoints: int = 2
     """Periodic checkpoints kept on disk (older ones are deleted)."""
-    seed: int = 0
-    """Seed of the trainer's ray sampling and initialisation."""
+
+    def check(self) -> "TrainerConfig":
+        """Validate this section; raise ConfigError naming the key."""
+        _require(self.rays_per_batch >= 1, "trainer.rays_per_batch", self.rays_per_batch, ">= 1")
+        _require(self.max_steps >= 0, "trainer.max_steps", self.max_steps, ">= 0")
+        for key in ("lr_fields", "lr_proposal", "lr_lang", "lr_final_fields", "lr_final_proposal", "lr_final_lang",
+                    "adam_eps", "lang_huber_delta"):
+            _require(getattr(self, key) > 0, f"trainer.{key}", getattr(self, key), "> 0")
+        for key in ("decay_steps", "lang_decay_steps", "keep_checkpoints"):
+            _require(getattr(self, key) >= 1, f"trainer.{key}", getattr(self, key), ">= 1")
+        for key in ("warmup_steps", "checkpoint_every"):
+            _require(getattr(self, key) >= 0, f"trainer.{key}", getattr(self, key), ">= 0")
+        _require(self.schedule in ("exponential", "cosine"), "trainer.schedule", self.schedule,
+                 "'exponential' or 'cosine'")
+        _require(self.lang_loss in ("huber", "cosine"), "trainer.lang_loss", self.lang_loss, "'huber' or 'cosine'")
+        for key in ("lang_weight", "dino_weight", "depth_weight", "interlevel_weight", "distortion_weight",
+                    "weight_decay", "lang_weight_decay"):
+            _require(getattr(self, key) >= 0, f"trainer.{key}", getattr(self, key), ">= 0")
+        return self
 
 
 @dataclass
@@ -220,6 +299,8 @@ class KeyframeConfig:
     """The bounded keyframe store of the online trainer."""
 
     max_keyframes: int = 200
+    """Most keyframes kept; beyond this (or max_memory_mb) the keyframe whose pose is most redundant
+    is evicted (never one of the newest protect_newest)."""
     max_memory_mb: float = 2048.0
     """Store memory bound (images, depth and teacher features)."""
     min_translation: float = 0.05
@@ -235,6 +316,7 @@ class KeyframeConfig:
     max_clipped_fraction: float = 0.5
     """Reject frames with more than this fraction of clipped pixels (grey <= 2 or >= 253; 1 disables)."""
     min_keyframes_to_train: int = 3
+    """Online training starts once this many keyframes have teacher features."""
     max_image_side: int = 640
     """Frames larger than this (longest side, pixels) are downscaled before storing (0 disables)."""
     protect_newest: int = 3
@@ -245,7 +327,10 @@ class KeyframeConfig:
 
     def check(self) -> "KeyframeConfig":
         """Validate this section; raise ConfigError naming the key."""
-        _require(self.max_keyframes >= 1, "keyframes.max_keyframes", self.max_keyframes, ">= 1")
+        _require(self.min_keyframes_to_train >= 1, "keyframes.min_keyframes_to_train", self.min_keyframes_to_train,
+                 ">= 1")
+        _require(self.max_keyframes >= self.min_keyframes_to_train, "keyframes.max_keyframes", self.max_keyframes,
+                 f">= keyframes.min_keyframes_to_train ({self.min_keyframes_to_train})")
         _require(self.max_memory_mb > 0, "keyframes.max_memory_mb", self.max_memory_mb, "> 0")
         _require(self.min_translation >= 0, "keyframes.min_translation", self.min_translation, ">= 0")
         _require(self.min_rotation_deg >= 0, "keyframes.min_rotation_deg", self.min_rotation_deg, ">= 0")
@@ -357,79 +442,172 @@ class LerfConfig:
     """Everything a run needs."""
 
     preset: str = "lerf"
+    """Preset the configuration starts from (tiny, lerf-lite, lerf or lerf-big); chosen first, every
+    other key overrides its values."""
     output_dir: str = "outputs/lerf"
+    """Folder of the run's checkpoints, renders and resolved configuration."""
     device: str = "auto"
-    """'auto' (CUDA when available), 'cpu' or 'cuda[:N]'."""
+    """Device of the whole run (field, training, teachers, queries): 'auto' (CUDA when available),
+    'cpu' or 'cuda[:N]'."""
     seed: int = 0
+    """Seed of the whole run: the field's initial weights and the trainer's ray sampling."""
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    """The 2D teachers (CLIP crop pyramid, DINO)."""
     model: ModelConfig = field(default_factory=ModelConfig)
+    """The radiance, language and DINO fields."""
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    """Optimisation."""
     keyframes: KeyframeConfig = field(default_factory=KeyframeConfig)
+    """The bounded keyframe store."""
     query: QueryConfig = field(default_factory=QueryConfig)
+    """The query engine (relevancy, scale search, grasps)."""
 
     # ------------------------------------------------------------------ (de)serialisation
     def to_dict(self) -> Dict[str, Any]:
+        """The configuration as nested plain dicts, lists and scalars (what ``to_yaml`` writes)."""
         return _to_plain(dataclasses.asdict(self))
 
     def to_yaml(self) -> str:
+        """The configuration as YAML (nested keys; ``load_yaml``/``from_dict`` read it back)."""
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "LerfConfig":
-        """Build from a (possibly partial) nested dict; a 'preset' key selects the base."""
-        base = preset(str(data.get("preset", "lerf")))
-        return base.override(data)
+        """Build from a (possibly partial) nested or dotted dict; a 'preset' key selects the base.
+
+        Unknown keys, removed keys and values of the wrong type raise ConfigError naming the key."""
+        flat = _flatten(data)
+        base = preset(str(flat.pop("preset", "lerf")))
+        return base.override(flat)
+
+    @classmethod
+    def from_saved(cls, data: Mapping[str, Any]) -> "LerfConfig":
+        """A configuration that ``to_dict`` saved (in a checkpoint or a run folder), possibly by an
+        older version: keys removed since (``REMOVED_KEYS``) are dropped, as such a save always holds
+        their replacement too. Anything else is read as ``from_dict`` reads it."""
+        return cls.from_dict({k: v for k, v in _flatten(data).items() if k not in REMOVED_KEYS})
 
     def override(self, data: Mapping[str, Any]) -> "LerfConfig":
-        """A copy with nested or dotted overrides applied; unknown keys raise ConfigError."""
+        """A validated copy with nested or dotted overrides applied; unknown keys raise ConfigError."""
         out = copy.deepcopy(self)
         for key, value in _flatten(data).items():
             _set_dotted(out, key, value)
-        out.check()
-        return out
+        return out.check()
 
     def check(self) -> "LerfConfig":
-        """Validate once at start-up; raise ConfigError naming the key."""
-        t, q, m, k, tr = self.teacher, self.query, self.model, self.keyframes, self.trainer
-        for section in (t, q, m, k, tr):
-            section_check = getattr(section, "check", None)
-            if callable(section_check):
-                section_check()
-        _require(t.kind in ("clip", "ground_truth"), "teacher.kind", t.kind, "'clip' or 'ground_truth'")
-        _require(0 < t.pyramid_min <= t.pyramid_max <= 1, "teacher.pyramid_min/max",
-                 (t.pyramid_min, t.pyramid_max), "0 < min <= max <= 1")
-        _require(t.pyramid_levels >= 1, "teacher.pyramid_levels", t.pyramid_levels, ">= 1")
-        _require(0 <= t.pyramid_overlap < 1, "teacher.pyramid_overlap", t.pyramid_overlap, "in [0, 1)")
-        _require(0 <= q.threshold <= 1, "query.threshold", q.threshold, "in [0, 1]")
-        _require(len(q.scales) > 0 and all(0 <= s <= 2 for s in q.scales), "query.scales", q.scales,
-                 "non-empty, each in [0, 2] m")
-        _require(q.max_points > 0 and q.max_grasps > 0, "query.max_points/max_grasps",
-                 (q.max_points, q.max_grasps), "> 0")
-        _require(q.gripper_max_width > 0, "query.gripper_max_width", q.gripper_max_width, "> 0")
-        _require(m.near > 0 and m.far > m.near, "model.near/far", (m.near, m.far), "0 < near < far")
-        _require(tr.rays_per_batch > 0, "trainer.rays_per_batch", tr.rays_per_batch, "> 0")
-        _require(tr.lang_loss in ("huber", "cosine"), "trainer.lang_loss", tr.lang_loss, "'huber' or 'cosine'")
-        _require(k.max_keyframes >= k.min_keyframes_to_train >= 1, "keyframes.max_keyframes",
-                 k.max_keyframes, ">= keyframes.min_keyframes_to_train >= 1")
-        _require(self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda"),
-                 "device", self.device, "'auto', 'cpu' or 'cuda[:N]'")
+        """Validate once at start-up; raise ConfigError naming the key.
+
+        Each section checks its own fields; this adds the top-level fields and the rules that span
+        sections."""
+        for section in (self.teacher, self.model, self.trainer, self.keyframes, self.query):
+            section.check()
+        _require(self.preset in PRESETS, "preset", self.preset, f"one of {', '.join(PRESETS)}")
+        _require(bool(self.output_dir.strip()), "output_dir", self.output_dir, "a folder")
+        _require(_DEVICE.fullmatch(self.device) is not None, "device", self.device, "'auto', 'cpu' or 'cuda[:N]'")
+        _require(self.seed >= 0, "seed", self.seed, ">= 0")
+        _require(not (self.model.hash_backend == "tcnn" and self.device == "cpu"), "model.hash_backend",
+                 self.model.hash_backend, "'auto' or 'torch' with device 'cpu' (tinycudann runs on CUDA only)")
         return self
 
     @classmethod
-    def load_yaml(cls, path: str, overrides: Optional[Mapping[str, Any]] = None) -> "LerfConfig":
-        cfg = cls.from_dict(read_yaml_settings(path))
-        return cfg.override(overrides) if overrides else cfg
+    def load_yaml(cls, path: str, overrides: Optional[Mapping[str, Any]] = None,
+                  nodes: Sequence[str] = LERF_NODES) -> "LerfConfig":
+        """The configuration a YAML file gives (plain mapping or ROS parameter file, of which the
+        sections for ``nodes``: see ``read_yaml_settings``), with ``overrides`` (nested or dotted) on
+        top; a 'preset' among the overrides replaces the file's. Node-level keys
+        (``NODE_PARAMETERS``) are accepted and left out."""
+        settings = _flatten(read_yaml_settings(path, nodes))
+        settings.update(_flatten(overrides or {}))
+        return cls.from_dict(split_node_settings(settings)[0])
 
     def save_yaml(self, path: str) -> None:
+        """Write ``to_yaml()`` to ``path``."""
         with open(path, "w") as f:
             f.write(self.to_yaml())
 
     def resolved_device(self) -> str:
+        """``device`` with 'auto' resolved: 'cuda' when CUDA is available, else 'cpu'."""
         import torch
 
         if self.device == "auto":
             return "cuda" if torch.cuda.is_available() else "cpu"
         return self.device
+
+
+_DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
+
+REMOVED_KEYS: Dict[str, Tuple[str, str]] = {
+    "trainer.seed": ("seed", "one seed for the whole run"),
+    "teacher.device": ("device", "one device for the whole run"),
+}
+"""Keys that earlier versions had: {old dotted key: (the key that replaces it, why)}."""
+
+
+# ---------------------------------------------------------------------------- node-level keys
+@dataclass(frozen=True)
+class NodeParameter:
+    """A ROS node's own setting (wiring, rates, frames): a parameter of the node, not a model setting.
+
+    Declared by the nodes (``lerf_ros.ros.params``) with this default and description; a parameter
+    YAML may hold it beside the model configuration, and the configuration loader leaves it out."""
+
+    name: str
+    """Parameter name."""
+    default: Any
+    """Default value (its type is the parameter's type; a tuple is a ROS array)."""
+    description: str
+    """What ``ros2 param describe`` shows."""
+    nodes: Tuple[str, ...]
+    """The nodes that declare it: 'trainer', 'query' or both."""
+
+
+NODE_PARAMETERS: Tuple[NodeParameter, ...] = (
+    NodeParameter("world_frame", "map", "Fixed frame the field is built in and answers are given in by default",
+                  ("trainer", "query")),
+    NodeParameter("pose_source", "auto", "'tf', 'pose' (PoseStamped on 'pose'), 'odom' (Odometry on 'odom') or "
+                  "'auto' (tf when tf2 is installed, else pose)", ("trainer",)),
+    NodeParameter("pose_tolerance_s", 0.05, "Max stamp difference when matching a pose or depth to an image (s)",
+                  ("trainer",)),
+    NodeParameter("tf_timeout_s", 0.1, "How long to wait for TF at an image's stamp (s)", ("trainer",)),
+    NodeParameter("body_to_camera", (0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0),
+                  "Fixed pose of the camera in the pose/odom topic's body frame: x y z qx qy qz qw", ("trainer",)),
+    NodeParameter("status_rate_hz", 2.0, "Rate of /lerf/status", ("trainer",)),
+    NodeParameter("queue_size", 4, "Images waiting for ingestion; the oldest is dropped when full", ("trainer",)),
+    NodeParameter("use_depth", True, "Subscribe to 'depth' and attach aligned depth to frames", ("trainer",)),
+    NodeParameter("resume", True, "Resume from the newest checkpoint in output_dir when one exists", ("trainer",)),
+    NodeParameter("checkpoint_dir", "", "Separate-process mode: folder of the trainer's checkpoints to load "
+                  "(default: <output_dir>/checkpoints)", ("query",)),
+    NodeParameter("reload_period_s", 2.0, "How often to look for a newer snapshot or checkpoint (s)", ("query",)),
+    NodeParameter("snapshot_min_interval_s", 10.0, "Shortest time between two model swaps (each swap re-extracts "
+                  "the surface points and their language features, a few seconds on a CPU)", ("query",)),
+)
+
+ROS_NODE_KEYS: Tuple[str, ...] = ("use_sim_time",)
+"""Parameters rclpy declares on every node (a parameter YAML may set them)."""
+ROS_NODE_KEY_PREFIXES: Tuple[str, ...] = ("qos_overrides.",)
+"""Prefixes of rclpy's own per-node parameters."""
+
+
+def node_parameters(node: str) -> Tuple[NodeParameter, ...]:
+    """The node-level parameters the node ``node`` ('trainer' or 'query') declares."""
+    if node not in ("trainer", "query"):
+        raise ValueError(f"node {node!r}: expected 'trainer' or 'query'")
+    return tuple(p for p in NODE_PARAMETERS if node in p.nodes)
+
+
+def is_node_key(key: str) -> bool:
+    """Whether a dotted key is a node-level setting (``NODE_PARAMETERS`` or rclpy's own)."""
+    return (key in {p.name for p in NODE_PARAMETERS} or key in ROS_NODE_KEYS
+            or key.startswith(ROS_NODE_KEY_PREFIXES))
+
+
+def split_node_settings(settings: Mapping[str, Any]) -> Tuple[Dict[str, Any], Dict[str, Any]]:
+    """(configuration settings, node-level settings) of a nested or dotted mapping, both dotted."""
+    config: Dict[str, Any] = {}
+    node: Dict[str, Any] = {}
+    for key, value in _flatten(settings).items():
+        (node if is_node_key(key) else config)[key] = value
+    return config, node
 
 
 # ---------------------------------------------------------------------------- presets
@@ -464,14 +642,16 @@ PRESETS: Dict[str, Dict[str, Any]] = {
         "model.lang_max_resolution": (256,), "model.lang_features_per_level": 4, "model.lang_hidden_dim": 64,
         "model.lang_num_layers": 2, "model.dino_hidden_dim": 64, "model.num_lang_samples": 8,
         "trainer.rays_per_batch": 1024, "trainer.max_steps": 3000, "trainer.decay_steps": 3000,
-        "trainer.lang_decay_steps": 3000, "trainer.checkpoint_every": 500, "teacher.pyramid_levels": 4, "teacher.pyramid_min": 0.1,
-        "teacher.pyramid_max": 0.5, "keyframes.max_keyframes": 60,
+        "trainer.lang_decay_steps": 3000, "trainer.checkpoint_every": 500,
+        "teacher.pyramid_levels": 4, "teacher.pyramid_min": 0.1, "teacher.pyramid_max": 0.5,
+        "keyframes.max_keyframes": 60,
         "query.surface_stride": 2, "query.surface_max_views": 20, "query.max_candidate_points": 20000,
     },
 }
 
 
 def preset_names() -> List[str]:
+    """The names of the presets (``tiny``, ``lerf-lite``, ``lerf``, ``lerf-big``)."""
     return list(PRESETS)
 
 
@@ -499,22 +679,56 @@ def _to_plain(obj: Any) -> Any:
     return obj
 
 
-def read_yaml_settings(path: str) -> Dict[str, Any]:
-    """The settings of a config YAML, nested: a plain mapping, or the ROS parameter file form
-    ``{node_name: {ros__parameters: {...}}}`` (the first node's parameters)."""
+def read_yaml_settings(path: str, nodes: Sequence[str] = LERF_NODES) -> Dict[str, Any]:
+    """The settings of a config YAML, nested: a plain mapping, or a ROS parameter file
+    (``{node_name: {ros__parameters: {...}}}``, node names possibly namespaced, or the wildcards
+    ``/*`` and ``/**``). Of a parameter file, the sections that apply to the nodes named ``nodes``
+    (default: this package's two nodes) are merged in file order, a later value winning as in ROS;
+    sections of other nodes are not read."""
     with open(path) as f:
         data = yaml.safe_load(f) or {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping at top level")
-    for v in list(data.values()):
+    sections = _ros_sections(data, "", path)
+    if sections is None:
+        return data
+    merged: Dict[str, Any] = {}
+    for name, params in sections:
+        last = name.rstrip("/").rsplit("/", 1)[-1]
+        if last in ("*", "**") or last in nodes:
+            merged.update(_flatten(params))
+    return _nest(merged)
+
+
+def _ros_sections(data: Mapping[str, Any], prefix: str, path: str) -> Optional[List[Tuple[str, Dict[str, Any]]]]:
+    """[(node name, parameters)] of a ROS parameter file's mapping; None when it is not one."""
+    if not any(isinstance(v, dict) and ("ros__parameters" in v or _ros_sections(v, "", path))
+               for v in data.values()):
+        return None
+    out: List[Tuple[str, Dict[str, Any]]] = []
+    for k, v in data.items():
+        name = f"{prefix}/{k}" if prefix else str(k)
         if isinstance(v, dict) and "ros__parameters" in v:
-            return v["ros__parameters"]
-    return data
+            params = v["ros__parameters"] or {}
+            if not isinstance(params, dict):
+                raise ConfigError(f"{path}: '{name}: ros__parameters' must be a mapping")
+            out.append((name, params))
+        elif isinstance(v, dict) and _ros_sections(v, name, path):
+            out.extend(_ros_sections(v, name, path))
+        else:
+            raise ConfigError(f"{path}: '{name}' is not a node section ('node_name: ros__parameters: ...'); "
+                              "a ROS parameter file holds nothing else at top level")
+    return out
 
 
 def dotted_keys(data: Mapping[str, Any]) -> List[str]:
     """The dotted names of the leaves of a nested mapping ({'a': {'b': 1}} -> ['a.b'])."""
     return list(_flatten(data))
+
+
+def config_keys() -> List[str]:
+    """Every dotted key of ``LerfConfig`` (``preset``, ``model.hidden_dim``, ...)."""
+    return dotted_keys(LerfConfig().to_dict())
 
 
 def _flatten(data: Mapping[str, Any], prefix: str = "") -> Dict[str, Any]:
@@ -528,36 +742,94 @@ def _flatten(data: Mapping[str, Any], prefix: str = "") -> Dict[str, Any]:
     return out
 
 
+def _nest(flat: Mapping[str, Any]) -> Dict[str, Any]:
+    out: Dict[str, Any] = {}
+    for key, value in flat.items():
+        *parents, name = key.split(".")
+        d = out
+        for p in parents:
+            d = d.setdefault(p, {})
+        d[name] = value
+    return out
+
+
+_TRUE = ("true", "yes", "on", "1")
+_FALSE = ("false", "no", "off", "0")
+
+
+def _type_name(typ: Any) -> str:
+    if getattr(typ, "__origin__", None) is tuple:
+        args = typ.__args__
+        if len(args) == 2 and args[1] is Ellipsis:
+            return f"a list of {_type_name(args[0])}"
+        return f"a list of {len(args)} values ({', '.join(_type_name(a) for a in args)})"
+    return {bool: "bool", int: "int", float: "float", str: "str"}.get(typ, str(typ))
+
+
 def _coerce(value: Any, typ: Any, key: str) -> Any:
-    origin = getattr(typ, "__origin__", None)
+    """``value`` as the field type ``typ`` (bool, int, float, str or a tuple of them). Strings are
+    parsed (command lines and launch arguments give strings); anything else of the wrong type
+    raises ConfigError naming the key."""
     try:
-        if typ is bool:
-            if isinstance(value, str):
-                if value.lower() in ("true", "1", "yes"):
-                    return True
-                if value.lower() in ("false", "0", "no"):
-                    return False
-                raise ValueError(value)
-            return bool(value)
-        if typ is int:
-            if isinstance(value, float) and not value.is_integer():
-                raise ValueError(value)
-            return int(value)
-        if typ is float:
-            return float(value)
-        if typ is str:
-            return str(value)
-        if origin in (tuple, Tuple):
-            args = typ.__args__
-            elem = args[0]
-            seq = [value] if isinstance(value, (int, float, str)) else list(value)
-            return tuple(_coerce(v, elem, key) for v in seq)
+        return _coerce_or_raise(value, typ)
     except (TypeError, ValueError) as exc:
-        raise ConfigError(f"{key} = {value!r} cannot be read as {getattr(typ, '__name__', typ)}") from exc
-    return value
+        raise ConfigError(f"{key} = {value!r} is invalid: expected {_type_name(typ)}") from exc
+
+
+def _coerce_or_raise(value: Any, typ: Any) -> Any:
+    if getattr(typ, "__origin__", None) is tuple:
+        args = typ.__args__
+        if isinstance(value, str):
+            text = value.strip()
+            if text[:1] in "[(" and text[-1:] in "])":
+                text = text[1:-1]
+            value = [v.strip() for v in text.split(",")] if text.strip() else []
+        elif not isinstance(value, (list, tuple)):
+            value = [value]
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_coerce_or_raise(v, args[0]) for v in value)
+        if len(value) != len(args):
+            raise ValueError(f"{len(value)} values")
+        return tuple(_coerce_or_raise(v, a) for v, a in zip(value, args))
+    if isinstance(value, (list, tuple, dict)) or value is None:
+        raise TypeError(type(value).__name__)
+    if typ is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.strip().lower() in _TRUE + _FALSE:
+            return value.strip().lower() in _TRUE
+        if isinstance(value, int) and value in (0, 1):
+            return bool(value)
+        raise ValueError(value)
+    if isinstance(value, bool):  # YAML true/false for a number or a string: a mistake
+        raise TypeError("bool")
+    if typ is int:
+        if isinstance(value, str):
+            value = float(value) if any(c in value.lower() for c in ".e") else int(value)
+        if isinstance(value, float) and not value.is_integer():
+            raise ValueError(value)
+        return int(value)
+    if typ is float:
+        return float(value)
+    if typ is str:
+        if not isinstance(value, (str, int, float)):
+            raise TypeError(type(value).__name__)
+        return str(value)
+    raise TypeError(f"unsupported field type {typ}")
+
+
+def _unknown_key(key: str) -> ConfigError:
+    import difflib
+
+    near = difflib.get_close_matches(key, config_keys() + [p.name for p in NODE_PARAMETERS], n=1, cutoff=0.75)
+    hint = f"; did you mean '{near[0]}'?" if near else ""
+    return ConfigError(f"unknown configuration key '{key}'{hint}")
 
 
 def _set_dotted(cfg: Any, key: str, value: Any) -> None:
+    if key in REMOVED_KEYS:
+        new, why = REMOVED_KEYS[key]
+        raise ConfigError(f"configuration key '{key}' was removed: set '{new}' instead ({why})")
     if key == "preset":
         if value != cfg.preset:
             # Switching preset through an override would silently drop the preset's values.
@@ -566,12 +838,12 @@ def _set_dotted(cfg: Any, key: str, value: Any) -> None:
     parts = key.split(".")
     obj = cfg
     for p in parts[:-1]:
-        if not dataclasses.is_dataclass(obj) or not hasattr(obj, p):
-            raise ConfigError(f"unknown configuration key '{key}'")
+        if not dataclasses.is_dataclass(obj) or p not in {f.name for f in dataclasses.fields(obj)}:
+            raise _unknown_key(key)
         obj = getattr(obj, p)
     name = parts[-1]
     if not dataclasses.is_dataclass(obj) or name not in {f.name for f in dataclasses.fields(obj)}:
-        raise ConfigError(f"unknown configuration key '{key}'")
+        raise _unknown_key(key)
     hints = get_type_hints(type(obj))
     if dataclasses.is_dataclass(hints[name]):
         raise ConfigError(f"'{key}' is a section; set its fields instead")

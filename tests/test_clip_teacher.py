@@ -253,8 +253,8 @@ def test_clip_dino_teacher_frame_features(tiny_clip, small_dino):
 
 
 def test_make_teacher():
-    cfg = TeacherConfig(clip_model="test-tiny-vit", random_weights=True, device="cpu", dino_max_side=32)
-    teacher = make_teacher(cfg)
+    cfg = TeacherConfig(clip_model="test-tiny-vit", random_weights=True, dino_max_side=32)
+    teacher = make_teacher(cfg, device="cpu")
     assert isinstance(teacher, ClipDinoTeacher) and teacher.clip_dim == 32
     with pytest.raises(ValueError, match="scene"):
         make_teacher(TeacherConfig(kind="ground_truth"))

@@ -5,7 +5,9 @@
 - a replay process streams a synthetic scene into the trainer: keyframes are kept, the step
   increases, a checkpoint is saved on request, pause works, and a restarted trainer resumes;
 - bad messages of each kind are dropped with their reason reported (and logged once), and the node
-  survives them.
+  survives them;
+- each node declares its own part of the configuration: ``query.*`` on the query node (described, set
+  from the params file), not on the trainer, in one process and as separate processes.
 """
 import math
 import os
@@ -18,6 +20,7 @@ import pytest
 rclpy = pytest.importorskip("rclpy")
 
 from geometry_msgs.msg import PoseStamped  # noqa: E402
+from rcl_interfaces.srv import DescribeParameters, GetParameters, ListParameters  # noqa: E402
 from rclpy.qos import QoSProfile, ReliabilityPolicy  # noqa: E402
 from sensor_msgs.msg import CameraInfo, Image  # noqa: E402
 from std_srvs.srv import SetBool, Trigger  # noqa: E402
@@ -52,6 +55,7 @@ def write_params(path, scene_dir, output_dir, **extra):
         "/**:", "  ros__parameters:", "    preset: tiny", f"    output_dir: '{output_dir}'", "    world_frame: map",
         "    teacher:", "      kind: ground_truth", f"      scene_dir: '{scene_dir}'",
         "    trainer:", "      checkpoint_every: 0", "    keyframes:", "      min_keyframes_to_train: 2",
+        "    query:", "      threshold: 0.6",
         "lerf_trainer:", "  ros__parameters:", "    pose_source: pose", "    status_rate_hz: 5.0",
     ]
     lines += [f"    {k}: {v}" for k, v in extra.items()]
@@ -85,6 +89,48 @@ def node_argv(params, module="lerf_ros.ros.lerf_node"):
     return python_argv("-m", module, "--ros-args", "--params-file", str(params))
 
 
+class ParameterClient:
+    """``ros2 param list / describe / get`` of one node, over DDS."""
+
+    def __init__(self, node, target):
+        self.node = node
+        self.clients = {kind: node.create_client(srv, f"/{target}/{name}") for kind, srv, name in (
+            ("list", ListParameters, "list_parameters"), ("describe", DescribeParameters, "describe_parameters"),
+            ("get", GetParameters, "get_parameters"))}
+        for client in self.clients.values():
+            assert wait_for_service(client, 60.0), f"no parameter services on /{target}"
+
+    def names(self):
+        return set(call(self.node, self.clients["list"], ListParameters.Request()).result.names)
+
+    def description(self, name):
+        return call(self.node, self.clients["describe"], DescribeParameters.Request(names=[name])).descriptors[0]
+
+    def value(self, name):
+        return call(self.node, self.clients["get"], GetParameters.Request(names=[name])).values[0]
+
+
+def check_query_parameters(node, separate):
+    """``query.*`` is declared on /lerf_query (described, with the params file's value), not on
+    /lerf_trainer; the trainer keeps its own sections."""
+    query = ParameterClient(node, "lerf_query")
+    names = query.names()
+    assert {"query.threshold", "query.max_points", "world_frame", "checkpoint_dir"} <= names
+    desc = query.description("query.threshold")
+    assert desc.name == "query.threshold" and "relevancy" in desc.description and desc.read_only
+    assert query.value("query.threshold").double_value == pytest.approx(0.6)
+    # As its own process the query node reads its text encoder's settings; in the trainer's process
+    # it shares the trainer's.
+    assert ("teacher.kind" in names) == separate and ("preset" in names) == separate
+    assert not {n for n in names if n.split(".")[0] in ("model", "trainer", "keyframes")}
+    trainer = ParameterClient(node, "lerf_trainer")
+    names = trainer.names()
+    assert not {n for n in names if n.startswith("query.")}, "query parameters declared on the trainer"
+    assert {"preset", "seed", "device", "model.hidden_dim", "teacher.kind", "trainer.max_steps",
+            "keyframes.max_keyframes", "world_frame", "pose_source"} <= names
+    assert trainer.description("model.hidden_dim").description
+
+
 def test_nodes_start_report_status_and_refuse_bad_queries(scene_dir, tmp_path):
     params = write_params(tmp_path / "params.yaml", scene_dir, tmp_path / "out")
     domain = unique_domain_id()
@@ -98,6 +144,7 @@ def test_nodes_start_report_status_and_refuse_bad_queries(scene_dir, tmp_path):
             wait_status(node, status, proc)
             assert status.last.state == TrainingStatus.STATE_WAITING_FOR_FRAMES
             assert status.last.step == 0 and status.last.frames_received == 0
+            check_query_parameters(node, separate=False)
 
             resp = call(node, client, Query.Request(text="mug"))
             assert not resp.success and "no model yet" in resp.message
@@ -261,3 +308,20 @@ def test_bad_messages_are_dropped_with_reasons_and_the_node_survives(scene, scen
     log = process_output(proc, tail=200000)
     assert code == 0, log
     assert log.count("camera_info says") == 1, log
+
+
+def test_separate_query_node_declares_the_query_parameters(scene_dir, tmp_path):
+    params = write_params(tmp_path / "params.yaml", scene_dir, tmp_path / "out")
+    domain = unique_domain_id()
+    env = ros_env(domain)
+    procs = [start_process(node_argv(params, f"lerf_ros.ros.{name}"), env=env)
+             for name in ("trainer_node", "query_node")]
+    try:
+        with ros_context(domain) as ctx:
+            node = rclpy.create_node("test_params", context=ctx)
+            check_query_parameters(node, separate=True)
+            assert all(p.poll() is None for p in procs), [process_output(p) for p in procs]
+            node.destroy_node()
+    finally:
+        codes = [stop_process(p, timeout=30.0) for p in procs]
+    assert codes == [0, 0], [process_output(p) for p in procs]

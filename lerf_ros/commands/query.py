@@ -84,7 +84,7 @@ def _offline(args) -> int:
     tcfg = cfg.teacher
     if args.scene:
         tcfg = cfg.override({"teacher.kind": "ground_truth", "teacher.scene_dir": args.scene}).teacher
-    teacher = make_teacher(tcfg)
+    teacher = make_teacher(tcfg, device=cfg.device)
     print(f"field: {path} (step {snap.step}); text encoder: {teacher.description}")
     engine = QueryEngine(cfg.query, teacher.encode_text)
     engine.set_snapshot(snap)

@@ -21,80 +21,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lerf_ros.config import ConfigError, ModelConfig, TrainerConfig
+from lerf_ros.config import ModelConfig, TrainerConfig
 from lerf_ros.field.fields import LanguageField, ProposalDensityField, RadianceField
 from lerf_ros.field.rendering import (distortion_loss, interlevel_loss, render_depth, render_embedding,
                                       render_rgb, render_weights, top_k_samples)
 from lerf_ros.field.sampling import (anneal_weights, contract_to_unit, pdf_edges, sample_points, spacing_inv,
                                      uniform_edges)
-
-
-def check_model_config(m: ModelConfig) -> None:
-    """Raise ConfigError naming the first invalid ``model.*`` value."""
-    def req(ok: bool, key: str, value, expected: str) -> None:
-        if not ok:
-            raise ConfigError(f"model.{key} = {value!r} is invalid: expected {expected}")
-
-    req(1 <= m.num_levels <= 32, "num_levels", m.num_levels, "1..32")
-    req(m.features_per_level in (1, 2, 4, 8), "features_per_level", m.features_per_level, "1, 2, 4 or 8")
-    req(m.lang_features_per_level in (1, 2, 4, 8), "lang_features_per_level", m.lang_features_per_level,
-        "1, 2, 4 or 8")
-    for key in ("log2_hashmap_size", "proposal_log2_hashmap_size"):
-        req(4 <= getattr(m, key) <= 30, key, getattr(m, key), "4..30")
-    req(2 <= m.base_resolution <= m.max_resolution, "base_resolution/max_resolution",
-        (m.base_resolution, m.max_resolution), "2 <= base <= max")
-    n = len(m.lang_num_levels)
-    req(n >= 1 and len(m.lang_log2_hashmap_size) == n and len(m.lang_base_resolution) == n
-        and len(m.lang_max_resolution) == n, "lang_num_levels/lang_log2_hashmap_size/lang_*_resolution",
-        (m.lang_num_levels, m.lang_log2_hashmap_size, m.lang_base_resolution, m.lang_max_resolution),
-        "one entry per language grid in each (at least one grid)")
-    for i in range(n):
-        req(1 <= m.lang_num_levels[i] <= 32, "lang_num_levels", m.lang_num_levels, "each 1..32")
-        req(4 <= m.lang_log2_hashmap_size[i] <= 30, "lang_log2_hashmap_size", m.lang_log2_hashmap_size, "each 4..30")
-        req(2 <= m.lang_base_resolution[i] <= m.lang_max_resolution[i], "lang_base_resolution/lang_max_resolution",
-            (m.lang_base_resolution, m.lang_max_resolution), "2 <= base <= max for each grid")
-    req(all(s >= 1 for s in m.num_proposal_samples), "num_proposal_samples", m.num_proposal_samples, "each >= 1")
-    req(len(m.proposal_max_resolution) >= 1 or not m.num_proposal_samples, "proposal_max_resolution",
-        m.proposal_max_resolution, "at least one value")
-    req(all(r >= m.proposal_base_resolution >= 2 for r in m.proposal_max_resolution), "proposal_max_resolution",
-        m.proposal_max_resolution, f">= proposal_base_resolution ({m.proposal_base_resolution}) >= 2")
-    req(m.num_nerf_samples >= 1, "num_nerf_samples", m.num_nerf_samples, ">= 1")
-    req(1 <= m.num_lang_samples <= m.num_nerf_samples, "num_lang_samples", m.num_lang_samples,
-        f"1..num_nerf_samples ({m.num_nerf_samples})")
-    req(1 <= m.sh_degree <= 4, "sh_degree", m.sh_degree, "1..4")
-    req(m.scene_scale > 0, "scene_scale", m.scene_scale, "> 0")
-    req(len(m.scene_center) == 3, "scene_center", m.scene_center, "3 values")
-    req(m.near > 0 and m.far > m.near, "near/far", (m.near, m.far), "0 < near < far")
-    req(m.background_color in ("random", "black", "white"), "background_color", m.background_color,
-        "'random', 'black' or 'white'")
-    req(m.hash_backend in ("auto", "torch", "tcnn"), "hash_backend", m.hash_backend, "'auto', 'torch' or 'tcnn'")
-    for key in ("hidden_dim", "hidden_dim_color", "geo_feat_dim", "proposal_hidden_dim", "lang_hidden_dim",
-                "dino_hidden_dim"):
-        req(getattr(m, key) >= 1, key, getattr(m, key), ">= 1")
-    req(m.lang_num_layers >= 1 and m.dino_num_layers >= 1, "lang_num_layers/dino_num_layers",
-        (m.lang_num_layers, m.dino_num_layers), ">= 1")
-
-
-def check_trainer_config(t: TrainerConfig) -> None:
-    """Raise ConfigError naming the first invalid ``trainer.*`` value."""
-    def req(ok: bool, key: str, value, expected: str) -> None:
-        if not ok:
-            raise ConfigError(f"trainer.{key} = {value!r} is invalid: expected {expected}")
-
-    for key in ("lr_fields", "lr_proposal", "lr_lang", "lr_final_fields", "lr_final_proposal", "lr_final_lang"):
-        req(getattr(t, key) > 0, key, getattr(t, key), "> 0")
-    req(t.decay_steps >= 1 and t.lang_decay_steps >= 1, "decay_steps/lang_decay_steps",
-        (t.decay_steps, t.lang_decay_steps), ">= 1")
-    req(t.schedule in ("exponential", "cosine"), "schedule", t.schedule, "'exponential' or 'cosine'")
-    req(t.warmup_steps >= 0, "warmup_steps", t.warmup_steps, ">= 0")
-    req(t.lang_loss in ("huber", "cosine"), "lang_loss", t.lang_loss, "'huber' or 'cosine'")
-    req(t.lang_huber_delta > 0, "lang_huber_delta", t.lang_huber_delta, "> 0")
-    for key in ("lang_weight", "dino_weight", "depth_weight", "interlevel_weight", "distortion_weight",
-                "weight_decay", "lang_weight_decay"):
-        req(getattr(t, key) >= 0, key, getattr(t, key), ">= 0")
-    req(t.max_steps >= 0, "max_steps", t.max_steps, ">= 0")
-    req(t.checkpoint_every >= 0 and t.keep_checkpoints >= 1, "checkpoint_every/keep_checkpoints",
-        (t.checkpoint_every, t.keep_checkpoints), "checkpoint_every >= 0, keep_checkpoints >= 1")
 
 
 @dataclass
@@ -130,7 +62,7 @@ class LerfModel(nn.Module):
 
     def __init__(self, cfg: ModelConfig, clip_dim: int, dino_dim: int) -> None:
         super().__init__()
-        check_model_config(cfg)
+        cfg.check()
         if clip_dim < 1 or dino_dim < 1:
             raise ValueError(f"clip_dim and dino_dim must be >= 1, got {clip_dim}, {dino_dim}")
         self.cfg = copy.deepcopy(cfg)

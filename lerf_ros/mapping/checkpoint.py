@@ -94,7 +94,7 @@ def cameras_from_payload(items: List[Dict[str, Any]]) -> List[CameraView]:
 
 def config_of(payload: Dict[str, Any]) -> LerfConfig:
     """The run's resolved configuration."""
-    return LerfConfig.from_dict(payload["config"])
+    return LerfConfig.from_saved(payload["config"])
 
 
 def load_snapshot(path: str, device: Optional[str | torch.device] = None,

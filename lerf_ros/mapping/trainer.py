@@ -32,7 +32,7 @@ import torch
 
 from lerf_ros.config import ConfigError, LerfConfig
 from lerf_ros.field.frozen import FrozenField, render_image
-from lerf_ros.field.model import (LerfModel, check_model_config, check_trainer_config, geometry_losses,
+from lerf_ros.field.model import (LerfModel, geometry_losses,
                                   language_losses, total_loss)
 from lerf_ros.mapping import checkpoint as ckpt
 from lerf_ros.field.snapshot import CameraView
@@ -83,8 +83,6 @@ class Trainer:
     def __init__(self, cfg: LerfConfig, clip_dim: int, dino_dim: int, views: RaySource, teacher: str = "",
                  bounds: Optional[Bounds] = None) -> None:
         cfg.check()
-        check_model_config(cfg.model)
-        check_trainer_config(cfg.trainer)
         self.cfg = copy.deepcopy(cfg)
         self.views = views
         self.teacher = teacher

@@ -8,6 +8,11 @@ Two ways to get the field:
 Outputs for RViz (transient-local, so a late RViz still gets the last answer):
 ``/lerf/relevancy_cloud`` (PointCloud2: x y z rgb relevancy), ``/lerf/grasp_markers`` (MarkerArray),
 ``/lerf/best_grasp`` (PoseStamped) and ``/lerf/scene_cloud`` (PointCloud2: x y z rgb).
+
+Parameters: the ``query.*`` section of the configuration is declared here (``ros2 param describe
+/lerf_query query.threshold``); as its own process the node also declares ``preset``, ``output_dir``,
+``device`` and ``teacher.*`` (its text encoder), while in the trainer's process it shares those with
+the trainer (``lerf_ros.ros.params``).
 """
 from __future__ import annotations
 
@@ -19,7 +24,6 @@ from typing import Callable, Optional
 import numpy as np
 import rclpy
 from geometry_msgs.msg import PoseStamped
-from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
 from rclpy.node import Node
 from sensor_msgs.msg import PointCloud2
@@ -31,7 +35,7 @@ from lerf_ros.field.snapshot import FieldSnapshot
 from lerf_ros.ros.common import LATCHED_QOS, QUERY_SERVICE, main_for
 from lerf_ros.ros.convert import matrix_to_pose, points_to_pointcloud2
 from lerf_ros.ros.markers import grasp_markers
-from lerf_ros.ros.params import declare_config
+from lerf_ros.ros.params import QUERY_OWN_PARAMETERS, QUERY_PARAMETERS, declare_config, declare_node_parameters
 from lerf_ros.ros.tf import FrameResolver
 from lerf_ros.srv import Query
 
@@ -39,21 +43,24 @@ SnapshotProvider = Callable[[], Optional[FieldSnapshot]]
 
 
 class QueryNode(Node):
-    """Serves ``/lerf/query``; see the module docstring."""
+    """Serves ``/lerf/query``; see the module docstring.
+
+    ``cfg``: the configuration of the trainer this node shares a process with (its ``query`` section
+    is then declared on this node on top of it); None: this node declares everything it reads.
+    """
 
     def __init__(self, snapshot_provider: Optional[SnapshotProvider] = None, teacher=None,
                  cfg: Optional[LerfConfig] = None, name: str = "lerf_query", **kwargs) -> None:
         super().__init__(name, **kwargs)
-        self.cfg = cfg if cfg is not None else declare_config(self)
-        p = lambda n, d, desc: self.declare_parameter(n, d, ParameterDescriptor(description=desc)).value  # noqa: E731
-        self.map_frame = p("world_frame", "map", "Fixed frame of the field (the trainer's world frame)")
-        self.checkpoint_dir = p("checkpoint_dir", "",
-                                "Separate-process mode: folder of the trainer's checkpoints to load "
-                                "(default: <output_dir>/checkpoints)")
-        reload_s = p("reload_period_s", 2.0, "How often to look for a newer snapshot or checkpoint (s)")
-        self.min_swap_s = p("snapshot_min_interval_s", 10.0,
-                            "Shortest time between two model swaps (each swap re-extracts the surface "
-                            "points and their language features, a few seconds on a CPU)")
+        if cfg is None:
+            self.cfg = declare_config(self, QUERY_PARAMETERS)
+        else:
+            self.cfg = declare_config(self, QUERY_OWN_PARAMETERS, base=cfg)
+        params = declare_node_parameters(self, "query")  # names, defaults, descriptions: config.NODE_PARAMETERS
+        self.map_frame = params["world_frame"]
+        self.checkpoint_dir = params["checkpoint_dir"]
+        reload_s = params["reload_period_s"]
+        self.min_swap_s = params["snapshot_min_interval_s"]
         self._last_swap = -float("inf")
         self._provider = snapshot_provider
         self._teacher = teacher
@@ -87,7 +94,7 @@ class QueryNode(Node):
                     from lerf_ros.teachers import make_teacher
 
                     if self._teacher is None:
-                        self._teacher = make_teacher(self.cfg.teacher)
+                        self._teacher = make_teacher(self.cfg.teacher, device=self.cfg.device)
                     self._engine = QueryEngine(self.cfg.query, self._teacher.encode_text)
                     self.get_logger().info(f"text encoder: {self._teacher.description}")
                 except Exception as exc:  # weights missing, bad config: answer with the reason

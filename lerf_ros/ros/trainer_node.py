@@ -23,7 +23,6 @@ from typing import Deque, Dict, Optional, Tuple
 import numpy as np
 from nav_msgs.msg import Odometry
 from geometry_msgs.msg import PoseArray, PoseStamped
-from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.node import Node
 from sensor_msgs.msg import CameraInfo, Image
@@ -37,7 +36,7 @@ from lerf_ros.msg import TrainingStatus
 from lerf_ros.ros.common import LATCHED_QOS, SENSOR_QOS, STATUS_QOS, STATUS_TOPIC, main_for
 from lerf_ros.ros.convert import (ConversionError, camera_info_to_K, image_to_numpy, matrix_to_pose, pose_to_matrix,
                                   stamp_to_sec, transform_to_matrix)
-from lerf_ros.ros.params import declare_config
+from lerf_ros.ros.params import TRAINER_PARAMETERS, declare_config, declare_node_parameters
 from lerf_ros.ros.tf import tf2_available
 
 _STATE_CODES = {
@@ -77,19 +76,17 @@ class TrainerNode(Node):
 
     def __init__(self, cfg: Optional[LerfConfig] = None, teacher=None, name: str = "lerf_trainer", **kwargs) -> None:
         super().__init__(name, **kwargs)
-        self.cfg = cfg if cfg is not None else declare_config(self)
-        p = lambda n, d, desc: self.declare_parameter(n, d, ParameterDescriptor(description=desc)).value  # noqa: E731
-        self.world_frame = p("world_frame", "map", "Fixed frame the field is built in")
-        pose_source = p("pose_source", "auto", "'tf', 'pose' (PoseStamped on 'pose'), 'odom' (Odometry on "
-                        "'odom') or 'auto' (tf when tf2 is installed, else pose)")
-        self.pose_tolerance = p("pose_tolerance_s", 0.05, "Max stamp difference when matching a pose or depth to an image (s)")
-        self.tf_timeout = p("tf_timeout_s", 0.1, "How long to wait for TF at an image's stamp (s)")
-        body_to_camera = p("body_to_camera", [0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0],
-                           "Fixed pose of the camera in the pose/odom topic's body frame: x y z qx qy qz qw")
-        status_rate = p("status_rate_hz", 2.0, "Rate of /lerf/status")
-        queue_size = p("queue_size", 4, "Images waiting for ingestion; the oldest is dropped when full")
-        self.use_depth = p("use_depth", True, "Subscribe to 'depth' and attach aligned depth to frames")
-        self.resume = p("resume", True, "Resume from the newest checkpoint in output_dir when one exists")
+        self.cfg = cfg if cfg is not None else declare_config(self, TRAINER_PARAMETERS)
+        params = declare_node_parameters(self, "trainer")  # names, defaults, descriptions: config.NODE_PARAMETERS
+        self.world_frame = params["world_frame"]
+        pose_source = params["pose_source"]
+        self.pose_tolerance = params["pose_tolerance_s"]
+        self.tf_timeout = params["tf_timeout_s"]
+        body_to_camera = params["body_to_camera"]
+        status_rate = params["status_rate_hz"]
+        queue_size = params["queue_size"]
+        self.use_depth = params["use_depth"]
+        self.resume = params["resume"]
 
         if pose_source == "auto":
             pose_source = "tf" if tf2_available() else "pose"

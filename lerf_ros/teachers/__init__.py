@@ -27,16 +27,16 @@ __all__ = [
 ]
 
 
-def make_teacher(cfg: TeacherConfig, scene: Optional[Any] = None) -> Teacher:
+def make_teacher(cfg: TeacherConfig, scene: Optional[Any] = None, device: str = "auto") -> Teacher:
     """The teacher ``cfg.kind`` names.
 
     'clip': OpenCLIP + timm DINO (``ClipDinoTeacher``; raises TeacherWeightsError when the weights are
     not available offline). 'ground_truth': the synthetic scene's 2D semantics; needs ``scene`` or
-    ``cfg.scene_dir`` (a saved scene folder).
+    ``cfg.scene_dir`` (a saved scene folder). ``device``: the run's ``LerfConfig.device``.
     """
     cfg.check()
     if cfg.kind == "clip":
-        return ClipDinoTeacher.from_config(cfg)
+        return ClipDinoTeacher.from_config(cfg, device)
     if cfg.kind == "ground_truth":
         if scene is None and cfg.scene_dir:
             from lerf_ros.data.synthetic import load_scene

@@ -170,8 +170,8 @@ class ClipEncoder:
         self.description = f"OpenCLIP {model_name} ({source})"
 
     @classmethod
-    def from_config(cls, cfg: TeacherConfig) -> "ClipEncoder":
-        return cls(cfg.clip_model, cfg.clip_pretrained, cfg.clip_checkpoint, cfg.random_weights, cfg.device,
+    def from_config(cls, cfg: TeacherConfig, device: str = "auto") -> "ClipEncoder":
+        return cls(cfg.clip_model, cfg.clip_pretrained, cfg.clip_checkpoint, cfg.random_weights, device,
                    cfg.weights_cache_dir, cfg.batch_size)
 
     # ------------------------------------------------------------------ weights lookup
@@ -272,9 +272,9 @@ class ClipDinoTeacher(Teacher):
         self.description = f"{clip.description} + {dino.description}"
 
     @classmethod
-    def from_config(cls, cfg: TeacherConfig) -> "ClipDinoTeacher":
+    def from_config(cls, cfg: TeacherConfig, device: str = "auto") -> "ClipDinoTeacher":
         cfg.check()
-        return cls(ClipEncoder.from_config(cfg), DinoEncoder.from_config(cfg))
+        return cls(ClipEncoder.from_config(cfg, device), DinoEncoder.from_config(cfg, device))
 
     def encode_crops(self, frame: Frame, boxes: np.ndarray) -> torch.Tensor:
         return self.clip.encode_crops(frame.rgb, boxes)

@@ -114,9 +114,9 @@ class DinoEncoder:
         self.description = f"timm {model_name} [{facet}] ({source})"
 
     @classmethod
-    def from_config(cls, cfg: TeacherConfig) -> "DinoEncoder":
+    def from_config(cls, cfg: TeacherConfig, device: str = "auto") -> "DinoEncoder":
         return cls(cfg.dino_model, cfg.dino_checkpoint, cfg.random_weights, cfg.dino_max_side, cfg.dino_facet,
-                   cfg.device, cfg.weights_cache_dir)
+                   device, cfg.weights_cache_dir)
 
     # ------------------------------------------------------------------ weights lookup
     @staticmethod
