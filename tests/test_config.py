@@ -7,9 +7,24 @@ from pathlib import Path
 import pytest
 import yaml
 
-from lerf_ros.config import (NODE_PARAMETERS, PRESETS, REMOVED_KEYS, ConfigError, KeyframeConfig, LerfConfig,
-                             ModelConfig, QueryConfig, TeacherConfig, TrainerConfig, config_keys, node_parameters,
-                             preset, preset_names, read_yaml_settings, split_node_settings)
+from lerf_ros.config import (
+    NODE_PARAMETERS,
+    PRESETS,
+    REMOVED_KEYS,
+    ConfigError,
+    KeyframeConfig,
+    LerfConfig,
+    ModelConfig,
+    QueryConfig,
+    TeacherConfig,
+    TrainerConfig,
+    config_keys,
+    node_parameters,
+    preset,
+    preset_names,
+    read_yaml_settings,
+    split_node_settings,
+)
 from lerf_ros.config_docs import dotted_docs, field_docs
 from lerf_ros.ros.launch_args import NOT_GIVEN, PARAMETER_ARGUMENTS, given_overrides, is_true, launch_plan
 

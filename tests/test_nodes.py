@@ -31,8 +31,17 @@ from lerf_ros.ros.convert import K_to_camera_info, matrix_to_pose, numpy_to_imag
 from lerf_ros.srv import Query  # noqa: E402
 
 from ros_helpers import (  # noqa: E402
-    call, lerf_ros_argv, process_output, python_argv, ros_context, ros_env, spin_until, start_process, stop_process,
-    unique_domain_id, wait_for_service,
+    call,
+    lerf_ros_argv,
+    process_output,
+    python_argv,
+    ros_context,
+    ros_env,
+    spin_until,
+    start_process,
+    stop_process,
+    unique_domain_id,
+    wait_for_service,
 )
 
 W, H = 64, 48

@@ -22,7 +22,6 @@ import time
 from typing import Callable, Optional
 
 import numpy as np
-import rclpy
 from geometry_msgs.msg import PoseStamped
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
 from rclpy.node import Node
