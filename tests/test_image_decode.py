@@ -7,8 +7,16 @@ import struct
 import numpy as np
 import pytest
 
-from lerf_ros.geometry.image import (COLOR_ENCODINGS, DEPTH_ENCODINGS, ImageDecodeError, canonical_encoding,
-                                     decode_color, decode_depth, decode_image, raw_pixels)
+from lerf_ros.geometry.image import (
+    COLOR_ENCODINGS,
+    DEPTH_ENCODINGS,
+    ImageDecodeError,
+    canonical_encoding,
+    decode_color,
+    decode_depth,
+    decode_image,
+    raw_pixels,
+)
 
 H, W = 4, 5
 RNG = np.random.default_rng(1)
@@ -109,7 +117,8 @@ def test_kind_and_encoding_names():
 
 def test_data_types_and_ownership():
     f = fields(RGB, "rgb8", pad=2)
-    for data in (f["data"], bytearray(f["data"]), array.array("B", f["data"]), np.frombuffer(f["data"], np.uint8).copy()):
+    copies = (bytearray(f["data"]), array.array("B", f["data"]), np.frombuffer(f["data"], np.uint8).copy())
+    for data in (f["data"], *copies):
         out = decode_color(**dict(f, data=data))
         np.testing.assert_array_equal(out, RGB)
         if not isinstance(data, bytes):

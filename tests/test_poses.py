@@ -5,11 +5,13 @@ import threading
 import numpy as np
 import pytest
 
-from lerf_ros.data.frame import FrameError, check_pose as check_frame_pose
+from lerf_ros.data.frame import FrameError
+from lerf_ros.data.frame import check_pose as check_frame_pose
 from lerf_ros.geometry.poses import (
     PoseBuffer,
     PoseError,
     PoseLookupError,
+    check_pose,
     interpolate_pose,
     invert_pose,
     make_pose,
@@ -19,7 +21,6 @@ from lerf_ros.geometry.poses import (
     quat_slerp,
     quat_to_matrix,
 )
-from lerf_ros.geometry.poses import check_pose
 
 
 def axis_angle_matrix(axis, angle):

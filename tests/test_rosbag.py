@@ -6,8 +6,17 @@ import numpy as np
 import pytest
 
 from lerf_ros.data.frame import Frame
-from lerf_ros.data.rosbag import (RosbagError, RosbagSource, TfBuffer, frame_k_to_ros_k, matrix_to_quat,
-                                  quat_to_matrix, read_rosbag, ros_k_to_frame_k, write_rosbag)
+from lerf_ros.data.rosbag import (
+    RosbagError,
+    RosbagSource,
+    TfBuffer,
+    frame_k_to_ros_k,
+    matrix_to_quat,
+    quat_to_matrix,
+    read_rosbag,
+    ros_k_to_frame_k,
+    write_rosbag,
+)
 from lerf_ros.data.sources import SourceError, open_source
 from lerf_ros.data.synthetic import make_scene
 

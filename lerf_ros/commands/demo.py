@@ -59,8 +59,7 @@ def _write_params(path: Path, scene_dir: Path, out: Path, preset: str, steps: in
 
 
 def run(args: argparse.Namespace) -> int:
-    import numpy as np
-
+    """Render the scene, start the nodes and the replay as child processes, then follow and query."""
     from lerf_ros.data.synthetic import load_scene, make_scene
 
     out = Path(args.out).resolve()
@@ -80,7 +79,8 @@ def run(args: argparse.Namespace) -> int:
     _write_params(params, scene_dir, out, args.preset, args.steps)
     env = _ros_env(domain_id=42)
     logs = {name: open(out / f"{name}.log", "wb") for name in ("nodes", "replay")}
-    nodes = subprocess.Popen([sys.executable, "-m", "lerf_ros.ros.lerf_node", "--ros-args", "--params-file", str(params)],
+    nodes = subprocess.Popen([sys.executable, "-m", "lerf_ros.ros.lerf_node", "--ros-args",
+                              "--params-file", str(params)],
                              env=env, stdout=logs["nodes"], stderr=subprocess.STDOUT, start_new_session=True)
     replay = subprocess.Popen([sys.executable, "-m", "lerf_ros.cli", "replay", str(scene_dir), "--rate", str(args.rate),
                                "--loop", "--wait-for-subscribers", "1"],

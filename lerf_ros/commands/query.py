@@ -47,7 +47,8 @@ def write_relevancy_ply(path: str, xyz: np.ndarray, rel: np.ndarray) -> None:
     import open3d as o3d
 
     rel = np.asarray(rel, np.float64)
-    t = np.clip((rel - rel.min()) / max(1e-6, float(rel.max() - rel.min())), 0, 1)[:, None] if len(rel) else rel[:, None]
+    span = max(1e-6, float(rel.max() - rel.min())) if len(rel) else 1.0
+    t = np.clip((rel - rel.min()) / span, 0, 1)[:, None] if len(rel) else rel[:, None]
     pcd = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(np.asarray(xyz, np.float64)))
     pcd.colors = o3d.utility.Vector3dVector(np.concatenate([t, 0.9 * t, 0.5 * (1 - t)], 1))
     o3d.io.write_point_cloud(str(path), pcd)
@@ -61,7 +62,13 @@ def _write_ply(folder: str, text: str, xyz: np.ndarray, rel: np.ndarray) -> None
 
 
 def _offline(args) -> int:
-    from lerf_ros.mapping.checkpoint import CheckpointError, config_of, latest_checkpoint, load_snapshot, read_checkpoint
+    from lerf_ros.mapping.checkpoint import (
+        CheckpointError,
+        config_of,
+        latest_checkpoint,
+        load_snapshot,
+        read_checkpoint,
+    )
     from lerf_ros.query import QueryEngine
     from lerf_ros.teachers import make_teacher
 

@@ -16,7 +16,8 @@ from typing import Optional
 
 import numpy as np
 
-from lerf_ros.geometry.poses import PoseError, check_pose as check_rigid_pose
+from lerf_ros.geometry.poses import PoseError
+from lerf_ros.geometry.poses import check_pose as check_rigid_pose
 
 
 class FrameError(ValueError):

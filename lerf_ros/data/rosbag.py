@@ -35,6 +35,7 @@ import numpy as np
 
 from lerf_ros.data.frame import Frame, FrameError
 from lerf_ros.geometry.image import ImageDecodeError, decode_color, decode_depth
+
 # Quaternion and transform helpers live in geometry.poses; two are re-exported here for bag users.
 from lerf_ros.geometry.poses import invert_pose, make_pose, matrix_to_quat, quat_slerp, quat_to_matrix
 
@@ -466,7 +467,8 @@ class RosbagSource:
             for k in np.nonzero(ok)[0][:1]:
                 if depth_sizes[depth_index[k]] != img_sizes[k] and img_sizes[k][0] > 0:
                     raise RosbagError(f"{self.path}: depth on '{depth_topic}' is {depth_sizes[depth_index[k]]}, colour "
-                                      f"on '{image_topic}' is {img_sizes[k]}: use a depth topic aligned to the colour image")
+                                      f"on '{image_topic}' is {img_sizes[k]}: use a depth topic aligned to the "
+                                      "colour image")
         keep = np.nonzero(valid)[0]
         self.stats = {"images": len(stamps), "frames": int(len(keep)), "dropped_no_pose": int((~valid).sum()),
                       "with_depth": int((depth_index[keep] >= 0).sum()) if depth_topic else 0}
@@ -647,24 +649,27 @@ def write_rosbag(path: Union[str, os.PathLike], frames: Sequence[Frame], storage
                 a = np.clip((s - stamps[lo]) / gap, 0, 1)
                 Ms = make_pose(tt[lo] + a[:, None] * (tt[hi] - tt[lo]), quat_slerp(tq[lo], tq[hi], a))
                 for k in range(0, len(frames), pose_every):
-                    msgs.append((_ns(s[k]), c_tf, T[TF_MSG](transforms=[tstamped(s[k], world_frame, base_frame, Ms[k])]), TF_MSG))
+                    tf = T[TF_MSG](transforms=[tstamped(s[k], world_frame, base_frame, Ms[k])])
+                    msgs.append((_ns(s[k]), c_tf, tf, TF_MSG))
         elif pose in ("pose", "odometry"):
             typ = POSE_TYPES[0] if pose == "pose" else POSE_TYPES[2]
             c_pose = w.add_connection(pose_topic, typ, typestore=ts)
             for f in frames[::pose_every]:
                 q = matrix_to_quat(f.c2w[:3, :3])
-                p = T["geometry_msgs/msg/Pose"](position=T["geometry_msgs/msg/Point"](x=f.c2w[0, 3], y=f.c2w[1, 3], z=f.c2w[2, 3]),
+                point = T["geometry_msgs/msg/Point"](x=f.c2w[0, 3], y=f.c2w[1, 3], z=f.c2w[2, 3])
+                p = T["geometry_msgs/msg/Pose"](position=point,
                                                 orientation=Q(x=q[0], y=q[1], z=q[2], w=q[3]))
                 if pose == "pose":
                     m = T[typ](header=header(f.stamp, world_frame), pose=p)
                 else:
                     zero = V3(x=0.0, y=0.0, z=0.0)
+                    still = T["geometry_msgs/msg/Twist"](linear=zero, angular=zero)
                     m = T[typ](header=header(f.stamp, world_frame), child_frame_id=cam,
                                pose=T["geometry_msgs/msg/PoseWithCovariance"](pose=p, covariance=np.zeros(36)),
-                               twist=T["geometry_msgs/msg/TwistWithCovariance"](
-                                   twist=T["geometry_msgs/msg/Twist"](linear=zero, angular=zero), covariance=np.zeros(36)))
+                               twist=T["geometry_msgs/msg/TwistWithCovariance"](twist=still, covariance=np.zeros(36)))
                 msgs.append((_ns(f.stamp), c_pose, m, typ))
-        chans = {"rgb8": [0, 1, 2], "bgr8": [2, 1, 0], "rgba8": [0, 1, 2, -1], "bgra8": [2, 1, 0, -1], "mono8": [1]}[encoding]
+        chans = {"rgb8": [0, 1, 2], "bgr8": [2, 1, 0], "rgba8": [0, 1, 2, -1], "bgra8": [2, 1, 0, -1],
+                 "mono8": [1]}[encoding]
         Image, Info, Roi = T[IMAGE], T[CAMERA_INFO], T["sensor_msgs/msg/RegionOfInterest"]
         for f in frames:
             f.validate()
@@ -677,11 +682,11 @@ def write_rosbag(path: Union[str, os.PathLike], frames: Sequence[Frame], storage
             K = frame_k_to_ros_k(f.K)
             P = np.zeros((3, 4))
             P[:, :3] = K
+            no_roi = Roi(x_offset=0, y_offset=0, height=0, width=0, do_rectify=False)
             msgs.append((_ns(f.stamp), c_info, Info(header=header(f.stamp, cam), height=h, width=wd,
                                                    distortion_model="plumb_bob", d=np.zeros(5), k=K.reshape(-1),
                                                    r=np.eye(3).reshape(-1), p=P.reshape(-1), binning_x=0, binning_y=0,
-                                                   roi=Roi(x_offset=0, y_offset=0, height=0, width=0, do_rectify=False)),
-                         CAMERA_INFO))
+                                                   roi=no_roi), CAMERA_INFO))
             if c_depth is not None and f.depth is not None:
                 d = np.where(np.isfinite(f.depth) & (f.depth > 0), f.depth, 0.0)
                 if depth_encoding == "16UC1":

@@ -31,8 +31,15 @@ from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy, qos_profile_
 from sensor_msgs.msg import CameraInfo, Image
 
 from lerf_ros.data.frame import Frame, FrameError
-from lerf_ros.ros.convert import (ConversionError, K_to_camera_info, matrix_to_pose_stamped,
-                                  matrix_to_transform_stamped, numpy_to_image, sec_to_stamp, tf_message)
+from lerf_ros.ros.convert import (
+    ConversionError,
+    K_to_camera_info,
+    matrix_to_pose_stamped,
+    matrix_to_transform_stamped,
+    numpy_to_image,
+    sec_to_stamp,
+    tf_message,
+)
 
 __all__ = ["DEFAULT_NODE_NAME", "ReplayNode", "run_replay", "topic_name"]
 

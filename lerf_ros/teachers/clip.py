@@ -21,8 +21,13 @@ from lerf_ros.config import ConfigError, TeacherConfig
 from lerf_ros.data.frame import Frame
 from lerf_ros.teachers.base import Teacher
 from lerf_ros.teachers.dino import DinoEncoder
-from lerf_ros.teachers.weights import (RANDOM_WEIGHTS_NOTE, TeacherWeightsError, ensure_offline_hub,
-                                       find_cached_weights, resolve_device)
+from lerf_ros.teachers.weights import (
+    RANDOM_WEIGHTS_NOTE,
+    TeacherWeightsError,
+    ensure_offline_hub,
+    find_cached_weights,
+    resolve_device,
+)
 
 #: Small OpenCLIP architectures (overrides of the ViT-B-16 config) for fast tests: random weights or a
 #: local checkpoint of the same architecture, never a pretrained tag.

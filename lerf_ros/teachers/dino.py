@@ -21,8 +21,13 @@ import torch
 import torch.nn.functional as F
 
 from lerf_ros.config import ConfigError, TeacherConfig
-from lerf_ros.teachers.weights import (RANDOM_WEIGHTS_NOTE, TeacherWeightsError, ensure_offline_hub,
-                                       find_cached_weights, resolve_device)
+from lerf_ros.teachers.weights import (
+    RANDOM_WEIGHTS_NOTE,
+    TeacherWeightsError,
+    ensure_offline_hub,
+    find_cached_weights,
+    resolve_device,
+)
 
 
 def dino_input_size(height: int, width: int, max_side: int, patch: int) -> Tuple[int, int]:
