@@ -11,12 +11,13 @@ from typing import Any, Optional
 
 from lerf_ros.config import ConfigError, TeacherConfig
 from lerf_ros.teachers.base import Teacher
-from lerf_ros.teachers.clip import RANDOM_WEIGHTS_NOTE, ClipDinoTeacher, ClipEncoder, TeacherWeightsError
+from lerf_ros.teachers.clip import ClipDinoTeacher, ClipEncoder
 from lerf_ros.teachers.dino import DinoEncoder
 from lerf_ros.teachers.features import CropPyramid, DenseFeatureMap, FrameFeatures, compute_frame_features
 from lerf_ros.teachers.pyramid import PyramidLevel, crops_per_frame, layout_from_config, pyramid_layout
 from lerf_ros.teachers.text import (CANONICAL_PHRASES, DEFAULT_TEMPERATURE, TextEncoderCache, negative_phrases,
                                     relevancy)
+from lerf_ros.teachers.weights import RANDOM_WEIGHTS_NOTE, TeacherWeightsError
 from lerf_ros.teachers.worker import FeatureWorker
 
 __all__ = [
