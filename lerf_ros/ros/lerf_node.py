@@ -15,7 +15,7 @@ def main(args=None) -> int:
     rclpy.init(args=args if args is not None else sys.argv)
     try:
         trainer = TrainerNode()
-        query = QueryNode(snapshot_provider=trainer.snapshot_provider, teacher=trainer.trainer.teacher,
+        query = QueryNode(snapshot_provider=trainer.snapshot_provider, teacher=trainer.trainer.session.teacher,
                           cfg=trainer.cfg)
     except Exception as exc:
         print(f"[lerf_ros] failed to start: {exc}", file=sys.stderr)

@@ -295,12 +295,12 @@ class TrainerNode(Node):
 
     def _publish_keyframes(self, header) -> None:
         """Camera poses of the current keyframes (the trajectory RViz shows), when they changed."""
-        version = self.trainer.store.version
+        version = self.trainer.keyframes.version
         if version == self._published_store_version:
             return
         self._published_store_version = version
         poses = PoseArray(header=header)
-        poses.poses = [matrix_to_pose(kf.frame.c2w) for _, kf in self.trainer.store.items()]
+        poses.poses = [matrix_to_pose(kf.c2w) for kf in self.trainer.keyframes.keyframes()]
         self.keyframes_pub.publish(poses)
 
     def _on_save(self, _req, resp):
