@@ -125,11 +125,11 @@ class AnalyticSnapshot:
 
 
 class ReferencePaths:
-    """The same field through the reference paths: ``language_multi_scale`` calls ``language`` once
-    per scale (``language_per_scale``), and ``language_basis`` guarantees nothing narrower than the
-    whole space, so the query engine estimates a basis from samples."""
+    """A field (any ``FieldSnapshot``) through the reference paths: ``language_multi_scale`` calls
+    ``language`` once per scale (``language_per_scale``), and ``language_basis`` guarantees nothing
+    narrower than the whole space, so the query engine estimates a basis from samples."""
 
-    def __init__(self, inner: AnalyticSnapshot) -> None:
+    def __init__(self, inner) -> None:
         self._inner = inner
         self.step, self.clip_dim, self.device, self.cameras = inner.step, inner.clip_dim, inner.device, inner.cameras
 
