@@ -1,15 +1,19 @@
 """Resident memory of the online trainer's keyframes against the bound a user sets.
 
-    python bench/bench_memory.py [--bounds-mb 48 96] [--frames 1000] [--out bench/results/memory.json]
+    python bench/bench_memory.py [--reference-mb 8] [--bounds-mb 64 192] [--frames 1000] [--out FILE]
 
 For each bound M (``keyframes.max_memory_mb``), in a fresh process: an online trainer over a
 320x240 synthetic RGB-D stream with the scene's ground-truth teacher (no CLIP weights needed), every
 frame a keyframe candidate (no motion threshold), so the memory bound is what limits the store.
 The training thread runs one step (the model and optimiser then exist and stop growing), then
 ``--frames`` frames are streamed, waiting for each one's teacher features so the store's content is
-final. Reported: the growth of the resident set size (RSS) from just before the stream to its end,
-next to M and to the bytes the store itself accounts (images + depth, teacher features).
+final. Reported: the resident set size (RSS) at the end, its growth from just before the stream
+(noisy by about 10 MB: memory the first training step left behind is reused), and, the main figure,
+the RSS difference to an identical run with a small reference bound, over the difference of the
+bounds: what each megabyte of ``max_memory_mb`` really costs. Next to them the bytes the store
+itself accounts (images + depth, teacher features).
 """
+
 from __future__ import annotations
 
 import os
@@ -50,15 +54,24 @@ def measure(bound_mb: float, n_frames: int, width: int, height: int) -> dict:
 
     torch.set_num_threads(2)
     scene = make_scene(seed=11, width=width, height=height, n_frames=24, nthreads=2)
-    cfg = preset("tiny").override({
-        "teacher.kind": "ground_truth", "output_dir": tempfile.mkdtemp(prefix="lerf_mem_"),
-        "keyframes.max_memory_mb": bound_mb, "keyframes.max_keyframes": 100000,
-        "keyframes.min_translation": 0.0, "keyframes.min_rotation_deg": 0.0, "keyframes.min_keyframes_to_train": 1,
-        "keyframes.max_image_side": max(width, height), "trainer.max_steps": 1, "trainer.checkpoint_every": 0})
+    cfg = preset("tiny").override(
+        {
+            "teacher.kind": "ground_truth",
+            "output_dir": tempfile.mkdtemp(prefix="lerf_mem_"),
+            "keyframes.max_memory_mb": bound_mb,
+            "keyframes.max_keyframes": 100000,
+            "keyframes.min_translation": 0.0,
+            "keyframes.min_rotation_deg": 0.0,
+            "keyframes.min_keyframes_to_train": 1,
+            "keyframes.max_image_side": max(width, height),
+            "trainer.max_steps": 1,
+            "trainer.checkpoint_every": 0,
+        }
+    )
     # Small teacher vectors, so that the images (not the features) fill the store.
     ot = OnlineTrainer(cfg, teacher=GroundTruthTeacher(scene, clip_dim=32, dino_dim=4), log=lambda level, text: None)
 
-    def settle(kept: int) -> None:
+    def settle() -> None:
         deadline = time.time() + 60
         while ot.status().features_pending > 0 and time.time() < deadline:
             time.sleep(0.002)
@@ -68,12 +81,13 @@ def measure(bound_mb: float, n_frames: int, width: int, height: int) -> dict:
     def frame(k: int):
         f = frames[k % len(frames)]
         # A new image object per message, as a ROS callback would decode one.
-        return dataclasses.replace(f, rgb=f.rgb.copy(), depth=f.depth.copy(), instance=f.instance.copy(),
-                                   stamp=1.0 + 0.2 * k)
+        return dataclasses.replace(
+            f, rgb=f.rgb.copy(), depth=f.depth.copy(), instance=f.instance.copy(), stamp=1.0 + 0.2 * k
+        )
 
     ot.start()
     ot.submit(frame(0))
-    settle(1)
+    settle()
     deadline = time.time() + 120
     while ot.step < 1 and time.time() < deadline:
         time.sleep(0.01)
@@ -81,7 +95,7 @@ def measure(bound_mb: float, n_frames: int, width: int, height: int) -> dict:
     t0 = time.perf_counter()
     for k in range(1, n_frames + 1):
         ot.submit(frame(k))
-        settle(k)
+        settle()
     time.sleep(0.5)  # the training thread attaches the last features
     stream_s = time.perf_counter() - t0
     rss1 = rss_mb()
@@ -90,16 +104,27 @@ def measure(bound_mb: float, n_frames: int, width: int, height: int) -> dict:
     stats = store.stats()
     ot.close()
     image_bytes = stats.get("image_bytes", stats["bytes"] - stats["feature_bytes"])
-    return {"bound_mb": bound_mb, "frames": n_frames, "size": [width, height], "keyframes": st.keyframes,
-            "steps": ot.step, "store_mb": stats["bytes"] / 2**20, "store_image_mb": image_bytes / 2**20,
-            "store_feature_mb": stats["feature_bytes"] / 2**20, "rss_before_mb": rss0, "rss_after_mb": rss1,
-            "rss_growth_mb": rss1 - rss0, "rss_growth_over_bound": (rss1 - rss0) / bound_mb,
-            "stream_s": stream_s}
+    return {
+        "bound_mb": bound_mb,
+        "frames": n_frames,
+        "size": [width, height],
+        "keyframes": st.keyframes,
+        "steps": ot.step,
+        "store_mb": stats["bytes"] / 2**20,
+        "store_image_mb": image_bytes / 2**20,
+        "store_feature_mb": stats["feature_bytes"] / 2**20,
+        "rss_before_mb": rss0,
+        "rss_after_mb": rss1,
+        "rss_growth_mb": rss1 - rss0,
+        "rss_growth_over_bound": (rss1 - rss0) / bound_mb,
+        "stream_s": stream_s,
+    }
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--bounds-mb", type=float, nargs="+", default=[48.0, 96.0])
+    p.add_argument("--reference-mb", type=float, default=8.0, help="the small bound the others are compared with")
+    p.add_argument("--bounds-mb", type=float, nargs="+", default=[64.0, 192.0])
     p.add_argument("--frames", type=int, default=1000)
     p.add_argument("--width", type=int, default=320)
     p.add_argument("--height", type=int, default=240)
@@ -110,19 +135,53 @@ def main() -> int:
         print(json.dumps(measure(args.one, args.frames, args.width, args.height)))
         return 0
     runs = []
-    for m in args.bounds_mb:
-        out = subprocess.run([sys.executable, os.path.abspath(__file__), "--one", str(m), "--frames", str(args.frames),
-                              "--width", str(args.width), "--height", str(args.height)],
-                             capture_output=True, text=True, check=True)
+    for m in [args.reference_mb] + list(args.bounds_mb):
+        out = subprocess.run(
+            [
+                sys.executable,
+                os.path.abspath(__file__),
+                "--one",
+                str(m),
+                "--frames",
+                str(args.frames),
+                "--width",
+                str(args.width),
+                "--height",
+                str(args.height),
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
         r = json.loads(out.stdout.strip().splitlines()[-1])
         runs.append(r)
-        print(f"M = {m:g} MB: {r['keyframes']} keyframes, store {r['store_mb']:.1f} MB (images {r['store_image_mb']:.1f}, "
-              f"features {r['store_feature_mb']:.1f}); RSS {r['rss_before_mb']:.0f} -> {r['rss_after_mb']:.0f} MB, "
-              f"growth {r['rss_growth_mb']:.1f} MB = {r['rss_growth_over_bound']:.2f} x M ({r['stream_s']:.0f} s)",
-              flush=True)
+        print(
+            f"M = {m:g} MB: {r['keyframes']} keyframes, store {r['store_mb']:.1f} MB "
+            f"(images {r['store_image_mb']:.1f}, "
+            f"features {r['store_feature_mb']:.1f}); RSS {r['rss_before_mb']:.0f} -> {r['rss_after_mb']:.0f} MB, "
+            f"growth {r['rss_growth_mb']:.1f} MB = {r['rss_growth_over_bound']:.2f} x M ({r['stream_s']:.0f} s)",
+            flush=True,
+        )
+    ref = runs[0]
+    for r in runs[1:]:
+        r["rss_vs_reference_mb"] = r["rss_after_mb"] - ref["rss_after_mb"]
+        r["rss_per_bound_mb"] = r["rss_vs_reference_mb"] / (r["bound_mb"] - ref["bound_mb"])
+        print(
+            f"M = {r['bound_mb']:g} MB against {ref['bound_mb']:g} MB: RSS {r['rss_vs_reference_mb']:+.1f} MB for "
+            f"{r['bound_mb'] - ref['bound_mb']:g} MB more bound = {r['rss_per_bound_mb']:.2f} x",
+            flush=True,
+        )
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
     with open(args.out, "w") as fh:
-        json.dump({"runs": runs, "command": "python bench/bench_memory.py " + " ".join(sys.argv[1:])}, fh, indent=2)
+        json.dump(
+            {
+                "reference": runs[0],
+                "runs": runs[1:],
+                "command": "python bench/bench_memory.py " + " ".join(sys.argv[1:]),
+            },
+            fh,
+            indent=2,
+        )
     print(f"wrote {args.out}")
     return 0
 

@@ -17,6 +17,7 @@ scene's ground-truth teacher standing in for CLIP/DINO:
 The numbers depend on the machine and its load: the JSON records the thread count, the CPU count
 and the load average before and after.
 """
+
 from __future__ import annotations
 
 import os
@@ -65,8 +66,15 @@ def load_avg() -> list:
 
 def build(scene, name: str, overrides: dict, clip_dim: int, dino_dim: int, with_features: bool = True):
     center, scale = estimate_scene_bounds(scene.frames)
-    cfg = preset(name).override({"device": "cpu", "teacher.kind": "ground_truth", "model.scene_center": center,
-                                 "model.scene_scale": scale, **overrides})
+    cfg = preset(name).override(
+        {
+            "device": "cpu",
+            "teacher.kind": "ground_truth",
+            "model.scene_center": center,
+            "model.scene_scale": scale,
+            **overrides,
+        }
+    )
     teacher = GroundTruthTeacher(scene, clip_dim=clip_dim, dino_dim=dino_dim)
     views = KeyframeStore(bounded=False, recency_boost=0.0)
     train_idx = [i for i in range(len(scene.frames)) if i % 8 != 0]
@@ -97,8 +105,14 @@ def train_for(trainer: Trainer, frames, budget_s: float, eval_every_s: float) ->
         t_train += time.perf_counter() - t0
         if t_train >= next_eval or t_train >= budget_s:
             psnr = heldout_psnr(trainer, frames)
-            curve.append({"train_seconds": round(t_train, 1), "step": trainer.step_count, "heldout_psnr": round(psnr, 2),
-                          "load_avg_1m": load_avg()[:1]})
+            curve.append(
+                {
+                    "train_seconds": round(t_train, 1),
+                    "step": trainer.step_count,
+                    "heldout_psnr": round(psnr, 2),
+                    "load_avg_1m": load_avg()[:1],
+                }
+            )
             print(f"  {t_train:6.0f} s  step {trainer.step_count:5d}  held-out PSNR {psnr:.2f} dB", flush=True)
             next_eval += eval_every_s
     return curve
@@ -165,29 +179,47 @@ def preset_child(name: str, n_rays: int, n_steps: int, threads: int) -> dict:
     t0 = time.perf_counter()
     trainer.snapshot()
     snapshot_s = time.perf_counter() - t0
-    return {"preset": name, "snapshot_seconds": snapshot_s, "rays_per_batch": n_rays, "timed_steps": n_steps,
-            "seconds_per_step_median": float(np.median(times)),
-            "rays_per_second": float(n_rays / np.median(times)), "build_seconds": build_s,
-            "parameters": int(n_params), "parameter_mb": n_params * 4 / 2 ** 20,
-            "peak_rss_mb": peak, "rss_before_model_mb": rss0, "peak_over_baseline_mb": peak - rss0,
-            "peak_is_since_model_build": reset,
-            "samples_per_ray": list(cfg.model.num_proposal_samples) + [cfg.model.num_nerf_samples],
-            "lang_samples_per_ray": cfg.model.num_lang_samples, "clip_dim": clip_dim, "dino_dim": dino_dim}
+    return {
+        "preset": name,
+        "snapshot_seconds": snapshot_s,
+        "rays_per_batch": n_rays,
+        "timed_steps": n_steps,
+        "seconds_per_step_median": float(np.median(times)),
+        "rays_per_second": float(n_rays / np.median(times)),
+        "build_seconds": build_s,
+        "parameters": int(n_params),
+        "parameter_mb": n_params * 4 / 2**20,
+        "peak_rss_mb": peak,
+        "rss_before_model_mb": rss0,
+        "peak_over_baseline_mb": peak - rss0,
+        "peak_is_since_model_build": reset,
+        "samples_per_ray": list(cfg.model.num_proposal_samples) + [cfg.model.num_nerf_samples],
+        "lang_samples_per_ray": cfg.model.num_lang_samples,
+        "clip_dim": clip_dim,
+        "dino_dim": dino_dim,
+    }
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--budget", type=float, default=600.0, help="training seconds of the convergence run")
     ap.add_argument("--eval-every", type=float, default=60.0, help="training seconds between evaluations")
-    ap.add_argument("--sampler-budget", type=float, default=150.0, help="training seconds of each sampler run (0 skips)")
+    ap.add_argument(
+        "--sampler-budget", type=float, default=150.0, help="training seconds of each sampler run (0 skips)"
+    )
     ap.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
     ap.add_argument("--preset-rays", type=int, default=1024, help="rays per step when timing presets")
     ap.add_argument("--preset-steps", type=int, default=3, help="timed steps per preset")
-    ap.add_argument("--presets", default="tiny,lerf-lite,lerf,lerf-big", help="comma-separated presets to time ('' skips)")
+    ap.add_argument(
+        "--presets", default="tiny,lerf-lite,lerf,lerf-big", help="comma-separated presets to time ('' skips)"
+    )
     ap.add_argument("--skip-convergence", action="store_true")
     ap.add_argument("--out", default=os.path.join(HERE, "results", "model.json"))
-    ap.add_argument("--merge", action="store_true",
-                    help="keep the sections of an existing --out file that this run does not measure")
+    ap.add_argument(
+        "--merge",
+        action="store_true",
+        help="keep the sections of an existing --out file that this run does not measure",
+    )
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -195,14 +227,27 @@ def main() -> int:
         print(json.dumps(preset_child(args.child, args.preset_rays, args.preset_steps, args.threads)))
         return 0
 
-    result = {"machine": {"cpus": os.cpu_count(), "torch_threads": args.threads, "torch": torch.__version__,
-                          "python": platform.python_version(), "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
-                          "load_avg_start": load_avg(),
-                          "note": "shared CPU: other users' jobs ran at the same time; timings are noisy and "
-                                  "pessimistic compared with a dedicated machine"},
-              "scene": {"generator": "lerf_ros.data.synthetic.make_scene", "seed": 0, "width": 160, "height": 120,
-                        "frames": 60, "heldout": "every 8th frame (8 views)",
-                        "teacher": "ground-truth teacher of the synthetic scene (not CLIP/DINO)"}}
+    result = {
+        "machine": {
+            "cpus": os.cpu_count(),
+            "torch_threads": args.threads,
+            "torch": torch.__version__,
+            "python": platform.python_version(),
+            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+            "load_avg_start": load_avg(),
+            "note": "shared CPU: other users' jobs ran at the same time; timings are noisy and "
+            "pessimistic compared with a dedicated machine",
+        },
+        "scene": {
+            "generator": "lerf_ros.data.synthetic.make_scene",
+            "seed": 0,
+            "width": 160,
+            "height": 120,
+            "frames": 60,
+            "heldout": "every 8th frame (8 views)",
+            "teacher": "ground-truth teacher of the synthetic scene (not CLIP/DINO)",
+        },
+    }
     scene = make_scene(seed=0, width=160, height=120, n_frames=60, nthreads=args.threads)
 
     if not args.skip_convergence:
@@ -210,26 +255,41 @@ def main() -> int:
         trainer, cfg = build(scene, "tiny", {}, 512, 64)
         curve = train_for(trainer, scene.frames, args.budget, args.eval_every)
         hit = next((c for c in curve if c["heldout_psnr"] >= 25.0), None)
-        result["convergence"] = {"preset": "tiny", "rays_per_batch": cfg.trainer.rays_per_batch,
-                                 "curve": curve, "final_heldout_psnr": curve[-1]["heldout_psnr"],
-                                 "seconds_to_25db": hit["train_seconds"] if hit else None,
-                                 "steps_to_25db": hit["step"] if hit else None,
-                                 "mean_rays_per_second": trainer.step_count * cfg.trainer.rays_per_batch / args.budget}
+        result["convergence"] = {
+            "preset": "tiny",
+            "rays_per_batch": cfg.trainer.rays_per_batch,
+            "curve": curve,
+            "final_heldout_psnr": curve[-1]["heldout_psnr"],
+            "seconds_to_25db": hit["train_seconds"] if hit else None,
+            "steps_to_25db": hit["step"] if hit else None,
+            "mean_rays_per_second": trainer.step_count * cfg.trainer.rays_per_batch / args.budget,
+        }
 
     if args.sampler_budget > 0:
         samp = {}
-        for label, over in (("proposal", {}),
-                            ("uniform", {"model.num_proposal_samples": [],
-                                         "model.num_nerf_samples": sum(preset("tiny").model.num_proposal_samples)
-                                         + preset("tiny").model.num_nerf_samples})):
+        for label, over in (
+            ("proposal", {}),
+            (
+                "uniform",
+                {
+                    "model.num_proposal_samples": [],
+                    "model.num_nerf_samples": sum(preset("tiny").model.num_proposal_samples)
+                    + preset("tiny").model.num_nerf_samples,
+                },
+            ),
+        ):
             print(f"sampler '{label}': {args.sampler_budget:.0f} s of training", flush=True)
             trainer, cfg = build(scene, "tiny", over, 512, 64)
             curve = train_for(trainer, scene.frames, args.sampler_budget, args.sampler_budget)
-            samp[label] = {"samples_per_ray": list(cfg.model.num_proposal_samples) + [cfg.model.num_nerf_samples],
-                           "steps": trainer.step_count, "heldout_psnr": curve[-1]["heldout_psnr"]}
+            samp[label] = {
+                "samples_per_ray": list(cfg.model.num_proposal_samples) + [cfg.model.num_nerf_samples],
+                "steps": trainer.step_count,
+                "heldout_psnr": curve[-1]["heldout_psnr"],
+            }
             if label == "proposal":
-                samp["occupancy_grid_refresh_seconds"] = {str(r): round(occupancy_refresh_seconds(trainer, r), 3)
-                                                          for r in (64, 128)}
+                samp["occupancy_grid_refresh_seconds"] = {
+                    str(r): round(occupancy_refresh_seconds(trainer, r), 3) for r in (64, 128)
+                }
                 t0 = time.perf_counter()
                 for _ in range(5):
                     trainer.step()
@@ -240,10 +300,22 @@ def main() -> int:
     if names:
         result["presets"] = {}
         for name in names:
-            print(f"preset {name}: timing {args.preset_steps} steps of {args.preset_rays} rays (fresh process)",
-                  flush=True)
-            cmd = [sys.executable, os.path.abspath(__file__), "--child", name, "--threads", str(args.threads),
-                   "--preset-rays", str(args.preset_rays), "--preset-steps", str(args.preset_steps)]
+            print(
+                f"preset {name}: timing {args.preset_steps} steps of {args.preset_rays} rays (fresh process)",
+                flush=True,
+            )
+            cmd = [
+                sys.executable,
+                os.path.abspath(__file__),
+                "--child",
+                name,
+                "--threads",
+                str(args.threads),
+                "--preset-rays",
+                str(args.preset_rays),
+                "--preset-steps",
+                str(args.preset_steps),
+            ]
             proc = subprocess.run(cmd, capture_output=True, text=True)
             if proc.returncode != 0:
                 result["presets"][name] = {"error": proc.stderr.strip().splitlines()[-1:]}
@@ -251,16 +323,23 @@ def main() -> int:
                 continue
             rec = json.loads(proc.stdout.strip().splitlines()[-1])
             result["presets"][name] = rec
-            print(f"  {rec['rays_per_second']:.0f} rays/s, peak RSS {rec['peak_rss_mb']:.0f} MB "
-                  f"({rec['peak_over_baseline_mb']:.0f} MB over the process before the model), "
-                  f"{rec['parameters'] / 1e6:.1f} M parameters", flush=True)
+            print(
+                f"  {rec['rays_per_second']:.0f} rays/s, peak RSS {rec['peak_rss_mb']:.0f} MB "
+                f"({rec['peak_over_baseline_mb']:.0f} MB over the process before the model), "
+                f"{rec['parameters'] / 1e6:.1f} M parameters",
+                flush=True,
+            )
         result["presets_gpu"] = "not measured: no GPU on this machine (the tinycudann path needs CUDA)"
     result["machine"]["load_avg_end"] = load_avg()
     if args.merge and os.path.isfile(args.out):
         with open(args.out) as fh:
             old = json.load(fh)
-        machine = {**old.get("machine", {}), "load_avg_end_" + "+".join(k for k in result if k not in ("machine", "scene")):
-                   result["machine"]["load_avg_end"]}
+        machine = {
+            **old.get("machine", {}),
+            "load_avg_end_" + "+".join(k for k in result if k not in ("machine", "scene")): result["machine"][
+                "load_avg_end"
+            ],
+        }
         old.update({k: v for k, v in result.items() if k not in ("machine", "scene")})
         old["machine"] = machine
         result = old

@@ -27,6 +27,7 @@ Writes JSON (default bench/results/query.json) and prints a summary.
     python bench/bench_query.py --threads 2        # CPU
     python bench/bench_query.py --device cuda      # field and features on the GPU
 """
+
 from __future__ import annotations
 
 import argparse
@@ -46,7 +47,6 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "tests"))
 
-from analytic_field import AnalyticSnapshot, LanguageFromModel, ReferencePaths  # noqa: E402
 from lerf_ros.config import preset  # noqa: E402
 from lerf_ros.data.synthetic import make_scene  # noqa: E402
 from lerf_ros.field.frozen import FrozenField  # noqa: E402
@@ -55,6 +55,8 @@ from lerf_ros.query import QueryEngine  # noqa: E402
 from lerf_ros.query.relevancy import ProjectedFeatures  # noqa: E402
 from lerf_ros.query.surface import extract_surface  # noqa: E402
 from lerf_ros.teachers.ground_truth import GroundTruthTeacher  # noqa: E402
+
+from analytic_field import AnalyticSnapshot, LanguageFromModel, ReferencePaths  # noqa: E402
 
 PARTS = ("total", "text", "field", "cluster", "cpu")
 """'cpu': process CPU time of the whole query (all threads), less sensitive to other load on shared cores."""
@@ -69,14 +71,19 @@ def cache_build(fields: Dict[str, object], xyz: torch.Tensor, cfg, repeats: int)
         ms = []
         for _ in range(repeats):
             t0 = time.perf_counter()
-            feats, note = ProjectedFeatures.build(snap, xyz, scales, cfg.field_chunk_points,
-                                                  int(cfg.feature_cache_mb * 2**20))
+            feats, note = ProjectedFeatures.build(
+                snap, xyz, scales, cfg.field_chunk_points, int(cfg.feature_cache_mb * 2**20)
+            )
             ms.append(1000 * (time.perf_counter() - t0))
         if feats is None:
             raise RuntimeError(f"{name}: no query cache ({note})")
-        recon[name] = feats.coeffs[:2000] @ feats.basis                          # (n, S, D) language
-        out[name] = {"median_ms": round(float(np.median(ms)), 1), "ms": [round(m, 1) for m in ms],
-                     "basis_rank": int(feats.basis.shape[0]), "mib": round(feats.nbytes / 2**20, 1)}
+        recon[name] = feats.coeffs[:2000] @ feats.basis  # (n, S, D) language
+        out[name] = {
+            "median_ms": round(float(np.median(ms)), 1),
+            "ms": [round(m, 1) for m in ms],
+            "basis_rank": int(feats.basis.shape[0]),
+            "mib": round(feats.nbytes / 2**20, 1),
+        }
     names = list(recon)
     out["max_abs_difference"] = max(float((recon[n] - recon[names[0]]).abs().max()) for n in names)
     return out
@@ -87,8 +94,10 @@ def pct(values: List[float], q: float) -> float:
 
 
 def summarise(timings: List[Dict[str, float]]) -> Dict[str, Dict[str, float]]:
-    return {p: {"p50_ms": round(pct([t[p] for t in timings], 50), 2), "p95_ms": round(pct([t[p] for t in timings], 95), 2)}
-            for p in PARTS}
+    return {
+        p: {"p50_ms": round(pct([t[p] for t in timings], 50), 2), "p95_ms": round(pct([t[p] for t in timings], 95), 2)}
+        for p in PARTS
+    }
 
 
 def query_texts(scene) -> List[str]:
@@ -108,16 +117,24 @@ def run_queries(engine: QueryEngine, texts: List[str], repeats: int, threshold: 
             r = engine.query(t, threshold=threshold)
             timings.append(dict(r.timings, cpu=1000 * (time.process_time() - c0)))
             answered += int(r.success)
-    return {"queries": len(timings), "answered": answered, **summarise(timings),
-            "first_pass_text_p50_ms": round(pct([t["text"] for t in first], 50), 2)}
+    return {
+        "queries": len(timings),
+        "answered": answered,
+        **summarise(timings),
+        "first_pass_text_p50_ms": round(pct([t["text"] for t in first], 50), 2),
+    }
 
 
 def bench_engine(cfg, encode_text, snapshot, texts, repeats, threshold) -> Dict:
     engine = QueryEngine(cfg, encode_text)
     engine.set_snapshot(snapshot)
     prep = engine.prepare()
-    out = {"candidates": len(engine.surface()), "surface_ms": round(prep["surface"], 1),
-           "features_ms": round(prep["features"], 1), "features_note": engine.status()["features_note"]}
+    out = {
+        "candidates": len(engine.surface()),
+        "surface_ms": round(prep["surface"], 1),
+        "features_ms": round(prep["features"], 1),
+        "features_note": engine.status()["features_note"],
+    }
     out.update(run_queries(engine, texts, repeats, threshold))
     return out
 
@@ -128,9 +145,10 @@ def text_encoding(teacher, device: str) -> Dict:
 
     out = {}
     queries = ["a red mug", "the blue bottle", "something to cut paper", "a ripe banana", "my keys"]
-    for name, enc in (("ground_truth", teacher.encode_text),
-                      ("openclip_vit_b16_random_weights", ClipEncoder("ViT-B-16", random_weights=True,
-                                                                      device=device).encode_text)):
+    for name, enc in (
+        ("ground_truth", teacher.encode_text),
+        ("openclip_vit_b16_random_weights", ClipEncoder("ViT-B-16", random_weights=True, device=device).encode_text),
+    ):
         enc(["warm up"])
         first = []
         for q in queries:
@@ -154,8 +172,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("--sizes", type=int, nargs="+", default=[10000, 50000])
     ap.add_argument("--repeats", type=int, default=3, help="passes over the query texts per case")
     ap.add_argument("--cache-repeats", type=int, default=5, help="query cache builds timed per field and size")
-    ap.add_argument("--threads", type=int, default=1,
-                    help="torch CPU threads (1: on shared cores, waiting worker threads distort the timings)")
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch CPU threads (1: on shared cores, waiting worker threads distort the timings)",
+    )
     ap.add_argument("--device", default="cpu")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -172,21 +194,31 @@ def main(argv: Optional[List[str]] = None) -> int:
     geo = dict(surface_stride=1, surface_max_views=60, voxel_size=0.005, dbscan_eps=0.015)
     result: Dict = {
         "date": datetime.datetime.now().isoformat(timespec="seconds"),
-        "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(), "torch_threads": args.threads,
-                    "device": str(dev), "torch": torch.__version__,
-                    "gpu": torch.cuda.get_device_name(0) if dev.type == "cuda" else None,
-                    "loadavg_at_start": list(os.getloadavg())},
+        "machine": {
+            "platform": platform.platform(),
+            "cpu_count": os.cpu_count(),
+            "torch_threads": args.threads,
+            "device": str(dev),
+            "torch": torch.__version__,
+            "gpu": torch.cuda.get_device_name(0) if dev.type == "cuda" else None,
+            "loadavg_at_start": list(os.getloadavg()),
+        },
         "scene": {"seed": 0, "views": len(scene.frames), "size": [160, 120], "objects": scene.present_classes()},
-        "query_texts": texts, "scales": list(base.scales),
-        "notes": ["latencies exclude first-time text encoding (the warm-up pass encodes every text once)",
-                  "the machine's cores are shared: compare loadavg_at_start/end with cpu_count",
-                  "tiny model: LerfModel(preset tiny) with random weights (seed 0) in a FrozenField: cost only; "
-                  "threshold 0.5 so the untrained field's points reach clustering",
-                  "analytic: the default threshold",
-                  "cache_build: ProjectedFeatures.build, the engine's per-(snapshot, surface) query cache, "
-                  f"median of {args.cache_repeats}"],
+        "query_texts": texts,
+        "scales": list(base.scales),
+        "notes": [
+            "latencies exclude first-time text encoding (the warm-up pass encodes every text once)",
+            "the machine's cores are shared: compare loadavg_at_start/end with cpu_count",
+            "tiny model: LerfModel(preset tiny) with random weights (seed 0) in a FrozenField: cost only; "
+            "threshold 0.5 so the untrained field's points reach clustering",
+            "analytic: the default threshold",
+            "cache_build: ProjectedFeatures.build, the engine's per-(snapshot, surface) query cache, "
+            f"median of {args.cache_repeats}",
+        ],
         "text_encoding": text_encoding(teacher, args.device),
-        "cache_build": {}, "analytic": {}, "tiny_model": {},
+        "cache_build": {},
+        "analytic": {},
+        "tiny_model": {},
     }
     print("text encoding:", json.dumps(result["text_encoding"]))
 
@@ -197,32 +229,45 @@ def main(argv: Optional[List[str]] = None) -> int:
     t1 = time.perf_counter()
     surf = extract_surface(frozen, dataclasses.replace(base, surface_max_views=20))
     result["tiny_model"]["surface_refresh_own_render"] = {
-        "views": 20, "stride": base.surface_stride, "ms": round(1000 * (time.perf_counter() - t1), 1),
-        "points": len(surf), "render_ms": round(surf.stats.get("render_ms", float("nan")), 1)}
+        "views": 20,
+        "stride": base.surface_stride,
+        "ms": round(1000 * (time.perf_counter() - t1), 1),
+        "points": len(surf),
+        "render_ms": round(surf.stats.get("render_ms", float("nan")), 1),
+    }
 
     for n in args.sizes:
         cfg = dataclasses.replace(base, max_candidate_points=n, **geo).check()
         xyz = torch.from_numpy(extract_surface(analytic, cfg).xyz).float().to(dev)
-        res = cache_build({"one_pass": model_snap, "per_scale_estimated_basis": ReferencePaths(model_snap)},
-                          xyz, cfg, args.cache_repeats)
+        res = cache_build(
+            {"one_pass": model_snap, "per_scale_estimated_basis": ReferencePaths(model_snap)},
+            xyz,
+            cfg,
+            args.cache_repeats,
+        )
         res["points"] = len(xyz)
         result["cache_build"][str(n)] = res
-        print(f"cache build N={len(xyz):6d}: one pass {res['one_pass']['median_ms']:.1f} ms (rank "
-              f"{res['one_pass']['basis_rank']}), per scale + estimated basis "
-              f"{res['per_scale_estimated_basis']['median_ms']:.1f} ms (rank "
-              f"{res['per_scale_estimated_basis']['basis_rank']}); max |difference| {res['max_abs_difference']:.2e}",
-              flush=True)
+        print(
+            f"cache build N={len(xyz):6d}: one pass {res['one_pass']['median_ms']:.1f} ms (rank "
+            f"{res['one_pass']['basis_rank']}), per scale + estimated basis "
+            f"{res['per_scale_estimated_basis']['median_ms']:.1f} ms (rank "
+            f"{res['per_scale_estimated_basis']['basis_rank']}); max |difference| {res['max_abs_difference']:.2e}",
+            flush=True,
+        )
         for field_name, snap, thr in (("analytic", analytic, 0.0), ("tiny_model", model_snap, 0.5)):
             for mode, mb in (("features", base.feature_cache_mb), ("direct", 0.0)):
                 cfg = dataclasses.replace(base, max_candidate_points=n, feature_cache_mb=mb, **geo).check()
                 reps, qtexts = args.repeats, texts
                 if field_name == "tiny_model" and mode == "direct":
-                    qtexts, reps = texts[:3], 1                         # the field per query: slow on a CPU
+                    qtexts, reps = texts[:3], 1  # the field per query: slow on a CPU
                 res = bench_engine(cfg, teacher.encode_text, snap, qtexts, reps, thr)
                 result[field_name][f"{n}_{mode}"] = res
-                print(f"{field_name:10s} N={n:6d} {mode:8s} candidates={res['candidates']:6d} "
-                      f"features={res['features_ms']:8.1f} ms  " +
-                      "  ".join(f"{p} p50/p95 {res[p]['p50_ms']:.1f}/{res[p]['p95_ms']:.1f}" for p in PARTS), flush=True)
+                print(
+                    f"{field_name:10s} N={n:6d} {mode:8s} candidates={res['candidates']:6d} "
+                    f"features={res['features_ms']:8.1f} ms  "
+                    + "  ".join(f"{p} p50/p95 {res[p]['p50_ms']:.1f}/{res[p]['p95_ms']:.1f}" for p in PARTS),
+                    flush=True,
+                )
 
     result["bench_seconds"] = round(time.perf_counter() - t0, 1)
     result["machine"]["loadavg_at_end"] = list(os.getloadavg())

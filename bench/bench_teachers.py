@@ -11,6 +11,7 @@ Writes JSON (default bench/results/teachers.json) and prints a table.
     python bench/bench_teachers.py                  # CPU, 2 torch threads, ViT-B-16
     python bench/bench_teachers.py --device cuda    # fp16 autocast on a GPU
 """
+
 from __future__ import annotations
 
 import argparse
@@ -76,14 +77,18 @@ def bench_clip(model: str, device: str, batch_size: int, batches: int, rgb: np.n
     boxes = boxes[pick]
     warm, timed = boxes[:batch_size], boxes[batch_size:]
     enc.encode_crops(rgb, warm)
-    chunks = [timed[i:i + batch_size] for i in range(0, len(timed), batch_size)]
+    chunks = [timed[i : i + batch_size] for i in range(0, len(timed), batch_size)]
     it = iter(chunks)
     e2e = _timed(lambda: enc.encode_crops(rgb, next(it)), enc.device, len(chunks))
     crops = torch.randn(batch_size, 3, enc.image_size, enc.image_size, device=enc.device)
     fwd = _timed(lambda: enc.encode_images(crops), enc.device, len(chunks))
     return {
-        "model": model, "device": str(enc.device), "batch_size": batch_size, "timed_batches": len(chunks),
-        "build_s": round(build_s, 2), "description": enc.description,
+        "model": model,
+        "device": str(enc.device),
+        "batch_size": batch_size,
+        "timed_batches": len(chunks),
+        "build_s": round(build_s, 2),
+        "description": enc.description,
         "crops_per_s_end_to_end": round(batch_size / statistics.median(e2e), 2),
         "crops_per_s_forward_only": round(batch_size / statistics.median(fwd), 2),
         "batch_seconds_end_to_end": [round(t, 3) for t in e2e],
@@ -96,11 +101,14 @@ def bench_dino(device: str, repeats: int) -> dict:
     for h, w in RESOLUTIONS:
         rgb = np.random.default_rng(1).integers(0, 256, (h, w, 3), dtype=np.uint8)
         enc.dense_features(rgb)  # warm-up
-        ts = _timed(lambda: enc.dense_features(rgb), enc.device, repeats)
+        ts = _timed(lambda img=rgb: enc.dense_features(img), enc.device, repeats)
         hi, wi = dino_input_size(h, w, enc.max_side, enc.patch_size)
-        out[f"{w}x{h}"] = {"input": f"{wi}x{hi}", "grid": f"{wi // enc.patch_size}x{hi // enc.patch_size}",
-                           "seconds": round(statistics.median(ts), 3),
-                           "feature_bytes": (hi // enc.patch_size) * (wi // enc.patch_size) * enc.embed_dim * 2}
+        out[f"{w}x{h}"] = {
+            "input": f"{wi}x{hi}",
+            "grid": f"{wi // enc.patch_size}x{hi // enc.patch_size}",
+            "seconds": round(statistics.median(ts), 3),
+            "feature_bytes": (hi // enc.patch_size) * (wi // enc.patch_size) * enc.embed_dim * 2,
+        }
     return out
 
 
@@ -135,7 +143,9 @@ def main(argv=None) -> int:
                 key = f"{w}x{h}"
                 n = cnt[key]
                 per_keyframe.setdefault(c["model"], {}).setdefault(name, {})[key] = {
-                    "crops": n, "clip_s": round(n / rate, 2), "dino_s": dino[key]["seconds"],
+                    "crops": n,
+                    "clip_s": round(n / rate, 2),
+                    "dino_s": dino[key]["seconds"],
                     "total_s": round(n / rate + dino[key]["seconds"], 2),
                     "feature_mb": round((n * dim * 2 + dino[key]["feature_bytes"]) / 2**20, 2),
                 }
@@ -143,11 +153,19 @@ def main(argv=None) -> int:
     result = {
         "date": datetime.datetime.now().isoformat(timespec="seconds"),
         "note": "random weights: cost only",
-        "machine": {"cpu": _cpu_name(), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-                    "load_average": [round(x, 2) for x in os.getloadavg()], "torch": torch.__version__,
-                    "python": platform.python_version(),
-                    "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None},
-        "crops_per_keyframe": counts, "clip": clip, "dino": dino, "seconds_per_keyframe": per_keyframe,
+        "machine": {
+            "cpu": _cpu_name(),
+            "cores": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(),
+            "load_average": [round(x, 2) for x in os.getloadavg()],
+            "torch": torch.__version__,
+            "python": platform.python_version(),
+            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        },
+        "crops_per_keyframe": counts,
+        "clip": clip,
+        "dino": dino,
+        "seconds_per_keyframe": per_keyframe,
     }
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
     with open(args.out, "w") as f:
@@ -170,23 +188,32 @@ def _cpu_name() -> str:
 
 def _print_table(r: dict) -> None:
     m = r["machine"]
-    print(f"teacher cost (random weights) on {m['cpu']}, {m['torch_threads']} torch threads, "
-          f"load {m['load_average'][0]}")
+    print(
+        f"teacher cost (random weights) on {m['cpu']}, {m['torch_threads']} torch threads, load {m['load_average'][0]}"
+    )
     for c in r["clip"]:
-        print(f"  OpenCLIP {c['model']} on {c['device']}: {c['crops_per_s_end_to_end']} crops/s end to end, "
-              f"{c['crops_per_s_forward_only']} crops/s forward only (batch {c['batch_size']}, "
-              f"{c['timed_batches']} batches)")
+        print(
+            f"  OpenCLIP {c['model']} on {c['device']}: {c['crops_per_s_end_to_end']} crops/s end to end, "
+            f"{c['crops_per_s_forward_only']} crops/s forward only (batch {c['batch_size']}, "
+            f"{c['timed_batches']} batches)"
+        )
     d = r["dino"]
     for key in (f"{w}x{h}" for h, w in RESOLUTIONS):
-        print(f"  DINO {d['model']} [{d['facet']}] {key} -> input {d[key]['input']}, grid {d[key]['grid']}: "
-              f"{d[key]['seconds']} s")
+        print(
+            f"  DINO {d['model']} [{d['facet']}] {key} -> input {d[key]['input']}, grid {d[key]['grid']}: "
+            f"{d[key]['seconds']} s"
+        )
     for model, rows in r["seconds_per_keyframe"].items():
-        print(f"\n  {'pyramid (' + model + ')':44s} {'crops 640x480':>14s} {'s/kf':>8s} {'crops 1280x720':>15s} "
-              f"{'s/kf':>8s} {'MB/kf':>6s}")
+        print(
+            f"\n  {'pyramid (' + model + ')':44s} {'crops 640x480':>14s} {'s/kf':>8s} {'crops 1280x720':>15s} "
+            f"{'s/kf':>8s} {'MB/kf':>6s}"
+        )
         for name, row in rows.items():
             a, b = row["640x480"], row["1280x720"]
-            print(f"  {name:44s} {a['crops']:14d} {a['total_s']:8.1f} {b['crops']:15d} {b['total_s']:8.1f} "
-                  f"{a['feature_mb']:6.1f}")
+            print(
+                f"  {name:44s} {a['crops']:14d} {a['total_s']:8.1f} {b['crops']:15d} {b['total_s']:8.1f} "
+                f"{a['feature_mb']:6.1f}"
+            )
 
 
 if __name__ == "__main__":

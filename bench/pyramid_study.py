@@ -13,6 +13,7 @@ behaviour on small crops.
 Writes bench/results/pyramid_study.json and .md (``--only`` keeps the rows of an earlier run with
 the same seeds, steps, size and frames).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -36,8 +37,14 @@ CANDIDATES: Dict[str, Dict[str, Any]] = {
     "4L-10": {"teacher.pyramid_levels": 4, "teacher.pyramid_min": 0.10},
     "3L-10": {"teacher.pyramid_levels": 3, "teacher.pyramid_min": 0.10},
 }
-METRICS = ("loc3d_accuracy_name", "loc3d_accuracy_synonym", "loc3d_argmax_accuracy_name", "loc2d_accuracy",
-           "precision_mean", "recall_mean")
+METRICS = (
+    "loc3d_accuracy_name",
+    "loc3d_accuracy_synonym",
+    "loc3d_argmax_accuracy_name",
+    "loc2d_accuracy",
+    "precision_mean",
+    "recall_mean",
+)
 
 
 def crop_counts(overrides: Dict[str, Any], sizes) -> Dict[str, int]:
@@ -66,22 +73,39 @@ def main(argv=None) -> int:
     t0 = time.perf_counter()
     for i, name in enumerate(names):
         overrides = dict(CANDIDATES[name])
-        s = BenchSettings(mode="custom", seeds=tuple(args.seeds), width=args.size[0], height=args.size[1],
-                          n_frames=args.frames, max_steps=args.steps, budget_s=1e6, online=False,
-                          overrides=overrides, threads=args.threads, progress=False)
+        s = BenchSettings(
+            mode="custom",
+            seeds=tuple(args.seeds),
+            width=args.size[0],
+            height=args.size[1],
+            n_frames=args.frames,
+            max_steps=args.steps,
+            budget_s=1e6,
+            online=False,
+            overrides=overrides,
+            threads=args.threads,
+            progress=False,
+        )
         print(f"[pyramid] {i + 1}/{len(names)} {name}: {overrides}", flush=True)
         res = run_benchmark(s, out_dir=None, log=lambda text: print(f"[pyramid]   {text}", flush=True))
         agg = res["aggregate"]
         n_queries = sum(len(sc.get("objects", [])) for sc in res["scenes"])
-        row = {"name": name, "overrides": overrides, "wall_s": res["wall_s"],
-               "crops": crop_counts(overrides, [(640, 480), (1280, 720), tuple(args.size)]),
-               "name_queries": n_queries, "steps": [sc["offline"]["steps"] for sc in res["scenes"]],
-               "teacher_s_per_keyframe": agg.get("teacher_s_per_keyframe"),
-               **{m: agg.get(m) for m in METRICS}}
+        row = {
+            "name": name,
+            "overrides": overrides,
+            "wall_s": res["wall_s"],
+            "crops": crop_counts(overrides, [(640, 480), (1280, 720), tuple(args.size)]),
+            "name_queries": n_queries,
+            "steps": [sc["offline"]["steps"] for sc in res["scenes"]],
+            "teacher_s_per_keyframe": agg.get("teacher_s_per_keyframe"),
+            **{m: agg.get(m) for m in METRICS},
+        }
         rows = [r for r in rows if r["name"] != name] + [row]
-        print(f"[pyramid]   {name}: {row['crops']['640x480']} crops @640x480, 3D names "
-              f"{row['loc3d_accuracy_name']}, argmax {row['loc3d_argmax_accuracy_name']}, 2D {row['loc2d_accuracy']}",
-              flush=True)
+        print(
+            f"[pyramid]   {name}: {row['crops']['640x480']} crops @640x480, 3D names "
+            f"{row['loc3d_accuracy_name']}, argmax {row['loc3d_argmax_accuracy_name']}, 2D {row['loc2d_accuracy']}",
+            flush=True,
+        )
         _write(args, rows, time.perf_counter() - t0)
     return 0
 
@@ -93,11 +117,14 @@ def _previous_rows(args) -> List[Dict[str, Any]]:
         return []
     with open(path) as fh:
         doc = json.load(fh)
-    same = (doc.get("seeds") == list(args.seeds) and doc.get("steps") == args.steps
-            and doc.get("size") == list(args.size) and doc.get("frames") == args.frames)
+    same = (
+        doc.get("seeds") == list(args.seeds)
+        and doc.get("steps") == args.steps
+        and doc.get("size") == list(args.size)
+        and doc.get("frames") == args.frames
+    )
     if not same:
-        print(f"[pyramid] {path} was made with other seeds, steps, size or frames: its rows are replaced",
-              flush=True)
+        print(f"[pyramid] {path} was made with other seeds, steps, size or frames: its rows are replaced", flush=True)
     return list(doc.get("rows", [])) if same else []
 
 
@@ -107,29 +134,51 @@ def _pct(x) -> str:
 
 def _write(args, rows, wall_s: float) -> None:
     os.makedirs(args.out, exist_ok=True)
-    doc = {"study": "crop pyramid", "created": datetime.datetime.now().isoformat(timespec="seconds"),
-           "command": (f"python bench/pyramid_study.py --seeds {' '.join(map(str, args.seeds))} --steps {args.steps} "
-                       f"--size {args.size[0]} {args.size[1]} --frames {args.frames}"),
-           "seeds": args.seeds, "steps": args.steps, "size": args.size, "frames": args.frames,
-           "wall_s": sum(r.get("wall_s", 0.0) for r in rows), "rows": rows}
+    doc = {
+        "study": "crop pyramid",
+        "created": datetime.datetime.now().isoformat(timespec="seconds"),
+        "command": (
+            f"python bench/pyramid_study.py --seeds {' '.join(map(str, args.seeds))} --steps {args.steps} "
+            f"--size {args.size[0]} {args.size[1]} --frames {args.frames}"
+        ),
+        "seeds": args.seeds,
+        "steps": args.steps,
+        "size": args.size,
+        "frames": args.frames,
+        "wall_s": sum(r.get("wall_s", 0.0) for r in rows),
+        "rows": rows,
+    }
     with open(os.path.join(args.out, "pyramid_study.json"), "w") as fh:
         json.dump(doc, fh, indent=1)
     ref = next((r for r in rows if r["name"] == "reference"), None)
-    lines = ["# Crop pyramid study", "",
-             f"Seeds {args.seeds}, {args.size[0]}x{args.size[1]}, {args.frames} frames, {args.steps} training steps per "
-             f"scene, preset tiny, ground-truth teacher through the pyramid. Command: `{doc['command']}`", "",
-             "| pyramid | crops 640x480 | crops 1280x720 | 3D names | vs reference | 3D synonyms | 3D argmax | "
-             "2D | precision / recall |", "|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "# Crop pyramid study",
+        "",
+        f"Seeds {args.seeds}, {args.size[0]}x{args.size[1]}, {args.frames} frames, {args.steps} training steps per "
+        f"scene, preset tiny, ground-truth teacher through the pyramid. Command: `{doc['command']}`",
+        "",
+        "| pyramid | crops 640x480 | crops 1280x720 | 3D names | vs reference | 3D synonyms | 3D argmax | "
+        "2D | precision / recall |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
-        d = "" if ref is None or r["loc3d_accuracy_name"] is None or ref["loc3d_accuracy_name"] is None else \
-            f"{100 * (r['loc3d_accuracy_name'] - ref['loc3d_accuracy_name']):+.1f} pt"
+        d = (
+            ""
+            if ref is None or r["loc3d_accuracy_name"] is None or ref["loc3d_accuracy_name"] is None
+            else f"{100 * (r['loc3d_accuracy_name'] - ref['loc3d_accuracy_name']):+.1f} pt"
+        )
         pr = "n/a" if r["precision_mean"] is None else f"{r['precision_mean']:.3f} / {r['recall_mean']:.3f}"
-        lines.append(f"| {r['name']} | {r['crops']['640x480']} | {r['crops']['1280x720']} | "
-                     f"{_pct(r['loc3d_accuracy_name'])} | {d} | {_pct(r['loc3d_accuracy_synonym'])} | "
-                     f"{_pct(r['loc3d_argmax_accuracy_name'])} | {_pct(r['loc2d_accuracy'])} | {pr} |")
+        lines.append(
+            f"| {r['name']} | {r['crops']['640x480']} | {r['crops']['1280x720']} | "
+            f"{_pct(r['loc3d_accuracy_name'])} | {d} | {_pct(r['loc3d_accuracy_synonym'])} | "
+            f"{_pct(r['loc3d_argmax_accuracy_name'])} | {_pct(r['loc2d_accuracy'])} | {pr} |"
+        )
     n = rows[0]["name_queries"] if rows else 0
-    lines += ["", f"{n} named-object queries per row: one query is {100 / max(n, 1):.1f} points. Candidates run: "
-              f"{', '.join(r['name'] for r in rows)} (of {', '.join(CANDIDATES)}; add more with --only NAME ...)."]
+    lines += [
+        "",
+        f"{n} named-object queries per row: one query is {100 / max(n, 1):.1f} points. Candidates run: "
+        f"{', '.join(r['name'] for r in rows)} (of {', '.join(CANDIDATES)}; add more with --only NAME ...).",
+    ]
     with open(os.path.join(args.out, "pyramid_study.md"), "w") as fh:
         fh.write("\n".join(lines) + "\n")
 

@@ -9,6 +9,7 @@ Parameters come from ``params_file`` (default: the installed config/lerf.yaml). 
 file only when given: left out, the file's values stand (``lerf_ros.ros.launch_args``, which also
 stops the launch with a clear message when the file has an unknown or invalid key).
 """
+
 import os
 
 from ament_index_python.packages import get_package_share_directory
@@ -28,41 +29,83 @@ def _nodes(context):
     remaps = [(topic, value(topic)) for topic in ("image", "camera_info", "depth", "pose", "odom")]
     if is_true(value("separate_processes")):
         nodes = [
-            Node(package="lerf_ros", executable="trainer_node", name="lerf_trainer", output="screen",
-                 parameters=[params_file, plan.trainer], remappings=remaps),
-            Node(package="lerf_ros", executable="query_node", name="lerf_query", output="screen",
-                 parameters=[params_file, plan.query]),
+            Node(
+                package="lerf_ros",
+                executable="trainer_node",
+                name="lerf_trainer",
+                output="screen",
+                parameters=[params_file, plan.trainer],
+                remappings=remaps,
+            ),
+            Node(
+                package="lerf_ros",
+                executable="query_node",
+                name="lerf_query",
+                output="screen",
+                parameters=[params_file, plan.query],
+            ),
         ]
     else:
         # One process, two nodes (no name override: it would rename both).
-        nodes = [Node(package="lerf_ros", executable="lerf_node", output="screen",
-                      parameters=[params_file, plan.trainer], remappings=remaps)]
+        nodes = [
+            Node(
+                package="lerf_ros",
+                executable="lerf_node",
+                output="screen",
+                parameters=[params_file, plan.trainer],
+                remappings=remaps,
+            )
+        ]
     if is_true(value("rviz")):
-        nodes.append(Node(package="rviz2", executable="rviz2", name="rviz2", arguments=["-d", value("rviz_config")],
-                          parameters=[{"use_sim_time": plan.use_sim_time}]))
+        nodes.append(
+            Node(
+                package="rviz2",
+                executable="rviz2",
+                name="rviz2",
+                arguments=["-d", value("rviz_config")],
+                parameters=[{"use_sim_time": plan.use_sim_time}],
+            )
+        )
     return nodes
 
 
 def generate_launch_description():
     share = get_package_share_directory("lerf_ros")
     args = [
-        DeclareLaunchArgument("params_file", default_value=os.path.join(share, "config", "lerf.yaml"),
-                              description="ROS parameters YAML for the trainer and query nodes"),
+        DeclareLaunchArgument(
+            "params_file",
+            default_value=os.path.join(share, "config", "lerf.yaml"),
+            description="ROS parameters YAML for the trainer and query nodes",
+        ),
     ]
-    args += [DeclareLaunchArgument(name, default_value=NOT_GIVEN,
-                                   description=f"{desc} (overrides the params file; not given: the file's value)")
-             for name, desc in PARAMETER_ARGUMENTS.items()]
+    args += [
+        DeclareLaunchArgument(
+            name,
+            default_value=NOT_GIVEN,
+            description=f"{desc} (overrides the params file; not given: the file's value)",
+        )
+        for name, desc in PARAMETER_ARGUMENTS.items()
+    ]
     args += [
         DeclareLaunchArgument("image", default_value="image", description="Colour image topic"),
         DeclareLaunchArgument("camera_info", default_value="camera_info", description="CameraInfo topic"),
         DeclareLaunchArgument("depth", default_value="depth", description="Aligned depth topic (16UC1 mm or 32FC1 m)"),
-        DeclareLaunchArgument("pose", default_value="pose",
-                              description="PoseStamped topic (used when tf2 is unavailable or pose_source:=pose)"),
+        DeclareLaunchArgument(
+            "pose",
+            default_value="pose",
+            description="PoseStamped topic (used when tf2 is unavailable or pose_source:=pose)",
+        ),
         DeclareLaunchArgument("odom", default_value="odom", description="Odometry topic (pose_source:=odom)"),
-        DeclareLaunchArgument("separate_processes", default_value="false",
-                              description="Run the query node as its own process (it then loads checkpoints)"),
+        DeclareLaunchArgument(
+            "separate_processes",
+            default_value="false",
+            description="Run the query node as its own process (it then loads checkpoints)",
+        ),
         DeclareLaunchArgument("rviz", default_value="false", description="Start RViz with config/lerf.rviz"),
-        DeclareLaunchArgument("rviz_config", default_value=os.path.join(share, "config", "lerf.rviz"),
-                              description="RViz configuration file"),
+        DeclareLaunchArgument(
+            "rviz_config",
+            default_value=os.path.join(share, "config", "lerf.rviz"),
+            description="RViz configuration file",
+        ),
     ]
     return LaunchDescription(args + [OpaqueFunction(function=_nodes)])

@@ -7,6 +7,7 @@ The package's ROS interfaces (``lerf_ros.msg``, ``lerf_ros.srv``) are generated 
 ``install/``. When this package is imported from the source tree (an editable install), the
 generated modules are found there and joined onto this package's search path.
 """
+
 from __future__ import annotations
 
 import os

@@ -4,6 +4,7 @@ Each subcommand lives in ``lerf_ros/commands/<name>.py`` with ``add_arguments(pa
 ``run(args) -> int``, imported only when that subcommand runs (so ``lerf-ros --help`` is fast and
 ROS-free subcommands never import rclpy).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -16,7 +17,10 @@ COMMANDS = {
     "demo": ("lerf_ros.commands.demo", "end-to-end demo: nodes + replayed synthetic scene + queries"),
     "run": ("lerf_ros.commands.run", "start the trainer and query nodes from a params YAML (no ros2 launch needed)"),
     "scene": ("lerf_ros.commands.scene", "render a synthetic tabletop scene with ground truth to a folder"),
-    "replay": ("lerf_ros.commands.replay", "publish a posed-frame source (scene, transforms.json, rosbag2) as a live stream"),
+    "replay": (
+        "lerf_ros.commands.replay",
+        "publish a posed-frame source (scene, transforms.json, rosbag2) as a live stream",
+    ),
     "train": ("lerf_ros.commands.train", "train a LERF offline from a posed-frame source"),
     "query": ("lerf_ros.commands.query", "query a checkpoint (offline) or a running /lerf/query service"),
     "bench": ("lerf_ros.commands.bench", "run the benchmark and write JSON + Markdown results"),

@@ -11,6 +11,7 @@ A parameter YAML may also carry the ROS nodes' own settings (``world_frame``, ``
 listed in ``NODE_PARAMETERS``): the loader knows them and leaves them out of the model
 configuration, so one file serves ``ros2 launch``, ``lerf-ros run`` and ``lerf-ros train``.
 """
+
 from __future__ import annotations
 
 import copy
@@ -81,12 +82,20 @@ class TeacherConfig:
         """Validate this section; raise ConfigError naming the key."""
         _require(self.kind in ("clip", "ground_truth"), "teacher.kind", self.kind, "'clip' or 'ground_truth'")
         _require(self.pyramid_levels >= 1, "teacher.pyramid_levels", self.pyramid_levels, ">= 1")
-        _require(0 < self.pyramid_min <= self.pyramid_max <= 1, "teacher.pyramid_min/max",
-                 (self.pyramid_min, self.pyramid_max), "0 < min <= max <= 1")
+        _require(
+            0 < self.pyramid_min <= self.pyramid_max <= 1,
+            "teacher.pyramid_min/max",
+            (self.pyramid_min, self.pyramid_max),
+            "0 < min <= max <= 1",
+        )
         _require(0 <= self.pyramid_overlap < 1, "teacher.pyramid_overlap", self.pyramid_overlap, "in [0, 1)")
         ramp = tuple(self.pyramid_overlap_ramp)
-        _require(len(ramp) == 0 or (len(ramp) == 2 and 0 <= ramp[0] <= ramp[1]), "teacher.pyramid_overlap_ramp",
-                 ramp, "() or (a, b) with 0 <= a <= b")
+        _require(
+            len(ramp) == 0 or (len(ramp) == 2 and 0 <= ramp[0] <= ramp[1]),
+            "teacher.pyramid_overlap_ramp",
+            ramp,
+            "() or (a, b) with 0 <= a <= b",
+        )
         _require(self.batch_size >= 1, "teacher.batch_size", self.batch_size, ">= 1")
         _require(self.dino_max_side >= 8, "teacher.dino_max_side", self.dino_max_side, ">= 8")
         _require(self.dino_facet in ("key", "token"), "teacher.dino_facet", self.dino_facet, "'key' or 'token'")
@@ -179,41 +188,87 @@ class ModelConfig:
             _require(getattr(self, key) in (1, 2, 4, 8), f"model.{key}", getattr(self, key), "1, 2, 4 or 8")
         for key in ("log2_hashmap_size", "proposal_log2_hashmap_size"):
             _require(4 <= getattr(self, key) <= 30, f"model.{key}", getattr(self, key), "4..30")
-        _require(2 <= self.base_resolution <= self.max_resolution, "model.base_resolution/max_resolution",
-                 (self.base_resolution, self.max_resolution), "2 <= base <= max")
+        _require(
+            2 <= self.base_resolution <= self.max_resolution,
+            "model.base_resolution/max_resolution",
+            (self.base_resolution, self.max_resolution),
+            "2 <= base <= max",
+        )
         lang = (self.lang_num_levels, self.lang_log2_hashmap_size, self.lang_base_resolution, self.lang_max_resolution)
         n = len(self.lang_num_levels)
-        _require(n >= 1 and all(len(v) == n for v in lang),
-                 "model.lang_num_levels/lang_log2_hashmap_size/lang_*_resolution", lang,
-                 "one entry per language grid in each (at least one grid)")
-        _require(all(1 <= v <= 32 for v in self.lang_num_levels), "model.lang_num_levels", self.lang_num_levels,
-                 "each 1..32")
-        _require(all(4 <= v <= 30 for v in self.lang_log2_hashmap_size), "model.lang_log2_hashmap_size",
-                 self.lang_log2_hashmap_size, "each 4..30")
-        _require(all(2 <= b <= m for b, m in zip(self.lang_base_resolution, self.lang_max_resolution)),
-                 "model.lang_base_resolution/lang_max_resolution",
-                 (self.lang_base_resolution, self.lang_max_resolution), "2 <= base <= max for each grid")
-        _require(all(s >= 1 for s in self.num_proposal_samples), "model.num_proposal_samples",
-                 self.num_proposal_samples, "each >= 1")
-        _require(len(self.proposal_max_resolution) >= 1 or not self.num_proposal_samples,
-                 "model.proposal_max_resolution", self.proposal_max_resolution, "at least one value")
-        _require(all(r >= self.proposal_base_resolution >= 2 for r in self.proposal_max_resolution),
-                 "model.proposal_max_resolution", self.proposal_max_resolution,
-                 f">= proposal_base_resolution ({self.proposal_base_resolution}) >= 2")
+        _require(
+            n >= 1 and all(len(v) == n for v in lang),
+            "model.lang_num_levels/lang_log2_hashmap_size/lang_*_resolution",
+            lang,
+            "one entry per language grid in each (at least one grid)",
+        )
+        _require(
+            all(1 <= v <= 32 for v in self.lang_num_levels), "model.lang_num_levels", self.lang_num_levels, "each 1..32"
+        )
+        _require(
+            all(4 <= v <= 30 for v in self.lang_log2_hashmap_size),
+            "model.lang_log2_hashmap_size",
+            self.lang_log2_hashmap_size,
+            "each 4..30",
+        )
+        _require(
+            all(2 <= b <= m for b, m in zip(self.lang_base_resolution, self.lang_max_resolution)),
+            "model.lang_base_resolution/lang_max_resolution",
+            (self.lang_base_resolution, self.lang_max_resolution),
+            "2 <= base <= max for each grid",
+        )
+        _require(
+            all(s >= 1 for s in self.num_proposal_samples),
+            "model.num_proposal_samples",
+            self.num_proposal_samples,
+            "each >= 1",
+        )
+        _require(
+            len(self.proposal_max_resolution) >= 1 or not self.num_proposal_samples,
+            "model.proposal_max_resolution",
+            self.proposal_max_resolution,
+            "at least one value",
+        )
+        _require(
+            all(r >= self.proposal_base_resolution >= 2 for r in self.proposal_max_resolution),
+            "model.proposal_max_resolution",
+            self.proposal_max_resolution,
+            f">= proposal_base_resolution ({self.proposal_base_resolution}) >= 2",
+        )
         _require(self.num_nerf_samples >= 1, "model.num_nerf_samples", self.num_nerf_samples, ">= 1")
-        _require(1 <= self.num_lang_samples <= self.num_nerf_samples, "model.num_lang_samples",
-                 self.num_lang_samples, f"1..num_nerf_samples ({self.num_nerf_samples})")
+        _require(
+            1 <= self.num_lang_samples <= self.num_nerf_samples,
+            "model.num_lang_samples",
+            self.num_lang_samples,
+            f"1..num_nerf_samples ({self.num_nerf_samples})",
+        )
         _require(1 <= self.sh_degree <= 4, "model.sh_degree", self.sh_degree, "1..4")
         _require(self.proposal_anneal_steps >= 0, "model.proposal_anneal_steps", self.proposal_anneal_steps, ">= 0")
         _require(self.scene_scale > 0, "model.scene_scale", self.scene_scale, "> 0")
         _require(len(self.scene_center) == 3, "model.scene_center", self.scene_center, "3 values")
         _require(0 < self.near < self.far, "model.near/far", (self.near, self.far), "0 < near < far")
-        _require(self.background_color in ("random", "black", "white"), "model.background_color",
-                 self.background_color, "'random', 'black' or 'white'")
-        _require(self.hash_backend in ("auto", "torch", "tcnn"), "model.hash_backend", self.hash_backend,
-                 "'auto', 'torch' or 'tcnn'")
-        for key in ("hidden_dim", "hidden_dim_color", "geo_feat_dim", "proposal_hidden_dim", "lang_hidden_dim",
-                    "dino_hidden_dim", "lang_num_layers", "dino_num_layers"):
+        _require(
+            self.background_color in ("random", "black", "white"),
+            "model.background_color",
+            self.background_color,
+            "'random', 'black' or 'white'",
+        )
+        _require(
+            self.hash_backend in ("auto", "torch", "tcnn"),
+            "model.hash_backend",
+            self.hash_backend,
+            "'auto', 'torch' or 'tcnn'",
+        )
+        for key in (
+            "hidden_dim",
+            "hidden_dim_color",
+            "geo_feat_dim",
+            "proposal_hidden_dim",
+            "lang_hidden_dim",
+            "dino_hidden_dim",
+            "lang_num_layers",
+            "dino_num_layers",
+        ):
             _require(getattr(self, key) >= 1, f"model.{key}", getattr(self, key), ">= 1")
         return self
 
@@ -278,18 +333,34 @@ class TrainerConfig:
         """Validate this section; raise ConfigError naming the key."""
         _require(self.rays_per_batch >= 1, "trainer.rays_per_batch", self.rays_per_batch, ">= 1")
         _require(self.max_steps >= 0, "trainer.max_steps", self.max_steps, ">= 0")
-        for key in ("lr_fields", "lr_proposal", "lr_lang", "lr_final_fields", "lr_final_proposal", "lr_final_lang",
-                    "adam_eps", "lang_huber_delta"):
+        for key in (
+            "lr_fields",
+            "lr_proposal",
+            "lr_lang",
+            "lr_final_fields",
+            "lr_final_proposal",
+            "lr_final_lang",
+            "adam_eps",
+            "lang_huber_delta",
+        ):
             _require(getattr(self, key) > 0, f"trainer.{key}", getattr(self, key), "> 0")
         for key in ("decay_steps", "lang_decay_steps", "keep_checkpoints"):
             _require(getattr(self, key) >= 1, f"trainer.{key}", getattr(self, key), ">= 1")
         for key in ("warmup_steps", "checkpoint_every"):
             _require(getattr(self, key) >= 0, f"trainer.{key}", getattr(self, key), ">= 0")
-        _require(self.schedule in ("exponential", "cosine"), "trainer.schedule", self.schedule,
-                 "'exponential' or 'cosine'")
+        _require(
+            self.schedule in ("exponential", "cosine"), "trainer.schedule", self.schedule, "'exponential' or 'cosine'"
+        )
         _require(self.lang_loss in ("huber", "cosine"), "trainer.lang_loss", self.lang_loss, "'huber' or 'cosine'")
-        for key in ("lang_weight", "dino_weight", "depth_weight", "interlevel_weight", "distortion_weight",
-                    "weight_decay", "lang_weight_decay"):
+        for key in (
+            "lang_weight",
+            "dino_weight",
+            "depth_weight",
+            "interlevel_weight",
+            "distortion_weight",
+            "weight_decay",
+            "lang_weight_decay",
+        ):
             _require(getattr(self, key) >= 0, f"trainer.{key}", getattr(self, key), ">= 0")
         return self
 
@@ -327,20 +398,34 @@ class KeyframeConfig:
 
     def check(self) -> "KeyframeConfig":
         """Validate this section; raise ConfigError naming the key."""
-        _require(self.min_keyframes_to_train >= 1, "keyframes.min_keyframes_to_train", self.min_keyframes_to_train,
-                 ">= 1")
-        _require(self.max_keyframes >= self.min_keyframes_to_train, "keyframes.max_keyframes", self.max_keyframes,
-                 f">= keyframes.min_keyframes_to_train ({self.min_keyframes_to_train})")
+        _require(
+            self.min_keyframes_to_train >= 1, "keyframes.min_keyframes_to_train", self.min_keyframes_to_train, ">= 1"
+        )
+        _require(
+            self.max_keyframes >= self.min_keyframes_to_train,
+            "keyframes.max_keyframes",
+            self.max_keyframes,
+            f">= keyframes.min_keyframes_to_train ({self.min_keyframes_to_train})",
+        )
         _require(self.max_memory_mb > 0, "keyframes.max_memory_mb", self.max_memory_mb, "> 0")
         _require(self.min_translation >= 0, "keyframes.min_translation", self.min_translation, ">= 0")
         _require(self.min_rotation_deg >= 0, "keyframes.min_rotation_deg", self.min_rotation_deg, ">= 0")
         _require(self.min_sharpness >= 0, "keyframes.min_sharpness", self.min_sharpness, ">= 0")
-        _require(0 <= self.min_brightness <= self.max_brightness <= 255, "keyframes.min/max_brightness",
-                 (self.min_brightness, self.max_brightness), "0 <= min <= max <= 255")
-        _require(0 < self.max_clipped_fraction <= 1, "keyframes.max_clipped_fraction",
-                 self.max_clipped_fraction, "in (0, 1]")
-        _require(self.max_image_side == 0 or self.max_image_side >= 8, "keyframes.max_image_side",
-                 self.max_image_side, "0 (off) or >= 8")
+        _require(
+            0 <= self.min_brightness <= self.max_brightness <= 255,
+            "keyframes.min/max_brightness",
+            (self.min_brightness, self.max_brightness),
+            "0 <= min <= max <= 255",
+        )
+        _require(
+            0 < self.max_clipped_fraction <= 1, "keyframes.max_clipped_fraction", self.max_clipped_fraction, "in (0, 1]"
+        )
+        _require(
+            self.max_image_side == 0 or self.max_image_side >= 8,
+            "keyframes.max_image_side",
+            self.max_image_side,
+            "0 (off) or >= 8",
+        )
         _require(self.protect_newest >= 0, "keyframes.protect_newest", self.protect_newest, ">= 0")
         _require(self.rotation_weight >= 0, "keyframes.rotation_weight", self.rotation_weight, ">= 0")
         return self
@@ -417,22 +502,49 @@ class QueryConfig:
     def check(self) -> "QueryConfig":
         """Validate this section; raise ConfigError naming the key."""
         _require(0 <= self.threshold <= 1, "query.threshold", self.threshold, "in [0, 1]")
-        _require(len(self.scales) > 0 and all(0 <= s <= 2 for s in self.scales), "query.scales", self.scales,
-                 "non-empty, each in [0, 2] m")
-        _require(len(self.canonical_phrases) > 0 and all(p.strip() for p in self.canonical_phrases),
-                 "query.canonical_phrases", self.canonical_phrases, "at least one non-empty phrase")
+        _require(
+            len(self.scales) > 0 and all(0 <= s <= 2 for s in self.scales),
+            "query.scales",
+            self.scales,
+            "non-empty, each in [0, 2] m",
+        )
+        _require(
+            len(self.canonical_phrases) > 0 and all(p.strip() for p in self.canonical_phrases),
+            "query.canonical_phrases",
+            self.canonical_phrases,
+            "at least one non-empty phrase",
+        )
         _require(self.temperature > 0, "query.temperature", self.temperature, "> 0")
-        for key in ("max_points", "max_grasps", "min_views", "max_text_length", "dbscan_min_points",
-                    "surface_stride", "surface_max_views", "max_candidate_points", "field_chunk_points",
-                    "text_cache_size"):
+        for key in (
+            "max_points",
+            "max_grasps",
+            "min_views",
+            "max_text_length",
+            "dbscan_min_points",
+            "surface_stride",
+            "surface_max_views",
+            "max_candidate_points",
+            "field_chunk_points",
+            "text_cache_size",
+        ):
             _require(getattr(self, key) > 0, f"query.{key}", getattr(self, key), "> 0")
         for key in ("voxel_size", "gripper_max_width", "dbscan_eps", "gripper_finger_depth", "tall_ratio"):
             _require(getattr(self, key) > 0, f"query.{key}", getattr(self, key), "> 0")
-        for key in ("refresh_every_steps", "visibility_tolerance", "visibility_tolerance_rel",
-                    "grasp_width_margin", "feature_cache_mb", "surface_max_box"):
+        for key in (
+            "refresh_every_steps",
+            "visibility_tolerance",
+            "visibility_tolerance_rel",
+            "grasp_width_margin",
+            "feature_cache_mb",
+            "surface_max_box",
+        ):
             _require(getattr(self, key) >= 0, f"query.{key}", getattr(self, key), ">= 0")
-        _require(0 <= self.surface_min_accumulation < 1, "query.surface_min_accumulation",
-                 self.surface_min_accumulation, "in [0, 1)")
+        _require(
+            0 <= self.surface_min_accumulation < 1,
+            "query.surface_min_accumulation",
+            self.surface_min_accumulation,
+            "in [0, 1)",
+        )
         _require(0 <= self.grasp_focus <= 1, "query.grasp_focus", self.grasp_focus, "in [0, 1]")
         return self
 
@@ -505,13 +617,18 @@ class LerfConfig:
         _require(bool(self.output_dir.strip()), "output_dir", self.output_dir, "a folder")
         _require(_DEVICE.fullmatch(self.device) is not None, "device", self.device, "'auto', 'cpu' or 'cuda[:N]'")
         _require(self.seed >= 0, "seed", self.seed, ">= 0")
-        _require(not (self.model.hash_backend == "tcnn" and self.device == "cpu"), "model.hash_backend",
-                 self.model.hash_backend, "'auto' or 'torch' with device 'cpu' (tinycudann runs on CUDA only)")
+        _require(
+            not (self.model.hash_backend == "tcnn" and self.device == "cpu"),
+            "model.hash_backend",
+            self.model.hash_backend,
+            "'auto' or 'torch' with device 'cpu' (tinycudann runs on CUDA only)",
+        )
         return self
 
     @classmethod
-    def load_yaml(cls, path: str, overrides: Optional[Mapping[str, Any]] = None,
-                  nodes: Sequence[str] = LERF_NODES) -> "LerfConfig":
+    def load_yaml(
+        cls, path: str, overrides: Optional[Mapping[str, Any]] = None, nodes: Sequence[str] = LERF_NODES
+    ) -> "LerfConfig":
         """The configuration a YAML file gives (plain mapping or ROS parameter file, of which the
         sections for ``nodes``: see ``read_yaml_settings``), with ``overrides`` (nested or dotted) on
         top; a 'preset' among the overrides replaces the file's. Node-level keys
@@ -562,24 +679,47 @@ class NodeParameter:
 
 
 NODE_PARAMETERS: Tuple[NodeParameter, ...] = (
-    NodeParameter("world_frame", "map", "Fixed frame the field is built in and answers are given in by default",
-                  ("trainer", "query")),
-    NodeParameter("pose_source", "auto", "'tf', 'pose' (PoseStamped on 'pose'), 'odom' (Odometry on 'odom') or "
-                  "'auto' (tf when tf2 is installed, else pose)", ("trainer",)),
-    NodeParameter("pose_tolerance_s", 0.05, "Max stamp difference when matching a pose or depth to an image (s)",
-                  ("trainer",)),
+    NodeParameter(
+        "world_frame",
+        "map",
+        "Fixed frame the field is built in and answers are given in by default",
+        ("trainer", "query"),
+    ),
+    NodeParameter(
+        "pose_source",
+        "auto",
+        "'tf', 'pose' (PoseStamped on 'pose'), 'odom' (Odometry on 'odom') or "
+        "'auto' (tf when tf2 is installed, else pose)",
+        ("trainer",),
+    ),
+    NodeParameter(
+        "pose_tolerance_s", 0.05, "Max stamp difference when matching a pose or depth to an image (s)", ("trainer",)
+    ),
     NodeParameter("tf_timeout_s", 0.1, "How long to wait for TF at an image's stamp (s)", ("trainer",)),
-    NodeParameter("body_to_camera", (0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0),
-                  "Fixed pose of the camera in the pose/odom topic's body frame: x y z qx qy qz qw", ("trainer",)),
+    NodeParameter(
+        "body_to_camera",
+        (0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0),
+        "Fixed pose of the camera in the pose/odom topic's body frame: x y z qx qy qz qw",
+        ("trainer",),
+    ),
     NodeParameter("status_rate_hz", 2.0, "Rate of /lerf/status", ("trainer",)),
     NodeParameter("queue_size", 4, "Images waiting for ingestion; the oldest is dropped when full", ("trainer",)),
     NodeParameter("use_depth", True, "Subscribe to 'depth' and attach aligned depth to frames", ("trainer",)),
     NodeParameter("resume", True, "Resume from the newest checkpoint in output_dir when one exists", ("trainer",)),
-    NodeParameter("checkpoint_dir", "", "Separate-process mode: folder of the trainer's checkpoints to load "
-                  "(default: <output_dir>/checkpoints)", ("query",)),
+    NodeParameter(
+        "checkpoint_dir",
+        "",
+        "Separate-process mode: folder of the trainer's checkpoints to load (default: <output_dir>/checkpoints)",
+        ("query",),
+    ),
     NodeParameter("reload_period_s", 2.0, "How often to look for a newer snapshot or checkpoint (s)", ("query",)),
-    NodeParameter("snapshot_min_interval_s", 10.0, "Shortest time between two model swaps (each swap re-extracts "
-                  "the surface points and their language features, a few seconds on a CPU)", ("query",)),
+    NodeParameter(
+        "snapshot_min_interval_s",
+        10.0,
+        "Shortest time between two model swaps (each swap re-extracts "
+        "the surface points and their language features, a few seconds on a CPU)",
+        ("query",),
+    ),
 )
 
 ROS_NODE_KEYS: Tuple[str, ...] = ("use_sim_time",)
@@ -597,8 +737,7 @@ def node_parameters(node: str) -> Tuple[NodeParameter, ...]:
 
 def is_node_key(key: str) -> bool:
     """Whether a dotted key is a node-level setting (``NODE_PARAMETERS`` or rclpy's own)."""
-    return (key in {p.name for p in NODE_PARAMETERS} or key in ROS_NODE_KEYS
-            or key.startswith(ROS_NODE_KEY_PREFIXES))
+    return key in {p.name for p in NODE_PARAMETERS} or key in ROS_NODE_KEYS or key.startswith(ROS_NODE_KEY_PREFIXES)
 
 
 def split_node_settings(settings: Mapping[str, Any]) -> Tuple[Dict[str, Any], Dict[str, Any]]:
@@ -617,35 +756,62 @@ PRESETS: Dict[str, Dict[str, Any]] = {
     # Smaller networks and fewer samples, and a cheaper crop pyramid.
     "lerf-lite": {
         # reference lerf-lite: one language grid of 16 levels, 16..512, 2^19; 12 language samples
-        "model.lang_num_levels": (16,), "model.lang_log2_hashmap_size": (19,),
-        "model.lang_base_resolution": (16,), "model.lang_max_resolution": (512,), "model.num_lang_samples": 12,
+        "model.lang_num_levels": (16,),
+        "model.lang_log2_hashmap_size": (19,),
+        "model.lang_base_resolution": (16,),
+        "model.lang_max_resolution": (512,),
+        "model.num_lang_samples": 12,
         # 4 scales from 10% to 50%: 513 crops per 640x480 keyframe instead of 1,250, within one query
         # of the reference pyramid's 3D localization (bench/pyramid_study.py)
-        "teacher.pyramid_levels": 4, "teacher.pyramid_min": 0.1,
+        "teacher.pyramid_levels": 4,
+        "teacher.pyramid_min": 0.1,
     },
     # ViT-L/14 OpenCLIP.
     "lerf-big": {
-        "teacher.clip_model": "ViT-L-14", "teacher.clip_pretrained": "laion2b_s32b_b82k",
+        "teacher.clip_model": "ViT-L-14",
+        "teacher.clip_pretrained": "laion2b_s32b_b82k",
         # reference lerf-big: two language grids of 16 levels (16..128, 128..512), 2^20 each
-        "model.lang_num_levels": (16, 16), "model.lang_log2_hashmap_size": (20, 20),
+        "model.lang_num_levels": (16, 16),
+        "model.lang_log2_hashmap_size": (20, 20),
     },
     # Trains on 2 CPU cores in minutes (tests, demo, benchmark).
     "tiny": {
         "device": "cpu",
-        "model.num_levels": 8, "model.features_per_level": 2, "model.log2_hashmap_size": 15,
-        "model.base_resolution": 16, "model.max_resolution": 512, "model.hidden_dim": 32,
-        "model.hidden_dim_color": 32, "model.sh_degree": 3,
-        "model.num_proposal_samples": (48,), "model.num_nerf_samples": 24,
-        "model.proposal_num_levels": 5, "model.proposal_log2_hashmap_size": 14,
-        "model.proposal_max_resolution": (128,), "model.proposal_anneal_steps": 300,
-        "model.lang_num_levels": (8,), "model.lang_log2_hashmap_size": (15,), "model.lang_base_resolution": (16,),
-        "model.lang_max_resolution": (256,), "model.lang_features_per_level": 4, "model.lang_hidden_dim": 64,
-        "model.lang_num_layers": 2, "model.dino_hidden_dim": 64, "model.num_lang_samples": 8,
-        "trainer.rays_per_batch": 1024, "trainer.max_steps": 3000, "trainer.decay_steps": 3000,
-        "trainer.lang_decay_steps": 3000, "trainer.checkpoint_every": 500,
-        "teacher.pyramid_levels": 4, "teacher.pyramid_min": 0.1, "teacher.pyramid_max": 0.5,
+        "model.num_levels": 8,
+        "model.features_per_level": 2,
+        "model.log2_hashmap_size": 15,
+        "model.base_resolution": 16,
+        "model.max_resolution": 512,
+        "model.hidden_dim": 32,
+        "model.hidden_dim_color": 32,
+        "model.sh_degree": 3,
+        "model.num_proposal_samples": (48,),
+        "model.num_nerf_samples": 24,
+        "model.proposal_num_levels": 5,
+        "model.proposal_log2_hashmap_size": 14,
+        "model.proposal_max_resolution": (128,),
+        "model.proposal_anneal_steps": 300,
+        "model.lang_num_levels": (8,),
+        "model.lang_log2_hashmap_size": (15,),
+        "model.lang_base_resolution": (16,),
+        "model.lang_max_resolution": (256,),
+        "model.lang_features_per_level": 4,
+        "model.lang_hidden_dim": 64,
+        "model.lang_num_layers": 2,
+        "model.dino_hidden_dim": 64,
+        "model.num_lang_samples": 8,
+        "trainer.rays_per_batch": 1024,
+        "trainer.max_steps": 3000,
+        "trainer.decay_steps": 3000,
+        "trainer.lang_decay_steps": 3000,
+        "trainer.checkpoint_every": 500,
+        "teacher.pyramid_levels": 4,
+        "teacher.pyramid_min": 0.1,
+        "teacher.pyramid_max": 0.5,
         "keyframes.max_keyframes": 60,
-        "query.surface_stride": 2, "query.surface_max_views": 20, "query.max_candidate_points": 20000,
+        "query.surface_stride": 2,
+        "query.surface_max_views": 20,
+        "query.max_candidate_points": 20000,
     },
 }
 
@@ -702,8 +868,7 @@ def read_yaml_settings(path: str, nodes: Sequence[str] = LERF_NODES) -> Dict[str
 
 def _ros_sections(data: Mapping[str, Any], prefix: str, path: str) -> Optional[List[Tuple[str, Dict[str, Any]]]]:
     """[(node name, parameters)] of a ROS parameter file's mapping; None when it is not one."""
-    if not any(isinstance(v, dict) and ("ros__parameters" in v or _ros_sections(v, "", path))
-               for v in data.values()):
+    if not any(isinstance(v, dict) and ("ros__parameters" in v or _ros_sections(v, "", path)) for v in data.values()):
         return None
     out: List[Tuple[str, Dict[str, Any]]] = []
     for k, v in data.items():
@@ -716,8 +881,10 @@ def _ros_sections(data: Mapping[str, Any], prefix: str, path: str) -> Optional[L
         elif isinstance(v, dict) and _ros_sections(v, name, path):
             out.extend(_ros_sections(v, name, path))
         else:
-            raise ConfigError(f"{path}: '{name}' is not a node section ('node_name: ros__parameters: ...'); "
-                              "a ROS parameter file holds nothing else at top level")
+            raise ConfigError(
+                f"{path}: '{name}' is not a node section ('node_name: ros__parameters: ...'); "
+                "a ROS parameter file holds nothing else at top level"
+            )
     return out
 
 

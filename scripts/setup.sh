@@ -17,7 +17,7 @@ pipq() { "$VPY" -m pip install -q "$@" 2>&1 | { grep -v "^WARNING: Location 'fil
 log() { printf '[setup %3ds] %s\n' "$(( $(date +%s) - t0 ))" "$*"; }
 
 # Bump when the dependency list below changes, so reruns reinstall.
-DEPS_VERSION=3
+DEPS_VERSION=4
 
 ROS_RUNTIME=(ros-rclpy ros-rmw-fastrtps-cpp ros-sensor-msgs ros-geometry-msgs ros-std-msgs
   ros-std-srvs ros-visualization-msgs ros-nav-msgs ros-diagnostic-msgs ros-rcl-interfaces
@@ -35,7 +35,7 @@ ROS_BUILD=(colcon-common-extensions ros-ament-package ros-ament-cmake ros-ament-
   ros-rosidl-typesupport-introspection-cpp ros-rosidl-typesupport-fastrtps-c
   ros-rosidl-typesupport-fastrtps-cpp ros-rosidl-adapter ros-rosidl-typesupport-interface)
 ML=(open_clip_torch timm open3d rosbags)
-TOOLS=(numpy pyyaml pillow pytest pytest-timeout)
+TOOLS=(numpy pyyaml pillow pytest pytest-timeout ruff)
 
 # 1. Debian packages (open3d needs libusb at import time).
 if ! ldconfig -p 2>/dev/null | grep -q 'libusb-1.0.so.0'; then

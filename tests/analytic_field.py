@@ -10,6 +10,7 @@
 - language_multi_scale and language_basis: in closed form (class lookup once per point; the norm of
   the blend from the embeddings' dot products; the span of the class embeddings).
 """
+
 from __future__ import annotations
 
 from typing import Callable, Dict, List, Optional, Sequence
@@ -26,9 +27,16 @@ SOLID_DENSITY = 1000.0
 class AnalyticSnapshot:
     """Ground-truth field of a ``lerf_ros.data.synthetic.SyntheticScene`` (see module docstring)."""
 
-    def __init__(self, scene, encode_text: Callable[[List[str]], torch.Tensor], step: int = 0,
-                 frames: Optional[Sequence[int]] = None, background_text: str = "background",
-                 scale_width: float = 0.7, device: str = "cpu") -> None:
+    def __init__(
+        self,
+        scene,
+        encode_text: Callable[[List[str]], torch.Tensor],
+        step: int = 0,
+        frames: Optional[Sequence[int]] = None,
+        background_text: str = "background",
+        scale_width: float = 0.7,
+        device: str = "cpu",
+    ) -> None:
         """
         Args:
             scene: the synthetic scene.
@@ -42,29 +50,38 @@ class AnalyticSnapshot:
         self.step = int(step)
         self.device = torch.device(device)
         idx = range(len(scene.frames)) if frames is None else frames
-        self.cameras = [CameraView(np.asarray(scene.frames[i].K), np.asarray(scene.frames[i].c2w),
-                                   scene.frames[i].height, scene.frames[i].width) for i in idx]
+        self.cameras = [
+            CameraView(
+                np.asarray(scene.frames[i].K),
+                np.asarray(scene.frames[i].c2w),
+                scene.frames[i].height,
+                scene.frames[i].width,
+            )
+            for i in idx
+        ]
         objs = scene.objects
         names = [o.class_name for o in objs] + [background_text]
         emb = torch.as_tensor(encode_text(names)).float()
-        self._emb = torch.nn.functional.normalize(emb, dim=-1).to(self.device)      # (K + 1, D)
+        self._emb = torch.nn.functional.normalize(emb, dim=-1).to(self.device)  # (K + 1, D)
         self.clip_dim = int(emb.shape[1])
         self._centers = torch.tensor(np.stack([o.center for o in objs]), dtype=torch.float32, device=self.device)
         self._rot = torch.tensor(np.stack([o.rotation for o in objs]), dtype=torch.float32, device=self.device)
         self._half = torch.tensor(np.stack([o.size for o in objs]) / 2, dtype=torch.float32, device=self.device)
-        self._size = torch.tensor([float(np.max(o.size)) for o in objs] + [1.0], dtype=torch.float32,
-                                  device=self.device)
+        self._size = torch.tensor(
+            [float(np.max(o.size)) for o in objs] + [1.0], dtype=torch.float32, device=self.device
+        )
         self._width = float(scale_width)
         self.calls = {"language": 0, "language_multi_scale": 0, "render": 0}
 
     # ------------------------------------------------------------------ helpers
     def object_index(self, xyz: torch.Tensor) -> torch.Tensor:
         """(N, 3) -> (N,) long: index of the (first) object whose box contains the point, K if none."""
-        local = torch.einsum("nkc,kcd->nkd", xyz[:, None, :] - self._centers[None], self._rot)   # R^T (x - c)
-        inside = (local.abs() <= self._half[None]).all(dim=-1)                                 # (N, K)
+        local = torch.einsum("nkc,kcd->nkd", xyz[:, None, :] - self._centers[None], self._rot)  # R^T (x - c)
+        inside = (local.abs() <= self._half[None]).all(dim=-1)  # (N, K)
         K = inside.shape[1]
-        first = torch.where(inside.any(dim=1), inside.float().argmax(dim=1), torch.full_like(inside[:, 0], K,
-                                                                                             dtype=torch.long))
+        first = torch.where(
+            inside.any(dim=1), inside.float().argmax(dim=1), torch.full_like(inside[:, 0], K, dtype=torch.long)
+        )
         return first.long()
 
     def _weights(self, idx: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
@@ -84,16 +101,17 @@ class AnalyticSnapshot:
         return torch.nn.functional.normalize(v, dim=-1)
 
     @torch.no_grad()
-    def language_multi_scale(self, xyz: torch.Tensor, scales: torch.Tensor,
-                             project: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def language_multi_scale(
+        self, xyz: torch.Tensor, scales: torch.Tensor, project: Optional[torch.Tensor] = None
+    ) -> torch.Tensor:
         """xyz (N, 3), scales (S,), project (T, D) or None -> (S, N, T or D): language at each scale,
         projected. The class lookup runs once per point."""
         self.calls["language_multi_scale"] += 1
         idx = self.object_index(xyz)
-        w = self._weights(idx, scales.reshape(-1, 1))[..., None]                    # (S, N, 1)
-        e = self._emb if project is None else self._emb @ project.T                 # (K + 1, T)
-        gram = self._emb @ self._emb[-1]                                            # e_k . e_background
-        norm = torch.sqrt(w ** 2 + (1 - w) ** 2 + 2 * w * (1 - w) * gram[idx][None, :, None]).clamp_min(1e-12)
+        w = self._weights(idx, scales.reshape(-1, 1))[..., None]  # (S, N, 1)
+        e = self._emb if project is None else self._emb @ project.T  # (K + 1, T)
+        gram = self._emb @ self._emb[-1]  # e_k . e_background
+        norm = torch.sqrt(w**2 + (1 - w) ** 2 + 2 * w * (1 - w) * gram[idx][None, :, None]).clamp_min(1e-12)
         return (w * e[idx][None] + (1 - w) * e[-1][None, None]) / norm
 
     def language_basis(self) -> torch.Tensor:
@@ -108,8 +126,9 @@ class AnalyticSnapshot:
         idx = self.object_index(xyz)
         tx, ty = self.scene.table_size
         top = self.scene.table_height
-        table = (xyz[:, 0].abs() <= tx / 2) & (xyz[:, 1].abs() <= ty / 2) & (xyz[:, 2] <= top) & (
-            xyz[:, 2] >= top - 0.04)
+        table = (
+            (xyz[:, 0].abs() <= tx / 2) & (xyz[:, 1].abs() <= ty / 2) & (xyz[:, 2] <= top) & (xyz[:, 2] >= top - 0.04)
+        )
         solid = (idx < len(self._size) - 1) | table
         return solid.float() * SOLID_DENSITY
 
@@ -117,11 +136,15 @@ class AnalyticSnapshot:
     def render(self, K: np.ndarray, c2w: np.ndarray, height: int, width: int) -> Dict[str, torch.Tensor]:
         """Exact render of the scene: rgb (H, W, 3) in [0, 1], depth (H, W) z-depth, accumulation (H, W)."""
         self.calls["render"] += 1
-        rgb, depth, _ = self.scene.render_view(np.asarray(c2w, float), K=np.asarray(K, float), width=width,
-                                               height=height, shadows=False)
+        rgb, depth, _ = self.scene.render_view(
+            np.asarray(c2w, float), K=np.asarray(K, float), width=width, height=height, shadows=False
+        )
         depth_t = torch.from_numpy(np.asarray(depth, np.float32)).to(self.device)
-        return {"rgb": torch.from_numpy(rgb.astype(np.float32) / 255.0).to(self.device), "depth": depth_t,
-                "accumulation": (depth_t > 0).float()}
+        return {
+            "rgb": torch.from_numpy(rgb.astype(np.float32) / 255.0).to(self.device),
+            "depth": depth_t,
+            "accumulation": (depth_t > 0).float(),
+        }
 
 
 class ReferencePaths:

@@ -4,6 +4,7 @@ PyTorch's OpenMP worker threads spin while idle by default, which on a small sha
 many tiny operations of these tests down many times over; let them sleep (this must happen before
 torch is imported, which is why it is here).
 """
+
 import os
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")

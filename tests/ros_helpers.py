@@ -16,6 +16,7 @@
 - ``call(node, client, request, timeout)``: a service call that asks again when an answer is lost
   (the product's ``call_service``), spinning ``node``.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -93,8 +94,12 @@ def lerf_ros_argv(*args: str) -> List[str]:
     return python_argv("-m", "lerf_ros.cli", *args)
 
 
-def start_process(argv: Sequence[str], env: Optional[Dict[str, str]] = None,
-                  cwd: Optional[os.PathLike] = None, log_path: Optional[os.PathLike] = None) -> subprocess.Popen:
+def start_process(
+    argv: Sequence[str],
+    env: Optional[Dict[str, str]] = None,
+    cwd: Optional[os.PathLike] = None,
+    log_path: Optional[os.PathLike] = None,
+) -> subprocess.Popen:
     """Start ``argv`` in a new session (its own process group), stdout+stderr to a log file.
 
     The returned Popen has ``log_path`` (str) set; read it with ``process_output``.
@@ -104,9 +109,15 @@ def start_process(argv: Sequence[str], env: Optional[Dict[str, str]] = None,
         os.close(fd)
     log = open(log_path, "wb")
     try:
-        p = subprocess.Popen(list(argv), env=env if env is not None else ros_env(), cwd=str(cwd or REPO_ROOT),
-                             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                             start_new_session=True)
+        p = subprocess.Popen(
+            list(argv),
+            env=env if env is not None else ros_env(),
+            cwd=str(cwd or REPO_ROOT),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
     finally:
         log.close()
     p.log_path = str(log_path)  # type: ignore[attr-defined]

@@ -1,5 +1,6 @@
 """The benchmark: its metric kernels on hand-built cases, and a tiny end-to-end run whose JSON must
 hold every metric with values in range."""
+
 import json
 
 import numpy as np
@@ -8,12 +9,19 @@ import torch
 
 from lerf_ros.bench import BenchSettings, run_benchmark  # the names bench/pyramid_study.py imports
 from lerf_ros.bench.cli import settings_from_args
-from lerf_ros.geometry.camera import backproject
-from lerf_ros.bench.metrics import (AGGREGATE_KEYS, FRACTION_KEYS, box_2d, grasp_checks, in_box_2d, min_distances,
-                                    precision_recall)
+from lerf_ros.bench.metrics import (
+    AGGREGATE_KEYS,
+    FRACTION_KEYS,
+    box_2d,
+    grasp_checks,
+    in_box_2d,
+    min_distances,
+    precision_recall,
+)
 from lerf_ros.bench.settings import build_config, mode_settings
 from lerf_ros.cli import build_parser
 from lerf_ros.data.synthetic import make_scene
+from lerf_ros.geometry.camera import backproject
 from lerf_ros.query.grasp import GripperModel
 
 
@@ -113,7 +121,8 @@ def test_boxes_and_backprojection(scene):
 
 def test_settings_from_the_command_line():
     args = build_parser(with_subcommand_args="bench").parse_args(
-        ["bench", "--quick", "--seeds", "4", "5", "--budget", "100", "--set", "query.threshold=0.6"])
+        ["bench", "--quick", "--seeds", "4", "5", "--budget", "100", "--set", "query.threshold=0.6"]
+    )
     s = settings_from_args(args)
     assert s.mode == "quick" and s.seeds == (4, 5) and s.budget_s == 100.0 and s.overrides == {"query.threshold": 0.6}
     assert build_config(s).query.threshold == 0.6 and build_config(s).teacher.kind == "ground_truth"
@@ -127,10 +136,25 @@ def test_settings_from_the_command_line():
 
 # ------------------------------------------------------------------------------ end to end
 def test_tiny_run_writes_every_metric(tmp_path):
-    settings = BenchSettings(mode="quick", seeds=(3,), width=48, height=36, n_frames=8, max_steps=3,
-                             budget_s=30.0, online_fraction=0.5, online_min_s=0.0, online_max_s=5.0,
-                             online_check_every_s=2.0, online_snapshot_every=2, stream_frames=30,
-                             n_absent_vocabulary=2, eval_reserve_s=5.0, threads=1, progress=False)
+    settings = BenchSettings(
+        mode="quick",
+        seeds=(3,),
+        width=48,
+        height=36,
+        n_frames=8,
+        max_steps=3,
+        budget_s=30.0,
+        online_fraction=0.5,
+        online_min_s=0.0,
+        online_max_s=5.0,
+        online_check_every_s=2.0,
+        online_snapshot_every=2,
+        stream_frames=30,
+        n_absent_vocabulary=2,
+        eval_reserve_s=5.0,
+        threads=1,
+        progress=False,
+    )
     logs = []
     res = run_benchmark(settings, str(tmp_path), log=logs.append, command="test")
     on_disk = json.loads((tmp_path / "bench_quick.json").read_text())
@@ -143,8 +167,14 @@ def test_tiny_run_writes_every_metric(tmp_path):
     assert not missing
     for k in FRACTION_KEYS:
         assert agg[k] is None or 0.0 <= agg[k] <= 1.0, (k, agg[k])
-    for k in ("query_latency_ms_p50", "query_latency_ms_p95", "teacher_s_per_keyframe", "offline_rays_per_s",
-              "peak_rss_mb", "stream_rss_mb"):
+    for k in (
+        "query_latency_ms_p50",
+        "query_latency_ms_p95",
+        "teacher_s_per_keyframe",
+        "offline_rays_per_s",
+        "peak_rss_mb",
+        "stream_rss_mb",
+    ):
         assert agg[k] is not None and agg[k] > 0, k
     assert agg["query_latency_ms_p50"] <= agg["query_latency_ms_p95"]
     assert agg["peak_rss_mb"] >= agg["stream_rss_mb"] * 0.99
@@ -162,8 +192,9 @@ def test_tiny_run_writes_every_metric(tmp_path):
     assert len(sc["queries"]) == n_phrases + n_absent
     assert {a["text"] for a in sc["absent"]}.isdisjoint(scene.present_classes())
     assert sc["offline"]["steps"] == 3 and sc["offline"]["train_frames"] == 7  # frame 0 held out
-    held_out_boxes = sum(box_2d(scene.frames[0].instance, o.instance_id, settings.min_box_pixels) is not None
-                         for o in scene.objects)
+    held_out_boxes = sum(
+        box_2d(scene.frames[0].instance, o.instance_id, settings.min_box_pixels) is not None for o in scene.objects
+    )
     assert sc["metrics"]["loc2d_queries"] == held_out_boxes == len(sc["views_2d"])
     for q in sc["queries"]:
         assert q["correct"] in (True, False) and 0.0 <= q["max_relevancy"] <= 1.0 and q["latency_ms"] >= 0

@@ -1,4 +1,5 @@
 """Pinhole back-projection and projection (``lerf_ros.geometry.camera``): pixel centres at u + 0.5."""
+
 import numpy as np
 import pytest
 

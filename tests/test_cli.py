@@ -1,4 +1,5 @@
 """The `lerf-ros` command: help, and `query` against a checkpoint file and folder."""
+
 import subprocess
 import sys
 
@@ -10,8 +11,9 @@ from lerf_ros.teachers.ground_truth import GroundTruthTeacher
 
 
 def lerf_ros(*args, timeout=300):
-    return subprocess.run([sys.executable, "-m", "lerf_ros.cli", *args], capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "lerf_ros.cli", *args], capture_output=True, text=True, timeout=timeout
+    )
 
 
 def test_help_lists_every_command():

@@ -2,6 +2,7 @@
 
 LERF_SKIP_SLOW_TESTS=1 skips the full-size ViT-B-16 check (about 5 s on 2 cores).
 """
+
 import os
 import time
 from types import SimpleNamespace
@@ -13,8 +14,16 @@ import torch.nn.functional as F
 
 from lerf_ros.config import ConfigError, TeacherConfig
 from lerf_ros.data.frame import Frame
-from lerf_ros.teachers import (RANDOM_WEIGHTS_NOTE, ClipDinoTeacher, ClipEncoder, DinoEncoder, Teacher,
-                               TeacherWeightsError, compute_frame_features, make_teacher)
+from lerf_ros.teachers import (
+    RANDOM_WEIGHTS_NOTE,
+    ClipDinoTeacher,
+    ClipEncoder,
+    DinoEncoder,
+    Teacher,
+    TeacherWeightsError,
+    compute_frame_features,
+    make_teacher,
+)
 from lerf_ros.teachers.clip import extract_crops, find_cached_weights
 from lerf_ros.teachers.dino import dino_input_size
 
@@ -147,8 +156,9 @@ def test_missing_clip_weights_fail_fast(tmp_path):
 
 def test_clip_tag_is_resolved_in_a_warm_cache(tmp_path):
     # A corrupt file where the tag's weights belong: found offline, then refused with a clear error.
-    path = _hf_cache_file(str(tmp_path), "laion/CLIP-ViT-B-16-laion2B-s34B-b88K", "open_clip_model.safetensors",
-                          b"not a checkpoint")
+    path = _hf_cache_file(
+        str(tmp_path), "laion/CLIP-ViT-B-16-laion2B-s34B-b88K", "open_clip_model.safetensors", b"not a checkpoint"
+    )
     with pytest.raises(TeacherWeightsError, match="could not load") as err:
         ClipEncoder("ViT-B-16", "laion2b_s34b_b88k", cache_dir=str(tmp_path), device="cpu")
     assert os.path.basename(path) in str(err.value)
@@ -158,8 +168,9 @@ def test_find_cached_weights_reads_only_local_caches(tmp_path):
     root = str(tmp_path)
     assert find_cached_weights("laion/some-model", ["open_clip_model.safetensors"], cache_dir=root) is None
     path = _hf_cache_file(root, "laion/some-model", "open_clip_pytorch_model.bin", b"x")
-    got = find_cached_weights("laion/some-model", ["open_clip_model.safetensors", "open_clip_pytorch_model.bin"],
-                              cache_dir=root)
+    got = find_cached_weights(
+        "laion/some-model", ["open_clip_model.safetensors", "open_clip_pytorch_model.bin"], cache_dir=root
+    )
     assert got is not None and os.path.samefile(got, path)
     url_dir = tmp_path / "clip"
     url_dir.mkdir()
@@ -201,8 +212,18 @@ def test_dino_token_facet_and_dynamic_size():
     feats = enc.dense_features(_frame(48, 64).rgb)  # 64x48 -> 32x24 input -> 4x3 patches
     assert feats.shape == (3, 4, 384)
     tokens = enc.model.forward_features(
-        (F.interpolate(torch.from_numpy(_frame(48, 64).rgb).permute(2, 0, 1)[None].float() / 255, size=(24, 32),
-                       mode="bilinear", align_corners=False, antialias=True) - enc._mean) / enc._std)
+        (
+            F.interpolate(
+                torch.from_numpy(_frame(48, 64).rgb).permute(2, 0, 1)[None].float() / 255,
+                size=(24, 32),
+                mode="bilinear",
+                align_corners=False,
+                antialias=True,
+            )
+            - enc._mean
+        )
+        / enc._std
+    )
     torch.testing.assert_close(feats.reshape(12, 384), tokens[0, 1:], atol=1e-5, rtol=1e-5)
 
 
@@ -242,8 +263,7 @@ def test_clip_dino_teacher_frame_features(tiny_clip, small_dino):
     for level in (p.levels[0], p.levels[-1]):
         boxes = level.boxes()[[0, level.num_crops // 2, -1]]
         centres = (boxes[:, :2] + boxes[:, 2:]) / 2.0
-        got = p.lookup(torch.tensor(centres[:, 0]), torch.tensor(centres[:, 1]),
-                       torch.full((3,), float(level.size_px)))
+        got = p.lookup(torch.tensor(centres[:, 0]), torch.tensor(centres[:, 1]), torch.full((3,), float(level.size_px)))
         torch.testing.assert_close(got, teacher.encode_crops(frame, boxes), atol=2e-3, rtol=0)
     dense = teacher.dense_features(frame)
     assert feats.dino.grid_size == dense.shape[:2]
@@ -259,8 +279,10 @@ def test_make_teacher():
     with pytest.raises(ValueError, match="scene"):
         make_teacher(TeacherConfig(kind="ground_truth"))
     pytest.importorskip("lerf_ros.teachers.ground_truth")
-    scene = SimpleNamespace(objects=[SimpleNamespace(instance_id=1, class_name="mug")],
-                            vocabulary=[SimpleNamespace(name="mug", synonyms=("cup",))])
+    scene = SimpleNamespace(
+        objects=[SimpleNamespace(instance_id=1, class_name="mug")],
+        vocabulary=[SimpleNamespace(name="mug", synonyms=("cup",))],
+    )
     gt = make_teacher(TeacherConfig(kind="ground_truth"), scene=scene)
     assert isinstance(gt, Teacher) and not isinstance(gt, ClipDinoTeacher)
     with pytest.raises(ConfigError, match="teacher.kind"):

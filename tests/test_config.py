@@ -1,5 +1,6 @@
 """The configuration: presets, overrides, type coercion, YAML (plain and ROS parameter-file form),
 node-level keys, removed keys, round trips, field descriptions, and the launch-argument rule."""
+
 import ast
 import dataclasses
 from pathlib import Path
@@ -78,23 +79,41 @@ def test_an_override_cannot_switch_the_preset_but_from_dict_chooses_it_first():
     assert cfg.preset == "tiny" and cfg.model.hidden_dim == 48 and cfg.model.num_levels == 8
 
 
-@pytest.mark.parametrize("key,value", [
-    ("query.threshold", 1.5), ("model.num_lang_samples", 100), ("model.background_color", "green"),
-    ("model.lang_num_levels", (8, 8)), ("trainer.schedule", "linear"), ("trainer.lr_lang", 0.0),
-    ("keyframes.min_keyframes_to_train", 0), ("keyframes.max_clipped_fraction", 0.0),
-    ("teacher.dino_facet", "value"), ("teacher.pyramid_min", 0.9), ("device", "gpu"), ("seed", -1),
-])
+@pytest.mark.parametrize(
+    "key,value",
+    [
+        ("query.threshold", 1.5),
+        ("model.num_lang_samples", 100),
+        ("model.background_color", "green"),
+        ("model.lang_num_levels", (8, 8)),
+        ("trainer.schedule", "linear"),
+        ("trainer.lr_lang", 0.0),
+        ("keyframes.min_keyframes_to_train", 0),
+        ("keyframes.max_clipped_fraction", 0.0),
+        ("teacher.dino_facet", "value"),
+        ("teacher.pyramid_min", 0.9),
+        ("device", "gpu"),
+        ("seed", -1),
+    ],
+)
 def test_invalid_values_are_refused_naming_the_key(key, value):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         preset("tiny").override({key: value})
 
 
 # ---------------------------------------------------------------------------------- section checks
-@pytest.mark.parametrize("section,field_name,value", [
-    (TeacherConfig, "kind", "oracle"), (ModelConfig, "sh_degree", 5), (ModelConfig, "near", 0.0),
-    (TrainerConfig, "lang_loss", "l2"), (TrainerConfig, "keep_checkpoints", 0),
-    (KeyframeConfig, "max_keyframes", 2), (QueryConfig, "temperature", 0.0),
-])
+@pytest.mark.parametrize(
+    "section,field_name,value",
+    [
+        (TeacherConfig, "kind", "oracle"),
+        (ModelConfig, "sh_degree", 5),
+        (ModelConfig, "near", 0.0),
+        (TrainerConfig, "lang_loss", "l2"),
+        (TrainerConfig, "keep_checkpoints", 0),
+        (KeyframeConfig, "max_keyframes", 2),
+        (QueryConfig, "temperature", 0.0),
+    ],
+)
 def test_each_section_checks_its_own_fields(section, field_name, value):
     assert section().check() == section()
     bad = dataclasses.replace(section(), **{field_name: value})
@@ -119,12 +138,22 @@ def test_cross_section_rule_tinycudann_needs_cuda():
 
 # ---------------------------------------------------------------------------------- coercion
 def test_strings_and_numbers_are_coerced_to_the_field_type():
-    cfg = preset("tiny").override({
-        "trainer.lr_fields": "1e-3", "model.hidden_dim": "48", "trainer.max_steps": "1e3",
-        "keyframes.max_memory_mb": 512, "trainer.mixed_precision": "false", "model.auto_bounds": "yes",
-        "keyframes.max_image_side": 320.0, "query.scales": "0.1, 0.5", "model.num_proposal_samples": "[32]",
-        "model.scene_center": "(1, 2, 3)", "query.canonical_phrases": "object, stuff", "output_dir": 42,
-    })
+    cfg = preset("tiny").override(
+        {
+            "trainer.lr_fields": "1e-3",
+            "model.hidden_dim": "48",
+            "trainer.max_steps": "1e3",
+            "keyframes.max_memory_mb": 512,
+            "trainer.mixed_precision": "false",
+            "model.auto_bounds": "yes",
+            "keyframes.max_image_side": 320.0,
+            "query.scales": "0.1, 0.5",
+            "model.num_proposal_samples": "[32]",
+            "model.scene_center": "(1, 2, 3)",
+            "query.canonical_phrases": "object, stuff",
+            "output_dir": 42,
+        }
+    )
     assert cfg.trainer.lr_fields == 1e-3 and isinstance(cfg.trainer.lr_fields, float)
     assert cfg.model.hidden_dim == 48 and cfg.trainer.max_steps == 1000 and isinstance(cfg.trainer.max_steps, int)
     assert cfg.keyframes.max_memory_mb == 512.0 and isinstance(cfg.keyframes.max_memory_mb, float)
@@ -135,14 +164,23 @@ def test_strings_and_numbers_are_coerced_to_the_field_type():
     assert cfg.query.canonical_phrases == ("object", "stuff") and cfg.output_dir == "42"
 
 
-@pytest.mark.parametrize("key,value,expected", [
-    ("model.hidden_dim", "many", "int"), ("model.hidden_dim", 2.5, "int"), ("model.hidden_dim", True, "int"),
-    ("trainer.lr_fields", "fast", "float"), ("trainer.lr_fields", False, "float"),
-    ("trainer.lr_fields", [1.0], "float"),
-    ("trainer.mixed_precision", "maybe", "bool"), ("trainer.mixed_precision", 2, "bool"),
-    ("output_dir", ["a", "b"], "str"), ("query.scales", "small, large", "list of float"),
-    ("model.scene_center", [1.0, 2.0], "3 values"), ("model.lang_num_levels", {"a": 1}, "unknown"),
-])
+@pytest.mark.parametrize(
+    "key,value,expected",
+    [
+        ("model.hidden_dim", "many", "int"),
+        ("model.hidden_dim", 2.5, "int"),
+        ("model.hidden_dim", True, "int"),
+        ("trainer.lr_fields", "fast", "float"),
+        ("trainer.lr_fields", False, "float"),
+        ("trainer.lr_fields", [1.0], "float"),
+        ("trainer.mixed_precision", "maybe", "bool"),
+        ("trainer.mixed_precision", 2, "bool"),
+        ("output_dir", ["a", "b"], "str"),
+        ("query.scales", "small, large", "list of float"),
+        ("model.scene_center", [1.0, 2.0], "3 values"),
+        ("model.lang_num_levels", {"a": 1}, "unknown"),
+    ],
+)
 def test_wrong_types_are_refused_naming_the_key(key, value, expected):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")) as err:
         preset("tiny").override({key: value})
@@ -290,8 +328,11 @@ def test_every_field_of_every_section_has_a_description():
 
 # ---------------------------------------------------------------------------------- launch arguments
 def test_launch_arguments_not_given_do_not_override_the_params_file(tmp_path):
-    path = write(tmp_path / "my.yaml", "/**:\n  ros__parameters:\n    preset: tiny\n    output_dir: mine\n"
-                 "    world_frame: odom\n    use_sim_time: true\n")
+    path = write(
+        tmp_path / "my.yaml",
+        "/**:\n  ros__parameters:\n    preset: tiny\n    output_dir: mine\n"
+        "    world_frame: odom\n    use_sim_time: true\n",
+    )
     nothing = {name: NOT_GIVEN for name in PARAMETER_ARGUMENTS}
     assert given_overrides(nothing) == {} and given_overrides({}) == {}
     plan = launch_plan(path, nothing)
@@ -315,8 +356,9 @@ def test_launch_refuses_a_params_file_with_an_unknown_key(tmp_path):
 
 def test_the_launch_file_gives_its_parameter_arguments_no_default_of_their_own():
     tree = ast.parse((REPO / "launch" / "lerf.launch.py").read_text())
-    declared = [n for n in ast.walk(tree)
-                if isinstance(n, ast.Call) and getattr(n.func, "id", "") == "DeclareLaunchArgument"]
+    declared = [
+        n for n in ast.walk(tree) if isinstance(n, ast.Call) and getattr(n.func, "id", "") == "DeclareLaunchArgument"
+    ]
     literal_names = {n.args[0].value for n in declared if n.args and isinstance(n.args[0], ast.Constant)}
     assert not literal_names & set(PARAMETER_ARGUMENTS), "a parameter argument with its own default overrides the file"
     calls = {getattr(n.func, "id", "") for n in ast.walk(tree) if isinstance(n, ast.Call)}
@@ -333,11 +375,21 @@ def test_lerf_ros_run_follows_the_same_rule(tmp_path):
     args = parser.parse_args(["--params-file", str(SHIPPED)])
     assert run.check(args) == ""
     assert run.ros_args(args) == ["--ros-args", "--params-file", str(SHIPPED)]
-    args = parser.parse_args(["--params-file", str(SHIPPED), "--preset", "tiny", "--param", "query.threshold:=0.6",
-                              "--remap", "image:=/cam"])
+    args = parser.parse_args(
+        ["--params-file", str(SHIPPED), "--preset", "tiny", "--param", "query.threshold:=0.6", "--remap", "image:=/cam"]
+    )
     assert run.check(args) == ""
-    assert run.ros_args(args) == ["--ros-args", "--params-file", str(SHIPPED), "-p", "preset:=tiny",
-                                  "-p", "query.threshold:=0.6", "-r", "image:=/cam"]
+    assert run.ros_args(args) == [
+        "--ros-args",
+        "--params-file",
+        str(SHIPPED),
+        "-p",
+        "preset:=tiny",
+        "-p",
+        "query.threshold:=0.6",
+        "-r",
+        "image:=/cam",
+    ]
     args = parser.parse_args(["--params-file", str(SHIPPED), "--param", "query.treshold:=0.6"])
     assert "query.treshold" in run.check(args)
     old = write(tmp_path / "old.yaml", "/**:\n  ros__parameters:\n    trainer:\n      seed: 1\n")

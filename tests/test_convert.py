@@ -1,4 +1,5 @@
 """ROS message <-> numpy conversions (message classes only: no rclpy.init, no graph)."""
+
 import math
 import struct
 
@@ -287,7 +288,7 @@ def test_pointcloud2_round_trip_and_rviz_rgb_packing():
     # byte layout RViz reads: little-endian float x at 0; rgb bytes B, G, R, 0 at offset 12
     raw = bytes(msg.data)
     assert struct.unpack_from("<f", raw, 20 * 3)[0] == xyz[3, 0]
-    assert tuple(raw[20 * 4 + 12: 20 * 4 + 16]) == (rgb[4, 2], rgb[4, 1], rgb[4, 0], 0)
+    assert tuple(raw[20 * 4 + 12 : 20 * 4 + 16]) == (rgb[4, 2], rgb[4, 1], rgb[4, 0], 0)
     out = pointcloud2_to_numpy(msg)
     np.testing.assert_array_equal(out["xyz"], xyz)
     np.testing.assert_array_equal(out["rgb"], rgb)
@@ -303,11 +304,13 @@ def test_pointcloud2_round_trip_and_rviz_rgb_packing():
 def test_pointcloud2_foreign_layout():
     """An organised, big-endian cloud with padding and mixed types, built by hand."""
     h, w = 2, 3
-    fields = [PointField(name="x", offset=0, datatype=PointField.FLOAT64, count=1),
-              PointField(name="y", offset=8, datatype=PointField.FLOAT64, count=1),
-              PointField(name="z", offset=16, datatype=PointField.FLOAT64, count=1),
-              PointField(name="intensity", offset=24, datatype=PointField.UINT16, count=1),
-              PointField(name="normal", offset=28, datatype=PointField.FLOAT32, count=3)]
+    fields = [
+        PointField(name="x", offset=0, datatype=PointField.FLOAT64, count=1),
+        PointField(name="y", offset=8, datatype=PointField.FLOAT64, count=1),
+        PointField(name="z", offset=16, datatype=PointField.FLOAT64, count=1),
+        PointField(name="intensity", offset=24, datatype=PointField.UINT16, count=1),
+        PointField(name="normal", offset=28, datatype=PointField.FLOAT32, count=3),
+    ]
     point_step, row_step = 48, 48 * w + 8
     data = b""
     expect = []
@@ -318,8 +321,9 @@ def test_pointcloud2_foreign_layout():
             expect.append((x, y, z, i, nrm))
             row += struct.pack(">dddH2x3f", x, y, z, i, *nrm) + b"\x00" * 8
         data += row + b"\xff" * 8
-    msg = PointCloud2(height=h, width=w, fields=fields, is_bigendian=True, point_step=point_step,
-                      row_step=row_step, is_dense=True)
+    msg = PointCloud2(
+        height=h, width=w, fields=fields, is_bigendian=True, point_step=point_step, row_step=row_step, is_dense=True
+    )
     msg.data = data
     out = pointcloud2_to_numpy(msg)
     np.testing.assert_allclose(out["xyz"], [e[:3] for e in expect])

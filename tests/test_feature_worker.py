@@ -1,4 +1,5 @@
 """The background feature worker, with a real (tiny, random-weights) CLIP + DINO teacher."""
+
 import threading
 
 import numpy as np

@@ -1,4 +1,5 @@
 """FrozenField's one-pass language path against the per-scale reference, on the real tiny field."""
+
 import pytest
 import torch
 
@@ -20,7 +21,7 @@ def frozen(clip_dim: int, chunk_rays: int = 16) -> FrozenField:
 
 def points(n: int = 300) -> torch.Tensor:
     g = torch.Generator().manual_seed(2)
-    return torch.rand(n, 3, generator=g) * 6.0 - 3.0          # inside and beyond the scene box
+    return torch.rand(n, 3, generator=g) * 6.0 - 3.0  # inside and beyond the scene box
 
 
 @pytest.mark.parametrize("clip_dim", [512, 32])
@@ -30,7 +31,7 @@ def test_one_pass_matches_the_language_field_called_once_per_scale(clip_dim):
     snap = frozen(clip_dim)
     assert isinstance(snap, FieldSnapshot)
     xyz = points()
-    ref = language_per_scale(snap, xyz, SCALES)                                   # (S, N, D)
+    ref = language_per_scale(snap, xyz, SCALES)  # (S, N, D)
     got = snap.language_multi_scale(xyz, SCALES)
     assert got.shape == (len(SCALES), len(xyz), clip_dim)
     torch.testing.assert_close(got, ref)
@@ -39,8 +40,7 @@ def test_one_pass_matches_the_language_field_called_once_per_scale(clip_dim):
     lang = model.lang
     with torch.no_grad():
         feats = lang.features(model.to_grid(xyz))
-        head = torch.stack([lang.clip_net(torch.cat([feats, torch.full((len(xyz), 1), float(s))], -1))
-                            for s in SCALES])
+        head = torch.stack([lang.clip_net(torch.cat([feats, torch.full((len(xyz), 1), float(s))], -1)) for s in SCALES])
     torch.testing.assert_close(got, torch.nn.functional.normalize(head, dim=-1))
     # Projected onto a few rows, as the scale search asks.
     P = torch.linalg.qr(torch.randn(clip_dim, 6, generator=torch.Generator().manual_seed(4)))[0].T.contiguous()

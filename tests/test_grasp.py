@@ -1,12 +1,20 @@
 """Grasp-target poses on point clusters built here: boxes on a table, with exact normals."""
+
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from lerf_ros.query.grasp import (GripperModel, _outline_cos, cluster_dbscan, gripper_collisions,
-                                  plan_grasps, quaternion_xyzw_to_rotation, rank_clusters,
-                                  rotation_to_quaternion_xyzw)
+from lerf_ros.query.grasp import (
+    GripperModel,
+    _outline_cos,
+    cluster_dbscan,
+    gripper_collisions,
+    plan_grasps,
+    quaternion_xyzw_to_rotation,
+    rank_clusters,
+    rotation_to_quaternion_xyzw,
+)
 
 SPACING = 0.005
 GRIPPER = GripperModel(max_width=0.08, finger_depth=0.04, width_margin=0.01, support_clearance=0.01)
@@ -64,13 +72,13 @@ def assert_frames_valid(grasps):
         R = g.pose[:3, :3]
         np.testing.assert_allclose(R.T @ R, np.eye(3), atol=1e-9)
         assert np.linalg.det(R) == pytest.approx(1.0, abs=1e-9)
-        np.testing.assert_allclose(np.cross(R[:, 1], R[:, 2]), R[:, 0], atol=1e-9)   # x = y cross z
+        np.testing.assert_allclose(np.cross(R[:, 1], R[:, 2]), R[:, 0], atol=1e-9)  # x = y cross z
         np.testing.assert_allclose(g.pose[3], [0, 0, 0, 1])
 
 
 @pytest.mark.parametrize("yaw", [0.0, 0.6])
 def test_small_box_gets_top_down_grasp_across_narrow_side(yaw):
-    center, size = (0.05, -0.02, 0.025), (0.04, 0.10, 0.05)      # 4 cm narrow, 10 cm long, 5 cm tall
+    center, size = (0.05, -0.02, 0.025), (0.04, 0.10, 0.05)  # 4 cm narrow, 10 cm long, 5 cm tall
     plan, _ = plan_for_box(center, size, yaw)
     assert plan.grasps, plan.message
     assert_frames_valid(plan.grasps)
@@ -95,7 +103,7 @@ def test_tall_object_is_grasped_from_the_side_above_the_table():
     assert_frames_valid(plan.grasps)
     best = plan.grasps[0]
     assert best.kind == "side"
-    assert abs(best.approach[2]) < 1e-6                              # horizontal approach
+    assert abs(best.approach[2]) < 1e-6  # horizontal approach
     assert in_box(best.position, center, size)
     assert best.width <= GRIPPER.max_width
     # Fingers (breadth along gripper x, here vertical) clear the table.
@@ -118,7 +126,7 @@ def test_obstacle_above_blocks_top_down_grasp():
     assert free.grasps and free.grasps[0].kind == "top"
     u = np.arange(-0.1, 0.1 + 1e-9, 0.005)
     X, Y = np.meshgrid(u, u)
-    shelf = np.stack([X.ravel(), Y.ravel(), np.full(X.size, 0.09)], axis=1)   # 4 cm above the top
+    shelf = np.stack([X.ravel(), Y.ravel(), np.full(X.size, 0.09)], axis=1)  # 4 cm above the top
     blocked, _ = plan_for_box(center, size, extra_scene=shelf)
     assert blocked.grasps == []
     assert "collide" in blocked.message
@@ -147,7 +155,7 @@ def test_dbscan_separates_boxes_and_marks_noise():
     b, _ = box_surface((0.2, 0.0, 0.025), (0.04, 0.05, 0.05))
     lone = np.array([[1.0, 1.0, 1.0]])
     labels = cluster_dbscan(np.concatenate([a, b, lone]), eps=0.02, min_points=10)
-    assert len(set(labels[:len(a)])) == 1 and len(set(labels[len(a):len(a) + len(b)])) == 1
+    assert len(set(labels[: len(a)])) == 1 and len(set(labels[len(a) : len(a) + len(b)])) == 1
     assert labels[0] != labels[len(a)]
     assert labels[-1] == -1
 
@@ -200,9 +208,9 @@ def cup_surface(center, r_out, wall, height, spacing=0.005):
         d = np.stack([np.cos(T.ravel()), np.sin(T.ravel()), np.zeros(T.size)], 1)
         pts.append(np.stack([cx + r * d[:, 0], cy + r * d[:, 1], Z.ravel()], 1))
         nrm.append(sign * d)
-    u = np.arange(-(r_out - wall), r_out - wall + 1e-9, spacing)   # the floor inside
+    u = np.arange(-(r_out - wall), r_out - wall + 1e-9, spacing)  # the floor inside
     X, Y = np.meshgrid(u, u)
-    inside = X ** 2 + Y ** 2 < (r_out - wall) ** 2
+    inside = X**2 + Y**2 < (r_out - wall) ** 2
     pts.append(np.stack([cx + X[inside], cy + Y[inside], np.full(inside.sum(), 0.004)], 1))
     nrm.append(np.tile([0.0, 0.0, 1.0], (int(inside.sum()), 1)))
     return np.concatenate(pts), np.concatenate(nrm)
@@ -217,12 +225,12 @@ def test_bowl_wider_than_gripper_is_grasped_at_its_rim():
     assert_frames_valid(plan.grasps)
     for g in plan.grasps:
         radial = np.hypot(g.position[0] - center[0], g.position[1] - center[1])
-        assert r_out - wall - 0.01 <= radial <= r_out + 0.005           # on the wall, not across the bowl
+        assert r_out - wall - 0.01 <= radial <= r_out + 0.005  # on the wall, not across the bowl
         assert g.width <= wall + GRIPPER.width_margin + 0.01
         closing = np.array([*g.closing_axis[:2], 0.0])
         to_axis = np.array([g.position[0] - center[0], g.position[1] - center[1], 0.0]) / radial
-        assert abs(closing @ to_axis) > 0.9                              # closes across the wall
-        assert g.position[2] > height - GRIPPER.finger_depth             # fingertips reach in from the rim
+        assert abs(closing @ to_axis) > 0.9  # closes across the wall
+        assert g.position[2] > height - GRIPPER.finger_depth  # fingertips reach in from the rim
         assert gripper_collisions(g.pose, g.width, GRIPPER, scene, pad=0.0025) <= GRIPPER.collision_tolerance
 
 
@@ -231,13 +239,13 @@ def test_gap_inside_an_object_that_fits_is_not_a_part():
     planner put a finger into the box: the runs that fit together are grasped together."""
     center, size = (0.0, 0.0, 0.025), (0.05, 0.10, 0.05)
     pts, nrm = box_surface(center, size)
-    hole = (np.abs(pts[:, 0] + 0.002) < 0.013) & (pts[:, 2] > 0.03)          # top and sides near x = 0
+    hole = (np.abs(pts[:, 0] + 0.002) < 0.013) & (pts[:, 2] > 0.03)  # top and sides near x = 0
     pts, nrm = pts[~hole], nrm[~hole]
     scene = np.concatenate([pts, table()])
     plan = plan_grasps(pts, nrm, np.full(len(pts), 0.9), scene, GRIPPER, 0.02, 10, 5, point_spacing=0.01)
     assert plan.grasps, plan.message
     for g in plan.grasps:
-        if abs(g.closing_axis[0]) > 0.9:                                # closing across the 5 cm side
+        if abs(g.closing_axis[0]) > 0.9:  # closing across the 5 cm side
             assert g.width >= size[0] - 0.002
 
 
@@ -246,20 +254,20 @@ def test_outline_slope_tells_a_straight_side_from_a_corner():
     straight = np.tile(np.linspace(-0.03, 0.03, 7), 5)
     assert _outline_cos(xs, straight, 0.0, 0.005) > 0.99
     corner = np.concatenate([np.linspace(-0.03 + x + 0.01, 0.03 - x - 0.01, 7) for x in np.linspace(-0.01, 0.01, 5)])
-    assert 0.6 < _outline_cos(xs, corner, 0.0, 0.005) < 0.75        # 45-degree ends: cos 45 = 0.71
+    assert 0.6 < _outline_cos(xs, corner, 0.0, 0.005) < 0.75  # 45-degree ends: cos 45 = 0.71
 
 
 def test_padding_catches_a_finger_between_sparse_samples():
     """A finger cutting through a surface sampled every 1.5 cm can fall between the samples; growing
     the volume by half the spacing finds it."""
-    u = np.arange(-0.1, 0.1 + 1e-9, 0.015) + 0.0075           # no sample inside a 1 cm finger here
+    u = np.arange(-0.1, 0.1 + 1e-9, 0.015) + 0.0075  # no sample inside a 1 cm finger here
     X, Y = np.meshgrid(u, u)
     sheet = np.stack([X.ravel(), Y.ravel(), np.full(X.size, 0.02)], 1)
     pose = np.eye(4)
     pose[:3, 2] = [0, 0, -1]
     pose[:3, 1] = [0, 1, 0]
     pose[:3, 0] = np.cross(pose[:3, 1], pose[:3, 2])
-    pose[:3, 3] = [0.0, 0.0, 0.0]                                   # fingertips below the sheet
+    pose[:3, 3] = [0.0, 0.0, 0.0]  # fingertips below the sheet
     width = 0.02
     assert gripper_collisions(pose, width, GRIPPER, sheet) <= GRIPPER.collision_tolerance
     assert gripper_collisions(pose, width, GRIPPER, sheet, pad=0.0075) > GRIPPER.collision_tolerance

@@ -1,4 +1,5 @@
 """The ground-truth teacher: crop mixtures from instance maps, text lookups, instance features."""
+
 import os
 import subprocess
 import sys
@@ -92,7 +93,7 @@ def test_matches_a_per_crop_reference_on_a_random_map(teacher):
     cls = teacher.instance_to_class[inst]
     for i in range(0, len(boxes), 7):  # reference: explicit histogram of the crop's pixels
         a, b, c, d = boxes[i]
-        crop = cls[max(b, 0):d, max(a, 0):c].ravel()
+        crop = cls[max(b, 0) : d, max(a, 0) : c].ravel()
         w = np.bincount(crop, minlength=len(teacher.class_names)) / crop.size
         ref = w @ teacher.class_embeddings.astype(np.float64)
         np.testing.assert_allclose(got[i], ref / np.linalg.norm(ref), atol=1e-5)
@@ -136,9 +137,11 @@ def test_text_synonyms_and_unknown_words(teacher):
 
 
 def test_unknown_text_vector_does_not_depend_on_python_hash_seed(teacher):
-    code = ("import numpy as np; from lerf_ros.data.synthetic import VOCABULARY; "
-            "from lerf_ros.teachers.ground_truth import GroundTruthTeacher as G; "
-            "print(' '.join(f'{x:.7f}' for x in G([], VOCABULARY).encode_text(['giraffe'])[0, :4].tolist()))")
+    code = (
+        "import numpy as np; from lerf_ros.data.synthetic import VOCABULARY; "
+        "from lerf_ros.teachers.ground_truth import GroundTruthTeacher as G; "
+        "print(' '.join(f'{x:.7f}' for x in G([], VOCABULARY).encode_text(['giraffe'])[0, :4].tolist()))"
+    )
     env = dict(os.environ, PYTHONHASHSEED="12345")
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
     here = teacher.encode_text(["giraffe"])[0, :4].numpy()
@@ -183,7 +186,7 @@ def test_on_a_rendered_scene():
     # find a 3x3 patch fully inside some object and check it embeds as that object's class
     inst = frame.instance
     for y in range(1, 47):
-        xs = [x for x in range(1, 63) if inst[y, x] > 0 and (inst[y - 1:y + 2, x - 1:x + 2] == inst[y, x]).all()]
+        xs = [x for x in range(1, 63) if inst[y, x] > 0 and (inst[y - 1 : y + 2, x - 1 : x + 2] == inst[y, x]).all()]
         if xs:
             x = xs[0]
             break
@@ -211,8 +214,9 @@ def test_frame_without_instance_map_gets_the_scene_ground_truth_at_its_pose():
     streamed = copy.copy(f)
     streamed.instance = None
     boxes = np.array([[0, 0, 16, 16], [10, 8, 40, 30]])
-    np.testing.assert_allclose(teacher.encode_crops(streamed, boxes).numpy(),
-                               teacher.encode_crops(f, boxes).numpy(), atol=1e-5)
+    np.testing.assert_allclose(
+        teacher.encode_crops(streamed, boxes).numpy(), teacher.encode_crops(f, boxes).numpy(), atol=1e-5
+    )
     np.testing.assert_array_equal(streamed.instance, f.instance)
     bare = GroundTruthTeacher(sc.objects, sc.vocabulary)
     streamed.instance = None
@@ -237,7 +241,7 @@ def test_canonical_phrases_are_generic_so_unrelated_text_scores_below_half():
     rel = relevancy(phi, mug, canon)
     mug_row = teacher.class_index("mug")
     assert float(rel[mug_row]) > 0.95
-    others = torch.cat([rel[:mug_row], rel[mug_row + 1:]])
+    others = torch.cat([rel[:mug_row], rel[mug_row + 1 :]])
     assert float(others.max()) < 0.4 and float(others.mean()) < 0.25
     unknown = teacher.encode_text(["zebra crossing"])[0]
     assert float(relevancy(phi, unknown, canon).max()) < 0.4

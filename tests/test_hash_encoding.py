@@ -1,14 +1,20 @@
 """Hash encoding: layout, the vectorised PyTorch backend against a direct per-corner computation,
 gradients, and (where a GPU with tinycudann exists) tinycudann against the PyTorch reference."""
+
 import math
 
 import numpy as np
 import pytest
 import torch
 
-from lerf_ros.field.hash_encoding import (HASH_PRIMES, HashEncoding, HashGridLayout, hash_grid_forward_torch,
-                                          hash_grid_indices, tcnn_available)
-
+from lerf_ros.field.hash_encoding import (
+    HASH_PRIMES,
+    HashEncoding,
+    HashGridLayout,
+    hash_grid_forward_torch,
+    hash_grid_indices,
+    tcnn_available,
+)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -34,7 +40,7 @@ def per_corner_reference(x: np.ndarray, table: np.ndarray, lay: HashGridLayout) 
                 w = 1.0
                 for d in range(3):
                     w *= frac[d] if (corner >> d) & 1 else 1.0 - frac[d]
-                if res ** 3 <= size:  # dense level
+                if res**3 <= size:  # dense level
                     idx = (c[0] + c[1] * res + c[2] * res * res) % size
                 else:  # spatial hash, uint32
                     h = 0
@@ -42,14 +48,15 @@ def per_corner_reference(x: np.ndarray, table: np.ndarray, lay: HashGridLayout) 
                         h ^= (c[d] * HASH_PRIMES[d]) & 0xFFFFFFFF
                     idx = h % size
                 acc += w * rows[lay.offsets[lev] + idx]
-            out[i, lev * fpl:(lev + 1) * fpl] = acc
+            out[i, lev * fpl : (lev + 1) * fpl] = acc
     return out
 
 
 def test_layout_by_hand():
     # 4 levels, base 4, max 32 -> growth 2: scales 3, 7, 15, 31; resolutions 4, 8, 16, 32.
-    lay = HashGridLayout.build(num_levels=4, features_per_level=2, log2_hashmap_size=12, base_resolution=4,
-                               max_resolution=32)
+    lay = HashGridLayout.build(
+        num_levels=4, features_per_level=2, log2_hashmap_size=12, base_resolution=4, max_resolution=32
+    )
     assert lay.per_level_scale == pytest.approx(2.0)
     assert lay.scales == pytest.approx((3.0, 7.0, 15.0, 31.0))
     assert lay.resolutions == (4, 8, 16, 32)
@@ -71,15 +78,16 @@ def test_reference_default_sizes():
     assert lay.resolutions[0] == 16 and lay.resolutions[-1] == 2048
     assert lay.hashed[0] is False and lay.hashed[-1] is True
     first_hashed = lay.hashed.index(True)
-    assert lay.resolutions[first_hashed] ** 3 > 2 ** 19 >= lay.resolutions[first_hashed - 1] ** 3
-    assert all(s == 2 ** 19 for s, h in zip(lay.sizes, lay.hashed) if h)
+    assert lay.resolutions[first_hashed] ** 3 > 2**19 >= lay.resolutions[first_hashed - 1] ** 3
+    assert all(s == 2**19 for s, h in zip(lay.sizes, lay.hashed) if h)
 
 
 @pytest.mark.parametrize("fpl,log2", [(2, 10), (4, 9), (8, 12), (1, 8)])
 def test_torch_backend_matches_per_corner_reference(fpl, log2):
     torch.manual_seed(fpl)
-    lay = HashGridLayout.build(num_levels=6, features_per_level=fpl, log2_hashmap_size=log2, base_resolution=3,
-                               max_resolution=90)
+    lay = HashGridLayout.build(
+        num_levels=6, features_per_level=fpl, log2_hashmap_size=log2, base_resolution=3, max_resolution=90
+    )
     assert any(lay.hashed) and not all(lay.hashed)  # both code paths are exercised
     table = torch.randn(lay.num_params, dtype=torch.float64)
     x = torch.rand(40, 3, dtype=torch.float64)
@@ -109,7 +117,7 @@ def test_gradcheck_table_and_positions():
     lay = HashGridLayout.build(3, 2, 6, 2, 12)  # small: dense + hashed levels
     table = torch.randn(lay.num_params, dtype=torch.float64, requires_grad=True)
     # keep positions away from cell boundaries so the function is smooth at them
-    x = (torch.rand(6, 3, dtype=torch.float64) * 0.8 + 0.1)
+    x = torch.rand(6, 3, dtype=torch.float64) * 0.8 + 0.1
     assert torch.autograd.gradcheck(lambda t: hash_grid_forward_torch(x, t, lay), (table,), eps=1e-6, atol=1e-7)
     xg = x.clone().requires_grad_(True)
     t_fixed = table.detach()
@@ -134,8 +142,9 @@ def test_fast_table_gradient_equals_autograd_gradient():
 
 def test_module_trains_to_fit_a_function():
     torch.manual_seed(0)
-    enc = HashEncoding(num_levels=8, features_per_level=2, log2_hashmap_size=12, base_resolution=4,
-                       max_resolution=128, backend="torch")
+    enc = HashEncoding(
+        num_levels=8, features_per_level=2, log2_hashmap_size=12, base_resolution=4, max_resolution=128, backend="torch"
+    )
     head = torch.nn.Linear(enc.output_dim, 1)
     opt = torch.optim.Adam(list(enc.parameters()) + list(head.parameters()), lr=1e-2)
     target = lambda p: torch.sin(6 * p[:, 0]) * torch.cos(4 * p[:, 1]) + p[:, 2]  # noqa: E731

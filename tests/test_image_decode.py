@@ -1,6 +1,7 @@
 """The one ROS-free image decoder (``lerf_ros.geometry.image``): every encoding, row padding, byte
 order, the depth conventions, and an error naming each problem. Messages are built by hand, byte
 by byte, independently of the decoder."""
+
 import array
 import struct
 
@@ -30,10 +31,8 @@ def fields(pixels: np.ndarray, encoding: str, pad: int = 0, big_endian: bool = F
     flat = pixels.reshape(h, w, -1)
     fmt = {np.dtype(np.uint8): "B", np.dtype(np.uint16): "H", np.dtype(np.float32): "f"}[pixels.dtype]
     order = ">" if big_endian else "<"
-    rows = [b"".join(struct.pack(order + fmt, v.item()) for v in flat[y].reshape(-1)) + b"\xcd" * pad
-            for y in range(h)]
-    return dict(encoding=encoding, height=h, width=w, step=len(rows[0]), is_bigendian=big_endian,
-                data=b"".join(rows))
+    rows = [b"".join(struct.pack(order + fmt, v.item()) for v in flat[y].reshape(-1)) + b"\xcd" * pad for y in range(h)]
+    return dict(encoding=encoding, height=h, width=w, step=len(rows[0]), is_bigendian=big_endian, data=b"".join(rows))
 
 
 def wide(a: np.ndarray) -> np.ndarray:

@@ -15,6 +15,7 @@ Three rules:
 
 When something imports upward, move the shared piece down rather than weakening a rule.
 """
+
 from __future__ import annotations
 
 import ast
@@ -31,23 +32,22 @@ PACKAGE_DIR = Path(__file__).resolve().parent.parent / PACKAGE
 #: Floors, lowest first: the top-level parts of ``lerf_ros`` (sub-packages or modules). ``lerf_ros``
 #: itself is its ``__init__``; ``bench`` is the benchmark package (or a single module).
 FLOORS: Sequence[Tuple[str, ...]] = (
-    ("lerf_ros",),                 # the package __init__: nothing of its own
-    ("config", "config_docs"),     # typed configuration; its documentation reader
-    ("geometry",),                 # poses, camera maths, image decoding
-    ("data",),                     # Frame and the posed-frame sources
-    ("field", "teachers"),         # the neural field; the 2D teachers (side by side)
-    ("mapping",),                  # the mapping session
-    ("query",),                    # text in, points and grasps out
-    ("sim",),                      # physics checks of grasps (when present)
-    ("bench",),                    # the benchmark
-    ("ros",),                      # nodes, conversions, clients: the only rclpy users
-    ("commands", "cli"),           # the lerf-ros command line
+    ("lerf_ros",),  # the package __init__: nothing of its own
+    ("config", "config_docs"),  # typed configuration; its documentation reader
+    ("geometry",),  # poses, camera maths, image decoding
+    ("data",),  # Frame and the posed-frame sources
+    ("field", "teachers"),  # the neural field; the 2D teachers (side by side)
+    ("mapping",),  # the mapping session
+    ("query",),  # text in, points and grasps out
+    ("sim",),  # physics checks of grasps (when present)
+    ("bench",),  # the benchmark
+    ("ros",),  # nodes, conversions, clients: the only rclpy users
+    ("commands", "cli"),  # the lerf-ros command line
 )
 ROS_PART = "ros"
 TOP_FLOOR = ("commands", "cli")
 #: top-level Python packages that need a ROS install (plus the names ending in ROS_SUFFIXES)
-ROS_PREFIXES = ("rclpy", "rosidl", "rcl_", "rmw", "ament_", "launch", "tf2", "cv_bridge", "message_filters",
-                "rosgraph")
+ROS_PREFIXES = ("rclpy", "rosidl", "rcl_", "rmw", "ament_", "launch", "tf2", "cv_bridge", "message_filters", "rosgraph")
 ROS_SUFFIXES = ("_msgs", "_srvs", "_interfaces")
 #: the package's own generated interfaces
 GENERATED = (f"{PACKAGE}.msg", f"{PACKAGE}.srv")
@@ -242,8 +242,10 @@ def ros_violations(imports: Iterable[Import]) -> List[str]:
             if part not in TOP_FLOOR:
                 bad.append(f"{imp.where()}: only lerf_ros/ros/ and the command line may use lerf_ros.ros")
             elif not imp.lazy:
-                bad.append(f"{imp.where()}: the command line imports lerf_ros.ros inside functions only "
-                           "(so ROS-free commands and --help run without ROS)")
+                bad.append(
+                    f"{imp.where()}: the command line imports lerf_ros.ros inside functions only "
+                    "(so ROS-free commands and --help run without ROS)"
+                )
     return bad
 
 
@@ -278,8 +280,9 @@ def test_the_reader_sees_the_package(imports):
     modules = set(module_names(PACKAGE_DIR))
     assert {"lerf_ros.geometry.poses", "lerf_ros.ros.convert", "lerf_ros.commands.replay"} <= modules
     # a lazy import inside a function is read and marked lazy
-    assert any(i.module == "lerf_ros.commands.replay" and i.target == "lerf_ros.ros.replay_node" and i.lazy
-               for i in imports)
+    assert any(
+        i.module == "lerf_ros.commands.replay" and i.target == "lerf_ros.ros.replay_node" and i.lazy for i in imports
+    )
 
 
 def test_no_import_cycle(imports):
@@ -314,7 +317,7 @@ def test_the_checker_reports_what_it_should(tmp_path):
         "teachers/__init__.py": "",
         "teachers/base.py": "",
         "mapping/__init__.py": "",
-        "mapping/store.py": "from lerf_ros.data.reader import load\n",   # a second cycle, across parts
+        "mapping/store.py": "from lerf_ros.data.reader import load\n",  # a second cycle, across parts
         "query/__init__.py": "",
         "query/engine.py": "import rclpy\nfrom sensor_msgs.msg import Image\nimport numpy\n",
         "ros/__init__.py": "",
@@ -323,8 +326,8 @@ def test_the_checker_reports_what_it_should(tmp_path):
         "commands/good.py": "def run():\n    from lerf_ros.ros.node import main\n",
         "commands/eager.py": "from lerf_ros.ros import node\n",
         "sim2/__init__.py": "from lerf_ros.config import x\n",
-        "bench.py": "from lerf_ros.query import engine\n",            # a module turning into a package:
-        "bench/__init__.py": "from lerf_ros.ros import node\n",       # both files are read
+        "bench.py": "from lerf_ros.query import engine\n",  # a module turning into a package:
+        "bench/__init__.py": "from lerf_ros.ros import node\n",  # both files are read
     }
     pkg = tmp_path / PACKAGE
     for name, text in files.items():
@@ -332,17 +335,20 @@ def test_the_checker_reports_what_it_should(tmp_path):
         (pkg / name).write_text(text)
     imports = read_imports(pkg)
     targets = {(i.module, i.target, i.lazy) for i in imports}
-    assert ("lerf_ros.geometry.a", "lerf_ros.geometry.b", False) in targets          # from . import b
-    assert ("lerf_ros.geometry.b", "lerf_ros.geometry.c", False) in targets          # from .c import thing
-    assert ("lerf_ros.data.reader", "lerf_ros.mapping.store", False) in targets      # from ..mapping.store
-    assert ("lerf_ros.geometry.c", "lerf_ros.geometry.a", True) in targets           # lazy
-    assert {("lerf_ros.bench", "lerf_ros.query.engine", False), ("lerf_ros.bench", "lerf_ros.ros.node", False)} \
-        <= targets
+    assert ("lerf_ros.geometry.a", "lerf_ros.geometry.b", False) in targets  # from . import b
+    assert ("lerf_ros.geometry.b", "lerf_ros.geometry.c", False) in targets  # from .c import thing
+    assert ("lerf_ros.data.reader", "lerf_ros.mapping.store", False) in targets  # from ..mapping.store
+    assert ("lerf_ros.geometry.c", "lerf_ros.geometry.a", True) in targets  # lazy
+    assert {
+        ("lerf_ros.bench", "lerf_ros.query.engine", False),
+        ("lerf_ros.bench", "lerf_ros.ros.node", False),
+    } <= targets
 
     cycles = find_cycles(imports, module_names(pkg))
     assert sorted(sorted(c[:-1]) for c in cycles) == [
         ["lerf_ros.data.reader", "lerf_ros.mapping.store"],
-        ["lerf_ros.geometry.a", "lerf_ros.geometry.b", "lerf_ros.geometry.c"]]
+        ["lerf_ros.geometry.a", "lerf_ros.geometry.b", "lerf_ros.geometry.c"],
+    ]
     edges = {(i.module, i.target) for i in imports}
     for c in cycles:
         assert c[0] == c[-1] and all((a, b) in edges for a, b in zip(c, c[1:])), c
@@ -355,24 +361,38 @@ def test_the_checker_reports_what_it_should(tmp_path):
     assert len(ros_violations(imports)) == 4  # not numpy, not the ros module, not the lazy command
 
     floors = "\n".join(floor_violations(imports))
-    assert "lerf_ros/data/reader.py:1: lerf_ros.data.reader imports lerf_ros.mapping.store: upward import " \
-           "(data is below mapping)" in floors
+    assert (
+        "lerf_ros/data/reader.py:1: lerf_ros.data.reader imports lerf_ros.mapping.store: upward import "
+        "(data is below mapping)" in floors
+    )
     assert "lerf_ros.field.model imports lerf_ros.teachers.base: field and teachers sit side by side" in floors
     assert "lerf_ros.sim2 imports lerf_ros.config: 'sim2' has no floor" in floors
     assert "lerf_ros/bench/__init__.py:1: lerf_ros.bench imports lerf_ros.ros.node: upward import" in floors
     assert len(floor_violations(imports)) == 4  # downward imports (mapping -> data, bench -> query) pass
 
     # the real checks pass on a clean graph
-    clean = [Import("lerf_ros.query.engine", "lerf_ros.geometry.camera", "q.py", 1, False),
-             Import("lerf_ros.ros.node", "rclpy", "r.py", 1, False),
-             Import("lerf_ros.cli", "lerf_ros.ros.client", "c.py", 9, True)]
+    clean = [
+        Import("lerf_ros.query.engine", "lerf_ros.geometry.camera", "q.py", 1, False),
+        Import("lerf_ros.ros.node", "rclpy", "r.py", 1, False),
+        Import("lerf_ros.cli", "lerf_ros.ros.client", "c.py", 9, True),
+    ]
     assert not find_cycles(clean, {"lerf_ros.query.engine", "lerf_ros.geometry.camera"})
     assert not ros_violations(clean) and not floor_violations(clean)
 
 
 def test_ros_names():
-    for name in ("rclpy", "rclpy.node", "rosidl_runtime_py.convert", "sensor_msgs.msg", "std_srvs.srv",
-                 "rcl_interfaces.msg", "tf2_ros", "lerf_ros.msg", "lerf_ros.srv._query", "launch_ros.actions"):
+    for name in (
+        "rclpy",
+        "rclpy.node",
+        "rosidl_runtime_py.convert",
+        "sensor_msgs.msg",
+        "std_srvs.srv",
+        "rcl_interfaces.msg",
+        "tf2_ros",
+        "lerf_ros.msg",
+        "lerf_ros.srv._query",
+        "launch_ros.actions",
+    ):
         assert is_ros(name), name
     for name in ("numpy", "rosbags.rosbag2", "lerf_ros.geometry.image", "torch", "lerf_ros.mapping.session"):
         assert not is_ros(name), name

@@ -1,4 +1,5 @@
 """Keyframe selection (motion thresholds, blur and exposure rejection, stamps) and the bounded store."""
+
 import math
 import threading
 
@@ -131,7 +132,7 @@ def test_exposure_rejection():
     assert d.rejected and "too bright" in d.reason and d.kind == "too_bright"
     # mean 127.5 but every pixel clipped: half black, half white
     half = np.zeros((H, W, 3), np.uint8)
-    half[:, W // 2:] = 255
+    half[:, W // 2 :] = 255
     mean, clipped = exposure_stats(grey_levels(half))
     assert mean == pytest.approx(127.5, abs=0.01) and clipped == pytest.approx(1.0)
     d = sel.select(frame(0.2, rgb=half))
@@ -151,8 +152,13 @@ def project(K, p):
 
 def test_downscale_adjusts_intrinsics_and_images():
     rgb = textured(5, w=200, h=100)
-    f = Frame(rgb=rgb, K=np.array([[180.0, 0, 101.3], [0, 170.0, 48.7], [0, 0, 1]]), c2w=np.eye(4), stamp=1.0,
-              depth=np.arange(200 * 100, dtype=np.float32).reshape(100, 200))
+    f = Frame(
+        rgb=rgb,
+        K=np.array([[180.0, 0, 101.3], [0, 170.0, 48.7], [0, 0, 1]]),
+        c2w=np.eye(4),
+        stamp=1.0,
+        depth=np.arange(200 * 100, dtype=np.float32).reshape(100, 200),
+    )
     g = downscale_frame(f, 50)
     assert g.rgb.shape == (25, 50, 3) and g.depth.shape == (25, 50)
     assert g.meta["original_size"] == (200, 100)
@@ -207,7 +213,7 @@ def test_store_count_bound_evicts_most_redundant_pose():
     # the turned-in-place camera counts as distinct through the rotation term
     store2 = KeyframeStore(cfg(max_keyframes=3, protect_newest=1))
     store2.add(frame(0, t=(0, 0, 0), yaw_deg=0))
-    store2.add(frame(1, t=(0, 0, 0), yaw_deg=90))   # far in rotation
+    store2.add(frame(1, t=(0, 0, 0), yaw_deg=90))  # far in rotation
     store2.add(frame(2, t=(0.3, 0, 0), yaw_deg=0))  # 0.3 m from key 0
     _, ev = store2.add(frame(3, t=(3.0, 0, 0)))
     # rotation weight = 0.1 / radians(10) = 0.573 m/rad: key 1 is 0.9 m "away" from key 0, key 2 only 0.3

@@ -1,11 +1,11 @@
 """The LERF model: detached language rendering, the scale of a sample, losses, config checks."""
+
 import pytest
 import torch
 
 from lerf_ros.config import ConfigError, TrainerConfig, preset
 from lerf_ros.field.fields import LanguageField, spherical_harmonics
 from lerf_ros.field.model import LerfModel, geometry_losses, language_losses, total_loss
-
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -95,13 +95,26 @@ def test_language_outputs_are_unit_and_match_point_queries():
 
 def test_field_sizes_follow_the_reference_presets():
     cfg = preset("lerf").model
-    lf = LanguageField(512, 384, cfg.lang_num_levels, [12, 12], cfg.lang_base_resolution, cfg.lang_max_resolution,
-                       cfg.lang_features_per_level, cfg.lang_hidden_dim, cfg.lang_num_layers, cfg.dino_hidden_dim,
-                       cfg.dino_num_layers)
+    lf = LanguageField(
+        512,
+        384,
+        cfg.lang_num_levels,
+        [12, 12],
+        cfg.lang_base_resolution,
+        cfg.lang_max_resolution,
+        cfg.lang_features_per_level,
+        cfg.lang_hidden_dim,
+        cfg.lang_num_layers,
+        cfg.dino_hidden_dim,
+        cfg.dino_num_layers,
+    )
     # two grids x 12 levels x 8 features; CLIP MLP 4 hidden layers of 256 (+1 scale input); DINO MLP 1 of 256
     assert [e.layout.num_levels for e in lf.encodings] == [12, 12]
     # finest level of each grid: 128 and 512 cells across (scale + 1, as tinycudann counts)
-    assert [e.layout.scales[-1] + 1 for e in lf.encodings] == [pytest.approx(128, rel=1e-5), pytest.approx(512, rel=1e-5)]
+    assert [e.layout.scales[-1] + 1 for e in lf.encodings] == [
+        pytest.approx(128, rel=1e-5),
+        pytest.approx(512, rel=1e-5),
+    ]
     assert lf.clip_net[0].in_features == 12 * 8 * 2 + 1
     assert sum(isinstance(m, torch.nn.Linear) for m in lf.clip_net) == 5
     assert lf.clip_net[-1].out_features == 512 and lf.dino_net[-1].out_features == 384

@@ -9,6 +9,7 @@
 - each node declares its own part of the configuration: ``query.*`` on the query node (described, set
   from the params file), not on the trainer, in one process and as separate processes.
 """
+
 import math
 import os
 import re
@@ -61,11 +62,24 @@ def scene_dir(scene, tmp_path_factory):
 
 def write_params(path, scene_dir, output_dir, **extra):
     lines = [
-        "/**:", "  ros__parameters:", "    preset: tiny", f"    output_dir: '{output_dir}'", "    world_frame: map",
-        "    teacher:", "      kind: ground_truth", f"      scene_dir: '{scene_dir}'",
-        "    trainer:", "      checkpoint_every: 0", "    keyframes:", "      min_keyframes_to_train: 2",
-        "    query:", "      threshold: 0.6",
-        "lerf_trainer:", "  ros__parameters:", "    pose_source: pose", "    status_rate_hz: 5.0",
+        "/**:",
+        "  ros__parameters:",
+        "    preset: tiny",
+        f"    output_dir: '{output_dir}'",
+        "    world_frame: map",
+        "    teacher:",
+        "      kind: ground_truth",
+        f"      scene_dir: '{scene_dir}'",
+        "    trainer:",
+        "      checkpoint_every: 0",
+        "    keyframes:",
+        "      min_keyframes_to_train: 2",
+        "    query:",
+        "      threshold: 0.6",
+        "lerf_trainer:",
+        "  ros__parameters:",
+        "    pose_source: pose",
+        "    status_rate_hz: 5.0",
     ]
     lines += [f"    {k}: {v}" for k, v in extra.items()]
     path.write_text("\n".join(lines) + "\n")
@@ -103,9 +117,14 @@ class ParameterClient:
 
     def __init__(self, node, target):
         self.node = node
-        self.clients = {kind: node.create_client(srv, f"/{target}/{name}") for kind, srv, name in (
-            ("list", ListParameters, "list_parameters"), ("describe", DescribeParameters, "describe_parameters"),
-            ("get", GetParameters, "get_parameters"))}
+        self.clients = {
+            kind: node.create_client(srv, f"/{target}/{name}")
+            for kind, srv, name in (
+                ("list", ListParameters, "list_parameters"),
+                ("describe", DescribeParameters, "describe_parameters"),
+                ("get", GetParameters, "get_parameters"),
+            )
+        }
         for client in self.clients.values():
             assert wait_for_service(client, 60.0), f"no parameter services on /{target}"
 
@@ -135,8 +154,17 @@ def check_query_parameters(node, separate):
     trainer = ParameterClient(node, "lerf_trainer")
     names = trainer.names()
     assert not {n for n in names if n.startswith("query.")}, "query parameters declared on the trainer"
-    assert {"preset", "seed", "device", "model.hidden_dim", "teacher.kind", "trainer.max_steps",
-            "keyframes.max_keyframes", "world_frame", "pose_source"} <= names
+    assert {
+        "preset",
+        "seed",
+        "device",
+        "model.hidden_dim",
+        "teacher.kind",
+        "trainer.max_steps",
+        "keyframes.max_keyframes",
+        "world_frame",
+        "pose_source",
+    } <= names
     assert trainer.description("model.hidden_dim").description
 
 
@@ -188,8 +216,10 @@ def test_streamed_frames_train_checkpoint_pause_and_resume(scene_dir, tmp_path):
             status = StatusWatcher(node)
             wait_status(node, status, trainer)
             replay = start_process(lerf_ros_argv("replay", str(scene_dir), "--rate", "8", "--loop"), env=env)
-            assert spin_until(node, lambda: status.last.frames_kept >= 3 and status.last.step > 0, 180.0), \
-                (process_output(trainer), process_output(replay))
+            assert spin_until(node, lambda: status.last.frames_kept >= 3 and status.last.step > 0, 180.0), (
+                process_output(trainer),
+                process_output(replay),
+            )
             s1 = status.last.step
             assert spin_until(node, lambda: status.last.step > s1 + 5, 120.0), process_output(trainer)
             assert status.last.state == TrainingStatus.STATE_TRAINING
@@ -250,8 +280,15 @@ def test_bad_messages_are_dropped_with_reasons_and_the_node_survives(scene, scen
             pub_info = node.create_publisher(CameraInfo, "camera_info", qos)
             pub_depth = node.create_publisher(Image, "depth", qos)
             pub_pose = node.create_publisher(PoseStamped, "pose", qos)
-            assert spin_until(node, lambda: status.last is not None and pub_img.get_subscription_count() > 0
-                              and pub_pose.get_subscription_count() > 0, 90.0), process_output(proc)
+            assert spin_until(
+                node,
+                lambda: (
+                    status.last is not None
+                    and pub_img.get_subscription_count() > 0
+                    and pub_pose.get_subscription_count() > 0
+                ),
+                90.0,
+            ), process_output(proc)
 
             def send(i, stamp, rgb=None, encoding="rgb8", pose=None, info=True, depth=None):
                 f = frames[i]
@@ -271,8 +308,11 @@ def test_bad_messages_are_dropped_with_reasons_and_the_node_survives(scene, scen
                 pub_img.publish(img)
 
             def expect_drop(reason, before):
-                ok = spin_until(node, lambda: status.last.frames_dropped > before
-                                and reason in status.last.last_drop_reason.lower(), 30.0)
+                ok = spin_until(
+                    node,
+                    lambda: status.last.frames_dropped > before and reason in status.last.last_drop_reason.lower(),
+                    30.0,
+                )
                 assert ok, (reason, status.last.last_drop_reason, process_output(proc))
                 return status.last.frames_dropped
 
@@ -323,8 +363,9 @@ def test_separate_query_node_declares_the_query_parameters(scene_dir, tmp_path):
     params = write_params(tmp_path / "params.yaml", scene_dir, tmp_path / "out")
     domain = unique_domain_id()
     env = ros_env(domain)
-    procs = [start_process(node_argv(params, f"lerf_ros.ros.{name}"), env=env)
-             for name in ("trainer_node", "query_node")]
+    procs = [
+        start_process(node_argv(params, f"lerf_ros.ros.{name}"), env=env) for name in ("trainer_node", "query_node")
+    ]
     try:
         with ros_context(domain) as ctx:
             node = rclpy.create_node("test_params", context=ctx)

@@ -1,4 +1,5 @@
 """Rigid-transform helpers and the stamped pose buffer."""
+
 import math
 import threading
 
@@ -177,8 +178,11 @@ def test_buffer_thread_safety():
             except Exception as exc:  # pragma: no cover - shows up as a failure
                 errors.append(exc)
 
-    threads = [threading.Thread(target=writer, args=(0.0,)), threading.Thread(target=writer, args=(0.01,)),
-               threading.Thread(target=reader)]
+    threads = [
+        threading.Thread(target=writer, args=(0.0,)),
+        threading.Thread(target=writer, args=(0.01,)),
+        threading.Thread(target=reader),
+    ]
     for th in threads:
         th.start()
     for th in threads:
@@ -195,13 +199,16 @@ def test_interpolate_pose_endpoints():
     np.testing.assert_allclose(interpolate_pose(a, b, 0.5), known_motion(0.5), atol=1e-12)
 
 
-@pytest.mark.parametrize("bad,message", [
-    (np.eye(3), "must be 4x4"),
-    (np.diag([1.0, 1.0, np.inf, 1.0]), "NaN or infinite"),
-    (np.array([[1, 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0.1, 0, 1.0]]), "bottom row"),
-    (np.diag([1.0, 1.0, 1.1, 1.0]), "not orthonormal"),
-    (np.diag([1.0, 1.0, -1.0, 1.0]), "determinant -1"),
-])
+@pytest.mark.parametrize(
+    "bad,message",
+    [
+        (np.eye(3), "must be 4x4"),
+        (np.diag([1.0, 1.0, np.inf, 1.0]), "NaN or infinite"),
+        (np.array([[1, 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0.1, 0, 1.0]]), "bottom row"),
+        (np.diag([1.0, 1.0, 1.1, 1.0]), "not orthonormal"),
+        (np.diag([1.0, 1.0, -1.0, 1.0]), "determinant -1"),
+    ],
+)
 def test_check_pose_names_the_problem(bad, message):
     check_pose(rigid([0.3, -1, 2], 0.7, [1, 2, 3]))  # a rigid transform passes
     with pytest.raises(PoseError, match=message):

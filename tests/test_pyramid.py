@@ -1,4 +1,5 @@
 """Crop pyramid layout and lookups (CropPyramid, DenseFeatureMap), checked against hand-computed values."""
+
 import math
 
 import numpy as np
@@ -129,8 +130,13 @@ def test_own_centre_returns_own_embedding():
     sizes = np.concatenate([np.full(lv.num_crops, lv.size_px) for lv in levels])
     out = p.lookup(torch.tensor(centres[:, 0]), torch.tensor(centres[:, 1]), torch.tensor(sizes))
     torch.testing.assert_close(out, emb.half().float(), atol=0, rtol=0)
-    torch.testing.assert_close(p.level_grid(2), emb[sum(lv.num_crops for lv in levels[:2]):][
-        :levels[2].num_crops].reshape(levels[2].grid_h, levels[2].grid_w, 16).half().float())
+    torch.testing.assert_close(
+        p.level_grid(2),
+        emb[sum(lv.num_crops for lv in levels[:2]) :][: levels[2].num_crops]
+        .reshape(levels[2].grid_h, levels[2].grid_w, 16)
+        .half()
+        .float(),
+    )
     assert p.nbytes() == total * 16 * 2  # fp16 storage
 
 
@@ -214,7 +220,7 @@ def test_preset_pyramids_cost_what_the_readme_says():
     from lerf_ros.config import preset
     from lerf_ros.teachers.pyramid import crops_per_frame
 
-    assert crops_per_frame(480, 640, preset("lerf").teacher) == 1250          # the reference pyramid
+    assert crops_per_frame(480, 640, preset("lerf").teacher) == 1250  # the reference pyramid
     assert crops_per_frame(480, 640, preset("lerf-big").teacher) == 1250
-    assert crops_per_frame(480, 640, preset("lerf-lite").teacher) == 513       # the study's choice
+    assert crops_per_frame(480, 640, preset("lerf-lite").teacher) == 513  # the study's choice
     assert crops_per_frame(720, 1280, preset("lerf-lite").teacher) == 667

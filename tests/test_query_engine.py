@@ -4,6 +4,7 @@ With the ground-truth teacher a region scores ~1.0 for its own class and well be
 other text (the canonical phrases are equally similar to every class), so the default threshold
 separates the named object from the rest of the scene.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -13,7 +14,6 @@ import numpy as np
 import pytest
 import torch
 
-from analytic_field import AnalyticSnapshot, LanguageFromModel, ReferencePaths
 from lerf_ros.config import preset
 from lerf_ros.data.synthetic import make_scene
 from lerf_ros.field.snapshot import language_per_scale
@@ -21,6 +21,8 @@ from lerf_ros.query import NO_MODEL_MESSAGE, QueryEngine
 from lerf_ros.query.relevancy import FeatureCache, ProjectedFeatures, scale_search, text_basis
 from lerf_ros.teachers.ground_truth import GroundTruthTeacher
 from lerf_ros.teachers.text import relevancy
+
+from analytic_field import AnalyticSnapshot, LanguageFromModel, ReferencePaths
 
 torch.set_num_threads(1)
 
@@ -116,20 +118,23 @@ def test_negatives_take_part(scene, engine):
     assert r.max_relevancy == pytest.approx(0.5, abs=1e-4)
 
 
-@pytest.mark.parametrize("kwargs, expect", [
-    (dict(text=""), "empty query text"),
-    (dict(text="   "), "empty query text"),
-    (dict(text="x" * 300), "too long (300 characters): at most 256"),
-    (dict(text="mug", threshold=-0.1), "outside [0, 1]"),
-    (dict(text="mug", threshold=1.5), "outside [0, 1]"),
-    (dict(text="mug", threshold=float("nan")), "outside [0, 1]"),
-    (dict(text="mug", negatives=[""]), "negative phrase 0 is empty"),
-    (dict(text="mug", negatives=["ok", "y" * 999]), "negative phrase 1 too long"),
-    (dict(text="mug", max_points=-1), "max_points -1 is negative"),
-    (dict(text="mug", max_grasps=-2), "max_grasps -2 is negative"),
-    (dict(text="mug", world_to_target=np.ones((4, 4))), "not a rigid 4x4 transform"),
-    (dict(text="mug", world_to_target=np.eye(3)), "not a rigid 4x4 transform"),
-])
+@pytest.mark.parametrize(
+    "kwargs, expect",
+    [
+        (dict(text=""), "empty query text"),
+        (dict(text="   "), "empty query text"),
+        (dict(text="x" * 300), "too long (300 characters): at most 256"),
+        (dict(text="mug", threshold=-0.1), "outside [0, 1]"),
+        (dict(text="mug", threshold=1.5), "outside [0, 1]"),
+        (dict(text="mug", threshold=float("nan")), "outside [0, 1]"),
+        (dict(text="mug", negatives=[""]), "negative phrase 0 is empty"),
+        (dict(text="mug", negatives=["ok", "y" * 999]), "negative phrase 1 too long"),
+        (dict(text="mug", max_points=-1), "max_points -1 is negative"),
+        (dict(text="mug", max_grasps=-2), "max_grasps -2 is negative"),
+        (dict(text="mug", world_to_target=np.ones((4, 4))), "not a rigid 4x4 transform"),
+        (dict(text="mug", world_to_target=np.eye(3)), "not a rigid 4x4 transform"),
+    ],
+)
 def test_bad_requests_say_what_to_fix(engine, kwargs, expect):
     r = engine.query(**kwargs)
     assert not r.success
@@ -218,24 +223,26 @@ def test_projection_onto_text_span_keeps_relevancy_exact():
     g = torch.Generator().manual_seed(3)
     unit = lambda *s: torch.nn.functional.normalize(torch.randn(*s, generator=g), dim=-1)  # noqa: E731
     phi, emb = unit(300, 64), unit(6, 64)
-    emb[5] = emb[1]                                   # a repeated negative: rank 5
+    emb[5] = emb[1]  # a repeated negative: rank 5
     B = text_basis(emb)
     assert B.shape == (5, 64)
     torch.testing.assert_close(B @ B.T, torch.eye(5), atol=1e-5, rtol=0)
     e = emb @ B.T
-    torch.testing.assert_close(relevancy(phi @ B.T, e[0], e[1:], 10.0), relevancy(phi, emb[0], emb[1:], 10.0),
-                               atol=1e-5, rtol=0)
+    torch.testing.assert_close(
+        relevancy(phi @ B.T, e[0], e[1:], 10.0), relevancy(phi, emb[0], emb[1:], 10.0), atol=1e-5, rtol=0
+    )
 
 
 def test_scale_search_picks_the_scale_with_the_highest_maximum():
     class TwoScales:
         """Point 0 matches the query best at 0.5 m, point 1 reaches a higher peak at 1.5 m."""
+
         step, clip_dim, device, cameras = 0, 3, torch.device("cpu"), []
 
         def language(self, xyz, scale):
             peak = torch.where(xyz[:, 0] < 0.5, 0.5, 1.5)
             height = torch.where(xyz[:, 0] < 0.5, 0.6, 0.9)
-            w = height * torch.exp(-((scale - peak) / 0.3) ** 2)
+            w = height * torch.exp(-(((scale - peak) / 0.3) ** 2))
             return torch.nn.functional.normalize(torch.stack([w, 1 - w, torch.zeros_like(w)], -1), dim=-1)
 
         def language_multi_scale(self, xyz, scales, project=None):
@@ -247,7 +254,7 @@ def test_scale_search_picks_the_scale_with_the_highest_maximum():
     assert res.index == 2 and res.scale == 1.5
     assert res.relevancy.shape == (3, 2)
     assert res.max_relevancy == pytest.approx(float(res.relevancy[:, 1].max()))
-    assert float(res.relevancy[0, 0]) > float(res.relevancy[0, 1])   # at 0.5 m point 0 wins
+    assert float(res.relevancy[0, 0]) > float(res.relevancy[0, 1])  # at 0.5 m point 0 wins
 
 
 def test_feature_cache_is_built_once_per_snapshot_and_surface(scene, teacher):
@@ -261,11 +268,11 @@ def test_feature_cache_is_built_once_per_snapshot_and_surface(scene, teacher):
     assert again.timings["surface"] == 0 and again.timings["features"] == 0
     calls = snap.calls["language_multi_scale"]
     eng.query(scene.objects[2].class_name)
-    assert snap.calls["language_multi_scale"] == calls                   # answered from the features
+    assert snap.calls["language_multi_scale"] == calls  # answered from the features
     newer = AnalyticSnapshot(scene, teacher.encode_text, step=1200)
     eng.set_snapshot(newer)
     r = eng.query(scene.objects[0].class_name)
-    assert r.step == 1200 and r.surface_step == 1000                      # same surface, new field
+    assert r.step == 1200 and r.surface_step == 1000  # same surface, new field
     assert r.timings["surface"] == 0 and r.timings["features"] > 0
     eng.set_snapshot(AnalyticSnapshot(scene, teacher.encode_text, step=1500))
     r = eng.query(scene.objects[0].class_name)
@@ -315,7 +322,7 @@ def test_concurrent_queries_give_identical_results(scene, teacher, engine):
                 r = engine.query(n)
                 with lock:
                     got.setdefault(n, []).append(r)
-        except Exception as exc:          # noqa: BLE001 - reported below
+        except Exception as exc:  # noqa: BLE001 - reported below
             errors.append(exc)
 
     threads = [threading.Thread(target=worker, args=(k,)) for k in range(4)]
@@ -358,7 +365,7 @@ def test_queries_during_snapshot_swaps_are_consistent(scene, teacher):
                 r = eng.query(name)
                 steps.append(r.step)
                 np.testing.assert_array_equal(r.points, ref.points)
-        except Exception as exc:          # noqa: BLE001
+        except Exception as exc:  # noqa: BLE001
             errors.append(exc)
 
     t_swap = threading.Thread(target=swapper)

@@ -5,6 +5,7 @@ checkpointed; the query node loads the checkpoint; this process asks /lerf/query
 objects and checks the most relevant points and the best grasp lie on the named object, that a word
 absent from the scene stays below the threshold, and that the RViz outputs are published (latched).
 """
+
 import numpy as np
 import pytest
 import torch
@@ -23,7 +24,17 @@ from lerf_ros.ros.convert import pointcloud2_to_numpy, pose_to_matrix  # noqa: E
 from lerf_ros.srv import Query  # noqa: E402
 from lerf_ros.teachers.ground_truth import GroundTruthTeacher  # noqa: E402
 
-from ros_helpers import call, process_output, python_argv, ros_context, ros_env, spin_until, start_process, stop_process, unique_domain_id  # noqa: E402,E501
+from ros_helpers import (  # noqa: E402,E501
+    call,
+    process_output,
+    python_argv,
+    ros_context,
+    ros_env,
+    spin_until,
+    start_process,
+    stop_process,
+    unique_domain_id,
+)
 
 STEPS = 300
 
@@ -34,8 +45,9 @@ def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("query_node")
     scene = make_scene(seed=1, n_objects=5, width=80, height=60, n_frames=24, nthreads=1)
     scene.save(root / "scene", preview=False)
-    cfg = preset("tiny").override({"teacher.kind": "ground_truth", "teacher.scene_dir": str(root / "scene"),
-                                   "output_dir": str(root / "out")})
+    cfg = preset("tiny").override(
+        {"teacher.kind": "ground_truth", "teacher.scene_dir": str(root / "scene"), "output_dir": str(root / "out")}
+    )
     teacher = GroundTruthTeacher(scene)
     session = Session(cfg, teacher, online=False)
     for f in scene.frames:
@@ -48,7 +60,8 @@ def trained(tmp_path_factory):
     params.write_text(
         "/**:\n  ros__parameters:\n    preset: tiny\n"
         f"    output_dir: '{root / 'out'}'\n    reload_period_s: 0.5\n"
-        f"    teacher:\n      kind: ground_truth\n      scene_dir: '{root / 'scene'}'\n")
+        f"    teacher:\n      kind: ground_truth\n      scene_dir: '{root / 'scene'}'\n"
+    )
     return scene, params
 
 
@@ -61,8 +74,9 @@ def latched(node, msg_type, topic, store):
 def test_query_node_answers_from_checkpoint_over_dds(trained):
     scene, params = trained
     domain = unique_domain_id()
-    proc = start_process(python_argv("-m", "lerf_ros.ros.query_node", "--ros-args", "--params-file", str(params)),
-                         env=ros_env(domain))
+    proc = start_process(
+        python_argv("-m", "lerf_ros.ros.query_node", "--ros-args", "--params-file", str(params)), env=ros_env(domain)
+    )
     try:
         with ros_context(domain) as ctx:
             node = rclpy.create_node("query_client", context=ctx)

@@ -1,15 +1,32 @@
 """Volume rendering and sampling on analytic cases."""
+
 import math
 
 import numpy as np
 import pytest
 import torch
 
-from lerf_ros.field.rendering import (distortion_loss, interlevel_loss, outer_measure, render_depth, render_embedding,
-                                      render_rgb, render_weights, top_k_samples)
-from lerf_ros.field.sampling import (anneal_weights, camera_rays, contract, contract_to_unit, image_rays, pdf_edges,
-                                     spacing, spacing_inv, uniform_edges)
-
+from lerf_ros.field.rendering import (
+    distortion_loss,
+    interlevel_loss,
+    outer_measure,
+    render_depth,
+    render_embedding,
+    render_rgb,
+    render_weights,
+    top_k_samples,
+)
+from lerf_ros.field.sampling import (
+    anneal_weights,
+    camera_rays,
+    contract,
+    contract_to_unit,
+    image_rays,
+    pdf_edges,
+    spacing,
+    spacing_inv,
+    uniform_edges,
+)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -106,8 +123,10 @@ def test_distortion_loss_matches_quadratic_definition():
     w = torch.rand(4, 12)
     mids = 0.5 * (edges[:, 1:] + edges[:, :-1])
     widths = edges[:, 1:] - edges[:, :-1]
-    brute = ((w[:, :, None] * w[:, None, :] * (mids[:, :, None] - mids[:, None, :]).abs()).sum((1, 2))
-             + (w ** 2 * widths).sum(1) / 3.0).mean()
+    brute = (
+        (w[:, :, None] * w[:, None, :] * (mids[:, :, None] - mids[:, None, :]).abs()).sum((1, 2))
+        + (w**2 * widths).sum(1) / 3.0
+    ).mean()
     torch.testing.assert_close(distortion_loss(edges, w), brute, rtol=1e-5, atol=1e-7)
     # concentrating the weight lowers the loss
     spread = torch.full((1, 12), 1.0 / 12)

@@ -1,5 +1,6 @@
 """``lerf-ros replay`` over real DDS: a replay process publishes a tiny synthetic scene, this
 process subscribes with rclpy and checks what arrives; plus the in-process ``ReplayNode``."""
+
 import re
 import signal
 
@@ -107,13 +108,26 @@ def test_replay_process_streams_scene_over_dds(scene, scene_dir):
         node = rclpy.create_node("replay_test_listener", context=ctx)
         rec = Recorder(node, prefix="cam")
         proc = start_process(
-            lerf_ros_argv("replay", str(scene_dir), "--rate", str(rate), "--loop", "--topics", "cam",
-                          "--wait-for-subscribers", "1", "--log-every", "0.5"),
-            env=ros_env(domain))
+            lerf_ros_argv(
+                "replay",
+                str(scene_dir),
+                "--rate",
+                str(rate),
+                "--loop",
+                "--topics",
+                "cam",
+                "--wait-for-subscribers",
+                "1",
+                "--log-every",
+                "0.5",
+            ),
+            env=ros_env(domain),
+        )
         try:
             n_want = N_FRAMES + 4  # crosses the loop boundary
-            ok = spin_until(node, lambda: min(rec.count(k) for k in rec.msgs) >= n_want or proc.poll() is not None,
-                            timeout=60.0)
+            ok = spin_until(
+                node, lambda: min(rec.count(k) for k in rec.msgs) >= n_want or proc.poll() is not None, timeout=60.0
+            )
             assert ok and proc.poll() is None, f"replay did not stream:\n{process_output(proc)}"
             code = stop_process(proc, timeout=15.0, sig=signal.SIGINT)
         finally:
@@ -134,11 +148,13 @@ def test_replay_process_stops_on_sigterm(scene_dir):
     with ros_context(domain) as ctx:
         node = rclpy.create_node("replay_sigterm_listener", context=ctx)
         rec = Recorder(node, qos=qos_profile_sensor_data)  # a best-effort subscriber works with the default QoS
-        proc = start_process(lerf_ros_argv("replay", str(scene_dir), "--rate", "20", "--loop", "--no-depth"),
-                             env=ros_env(domain))
+        proc = start_process(
+            lerf_ros_argv("replay", str(scene_dir), "--rate", "20", "--loop", "--no-depth"), env=ros_env(domain)
+        )
         try:
-            assert spin_until(node, lambda: rec.count("pose") >= 2 or proc.poll() is not None, timeout=60.0), \
+            assert spin_until(node, lambda: rec.count("pose") >= 2 or proc.poll() is not None, timeout=60.0), (
                 process_output(proc)
+            )
             code = stop_process(proc, timeout=15.0, sig=signal.SIGTERM)
         finally:
             if proc.poll() is None:
@@ -159,14 +175,28 @@ def test_replay_node_in_process_loop_clock_and_max_frames(scene):
         rec = Recorder(listener, prefix="inproc")
         clocks = []
         listener.create_subscription(Clock, "/clock", clocks.append, QoSProfile(depth=100))
-        replay = ReplayNode(frames, rate=25.0, loop=True, publish_clock=True, topic_prefix="inproc", max_frames=10,
-                            start_stamp=50.0, wait_for_subscribers=1, wait_timeout=20.0, context=ctx)
+        replay = ReplayNode(
+            frames,
+            rate=25.0,
+            loop=True,
+            publish_clock=True,
+            topic_prefix="inproc",
+            max_frames=10,
+            start_stamp=50.0,
+            wait_for_subscribers=1,
+            wait_timeout=20.0,
+            context=ctx,
+        )
         ex = SingleThreadedExecutor(context=ctx)
         ex.add_node(replay)
         ex.add_node(listener)
         try:
-            assert spin_until(listener, lambda: replay.done and rec.count("image") >= 10 and len(clocks) >= 10,
-                              timeout=30.0, executor=ex)
+            assert spin_until(
+                listener,
+                lambda: replay.done and rec.count("image") >= 10 and len(clocks) >= 10,
+                timeout=30.0,
+                executor=ex,
+            )
         finally:
             ex.shutdown(timeout_sec=1.0)
             replay.destroy_node()

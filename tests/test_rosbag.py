@@ -1,5 +1,6 @@
 """rosbag2 (sqlite3 and mcap): frames written with rosbags come back with the same pixels, depth,
 intrinsics, stamps and poses (TF chain or pose topic); TF interpolation; errors name the bag."""
+
 import math
 
 import numpy as np
@@ -43,15 +44,19 @@ def _same(a_frames, b_frames, depth_tol):
         np.testing.assert_allclose(b.depth, a.depth, atol=depth_tol)
 
 
-@pytest.mark.parametrize("storage, pose, encoding, depth_encoding", [
-    ("sqlite3", "tf", "rgb8", "16UC1"),
-    ("mcap", "tf", "bgr8", "32FC1"),
-    ("sqlite3", "pose", "rgba8", "32FC1"),
-    ("mcap", "odometry", "bgra8", "16UC1"),
-])
+@pytest.mark.parametrize(
+    "storage, pose, encoding, depth_encoding",
+    [
+        ("sqlite3", "tf", "rgb8", "16UC1"),
+        ("mcap", "tf", "bgr8", "32FC1"),
+        ("sqlite3", "pose", "rgba8", "32FC1"),
+        ("mcap", "odometry", "bgra8", "16UC1"),
+    ],
+)
 def test_round_trip(frames, tmp_path, storage, pose, encoding, depth_encoding):
-    bag = write_rosbag(tmp_path / "bag", frames, storage=storage, pose=pose, encoding=encoding,
-                       depth_encoding=depth_encoding)
+    bag = write_rosbag(
+        tmp_path / "bag", frames, storage=storage, pose=pose, encoding=encoding, depth_encoding=depth_encoding
+    )
     src = RosbagSource(bag)
     assert src.topics["image"] == "/camera/color/image_raw"
     assert src.topics["depth"] == "/camera/aligned_depth_to_color/image_raw"
@@ -190,8 +195,11 @@ def _bag_with_raw_images(path, frames, colour, depth):
 
     ts = get_typestore(Stores.LATEST)
     T = ts.types
-    names = {"image": "sensor_msgs/msg/Image", "info": "sensor_msgs/msg/CameraInfo",
-             "pose": "geometry_msgs/msg/PoseStamped"}
+    names = {
+        "image": "sensor_msgs/msg/Image",
+        "info": "sensor_msgs/msg/CameraInfo",
+        "pose": "geometry_msgs/msg/PoseStamped",
+    }
     with Writer(path, version=Writer.VERSION_LATEST) as w:
         conns = {k: w.add_connection(f"/cam/{k}", typ, typestore=ts) for k, typ in names.items()}
         conns["depth"] = w.add_connection("/cam/depth", names["image"], typestore=ts)
@@ -202,20 +210,41 @@ def _bag_with_raw_images(path, frames, colour, depth):
             q = matrix_to_quat(f.c2w)
             pose = T["geometry_msgs/msg/Pose"](
                 position=T["geometry_msgs/msg/Point"](x=f.c2w[0, 3], y=f.c2w[1, 3], z=f.c2w[2, 3]),
-                orientation=T["geometry_msgs/msg/Quaternion"](x=q[0], y=q[1], z=q[2], w=q[3]))
+                orientation=T["geometry_msgs/msg/Quaternion"](x=q[0], y=q[1], z=q[2], w=q[3]),
+            )
             K = frame_k_to_ros_k(f.K)
             info = T[names["info"]](
-                header=head, height=f.height, width=f.width, distortion_model="plumb_bob", d=np.zeros(5),
-                k=K.reshape(-1), r=np.eye(3).reshape(-1), p=np.concatenate([K, np.zeros((3, 1))], 1).reshape(-1),
-                binning_x=0, binning_y=0, roi=T["sensor_msgs/msg/RegionOfInterest"](
-                    x_offset=0, y_offset=0, height=0, width=0, do_rectify=False))
+                header=head,
+                height=f.height,
+                width=f.width,
+                distortion_model="plumb_bob",
+                d=np.zeros(5),
+                k=K.reshape(-1),
+                r=np.eye(3).reshape(-1),
+                p=np.concatenate([K, np.zeros((3, 1))], 1).reshape(-1),
+                binning_x=0,
+                binning_y=0,
+                roi=T["sensor_msgs/msg/RegionOfInterest"](x_offset=0, y_offset=0, height=0, width=0, do_rectify=False),
+            )
             world = T["std_msgs/msg/Header"](stamp=stamp, frame_id="map")
             msgs = [("pose", names["pose"], T[names["pose"]](header=world, pose=pose)), ("info", names["info"], info)]
             for key, make in (("image", colour), ("depth", depth)):
                 enc, big, step, data = make(f)
-                msgs.append((key, names["image"], T[names["image"]](
-                    header=head, height=f.height, width=f.width, encoding=enc, is_bigendian=int(big), step=step,
-                    data=np.frombuffer(data, np.uint8))))
+                msgs.append(
+                    (
+                        key,
+                        names["image"],
+                        T[names["image"]](
+                            header=head,
+                            height=f.height,
+                            width=f.width,
+                            encoding=enc,
+                            is_bigendian=int(big),
+                            step=step,
+                            data=np.frombuffer(data, np.uint8),
+                        ),
+                    )
+                )
             t_ns = int(round(f.stamp * 1e9))
             for key, typ, msg in msgs:
                 w.write(conns[key], t_ns, ts.serialize_cdr(msg, typ))
@@ -252,8 +281,11 @@ def test_undecodable_images_name_the_bag_topic_and_problem(frames, tmp_path):
         return "rgb8", False, f.width * 3 - 1, f.rgb.tobytes()
 
     bad_depth = _bag_with_raw_images(tmp_path / "colour_depth", frames[:1], rgb8, rgb8)
-    with pytest.raises(RosbagError, match=r"colour_depth: /cam/depth image at [\d.]+ s: depth image has encoding "
-                                          r"'rgb8'; depth must be 16UC1 or mono16 \(millimetres\) or 32FC1"):
+    with pytest.raises(
+        RosbagError,
+        match=r"colour_depth: /cam/depth image at [\d.]+ s: depth image has encoding "
+        r"'rgb8'; depth must be 16UC1 or mono16 \(millimetres\) or 32FC1",
+    ):
         read_rosbag(bad_depth)
     bad_step = _bag_with_raw_images(tmp_path / "step", frames[:1], short_rows, rgb8)
     with pytest.raises(RosbagError, match=r"step: /cam/image image 0: image step 119 is smaller than width 40"):

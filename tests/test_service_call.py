@@ -1,5 +1,6 @@
 """``call_service`` asks again when an answer is lost, and gives up with None after its timeout; the
 ``LerfClient`` built on it (``lerf-ros query --service``, ``lerf-ros demo``) against a real server."""
+
 import threading
 import time
 
@@ -56,16 +57,18 @@ def test_lost_answer_is_asked_again_and_a_dead_server_gives_none():
             while not client.service_is_ready() and time.monotonic() < deadline:
                 ex.spin_once(timeout_sec=0.05)
             assert client.service_is_ready()
-            resp = call_service(client, Trigger.Request(), lambda s: ex.spin_once(timeout_sec=s),
-                                timeout=20.0, first_wait=0.5)
+            resp = call_service(
+                client, Trigger.Request(), lambda s: ex.spin_once(timeout_sec=s), timeout=20.0, first_wait=0.5
+            )
             assert resp is not None and resp.success
             assert len(calls) >= 2 and resp.message != "answer 1", (calls, resp.message)
 
             stop.set()
             t.join(10.0)
             t0 = time.monotonic()
-            resp = call_service(client, Trigger.Request(), lambda s: ex.spin_once(timeout_sec=s),
-                                timeout=1.5, first_wait=0.2)
+            resp = call_service(
+                client, Trigger.Request(), lambda s: ex.spin_once(timeout_sec=s), timeout=1.5, first_wait=0.2
+            )
             assert resp is None
             assert time.monotonic() - t0 < 5.0
         finally:
@@ -87,8 +90,10 @@ def _canned_response():
     xyz = np.array([[0.1, 0.2, 0.3], [0.4, 0.5, 0.6], [-1.0, 0.0, 2.0]], np.float32)
     rgb = np.array([[255, 0, 0], [0, 255, 0], [0, 0, 255]], np.uint8)
     rel = np.array([0.9, 0.7, 0.55], np.float32)
-    poses = [make_pose([0.1, -0.2, 0.3], [0.0, 0.0, 0.0, 1.0]),
-             make_pose([0.5, 0.0, 0.1], [0.0, np.sin(0.4), 0.0, np.cos(0.4)])]
+    poses = [
+        make_pose([0.1, -0.2, 0.3], [0.0, 0.0, 0.0, 1.0]),
+        make_pose([0.5, 0.0, 0.1], [0.0, np.sin(0.4), 0.0, np.cos(0.4)]),
+    ]
     resp = Query.Response(success=True, message="found it", model_step=7, scale=0.25, max_relevancy=0.9)
     resp.cloud = points_to_pointcloud2(xyz, rgb, {"relevancy": rel}, "map")
     resp.grasps = [PoseStamped(pose=matrix_to_pose(T)) for T in poses]
@@ -184,16 +189,22 @@ def test_query_command_against_a_running_service(tmp_path):
     with ros_context(domain) as ctx:
         stop, t = _query_server(ctx, requests)
         try:
-            out = subprocess.run(lerf_ros_argv("query", "blue mug", "--service", "--negatives", "plate",
-                                               "--ply", str(tmp_path)),
-                                 env=ros_env(domain), capture_output=True, text=True, timeout=120)
+            out = subprocess.run(
+                lerf_ros_argv("query", "blue mug", "--service", "--negatives", "plate", "--ply", str(tmp_path)),
+                env=ros_env(domain),
+                capture_output=True,
+                text=True,
+                timeout=120,
+            )
         finally:
             stop.set()
             t.join(10.0)
     assert out.returncode == 0, out.stdout + out.stderr
     assert "'blue mug': ok (" in out.stdout and "model step 7): found it" in out.stdout
-    assert "grasp 1: position (+0.100, -0.200, +0.300) m, quaternion xyzw (+0.000, +0.000, +0.000, +1.000), " \
-           "width 5.0 cm, score 0.80" in out.stdout
+    assert (
+        "grasp 1: position (+0.100, -0.200, +0.300) m, quaternion xyzw (+0.000, +0.000, +0.000, +1.000), "
+        "width 5.0 cm, score 0.80" in out.stdout
+    )
     assert "grasp 2: position (+0.500, +0.000, +0.100) m" in out.stdout
     assert (tmp_path / "blue_mug.ply").is_file()
     assert [list(r.negatives) for r in requests] == [["plate"]]

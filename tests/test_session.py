@@ -1,4 +1,5 @@
 """The mapping session: one owner of keyframes, features, bounds, trainer, snapshots and checkpoints."""
+
 import time
 
 import numpy as np
@@ -21,8 +22,12 @@ def scene():
 
 
 def cfg_for(tmp_path, **over):
-    base = {"teacher.kind": "ground_truth", "trainer.rays_per_batch": 128, "output_dir": str(tmp_path),
-            "keyframes.min_keyframes_to_train": 2}
+    base = {
+        "teacher.kind": "ground_truth",
+        "trainer.rays_per_batch": 128,
+        "output_dir": str(tmp_path),
+        "keyframes.min_keyframes_to_train": 2,
+    }
     base.update(over)
     return preset("tiny").override(base)
 
@@ -53,8 +58,12 @@ def test_bounds_are_session_state_not_configuration(scene, tmp_path):
     s.reset()
     assert s.bounds is None and s.step_count == 0 and s.trainer is None
     # fixed bounds from the configuration when auto_bounds is off
-    fixed = offline(scene, tmp_path, n=3, **{"model.auto_bounds": False, "model.scene_center": [0.1, 0.2, 0.3],
-                                            "model.scene_scale": 2.5})
+    fixed = offline(
+        scene,
+        tmp_path,
+        n=3,
+        **{"model.auto_bounds": False, "model.scene_center": [0.1, 0.2, 0.3], "model.scene_scale": 2.5},
+    )
     fixed.step()
     np.testing.assert_allclose(fixed.bounds[0], [0.1, 0.2, 0.3], rtol=1e-6)
     assert fixed.bounds[1] == 2.5
@@ -109,9 +118,20 @@ def test_online_store_stays_within_its_memory_bound(scene, tmp_path):
     h, w = scene.frames[0].height, scene.frames[0].width
     per_frame = h * w * 7
     bound_mb = 3.5 * per_frame / 2**20  # room for three keyframes without features
-    s = Session(cfg_for(tmp_path, **{"keyframes.max_memory_mb": bound_mb, "keyframes.min_translation": 0.0,
-                                     "keyframes.min_rotation_deg": 0.0, "keyframes.protect_newest": 1}),
-                GroundTruthTeacher(scene), online=True, log=quiet)
+    s = Session(
+        cfg_for(
+            tmp_path,
+            **{
+                "keyframes.max_memory_mb": bound_mb,
+                "keyframes.min_translation": 0.0,
+                "keyframes.min_rotation_deg": 0.0,
+                "keyframes.protect_newest": 1,
+            },
+        ),
+        GroundTruthTeacher(scene),
+        online=True,
+        log=quiet,
+    )
     try:
         kept = sum(s.submit(f).kept for f in scene.frames)
         assert kept == len(scene.frames)
@@ -124,9 +144,15 @@ def test_online_store_stays_within_its_memory_bound(scene, tmp_path):
 
 
 def test_online_trainer_is_the_session_plus_threads(scene, tmp_path):
-    ot = OnlineTrainer(cfg_for(tmp_path, **{"keyframes.min_translation": 0.0, "keyframes.min_rotation_deg": 0.0,
-                                            "trainer.checkpoint_every": 0}),
-                       teacher=GroundTruthTeacher(scene), log=quiet, snapshot_every=2)
+    ot = OnlineTrainer(
+        cfg_for(
+            tmp_path,
+            **{"keyframes.min_translation": 0.0, "keyframes.min_rotation_deg": 0.0, "trainer.checkpoint_every": 0},
+        ),
+        teacher=GroundTruthTeacher(scene),
+        log=quiet,
+        snapshot_every=2,
+    )
     try:
         assert ot.status().state == TrainerState.WAITING
         for f in scene.frames[:4]:

@@ -1,4 +1,5 @@
 """Surface points of a snapshot: back-projection, voxels, normals, visibility filter, cache refresh."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -7,13 +8,21 @@ import numpy as np
 import pytest
 import torch
 
-from analytic_field import AnalyticSnapshot
 from lerf_ros.config import preset
 from lerf_ros.data.synthetic import make_scene
 from lerf_ros.field.snapshot import CameraView
-from lerf_ros.query.surface import (SurfaceCache, SurfaceError, backproject, extract_surface, project,
-                                    scaled_intrinsics, select_views)
+from lerf_ros.query.surface import (
+    SurfaceCache,
+    SurfaceError,
+    backproject,
+    extract_surface,
+    project,
+    scaled_intrinsics,
+    select_views,
+)
 from lerf_ros.teachers.ground_truth import GroundTruthTeacher
+
+from analytic_field import AnalyticSnapshot
 
 torch.set_num_threads(1)
 
@@ -95,10 +104,10 @@ def test_surface_lies_on_the_true_geometry_with_camera_facing_normals(scene, sna
     col, row, z = project(surf.xyz.astype(np.float64), cam.K, cam.c2w)
     inside = (z > 0) & (col >= 0) & (col < cam.width) & (row >= 0) & (row < cam.height)
     d = depth[row[inside], col[inside]]
-    front = np.abs(d - z[inside]) < 0.05             # points on surfaces this camera sees
+    front = np.abs(d - z[inside]) < 0.05  # points on surfaces this camera sees
     assert front.mean() > 0.5
     err = np.abs(d - z[inside])[front]
-    assert np.median(err) < cfg.voxel_size           # voxel centroids sit on the surface
+    assert np.median(err) < cfg.voxel_size  # voxel centroids sit on the surface
     # Normals are unit and face the cameras that see them; the table top's normals point up.
     np.testing.assert_allclose(np.linalg.norm(surf.normals, axis=1), 1.0, atol=1e-5)
     to_cam = cam.c2w[:3, 3] - surf.xyz[inside][front]
@@ -106,8 +115,9 @@ def test_surface_lies_on_the_true_geometry_with_camera_facing_normals(scene, sna
     obj_pts = np.zeros(len(surf), bool)
     for o in scene.objects:
         obj_pts |= o.contains(surf.xyz, margin=0.02)
-    table_top = (np.abs(surf.xyz[:, 2]) < 0.004) & ~obj_pts & (np.abs(surf.xyz[:, 0]) < 0.55) & (
-        np.abs(surf.xyz[:, 1]) < 0.35)
+    table_top = (
+        (np.abs(surf.xyz[:, 2]) < 0.004) & ~obj_pts & (np.abs(surf.xyz[:, 0]) < 0.55) & (np.abs(surf.xyz[:, 1]) < 0.35)
+    )
     assert table_top.sum() > 100
     assert np.median(surf.normals[table_top, 2]) > 0.95
     # Colours come from the renders (the table is not black).
@@ -146,15 +156,18 @@ def test_occluded_points_are_not_counted():
         def render(self, K, c2w, height, width):
             # Wall: plane x = 2. Box: x in [1, 1.2], |y| <= 0.15, |z| <= 0.15 (blocks camera 0 only).
             u, v = np.meshgrid(np.arange(width) + 0.5, np.arange(height) + 0.5)
-            d = np.stack([u, v, np.ones_like(u)], -1) @ np.linalg.inv(K).T @ c2w[:3, :3].T   # world dirs
+            d = np.stack([u, v, np.ones_like(u)], -1) @ np.linalg.inv(K).T @ c2w[:3, :3].T  # world dirs
             o = c2w[:3, 3]
             t_wall = (2.0 - o[0]) / d[..., 0]
             t_box = (1.0 - o[0]) / d[..., 0]
             hit = t_box[..., None] * d + o
             in_box = (np.abs(hit[..., 1]) <= 0.15) & (np.abs(hit[..., 2]) <= 0.15)
-            t = np.where(in_box, t_box, t_wall)                 # z-depth: direction has camera z = 1
-            return {"depth": torch.tensor(t, dtype=torch.float32),
-                    "rgb": torch.full((height, width, 3), 0.5), "accumulation": torch.ones(height, width)}
+            t = np.where(in_box, t_box, t_wall)  # z-depth: direction has camera z = 1
+            return {
+                "depth": torch.tensor(t, dtype=torch.float32),
+                "rgb": torch.full((height, width, 3), 0.5),
+                "accumulation": torch.ones(height, width),
+            }
 
         def language(self, xyz, scale):
             raise AssertionError("not used")
@@ -205,9 +218,9 @@ def test_cache_refreshes_only_when_training_moved_on(scene, snap):
 
     s0, built = cache.get(at(100))
     assert built and s0.step == 100
-    s1, built = cache.get(at(199))                  # young field: keep until the step count doubles
+    s1, built = cache.get(at(199))  # young field: keep until the step count doubles
     assert not built and s1 is s0
-    s1, built = cache.get(at(200))                  # doubled: refresh
+    s1, built = cache.get(at(200))  # doubled: refresh
     assert built and s1.step == 200
     s1, built = cache.get(at(400))
     assert built and s1.step == 400
@@ -215,11 +228,11 @@ def test_cache_refreshes_only_when_training_moved_on(scene, snap):
     assert not built and s1.step == 400
     s1, built = cache.get(at(800))
     assert built and s1.step == 800
-    s1, built = cache.get(at(1299))                 # from here every refresh_every_steps: keep
+    s1, built = cache.get(at(1299))  # from here every refresh_every_steps: keep
     assert not built and s1.step == 800
-    s2, built = cache.get(at(1300))                 # 500 steps later: refresh
+    s2, built = cache.get(at(1300))  # 500 steps later: refresh
     assert built and s2.step == 1300 and s2 is not s1
-    s3, built = cache.get(at(20))                   # trainer reset: refresh
+    s3, built = cache.get(at(20))  # trainer reset: refresh
     assert built and s3.step == 20
     assert cache.peek() is s3
     t = cache.xyz_tensor(s3, torch.device("cpu"))

@@ -1,5 +1,6 @@
 """Synthetic tabletop scenes: geometry that agrees with the rendered pixels, determinism, layout,
 save/load, the ``lerf-ros scene`` command."""
+
 import json
 
 import numpy as np
@@ -76,11 +77,21 @@ def test_surface_points_project_onto_matching_depth_and_instance(scene):
 def test_projection_check_detects_a_wrong_convention(scene):
     """The same check on frames whose principal point is off by one pixel, or whose pose is in the
     OpenGL convention, fails: it can tell a correct convention from a wrong one."""
-    shifted = [Frame(rgb=f.rgb, K=f.K + np.array([[0, 0, 1.0], [0, 0, 1.0], [0, 0, 0]]), c2w=f.c2w,
-                     depth=f.depth, instance=f.instance) for f in scene.frames]
+    shifted = [
+        Frame(
+            rgb=f.rgb,
+            K=f.K + np.array([[0, 0, 1.0], [0, 0, 1.0], [0, 0, 0]]),
+            c2w=f.c2w,
+            depth=f.depth,
+            instance=f.instance,
+        )
+        for f in scene.frames
+    ]
     assert _match_rates(scene, shifted)[0] < 0.8
-    flipped = [Frame(rgb=f.rgb, K=f.K, c2w=f.c2w @ np.diag([1.0, -1, -1, 1]), depth=f.depth, instance=f.instance)
-               for f in scene.frames]
+    flipped = [
+        Frame(rgb=f.rgb, K=f.K, c2w=f.c2w @ np.diag([1.0, -1, -1, 1]), depth=f.depth, instance=f.instance)
+        for f in scene.frames
+    ]
     assert sum(c[0] for c in _match_rates(scene, flipped)[1].values()) == 0
 
 
@@ -101,8 +112,13 @@ def test_object_pixels_unproject_inside_their_boxes(scene):
 def test_half_pixel_convention_is_what_makes_geometry_agree(scene):
     """The unprojection check fails if rays go through pixel corners instead of centres."""
     frame = max(scene.frames, key=lambda f: (f.instance > 0).sum())
-    shifted = Frame(rgb=frame.rgb, K=frame.K + np.array([[0, 0, 0.5], [0, 0, 0.5], [0, 0, 0]]), c2w=frame.c2w,
-                    depth=frame.depth, instance=frame.instance)
+    shifted = Frame(
+        rgb=frame.rgb,
+        K=frame.K + np.array([[0, 0, 0.5], [0, 0, 0.5], [0, 0, 0]]),
+        c2w=frame.c2w,
+        depth=frame.depth,
+        instance=frame.instance,
+    )
     worst = 0.0
     for obj in scene.objects:
         mask = frame.instance == obj.instance_id
@@ -114,7 +130,9 @@ def test_half_pixel_convention_is_what_makes_geometry_agree(scene):
 def test_table_pixels_lie_on_the_table_plane(scene):
     frame = scene.frames[0]
     pts = _unproject(frame, (frame.instance == 0) & (frame.depth > 0))
-    on_table = (np.abs(pts[:, 0]) < scene.table_size[0] / 2 - 0.01) & (np.abs(pts[:, 1]) < scene.table_size[1] / 2 - 0.01)
+    on_table = (np.abs(pts[:, 0]) < scene.table_size[0] / 2 - 0.01) & (
+        np.abs(pts[:, 1]) < scene.table_size[1] / 2 - 0.01
+    )
     top = pts[on_table & (pts[:, 2] > -0.1)]
     assert len(top) > 100
     np.testing.assert_allclose(top[:, 2], scene.table_height, atol=2e-3)
@@ -153,10 +171,15 @@ def test_layout_of_a_seed_does_not_change():
     """A saved scene stores only the seed of its geometry and rebuilds it on load (``render_view``),
     so the objects a seed draws, their places and turns are part of the file format: pinned here."""
     s = make_scene(seed=7, width=8, height=8, n_frames=1, n_surface_points=16)
-    expect = [("remote control", (-0.4485, -0.0720, 0.0109), -2.0772), ("pear", (0.4693, 0.2938, 0.0618), -1.6966),
-              ("teapot", (0.3027, 0.1074, 0.0669), 2.9195), ("stapler", (-0.1628, -0.2600, 0.0204), -2.5032),
-              ("scissors", (-0.4538, 0.1959, 0.0040), 1.0915), ("banana", (0.2482, -0.1030, 0.0177), -1.6641),
-              ("tennis ball", (0.4831, -0.1536, 0.0336), -1.0391)]
+    expect = [
+        ("remote control", (-0.4485, -0.0720, 0.0109), -2.0772),
+        ("pear", (0.4693, 0.2938, 0.0618), -1.6966),
+        ("teapot", (0.3027, 0.1074, 0.0669), 2.9195),
+        ("stapler", (-0.1628, -0.2600, 0.0204), -2.5032),
+        ("scissors", (-0.4538, 0.1959, 0.0040), 1.0915),
+        ("banana", (0.2482, -0.1030, 0.0177), -1.6641),
+        ("tennis ball", (0.4831, -0.1536, 0.0336), -1.0391),
+    ]
     assert [o.class_name for o in s.objects] == [e[0] for e in expect]
     np.testing.assert_allclose([o.center for o in s.objects], [e[1] for e in expect], atol=1e-4)
     np.testing.assert_allclose([o.yaw for o in s.objects], [e[2] for e in expect], atol=1e-4)

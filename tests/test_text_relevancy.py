@@ -1,4 +1,5 @@
 """The relevancy score and the text embedding cache."""
+
 import math
 
 import pytest
@@ -6,8 +7,7 @@ import torch
 
 from lerf_ros.config import LerfConfig
 from lerf_ros.teachers.clip import ClipEncoder
-from lerf_ros.teachers.text import (CANONICAL_PHRASES, DEFAULT_TEMPERATURE, TextEncoderCache, negative_phrases,
-                                    relevancy)
+from lerf_ros.teachers.text import CANONICAL_PHRASES, DEFAULT_TEMPERATURE, TextEncoderCache, negative_phrases, relevancy
 
 torch.set_num_threads(1)
 

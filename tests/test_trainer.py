@@ -1,5 +1,6 @@
 """Ray sampling from the keyframe store, the trainer, the session, snapshots, checkpoints and the ``train``
 command, on tiny scenes."""
+
 import os
 import threading
 
@@ -16,7 +17,6 @@ from lerf_ros.mapping.trainer import Trainer, learning_rate
 from lerf_ros.teachers.features import compute_frame_features
 from lerf_ros.teachers.ground_truth import GroundTruthTeacher
 
-
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
@@ -27,8 +27,12 @@ def scene():
 
 def tiny_cfg(scene, **over):
     center, scale = estimate_scene_bounds(scene.frames)
-    base = {"model.scene_center": center, "model.scene_scale": scale, "trainer.rays_per_batch": 256,
-            "teacher.kind": "ground_truth"}
+    base = {
+        "model.scene_center": center,
+        "model.scene_scale": scale,
+        "trainer.rays_per_batch": 256,
+        "teacher.kind": "ground_truth",
+    }
     base.update(over)
     return preset("tiny").override(base)
 
@@ -253,20 +257,26 @@ def test_checkpoint_write_is_atomic_and_errors_are_clear(scene, tmp_path, monkey
     open(tmp_path / "step_00000020.ckpt", "wb").close()
     assert ckpt.latest_checkpoint(str(tmp_path)).endswith("step_00000020.ckpt")
     ckpt.prune_checkpoints(str(tmp_path), keep=2)
-    assert [os.path.basename(p) for p in ckpt.list_checkpoints(str(tmp_path))] == ["step-0000015.ckpt",
-                                                                                  "step_00000020.ckpt"]
+    assert [os.path.basename(p) for p in ckpt.list_checkpoints(str(tmp_path))] == [
+        "step-0000015.ckpt",
+        "step_00000020.ckpt",
+    ]
 
 
 # ---------------------------------------------------------------------------------- presets
 @pytest.mark.parametrize("name", ["tiny", "lerf-lite", "lerf", "lerf-big"])
 def test_each_preset_builds_and_trains_two_steps_on_cpu(name, scene):
-    over = {"device": "cpu", "trainer.rays_per_batch": 32, "teacher.kind": "ground_truth",
-            "teacher.pyramid_levels": 3}
+    over = {"device": "cpu", "trainer.rays_per_batch": 32, "teacher.kind": "ground_truth", "teacher.pyramid_levels": 3}
     if name != "tiny":
         # the real network structure with smaller hash tables (the full tables are 0.1-1.3 GB)
         cfg0 = preset(name)
-        over.update({"model.log2_hashmap_size": 12, "model.proposal_log2_hashmap_size": 12,
-                     "model.lang_log2_hashmap_size": [12] * len(cfg0.model.lang_num_levels)})
+        over.update(
+            {
+                "model.log2_hashmap_size": 12,
+                "model.proposal_log2_hashmap_size": 12,
+                "model.lang_log2_hashmap_size": [12] * len(cfg0.model.lang_num_levels),
+            }
+        )
     center, scale = estimate_scene_bounds(scene.frames)
     cfg = preset(name).override({**over, "model.scene_center": center, "model.scene_scale": scale})
     clip_dim = 768 if name == "lerf-big" else 512
@@ -292,9 +302,26 @@ def test_train_command_end_to_end(tmp_path):
     src = tmp_path / "scene"
     make_scene(seed=4, width=40, height=30, n_frames=9, nthreads=1).save(str(src), preview=False)
     out = tmp_path / "run"
-    rc = main(["train", "--scene", str(src), "--steps", "4", "--out", str(out), "--query", "mug",
-               "--no-progress", "--max-renders", "1", "--set", "trainer.rays_per_batch=128",
-               "--set", "trainer.checkpoint_every=2"])
+    rc = main(
+        [
+            "train",
+            "--scene",
+            str(src),
+            "--steps",
+            "4",
+            "--out",
+            str(out),
+            "--query",
+            "mug",
+            "--no-progress",
+            "--max-renders",
+            "1",
+            "--set",
+            "trainer.rays_per_batch=128",
+            "--set",
+            "trainer.checkpoint_every=2",
+        ]
+    )
     assert rc == 0
     names = set(os.listdir(out))
     assert {"config.yaml", "metrics.json", "checkpoints", "renders"} <= names

@@ -1,4 +1,5 @@
 """nerfstudio / instant-ngp transforms.json folders: round trip, the OpenGL -> OpenCV flip, errors."""
+
 import json
 import math
 
@@ -8,8 +9,7 @@ from PIL import Image
 
 from lerf_ros.data.sources import open_source
 from lerf_ros.data.synthetic import make_scene
-from lerf_ros.data.transforms_json import (TransformsFormatError, TransformsSource, read_transforms,
-                                           write_transforms)
+from lerf_ros.data.transforms_json import TransformsFormatError, TransformsSource, read_transforms, write_transforms
 
 
 @pytest.fixture(scope="module")
@@ -52,8 +52,11 @@ def test_hand_written_nerf_style_file(tmp_path):
     angle = 0.8
     c2w_gl = np.eye(4)
     c2w_gl[2, 3] = 2.0
-    (tmp_path / "transforms.json").write_text(json.dumps(
-        {"camera_angle_x": angle, "frames": [{"file_path": "./train/r_0", "transform_matrix": c2w_gl.tolist()}]}))
+    (tmp_path / "transforms.json").write_text(
+        json.dumps(
+            {"camera_angle_x": angle, "frames": [{"file_path": "./train/r_0", "transform_matrix": c2w_gl.tolist()}]}
+        )
+    )
     (f,) = read_transforms(tmp_path)
     fx = 0.5 * w / math.tan(0.5 * angle)
     np.testing.assert_allclose(f.K, [[fx, 0, w / 2], [0, fx, h / 2], [0, 0, 1]])
@@ -72,9 +75,25 @@ def test_per_frame_intrinsics_and_3x4_matrices(tmp_path):
     Image.fromarray(np.zeros((20, 30, 3), np.uint8)).save(tmp_path / "a.png")
     Image.fromarray(np.zeros((10, 16, 3), np.uint8)).save(tmp_path / "b.png")
     m = np.eye(4)[:3].tolist()
-    (tmp_path / "transforms.json").write_text(json.dumps({"fl_x": 25.0, "frames": [
-        {"file_path": "a.png", "transform_matrix": m, "cx": 14.0, "cy": 9.0, "w": 30, "h": 20, "timestamp": 3.5},
-        {"file_path": "b.png", "transform_matrix": m, "fl_x": 12.0, "fl_y": 13.0}]}))
+    (tmp_path / "transforms.json").write_text(
+        json.dumps(
+            {
+                "fl_x": 25.0,
+                "frames": [
+                    {
+                        "file_path": "a.png",
+                        "transform_matrix": m,
+                        "cx": 14.0,
+                        "cy": 9.0,
+                        "w": 30,
+                        "h": 20,
+                        "timestamp": 3.5,
+                    },
+                    {"file_path": "b.png", "transform_matrix": m, "fl_x": 12.0, "fl_y": 13.0},
+                ],
+            }
+        )
+    )
     a, b = TransformsSource(tmp_path, frame_interval=0.5)
     np.testing.assert_allclose(a.K, [[25, 0, 14], [0, 25, 9], [0, 0, 1]])
     np.testing.assert_allclose(b.K, [[12, 0, 8], [0, 13, 5], [0, 0, 1]])
@@ -90,18 +109,33 @@ def _write(tmp_path, doc, image=True):
 FRAME = {"file_path": "img.png", "transform_matrix": np.eye(4).tolist()}
 
 
-@pytest.mark.parametrize("doc, image, pattern", [
-    ("{oops", True, r"transforms.json: cannot parse JSON"),
-    ({"fl_x": 5.0}, True, r"transforms.json: no non-empty 'frames' list"),
-    ({"fl_x": 5.0, "frames": [{"file_path": "img.png"}]}, True, r"frame 0: needs 'file_path' and 'transform_matrix'"),
-    ({"fl_x": 5.0, "frames": [{**FRAME, "transform_matrix": [[1, 0], [0, 1]]}]}, True, r"frame 0: transform_matrix must be 4x4"),
-    ({"frames": [FRAME]}, True, r"frame 0: no focal length"),
-    ({"fl_x": 5.0, "frames": [FRAME]}, False, r"frame 0: image 'img.png' not found"),
-    ({"fl_x": 5.0, "w": 9, "frames": [FRAME]}, True, r"frame 0: 'w' is 9 but image 'img.png' is 8x8"),
-    ({"fl_x": 5.0, "k1": 0.1, "frames": [FRAME]}, True, r"frame 0: lens distortion"),
-    ({"fl_x": 5.0, "frames": [{**FRAME, "transform_matrix": (2 * np.eye(4)).tolist()}]}, True, r"frame 0: pose"),
-    ({"fl_x": 5.0, "frames": [{**FRAME, "depth_file_path": "d.png"}]}, True, r"frame 0: depth file .*d.png' not found"),
-])
+@pytest.mark.parametrize(
+    "doc, image, pattern",
+    [
+        ("{oops", True, r"transforms.json: cannot parse JSON"),
+        ({"fl_x": 5.0}, True, r"transforms.json: no non-empty 'frames' list"),
+        (
+            {"fl_x": 5.0, "frames": [{"file_path": "img.png"}]},
+            True,
+            r"frame 0: needs 'file_path' and 'transform_matrix'",
+        ),
+        (
+            {"fl_x": 5.0, "frames": [{**FRAME, "transform_matrix": [[1, 0], [0, 1]]}]},
+            True,
+            r"frame 0: transform_matrix must be 4x4",
+        ),
+        ({"frames": [FRAME]}, True, r"frame 0: no focal length"),
+        ({"fl_x": 5.0, "frames": [FRAME]}, False, r"frame 0: image 'img.png' not found"),
+        ({"fl_x": 5.0, "w": 9, "frames": [FRAME]}, True, r"frame 0: 'w' is 9 but image 'img.png' is 8x8"),
+        ({"fl_x": 5.0, "k1": 0.1, "frames": [FRAME]}, True, r"frame 0: lens distortion"),
+        ({"fl_x": 5.0, "frames": [{**FRAME, "transform_matrix": (2 * np.eye(4)).tolist()}]}, True, r"frame 0: pose"),
+        (
+            {"fl_x": 5.0, "frames": [{**FRAME, "depth_file_path": "d.png"}]},
+            True,
+            r"frame 0: depth file .*d.png' not found",
+        ),
+    ],
+)
 def test_errors_name_the_file_and_problem(tmp_path, doc, image, pattern):
     _write(tmp_path, doc, image)
     with pytest.raises(TransformsFormatError, match=pattern) as e:

@@ -59,24 +59,75 @@ Modules: ``settings`` (``BenchSettings``, the quick and full modes, the configur
 ``report`` (JSON and Markdown), ``machine`` (memory readings, machine description, progress bars),
 ``cli`` (the options of ``lerf-ros bench``).
 """
+
 from lerf_ros.bench.cli import add_arguments, main_from_args, settings_from_args
 from lerf_ros.bench.evaluate import absent_words, curve_point, evaluate_snapshot, relevancy_maps_2d
 from lerf_ros.bench.machine import Progress, machine_info, peak_rss_mb, rss_mb
-from lerf_ros.bench.metrics import (AGGREGATE_KEYS, FRACTION_KEYS, aggregate, answer_metrics, box_2d, fraction,
-                                    grasp_checks, gripper_corners, in_box_2d, mean_or_none, min_distances, percentile,
-                                    precision_recall, targets)
+from lerf_ros.bench.metrics import (
+    AGGREGATE_KEYS,
+    FRACTION_KEYS,
+    aggregate,
+    answer_metrics,
+    box_2d,
+    fraction,
+    grasp_checks,
+    gripper_corners,
+    in_box_2d,
+    mean_or_none,
+    min_distances,
+    percentile,
+    precision_recall,
+    targets,
+)
 from lerf_ros.bench.offline import train_offline
 from lerf_ros.bench.online import run_online
 from lerf_ros.bench.report import markdown, plain, write_results
 from lerf_ros.bench.run import run_benchmark
-from lerf_ros.bench.settings import (NON_VOCABULARY_WORDS, TEACHER_NOTE, BenchSettings, LogFn, build_config,
-                                     mode_settings)
+from lerf_ros.bench.settings import (
+    NON_VOCABULARY_WORDS,
+    TEACHER_NOTE,
+    BenchSettings,
+    LogFn,
+    build_config,
+    mode_settings,
+)
 
 __all__ = [
-    "AGGREGATE_KEYS", "FRACTION_KEYS", "NON_VOCABULARY_WORDS", "TEACHER_NOTE", "BenchSettings", "LogFn", "Progress",
-    "absent_words", "add_arguments", "aggregate", "answer_metrics", "box_2d", "build_config",
-    "curve_point", "evaluate_snapshot", "fraction", "grasp_checks", "gripper_corners", "in_box_2d", "machine_info",
-    "main_from_args", "markdown", "mean_or_none", "min_distances", "mode_settings", "peak_rss_mb", "percentile",
-    "plain", "precision_recall", "relevancy_maps_2d", "rss_mb", "run_benchmark", "run_online", "settings_from_args",
-    "targets", "train_offline", "write_results",
+    "AGGREGATE_KEYS",
+    "FRACTION_KEYS",
+    "NON_VOCABULARY_WORDS",
+    "TEACHER_NOTE",
+    "BenchSettings",
+    "LogFn",
+    "Progress",
+    "absent_words",
+    "add_arguments",
+    "aggregate",
+    "answer_metrics",
+    "box_2d",
+    "build_config",
+    "curve_point",
+    "evaluate_snapshot",
+    "fraction",
+    "grasp_checks",
+    "gripper_corners",
+    "in_box_2d",
+    "machine_info",
+    "main_from_args",
+    "markdown",
+    "mean_or_none",
+    "min_distances",
+    "mode_settings",
+    "peak_rss_mb",
+    "percentile",
+    "plain",
+    "precision_recall",
+    "relevancy_maps_2d",
+    "rss_mb",
+    "run_benchmark",
+    "run_online",
+    "settings_from_args",
+    "targets",
+    "train_offline",
+    "write_results",
 ]

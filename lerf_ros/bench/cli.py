@@ -1,4 +1,5 @@
 """The benchmark's command line (``lerf-ros bench``): its options, the settings they give, and the run."""
+
 from __future__ import annotations
 
 import argparse
@@ -10,24 +11,43 @@ from lerf_ros.bench.settings import BenchSettings, build_config, mode_settings
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """Add the benchmark's options (those of ``lerf-ros bench``) to ``p``."""
-    p.add_argument("--quick", action="store_true", help="quick mode: 2 small scenes, under 10 minutes on 2 CPU cores "
-                                                        "(default: full mode, >= 5 scenes at 160x120)")
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="quick mode: 2 small scenes, under 10 minutes on 2 CPU cores (default: full mode, >= 5 scenes at 160x120)",
+    )
     p.add_argument("--out", default="bench/results", help="results folder (default bench/results)")
     p.add_argument("--seeds", type=int, nargs="+", help="scene seeds (default: 0 1 quick, 0..4 full)")
-    p.add_argument("--budget", type=float, metavar="SECONDS", help="wall-clock budget of the run (default: 420 quick, "
-                                                                   "4800 full); training shrinks to fit")
+    p.add_argument(
+        "--budget",
+        type=float,
+        metavar="SECONDS",
+        help="wall-clock budget of the run (default: 420 quick, 4800 full); training shrinks to fit",
+    )
     p.add_argument("--steps", type=int, help="offline training steps per scene (default: 600 quick, 1200 full)")
-    p.add_argument("--size", type=int, nargs=2, metavar=("W", "H"),
-                   help="image size (default: 96 72 quick, 160 120 full)")
+    p.add_argument(
+        "--size", type=int, nargs=2, metavar=("W", "H"), help="image size (default: 96 72 quick, 160 120 full)"
+    )
     p.add_argument("--frames", type=int, help="frames per scene (default: 30 quick, 60 full)")
     p.add_argument("--stream-frames", type=int, help="frames streamed before the memory reading (default 1000)")
     p.add_argument("--online-max", type=float, metavar="SECONDS", help="longest online phase")
-    p.add_argument("--curve", type=int, nargs="+", default=[], metavar="STEP",
-                   help="also evaluate the offline snapshots at these steps (3D queries): a learning curve")
+    p.add_argument(
+        "--curve",
+        type=int,
+        nargs="+",
+        default=[],
+        metavar="STEP",
+        help="also evaluate the offline snapshots at these steps (3D queries): a learning curve",
+    )
     p.add_argument("--no-online", action="store_true", help="skip the online phase (streaming, timing, memory)")
     p.add_argument("--preset", default="tiny", help="configuration preset (default tiny)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="configuration override with a dotted key, e.g. query.threshold=0.6 (repeatable)")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="configuration override with a dotted key, e.g. query.threshold=0.6 (repeatable)",
+    )
     p.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars (log lines only)")
 

@@ -1,6 +1,7 @@
 """Evaluating a trained snapshot on its scene: 3D queries by name and synonym, absent words, grasps,
 relevancy-cloud precision and recall, and 2D localization on the held-out views (the protocol is
 described in ``lerf_ros.bench``)."""
+
 from __future__ import annotations
 
 import time
@@ -14,9 +15,18 @@ from lerf_ros.bench.settings import BenchSettings
 from lerf_ros.geometry.camera import backproject
 
 
-def relevancy_maps_2d(snapshot, K: np.ndarray, c2w: np.ndarray, height: int, width: int, texts: Sequence[str],
-                      text_cache, canonical: Sequence[str], scales: Sequence[float], temperature: float
-                      ) -> Dict[str, Tuple[np.ndarray, float]]:
+def relevancy_maps_2d(
+    snapshot,
+    K: np.ndarray,
+    c2w: np.ndarray,
+    height: int,
+    width: int,
+    texts: Sequence[str],
+    text_cache,
+    canonical: Sequence[str],
+    scales: Sequence[float],
+    temperature: float,
+) -> Dict[str, Tuple[np.ndarray, float]]:
     """LERF 2D relevancy maps of a view: rendered depth -> back-projected points -> the language
     field at each candidate scale -> relevancy against the canonical negatives (the query left
     out). Per text: ((H, W) map at the scale whose map peaks highest, that scale)."""
@@ -44,11 +54,24 @@ def curve_point(step: int, train_s: float, ev: Dict[str, Any]) -> Dict[str, Any]
     of the evaluation ``ev`` (from ``evaluate_snapshot``), with each object's relevancy and the
     objects answered wrongly."""
     m = ev["metrics"]
-    return {"step": step, "train_s": train_s,
-            **{k: m[k] for k in ("loc3d_accuracy_name", "loc3d_argmax_accuracy_name", "precision_mean", "recall_mean",
-                                 "grasp_valid_rate", "absent_false_positive_rate", "objects_on_surface_fraction")},
-            "max_relevancy": {o["name"]: o["max_relevancy"] for o in ev["objects"]},
-            "wrong": [o["name"] for o in ev["objects"] if not o["correct"]]}
+    return {
+        "step": step,
+        "train_s": train_s,
+        **{
+            k: m[k]
+            for k in (
+                "loc3d_accuracy_name",
+                "loc3d_argmax_accuracy_name",
+                "precision_mean",
+                "recall_mean",
+                "grasp_valid_rate",
+                "absent_false_positive_rate",
+                "objects_on_surface_fraction",
+            )
+        },
+        "max_relevancy": {o["name"]: o["max_relevancy"] for o in ev["objects"]},
+        "wrong": [o["name"] for o in ev["objects"] if not o["correct"]],
+    }
 
 
 def absent_words(scene, teacher, settings: BenchSettings) -> List[Tuple[str, str]]:
@@ -56,8 +79,10 @@ def absent_words(scene, teacher, settings: BenchSettings) -> List[Tuple[str, str
     chosen by the scene seed) and 'non_vocabulary' (words the teacher maps to no class)."""
     absent = scene.absent_classes()
     rng = np.random.default_rng([int(scene.seed), 0xAB5])
-    pick = [absent[i] for i in sorted(rng.choice(len(absent), size=min(settings.n_absent_vocabulary, len(absent)),
-                                                 replace=False))]
+    pick = [
+        absent[i]
+        for i in sorted(rng.choice(len(absent), size=min(settings.n_absent_vocabulary, len(absent)), replace=False))
+    ]
     words = [(w, "absent_class") for w in pick]
     for w in settings.non_vocabulary_words:
         if getattr(teacher, "class_index", lambda _t: None)(w) is not None:
@@ -66,8 +91,9 @@ def absent_words(scene, teacher, settings: BenchSettings) -> List[Tuple[str, str
     return words
 
 
-def evaluate_snapshot(scene, snapshot, cfg, teacher, settings: BenchSettings, progress: Progress,
-                      with_2d: bool = True) -> Dict[str, Any]:
+def evaluate_snapshot(
+    scene, snapshot, cfg, teacher, settings: BenchSettings, progress: Progress, with_2d: bool = True
+) -> Dict[str, Any]:
     """Every metric of one trained snapshot on its scene (see ``lerf_ros.bench``); ``with_2d``
     False skips the held-out 2D evaluation."""
     from lerf_ros.query import QueryEngine
@@ -89,58 +115,111 @@ def evaluate_snapshot(scene, snapshot, cfg, teacher, settings: BenchSettings, pr
     objects: List[Dict[str, Any]] = []
     for obj in scene.objects:
         rec: Dict[str, Any] = {
-            "name": obj.name, "instance_id": obj.instance_id, "size_m": [round(float(s), 4) for s in obj.size],
+            "name": obj.name,
+            "instance_id": obj.instance_id,
+            "size_m": [round(float(s), 4) for s in obj.size],
             # candidate surface points on the object: 0 means surface extraction missed it
-            "surface_points_on_object": int(obj.contains(surface_xyz, settings.grow_3d).sum())}
+            "surface_points_on_object": int(obj.contains(surface_xyz, settings.grow_3d).sum()),
+        }
         for j, phrase in enumerate(obj.phrases()):
             r = engine.query(phrase)
             top = r.points[0] if r.success and len(r.points) else None
             correct = bool(top is not None and obj.contains(top[None], settings.grow_3d)[0])
-            q = {"object": obj.name, "text": phrase, "kind": "name" if j == 0 else "synonym", "answered": r.success,
-                 "correct": correct, "max_relevancy": r.max_relevancy, "scale": r.scale, "points": int(len(r.points)),
-                 "latency_ms": r.timings.get("total", 0.0), "field_ms": r.timings.get("field", 0.0),
-                 "cluster_ms": r.timings.get("cluster", 0.0), "text_ms": r.timings.get("text", 0.0)}
+            q = {
+                "object": obj.name,
+                "text": phrase,
+                "kind": "name" if j == 0 else "synonym",
+                "answered": r.success,
+                "correct": correct,
+                "max_relevancy": r.max_relevancy,
+                "scale": r.scale,
+                "points": int(len(r.points)),
+                "latency_ms": r.timings.get("total", 0.0),
+                "field_ms": r.timings.get("field", 0.0),
+                "cluster_ms": r.timings.get("cluster", 0.0),
+                "text_ms": r.timings.get("text", 0.0),
+            }
             if top is not None:
                 q["top_point"] = [round(float(x), 4) for x in top]
                 q["top_distance_to_center_m"] = float(np.linalg.norm(top - obj.center))
             queries.append(q)
             if j != 0:
                 continue
-            rec.update({"answered": r.success, "correct": correct, "max_relevancy": r.max_relevancy,
-                        "scale": r.scale, "points": int(len(r.points)), "message": r.message})
+            rec.update(
+                {
+                    "answered": r.success,
+                    "correct": correct,
+                    "max_relevancy": r.max_relevancy,
+                    "scale": r.scale,
+                    "points": int(len(r.points)),
+                    "message": r.message,
+                }
+            )
             # argmax accuracy: the most relevant surface point whatever its relevancy
             if r.success:
                 rec["argmax_correct"] = correct
             elif r.step >= 0 and n_surface:
                 d = engine.query(phrase, threshold=1e-6, max_grasps=1)
-                rec["argmax_correct"] = bool(d.success and len(d.points)
-                                             and obj.contains(d.points[:1], settings.grow_3d)[0])
+                rec["argmax_correct"] = bool(
+                    d.success and len(d.points) and obj.contains(d.points[:1], settings.grow_3d)[0]
+                )
             else:
                 rec["argmax_correct"] = False
             prec, recall = precision_recall(r.points, obj.surface_points, settings.surface_tol)
             rec["precision"], rec["recall"] = prec, recall
             if r.grasps:
                 g = r.grasps[0]
-                rec["grasp"] = grasp_checks(g.pose, g.width, obj, engine.gripper, qc.gripper_max_width,
-                                            settings.grow_grasp, float(scene.table_height), settings.table_tol)
+                rec["grasp"] = grasp_checks(
+                    g.pose,
+                    g.width,
+                    obj,
+                    engine.gripper,
+                    qc.gripper_max_width,
+                    settings.grow_grasp,
+                    float(scene.table_height),
+                    settings.table_tol,
+                )
                 rec["grasp"].update({"returned": True, "kind": g.kind, "score": float(g.score)})
             else:
                 # the planner's reason is the tail of the answer's message (or why nothing was answered)
                 note = r.message.split("; ")[-1] if r.success else f"query not answered: {r.message}"
-                rec["grasp"] = {"returned": False, "valid": False, "in_object": False, "clear_of_table": False,
-                                "width_ok": False, "note": note}
+                rec["grasp"] = {
+                    "returned": False,
+                    "valid": False,
+                    "in_object": False,
+                    "clear_of_table": False,
+                    "width_ok": False,
+                    "note": note,
+                }
         objects.append(rec)
 
     absent_res = []
     for word, kind in absent:
         r = engine.query(word)
-        absent_res.append({"text": word, "kind": kind, "max_relevancy": r.max_relevancy,
-                           "above_threshold": bool(r.success), "points": int(len(r.points)),
-                           "latency_ms": r.timings.get("total", 0.0)})
-        queries.append({"object": None, "text": word, "kind": kind, "answered": r.success, "correct": not r.success,
-                        "max_relevancy": r.max_relevancy, "latency_ms": r.timings.get("total", 0.0),
-                        "field_ms": r.timings.get("field", 0.0), "cluster_ms": r.timings.get("cluster", 0.0),
-                        "text_ms": r.timings.get("text", 0.0)})
+        absent_res.append(
+            {
+                "text": word,
+                "kind": kind,
+                "max_relevancy": r.max_relevancy,
+                "above_threshold": bool(r.success),
+                "points": int(len(r.points)),
+                "latency_ms": r.timings.get("total", 0.0),
+            }
+        )
+        queries.append(
+            {
+                "object": None,
+                "text": word,
+                "kind": kind,
+                "answered": r.success,
+                "correct": not r.success,
+                "max_relevancy": r.max_relevancy,
+                "latency_ms": r.timings.get("total", 0.0),
+                "field_ms": r.timings.get("field", 0.0),
+                "cluster_ms": r.timings.get("cluster", 0.0),
+                "text_ms": r.timings.get("text", 0.0),
+            }
+        )
 
     # 2D localization on the held-out views
     views2d = []
@@ -152,14 +231,32 @@ def evaluate_snapshot(scene, snapshot, cfg, teacher, settings: BenchSettings, pr
             f = scene.frames[i]
             boxes = {o.name: box_2d(f.instance, o.instance_id, settings.min_box_pixels) for o in scene.objects}
             visible = [n for n, b in boxes.items() if b is not None]
-            maps = relevancy_maps_2d(snapshot, f.K, f.c2w, f.height, f.width, visible, engine.texts,
-                                     qc.canonical_phrases, qc.scales, qc.temperature)
+            maps = relevancy_maps_2d(
+                snapshot,
+                f.K,
+                f.c2w,
+                f.height,
+                f.width,
+                visible,
+                engine.texts,
+                qc.canonical_phrases,
+                qc.scales,
+                qc.temperature,
+            )
             for name in visible:
                 rel, s = maps[name]
                 r_, c_ = np.unravel_index(int(np.argmax(rel)), rel.shape)
-                views2d.append({"view": i, "object": name, "correct": in_box_2d((int(r_), int(c_)), boxes[name]),
-                                "max_relevancy": float(rel.max()), "scale": s, "argmax_pixel": [int(r_), int(c_)],
-                                "box": list(boxes[name])})
+                views2d.append(
+                    {
+                        "view": i,
+                        "object": name,
+                        "correct": in_box_2d((int(r_), int(c_)), boxes[name]),
+                        "max_relevancy": float(rel.max()),
+                        "scale": s,
+                        "argmax_pixel": [int(r_), int(c_)],
+                        "box": list(boxes[name]),
+                    }
+                )
             bar.update(1)
     finally:
         bar.close()

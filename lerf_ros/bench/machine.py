@@ -1,4 +1,5 @@
 """The process the benchmark runs in: its resident memory, the machine's description, progress bars."""
+
 from __future__ import annotations
 
 import os
@@ -25,16 +26,23 @@ def rss_mb() -> float:
 def peak_rss_mb() -> float:
     """Peak resident memory of this process (MiB, ``getrusage`` maxrss)."""
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return float(peak) / (1024.0 if sys.platform != "darwin" else 1024.0 ** 2)
+    return float(peak) / (1024.0 if sys.platform != "darwin" else 1024.0**2)
 
 
 def machine_info(threads: int) -> Dict[str, Any]:
     """CPU count, torch threads (and ``threads``, the number asked for), library versions, platform and load."""
     import torch
 
-    info = {"cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch_threads_asked": threads,
-            "torch_version": torch.__version__, "cuda_available": bool(torch.cuda.is_available()),
-            "python": platform.python_version(), "platform": platform.platform(), "numpy": np.__version__}
+    info = {
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch_threads_asked": threads,
+        "torch_version": torch.__version__,
+        "cuda_available": bool(torch.cuda.is_available()),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "numpy": np.__version__,
+    }
     try:
         import open3d
 

@@ -4,6 +4,7 @@ Distances between point sets, relevancy-cloud precision and recall, the geometri
 2D boxes from instance maps, and the pooling of per-scene records into the run's aggregate and its
 targets. No training, no I/O.
 """
+
 from __future__ import annotations
 
 from typing import Any, Dict, List, Optional, Sequence, Tuple
@@ -12,25 +13,67 @@ import numpy as np
 
 #: Keys of ``result["aggregate"]`` (the test checks every one is present).
 AGGREGATE_KEYS: Tuple[str, ...] = (
-    "loc3d_accuracy", "loc3d_accuracy_name", "loc3d_accuracy_synonym", "loc3d_argmax_accuracy_name",
-    "loc3d_answered_name", "loc2d_accuracy", "loc2d_queries", "precision_mean", "recall_mean",
-    "grasp_valid_rate", "grasp_none_rate", "grasp_in_object_rate", "grasp_clear_of_table_rate",
-    "grasp_width_ok_rate", "objects_on_surface_fraction", "absent_false_positive_rate", "absent_max_relevancy",
-    "present_max_relevancy_median", "query_latency_ms_p50", "query_latency_ms_p95", "query_prepare_ms_mean",
+    "loc3d_accuracy",
+    "loc3d_accuracy_name",
+    "loc3d_accuracy_synonym",
+    "loc3d_argmax_accuracy_name",
+    "loc3d_answered_name",
+    "loc2d_accuracy",
+    "loc2d_queries",
+    "precision_mean",
+    "recall_mean",
+    "grasp_valid_rate",
+    "grasp_none_rate",
+    "grasp_in_object_rate",
+    "grasp_clear_of_table_rate",
+    "grasp_width_ok_rate",
+    "objects_on_surface_fraction",
+    "absent_false_positive_rate",
+    "absent_max_relevancy",
+    "present_max_relevancy_median",
+    "query_latency_ms_p50",
+    "query_latency_ms_p95",
+    "query_prepare_ms_mean",
     "teacher_s_per_keyframe",
-    "offline_steps_mean", "offline_rays_per_s", "offline_rays_per_cpu_s", "online_rays_per_s",
-    "online_rays_per_cpu_s", "online_overhead_pct", "online_overhead_cpu_pct", "online_first_correct_s",
-    "online_all_correct_s", "online_objects_correct_fraction", "online_query_latency_ms_p95",
-    "online_each_correct_s", "stream_frames", "stream_rss_mb", "stream_rss_growth_after_full_mb",
-    "stream_rss_growth_second_half_mb", "stream_store_bounded", "peak_rss_mb",
+    "offline_steps_mean",
+    "offline_rays_per_s",
+    "offline_rays_per_cpu_s",
+    "online_rays_per_s",
+    "online_rays_per_cpu_s",
+    "online_overhead_pct",
+    "online_overhead_cpu_pct",
+    "online_first_correct_s",
+    "online_all_correct_s",
+    "online_objects_correct_fraction",
+    "online_query_latency_ms_p95",
+    "online_each_correct_s",
+    "stream_frames",
+    "stream_rss_mb",
+    "stream_rss_growth_after_full_mb",
+    "stream_rss_growth_second_half_mb",
+    "stream_store_bounded",
+    "peak_rss_mb",
 )
 
 #: Aggregate keys whose values are fractions in [0, 1] (or None when nothing was measured).
 FRACTION_KEYS: Tuple[str, ...] = (
-    "loc3d_accuracy", "loc3d_accuracy_name", "loc3d_accuracy_synonym", "loc3d_argmax_accuracy_name",
-    "loc3d_answered_name", "loc2d_accuracy", "precision_mean", "recall_mean", "grasp_valid_rate",
-    "grasp_none_rate", "objects_on_surface_fraction", "grasp_in_object_rate", "grasp_clear_of_table_rate",
-    "grasp_width_ok_rate", "absent_false_positive_rate", "absent_max_relevancy", "present_max_relevancy_median",
+    "loc3d_accuracy",
+    "loc3d_accuracy_name",
+    "loc3d_accuracy_synonym",
+    "loc3d_argmax_accuracy_name",
+    "loc3d_answered_name",
+    "loc2d_accuracy",
+    "precision_mean",
+    "recall_mean",
+    "grasp_valid_rate",
+    "grasp_none_rate",
+    "objects_on_surface_fraction",
+    "grasp_in_object_rate",
+    "grasp_clear_of_table_rate",
+    "grasp_width_ok_rate",
+    "absent_false_positive_rate",
+    "absent_max_relevancy",
+    "present_max_relevancy_median",
     "online_objects_correct_fraction",
 )
 
@@ -67,8 +110,8 @@ def min_distances(a: np.ndarray, b: np.ndarray, chunk: int = 4096) -> np.ndarray
     tb = torch.from_numpy(b)
     out = np.empty(len(a))
     for i in range(0, len(a), chunk):
-        ta = torch.from_numpy(a[i:i + chunk])
-        out[i:i + chunk] = torch.cdist(ta, tb).min(dim=1).values.numpy()
+        ta = torch.from_numpy(a[i : i + chunk])
+        out[i : i + chunk] = torch.cdist(ta, tb).min(dim=1).values.numpy()
     return out
 
 
@@ -102,8 +145,9 @@ def gripper_corners(pose: np.ndarray, width: float, gripper) -> np.ndarray:
     return local @ pose[:3, :3].T + pose[:3, 3]
 
 
-def grasp_checks(pose: np.ndarray, width: float, obj, gripper, max_width: float, grow: float,
-                 table_z: float, table_tol: float) -> Dict[str, Any]:
+def grasp_checks(
+    pose: np.ndarray, width: float, obj, gripper, max_width: float, grow: float, table_z: float, table_tol: float
+) -> Dict[str, Any]:
     """Validity of one grasp on ``obj`` (a ``SceneObject``): 'in_object' (origin inside the box
     grown by ``grow``), 'clear_of_table' (every gripper corner (``gripper_corners``) at or above
     ``table_z - table_tol``), 'width_ok' (opening <= ``max_width``), 'valid' (all three), and
@@ -113,8 +157,14 @@ def grasp_checks(pose: np.ndarray, width: float, obj, gripper, max_width: float,
     lowest = float(gripper_corners(pose, float(width), gripper)[:, 2].min())
     clear = lowest >= table_z - table_tol
     width_ok = float(width) <= max_width + 1e-9
-    return {"in_object": in_object, "clear_of_table": bool(clear), "width_ok": bool(width_ok),
-            "valid": bool(in_object and clear and width_ok), "lowest_z": lowest, "width": float(width)}
+    return {
+        "in_object": in_object,
+        "clear_of_table": bool(clear),
+        "width_ok": bool(width_ok),
+        "valid": bool(in_object and clear and width_ok),
+        "lowest_z": lowest,
+        "width": float(width),
+    }
 
 
 def box_2d(instance: np.ndarray, instance_id: int, min_pixels: int = 1) -> Optional[Tuple[int, int, int, int]]:
@@ -132,8 +182,12 @@ def in_box_2d(pixel: Tuple[int, int], box: Tuple[int, int, int, int]) -> bool:
     return box[0] <= c <= box[2] and box[1] <= r <= box[3]
 
 
-def answer_metrics(objects: List[Dict[str, Any]], queries: List[Dict[str, Any]], views2d: List[Dict[str, Any]],
-                   absent: List[Dict[str, Any]]) -> Dict[str, Any]:
+def answer_metrics(
+    objects: List[Dict[str, Any]],
+    queries: List[Dict[str, Any]],
+    views2d: List[Dict[str, Any]],
+    absent: List[Dict[str, Any]],
+) -> Dict[str, Any]:
     """Localization, relevancy-cloud and grasp metrics of a set of evaluated objects, queries, 2D
     views and absent-object queries (one scene's, or all scenes' pooled)."""
     names = [q for q in queries if q["kind"] == "name"]
@@ -160,8 +214,9 @@ def answer_metrics(objects: List[Dict[str, Any]], queries: List[Dict[str, Any]],
     }
 
 
-def aggregate(scenes: List[Dict[str, Any]], online: Optional[Dict[str, Any]],
-              peak_rss: Optional[float] = None) -> Dict[str, Any]:
+def aggregate(
+    scenes: List[Dict[str, Any]], online: Optional[Dict[str, Any]], peak_rss: Optional[float] = None
+) -> Dict[str, Any]:
     """The run's aggregate (every key of ``AGGREGATE_KEYS``) from the per-scene results (objects,
     queries, absent words, 2D views pooled), the online phase's result (None: not run) and the
     process's peak resident memory ``peak_rss`` (MiB)."""
@@ -181,7 +236,9 @@ def aggregate(scenes: List[Dict[str, Any]], online: Optional[Dict[str, Any]],
         "offline_steps_mean": mean_or_none([o["steps"] for o in off]),
         "offline_rays_per_s": offline_rps,
         "offline_rays_per_cpu_s": offline_rpc,
-        "n_objects": len(objs), "n_queries": len(queries), "n_scenes": len(scenes),
+        "n_objects": len(objs),
+        "n_queries": len(queries),
+        "n_scenes": len(scenes),
     }
     on = online or {}
     agg["online_rays_per_s"] = on.get("rays_per_s")
@@ -190,10 +247,12 @@ def aggregate(scenes: List[Dict[str, Any]], online: Optional[Dict[str, Any]],
     ref = next((s["offline"] for s in scenes if online and s["seed"] == online["seed"]), None)
     rps_ref = ref["rays_per_s"] if ref else offline_rps
     rpc_ref = ref["rays_per_cpu_s"] if ref else offline_rpc
-    agg["online_overhead_pct"] = (100.0 * (1.0 - on["rays_per_s"] / rps_ref)
-                                  if on.get("rays_per_s") and rps_ref else None)
-    agg["online_overhead_cpu_pct"] = (100.0 * (1.0 - on["rays_per_cpu_s"] / rpc_ref)
-                                      if on.get("rays_per_cpu_s") and rpc_ref else None)
+    agg["online_overhead_pct"] = (
+        100.0 * (1.0 - on["rays_per_s"] / rps_ref) if on.get("rays_per_s") and rps_ref else None
+    )
+    agg["online_overhead_cpu_pct"] = (
+        100.0 * (1.0 - on["rays_per_cpu_s"] / rpc_ref) if on.get("rays_per_cpu_s") and rpc_ref else None
+    )
     agg["online_first_correct_s"] = on.get("first_correct_any_s")
     agg["online_each_correct_s"] = on.get("each_correct_s")
     agg["online_all_correct_s"] = on.get("all_correct_s")
@@ -217,14 +276,17 @@ def targets(agg: Dict[str, Any]) -> Dict[str, Any]:
     v = agg
     return {
         "loc3d_name": t(v["loc3d_accuracy_name"], (v["loc3d_accuracy_name"] or 0) >= 0.95, ">= 0.95"),
-        "absent_never_above_threshold": t(v["absent_false_positive_rate"], v["absent_false_positive_rate"] == 0,
-                                          "== 0"),
+        "absent_never_above_threshold": t(
+            v["absent_false_positive_rate"], v["absent_false_positive_rate"] == 0, "== 0"
+        ),
         "grasp_valid": t(v["grasp_valid_rate"], (v["grasp_valid_rate"] or 0) >= 0.9, ">= 0.9"),
-        "first_correct_s": t(v["online_each_correct_s"], (v["online_each_correct_s"] or 1e9) <= 300,
-                             "<= 300 s (each object)"),
+        "first_correct_s": t(
+            v["online_each_correct_s"], (v["online_each_correct_s"] or 1e9) <= 300, "<= 300 s (each object)"
+        ),
         "query_p95_ms": t(v["query_latency_ms_p95"], (v["query_latency_ms_p95"] or 1e9) < 300, "< 300 ms"),
         # per CPU-second: the wall-clock rates move with other processes' load on a shared machine
-        "online_overhead_pct": t(v["online_overhead_cpu_pct"], (v["online_overhead_cpu_pct"] or 1e9) < 15,
-                                 "< 15 % (per CPU-s)"),
+        "online_overhead_pct": t(
+            v["online_overhead_cpu_pct"], (v["online_overhead_cpu_pct"] or 1e9) < 15, "< 15 % (per CPU-s)"
+        ),
         "store_bounded": t(v["stream_store_bounded"], bool(v["stream_store_bounded"]), "store within its bounds"),
     }

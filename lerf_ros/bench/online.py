@@ -1,6 +1,7 @@
 """The online phase of the benchmark: a scene streamed into an ``OnlineTrainer`` from a feeder thread
 as a live camera would, with periodic checks of the newest snapshot, training rates and resident
 memory (``run_online``)."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -21,17 +22,30 @@ def _stream_frame(scene, k: int, rate_hz: float, start_stamp: float):
     """Frame ``k`` of an endless stream cycling through the scene's trajectory: fresh arrays (as a
     camera driver would deliver) and a stamp ``k / rate_hz`` after the start."""
     f = scene.frames[k % len(scene.frames)]
-    return dataclasses.replace(f, rgb=f.rgb.copy(), depth=None if f.depth is None else f.depth.copy(),
-                               instance=None if f.instance is None else f.instance.copy(),
-                               stamp=start_stamp + k / rate_hz, index=k, meta=dict(f.meta, stream_index=k))
+    return dataclasses.replace(
+        f,
+        rgb=f.rgb.copy(),
+        depth=None if f.depth is None else f.depth.copy(),
+        instance=None if f.instance is None else f.instance.copy(),
+        stamp=start_stamp + k / rate_hz,
+        index=k,
+        meta=dict(f.meta, stream_index=k),
+    )
 
 
 class _Feeder:
     """Submits stream frames to an online trainer from a thread, at a fixed rate or as fast as it
     takes them (``rate_hz`` None)."""
 
-    def __init__(self, trainer, scene, rate_hz: Optional[float], start_index: int = 0,
-                 limit: Optional[int] = None, stamp_rate_hz: float = 5.0) -> None:
+    def __init__(
+        self,
+        trainer,
+        scene,
+        rate_hz: Optional[float],
+        start_index: int = 0,
+        limit: Optional[int] = None,
+        stamp_rate_hz: float = 5.0,
+    ) -> None:
         self.trainer, self.scene, self.rate_hz, self.limit = trainer, scene, rate_hz, limit
         self.stamp_rate_hz = stamp_rate_hz
         self.next_index = start_index
@@ -74,8 +88,9 @@ class _Feeder:
                     self._stop.wait(wait)
 
 
-def run_online(scene, cfg, settings: BenchSettings, time_cap_s: float, progress: Progress, log: LogFn
-               ) -> Dict[str, Any]:
+def run_online(
+    scene, cfg, settings: BenchSettings, time_cap_s: float, progress: Progress, log: LogFn
+) -> Dict[str, Any]:
     """The online phase (see ``lerf_ros.bench``) on one scene."""
     from lerf_ros.mapping.online import OnlineTrainer
     from lerf_ros.query import QueryEngine
@@ -91,8 +106,9 @@ def run_online(scene, cfg, settings: BenchSettings, time_cap_s: float, progress:
 
     # Periodic checkpoints off (they would cost the online side time the offline side does not
     # pay) and no step limit within the phase.
-    ocfg = cfg.override({"output_dir": tmp, "trainer.checkpoint_every": 0,
-                         "trainer.max_steps": max(cfg.trainer.max_steps, 10 ** 7)})
+    ocfg = cfg.override(
+        {"output_dir": tmp, "trainer.checkpoint_every": 0, "trainer.max_steps": max(cfg.trainer.max_steps, 10**7)}
+    )
     teacher = GroundTruthTeacher(scene)
     ot = OnlineTrainer(ocfg, teacher=teacher, log=trainer_log, snapshot_every=settings.online_snapshot_every)
     engine = QueryEngine(ocfg.query, teacher.encode_text)
@@ -117,9 +133,17 @@ def run_online(scene, cfg, settings: BenchSettings, time_cap_s: float, progress:
         if not origin:
             origin.append(feeder.first_submit or t_begin)
         st = ot.keyframes.stats()
-        memory.append({"t_s": time.perf_counter() - origin[0], "frames": feeder.next_index,
-                       "rss_mb": rss_mb(), "keyframes": st["count"], "store_mb": st["bytes"] / 2**20,
-                       "evicted": st["evicted"], "phase": tag})
+        memory.append(
+            {
+                "t_s": time.perf_counter() - origin[0],
+                "frames": feeder.next_index,
+                "rss_mb": rss_mb(),
+                "keyframes": st["count"],
+                "store_mb": st["bytes"] / 2**20,
+                "evicted": st["evicted"],
+                "phase": tag,
+            }
+        )
 
     try:
         while True:
@@ -136,8 +160,9 @@ def run_online(scene, cfg, settings: BenchSettings, time_cap_s: float, progress:
             snap = ot.latest_snapshot
             t_rel = time.perf_counter() - (feeder.first_submit or t_begin)
             if snap is None:
-                checks.append({"t_s": t_rel, "step": ot.step, "note": "no snapshot yet",
-                               "keyframes": ot.status().keyframes})
+                checks.append(
+                    {"t_s": t_rel, "step": ot.step, "note": "no snapshot yet", "keyframes": ot.status().keyframes}
+                )
                 bar.update(int(time.perf_counter() - t_begin) - bar.n)
                 continue
             engine.set_snapshot(snap)
@@ -148,8 +173,9 @@ def run_online(scene, cfg, settings: BenchSettings, time_cap_s: float, progress:
             for obj in scene.objects:
                 r = engine.query(obj.name)
                 latencies.append(r.timings.get("total", 0.0))
-                correct[obj.name] = bool(r.success and len(r.points)
-                                         and obj.contains(r.points[:1], settings.grow_3d)[0])
+                correct[obj.name] = bool(
+                    r.success and len(r.points) and obj.contains(r.points[:1], settings.grow_3d)[0]
+                )
             t_ans = time.perf_counter() - (feeder.first_submit or t_begin)
             for n, ok in correct.items():
                 if ok and first_correct[n] is None:
@@ -157,17 +183,30 @@ def run_online(scene, cfg, settings: BenchSettings, time_cap_s: float, progress:
             if all(correct.values()) and all_correct_s is None:
                 all_correct_s = t_ans
             surf = engine.surface()
-            checks.append({"t_s": t_ans, "snapshot_step": int(snap.step), "step_now": ot.step,
-                           "surface_step": -1 if surf is None else int(surf.step),
-                           "surface_points": 0 if surf is None else len(surf), "prepare_ms": prep_ms,
-                           "prepare_surface_ms": prep["surface"], "keyframes": ot.status().keyframes,
-                           "frames": feeder.next_index, "correct": sorted(n for n, ok in correct.items() if ok)})
+            checks.append(
+                {
+                    "t_s": t_ans,
+                    "snapshot_step": int(snap.step),
+                    "step_now": ot.step,
+                    "surface_step": -1 if surf is None else int(surf.step),
+                    "surface_points": 0 if surf is None else len(surf),
+                    "prepare_ms": prep_ms,
+                    "prepare_surface_ms": prep["surface"],
+                    "keyframes": ot.status().keyframes,
+                    "frames": feeder.next_index,
+                    "correct": sorted(n for n, ok in correct.items() if ok),
+                }
+            )
             bar.update(int(time.perf_counter() - t_begin) - bar.n)
-            bar.set_postfix({"step": ot.step, "correct": f"{sum(correct.values())}/{len(correct)}",
-                             "kf": ot.status().keyframes}, refresh=False)
-            log(f"online t={t_ans:5.0f} s: snapshot step {snap.step} (surface of step "
+            bar.set_postfix(
+                {"step": ot.step, "correct": f"{sum(correct.values())}/{len(correct)}", "kf": ot.status().keyframes},
+                refresh=False,
+            )
+            log(
+                f"online t={t_ans:5.0f} s: snapshot step {snap.step} (surface of step "
                 f"{checks[-1]['surface_step']}), {sum(correct.values())}/{len(correct)} objects correct, "
-                f"{ot.status().keyframes} keyframes, {feeder.next_index} frames streamed")
+                f"{ot.status().keyframes} keyframes, {feeder.next_index} frames streamed"
+            )
         online_s = time.perf_counter() - (feeder.first_submit or t_begin)
         feeder.stop()
         frames_online = feeder.next_index
@@ -175,10 +214,17 @@ def run_online(scene, cfg, settings: BenchSettings, time_cap_s: float, progress:
         # top up the stream for the memory number: as fast as the trainer takes frames
         t_mem = time.perf_counter()
         if feeder.next_index < settings.stream_frames:
-            feeder = _Feeder(ot, scene, None, start_index=feeder.next_index, limit=settings.stream_frames,
-                             stamp_rate_hz=settings.online_rate_hz).start()
-            mbar = progress.bar(total=settings.stream_frames, initial=feeder.next_index, desc="stream (memory)",
-                                unit="frame")
+            feeder = _Feeder(
+                ot,
+                scene,
+                None,
+                start_index=feeder.next_index,
+                limit=settings.stream_frames,
+                stamp_rate_hz=settings.online_rate_hz,
+            ).start()
+            mbar = progress.bar(
+                total=settings.stream_frames, initial=feeder.next_index, desc="stream (memory)", unit="frame"
+            )
             while not feeder.done():
                 time.sleep(1.0)
                 mbar.update(feeder.next_index - mbar.n)
@@ -209,25 +255,49 @@ def run_online(scene, cfg, settings: BenchSettings, time_cap_s: float, progress:
     growth_half = memory[-1]["rss_mb"] - half["rss_mb"] if half is not None and half is not memory[-1] else None
     times = list(first_correct.values())
     res = {
-        "seed": scene.seed, "rate_hz": settings.online_rate_hz, "time_cap_s": time_cap_s, "online_s": online_s,
+        "seed": scene.seed,
+        "rate_hz": settings.online_rate_hz,
+        "time_cap_s": time_cap_s,
+        "online_s": online_s,
         "first_correct_s": first_correct,
         "first_correct_any_s": min([t for t in first_correct.values() if t is not None], default=None),
         "each_correct_s": max(times) if times and all(t is not None for t in times) else None,
         "all_correct_s": all_correct_s,
         "objects_correct_fraction": float(np.mean([t is not None for t in first_correct.values()])),
-        "check_every_s": settings.online_check_every_s, "checks": checks,
+        "check_every_s": settings.online_check_every_s,
+        "checks": checks,
         "rays_per_s": steps * rays / wall if wall > 0 and steps else None,
         "rays_per_cpu_s": steps * rays / cpu if cpu > 0 and steps else None,
-        "measured_steps": steps, "measured_wall_s": wall, "final_step": status.step,
-        "query_latency_ms_p50": percentile(latencies, 50), "query_latency_ms_p95": percentile(latencies, 95),
-        "frames_streamed_online": frames_online, "frames_streamed": feeder.next_index, "frames_kept": kept,
+        "measured_steps": steps,
+        "measured_wall_s": wall,
+        "final_step": status.step,
+        "query_latency_ms_p50": percentile(latencies, 50),
+        "query_latency_ms_p95": percentile(latencies, 95),
+        "frames_streamed_online": frames_online,
+        "frames_streamed": feeder.next_index,
+        "frames_kept": kept,
         "frames_rejected": rejected,
-        "stream_topup_s": stream_s, "store": {k: st[k] for k in ("count", "bytes", "with_features", "feature_bytes",
-                                                                 "max_keyframes", "max_bytes", "added", "evicted")},
-        "rss_start_mb": rss0, "rss_end_mb": memory[-1]["rss_mb"] if memory else rss_mb(),
-        "rss_growth_after_store_full_mb": growth, "rss_growth_second_half_mb": growth_half,
+        "stream_topup_s": stream_s,
+        "store": {
+            k: st[k]
+            for k in (
+                "count",
+                "bytes",
+                "with_features",
+                "feature_bytes",
+                "max_keyframes",
+                "max_bytes",
+                "added",
+                "evicted",
+            )
+        },
+        "rss_start_mb": rss0,
+        "rss_end_mb": memory[-1]["rss_mb"] if memory else rss_mb(),
+        "rss_growth_after_store_full_mb": growth,
+        "rss_growth_second_half_mb": growth_half,
         "memory_samples": memory,
         "store_bounded": bool(st["count"] <= st["max_keyframes"] and st["bytes"] <= st["max_bytes"]),
-        "trainer_messages": messages[:20], **bounds,
+        "trainer_messages": messages[:20],
+        **bounds,
     }
     return res

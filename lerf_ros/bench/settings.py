@@ -1,4 +1,5 @@
 """What one benchmark run does: ``BenchSettings``, the named modes, and the LERF configuration they give."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -6,8 +7,10 @@ from typing import Any, Callable, Dict, Tuple
 
 LogFn = Callable[[str], None]
 
-TEACHER_NOTE = ("teacher: the synthetic scene's ground truth (instance maps and class labels as seeded 512-d "
-                "vectors) stands in for CLIP/DINO; these numbers measure the 3D system, not a 2D model")
+TEACHER_NOTE = (
+    "teacher: the synthetic scene's ground truth (instance maps and class labels as seeded 512-d "
+    "vectors) stands in for CLIP/DINO; these numbers measure the 3D system, not a 2D model"
+)
 
 #: Words outside the synthetic vocabulary (and none of its synonyms) used as absent-object queries.
 NON_VOCABULARY_WORDS: Tuple[str, ...] = ("giraffe", "laptop", "umbrella", "guitar")
@@ -99,10 +102,20 @@ def mode_settings(mode: str) -> BenchSettings:
     if mode == "quick":
         return BenchSettings()
     if mode == "full":
-        return BenchSettings(mode="full", seeds=(0, 1, 2, 3, 4), width=160, height=120, n_frames=60,
-                             max_steps=1200, budget_s=4800.0, online_fraction=0.2, online_min_s=60.0,
-                             online_max_s=600.0, online_check_every_s=15.0,
-                             eval_reserve_s=90.0)
+        return BenchSettings(
+            mode="full",
+            seeds=(0, 1, 2, 3, 4),
+            width=160,
+            height=120,
+            n_frames=60,
+            max_steps=1200,
+            budget_s=4800.0,
+            online_fraction=0.2,
+            online_min_s=60.0,
+            online_max_s=600.0,
+            online_check_every_s=15.0,
+            eval_reserve_s=90.0,
+        )
     raise ValueError(f"unknown benchmark mode {mode!r}: 'quick' or 'full'")
 
 

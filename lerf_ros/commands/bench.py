@@ -7,6 +7,7 @@ Writes ``bench_quick.json`` / ``bench_quick.md`` (quick) or ``bench.json`` / ``b
 ``--out``. The metrics and the protocol are described in ``lerf_ros.bench``; the teacher is the
 synthetic scene's ground truth, not CLIP. This is the benchmark's only entry point.
 """
+
 from __future__ import annotations
 
 import argparse

@@ -11,6 +11,7 @@
 The teacher is the synthetic scene's ground truth (no CLIP weights are needed or used); see the
 README for real CLIP weights on real data.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -29,7 +30,8 @@ TEACHER_NOTE = (
     "    (or warm the OpenCLIP/timm caches once), see README 'Real CLIP and DINO weights';\n"
     "  - a rosbag2 file: `lerf-ros replay BAG_DIR` instead of the synthetic scene, or play it with ros2 bag;\n"
     "  - a live camera: `lerf-ros run --remap image:=/camera/color/image_raw --remap camera_info:=...`\n"
-    "    (or `ros2 launch lerf_ros lerf.launch.py ...`) with the camera pose on TF or a pose topic.")
+    "    (or `ros2 launch lerf_ros lerf.launch.py ...`) with the camera pose on TF or a pose topic."
+)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -55,7 +57,8 @@ def _write_params(path: Path, scene_dir: Path, out: Path, preset: str, steps: in
         f"    preset: {preset}\n    output_dir: '{out / 'run'}'\n    world_frame: map\n"
         f"    teacher:\n      kind: ground_truth\n      scene_dir: '{scene_dir}'\n"
         f"    trainer:\n      max_steps: {steps}\n      checkpoint_every: 500\n"
-        "lerf_trainer:\n  ros__parameters:\n    pose_source: pose\n    status_rate_hz: 2.0\n    resume: false\n")
+        "lerf_trainer:\n  ros__parameters:\n    pose_source: pose\n    status_rate_hz: 2.0\n    resume: false\n"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -79,14 +82,35 @@ def run(args: argparse.Namespace) -> int:
     _write_params(params, scene_dir, out, args.preset, args.steps)
     env = _ros_env(domain_id=42)
     logs = {name: open(out / f"{name}.log", "wb") for name in ("nodes", "replay")}
-    nodes = subprocess.Popen([sys.executable, "-m", "lerf_ros.ros.lerf_node", "--ros-args",
-                              "--params-file", str(params)],
-                             env=env, stdout=logs["nodes"], stderr=subprocess.STDOUT, start_new_session=True)
-    replay = subprocess.Popen([sys.executable, "-m", "lerf_ros.cli", "replay", str(scene_dir), "--rate", str(args.rate),
-                               "--loop", "--wait-for-subscribers", "1"],
-                              env=env, stdout=logs["replay"], stderr=subprocess.STDOUT, start_new_session=True)
-    print(f"started the nodes (log {out / 'nodes.log'}) and the replay at {args.rate:g} Hz (log {out / 'replay.log'})",
-          flush=True)
+    nodes = subprocess.Popen(
+        [sys.executable, "-m", "lerf_ros.ros.lerf_node", "--ros-args", "--params-file", str(params)],
+        env=env,
+        stdout=logs["nodes"],
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    replay = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "lerf_ros.cli",
+            "replay",
+            str(scene_dir),
+            "--rate",
+            str(args.rate),
+            "--loop",
+            "--wait-for-subscribers",
+            "1",
+        ],
+        env=env,
+        stdout=logs["replay"],
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    print(
+        f"started the nodes (log {out / 'nodes.log'}) and the replay at {args.rate:g} Hz (log {out / 'replay.log'})",
+        flush=True,
+    )
     try:
         return _client(args, scene, out, env, nodes)
     finally:
@@ -125,8 +149,10 @@ def _client(args, scene, out: Path, env: dict, nodes) -> int:
                 if first_frame_t is None and s.frames_received > 0:
                     first_frame_t = time.monotonic()
                 bar.n = min(int(s.step), args.steps)
-                bar.set_postfix_str(f"{s.state_name}, {s.frames_kept} keyframes, PSNR {s.psnr:.1f} dB, "
-                                    f"{s.rays_per_second:.0f} rays/s", refresh=False)
+                bar.set_postfix_str(
+                    f"{s.state_name}, {s.frames_kept} keyframes, PSNR {s.psnr:.1f} dB, {s.rays_per_second:.0f} rays/s",
+                    refresh=False,
+                )
                 bar.refresh()
                 if s.step >= args.steps:
                     break
@@ -158,8 +184,10 @@ def _client(args, scene, out: Path, env: dict, nodes) -> int:
         (out / "summary.json").write_text(json.dumps(summary, indent=2))
         correct = [r for r in summary if r["expected"] is not None]
         n_ok = sum(r["top_point_on_object"] for r in correct)
-        print(f"\n{n_ok}/{len(correct)} object queries answered on the right object; "
-              f"absent-object queries above threshold: {sum(r['success'] for r in summary if r['expected'] is None)}")
+        print(
+            f"\n{n_ok}/{len(correct)} object queries answered on the right object; "
+            f"absent-object queries above threshold: {sum(r['success'] for r in summary if r['expected'] is None)}"
+        )
         if first_frame_t is not None:
             print(f"training time from the first frame: {time.monotonic() - first_frame_t:.0f} s")
         print(f"wrote {out / 'summary.json'}, PLY clouds and PNG overlays in {out / 'queries'}")
@@ -179,10 +207,18 @@ def _report(text, obj, result, ms, scene, out: Path) -> dict:
     qdir = out / "queries"
     qdir.mkdir(exist_ok=True)
     slug = "".join(c if c.isalnum() else "_" for c in text)[:40]
-    rec = {"text": text, "expected": obj.name if obj is not None else None, "success": bool(result.success),
-           "message": result.message, "latency_ms": round(ms, 1), "model_step": int(result.step),
-           "scale_m": round(float(result.scale), 3), "max_relevancy": round(float(result.max_relevancy), 3),
-           "top_point_on_object": False, "grasp": None}
+    rec = {
+        "text": text,
+        "expected": obj.name if obj is not None else None,
+        "success": bool(result.success),
+        "message": result.message,
+        "latency_ms": round(ms, 1),
+        "model_step": int(result.step),
+        "scale_m": round(float(result.scale), 3),
+        "max_relevancy": round(float(result.max_relevancy), 3),
+        "top_point_on_object": False,
+        "grasp": None,
+    }
     head = f"'{text}'" + (f" (object: {obj.name})" if obj is not None else " (absent)")
     if not result.success:
         print(f"{head}: no answer: {result.message} [{ms:.0f} ms]")
@@ -192,15 +228,23 @@ def _report(text, obj, result, ms, scene, out: Path) -> dict:
     top = xyz[int(np.argmax(rel))]
     if obj is not None:
         rec["top_point_on_object"] = bool(obj.contains(top[None], margin=0.02)[0])
-    line = (f"{head}: {len(xyz)} points, max relevancy {result.max_relevancy:.2f} at scale {result.scale:.2f} m, "
-            f"step {result.step}, {ms:.0f} ms")
+    line = (
+        f"{head}: {len(xyz)} points, max relevancy {result.max_relevancy:.2f} at scale {result.scale:.2f} m, "
+        f"step {result.step}, {ms:.0f} ms"
+    )
     if result.grasps:
         g = result.grasps[0]
         p, q = g.pose[:3, 3], matrix_to_quat(g.pose)
-        rec["grasp"] = {"position": p.tolist(), "orientation_xyzw": q.tolist(), "width_m": float(g.width),
-                        "score": float(g.score)}
-        line += (f"\n    best grasp: position ({p[0]:+.3f}, {p[1]:+.3f}, {p[2]:+.3f}) m, quaternion "
-                 f"({q[0]:+.2f}, {q[1]:+.2f}, {q[2]:+.2f}, {q[3]:+.2f}), width {g.width * 100:.1f} cm")
+        rec["grasp"] = {
+            "position": p.tolist(),
+            "orientation_xyzw": q.tolist(),
+            "width_m": float(g.width),
+            "score": float(g.score),
+        }
+        line += (
+            f"\n    best grasp: position ({p[0]:+.3f}, {p[1]:+.3f}, {p[2]:+.3f}) m, quaternion "
+            f"({q[0]:+.2f}, {q[1]:+.2f}, {q[2]:+.2f}, {q[3]:+.2f}), width {g.width * 100:.1f} cm"
+        )
     if obj is not None:
         line += "  [on the object]" if rec["top_point_on_object"] else "  [NOT on the object]"
     print(line, flush=True)
@@ -237,13 +281,19 @@ def _write_overlay(path: Path, text: str, scene, obj, xyz, rel, result) -> None:
         if z[i] <= 0:
             continue
         t = (rel[i] - lo) / (hi - lo)
-        draw.ellipse([uv[i, 0] - 2, uv[i, 1] - 2, uv[i, 0] + 2, uv[i, 1] + 2],
-                     fill=(int(255 * t), int(220 * t), int(255 * (1 - t)), 200))
+        draw.ellipse(
+            [uv[i, 0] - 2, uv[i, 1] - 2, uv[i, 0] + 2, uv[i, 1] + 2],
+            fill=(int(255 * t), int(220 * t), int(255 * (1 - t)), 200),
+        )
     for k, g in enumerate(result.grasps[:3]):
         T = g.pose
         w = float(g.width) / 2
-        pts = np.array([T[:3, 3] + T[:3, :3] @ v for v in
-                        ([0, -w, 0], [0, w, 0], [0, -w, -0.04], [0, w, -0.04], [0, 0, -0.04], [0, 0, -0.12])])
+        pts = np.array(
+            [
+                T[:3, 3] + T[:3, :3] @ v
+                for v in ([0, -w, 0], [0, w, 0], [0, -w, -0.04], [0, w, -0.04], [0, 0, -0.04], [0, 0, -0.12])
+            ]
+        )
         (a, b, c, d, e, s), zz = project(pts)
         if (zz <= 0).any():
             continue

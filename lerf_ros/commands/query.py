@@ -8,6 +8,7 @@ Two ways:
 
 Prints the answer and the grasps; ``--ply`` writes the relevancy cloud.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -37,9 +38,11 @@ def _print(text: str, r, ms: float) -> None:
     print(f"'{text}': {'ok' if r.success else 'no answer'} ({ms:.0f} ms, model step {r.step}): {r.message}")
     for i, g in enumerate(r.grasps):
         pos, quat = g.pose[:3, 3], matrix_to_quat(g.pose)
-        print(f"  grasp {i + 1}: position ({pos[0]:+.3f}, {pos[1]:+.3f}, {pos[2]:+.3f}) m, quaternion xyzw "
-              f"({quat[0]:+.3f}, {quat[1]:+.3f}, {quat[2]:+.3f}, {quat[3]:+.3f}), width {g.width * 100:.1f} cm, "
-              f"score {g.score:.2f}")
+        print(
+            f"  grasp {i + 1}: position ({pos[0]:+.3f}, {pos[1]:+.3f}, {pos[2]:+.3f}) m, quaternion xyzw "
+            f"({quat[0]:+.3f}, {quat[1]:+.3f}, {quat[2]:+.3f}, {quat[3]:+.3f}), width {g.width * 100:.1f} cm, "
+            f"score {g.score:.2f}"
+        )
 
 
 def write_relevancy_ply(path: str, xyz: np.ndarray, rel: np.ndarray) -> None:
@@ -75,8 +78,12 @@ def _offline(args) -> int:
     path = args.checkpoint
     if os.path.isdir(path):
         # The newest of: periodic checkpoints (trainer node, `lerf-ros train`) and `final.ckpt`.
-        found = [p for d in (path, os.path.join(path, "checkpoints"))
-                 for p in (latest_checkpoint(d), os.path.join(d, "final.ckpt")) if p and os.path.isfile(p)]
+        found = [
+            p
+            for d in (path, os.path.join(path, "checkpoints"))
+            for p in (latest_checkpoint(d), os.path.join(d, "final.ckpt"))
+            if p and os.path.isfile(p)
+        ]
         if not found:
             print(f"no checkpoint in {args.checkpoint}", file=sys.stderr)
             return 2
@@ -117,8 +124,9 @@ def _online(args) -> int:
         code = 0
         for text in args.text:
             t0 = time.perf_counter()
-            r = client.query(text, negatives=args.negatives, threshold=args.threshold, max_grasps=args.max_grasps,
-                             timeout=60.0)
+            r = client.query(
+                text, negatives=args.negatives, threshold=args.threshold, max_grasps=args.max_grasps, timeout=60.0
+            )
             ms = 1000 * (time.perf_counter() - t0)
             if r is None:
                 print(f"'{text}': no reply within 60 s", file=sys.stderr)

@@ -23,6 +23,7 @@ publishes with the sensor-data profile instead (then a subscriber must be best-e
 Ctrl-C (SIGINT) or SIGTERM stops it cleanly (exit code 0). The node is
 ``lerf_ros.ros.replay_node.ReplayNode``; this module only parses the arguments and opens the source.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,30 +31,59 @@ from typing import Any
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("source", metavar="SOURCE",
-                        help="posed-frame source: a synthetic scene folder, a transforms.json folder or file, "
-                             "a rosbag2 file/folder, or 'synthetic[:seed=N,width=W,height=H,frames=F]' to "
-                             "render a synthetic scene now")
+    parser.add_argument(
+        "source",
+        metavar="SOURCE",
+        help="posed-frame source: a synthetic scene folder, a transforms.json folder or file, "
+        "a rosbag2 file/folder, or 'synthetic[:seed=N,width=W,height=H,frames=F]' to "
+        "render a synthetic scene now",
+    )
     parser.add_argument("--rate", type=float, default=5.0, help="frames per second (default 5)")
     parser.add_argument("--loop", action="store_true", help="start again at the end of the source")
     parser.add_argument("--clock", action="store_true", help="publish /clock (rosgraph_msgs/Clock) with the stamps")
     parser.add_argument("--world-frame", default="map", help="frame of the poses (default map)")
-    parser.add_argument("--camera-frame", default="camera_optical_frame",
-                        help="frame_id of images and camera_info and the TF child frame (default camera_optical_frame)")
-    parser.add_argument("--topics", default="", metavar="PREFIX",
-                        help="topic prefix: PREFIX/image, PREFIX/camera_info, ... (default: none)")
+    parser.add_argument(
+        "--camera-frame",
+        default="camera_optical_frame",
+        help="frame_id of images and camera_info and the TF child frame (default camera_optical_frame)",
+    )
+    parser.add_argument(
+        "--topics",
+        default="",
+        metavar="PREFIX",
+        help="topic prefix: PREFIX/image, PREFIX/camera_info, ... (default: none)",
+    )
     parser.add_argument("--max-frames", type=int, default=0, metavar="N", help="stop after N frames (0 = no limit)")
     parser.add_argument("--no-depth", action="store_true", help="do not publish depth")
-    parser.add_argument("--best-effort", action="store_true",
-                        help="sensor-data QoS (best effort, keep last 5) instead of reliable keep-last-10")
-    parser.add_argument("--start-stamp", type=float, default=None, metavar="SEC",
-                        help="stamp of the first frame in seconds (default: wall-clock time at start)")
-    parser.add_argument("--wait-for-subscribers", type=int, default=0, metavar="N",
-                        help="hold the first frame until the image topic has N subscribers (default 0)")
-    parser.add_argument("--wait-timeout", type=float, default=30.0, metavar="SEC",
-                        help="give up waiting for subscribers after this long and start anyway (default 30)")
-    parser.add_argument("--log-every", type=float, default=5.0, metavar="SEC",
-                        help="seconds between progress lines (default 5)")
+    parser.add_argument(
+        "--best-effort",
+        action="store_true",
+        help="sensor-data QoS (best effort, keep last 5) instead of reliable keep-last-10",
+    )
+    parser.add_argument(
+        "--start-stamp",
+        type=float,
+        default=None,
+        metavar="SEC",
+        help="stamp of the first frame in seconds (default: wall-clock time at start)",
+    )
+    parser.add_argument(
+        "--wait-for-subscribers",
+        type=int,
+        default=0,
+        metavar="N",
+        help="hold the first frame until the image topic has N subscribers (default 0)",
+    )
+    parser.add_argument(
+        "--wait-timeout",
+        type=float,
+        default=30.0,
+        metavar="SEC",
+        help="give up waiting for subscribers after this long and start anyway (default 30)",
+    )
+    parser.add_argument(
+        "--log-every", type=float, default=5.0, metavar="SEC", help="seconds between progress lines (default 5)"
+    )
     parser.add_argument("--node-name", default=None, help="node name (default lerf_replay)")
 
 
@@ -78,8 +108,20 @@ def run(args: argparse.Namespace) -> int:
         return 2
     from lerf_ros.ros.replay_node import run_replay
 
-    return run_replay(frames, rate=args.rate, loop=args.loop, publish_clock=args.clock, world_frame=args.world_frame,
-                      camera_frame=args.camera_frame, topic_prefix=args.topics, max_frames=args.max_frames,
-                      publish_depth=not args.no_depth, reliable=not args.best_effort, start_stamp=args.start_stamp,
-                      wait_for_subscribers=args.wait_for_subscribers, wait_timeout=args.wait_timeout,
-                      log_every=args.log_every, node_name=args.node_name)
+    return run_replay(
+        frames,
+        rate=args.rate,
+        loop=args.loop,
+        publish_clock=args.clock,
+        world_frame=args.world_frame,
+        camera_frame=args.camera_frame,
+        topic_prefix=args.topics,
+        max_frames=args.max_frames,
+        publish_depth=not args.no_depth,
+        reliable=not args.best_effort,
+        start_stamp=args.start_stamp,
+        wait_for_subscribers=args.wait_for_subscribers,
+        wait_timeout=args.wait_timeout,
+        log_every=args.log_every,
+        node_name=args.node_name,
+    )

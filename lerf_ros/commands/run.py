@@ -6,6 +6,7 @@ for overrides (``lerf_ros.ros.launch_args``): ``--preset``, ``--output-dir``, ``
 ``--param`` override the file only when given. The file is checked before any node starts, so an
 unknown or invalid key stops the command with a message naming it.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -23,12 +24,25 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preset", help="override the file's preset (tiny, lerf-lite, lerf, lerf-big)")
     p.add_argument("--output-dir", help="override the file's output_dir")
     p.add_argument("--world-frame", help="override the file's world_frame")
-    p.add_argument("--separate-processes", action="store_true",
-                   help="run the query node as its own process (it then loads the trainer's checkpoints)")
-    p.add_argument("--remap", action="append", default=[], metavar="FROM:=TO",
-                   help="topic remapping, e.g. image:=/camera/color/image_raw (repeatable)")
-    p.add_argument("--param", action="append", default=[], metavar="NAME:=VALUE",
-                   help="extra parameter override, e.g. query.threshold:=0.6 (repeatable)")
+    p.add_argument(
+        "--separate-processes",
+        action="store_true",
+        help="run the query node as its own process (it then loads the trainer's checkpoints)",
+    )
+    p.add_argument(
+        "--remap",
+        action="append",
+        default=[],
+        metavar="FROM:=TO",
+        help="topic remapping, e.g. image:=/camera/color/image_raw (repeatable)",
+    )
+    p.add_argument(
+        "--param",
+        action="append",
+        default=[],
+        metavar="NAME:=VALUE",
+        help="extra parameter override, e.g. query.threshold:=0.6 (repeatable)",
+    )
 
 
 def given_arguments(args: argparse.Namespace) -> Dict[str, str]:
@@ -91,8 +105,9 @@ def run(args: argparse.Namespace) -> int:
         from lerf_ros.ros.lerf_node import main
 
         return main([sys.argv[0]] + extra)
-    procs = [subprocess.Popen([sys.executable, "-m", f"lerf_ros.ros.{n}"] + extra)
-             for n in ("trainer_node", "query_node")]
+    procs = [
+        subprocess.Popen([sys.executable, "-m", f"lerf_ros.ros.{n}"] + extra) for n in ("trainer_node", "query_node")
+    ]
     try:
         codes = [p.wait() for p in procs]
     except KeyboardInterrupt:

@@ -1,4 +1,5 @@
 """``lerf-ros scene``: render a synthetic tabletop scene with ground truth to a folder."""
+
 from __future__ import annotations
 
 import argparse
@@ -22,21 +23,33 @@ def run(args: argparse.Namespace) -> int:
 
     t0 = time.perf_counter()
     try:
-        scene = make_scene(seed=args.seed, n_objects=args.objects, width=args.width, height=args.height,
-                           n_frames=args.frames, shadows=not args.no_shadows)
+        scene = make_scene(
+            seed=args.seed,
+            n_objects=args.objects,
+            width=args.width,
+            height=args.height,
+            n_frames=args.frames,
+            shadows=not args.no_shadows,
+        )
     except ValueError as e:
         print(f"lerf-ros scene: {e}", file=sys.stderr)
         return 2
     t1 = time.perf_counter()
     out = scene.save(args.out)
     t2 = time.perf_counter()
-    print(f"synthetic scene seed {args.seed}: {len(scene.frames)} frames {args.width}x{args.height}, "
-          f"{len(scene.objects)} objects (world z-up, metres, table top z = {scene.table_height})")
+    print(
+        f"synthetic scene seed {args.seed}: {len(scene.frames)} frames {args.width}x{args.height}, "
+        f"{len(scene.objects)} objects (world z-up, metres, table top z = {scene.table_height})"
+    )
     for o in scene.objects:
-        print(f"  {o.instance_id:2d} {o.name:15s} centre ({o.center[0]:+.3f}, {o.center[1]:+.3f}, {o.center[2]:+.3f}) "
-              f"size {o.size[0]:.3f} x {o.size[1]:.3f} x {o.size[2]:.3f} m  synonyms: {', '.join(o.synonyms)}")
+        print(
+            f"  {o.instance_id:2d} {o.name:15s} centre ({o.center[0]:+.3f}, {o.center[1]:+.3f}, {o.center[2]:+.3f}) "
+            f"size {o.size[0]:.3f} x {o.size[1]:.3f} x {o.size[2]:.3f} m  synonyms: {', '.join(o.synonyms)}"
+        )
     print(f"  absent classes (negative queries): {', '.join(scene.absent_classes())}")
-    print(f"timings: layout {scene.timings['layout_s']:.2f} s, render {scene.timings['render_s']:.2f} s, "
-          f"total generate {t1 - t0:.2f} s, save {t2 - t1:.2f} s")
+    print(
+        f"timings: layout {scene.timings['layout_s']:.2f} s, render {scene.timings['render_s']:.2f} s, "
+        f"total generate {t1 - t0:.2f} s, save {t2 - t1:.2f} s"
+    )
     print(f"wrote {out / SCENE_FILE}, {out / PREVIEW_FILE} and {len(scene.frames)} frames under {out / 'frames'}")
     return 0

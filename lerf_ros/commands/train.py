@@ -12,6 +12,7 @@ The teacher is the configured one (``teacher.kind``); with ``--teacher auto`` (t
 synthetic scene trains against its ground-truth teacher (its 2D semantics, not CLIP) and any
 other source against OpenCLIP + DINO.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -34,21 +35,42 @@ HOLDOUT_EVERY = 8
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--scene", required=True,
-                   help="posed-frame source: a synthetic scene folder or 'synthetic:seed=3,...', a transforms.json "
-                        "folder, or a rosbag2")
-    p.add_argument("--preset", default="tiny", help="configuration preset: tiny, lerf-lite, lerf, lerf-big (default tiny)")
+    p.add_argument(
+        "--scene",
+        required=True,
+        help="posed-frame source: a synthetic scene folder or 'synthetic:seed=3,...', a transforms.json "
+        "folder, or a rosbag2",
+    )
+    p.add_argument(
+        "--preset", default="tiny", help="configuration preset: tiny, lerf-lite, lerf, lerf-big (default tiny)"
+    )
     p.add_argument("--config", help="YAML configuration (its 'preset' key wins over --preset)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="configuration override with a dotted key, e.g. trainer.rays_per_batch=2048 (repeatable)")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="configuration override with a dotted key, e.g. trainer.rays_per_batch=2048 (repeatable)",
+    )
     p.add_argument("--steps", type=int, help="training steps (default: trainer.max_steps)")
     p.add_argument("--out", help="run folder (default: <output_dir>/train-<scene name>)")
-    p.add_argument("--query", action="append", default=[], metavar="TEXT",
-                   help="text whose relevancy map is rendered for the held-out views (repeatable)")
-    p.add_argument("--teacher", choices=("auto", "clip", "ground_truth"), default="auto",
-                   help="teacher kind (auto: ground truth for synthetic scenes, else clip)")
+    p.add_argument(
+        "--query",
+        action="append",
+        default=[],
+        metavar="TEXT",
+        help="text whose relevancy map is rendered for the held-out views (repeatable)",
+    )
+    p.add_argument(
+        "--teacher",
+        choices=("auto", "clip", "ground_truth"),
+        default="auto",
+        help="teacher kind (auto: ground truth for synthetic scenes, else clip)",
+    )
     p.add_argument("--device", help="'cpu', 'cuda' or 'auto' (default: the preset's)")
-    p.add_argument("--eval-every", type=int, default=0, help="evaluate held-out PSNR every N steps (0: only at the end)")
+    p.add_argument(
+        "--eval-every", type=int, default=0, help="evaluate held-out PSNR every N steps (0: only at the end)"
+    )
     p.add_argument("--max-renders", type=int, default=4, help="held-out views rendered to PNG")
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in the run folder")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (log lines instead)")
@@ -154,8 +176,10 @@ def run(args: argparse.Namespace) -> int:
     train_idx = [i for i in range(len(frames)) if i % HOLDOUT_EVERY != 0]
     eval_idx = [i for i in range(len(frames)) if i % HOLDOUT_EVERY == 0]
     session = Session(cfg, teacher, online=False, log=lambda level, text: print(text, flush=True))
-    print(f"{source.kind} source {args.scene}: {len(frames)} frames {frames[0].width}x{frames[0].height}, "
-          f"{len(train_idx)} train / {len(eval_idx)} held out; preset {cfg.preset} on {session.device}")
+    print(
+        f"{source.kind} source {args.scene}: {len(frames)} frames {frames[0].width}x{frames[0].height}, "
+        f"{len(train_idx)} train / {len(eval_idx)} held out; preset {cfg.preset} on {session.device}"
+    )
     print(f"teacher: {teacher.description}")
 
     from tqdm import tqdm
@@ -165,8 +189,7 @@ def run(args: argparse.Namespace) -> int:
         session.add(frames[i])
         if args.no_progress and (n % 10 == 0 or n == len(train_idx)):
             el = time.perf_counter() - t_feat
-            print(f"teacher features: {n}/{len(train_idx)} frames, {el:.1f} s "
-                  f"({el / n:.2f} s per frame)", flush=True)
+            print(f"teacher features: {n}/{len(train_idx)} frames, {el:.1f} s ({el / n:.2f} s per frame)", flush=True)
     t_feat = time.perf_counter() - t_feat
     print(f"teacher features: {len(train_idx)} frames in {t_feat:.1f} s")
 
@@ -195,8 +218,9 @@ def run(args: argparse.Namespace) -> int:
     t_train = 0.0
     psnr_ema = None
     every = cfg.trainer.checkpoint_every
-    bar = tqdm(total=steps, initial=min(session.step_count, steps), desc="train", disable=args.no_progress,
-               dynamic_ncols=True)
+    bar = tqdm(
+        total=steps, initial=min(session.step_count, steps), desc="train", disable=args.no_progress, dynamic_ncols=True
+    )
     try:
         while session.step_count < steps:
             t0 = time.perf_counter()
@@ -205,11 +229,16 @@ def run(args: argparse.Namespace) -> int:
             psnr_ema = stats["psnr"] if psnr_ema is None else 0.95 * psnr_ema + 0.05 * stats["psnr"]
             step = session.step_count
             bar.update(1)
-            bar.set_postfix({"rays/s": f"{trainer.rays_per_second:.0f}", "psnr": f"{psnr_ema:.2f}",
-                             "loss": f"{stats['loss']:.4f}"}, refresh=False)
+            bar.set_postfix(
+                {"rays/s": f"{trainer.rays_per_second:.0f}", "psnr": f"{psnr_ema:.2f}", "loss": f"{stats['loss']:.4f}"},
+                refresh=False,
+            )
             if args.no_progress and (step % 100 == 0 or step == steps):
-                print(f"step {step}/{steps}  psnr {psnr_ema:.2f}  loss {stats['loss']:.4f}  "
-                      f"rays/s {trainer.rays_per_second:.0f}", flush=True)
+                print(
+                    f"step {step}/{steps}  psnr {psnr_ema:.2f}  loss {stats['loss']:.4f}  "
+                    f"rays/s {trainer.rays_per_second:.0f}",
+                    flush=True,
+                )
             if every and step % every == 0:
                 session.save_checkpoint()
             if args.eval_every and step % args.eval_every == 0:
@@ -226,8 +255,10 @@ def run(args: argparse.Namespace) -> int:
 
     # Held-out evaluation and renders.
     ev = evaluate()
-    print(f"held-out PSNR {ev['psnr']:.2f} dB over {len(eval_idx)} views"
-          + (f", depth MAE {ev['depth_mae_m'] * 100:.1f} cm" if "depth_mae_m" in ev else ""))
+    print(
+        f"held-out PSNR {ev['psnr']:.2f} dB over {len(eval_idx)} views"
+        + (f", depth MAE {ev['depth_mae_m'] * 100:.1f} cm" if "depth_mae_m" in ev else "")
+    )
     rel_info: Dict[str, Any] = {}
     text_emb = None
     if args.query:
@@ -236,7 +267,7 @@ def run(args: argparse.Namespace) -> int:
         text_emb = (queries, teacher.encode_text(queries).float(), teacher.encode_text(negs).float(), negs)
     scales = list(cfg.query.scales)
     probe_scales = [scales[int(round(j))] for j in np.linspace(0, len(scales) - 1, min(5, len(scales)))]
-    for i in eval_idx[:max(0, args.max_renders)]:
+    for i in eval_idx[: max(0, args.max_renders)]:
         f = frames[i]
         r = session.render_view(f.K, f.c2w, f.height, f.width)
         rgb = (r["rgb"].cpu().numpy() * 255.0 + 0.5).astype(np.uint8)
@@ -245,7 +276,9 @@ def run(args: argparse.Namespace) -> int:
         valid = f.depth[np.isfinite(f.depth) & (f.depth > 0)] if f.depth is not None else d.reshape(-1)
         lo, hi = float(np.percentile(valid, 1)), float(np.percentile(valid, 99))
         pane = [depth_image(f.depth, lo, hi)] if f.depth is not None else []
-        save_png(os.path.join(render_dir, f"view_{i:03d}_depth.png"), np.concatenate(pane + [depth_image(d, lo, hi)], 1))
+        save_png(
+            os.path.join(render_dir, f"view_{i:03d}_depth.png"), np.concatenate(pane + [depth_image(d, lo, hi)], 1)
+        )
         if text_emb is not None:
             queries, q_emb, n_emb, negs = text_emb
             # Render the language field at a few scales; keep, per query, the scale whose map
@@ -254,19 +287,36 @@ def run(args: argparse.Namespace) -> int:
             for qi, q in enumerate(queries):
                 best = None
                 for s, clip in clips.items():
-                    rel = relevancy(clip.reshape(-1, clip.shape[-1]).cpu(), q_emb[qi], n_emb,
-                                    temperature=cfg.query.temperature).reshape(f.height, f.width).numpy()
+                    rel = (
+                        relevancy(
+                            clip.reshape(-1, clip.shape[-1]).cpu(), q_emb[qi], n_emb, temperature=cfg.query.temperature
+                        )
+                        .reshape(f.height, f.width)
+                        .numpy()
+                    )
                     if best is None or rel.max() > best[1].max():
                         best = (s, rel)
                 s, rel = best
-                save_png(os.path.join(render_dir, f"view_{i:03d}_relevancy_{_slug(q)}.png"),
-                         np.concatenate([rgb, colormap((rel - 0.5) * 2.0)], axis=1))
+                save_png(
+                    os.path.join(render_dir, f"view_{i:03d}_relevancy_{_slug(q)}.png"),
+                    np.concatenate([rgb, colormap((rel - 0.5) * 2.0)], axis=1),
+                )
                 rel_info.setdefault(q, []).append({"view": i, "scale_m": s, "max_relevancy": float(rel.max())})
-    metrics = {"scene": str(args.scene), "preset": cfg.preset, "device": str(trainer.device), "steps": session.step_count,
-               "train_seconds": t_train, "rays_per_second": trainer.rays_per_second,
-               "heldout_psnr": ev["psnr"], "heldout_psnr_per_view": dict(zip(map(str, eval_idx), ev["psnr_per_view"])),
-               "teacher": teacher.description, "history": history, "checkpoint": final,
-               "relevancy": rel_info, "negatives": text_emb[3] if text_emb else []}
+    metrics = {
+        "scene": str(args.scene),
+        "preset": cfg.preset,
+        "device": str(trainer.device),
+        "steps": session.step_count,
+        "train_seconds": t_train,
+        "rays_per_second": trainer.rays_per_second,
+        "heldout_psnr": ev["psnr"],
+        "heldout_psnr_per_view": dict(zip(map(str, eval_idx), ev["psnr_per_view"])),
+        "teacher": teacher.description,
+        "history": history,
+        "checkpoint": final,
+        "relevancy": rel_info,
+        "negatives": text_emb[3] if text_emb else [],
+    }
     if "depth_mae_m" in ev:
         metrics["heldout_depth_mae_m"] = ev["depth_mae_m"]
     with open(os.path.join(out_dir, "metrics.json"), "w") as fh:

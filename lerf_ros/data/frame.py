@@ -9,6 +9,7 @@ Conventions (used everywhere in the package):
 - ``depth`` is metric z-depth (along camera +z, not along the ray), float32 metres; 0 or non-finite
   means "no measurement".
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field

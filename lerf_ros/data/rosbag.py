@@ -23,6 +23,7 @@ coordinates, this package at ``u + 0.5``: ``cx``/``cy`` are shifted by +0.5 on r
 
 :func:`write_rosbag` writes frames into a bag (used by the tests and the replay tools).
 """
+
 from __future__ import annotations
 
 import io
@@ -40,8 +41,16 @@ from lerf_ros.geometry.image import ImageDecodeError, decode_color, decode_depth
 from lerf_ros.geometry.poses import invert_pose, make_pose, matrix_to_quat, quat_slerp, quat_to_matrix
 
 __all__ = [
-    "RosbagError", "RosbagSource", "read_rosbag", "write_rosbag", "TfBuffer",
-    "ros_k_to_frame_k", "frame_k_to_ros_k", "quat_to_matrix", "matrix_to_quat", "is_rosbag",
+    "RosbagError",
+    "RosbagSource",
+    "read_rosbag",
+    "write_rosbag",
+    "TfBuffer",
+    "ros_k_to_frame_k",
+    "frame_k_to_ros_k",
+    "quat_to_matrix",
+    "matrix_to_quat",
+    "is_rosbag",
 ]
 
 IMAGE = "sensor_msgs/msg/Image"
@@ -107,8 +116,15 @@ class TfBuffer:
         self.links: Dict[str, _Link] = {}
         self._arrays: Dict[str, Tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
 
-    def add(self, parent: str, child: str, stamp: float, translation: Sequence[float],
-            rotation_xyzw: Sequence[float], static: bool = False) -> None:
+    def add(
+        self,
+        parent: str,
+        child: str,
+        stamp: float,
+        translation: Sequence[float],
+        rotation_xyzw: Sequence[float],
+        static: bool = False,
+    ) -> None:
         """Record ``T_parent_child`` at ``stamp`` (seconds)."""
         parent, child = parent.lstrip("/"), child.lstrip("/")
         if not parent or not child or parent == child:
@@ -143,8 +159,11 @@ class TfBuffer:
         link = self.links[child]
         if child not in self._arrays:
             order = np.argsort(link.stamps, kind="stable")
-            self._arrays[child] = (np.asarray(link.stamps)[order], np.asarray(link.t, float)[order],
-                                   np.asarray(link.q, float)[order])
+            self._arrays[child] = (
+                np.asarray(link.stamps)[order],
+                np.asarray(link.t, float)[order],
+                np.asarray(link.q, float)[order],
+            )
         ts, tr, q = self._arrays[child]
         q = q / np.linalg.norm(q, axis=1, keepdims=True)
         n = len(stamps)
@@ -173,14 +192,16 @@ class TfBuffer:
         n = len(stamps)
         ca, cb = self._chain(source), self._chain(target)
         if ca[-1] != cb[-1]:
-            raise ValueError(f"TF frames '{target}' and '{source}' are not connected "
-                             f"(roots '{cb[-1]}' and '{ca[-1]}'; known frames: {', '.join(self.frames())})")
+            raise ValueError(
+                f"TF frames '{target}' and '{source}' are not connected "
+                f"(roots '{cb[-1]}' and '{ca[-1]}'; known frames: {', '.join(self.frames())})"
+            )
         common = next(f for f in ca if f in cb)
 
         def to_common(chain: List[str]) -> Tuple[np.ndarray, np.ndarray]:
             T = np.tile(np.eye(4), (n, 1, 1))
             ok = np.ones(n, bool)
-            for f in chain[:chain.index(common)]:
+            for f in chain[: chain.index(common)]:
                 L, v = self._link_at(f, stamps)
                 T = L @ T
                 ok &= v
@@ -254,10 +275,10 @@ class _Plan:
     depth_topic: Optional[str]
     pose_topic: Optional[str]
     image_stamps: np.ndarray
-    keep: np.ndarray                 # indices of images that get a frame
-    poses: np.ndarray                # (len(keep), 4, 4)
-    Ks: np.ndarray                   # (len(keep), 3, 3)
-    depth_index: np.ndarray          # (len(keep),) index into depth_stamps, -1 = none
+    keep: np.ndarray  # indices of images that get a frame
+    poses: np.ndarray  # (len(keep), 4, 4)
+    Ks: np.ndarray  # (len(keep), 3, 3)
+    depth_index: np.ndarray  # (len(keep),) index into depth_stamps, -1 = none
     depth_stamps: np.ndarray
     camera_frame: str
     world_frame: str
@@ -287,12 +308,22 @@ class RosbagSource:
         use_projection_matrix: take intrinsics from CameraInfo ``P`` (rectified images) instead of ``K``.
     """
 
-    def __init__(self, path: Union[str, os.PathLike], image_topic: Optional[str] = None,
-                 camera_info_topic: Optional[str] = None, depth_topic: Optional[str] = None,
-                 pose_topic: Optional[str] = None, world_frame: Optional[str] = None,
-                 camera_frame: Optional[str] = None, pose_child_frame: Optional[str] = None,
-                 tf_topic: str = "/tf", tf_static_topic: str = "/tf_static", tolerance: float = 0.05,
-                 max_interpolation_gap: float = 0.5, use_projection_matrix: bool = False):
+    def __init__(
+        self,
+        path: Union[str, os.PathLike],
+        image_topic: Optional[str] = None,
+        camera_info_topic: Optional[str] = None,
+        depth_topic: Optional[str] = None,
+        pose_topic: Optional[str] = None,
+        world_frame: Optional[str] = None,
+        camera_frame: Optional[str] = None,
+        pose_child_frame: Optional[str] = None,
+        tf_topic: str = "/tf",
+        tf_static_topic: str = "/tf_static",
+        tolerance: float = 0.05,
+        max_interpolation_gap: float = 0.5,
+        use_projection_matrix: bool = False,
+    ):
         self.path = Path(path)
         if not self.path.exists():
             raise RosbagError(f"{self.path}: no such file or folder")
@@ -303,9 +334,18 @@ class RosbagSource:
         self.stats: Dict[str, int] = {}
         self.warnings: List[str] = []
         self._store = _typestore()
-        self._plan = self._make_plan(image_topic, camera_info_topic, depth_topic, pose_topic, world_frame,
-                                     camera_frame, pose_child_frame, tf_topic, tf_static_topic,
-                                     max_interpolation_gap)
+        self._plan = self._make_plan(
+            image_topic,
+            camera_info_topic,
+            depth_topic,
+            pose_topic,
+            world_frame,
+            camera_frame,
+            pose_child_frame,
+            tf_topic,
+            tf_static_topic,
+            max_interpolation_gap,
+        )
 
     # -- helpers -------------------------------------------------------------------------
     def _reader(self):
@@ -324,15 +364,25 @@ class RosbagSource:
         except Exception as e:
             raise RosbagError(f"{self.path}: cannot decode a {conn.msgtype} message on {conn.topic}: {e}") from e
 
-    def _pick(self, topics: Dict[str, str], kinds: Sequence[str], given: Optional[str], what: str,
-              want=lambda t: True, prefer=lambda t: 0) -> Optional[str]:
+    def _pick(
+        self,
+        topics: Dict[str, str],
+        kinds: Sequence[str],
+        given: Optional[str],
+        what: str,
+        want=lambda t: True,
+        prefer=lambda t: 0,
+    ) -> Optional[str]:
         if given:
             if given not in topics:
-                raise RosbagError(f"{self.path}: {what} topic '{given}' is not in the bag "
-                                  f"(topics: {', '.join(f'{t} [{m}]' for t, m in sorted(topics.items()))})")
+                raise RosbagError(
+                    f"{self.path}: {what} topic '{given}' is not in the bag "
+                    f"(topics: {', '.join(f'{t} [{m}]' for t, m in sorted(topics.items()))})"
+                )
             if topics[given] not in kinds:
-                raise RosbagError(f"{self.path}: {what} topic '{given}' has type {topics[given]}, expected "
-                                  f"{' or '.join(kinds)}")
+                raise RosbagError(
+                    f"{self.path}: {what} topic '{given}' has type {topics[given]}, expected {' or '.join(kinds)}"
+                )
             return given
         cands = [t for t, m in topics.items() if m in kinds and want(t)]
         if len(cands) > 1:
@@ -344,29 +394,54 @@ class RosbagSource:
             raise RosbagError(f"{self.path}: several {what} topics ({', '.join(sorted(cands))}): name one")
         return None
 
-    def _make_plan(self, image_topic, info_topic, depth_topic, pose_topic, world_frame, camera_frame,
-                   pose_child_frame, tf_topic, tf_static_topic, max_gap) -> _Plan:
+    def _make_plan(
+        self,
+        image_topic,
+        info_topic,
+        depth_topic,
+        pose_topic,
+        world_frame,
+        camera_frame,
+        pose_child_frame,
+        tf_topic,
+        tf_static_topic,
+        max_gap,
+    ) -> _Plan:
         reader = self._reader()
         try:
             topics = {c.topic: c.msgtype for c in reader.connections}
-            image_topic = self._pick(topics, (IMAGE, COMPRESSED), image_topic, "colour image",
-                                     want=lambda t: "depth" not in t.lower(),
-                                     prefer=lambda t: int(t.endswith(("image_raw", "image_rect_color", "image_color",
-                                                                      "image_raw/compressed"))))
+            image_topic = self._pick(
+                topics,
+                (IMAGE, COMPRESSED),
+                image_topic,
+                "colour image",
+                want=lambda t: "depth" not in t.lower(),
+                prefer=lambda t: int(
+                    t.endswith(("image_raw", "image_rect_color", "image_color", "image_raw/compressed"))
+                ),
+            )
             if image_topic is None:
-                raise RosbagError(f"{self.path}: no colour image topic (sensor_msgs/Image or CompressedImage); "
-                                  f"topics: {', '.join(sorted(topics)) or 'none'}")
+                raise RosbagError(
+                    f"{self.path}: no colour image topic (sensor_msgs/Image or CompressedImage); "
+                    f"topics: {', '.join(sorted(topics)) or 'none'}"
+                )
             ns = image_topic.rsplit("/", 2 if image_topic.endswith("/compressed") else 1)[0]
-            info_topic = self._pick(topics, (CAMERA_INFO,), info_topic, "camera info",
-                                    prefer=lambda t: int(t.rsplit("/", 1)[0] == ns))
+            info_topic = self._pick(
+                topics, (CAMERA_INFO,), info_topic, "camera info", prefer=lambda t: int(t.rsplit("/", 1)[0] == ns)
+            )
             if info_topic is None:
                 raise RosbagError(f"{self.path}: no sensor_msgs/CameraInfo topic: the intrinsics are unknown")
             if depth_topic == "":
                 depth_topic = None
             else:
-                depth_topic = self._pick(topics, (IMAGE,), depth_topic, "depth image",
-                                         want=lambda t: "depth" in t.lower() and t != image_topic,
-                                         prefer=lambda t: int("aligned" in t or "registered" in t))
+                depth_topic = self._pick(
+                    topics,
+                    (IMAGE,),
+                    depth_topic,
+                    "depth image",
+                    want=lambda t: "depth" in t.lower() and t != image_topic,
+                    prefer=lambda t: int("aligned" in t or "registered" in t),
+                )
             use_tf = False
             if pose_topic:
                 self._pick(topics, POSE_TYPES, pose_topic, "pose")
@@ -375,8 +450,10 @@ class RosbagSource:
             else:
                 pose_topic = self._pick(topics, POSE_TYPES, None, "pose")
                 if pose_topic is None:
-                    raise RosbagError(f"{self.path}: no camera pose: neither '{tf_topic}' nor a "
-                                      "PoseStamped/PoseWithCovarianceStamped/Odometry topic is recorded")
+                    raise RosbagError(
+                        f"{self.path}: no camera pose: neither '{tf_topic}' nor a "
+                        "PoseStamped/PoseWithCovarianceStamped/Odometry topic is recorded"
+                    )
 
             tf = TfBuffer(self.tolerance, max_gap)
             img_stamps, img_frames, infos, depth_stamps, depth_sizes, img_sizes = [], [], [], [], [], []
@@ -399,15 +476,26 @@ class RosbagSource:
                 elif topic in (tf_topic, tf_static_topic) and conn.msgtype == TF_MSG:
                     for tr in msg.transforms:
                         tt, rr = tr.transform.translation, tr.transform.rotation
-                        tf.add(tr.header.frame_id, tr.child_frame_id, _stamp(tr.header), (tt.x, tt.y, tt.z),
-                               (rr.x, rr.y, rr.z, rr.w), static=topic == tf_static_topic)
+                        tf.add(
+                            tr.header.frame_id,
+                            tr.child_frame_id,
+                            _stamp(tr.header),
+                            (tt.x, tt.y, tt.z),
+                            (rr.x, rr.y, rr.z, rr.w),
+                            static=topic == tf_static_topic,
+                        )
                 elif topic == pose_topic:
                     pose = msg.pose.pose if hasattr(msg.pose, "pose") else msg.pose
                     child = pose_child_frame or getattr(msg, "child_frame_id", "") or None
                     pose_frames.append(msg.header.frame_id)
                     p, o = pose.position, pose.orientation
-                    tf.add(msg.header.frame_id, child or "__camera__", _stamp(msg.header),
-                           (p.x, p.y, p.z), (o.x, o.y, o.z, o.w))
+                    tf.add(
+                        msg.header.frame_id,
+                        child or "__camera__",
+                        _stamp(msg.header),
+                        (p.x, p.y, p.z),
+                        (o.x, o.y, o.z, o.w),
+                    )
         finally:
             reader.close()
 
@@ -437,20 +525,27 @@ class RosbagSource:
         info_idx = order[np.clip(j, 0, len(order) - 1)]
         Ks = []
         for m in infos:
-            K = (np.asarray(m.p, float).reshape(3, 4)[:, :3] if self.use_projection_matrix
-                 else np.asarray(m.k, float).reshape(3, 3))
+            K = (
+                np.asarray(m.p, float).reshape(3, 4)[:, :3]
+                if self.use_projection_matrix
+                else np.asarray(m.k, float).reshape(3, 3)
+            )
             Ks.append(ros_k_to_frame_k(K))
             if not self.use_projection_matrix and np.any(np.asarray(m.d, float) != 0) and not self.warnings:
-                self.warnings.append(f"camera info on '{info_topic}' has non-zero distortion {list(m.d)}; "
-                                     "images are used as recorded (pass a rectified topic with "
-                                     "use_projection_matrix=True)")
+                self.warnings.append(
+                    f"camera info on '{info_topic}' has non-zero distortion {list(m.d)}; "
+                    "images are used as recorded (pass a rectified topic with "
+                    "use_projection_matrix=True)"
+                )
         for i in np.unique(info_idx):
             w, h = int(infos[i].width), int(infos[i].height)
             for k in np.nonzero(info_idx == i)[0][:1]:
                 iw, ih = img_sizes[k]
                 if iw > 0 and (iw, ih) != (w, h):
-                    raise RosbagError(f"{self.path}: camera info on '{info_topic}' is for {w}x{h} images, "
-                                      f"images on '{image_topic}' are {iw}x{ih}")
+                    raise RosbagError(
+                        f"{self.path}: camera info on '{info_topic}' is for {w}x{h} images, "
+                        f"images on '{image_topic}' are {iw}x{ih}"
+                    )
         if not np.all(np.isfinite(np.stack(Ks))) or any(K[0, 0] <= 0 or K[1, 1] <= 0 for K in Ks):
             raise RosbagError(f"{self.path}: camera info on '{info_topic}' has an invalid intrinsic matrix")
 
@@ -466,19 +561,38 @@ class RosbagSource:
             depth_index = np.where(ok, o[best], -1)
             for k in np.nonzero(ok)[0][:1]:
                 if depth_sizes[depth_index[k]] != img_sizes[k] and img_sizes[k][0] > 0:
-                    raise RosbagError(f"{self.path}: depth on '{depth_topic}' is {depth_sizes[depth_index[k]]}, colour "
-                                      f"on '{image_topic}' is {img_sizes[k]}: use a depth topic aligned to the "
-                                      "colour image")
+                    raise RosbagError(
+                        f"{self.path}: depth on '{depth_topic}' is {depth_sizes[depth_index[k]]}, colour "
+                        f"on '{image_topic}' is {img_sizes[k]}: use a depth topic aligned to the "
+                        "colour image"
+                    )
         keep = np.nonzero(valid)[0]
-        self.stats = {"images": len(stamps), "frames": int(len(keep)), "dropped_no_pose": int((~valid).sum()),
-                      "with_depth": int((depth_index[keep] >= 0).sum()) if depth_topic else 0}
+        self.stats = {
+            "images": len(stamps),
+            "frames": int(len(keep)),
+            "dropped_no_pose": int((~valid).sum()),
+            "with_depth": int((depth_index[keep] >= 0).sum()) if depth_topic else 0,
+        }
         if len(keep) == 0:
             span = f"{stamps.min():.3f}..{stamps.max():.3f}"
-            raise RosbagError(f"{self.path}: no image has a pose ({world_frame} -> {camera_frame}) within "
-                              f"{self.tolerance} s of its stamp (image stamps {span})")
-        return _Plan(image_topic, info_topic, depth_topic, pose_topic if not use_tf else None, stamps, keep,
-                     poses[keep], np.stack(Ks)[info_idx[keep]], depth_index[keep], np.asarray(depth_stamps),
-                     camera_frame, world_frame)
+            raise RosbagError(
+                f"{self.path}: no image has a pose ({world_frame} -> {camera_frame}) within "
+                f"{self.tolerance} s of its stamp (image stamps {span})"
+            )
+        return _Plan(
+            image_topic,
+            info_topic,
+            depth_topic,
+            pose_topic if not use_tf else None,
+            stamps,
+            keep,
+            poses[keep],
+            np.stack(Ks)[info_idx[keep]],
+            depth_index[keep],
+            np.asarray(depth_stamps),
+            camera_frame,
+            world_frame,
+        )
 
     # -- public ----------------------------------------------------------------------------
     @property
@@ -523,8 +637,9 @@ class RosbagSource:
                     if slots:
                         slot = slots.pop(0)
                         what = f"{self.path}: {p.image_topic} image {p.keep[slot]}"
-                        rgb_ready[slot] = (_decode_compressed(msg, what) if conn.msgtype == COMPRESSED
-                                           else _decode_image(msg, what))
+                        rgb_ready[slot] = (
+                            _decode_compressed(msg, what) if conn.msgtype == COMPRESSED else _decode_image(msg, what)
+                        )
                 elif depth_slots.get(key):
                     slots = depth_slots.pop(key)
                     d = _decode_depth(msg, f"{self.path}: {p.depth_topic} image at {key * 1e-9:.6f} s")
@@ -542,9 +657,16 @@ class RosbagSource:
     def _frame(self, slot: int, rgb: np.ndarray, depth: Optional[np.ndarray]) -> Frame:
         p = self._plan
         k = int(p.keep[slot])
-        f = Frame(rgb=rgb, K=p.Ks[slot].copy(), c2w=p.poses[slot].copy(), stamp=float(p.image_stamps[k]),
-                  frame_id=p.camera_frame, depth=depth, index=k,
-                  meta={"source": "rosbag2", "bag": str(self.path), "topic": p.image_topic})
+        f = Frame(
+            rgb=rgb,
+            K=p.Ks[slot].copy(),
+            c2w=p.poses[slot].copy(),
+            stamp=float(p.image_stamps[k]),
+            frame_id=p.camera_frame,
+            depth=depth,
+            index=k,
+            meta={"source": "rosbag2", "bag": str(self.path), "topic": p.image_topic},
+        )
         try:
             return f.validate()
         except FrameError as e:
@@ -564,13 +686,24 @@ DEFAULT_MOUNT = np.array([[0.0, 0.0, 1.0, 0.10], [-1.0, 0.0, 0.0, 0.02], [0.0, -
 """A camera optical frame on a robot body (x forward, z up): 0.1 m ahead, 0.3 m up, looking ahead."""
 
 
-def write_rosbag(path: Union[str, os.PathLike], frames: Sequence[Frame], storage: str = "sqlite3",
-                 image_topic: str = "/camera/color/image_raw", camera_info_topic: str = "/camera/color/camera_info",
-                 depth_topic: Optional[str] = "/camera/aligned_depth_to_color/image_raw", pose: str = "tf",
-                 pose_topic: str = "/camera/pose", world_frame: str = "map", base_frame: str = "base_link",
-                 camera_frame: Optional[str] = None, encoding: str = "rgb8", depth_encoding: str = "16UC1",
-                 base_to_camera: Optional[np.ndarray] = None, tf_offsets: Sequence[float] = (0.0,),
-                 pose_every: int = 1) -> Path:
+def write_rosbag(
+    path: Union[str, os.PathLike],
+    frames: Sequence[Frame],
+    storage: str = "sqlite3",
+    image_topic: str = "/camera/color/image_raw",
+    camera_info_topic: str = "/camera/color/camera_info",
+    depth_topic: Optional[str] = "/camera/aligned_depth_to_color/image_raw",
+    pose: str = "tf",
+    pose_topic: str = "/camera/pose",
+    world_frame: str = "map",
+    base_frame: str = "base_link",
+    camera_frame: Optional[str] = None,
+    encoding: str = "rgb8",
+    depth_encoding: str = "16UC1",
+    base_to_camera: Optional[np.ndarray] = None,
+    tf_offsets: Sequence[float] = (0.0,),
+    pose_every: int = 1,
+) -> Path:
     """Write frames into a new rosbag2 at ``path`` (a folder, created).
 
     Args:
@@ -618,9 +751,12 @@ def write_rosbag(path: Union[str, os.PathLike], frames: Sequence[Frame], storage
     def tstamped(stamp, parent, child, M):
         q = matrix_to_quat(M[:3, :3])
         return T["geometry_msgs/msg/TransformStamped"](
-            header=header(stamp, parent), child_frame_id=child,
-            transform=T["geometry_msgs/msg/Transform"](translation=V3(x=M[0, 3], y=M[1, 3], z=M[2, 3]),
-                                                       rotation=Q(x=q[0], y=q[1], z=q[2], w=q[3])))
+            header=header(stamp, parent),
+            child_frame_id=child,
+            transform=T["geometry_msgs/msg/Transform"](
+                translation=V3(x=M[0, 3], y=M[1, 3], z=M[2, 3]), rotation=Q(x=q[0], y=q[1], z=q[2], w=q[3])
+            ),
+        )
 
     cam = camera_frame or frames[0].frame_id
     mount = DEFAULT_MOUNT if base_to_camera is None else np.asarray(base_to_camera, float)
@@ -631,14 +767,23 @@ def write_rosbag(path: Union[str, os.PathLike], frames: Sequence[Frame], storage
     with Writer(bag, version=Writer.VERSION_LATEST, storage_plugin=plugins[storage]) as w:
         c_img = w.add_connection(image_topic, IMAGE, typestore=ts)
         c_info = w.add_connection(camera_info_topic, CAMERA_INFO, typestore=ts)
-        c_depth = (w.add_connection(depth_topic, IMAGE, typestore=ts)
-                   if depth_topic and any(f.depth is not None for f in frames) else None)
+        c_depth = (
+            w.add_connection(depth_topic, IMAGE, typestore=ts)
+            if depth_topic and any(f.depth is not None for f in frames)
+            else None
+        )
         msgs: List[Tuple[int, object, object, str]] = []  # (time ns, connection, message, type)
         if pose == "tf":
             c_tf = w.add_connection("/tf", TF_MSG, typestore=ts)
             c_static = w.add_connection("/tf_static", TF_MSG, typestore=ts)
-            msgs.append((_ns(stamps[0]) - 1, c_static,
-                         T[TF_MSG](transforms=[tstamped(stamps[0], base_frame, cam, mount)]), TF_MSG))
+            msgs.append(
+                (
+                    _ns(stamps[0]) - 1,
+                    c_static,
+                    T[TF_MSG](transforms=[tstamped(stamps[0], base_frame, cam, mount)]),
+                    TF_MSG,
+                )
+            )
             world_base = np.stack([f.c2w for f in frames]) @ invert_pose(mount)
             tq, tt = matrix_to_quat(world_base[:, :3, :3]), world_base[:, :3, 3]
             for off in tf_offsets:
@@ -657,19 +802,22 @@ def write_rosbag(path: Union[str, os.PathLike], frames: Sequence[Frame], storage
             for f in frames[::pose_every]:
                 q = matrix_to_quat(f.c2w[:3, :3])
                 point = T["geometry_msgs/msg/Point"](x=f.c2w[0, 3], y=f.c2w[1, 3], z=f.c2w[2, 3])
-                p = T["geometry_msgs/msg/Pose"](position=point,
-                                                orientation=Q(x=q[0], y=q[1], z=q[2], w=q[3]))
+                p = T["geometry_msgs/msg/Pose"](position=point, orientation=Q(x=q[0], y=q[1], z=q[2], w=q[3]))
                 if pose == "pose":
                     m = T[typ](header=header(f.stamp, world_frame), pose=p)
                 else:
                     zero = V3(x=0.0, y=0.0, z=0.0)
                     still = T["geometry_msgs/msg/Twist"](linear=zero, angular=zero)
-                    m = T[typ](header=header(f.stamp, world_frame), child_frame_id=cam,
-                               pose=T["geometry_msgs/msg/PoseWithCovariance"](pose=p, covariance=np.zeros(36)),
-                               twist=T["geometry_msgs/msg/TwistWithCovariance"](twist=still, covariance=np.zeros(36)))
+                    m = T[typ](
+                        header=header(f.stamp, world_frame),
+                        child_frame_id=cam,
+                        pose=T["geometry_msgs/msg/PoseWithCovariance"](pose=p, covariance=np.zeros(36)),
+                        twist=T["geometry_msgs/msg/TwistWithCovariance"](twist=still, covariance=np.zeros(36)),
+                    )
                 msgs.append((_ns(f.stamp), c_pose, m, typ))
-        chans = {"rgb8": [0, 1, 2], "bgr8": [2, 1, 0], "rgba8": [0, 1, 2, -1], "bgra8": [2, 1, 0, -1],
-                 "mono8": [1]}[encoding]
+        chans = {"rgb8": [0, 1, 2], "bgr8": [2, 1, 0], "rgba8": [0, 1, 2, -1], "bgra8": [2, 1, 0, -1], "mono8": [1]}[
+            encoding
+        ]
         Image, Info, Roi = T[IMAGE], T[CAMERA_INFO], T["sensor_msgs/msg/RegionOfInterest"]
         for f in frames:
             f.validate()
@@ -677,16 +825,46 @@ def write_rosbag(path: Union[str, os.PathLike], frames: Sequence[Frame], storage
             rgba = np.concatenate([f.rgb, np.full((h, wd, 1), 255, np.uint8)], axis=2)
             data = np.ascontiguousarray(rgba[..., chans]).reshape(-1)
             c = len(chans)
-            msgs.append((_ns(f.stamp), c_img, Image(header=header(f.stamp, cam), height=h, width=wd, encoding=encoding,
-                                                   is_bigendian=0, step=wd * c, data=data), IMAGE))
+            msgs.append(
+                (
+                    _ns(f.stamp),
+                    c_img,
+                    Image(
+                        header=header(f.stamp, cam),
+                        height=h,
+                        width=wd,
+                        encoding=encoding,
+                        is_bigendian=0,
+                        step=wd * c,
+                        data=data,
+                    ),
+                    IMAGE,
+                )
+            )
             K = frame_k_to_ros_k(f.K)
             P = np.zeros((3, 4))
             P[:, :3] = K
             no_roi = Roi(x_offset=0, y_offset=0, height=0, width=0, do_rectify=False)
-            msgs.append((_ns(f.stamp), c_info, Info(header=header(f.stamp, cam), height=h, width=wd,
-                                                   distortion_model="plumb_bob", d=np.zeros(5), k=K.reshape(-1),
-                                                   r=np.eye(3).reshape(-1), p=P.reshape(-1), binning_x=0, binning_y=0,
-                                                   roi=no_roi), CAMERA_INFO))
+            msgs.append(
+                (
+                    _ns(f.stamp),
+                    c_info,
+                    Info(
+                        header=header(f.stamp, cam),
+                        height=h,
+                        width=wd,
+                        distortion_model="plumb_bob",
+                        d=np.zeros(5),
+                        k=K.reshape(-1),
+                        r=np.eye(3).reshape(-1),
+                        p=P.reshape(-1),
+                        binning_x=0,
+                        binning_y=0,
+                        roi=no_roi,
+                    ),
+                    CAMERA_INFO,
+                )
+            )
             if c_depth is not None and f.depth is not None:
                 d = np.where(np.isfinite(f.depth) & (f.depth > 0), f.depth, 0.0)
                 if depth_encoding == "16UC1":
@@ -695,9 +873,22 @@ def write_rosbag(path: Union[str, os.PathLike], frames: Sequence[Frame], storage
                 else:
                     raw = d.astype("<f4").view(np.uint8).reshape(-1)
                     step = wd * 4
-                msgs.append((_ns(f.stamp) + 1, c_depth, Image(header=header(f.stamp, cam), height=h, width=wd,
-                                                             encoding=depth_encoding, is_bigendian=0, step=step,
-                                                             data=raw), IMAGE))
+                msgs.append(
+                    (
+                        _ns(f.stamp) + 1,
+                        c_depth,
+                        Image(
+                            header=header(f.stamp, cam),
+                            height=h,
+                            width=wd,
+                            encoding=depth_encoding,
+                            is_bigendian=0,
+                            step=step,
+                            data=raw,
+                        ),
+                        IMAGE,
+                    )
+                )
         msgs.sort(key=lambda m: m[0])
         for t_ns, conn, msg, typ in msgs:
             w.write(conn, t_ns, ts.serialize_cdr(msg, typ))

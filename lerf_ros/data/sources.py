@@ -8,6 +8,7 @@ Recognised inputs:
 - a nerfstudio / instant-ngp folder holding ``transforms.json`` (or that file itself);
 - a rosbag2: a folder with ``metadata.yaml``, or a ``.mcap`` / ``.db3`` file.
 """
+
 from __future__ import annotations
 
 import os
@@ -49,8 +50,15 @@ class FrameSource:
         return len(self.frames)  # type: ignore[arg-type]
 
 
-_SPEC_KEYS = {"seed": "seed", "width": "width", "height": "height", "frames": "n_frames",
-              "n_frames": "n_frames", "objects": "n_objects", "n_objects": "n_objects"}
+_SPEC_KEYS = {
+    "seed": "seed",
+    "width": "width",
+    "height": "height",
+    "frames": "n_frames",
+    "n_frames": "n_frames",
+    "objects": "n_objects",
+    "n_objects": "n_objects",
+}
 
 
 def _parse_synthetic_spec(spec: str) -> Dict[str, int]:
@@ -94,8 +102,10 @@ def source_kind(path_or_spec: Union[str, os.PathLike]) -> str:
         return "rosbag2"
     if p.is_dir():
         listing = sorted(x.name for x in p.iterdir())[:10]
-        raise SourceError(f"{p}: not a posed-frame source: no {SCENE_FILE} (synthetic scene), {TRANSFORMS_FILE} "
-                          f"or metadata.yaml (rosbag2) in it (found: {', '.join(listing) or 'nothing'})")
+        raise SourceError(
+            f"{p}: not a posed-frame source: no {SCENE_FILE} (synthetic scene), {TRANSFORMS_FILE} "
+            f"or metadata.yaml (rosbag2) in it (found: {', '.join(listing) or 'nothing'})"
+        )
     raise SourceError(f"{p}: not a posed-frame source (expected a folder, a transforms .json, or a .mcap/.db3 bag)")
 
 

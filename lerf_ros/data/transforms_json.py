@@ -14,6 +14,7 @@ Paths are relative to the folder. Poses are converted to this package's OpenCV c
 by flipping the camera's y and z axes: ``c2w_cv = c2w_gl @ diag(1, -1, -1, 1)``. The pixel-centre
 convention (centres at u + 0.5, ``cx = w / 2`` for a centred principal point) is the same in both.
 """
+
 from __future__ import annotations
 
 import json
@@ -26,8 +27,14 @@ import numpy as np
 
 from lerf_ros.data.frame import Frame, FrameError
 
-__all__ = ["TransformsFormatError", "OPENGL_TO_OPENCV", "read_transforms", "write_transforms",
-           "TransformsSource", "TRANSFORMS_FILE"]
+__all__ = [
+    "TransformsFormatError",
+    "OPENGL_TO_OPENCV",
+    "read_transforms",
+    "write_transforms",
+    "TransformsSource",
+    "TRANSFORMS_FILE",
+]
 
 TRANSFORMS_FILE = "transforms.json"
 OPENGL_TO_OPENCV = np.diag([1.0, -1.0, -1.0, 1.0])
@@ -93,8 +100,10 @@ def _intrinsics(meta: dict, w: int, h: int, jpath: Path, i: int, allow_distortio
     if not allow_distortion:
         dist = {k: num(k) for k in _DISTORTION_KEYS if num(k)}
         if dist:
-            raise TransformsFormatError(f"{jpath}: frame {i}: lens distortion {dist} is not supported: undistort the "
-                                        "images first (or pass allow_distortion=True to ignore it)")
+            raise TransformsFormatError(
+                f"{jpath}: frame {i}: lens distortion {dist} is not supported: undistort the "
+                "images first (or pass allow_distortion=True to ignore it)"
+            )
     return np.array([[fx, 0.0, w / 2 if cx is None else cx], [0.0, fy, h / 2 if cy is None else cy], [0.0, 0.0, 1.0]])
 
 
@@ -120,7 +129,9 @@ def _load_depth(path: Path, scale: float, jpath: Path, i: int) -> np.ndarray:
         with Image.open(path) as im:
             d = np.asarray(im)
         if d.ndim != 2:
-            raise TransformsFormatError(f"{jpath}: frame {i}: depth image '{path}' must be single-channel, got shape {d.shape}")
+            raise TransformsFormatError(
+                f"{jpath}: frame {i}: depth image '{path}' must be single-channel, got shape {d.shape}"
+            )
         d = d.astype(np.float32)
     d = d * np.float32(scale)
     d[~np.isfinite(d)] = 0.0
@@ -131,8 +142,14 @@ def _default_depth_scale(path: Path) -> float:
     return 1.0 if path.suffix == ".npy" else 1e-3
 
 
-def _iter_frames(path: Union[str, os.PathLike], depth_unit_scale: Optional[float], frame_interval: float,
-                 frame_id: str, allow_distortion: bool, background: Sequence[float]) -> Iterator[Frame]:
+def _iter_frames(
+    path: Union[str, os.PathLike],
+    depth_unit_scale: Optional[float],
+    frame_interval: float,
+    frame_id: str,
+    allow_distortion: bool,
+    background: Sequence[float],
+) -> Iterator[Frame]:
     jpath = _resolve_json(path)
     folder = jpath.parent
     try:
@@ -162,21 +179,34 @@ def _iter_frames(path: Union[str, os.PathLike], depth_unit_scale: Optional[float
         fmeta = {**glob, **{k: fr[k] for k in _INTRINSIC_KEYS if k in fr}}
         for key, actual in (("w", w), ("h", h)):
             if key in fmeta and int(fmeta[key]) != actual:
-                raise TransformsFormatError(f"{jpath}: frame {i}: '{key}' is {fmeta[key]} but image "
-                                            f"'{img_path.name}' is {w}x{h}")
+                raise TransformsFormatError(
+                    f"{jpath}: frame {i}: '{key}' is {fmeta[key]} but image '{img_path.name}' is {w}x{h}"
+                )
         K = _intrinsics(fmeta, w, h, jpath, i, allow_distortion)
         depth = None
         if fr.get("depth_file_path"):
             dpath = folder / str(fr["depth_file_path"])
-            scale = depth_unit_scale if depth_unit_scale is not None else (
-                float(scale_json) if scale_json is not None else _default_depth_scale(dpath))
+            scale = (
+                depth_unit_scale
+                if depth_unit_scale is not None
+                else (float(scale_json) if scale_json is not None else _default_depth_scale(dpath))
+            )
             depth = _load_depth(dpath, scale, jpath, i)
             if depth.shape != (h, w):
-                raise TransformsFormatError(f"{jpath}: frame {i}: depth '{dpath.name}' is "
-                                            f"{depth.shape[1]}x{depth.shape[0]}, image is {w}x{h}")
+                raise TransformsFormatError(
+                    f"{jpath}: frame {i}: depth '{dpath.name}' is {depth.shape[1]}x{depth.shape[0]}, image is {w}x{h}"
+                )
         stamp = float(fr.get("timestamp", fr.get("time", i * frame_interval)))
-        frame = Frame(rgb=rgb, K=K, c2w=c2w_gl @ OPENGL_TO_OPENCV, stamp=stamp, frame_id=str(fr.get("frame_id", frame_id)),
-                      depth=depth, index=i, meta={"source": "transforms.json", "file_path": str(fr["file_path"])})
+        frame = Frame(
+            rgb=rgb,
+            K=K,
+            c2w=c2w_gl @ OPENGL_TO_OPENCV,
+            stamp=stamp,
+            frame_id=str(fr.get("frame_id", frame_id)),
+            depth=depth,
+            index=i,
+            meta={"source": "transforms.json", "file_path": str(fr["file_path"])},
+        )
         try:
             frame.validate()
         except FrameError as e:
@@ -199,9 +229,15 @@ class TransformsSource:
         background: RGB in [0, 1] that transparent pixels are composited onto.
     """
 
-    def __init__(self, path: Union[str, os.PathLike], depth_unit_scale: Optional[float] = None,
-                 frame_interval: float = 0.1, frame_id: str = "camera", allow_distortion: bool = False,
-                 background: Sequence[float] = (1.0, 1.0, 1.0)):
+    def __init__(
+        self,
+        path: Union[str, os.PathLike],
+        depth_unit_scale: Optional[float] = None,
+        frame_interval: float = 0.1,
+        frame_id: str = "camera",
+        allow_distortion: bool = False,
+        background: Sequence[float] = (1.0, 1.0, 1.0),
+    ):
         self.json_path = _resolve_json(path)
         self.path = self.json_path.parent
         self._args = (depth_unit_scale, frame_interval, frame_id, allow_distortion, background)
@@ -225,8 +261,14 @@ def read_transforms(path: Union[str, os.PathLike], **kwargs) -> List[Frame]:
     return list(TransformsSource(path, **kwargs))
 
 
-def write_transforms(folder: Union[str, os.PathLike], frames: Sequence[Frame], depth: bool = True,
-                     depth_format: str = "png", image_dir: str = "images", depth_dir: str = "depth") -> Path:
+def write_transforms(
+    folder: Union[str, os.PathLike],
+    frames: Sequence[Frame],
+    depth: bool = True,
+    depth_format: str = "png",
+    image_dir: str = "images",
+    depth_dir: str = "depth",
+) -> Path:
     """Write frames as a nerfstudio-style folder: ``images/NNNNN.png``, optional depth (16-bit PNG
     in millimetres with ``depth_unit_scale_factor`` 0.001, or ``.npy`` float metres) and
     ``transforms.json`` (OpenGL poses, per-frame intrinsics when they differ between frames).
@@ -244,8 +286,14 @@ def write_transforms(folder: Union[str, os.PathLike], frames: Sequence[Frame], d
     shared = bool(np.allclose(Ks, Ks[0]) and len(sizes) == 1)
 
     def intr(f: Frame) -> dict:
-        return {"fl_x": float(f.K[0, 0]), "fl_y": float(f.K[1, 1]), "cx": float(f.K[0, 2]), "cy": float(f.K[1, 2]),
-                "w": f.width, "h": f.height}
+        return {
+            "fl_x": float(f.K[0, 0]),
+            "fl_y": float(f.K[1, 1]),
+            "cx": float(f.K[0, 2]),
+            "cy": float(f.K[1, 2]),
+            "w": f.width,
+            "h": f.height,
+        }
 
     doc: dict = {"camera_model": "OPENCV"}
     if shared:
@@ -260,16 +308,21 @@ def write_transforms(folder: Union[str, os.PathLike], frames: Sequence[Frame], d
         f.validate()
         name = f"{image_dir}/{i:05d}.png"
         Image.fromarray(f.rgb).save(folder / name)
-        fr = {"file_path": name, "transform_matrix": (f.c2w @ OPENGL_TO_OPENCV).tolist(),
-              "timestamp": float(f.stamp), "frame_id": f.frame_id}
+        fr = {
+            "file_path": name,
+            "transform_matrix": (f.c2w @ OPENGL_TO_OPENCV).tolist(),
+            "timestamp": float(f.stamp),
+            "frame_id": f.frame_id,
+        }
         if not shared:
             fr.update(intr(f))
         if write_depth and f.depth is not None:
             d = np.where(np.isfinite(f.depth) & (f.depth > 0), f.depth, 0.0)
             if depth_format == "png":
                 if d.max() > 65.535:
-                    raise ValueError(f"frame {i}: depth {d.max():.1f} m does not fit a 16-bit millimetre PNG; "
-                                     "use depth_format='npy'")
+                    raise ValueError(
+                        f"frame {i}: depth {d.max():.1f} m does not fit a 16-bit millimetre PNG; use depth_format='npy'"
+                    )
                 dname = f"{depth_dir}/{i:05d}.png"
                 Image.fromarray(np.round(d * 1000).astype(np.uint16)).save(folder / dname)
             else:

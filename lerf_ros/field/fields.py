@@ -3,6 +3,7 @@
 Every field takes positions already normalised to the hash grids' domain [0, 1]^3 (scene
 normalisation + contraction, see ``sampling.contract_to_unit``), flattened to (N, 3).
 """
+
 from __future__ import annotations
 
 from typing import List, Optional, Sequence, Tuple
@@ -53,22 +54,38 @@ def spherical_harmonics(dirs: torch.Tensor, degree: int) -> torch.Tensor:
         out += [-0.48860251190291987 * y, 0.48860251190291987 * z, -0.48860251190291987 * x]
     if degree > 2:
         xx, yy, zz = x * x, y * y, z * z
-        out += [1.0925484305920792 * x * y, -1.0925484305920792 * y * z,
-                0.94617469575755997 * zz - 0.31539156525251999, -1.0925484305920792 * x * z,
-                0.54627421529603959 * (xx - yy)]
+        out += [
+            1.0925484305920792 * x * y,
+            -1.0925484305920792 * y * z,
+            0.94617469575755997 * zz - 0.31539156525251999,
+            -1.0925484305920792 * x * z,
+            0.54627421529603959 * (xx - yy),
+        ]
     if degree > 3:
-        out += [0.59004358992664352 * y * (3.0 * xx - yy), 2.8906114426405538 * x * y * z,
-                0.45704579946446572 * y * (5.0 * zz - 1.0), 0.3731763325901154 * z * (5.0 * zz - 3.0),
-                0.45704579946446572 * x * (5.0 * zz - 1.0), 1.4453057213202769 * z * (xx - yy),
-                0.59004358992664352 * x * (xx - 3.0 * yy)]
+        out += [
+            0.59004358992664352 * y * (3.0 * xx - yy),
+            2.8906114426405538 * x * y * z,
+            0.45704579946446572 * y * (5.0 * zz - 1.0),
+            0.3731763325901154 * z * (5.0 * zz - 3.0),
+            0.45704579946446572 * x * (5.0 * zz - 1.0),
+            1.4453057213202769 * z * (xx - yy),
+            0.59004358992664352 * x * (xx - 3.0 * yy),
+        ]
     return torch.stack(out, dim=-1)
 
 
 class ProposalDensityField(nn.Module):
     """Small hash grid + one-hidden-layer MLP -> density (a proposal network)."""
 
-    def __init__(self, num_levels: int, log2_hashmap_size: int, base_resolution: int, max_resolution: int,
-                 hidden_dim: int, backend: str = "auto") -> None:
+    def __init__(
+        self,
+        num_levels: int,
+        log2_hashmap_size: int,
+        base_resolution: int,
+        max_resolution: int,
+        hidden_dim: int,
+        backend: str = "auto",
+    ) -> None:
         super().__init__()
         self.encoding = HashEncoding(num_levels, 2, log2_hashmap_size, base_resolution, max_resolution, backend)
         self.mlp = mlp(self.encoding.output_dim, hidden_dim, 1, 1)
@@ -86,16 +103,27 @@ class RadianceField(nn.Module):
     direction + geometry features -> MLP -> sigmoid RGB.
     """
 
-    def __init__(self, num_levels: int, features_per_level: int, log2_hashmap_size: int, base_resolution: int,
-                 max_resolution: int, hidden_dim: int, hidden_dim_color: int, geo_feat_dim: int, sh_degree: int,
-                 backend: str = "auto") -> None:
+    def __init__(
+        self,
+        num_levels: int,
+        features_per_level: int,
+        log2_hashmap_size: int,
+        base_resolution: int,
+        max_resolution: int,
+        hidden_dim: int,
+        hidden_dim_color: int,
+        geo_feat_dim: int,
+        sh_degree: int,
+        backend: str = "auto",
+    ) -> None:
         super().__init__()
-        self.encoding = HashEncoding(num_levels, features_per_level, log2_hashmap_size, base_resolution,
-                                     max_resolution, backend)
+        self.encoding = HashEncoding(
+            num_levels, features_per_level, log2_hashmap_size, base_resolution, max_resolution, backend
+        )
         self.geo_feat_dim = geo_feat_dim
         self.sh_degree = sh_degree
         self.mlp_base = mlp(self.encoding.output_dim, hidden_dim, 1 + geo_feat_dim, 1)
-        self.mlp_head = mlp(sh_degree ** 2 + geo_feat_dim, hidden_dim_color, 3, 2)
+        self.mlp_head = mlp(sh_degree**2 + geo_feat_dim, hidden_dim_color, 3, 2)
 
     def density(self, x01: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """x01 (N, 3) -> density (N,) in scene units^-1, geometry features (N, geo_feat_dim)."""
@@ -118,21 +146,44 @@ class LanguageField(nn.Module):
     per sample; the DINO MLP takes the grid features alone. No view direction.
     """
 
-    def __init__(self, clip_dim: int, dino_dim: int, num_levels: Sequence[int], log2_hashmap_size: Sequence[int],
-                 base_resolution: Sequence[int], max_resolution: Sequence[int], features_per_level: int,
-                 hidden_dim: int, num_layers: int, dino_hidden_dim: int, dino_num_layers: int,
-                 backend: str = "auto") -> None:
+    def __init__(
+        self,
+        clip_dim: int,
+        dino_dim: int,
+        num_levels: Sequence[int],
+        log2_hashmap_size: Sequence[int],
+        base_resolution: Sequence[int],
+        max_resolution: Sequence[int],
+        features_per_level: int,
+        hidden_dim: int,
+        num_layers: int,
+        dino_hidden_dim: int,
+        dino_num_layers: int,
+        backend: str = "auto",
+    ) -> None:
         super().__init__()
         n = len(num_levels)
         if not (len(log2_hashmap_size) == len(base_resolution) == len(max_resolution) == n) or n == 0:
-            raise ValueError("language hash grids: num_levels, log2_hashmap_size, base_resolution and "
-                             f"max_resolution need one entry per grid, got {n}, {len(log2_hashmap_size)}, "
-                             f"{len(base_resolution)}, {len(max_resolution)}")
+            raise ValueError(
+                "language hash grids: num_levels, log2_hashmap_size, base_resolution and "
+                f"max_resolution need one entry per grid, got {n}, {len(log2_hashmap_size)}, "
+                f"{len(base_resolution)}, {len(max_resolution)}"
+            )
         self.clip_dim = clip_dim
         self.dino_dim = dino_dim
-        self.encodings = nn.ModuleList([
-            HashEncoding(num_levels[i], features_per_level, log2_hashmap_size[i], base_resolution[i],
-                         max_resolution[i], backend) for i in range(n)])
+        self.encodings = nn.ModuleList(
+            [
+                HashEncoding(
+                    num_levels[i],
+                    features_per_level,
+                    log2_hashmap_size[i],
+                    base_resolution[i],
+                    max_resolution[i],
+                    backend,
+                )
+                for i in range(n)
+            ]
+        )
         feat_dim = sum(e.output_dim for e in self.encodings)
         self.clip_net = mlp(feat_dim + 1, hidden_dim, clip_dim, num_layers)
         self.dino_net = mlp(feat_dim, dino_hidden_dim, dino_dim, dino_num_layers)
@@ -155,13 +206,18 @@ class LanguageField(nn.Module):
         normalised or not, lies in the span of W's columns and b: r <= hidden + 1 (r = clip_dim when
         the head is at least as wide as its output)."""
         last = self.clip_net[-1]
-        cols = torch.cat([last.weight.detach().T, last.bias.detach()[None]]).double()     # (hidden + 1, D)
+        cols = torch.cat([last.weight.detach().T, last.bias.detach()[None]]).double()  # (hidden + 1, D)
         _, sv, vh = torch.linalg.svd(cols, full_matrices=False)
         keep = sv > 1e-7 * sv[0].clamp_min(1e-300)
         return vh[keep].float().contiguous()
 
-    def clip_multi_scale(self, feats: torch.Tensor, scales: torch.Tensor, project: Optional[torch.Tensor] = None,
-                         basis: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def clip_multi_scale(
+        self,
+        feats: torch.Tensor,
+        scales: torch.Tensor,
+        project: Optional[torch.Tensor] = None,
+        basis: Optional[torch.Tensor] = None,
+    ) -> torch.Tensor:
         """:meth:`clip` of the same grid features at several scales, optionally projected.
 
         The scale is one input of the head's first layer, so that layer's feature part is computed
@@ -181,14 +237,14 @@ class LanguageField(nn.Module):
             raise ValueError(f"feats must be (N, F) and scales (S,), got {tuple(feats.shape)}, {tuple(scales.shape)}")
         first, hidden, last = self.clip_net[0], self.clip_net[1:-1], self.clip_net[-1]
         n_feat = feats.shape[1]
-        base = F.linear(feats, first.weight[:, :n_feat], first.bias)                        # (N, H0)
+        base = F.linear(feats, first.weight[:, :n_feat], first.bias)  # (N, H0)
         w_scale = first.weight[:, n_feat]
         C = self.clip_basis() if basis is None else basis.to(last.weight.dtype)
-        out_w, out_b = C @ last.weight, C @ last.bias                                         # (r, H), (r,)
-        to_out = C if project is None else C @ project.to(C.dtype).T                          # (r, T or D)
+        out_w, out_b = C @ last.weight, C @ last.bias  # (r, H), (r,)
+        to_out = C if project is None else C @ project.to(C.dtype).T  # (r, T or D)
         outs = []
         for s in scales.to(feats.dtype).tolist():
-            y = F.linear(hidden(base + s * w_scale), out_w, out_b).float()                  # (N, r)
+            y = F.linear(hidden(base + s * w_scale), out_w, out_b).float()  # (N, r)
             y = y / y.norm(dim=-1, keepdim=True).clamp_min(1e-8)
             outs.append(y @ to_out.float())
         if not outs:

@@ -4,6 +4,7 @@
 keyframe cameras it was trained on. Nothing outside can change it, so a query never races with
 training; the trainer takes a new snapshot whenever it likes.
 """
+
 from __future__ import annotations
 
 import copy
@@ -30,8 +31,15 @@ class FrozenField:
         copy_model: False to adopt ``model`` as is (it must not be used elsewhere afterwards).
     """
 
-    def __init__(self, model: LerfModel, cameras: Sequence[CameraView], step: int, teacher: str = "",
-                 chunk_rays: Optional[int] = None, copy_model: bool = True) -> None:
+    def __init__(
+        self,
+        model: LerfModel,
+        cameras: Sequence[CameraView],
+        step: int,
+        teacher: str = "",
+        chunk_rays: Optional[int] = None,
+        copy_model: bool = True,
+    ) -> None:
         m = copy.deepcopy(model) if copy_model else model
         m.eval()
         for p in m.parameters():
@@ -42,8 +50,10 @@ class FrozenField:
         self.dino_dim = m.dino_dim
         self.teacher = teacher
         self.device = next(m.parameters()).device
-        self.cameras: List[CameraView] = [CameraView(np.array(c.K, dtype=np.float64), np.array(c.c2w, dtype=np.float64),
-                                                     int(c.height), int(c.width)) for c in cameras]
+        self.cameras: List[CameraView] = [
+            CameraView(np.array(c.K, dtype=np.float64), np.array(c.c2w, dtype=np.float64), int(c.height), int(c.width))
+            for c in cameras
+        ]
         self.chunk_rays = int(chunk_rays or (32768 if self.device.type == "cuda" else 4096))
         self.scene_center = m.scene_center.detach().cpu().numpy().copy()
         self.scene_scale = float(m.scene_scale)
@@ -78,8 +88,9 @@ class FrozenField:
         return torch.cat(out) if out else torch.zeros((0, self.clip_dim), device=self.device)
 
     @torch.no_grad()
-    def language_multi_scale(self, xyz: torch.Tensor, scales: torch.Tensor,
-                             project: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def language_multi_scale(
+        self, xyz: torch.Tensor, scales: torch.Tensor, project: Optional[torch.Tensor] = None
+    ) -> torch.Tensor:
         """``language`` at every scale, in one pass of the hash grids per point.
 
         xyz (N, 3), scales (S,) metres, project (T, clip_dim) or None -> (S, N, T) =
@@ -91,8 +102,10 @@ class FrozenField:
             if project.ndim != 2 or project.shape[1] != self.clip_dim:
                 raise ValueError(f"project must be (T, {self.clip_dim}), got {tuple(project.shape)}")
         step = self.chunk_rays * 8
-        out = [self._model.language_multi_scale_at(xyz[i:i + step], scales, project, self._clip_basis)
-               for i in range(0, xyz.shape[0], step)]
+        out = [
+            self._model.language_multi_scale_at(xyz[i : i + step], scales, project, self._clip_basis)
+            for i in range(0, xyz.shape[0], step)
+        ]
         width = self.clip_dim if project is None else project.shape[0]
         return torch.cat(out, dim=1) if out else torch.zeros((len(scales), 0, width), device=self.device)
 
@@ -100,13 +113,16 @@ class FrozenField:
     def density(self, xyz: torch.Tensor) -> torch.Tensor:
         """Volume density (per metre) at world points. xyz (N, 3) -> (N,) non-negative."""
         xyz = self._points(xyz)
-        out = [self._model.density_at(xyz[i:i + self.chunk_rays * 16])
-               for i in range(0, xyz.shape[0], self.chunk_rays * 16)]
+        out = [
+            self._model.density_at(xyz[i : i + self.chunk_rays * 16])
+            for i in range(0, xyz.shape[0], self.chunk_rays * 16)
+        ]
         return torch.cat(out) if out else torch.zeros((0,), device=self.device)
 
     @torch.no_grad()
-    def render(self, K: np.ndarray, c2w: np.ndarray, height: int, width: int,
-               scale: Optional[float] = None) -> Dict[str, torch.Tensor]:
+    def render(
+        self, K: np.ndarray, c2w: np.ndarray, height: int, width: int, scale: Optional[float] = None
+    ) -> Dict[str, torch.Tensor]:
         """Render a view.
 
         Returns 'rgb' (H, W, 3) in [0, 1], 'depth' (H, W) z-depth in metres, 'accumulation'
@@ -116,13 +132,22 @@ class FrozenField:
         return render_image(self._model, K, c2w, height, width, self.chunk_rays, scale)
 
     def __repr__(self) -> str:
-        return (f"FrozenField(step={self.step}, clip_dim={self.clip_dim}, cameras={len(self.cameras)}, "
-                f"device={self.device})")
+        return (
+            f"FrozenField(step={self.step}, clip_dim={self.clip_dim}, cameras={len(self.cameras)}, "
+            f"device={self.device})"
+        )
 
 
 @torch.no_grad()
-def render_image(model: LerfModel, K: np.ndarray, c2w: np.ndarray, height: int, width: int, chunk_rays: int,
-                 scale: Optional[float] = None) -> Dict[str, torch.Tensor]:
+def render_image(
+    model: LerfModel,
+    K: np.ndarray,
+    c2w: np.ndarray,
+    height: int,
+    width: int,
+    chunk_rays: int,
+    scale: Optional[float] = None,
+) -> Dict[str, torch.Tensor]:
     """Render every pixel of a view with ``model`` (deterministic samples), ``chunk_rays`` at a time.
 
     Returns 'rgb' (H, W, 3) in [0, 1], 'depth' (H, W) z-depth in metres, 'accumulation' (H, W),
@@ -143,8 +168,9 @@ def render_image(model: LerfModel, K: np.ndarray, c2w: np.ndarray, height: int, 
         parts["depth"].append(out.depth * dir_z[sl])
         parts["accumulation"].append(out.accumulation)
         if scale is not None:
-            parts["clip"].append(model.render_language(out, None, scale=torch.tensor(float(scale)),
-                                                       with_dino=False)["clip"])
+            parts["clip"].append(
+                model.render_language(out, None, scale=torch.tensor(float(scale)), with_dino=False)["clip"]
+            )
     res = {k: torch.cat(v) for k, v in parts.items()}
     res["rgb"] = res["rgb"].view(height, width, 3)
     res["depth"] = res["depth"].view(height, width)

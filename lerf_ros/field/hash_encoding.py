@@ -24,6 +24,7 @@ Layout (per level ``l`` of ``L``; positions ``x`` in [0, 1]^3):
   taken modulo ``size_l``.
 - output ``(N, L * features_per_level)``, level-major.
 """
+
 from __future__ import annotations
 
 import math
@@ -104,8 +105,9 @@ class HashGridLayout:
         return math.exp((math.log(max_resolution) - math.log(base_resolution)) / (num_levels - 1))
 
     @classmethod
-    def build(cls, num_levels: int, features_per_level: int, log2_hashmap_size: int,
-              base_resolution: int, max_resolution: int) -> "HashGridLayout":
+    def build(
+        cls, num_levels: int, features_per_level: int, log2_hashmap_size: int, base_resolution: int, max_resolution: int
+    ) -> "HashGridLayout":
         if num_levels < 1 or num_levels > 32:
             raise ValueError(f"hash grid num_levels = {num_levels}: expected 1..32")
         if features_per_level not in (1, 2, 4, 8):
@@ -122,20 +124,35 @@ class HashGridLayout:
             s = np.float32(np.exp2(np.float32(level) * log2_pls)) * np.float32(base_resolution) - np.float32(1.0)
             s = float(np.float32(s))
             res = int(math.ceil(s)) + 1
-            dense = res ** 3
+            dense = res**3
             size = min(-(-dense // 8) * 8, table)
             scales.append(s)
             resolutions.append(res)
             sizes.append(size)
             offsets.append(offsets[-1] + size)
             hashed.append(size < dense)
-        return cls(num_levels, features_per_level, log2_hashmap_size, base_resolution, float(pls),
-                   tuple(scales), tuple(resolutions), tuple(sizes), tuple(offsets), tuple(hashed))
+        return cls(
+            num_levels,
+            features_per_level,
+            log2_hashmap_size,
+            base_resolution,
+            float(pls),
+            tuple(scales),
+            tuple(resolutions),
+            tuple(sizes),
+            tuple(offsets),
+            tuple(hashed),
+        )
 
     def tcnn_config(self) -> dict:
-        return {"otype": "HashGrid", "n_levels": self.num_levels, "n_features_per_level": self.features_per_level,
-                "log2_hashmap_size": self.log2_hashmap_size, "base_resolution": self.base_resolution,
-                "per_level_scale": self.per_level_scale}
+        return {
+            "otype": "HashGrid",
+            "n_levels": self.num_levels,
+            "n_features_per_level": self.features_per_level,
+            "log2_hashmap_size": self.log2_hashmap_size,
+            "base_resolution": self.base_resolution,
+            "per_level_scale": self.per_level_scale,
+        }
 
 
 def hash_grid_indices(x: torch.Tensor, layout: HashGridLayout) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -222,8 +239,13 @@ class _HashGridTable(torch.autograd.Function):
         flat_rows = rows.reshape(-1)
         if vals.device.type == "cpu":
             # Rows repeat heavily (coarse levels); a histogram per feature beats index_add_ there.
-            grad_table = torch.stack([torch.bincount(flat_rows, weights=vals[:, f], minlength=n_entries).to(weights.dtype)
-                                      for f in range(fpl)], dim=1)
+            grad_table = torch.stack(
+                [
+                    torch.bincount(flat_rows, weights=vals[:, f], minlength=n_entries).to(weights.dtype)
+                    for f in range(fpl)
+                ],
+                dim=1,
+            )
         else:
             grad_table = torch.zeros(n_entries, fpl, dtype=weights.dtype, device=weights.device)
             grad_table.index_add_(0, flat_rows.long(), vals)
@@ -273,14 +295,22 @@ class HashEncoding(nn.Module):
     Forward: ``x`` (N, 3) in [0, 1] -> (N, num_levels * features_per_level) float32.
     """
 
-    def __init__(self, num_levels: int = 16, features_per_level: int = 2, log2_hashmap_size: int = 19,
-                 base_resolution: int = 16, max_resolution: int = 2048, backend: str = "auto",
-                 init_scale: float = 1e-4) -> None:
+    def __init__(
+        self,
+        num_levels: int = 16,
+        features_per_level: int = 2,
+        log2_hashmap_size: int = 19,
+        base_resolution: int = 16,
+        max_resolution: int = 2048,
+        backend: str = "auto",
+        init_scale: float = 1e-4,
+    ) -> None:
         super().__init__()
         if backend not in _BACKENDS:
             raise ValueError(f"hash encoding backend '{backend}': expected one of {_BACKENDS}")
-        self.layout = HashGridLayout.build(num_levels, features_per_level, log2_hashmap_size,
-                                           base_resolution, max_resolution)
+        self.layout = HashGridLayout.build(
+            num_levels, features_per_level, log2_hashmap_size, base_resolution, max_resolution
+        )
         self.backend = backend
         self.params = nn.Parameter(torch.empty(self.layout.num_params).uniform_(-init_scale, init_scale))
         self._tcnn = None  # the tinycudann module, built on first CUDA use (not part of state_dict)
@@ -295,8 +325,9 @@ class HashEncoding(nn.Module):
             return "torch"
         ok = device.type == "cuda" and tcnn_module() is not None
         if self.backend == "tcnn" and not ok:
-            raise RuntimeError("hash encoding backend 'tcnn' requested but tinycudann is not importable "
-                               "or the input is not on CUDA")
+            raise RuntimeError(
+                "hash encoding backend 'tcnn' requested but tinycudann is not importable or the input is not on CUDA"
+            )
         return "tcnn" if ok else "torch"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -312,8 +343,10 @@ class HashEncoding(nn.Module):
         if self._tcnn is None:
             mod = tcnn.Encoding(3, self.layout.tcnn_config(), dtype=torch.float32)
             if mod.params.numel() != self.layout.num_params:
-                raise RuntimeError(f"tinycudann HashGrid has {mod.params.numel()} parameters, "
-                                   f"this layout {self.layout.num_params}: incompatible versions")
+                raise RuntimeError(
+                    f"tinycudann HashGrid has {mod.params.numel()} parameters, "
+                    f"this layout {self.layout.num_params}: incompatible versions"
+                )
             object.__setattr__(self, "_tcnn", mod)
         mod = self._tcnn
         # Run tinycudann's kernels on *our* parameter so both backends share the weights.
@@ -329,6 +362,8 @@ class HashEncoding(nn.Module):
 
     def extra_repr(self) -> str:
         lay = self.layout
-        return (f"levels={lay.num_levels}, features={lay.features_per_level}, log2_T={lay.log2_hashmap_size}, "
-                f"res={lay.resolutions[0]}..{lay.resolutions[-1]}, dense_levels={lay.num_dense_levels}, "
-                f"params={lay.num_params}, backend={self.backend}")
+        return (
+            f"levels={lay.num_levels}, features={lay.features_per_level}, log2_T={lay.log2_hashmap_size}, "
+            f"res={lay.resolutions[0]}..{lay.resolutions[-1]}, dense_levels={lay.num_dense_levels}, "
+            f"params={lay.num_params}, backend={self.backend}"
+        )

@@ -11,6 +11,7 @@ of ``crop_px`` pixels spans ``crop_px * t / fy`` metres (pinhole footprint), whi
 to ``F_lang``. The reference code computes the same quantity as ``scale * H * dist / fy`` with
 ``scale`` the crop side as a fraction of the image height ``H``.
 """
+
 from __future__ import annotations
 
 import copy
@@ -23,10 +24,23 @@ from torch import nn
 
 from lerf_ros.config import ModelConfig, TrainerConfig
 from lerf_ros.field.fields import LanguageField, ProposalDensityField, RadianceField
-from lerf_ros.field.rendering import (distortion_loss, interlevel_loss, render_depth, render_embedding,
-                                      render_rgb, render_weights, top_k_samples)
-from lerf_ros.field.sampling import (anneal_weights, contract_to_unit, pdf_edges, sample_points, spacing_inv,
-                                     uniform_edges)
+from lerf_ros.field.rendering import (
+    distortion_loss,
+    interlevel_loss,
+    render_depth,
+    render_embedding,
+    render_rgb,
+    render_weights,
+    top_k_samples,
+)
+from lerf_ros.field.sampling import (
+    anneal_weights,
+    contract_to_unit,
+    pdf_edges,
+    sample_points,
+    spacing_inv,
+    uniform_edges,
+)
 
 
 @dataclass
@@ -71,25 +85,55 @@ class LerfModel(nn.Module):
         b = cfg.hash_backend
         self.register_buffer("scene_center", torch.tensor(cfg.scene_center, dtype=torch.float32))
         self.register_buffer("scene_scale", torch.tensor(float(cfg.scene_scale), dtype=torch.float32))
-        self.field = RadianceField(cfg.num_levels, cfg.features_per_level, cfg.log2_hashmap_size,
-                                   cfg.base_resolution, cfg.max_resolution, cfg.hidden_dim, cfg.hidden_dim_color,
-                                   cfg.geo_feat_dim, cfg.sh_degree, b)
+        self.field = RadianceField(
+            cfg.num_levels,
+            cfg.features_per_level,
+            cfg.log2_hashmap_size,
+            cfg.base_resolution,
+            cfg.max_resolution,
+            cfg.hidden_dim,
+            cfg.hidden_dim_color,
+            cfg.geo_feat_dim,
+            cfg.sh_degree,
+            b,
+        )
         max_res = list(cfg.proposal_max_resolution) or [cfg.proposal_base_resolution]
-        self.proposals = nn.ModuleList([
-            ProposalDensityField(cfg.proposal_num_levels, cfg.proposal_log2_hashmap_size,
-                                 cfg.proposal_base_resolution, max_res[min(i, len(max_res) - 1)],
-                                 cfg.proposal_hidden_dim, b)
-            for i in range(len(cfg.num_proposal_samples))])
-        self.lang = LanguageField(self.clip_dim, self.dino_dim, cfg.lang_num_levels, cfg.lang_log2_hashmap_size,
-                                  cfg.lang_base_resolution, cfg.lang_max_resolution, cfg.lang_features_per_level,
-                                  cfg.lang_hidden_dim, cfg.lang_num_layers, cfg.dino_hidden_dim,
-                                  cfg.dino_num_layers, b)
+        self.proposals = nn.ModuleList(
+            [
+                ProposalDensityField(
+                    cfg.proposal_num_levels,
+                    cfg.proposal_log2_hashmap_size,
+                    cfg.proposal_base_resolution,
+                    max_res[min(i, len(max_res) - 1)],
+                    cfg.proposal_hidden_dim,
+                    b,
+                )
+                for i in range(len(cfg.num_proposal_samples))
+            ]
+        )
+        self.lang = LanguageField(
+            self.clip_dim,
+            self.dino_dim,
+            cfg.lang_num_levels,
+            cfg.lang_log2_hashmap_size,
+            cfg.lang_base_resolution,
+            cfg.lang_max_resolution,
+            cfg.lang_features_per_level,
+            cfg.lang_hidden_dim,
+            cfg.lang_num_layers,
+            cfg.dino_hidden_dim,
+            cfg.dino_num_layers,
+            b,
+        )
 
     # ------------------------------------------------------------------ parameters
     def param_groups(self) -> Dict[str, List[nn.Parameter]]:
         """Parameters by optimiser group: 'fields', 'proposal', 'lang'."""
-        return {"fields": list(self.field.parameters()), "proposal": list(self.proposals.parameters()),
-                "lang": list(self.lang.parameters())}
+        return {
+            "fields": list(self.field.parameters()),
+            "proposal": list(self.proposals.parameters()),
+            "lang": list(self.lang.parameters()),
+        }
 
     def density_parameters(self) -> List[nn.Parameter]:
         """Everything that shapes the geometry (radiance field and proposal networks)."""
@@ -105,8 +149,15 @@ class LerfModel(nn.Module):
         return contract_to_unit(self.to_scene(xyz_world))
 
     # ------------------------------------------------------------------ geometry
-    def render_rays(self, origins: torch.Tensor, dirs: torch.Tensor, *, generator: Optional[torch.Generator] = None,
-                    step: Optional[int] = None, background: Optional[torch.Tensor] = None) -> RenderOutput:
+    def render_rays(
+        self,
+        origins: torch.Tensor,
+        dirs: torch.Tensor,
+        *,
+        generator: Optional[torch.Generator] = None,
+        step: Optional[int] = None,
+        background: Optional[torch.Tensor] = None,
+    ) -> RenderOutput:
         """Sample and render rays.
 
         Args:
@@ -151,14 +202,30 @@ class LerfModel(nn.Module):
         sigma, rgb = self.field(contract_to_unit(pts.reshape(-1, 3)), d[:, None, :].expand(-1, n_s, -1).reshape(-1, 3))
         w = render_weights(sigma.view(n_rays, n_s), t_edges)
         color = render_rgb(rgb.view(n_rays, n_s, 3), w, background)
-        return RenderOutput(rgb=color, accumulation=w.sum(dim=1), depth=render_depth(w, t_edges) * scale,
-                            weights=w, t_edges=t_edges, s_edges=s_edges, prop_weights=prop_w, prop_s_edges=prop_s,
-                            origins=o, dirs=d)
+        return RenderOutput(
+            rgb=color,
+            accumulation=w.sum(dim=1),
+            depth=render_depth(w, t_edges) * scale,
+            weights=w,
+            t_edges=t_edges,
+            s_edges=s_edges,
+            prop_weights=prop_w,
+            prop_s_edges=prop_s,
+            origins=o,
+            dirs=d,
+        )
 
     # ------------------------------------------------------------------ language
-    def render_language(self, out: RenderOutput, rows: Optional[torch.Tensor], *,
-                        crop_px: Optional[torch.Tensor] = None, fy: Optional[torch.Tensor] = None,
-                        scale: Optional[torch.Tensor] = None, with_dino: bool = True) -> Dict[str, torch.Tensor]:
+    def render_language(
+        self,
+        out: RenderOutput,
+        rows: Optional[torch.Tensor],
+        *,
+        crop_px: Optional[torch.Tensor] = None,
+        fy: Optional[torch.Tensor] = None,
+        scale: Optional[torch.Tensor] = None,
+        with_dino: bool = True,
+    ) -> Dict[str, torch.Tensor]:
         """Render ``F_lang`` (and ``F_dino``) on the top-weighted samples of some rays.
 
         The geometry's weights are detached: these outputs never move the density.
@@ -216,8 +283,13 @@ class LerfModel(nn.Module):
             raise ValueError(f"scale has {scale.shape[0]} values for {xyz.shape[0]} points")
         return self.lang.clip(self.lang.features(self.to_grid(xyz.float())), scale)
 
-    def language_multi_scale_at(self, xyz: torch.Tensor, scales: torch.Tensor, project: Optional[torch.Tensor] = None,
-                                basis: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def language_multi_scale_at(
+        self,
+        xyz: torch.Tensor,
+        scales: torch.Tensor,
+        project: Optional[torch.Tensor] = None,
+        basis: Optional[torch.Tensor] = None,
+    ) -> torch.Tensor:
         """``F_lang`` at world points for every scale: the hash grids run once per point
         (``LanguageField.clip_multi_scale``). xyz (N, 3), scales (S,) metres, project (T, clip_dim) or
         None, basis ``lang.clip_basis()`` or None -> (S, N, T or clip_dim)."""
@@ -226,9 +298,14 @@ class LerfModel(nn.Module):
 
 
 # ---------------------------------------------------------------------------------- losses
-def geometry_losses(out: RenderOutput, target_rgb: torch.Tensor, cfg: TrainerConfig,
-                    target_depth: Optional[torch.Tensor] = None, dir_z: Optional[torch.Tensor] = None,
-                    scene_scale: float = 1.0) -> Dict[str, torch.Tensor]:
+def geometry_losses(
+    out: RenderOutput,
+    target_rgb: torch.Tensor,
+    cfg: TrainerConfig,
+    target_depth: Optional[torch.Tensor] = None,
+    dir_z: Optional[torch.Tensor] = None,
+    scene_scale: float = 1.0,
+) -> Dict[str, torch.Tensor]:
     """RGB MSE, interlevel and distortion losses, and the optional depth loss.
 
     Args:
@@ -241,8 +318,9 @@ def geometry_losses(out: RenderOutput, target_rgb: torch.Tensor, cfg: TrainerCon
     """
     losses = {"rgb": F.mse_loss(out.rgb, target_rgb)}
     if out.prop_weights:
-        losses["interlevel"] = sum(interlevel_loss(out.s_edges, out.weights, s, w)
-                                   for s, w in zip(out.prop_s_edges, out.prop_weights))
+        losses["interlevel"] = sum(
+            interlevel_loss(out.s_edges, out.weights, s, w) for s, w in zip(out.prop_s_edges, out.prop_weights)
+        )
     losses["distortion"] = distortion_loss(out.s_edges, out.weights)
     if target_depth is not None and cfg.depth_weight > 0:
         if dir_z is None:
@@ -255,8 +333,12 @@ def geometry_losses(out: RenderOutput, target_rgb: torch.Tensor, cfg: TrainerCon
     return losses
 
 
-def language_losses(rendered: Dict[str, torch.Tensor], target_clip: torch.Tensor,
-                    target_dino: Optional[torch.Tensor], cfg: TrainerConfig) -> Dict[str, torch.Tensor]:
+def language_losses(
+    rendered: Dict[str, torch.Tensor],
+    target_clip: torch.Tensor,
+    target_dino: Optional[torch.Tensor],
+    cfg: TrainerConfig,
+) -> Dict[str, torch.Tensor]:
     """Language loss (Huber on the difference, summed over channels, as the reference code; or
     1 - cosine) and DINO MSE (summed over channels, not normalised), both averaged over rays.
     Unweighted."""
@@ -271,8 +353,14 @@ def language_losses(rendered: Dict[str, torch.Tensor], target_clip: torch.Tensor
     return losses
 
 
-LOSS_WEIGHT_KEYS = {"rgb": None, "interlevel": "interlevel_weight", "distortion": "distortion_weight",
-                    "depth": "depth_weight", "lang": "lang_weight", "dino": "dino_weight"}
+LOSS_WEIGHT_KEYS = {
+    "rgb": None,
+    "interlevel": "interlevel_weight",
+    "distortion": "distortion_weight",
+    "depth": "depth_weight",
+    "lang": "lang_weight",
+    "dino": "dino_weight",
+}
 
 
 def total_loss(losses: Dict[str, torch.Tensor], cfg: TrainerConfig) -> torch.Tensor:

@@ -4,6 +4,7 @@ Notation: R rays, S samples per ray. A ray's samples are the intervals between c
 edges ``t`` (R, S + 1), increasing along the ray. Distances are whatever unit the caller uses
 (the model uses scene-normalised units); densities are per that unit.
 """
+
 from __future__ import annotations
 
 from typing import Optional, Tuple
@@ -109,8 +110,9 @@ def outer_measure(edges: torch.Tensor, env_edges: torch.Tensor, env_weights: tor
     return torch.gather(cum, 1, hi + 1) - torch.gather(cum, 1, lo)
 
 
-def interlevel_loss(edges: torch.Tensor, weights: torch.Tensor, env_edges: torch.Tensor,
-                    env_weights: torch.Tensor) -> torch.Tensor:
+def interlevel_loss(
+    edges: torch.Tensor, weights: torch.Tensor, env_edges: torch.Tensor, env_weights: torch.Tensor
+) -> torch.Tensor:
     """Proposal supervision: penalise final weights not covered by the proposal histogram.
 
     ``sum_j max(0, w_j - outer_j)^2 / w_j`` averaged over rays, with the final weights ``w``

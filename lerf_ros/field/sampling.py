@@ -11,6 +11,7 @@ inverse distance far away:
 so half of the samples of a uniform draw in ``s`` fall within one scene unit of the camera and
 the rest cover the unbounded remainder (mip-NeRF 360's piecewise linear/disparity spacing).
 """
+
 from __future__ import annotations
 
 from typing import Optional, Tuple
@@ -19,8 +20,9 @@ import numpy as np
 import torch
 
 
-def camera_rays(K: torch.Tensor, c2w: torch.Tensor, u: torch.Tensor, v: torch.Tensor
-                ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def camera_rays(
+    K: torch.Tensor, c2w: torch.Tensor, u: torch.Tensor, v: torch.Tensor
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """World-frame rays through continuous pixel coordinates (pixel centres at i + 0.5).
 
     Args:
@@ -44,13 +46,17 @@ def camera_rays(K: torch.Tensor, c2w: torch.Tensor, u: torch.Tensor, v: torch.Te
     return c2w[:, :3, 3].clone(), dirs, inv_norm
 
 
-def image_rays(K: np.ndarray, c2w: np.ndarray, height: int, width: int, device: torch.device
-               ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def image_rays(
+    K: np.ndarray, c2w: np.ndarray, height: int, width: int, device: torch.device
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Rays through every pixel centre of an image, row-major. Returns (H*W, 3), (H*W, 3), (H*W,)."""
     K_t = torch.as_tensor(np.asarray(K), dtype=torch.float32, device=device)
     c2w_t = torch.as_tensor(np.asarray(c2w), dtype=torch.float32, device=device)
-    vv, uu = torch.meshgrid(torch.arange(height, device=device, dtype=torch.float32) + 0.5,
-                            torch.arange(width, device=device, dtype=torch.float32) + 0.5, indexing="ij")
+    vv, uu = torch.meshgrid(
+        torch.arange(height, device=device, dtype=torch.float32) + 0.5,
+        torch.arange(width, device=device, dtype=torch.float32) + 0.5,
+        indexing="ij",
+    )
     return camera_rays(K_t, c2w_t, uu.reshape(-1), vv.reshape(-1))
 
 
@@ -77,7 +83,9 @@ def spacing_inv(s: torch.Tensor) -> torch.Tensor:
     return torch.where(s < 0.5, 2.0 * s, 0.5 / (1.0 - s).clamp_min(1e-7))
 
 
-def uniform_edges(near: torch.Tensor, far: torch.Tensor, num_samples: int, jitter: Optional[torch.Tensor]) -> torch.Tensor:
+def uniform_edges(
+    near: torch.Tensor, far: torch.Tensor, num_samples: int, jitter: Optional[torch.Tensor]
+) -> torch.Tensor:
     """Evenly spaced bin edges in spacing coordinates between near and far (scene units).
 
     Args:
@@ -98,8 +106,9 @@ def uniform_edges(near: torch.Tensor, far: torch.Tensor, num_samples: int, jitte
     return s_near + (s_far - s_near) * steps
 
 
-def pdf_edges(edges: torch.Tensor, weights: torch.Tensor, num_samples: int, jitter: Optional[torch.Tensor],
-              padding: float = 0.01) -> torch.Tensor:
+def pdf_edges(
+    edges: torch.Tensor, weights: torch.Tensor, num_samples: int, jitter: Optional[torch.Tensor], padding: float = 0.01
+) -> torch.Tensor:
     """Inverse-transform sampling of new bin edges from a piecewise-constant histogram.
 
     Args:

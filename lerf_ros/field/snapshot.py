@@ -4,6 +4,7 @@ The trainer produces snapshots (a frozen copy of the weights in eval mode, plus 
 it was trained on); the query engine consumes them without ever touching the live model, so
 training never waits on a query.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -40,8 +41,9 @@ class FieldSnapshot(Protocol):
         """Language field at world points. xyz (N, 3), scale (N,) metres -> (N, clip_dim), unit rows."""
         ...
 
-    def language_multi_scale(self, xyz: torch.Tensor, scales: torch.Tensor,
-                             project: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def language_multi_scale(
+        self, xyz: torch.Tensor, scales: torch.Tensor, project: Optional[torch.Tensor] = None
+    ) -> torch.Tensor:
         """``language`` at every scale, projected: xyz (N, 3), scales (S,) metres, project (T, clip_dim)
         or None -> (S, N, T) = ``language(xyz, s) @ project.T`` for each s ((S, N, clip_dim) without
         project). What the scale search calls; an implementation encodes each point once (the
@@ -63,8 +65,9 @@ class FieldSnapshot(Protocol):
         ...
 
 
-def language_per_scale(snapshot: FieldSnapshot, xyz: torch.Tensor, scales: torch.Tensor,
-                       project: Optional[torch.Tensor] = None) -> torch.Tensor:
+def language_per_scale(
+    snapshot: FieldSnapshot, xyz: torch.Tensor, scales: torch.Tensor, project: Optional[torch.Tensor] = None
+) -> torch.Tensor:
     """The reference for ``FieldSnapshot.language_multi_scale``: ``language`` once per scale.
 
     xyz (N, 3), scales (S,), project (T, clip_dim) or None -> (S, N, T or clip_dim) float32."""

@@ -4,6 +4,7 @@
 coordinates ``(u + 0.5, v + 0.5)``; ``c2w`` is the 4x4 camera-to-world pose in the OpenCV camera
 convention (x right, y down, z forward); depth is z-depth along the camera's +z axis, in metres.
 """
+
 from __future__ import annotations
 
 from typing import Tuple
@@ -34,8 +35,8 @@ def backproject(depth: np.ndarray, K: np.ndarray, c2w: np.ndarray) -> np.ndarray
         raise ValueError(f"K must be (3, 3) and c2w (4, 4), got {K.shape} and {c2w.shape}")
     h, w = depth.shape
     v, u = np.meshgrid(np.arange(h, dtype=np.float64) + 0.5, np.arange(w, dtype=np.float64) + 0.5, indexing="ij")
-    pix = np.stack([u, v, np.ones_like(u)], axis=-1)                 # (H, W, 3)
-    rays = pix @ np.linalg.inv(K).T                                  # camera rays with z = 1
+    pix = np.stack([u, v, np.ones_like(u)], axis=-1)  # (H, W, 3)
+    rays = pix @ np.linalg.inv(K).T  # camera rays with z = 1
     cam = rays * depth[..., None]
     return cam @ c2w[:3, :3].T + c2w[:3, 3]
 
@@ -48,7 +49,7 @@ def project(xyz: np.ndarray, K: np.ndarray, c2w: np.ndarray) -> Tuple[np.ndarray
     """
     xyz = np.asarray(xyz, dtype=np.float64)
     c2w = np.asarray(c2w, dtype=np.float64)
-    cam = (xyz - c2w[:3, 3]) @ c2w[:3, :3]                           # R^T (p - t), row form
+    cam = (xyz - c2w[:3, 3]) @ c2w[:3, :3]  # R^T (p - t), row form
     z = cam[:, 2]
     zs = np.where(np.abs(z) > 1e-9, z, 1e-9)
     uv = cam @ np.asarray(K, dtype=np.float64).T

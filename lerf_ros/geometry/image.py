@@ -15,6 +15,7 @@ encodings. Encoding names are matched case-insensitively. Every problem raises `
 naming it: an unknown encoding, a colour encoding where depth is wanted (or the reverse), a zero
 size, a row step smaller than a row, or data whose length is not ``step * height``.
 """
+
 from __future__ import annotations
 
 from typing import Any, Dict, Optional, Tuple
@@ -107,11 +108,13 @@ def raw_pixels(encoding: str, height: int, width: int, step: int, is_bigendian: 
     row = w * ch * dtype.itemsize
     if step < row:
         raise ImageDecodeError(
-            f"image step {step} is smaller than width {w} x {ch * dtype.itemsize} bytes per pixel = {row} ({enc})")
+            f"image step {step} is smaller than width {w} x {ch * dtype.itemsize} bytes per pixel = {row} ({enc})"
+        )
     buf = _as_bytes(data)
     if buf.size != step * h:
         raise ImageDecodeError(
-            f"image data has {buf.size} bytes, expected step {step} x height {h} = {step * h} ({w}x{h} {enc})")
+            f"image data has {buf.size} bytes, expected step {step} x height {h} = {step * h} ({w}x{h} {enc})"
+        )
     rows = buf.reshape(h, step)[:, :row]
     wire = dtype.newbyteorder(">" if is_bigendian else "<") if dtype.itemsize > 1 else dtype
     px = np.ascontiguousarray(rows).view(wire).astype(dtype, copy=True)
@@ -126,8 +129,9 @@ def decode_color(encoding: str, height: int, width: int, step: int, is_bigendian
     enc = canonical_encoding(encoding)
     order = _LAYOUTS[enc][2]
     if order is None:
-        raise ImageDecodeError(f"'{enc}' is a depth encoding, not a colour image "
-                               f"(colour encodings: {', '.join(COLOR_ENCODINGS)})")
+        raise ImageDecodeError(
+            f"'{enc}' is a depth encoding, not a colour image (colour encodings: {', '.join(COLOR_ENCODINGS)})"
+        )
     px = raw_pixels(enc, height, width, step, is_bigendian, data)
     if px.ndim == 2:
         px = px[..., None]
@@ -145,8 +149,9 @@ def decode_depth(encoding: str, height: int, width: int, step: int, is_bigendian
     """
     enc = canonical_encoding(encoding)
     if enc not in DEPTH_ENCODINGS:
-        raise ImageDecodeError(f"depth image has encoding '{enc}'; depth must be 16UC1 or mono16 (millimetres) "
-                               "or 32FC1 (metres)")
+        raise ImageDecodeError(
+            f"depth image has encoding '{enc}'; depth must be 16UC1 or mono16 (millimetres) or 32FC1 (metres)"
+        )
     px = raw_pixels(enc, height, width, step, is_bigendian, data)
     if px.dtype == np.uint16:
         return px.astype(np.float32) * np.float32(0.001)
@@ -155,8 +160,9 @@ def decode_depth(encoding: str, height: int, width: int, step: int, is_bigendian
     return depth
 
 
-def decode_image(encoding: str, height: int, width: int, step: int, is_bigendian: bool,
-                 data: Any) -> Tuple[np.ndarray, str]:
+def decode_image(
+    encoding: str, height: int, width: int, step: int, is_bigendian: bool, data: Any
+) -> Tuple[np.ndarray, str]:
     """Image fields -> ``(array, kind)``: kind 'depth' with ``decode_depth``'s array for 16UC1 and
     32FC1, else kind 'rgb' with ``decode_color``'s array."""
     if image_kind(encoding) == "depth":

@@ -10,6 +10,7 @@ All package code builds and decomposes poses with these helpers; nothing else re
 poses that bracket the stamp (linear in translation, spherical-linear in rotation) and never
 extrapolates beyond its tolerance.
 """
+
 from __future__ import annotations
 
 import bisect
@@ -96,9 +97,15 @@ def quat_to_matrix(q: np.ndarray) -> np.ndarray:
     wx, wy, wz = w * x, w * y, w * z
     r = np.stack(
         [
-            1 - 2 * (yy + zz), 2 * (xy - wz), 2 * (xz + wy),
-            2 * (xy + wz), 1 - 2 * (xx + zz), 2 * (yz - wx),
-            2 * (xz - wy), 2 * (yz + wx), 1 - 2 * (xx + yy),
+            1 - 2 * (yy + zz),
+            2 * (xy - wz),
+            2 * (xz + wy),
+            2 * (xy + wz),
+            1 - 2 * (xx + zz),
+            2 * (yz - wx),
+            2 * (xz - wy),
+            2 * (yz + wx),
+            1 - 2 * (xx + yy),
         ],
         axis=-1,
     )
@@ -339,8 +346,12 @@ class PoseBuffer:
             d_lo = stamp - self._stamps[lo] if lo is not None else np.inf
             d_hi = self._stamps[hi] - stamp if hi is not None else np.inf
             nearest = min(d_lo, d_hi)
-            if lo is not None and hi is not None and nearest <= self.tolerance_s \
-                    and self._stamps[hi] - self._stamps[lo] <= self.max_gap_s:
+            if (
+                lo is not None
+                and hi is not None
+                and nearest <= self.tolerance_s
+                and self._stamps[hi] - self._stamps[lo] <= self.max_gap_s
+            ):
                 alpha = d_lo / (self._stamps[hi] - self._stamps[lo])
                 T = interpolate_pose(self._poses[lo], self._poses[hi], alpha)
                 return self._compose(T)

@@ -12,6 +12,7 @@ Writing goes to a temporary file in the destination folder, is flushed and fsync
 ``os.replace``'d over the destination (and the folder fsync'ed): a crash leaves either the old
 file or the new one, never half of one.
 """
+
 from __future__ import annotations
 
 import glob
@@ -83,13 +84,24 @@ def read_checkpoint(path: str, map_location: str | torch.device = "cpu") -> Dict
 
 
 def cameras_to_payload(cameras: List[CameraView]) -> List[Dict[str, Any]]:
-    return [{"K": np.asarray(c.K, dtype=np.float64).tolist(), "c2w": np.asarray(c.c2w, dtype=np.float64).tolist(),
-             "height": int(c.height), "width": int(c.width)} for c in cameras]
+    return [
+        {
+            "K": np.asarray(c.K, dtype=np.float64).tolist(),
+            "c2w": np.asarray(c.c2w, dtype=np.float64).tolist(),
+            "height": int(c.height),
+            "width": int(c.width),
+        }
+        for c in cameras
+    ]
 
 
 def cameras_from_payload(items: List[Dict[str, Any]]) -> List[CameraView]:
-    return [CameraView(np.array(c["K"], dtype=np.float64), np.array(c["c2w"], dtype=np.float64),
-                       int(c["height"]), int(c["width"])) for c in items]
+    return [
+        CameraView(
+            np.array(c["K"], dtype=np.float64), np.array(c["c2w"], dtype=np.float64), int(c["height"]), int(c["width"])
+        )
+        for c in items
+    ]
 
 
 def config_of(payload: Dict[str, Any]) -> LerfConfig:
@@ -97,8 +109,7 @@ def config_of(payload: Dict[str, Any]) -> LerfConfig:
     return LerfConfig.from_saved(payload["config"])
 
 
-def load_snapshot(path: str, device: Optional[str | torch.device] = None,
-                  payload: Optional[Dict[str, Any]] = None):
+def load_snapshot(path: str, device: Optional[str | torch.device] = None, payload: Optional[Dict[str, Any]] = None):
     """A ``FrozenField`` straight from a checkpoint file (what a separate query process uses).
 
     ``device`` defaults to the checkpoint config's device ('auto' -> CUDA when available);
@@ -115,8 +126,13 @@ def load_snapshot(path: str, device: Optional[str | torch.device] = None,
         model.load_state_dict(payload["model"])
     except RuntimeError as exc:
         raise CheckpointError(f"{path}: weights do not fit the model its config describes: {exc}") from exc
-    return FrozenField(model.to(dev), cameras_from_payload(payload["cameras"]), int(payload["step"]),
-                       teacher=str(payload["teacher"]), copy_model=False)
+    return FrozenField(
+        model.to(dev),
+        cameras_from_payload(payload["cameras"]),
+        int(payload["step"]),
+        teacher=str(payload["teacher"]),
+        copy_model=False,
+    )
 
 
 def checkpoint_name(step: int) -> str:

@@ -26,6 +26,7 @@ least weight 1, so an old one is never starved: with V keyframes its share is at
 up to ``1 + recency_boost`` times the share of an old one. ``recency_boost = 0`` gives uniform
 sampling (offline training). Within a keyframe, pixels are drawn uniformly.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -122,9 +123,16 @@ class Keyframe:
     def frame(self) -> Frame:
         """The keyframe as a ``Frame`` (numpy views of the stored tensors on the CPU, a host copy
         on a GPU). The instance map of a synthetic frame is not kept."""
-        return Frame(rgb=_numpy_view(self.rgb), K=self.K, c2w=self.c2w, stamp=self.stamp, frame_id=self.frame_id,
-                     depth=None if self.depth is None else _numpy_view(self.depth), index=self.index,
-                     meta=self.meta)
+        return Frame(
+            rgb=_numpy_view(self.rgb),
+            K=self.K,
+            c2w=self.c2w,
+            stamp=self.stamp,
+            frame_id=self.frame_id,
+            depth=None if self.depth is None else _numpy_view(self.depth),
+            index=self.index,
+            meta=self.meta,
+        )
 
     @property
     def camera(self) -> CameraView:
@@ -138,9 +146,17 @@ def make_keyframe(key: int, frame: Frame, device: torch.device) -> Keyframe:
     if frame.depth is not None:
         d = np.asarray(frame.depth, dtype=np.float32)
         depth = torch.from_numpy(np.where(np.isfinite(d) & (d > 0), d, 0.0).astype(np.float32)).to(device)
-    return Keyframe(key=key, rgb=rgb, depth=depth, K=np.array(frame.K, dtype=np.float64),
-                    c2w=np.array(frame.c2w, dtype=np.float64), stamp=float(frame.stamp), frame_id=frame.frame_id,
-                    index=int(frame.index), meta=dict(frame.meta))
+    return Keyframe(
+        key=key,
+        rgb=rgb,
+        depth=depth,
+        K=np.array(frame.K, dtype=np.float64),
+        c2w=np.array(frame.c2w, dtype=np.float64),
+        stamp=float(frame.stamp),
+        frame_id=frame.frame_id,
+        index=int(frame.index),
+        meta=dict(frame.meta),
+    )
 
 
 class KeyframeStore:
@@ -154,8 +170,14 @@ class KeyframeStore:
         recency_boost, recency_tau: view weighting when sampling rays (module doc).
     """
 
-    def __init__(self, cfg: Optional[KeyframeConfig] = None, device: str | torch.device = "cpu",
-                 bounded: bool = True, recency_boost: float = 4.0, recency_tau: float = 8.0):
+    def __init__(
+        self,
+        cfg: Optional[KeyframeConfig] = None,
+        device: str | torch.device = "cpu",
+        bounded: bool = True,
+        recency_boost: float = 4.0,
+        recency_tau: float = 8.0,
+    ):
         self.cfg = (cfg or KeyframeConfig()).check()
         if recency_boost < 0 or recency_tau <= 0:
             raise ValueError(f"recency_boost must be >= 0 and recency_tau > 0, got {recency_boost}, {recency_tau}")
@@ -167,8 +189,11 @@ class KeyframeStore:
         self.recency_tau = float(recency_tau)
         w = self.cfg.rotation_weight
         if w <= 0:
-            w = (self.cfg.min_translation / math.radians(self.cfg.min_rotation_deg)
-                 if self.cfg.min_translation > 0 and self.cfg.min_rotation_deg > 0 else 1.0)
+            w = (
+                self.cfg.min_translation / math.radians(self.cfg.min_rotation_deg)
+                if self.cfg.min_translation > 0 and self.cfg.min_rotation_deg > 0
+                else 1.0
+            )
         self.rotation_weight = float(w)
         self._items: Dict[int, Keyframe] = {}  # insertion (= key) order
         self._bytes = 0
@@ -263,7 +288,8 @@ class KeyframeStore:
         if need > self.max_bytes:
             raise KeyframeStoreError(
                 f"keyframe needs {need / 2**20:.1f} MB, more than the store's whole memory bound "
-                f"({self.max_bytes / 2**20:.1f} MB): lower keyframes.max_image_side or raise keyframes.max_memory_mb")
+                f"({self.max_bytes / 2**20:.1f} MB): lower keyframes.max_image_side or raise keyframes.max_memory_mb"
+            )
         with self._lock:
             key = self._next_key
             self._next_key += 1
@@ -292,7 +318,8 @@ class KeyframeStore:
             if new.nbytes > self.max_bytes:
                 raise KeyframeStoreError(
                     f"keyframe {key} with its features needs {new.nbytes / 2**20:.1f} MB, more than the "
-                    f"store's whole memory bound ({self.max_bytes / 2**20:.1f} MB)")
+                    f"store's whole memory bound ({self.max_bytes / 2**20:.1f} MB)"
+                )
             self._items[key] = new
             self._bytes += add - features_nbytes(old.features)
             self._version += 1

@@ -12,6 +12,7 @@ Threads:
 Training samples rays from all keyframes with a bias toward the newest (see
 ``lerf_ros.mapping.keyframes``), so the field adapts to new views without forgetting old ones.
 """
+
 from __future__ import annotations
 
 import enum
@@ -168,11 +169,19 @@ class OnlineTrainer:
         msg = self._error or (
             f"{state.value}: step {self.step}, {stats['count']} keyframes "
             f"({stats['with_features']} with features, {s.features_pending} pending), "
-            f"{self._rays_per_second:.0f} rays/s")
-        return OnlineStatus(state=state, step=self.step, keyframes=stats["count"],
-                            features_pending=s.features_pending, rays_per_second=self._rays_per_second,
-                            losses=dict(s.losses), checkpoint=s.last_checkpoint, message=msg,
-                            store_mb=stats["bytes"] / 2**20)
+            f"{self._rays_per_second:.0f} rays/s"
+        )
+        return OnlineStatus(
+            state=state,
+            step=self.step,
+            keyframes=stats["count"],
+            features_pending=s.features_pending,
+            rays_per_second=self._rays_per_second,
+            losses=dict(s.losses),
+            checkpoint=s.last_checkpoint,
+            message=msg,
+            store_mb=stats["bytes"] / 2**20,
+        )
 
     def close(self) -> None:
         self._closing.set()

@@ -4,6 +4,7 @@
 vectorised over rays (the only loop runs over the keyframes a batch touches, to gather their pixels
 and teacher targets).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
@@ -60,8 +61,13 @@ class RayBatch:
         return RayBatch(**kw)
 
 
-def sample_rays(views: Sequence[Any], stacked: Tuple[torch.Tensor, ...], n: int,
-                generator: Optional[torch.Generator], device: torch.device) -> RayBatch:
+def sample_rays(
+    views: Sequence[Any],
+    stacked: Tuple[torch.Tensor, ...],
+    n: int,
+    generator: Optional[torch.Generator],
+    device: torch.device,
+) -> RayBatch:
     """Draw ``n`` random rays from ``views``.
 
     Args:
@@ -80,8 +86,10 @@ def sample_rays(views: Sequence[Any], stacked: Tuple[torch.Tensor, ...], n: int,
     K_all, c2w_all, hw_all, w_all, weights = stacked
     n_views = len(views)
     if not (K_all.shape == (n_views, 3, 3) and c2w_all.shape == (n_views, 4, 4) and weights.shape == (n_views,)):
-        raise ValueError(f"stacked cameras do not match {n_views} views: K {tuple(K_all.shape)}, "
-                         f"c2w {tuple(c2w_all.shape)}, weights {tuple(weights.shape)}")
+        raise ValueError(
+            f"stacked cameras do not match {n_views} views: K {tuple(K_all.shape)}, "
+            f"c2w {tuple(c2w_all.shape)}, weights {tuple(weights.shape)}"
+        )
     dev = device
     vid = torch.multinomial(weights, n, replacement=True, generator=generator)
     counts = torch.bincount(vid, minlength=n_views)
@@ -126,13 +134,26 @@ def sample_rays(views: Sequence[Any], stacked: Tuple[torch.Tensor, ...], n: int,
     clip = torch.cat(clips).to(dev) if clips else None
     dino = torch.cat(dinos).to(dev) if dinos and len(dinos) == len(clips) else None
     rows = torch.cat(feat_rows) if feat_rows else torch.zeros(0, dtype=torch.int64)
-    return RayBatch(origins=origins, directions=dirs, dir_z=dir_z, rgb=rgb.float() / 255.0, depth=depth,
-                    view_index=vid_d, u=u_d, v=v_d, fy=K_all[vid_d, 1, 1], crop_px=crop_px.to(dev),
-                    feature_rows=rows.to(dev), clip=clip, dino=dino)
+    return RayBatch(
+        origins=origins,
+        directions=dirs,
+        dir_z=dir_z,
+        rgb=rgb.float() / 255.0,
+        depth=depth,
+        view_index=vid_d,
+        u=u_d,
+        v=v_d,
+        fy=K_all[vid_d, 1, 1],
+        crop_px=crop_px.to(dev),
+        feature_rows=rows.to(dev),
+        clip=clip,
+        dino=dino,
+    )
 
 
-def estimate_scene_bounds(frames: Sequence[Any], margin: float = 1.05, max_points_per_frame: int = 2000,
-                          percentile: float = 1.0) -> Tuple[List[float], float]:
+def estimate_scene_bounds(
+    frames: Sequence[Any], margin: float = 1.05, max_points_per_frame: int = 2000, percentile: float = 1.0
+) -> Tuple[List[float], float]:
     """Centre and half-extent (metres) of the region the field maps linearly.
 
     ``frames``: anything with ``K`` (3, 3), ``c2w`` (4, 4) and ``depth`` ((H, W) metres or None):

@@ -14,6 +14,7 @@
 
 The kept frames go to the bounded ``lerf_ros.mapping.keyframes.KeyframeStore``.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -185,22 +186,33 @@ class KeyframeSelector:
         if self._last_stamp is not None:
             if stamp < self._last_stamp:
                 return KeyframeDecision(
-                    "reject", f"stamp went backwards: {stamp:.3f} s is {self._last_stamp - stamp:.3f} s "
-                    f"before the newest keyframe ({self._last_stamp:.3f} s)", "stamp_backwards")
+                    "reject",
+                    f"stamp went backwards: {stamp:.3f} s is {self._last_stamp - stamp:.3f} s "
+                    f"before the newest keyframe ({self._last_stamp:.3f} s)",
+                    "stamp_backwards",
+                )
             if stamp == self._last_stamp:
-                return KeyframeDecision("reject", f"duplicate stamp {stamp:.3f} s (same as the newest keyframe)",
-                                        "duplicate_stamp")
+                return KeyframeDecision(
+                    "reject", f"duplicate stamp {stamp:.3f} s (same as the newest keyframe)", "duplicate_stamp"
+                )
             dt, ang = pose_distance(self._last_pose, frame.c2w)
             m["translation_m"], m["rotation_deg"] = float(dt), math.degrees(float(ang))
             moved = m["translation_m"] >= cfg.min_translation
             turned = m["rotation_deg"] >= cfg.min_rotation_deg
             if not (moved or turned):
                 return KeyframeDecision(
-                    "skip", f"camera moved {m['translation_m']:.3f} m and turned {m['rotation_deg']:.1f} deg "
+                    "skip",
+                    f"camera moved {m['translation_m']:.3f} m and turned {m['rotation_deg']:.1f} deg "
                     f"since the last keyframe (needs {cfg.min_translation:g} m or {cfg.min_rotation_deg:g} deg)",
-                    "no_motion", None, m)
-            why = (f"moved {m['translation_m']:.3f} m (>= {cfg.min_translation:g})" if moved
-                   else f"turned {m['rotation_deg']:.1f} deg (>= {cfg.min_rotation_deg:g})")
+                    "no_motion",
+                    None,
+                    m,
+                )
+            why = (
+                f"moved {m['translation_m']:.3f} m (>= {cfg.min_translation:g})"
+                if moved
+                else f"turned {m['rotation_deg']:.1f} deg (>= {cfg.min_rotation_deg:g})"
+            )
         else:
             why = "first keyframe"
         prepared = downscale_frame(frame, cfg.max_image_side)
@@ -208,22 +220,39 @@ class KeyframeSelector:
         m["brightness"], m["clipped_fraction"] = exposure_stats(grey)
         if m["brightness"] < cfg.min_brightness:
             return KeyframeDecision(
-                "reject", f"too dark: mean brightness {m['brightness']:.1f} < {cfg.min_brightness:g}", "too_dark",
-                None, m)
+                "reject",
+                f"too dark: mean brightness {m['brightness']:.1f} < {cfg.min_brightness:g}",
+                "too_dark",
+                None,
+                m,
+            )
         if m["brightness"] > cfg.max_brightness:
             return KeyframeDecision(
-                "reject", f"too bright: mean brightness {m['brightness']:.1f} > {cfg.max_brightness:g}",
-                "too_bright", None, m)
+                "reject",
+                f"too bright: mean brightness {m['brightness']:.1f} > {cfg.max_brightness:g}",
+                "too_bright",
+                None,
+                m,
+            )
         if m["clipped_fraction"] > cfg.max_clipped_fraction:
             return KeyframeDecision(
-                "reject", f"badly exposed: {100 * m['clipped_fraction']:.0f}% of pixels clipped "
-                f"(> {100 * cfg.max_clipped_fraction:.0f}%)", "clipped", None, m)
+                "reject",
+                f"badly exposed: {100 * m['clipped_fraction']:.0f}% of pixels clipped "
+                f"(> {100 * cfg.max_clipped_fraction:.0f}%)",
+                "clipped",
+                None,
+                m,
+            )
         if cfg.min_sharpness > 0:
             m["sharpness"] = laplacian_variance(grey)
             if m["sharpness"] < cfg.min_sharpness:
                 return KeyframeDecision(
-                    "reject", f"blurred: Laplacian variance {m['sharpness']:.1f} < {cfg.min_sharpness:g}", "blurred",
-                    None, m)
+                    "reject",
+                    f"blurred: Laplacian variance {m['sharpness']:.1f} < {cfg.min_sharpness:g}",
+                    "blurred",
+                    None,
+                    m,
+                )
         if commit:
             self.mark_kept(prepared)
         return KeyframeDecision("keep", f"kept: {why}", "keyframe", prepared, m)

@@ -13,6 +13,7 @@ A ``Session`` owns
 The online trainer (``lerf_ros.mapping.online``) is a session plus its threads; ``lerf-ros train``
 and the benchmark are a session plus a loop; tests build the same session.
 """
+
 from __future__ import annotations
 
 import os
@@ -69,8 +70,9 @@ class Session:
         log: ``log(level, text)`` for the session's few messages (bounds, feature errors, checkpoints).
     """
 
-    def __init__(self, cfg: LerfConfig, teacher: Any = None, *, scene: Any = None, online: bool = True,
-                 log: LogFn = print_log) -> None:
+    def __init__(
+        self, cfg: LerfConfig, teacher: Any = None, *, scene: Any = None, online: bool = True, log: LogFn = print_log
+    ) -> None:
         from lerf_ros.teachers import make_teacher
 
         self.cfg = cfg.check()
@@ -80,8 +82,9 @@ class Session:
         self.teacher = teacher if teacher is not None else make_teacher(cfg.teacher, scene=scene, device=cfg.device)
         self.device = torch.device(cfg.resolved_device())
         self.selector = KeyframeSelector(cfg.keyframes)
-        self.keyframes = KeyframeStore(cfg.keyframes, device=self.device, bounded=self.online,
-                                       recency_boost=4.0 if self.online else 0.0)
+        self.keyframes = KeyframeStore(
+            cfg.keyframes, device=self.device, bounded=self.online, recency_boost=4.0 if self.online else 0.0
+        )
         self.checkpoint_dir = os.path.join(cfg.output_dir, "checkpoints")
         self.bounds: Optional[Tuple[List[float], float]] = None
         """(centre, half-extent) in metres of the region the field maps linearly; None until training starts."""
@@ -176,8 +179,11 @@ class Session:
         if not kfs:
             raise RuntimeError("no keyframes: the scene bounds cannot be estimated yet")
         center, scale = estimate_scene_bounds(kfs)
-        self.log("info", f"scene bounds from {len(kfs)} keyframes: centre {[round(c, 3) for c in center]} m, "
-                         f"half-extent {scale:.3f} m")
+        self.log(
+            "info",
+            f"scene bounds from {len(kfs)} keyframes: centre {[round(c, 3) for c in center]} m, "
+            f"half-extent {scale:.3f} m",
+        )
         return center, scale
 
     def ensure_model(self) -> Trainer:
@@ -186,8 +192,14 @@ class Session:
             if self.trainer is None:
                 if self.bounds is None:
                     self.bounds = self._initial_bounds()
-                self.trainer = Trainer(self.cfg, self.teacher.clip_dim, self.teacher.dino_dim, self.keyframes,
-                                       teacher=self.teacher_description, bounds=self.bounds)
+                self.trainer = Trainer(
+                    self.cfg,
+                    self.teacher.clip_dim,
+                    self.teacher.dino_dim,
+                    self.keyframes,
+                    teacher=self.teacher_description,
+                    bounds=self.bounds,
+                )
                 self.bounds = self.trainer.bounds  # as the model holds them (float32)
             return self.trainer
 
@@ -203,8 +215,9 @@ class Session:
         with self.lock:
             return self.ensure_model().snapshot()
 
-    def render_view(self, K: np.ndarray, c2w: np.ndarray, height: int, width: int,
-                    scale: Optional[float] = None) -> Dict[str, torch.Tensor]:
+    def render_view(
+        self, K: np.ndarray, c2w: np.ndarray, height: int, width: int, scale: Optional[float] = None
+    ) -> Dict[str, torch.Tensor]:
         """Render a view with the live model (see ``Trainer.render_view``)."""
         return self.ensure_model().render_view(K, c2w, height, width, scale=scale)
 

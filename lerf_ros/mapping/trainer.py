@@ -19,6 +19,7 @@ from the trainer's own generator, which checkpoints save, so a resumed run conti
 The trainer is thread-safe: ``step``, ``snapshot``, ``render_view`` and the checkpoint methods
 take one lock, so an online trainer can snapshot from another thread between steps.
 """
+
 from __future__ import annotations
 
 import copy
@@ -32,10 +33,9 @@ import torch
 
 from lerf_ros.config import ConfigError, LerfConfig
 from lerf_ros.field.frozen import FrozenField, render_image
-from lerf_ros.field.model import (LerfModel, geometry_losses,
-                                  language_losses, total_loss)
-from lerf_ros.mapping import checkpoint as ckpt
+from lerf_ros.field.model import LerfModel, geometry_losses, language_losses, total_loss
 from lerf_ros.field.snapshot import CameraView
+from lerf_ros.mapping import checkpoint as ckpt
 from lerf_ros.mapping.rays import RayBatch
 
 _GROUPS = ("fields", "proposal", "lang")
@@ -80,8 +80,15 @@ class Trainer:
             ``model.scene_scale``. Part of the weights: checkpoints keep them.
     """
 
-    def __init__(self, cfg: LerfConfig, clip_dim: int, dino_dim: int, views: RaySource, teacher: str = "",
-                 bounds: Optional[Bounds] = None) -> None:
+    def __init__(
+        self,
+        cfg: LerfConfig,
+        clip_dim: int,
+        dino_dim: int,
+        views: RaySource,
+        teacher: str = "",
+        bounds: Optional[Bounds] = None,
+    ) -> None:
         cfg.check()
         self.cfg = copy.deepcopy(cfg)
         self.views = views
@@ -96,8 +103,9 @@ class Trainer:
         if bounds is not None:
             center, scale = bounds
             if len(center) != 3 or not float(scale) > 0 or not np.all(np.isfinite(center)):
-                raise ConfigError(f"scene bounds must be a finite centre (3 values) and a half-extent > 0, "
-                                  f"got {center}, {scale}")
+                raise ConfigError(
+                    f"scene bounds must be a finite centre (3 values) and a half-extent > 0, got {center}, {scale}"
+                )
             with torch.no_grad():
                 self.model.scene_center.copy_(torch.as_tensor(np.asarray(center, dtype=np.float32)))
                 self.model.scene_scale.fill_(float(scale))
@@ -106,7 +114,9 @@ class Trainer:
         decay = {"fields": tc.weight_decay, "proposal": tc.weight_decay, "lang": tc.lang_weight_decay}
         self.optimizer = torch.optim.Adam(
             [{"params": groups[g], "name": g, "weight_decay": decay[g]} for g in _GROUPS if groups[g]],
-            lr=tc.lr_fields, eps=tc.adam_eps)
+            lr=tc.lr_fields,
+            eps=tc.adam_eps,
+        )
         self.use_amp = self.device.type == "cuda" and tc.mixed_precision
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
         self.generator = torch.Generator().manual_seed(self.cfg.seed)
@@ -135,8 +145,9 @@ class Trainer:
         s = self.step_count if step is None else step
         return {
             "fields": learning_rate(tc.lr_fields, tc.lr_final_fields, tc.decay_steps, s, tc.schedule, tc.warmup_steps),
-            "proposal": learning_rate(tc.lr_proposal, tc.lr_final_proposal, tc.decay_steps, s, tc.schedule,
-                                      tc.warmup_steps),
+            "proposal": learning_rate(
+                tc.lr_proposal, tc.lr_final_proposal, tc.decay_steps, s, tc.schedule, tc.warmup_steps
+            ),
             "lang": learning_rate(tc.lr_lang, tc.lr_final_lang, tc.lang_decay_steps, s, tc.schedule, tc.warmup_steps),
         }
 
@@ -152,11 +163,15 @@ class Trainer:
                 group["lr"] = lrs[group["name"]]
             batch = self.views.sample(tc.rays_per_batch, self.generator).to(self.device)
             if batch.clip is not None and batch.clip.shape[1] != self.clip_dim:
-                raise ValueError(f"teacher CLIP features have dimension {batch.clip.shape[1]}, "
-                                 f"the language field was built for {self.clip_dim}")
+                raise ValueError(
+                    f"teacher CLIP features have dimension {batch.clip.shape[1]}, "
+                    f"the language field was built for {self.clip_dim}"
+                )
             if batch.dino is not None and batch.dino.shape[1] != self.dino_dim:
-                raise ValueError(f"teacher DINO features have dimension {batch.dino.shape[1]}, "
-                                 f"the DINO field was built for {self.dino_dim}")
+                raise ValueError(
+                    f"teacher DINO features have dimension {batch.dino.shape[1]}, "
+                    f"the DINO field was built for {self.dino_dim}"
+                )
             n = len(batch)
             bg_kind = self.cfg.model.background_color
             if bg_kind == "random":
@@ -165,18 +180,26 @@ class Trainer:
                 background = torch.full((3,), 1.0 if bg_kind == "white" else 0.0, device=self.device)
             self.model.train()
             with torch.autocast(device_type=self.device.type, dtype=torch.float16, enabled=self.use_amp):
-                out = self.model.render_rays(batch.origins, batch.directions, generator=self.generator,
-                                             step=self.step_count, background=background)
+                out = self.model.render_rays(
+                    batch.origins,
+                    batch.directions,
+                    generator=self.generator,
+                    step=self.step_count,
+                    background=background,
+                )
                 losses = geometry_losses(out, batch.rgb, tc, batch.depth, batch.dir_z, float(self.model.scene_scale))
                 rows = batch.feature_rows
                 if batch.clip is not None and rows.numel() > 0:
-                    rendered = self.model.render_language(out, rows, crop_px=batch.crop_px[rows], fy=batch.fy[rows],
-                                                          with_dino=batch.dino is not None)
+                    rendered = self.model.render_language(
+                        out, rows, crop_px=batch.crop_px[rows], fy=batch.fy[rows], with_dino=batch.dino is not None
+                    )
                     losses.update(language_losses(rendered, batch.clip, batch.dino, tc))
                 loss = total_loss(losses, tc)
             if not torch.isfinite(loss):
-                raise FloatingPointError(f"non-finite loss at step {self.step_count}: "
-                                         + ", ".join(f"{k}={float(v):.4g}" for k, v in losses.items()))
+                raise FloatingPointError(
+                    f"non-finite loss at step {self.step_count}: "
+                    + ", ".join(f"{k}={float(v):.4g}" for k, v in losses.items())
+                )
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
             self.scaler.step(self.optimizer)
@@ -202,8 +225,15 @@ class Trainer:
         with self._lock:
             return FrozenField(self.model, self.views.cameras(), self.step_count, teacher=self.teacher)
 
-    def render_view(self, K: np.ndarray, c2w: np.ndarray, height: int, width: int,
-                    scale: Optional[float] = None, chunk_rays: Optional[int] = None) -> Dict[str, torch.Tensor]:
+    def render_view(
+        self,
+        K: np.ndarray,
+        c2w: np.ndarray,
+        height: int,
+        width: int,
+        scale: Optional[float] = None,
+        chunk_rays: Optional[int] = None,
+    ) -> Dict[str, torch.Tensor]:
         """Render a view with the live model (training pauses meanwhile). See ``FrozenField.render``."""
         with self._lock:
             was_training = self.model.training
@@ -218,6 +248,7 @@ class Trainer:
     def state_payload(self) -> Dict[str, Any]:
         """Everything a checkpoint holds (tensors are copies on the CPU)."""
         with self._lock:
+
             def cpu(obj):
                 if isinstance(obj, torch.Tensor):
                     return obj.detach().to("cpu", copy=True)
@@ -228,12 +259,20 @@ class Trainer:
                 return copy.deepcopy(obj)
 
             return {
-                "format": ckpt.FORMAT, "version": ckpt.VERSION, "config": self.cfg.to_dict(),
-                "clip_dim": self.clip_dim, "dino_dim": self.dino_dim, "teacher": self.teacher,
-                "step": self.step_count, "model": cpu(self.model.state_dict()),
-                "optimizer": cpu(self.optimizer.state_dict()), "scaler": self.scaler.state_dict(),
-                "generator": self.generator.get_state().clone(), "rays_per_second": self.rays_per_second,
-                "cameras": ckpt.cameras_to_payload(self.views.cameras()), "bounds": self.bounds,
+                "format": ckpt.FORMAT,
+                "version": ckpt.VERSION,
+                "config": self.cfg.to_dict(),
+                "clip_dim": self.clip_dim,
+                "dino_dim": self.dino_dim,
+                "teacher": self.teacher,
+                "step": self.step_count,
+                "model": cpu(self.model.state_dict()),
+                "optimizer": cpu(self.optimizer.state_dict()),
+                "scaler": self.scaler.state_dict(),
+                "generator": self.generator.get_state().clone(),
+                "rays_per_second": self.rays_per_second,
+                "cameras": ckpt.cameras_to_payload(self.views.cameras()),
+                "bounds": self.bounds,
             }
 
     def save_checkpoint(self, path: str) -> str:
@@ -253,13 +292,16 @@ class Trainer:
         if int(payload["clip_dim"]) != self.clip_dim or int(payload["dino_dim"]) != self.dino_dim:
             raise ckpt.CheckpointError(
                 f"{path}: language field dimensions (clip {payload['clip_dim']}, dino {payload['dino_dim']}) differ "
-                f"from this trainer's (clip {self.clip_dim}, dino {self.dino_dim})")
+                f"from this trainer's (clip {self.clip_dim}, dino {self.dino_dim})"
+            )
         theirs = payload["config"].get("model", {})
         ours = self.cfg.to_dict()["model"]
         # The scene bounds are state restored with the weights (buffers), not a property of the architecture.
         diff = sorted(k for k in set(ours) | set(theirs) if ours.get(k) != theirs.get(k) and k not in _BOUNDS_KEYS)
         if diff:
-            raise ckpt.CheckpointError(f"{path}: model configuration differs in {', '.join('model.' + k for k in diff)}")
+            raise ckpt.CheckpointError(
+                f"{path}: model configuration differs in {', '.join('model.' + k for k in diff)}"
+            )
         with self._lock:
             self.model.load_state_dict(payload["model"])
             if payload.get("optimizer") is not None:

@@ -23,6 +23,7 @@ field is evaluated per query, projected onto the span of the query's text embedd
 the field answers all candidate scales of a chunk of points in one call
 (``FieldSnapshot.language_multi_scale``: the real field runs its hash grids once per point).
 """
+
 from __future__ import annotations
 
 import logging
@@ -93,9 +94,12 @@ class QueryEngine:
     def __init__(self, cfg: QueryConfig, encode_text: Callable[[List[str]], torch.Tensor]) -> None:
         self.cfg = cfg.check()
         self.texts = TextEncoderCache(encode_text, cfg.text_cache_size)
-        self.gripper = GripperModel(max_width=cfg.gripper_max_width, finger_depth=cfg.gripper_finger_depth,
-                                    width_margin=cfg.grasp_width_margin,
-                                    support_clearance=max(0.01, 1.5 * cfg.voxel_size)).check()
+        self.gripper = GripperModel(
+            max_width=cfg.gripper_max_width,
+            finger_depth=cfg.gripper_finger_depth,
+            width_margin=cfg.grasp_width_margin,
+            support_clearance=max(0.01, 1.5 * cfg.voxel_size),
+        ).check()
         self._lock = threading.Lock()
         self._snapshot: Optional[FieldSnapshot] = None
         self._surfaces = SurfaceCache(cfg)
@@ -105,8 +109,10 @@ class QueryEngine:
     def set_snapshot(self, snapshot: FieldSnapshot) -> None:
         """Answer later queries from ``snapshot`` (read-only; never modified here)."""
         if not isinstance(snapshot, FieldSnapshot):
-            raise TypeError(f"{type(snapshot).__name__} is not a FieldSnapshot: it needs step, clip_dim, device, "
-                            "cameras, language, language_multi_scale, language_basis, density and render")
+            raise TypeError(
+                f"{type(snapshot).__name__} is not a FieldSnapshot: it needs step, clip_dim, device, "
+                "cameras, language, language_multi_scale, language_basis, density and render"
+            )
         with self._lock:
             self._snapshot = snapshot
 
@@ -151,12 +157,14 @@ class QueryEngine:
         snap = self.snapshot
         surface = self._surfaces.peek()
         feats = self._features.value
-        return {"step": -1 if snap is None else int(snap.step),
-                "surface_step": -1 if surface is None else surface.step,
-                "candidates": 0 if surface is None else len(surface),
-                "features_rank": 0 if feats is None else int(feats.basis.shape[0]),
-                "features_mib": 0.0 if feats is None else feats.nbytes / 2**20,
-                "features_note": self._features.note}
+        return {
+            "step": -1 if snap is None else int(snap.step),
+            "surface_step": -1 if surface is None else surface.step,
+            "candidates": 0 if surface is None else len(surface),
+            "features_rank": 0 if feats is None else int(feats.basis.shape[0]),
+            "features_mib": 0.0 if feats is None else feats.nbytes / 2**20,
+            "features_note": self._features.note,
+        }
 
     def _get_features(self, snap: FieldSnapshot, surface: SurfacePoints):
         xyz = self._surfaces.xyz_tensor(surface, torch.device(snap.device))
@@ -169,15 +177,18 @@ class QueryEngine:
         if not isinstance(text, str) or not text.strip():
             return "empty query text: give a word or phrase naming what to find"
         if len(text) > cfg.max_text_length:
-            return (f"query text too long ({len(text)} characters): at most {cfg.max_text_length} "
-                    "(query.max_text_length)")
+            return (
+                f"query text too long ({len(text)} characters): at most {cfg.max_text_length} (query.max_text_length)"
+            )
         for i, neg in enumerate(negatives):
             if not isinstance(neg, str) or not neg.strip():
                 return f"negative phrase {i} is empty: remove it or give a phrase"
             if len(neg) > cfg.max_text_length:
                 return f"negative phrase {i} too long ({len(neg)} characters): at most {cfg.max_text_length}"
         if not isinstance(threshold, (int, float)) or not math.isfinite(threshold) or not 0 <= threshold <= 1:
-            return f"threshold {threshold!r} is outside [0, 1]: give a relevancy in [0, 1] (0 = default {cfg.threshold})"
+            return (
+                f"threshold {threshold!r} is outside [0, 1]: give a relevancy in [0, 1] (0 = default {cfg.threshold})"
+            )
         if max_points < 0:
             return f"max_points {max_points} is negative: give a count (0 = default {cfg.max_points})"
         if max_grasps < 0:
@@ -189,8 +200,15 @@ class QueryEngine:
                 return f"world_to_target is not a rigid 4x4 transform: {exc}"
         return ""
 
-    def query(self, text: str, negatives: Sequence[str] = (), threshold: float = 0.0, max_points: int = 0,
-              max_grasps: int = 0, world_to_target: Optional[np.ndarray] = None) -> QueryResult:
+    def query(
+        self,
+        text: str,
+        negatives: Sequence[str] = (),
+        threshold: float = 0.0,
+        max_points: int = 0,
+        max_grasps: int = 0,
+        world_to_target: Optional[np.ndarray] = None,
+    ) -> QueryResult:
         """Answer one query.
 
         Args:
@@ -215,11 +233,24 @@ class QueryEngine:
         except Exception as exc:  # a service must answer; the traceback goes to the log
             log.exception("query %r failed", text[:64])
             snap = self.snapshot
-            return QueryResult(False, f"query failed: {type(exc).__name__}: {exc}",
-                               step=-1 if snap is None else int(snap.step), timings=self._total(timings, t0))
+            return QueryResult(
+                False,
+                f"query failed: {type(exc).__name__}: {exc}",
+                step=-1 if snap is None else int(snap.step),
+                timings=self._total(timings, t0),
+            )
 
-    def _answer(self, text: str, negatives: List[str], threshold: float, max_points: int, max_grasps: int,
-                world_to_target: Optional[np.ndarray], timings: Dict[str, float], t0: float) -> QueryResult:
+    def _answer(
+        self,
+        text: str,
+        negatives: List[str],
+        threshold: float,
+        max_points: int,
+        max_grasps: int,
+        world_to_target: Optional[np.ndarray],
+        timings: Dict[str, float],
+        t0: float,
+    ) -> QueryResult:
         cfg = self.cfg
         threshold = float(threshold) if threshold > 0 else cfg.threshold
         max_points = int(max_points) or cfg.max_points
@@ -235,29 +266,49 @@ class QueryEngine:
         try:
             surface, computed = self._surfaces.get(snap)
         except SurfaceError as exc:
-            return QueryResult(False, f"cannot extract surface points at step {step}: {exc}", step=step,
-                               timings=self._total(timings, t0))
+            return QueryResult(
+                False,
+                f"cannot extract surface points at step {step}: {exc}",
+                step=step,
+                timings=self._total(timings, t0),
+            )
         if computed:
             timings["surface"] = 1000 * (time.perf_counter() - ts)
         if len(surface) == 0:
-            return QueryResult(False, (f"no surface points yet at step {surface.step}: no opaque surface was seen by "
-                                       f"{cfg.min_views} keyframes (train longer, or lower query.min_views / "
-                                       "query.surface_min_accumulation, or raise query.surface_max_box)"),
-                               step=step, surface_step=surface.step,
-                               timings=self._total(timings, t0))
+            return QueryResult(
+                False,
+                (
+                    f"no surface points yet at step {surface.step}: no opaque surface was seen by "
+                    f"{cfg.min_views} keyframes (train longer, or lower query.min_views / "
+                    "query.surface_min_accumulation, or raise query.surface_max_box)"
+                ),
+                step=step,
+                surface_step=surface.step,
+                timings=self._total(timings, t0),
+            )
 
         # --- text
         tt = time.perf_counter()
         negs = negative_phrases(negatives, cfg.canonical_phrases, exclude=[text])
         if not negs:
-            return QueryResult(False, (f"no negative phrase left: '{text}' is the only canonical phrase; add a "
-                                       "negative phrase"), step=step, timings=self._total(timings, t0))
-        emb = self.texts.embed([text] + negs)                        # (1 + M, D)
+            return QueryResult(
+                False,
+                (f"no negative phrase left: '{text}' is the only canonical phrase; add a negative phrase"),
+                step=step,
+                timings=self._total(timings, t0),
+            )
+        emb = self.texts.embed([text] + negs)  # (1 + M, D)
         timings["text"] = 1000 * (time.perf_counter() - tt)
         if emb.shape[1] != int(snap.clip_dim):
-            return QueryResult(False, (f"the text encoder gives {emb.shape[1]}-dim embeddings but the model's "
-                                       f"language field has {snap.clip_dim}: the teacher does not match the model"),
-                               step=step, timings=self._total(timings, t0))
+            return QueryResult(
+                False,
+                (
+                    f"the text encoder gives {emb.shape[1]}-dim embeddings but the model's "
+                    f"language field has {snap.clip_dim}: the teacher does not match the model"
+                ),
+                step=step,
+                timings=self._total(timings, t0),
+            )
 
         # --- scale search
         tf = time.perf_counter()
@@ -270,22 +321,39 @@ class QueryEngine:
         timings["field"] = 1000 * (time.perf_counter() - tf) - timings["features"]
 
         above = np.flatnonzero(scores >= threshold)
-        base = dict(step=step, scale=scale, max_relevancy=max_rel, surface_step=surface.step,
-                    num_candidates=len(surface))
+        base = dict(
+            step=step, scale=scale, max_relevancy=max_rel, surface_step=surface.step, num_candidates=len(surface)
+        )
         if len(above) == 0:
-            return QueryResult(False, (f"nothing above threshold {threshold:.3f} for '{text}': the best relevancy "
-                                       f"found is {max_rel:.3f} (scale {scale:.2f} m, {len(surface)} points); lower "
-                                       "the threshold or rephrase"), timings=self._total(timings, t0), **base)
+            return QueryResult(
+                False,
+                (
+                    f"nothing above threshold {threshold:.3f} for '{text}': the best relevancy "
+                    f"found is {max_rel:.3f} (scale {scale:.2f} m, {len(surface)} points); lower "
+                    "the threshold or rephrase"
+                ),
+                timings=self._total(timings, t0),
+                **base,
+            )
         order = above[np.argsort(-scores[above], kind="stable")]
         keep = order[:max_points]
 
         # --- grasps (on the most relevant points, up to the configured cap, against the whole surface)
         tc = time.perf_counter()
         focus = int(np.count_nonzero(scores[order] >= max_rel - cfg.grasp_focus * (max_rel - threshold)))
-        gidx = order[:min(max(focus, 3 * cfg.dbscan_min_points), cfg.max_points)]
-        plan = plan_grasps(surface.xyz[gidx], surface.normals[gidx], scores[gidx], surface.xyz, self.gripper,
-                           cfg.dbscan_eps, cfg.dbscan_min_points, max_grasps, tall_ratio=cfg.tall_ratio,
-                           point_spacing=cfg.voxel_size)
+        gidx = order[: min(max(focus, 3 * cfg.dbscan_min_points), cfg.max_points)]
+        plan = plan_grasps(
+            surface.xyz[gidx],
+            surface.normals[gidx],
+            scores[gidx],
+            surface.xyz,
+            self.gripper,
+            cfg.dbscan_eps,
+            cfg.dbscan_min_points,
+            max_grasps,
+            tall_ratio=cfg.tall_ratio,
+            point_spacing=cfg.voxel_size,
+        )
         timings["cluster"] = 1000 * (time.perf_counter() - tc)
 
         pts = surface.xyz[keep]
@@ -294,11 +362,22 @@ class QueryEngine:
             T = np.asarray(world_to_target, dtype=np.float64)
             pts = (pts.astype(np.float64) @ T[:3, :3].T + T[:3, 3]).astype(np.float32)
             grasps = [g.transformed(T) for g in grasps]
-        msg = (f"{len(keep)} of {len(above)} points above threshold {threshold:.3f} (max relevancy {max_rel:.3f} "
-               f"at scale {scale:.2f} m, model step {step})")
+        msg = (
+            f"{len(keep)} of {len(above)} points above threshold {threshold:.3f} (max relevancy {max_rel:.3f} "
+            f"at scale {scale:.2f} m, model step {step})"
+        )
         msg += f"; {len(grasps)} grasp(s)" if grasps else f"; {plan.message}"
-        return QueryResult(True, msg, points=pts, colors=surface.rgb[keep], relevancy=scores[keep].astype(np.float32),
-                           grasps=grasps, grasp_points=len(gidx), timings=self._total(timings, t0), **base)
+        return QueryResult(
+            True,
+            msg,
+            points=pts,
+            colors=surface.rgb[keep],
+            relevancy=scores[keep].astype(np.float32),
+            grasps=grasps,
+            grasp_points=len(gidx),
+            timings=self._total(timings, t0),
+            **base,
+        )
 
     @staticmethod
     def _total(timings: Dict[str, float], t0: float) -> Dict[str, float]:

@@ -17,6 +17,7 @@ Gripper frame convention (every pose this module returns, 4x4 gripper-to-world):
         along y plus a margin), never more than the gripper's maximum.
 World frame: z up (REP 103); the ``up`` argument can say otherwise.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -71,8 +72,7 @@ class GripperModel:
             raise ValueError(f"GripperModel.finger_depth = {self.finger_depth!r} must exceed {PALM_GAP} m")
         if not 0 <= self.min_contact_cos <= 1:
             raise ValueError(f"GripperModel.min_contact_cos = {self.min_contact_cos!r} must be in [0, 1]")
-        for name in ("width_margin", "min_clearance", "approach_clearance", "support_clearance",
-                     "collision_tolerance"):
+        for name in ("width_margin", "min_clearance", "approach_clearance", "support_clearance", "collision_tolerance"):
             if getattr(self, name) < 0:
                 raise ValueError(f"GripperModel.{name} = {getattr(self, name)!r} must be >= 0")
         return self
@@ -118,8 +118,13 @@ class Grasp:
 
     def transformed(self, transform: np.ndarray) -> "Grasp":
         """This grasp expressed in another frame: ``transform`` (4, 4) maps this frame to it."""
-        return Grasp(pose=np.asarray(transform, np.float64) @ self.pose, score=self.score, width=self.width,
-                     kind=self.kind, cluster=self.cluster)
+        return Grasp(
+            pose=np.asarray(transform, np.float64) @ self.pose,
+            score=self.score,
+            width=self.width,
+            kind=self.kind,
+            cluster=self.cluster,
+        )
 
 
 @dataclass
@@ -178,11 +183,13 @@ def rotation_to_quaternion_xyzw(R: np.ndarray) -> np.ndarray:
 def quaternion_xyzw_to_rotation(q: Sequence[float]) -> np.ndarray:
     """(4,) quaternion (x, y, z, w) -> (3, 3) rotation matrix."""
     x, y, z, w = np.asarray(q, np.float64) / np.linalg.norm(q)
-    return np.array([
-        [1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
-        [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
-        [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)],
-    ])
+    return np.array(
+        [
+            [1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
+            [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
+            [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)],
+        ]
+    )
 
 
 def _unit(v: np.ndarray) -> np.ndarray:
@@ -200,7 +207,7 @@ def _principal_axes_2d(coords: np.ndarray) -> np.ndarray:
     """(n, 2) -> (2, 2) rows: major then minor principal direction (unit)."""
     c = coords - coords.mean(axis=0)
     cov = c.T @ c / max(len(c), 1)
-    evals, evecs = np.linalg.eigh(cov)          # ascending
+    evals, evecs = np.linalg.eigh(cov)  # ascending
     return evecs[:, ::-1].T
 
 
@@ -223,12 +230,12 @@ def cluster_dbscan(xyz: np.ndarray, eps: float, min_points: int) -> np.ndarray:
     if len(xyz) == 0:
         return np.zeros(0, np.int64)
     pcd = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(xyz))
-    return np.asarray(pcd.cluster_dbscan(eps=float(eps), min_points=int(min_points), print_progress=False),
-                      dtype=np.int64)
+    return np.asarray(
+        pcd.cluster_dbscan(eps=float(eps), min_points=int(min_points), print_progress=False), dtype=np.int64
+    )
 
 
-def rank_clusters(xyz: np.ndarray, relevancy: np.ndarray, labels: np.ndarray,
-                  size_ref: float) -> List[ClusterInfo]:
+def rank_clusters(xyz: np.ndarray, relevancy: np.ndarray, labels: np.ndarray, size_ref: float) -> List[ClusterInfo]:
     """Clusters by score = relevancy mass * compactness, best first (noise, label -1, is skipped).
 
     Args:
@@ -251,8 +258,9 @@ def rank_clusters(xyz: np.ndarray, relevancy: np.ndarray, labels: np.ndarray,
 
 
 # ---------------------------------------------------------------------------- geometry of one grasp
-def gripper_collisions(pose: np.ndarray, width: float, gripper: GripperModel, scene: np.ndarray,
-                       pad: float = 0.0) -> int:
+def gripper_collisions(
+    pose: np.ndarray, width: float, gripper: GripperModel, scene: np.ndarray, pad: float = 0.0
+) -> int:
     """Number of scene points inside the fingers, the palm or the approach corridor.
 
     Args:
@@ -264,7 +272,7 @@ def gripper_collisions(pose: np.ndarray, width: float, gripper: GripperModel, sc
     if len(scene) == 0:
         return 0
     R, o = pose[:3, :3], pose[:3, 3]
-    q = (scene - o) @ R                      # (M, 3) in the gripper frame
+    q = (scene - o) @ R  # (M, 3) in the gripper frame
     half_b = gripper.finger_breadth / 2 + pad
     outer = width / 2 + gripper.finger_thickness + pad
     in_x = np.abs(q[:, 0]) <= half_b
@@ -272,8 +280,12 @@ def gripper_collisions(pose: np.ndarray, width: float, gripper: GripperModel, sc
     # Fingers: from the fingertips (z = 0) back to the palm (z = -finger_depth), outside the opening.
     fingers = in_x & (q[:, 2] <= 0) & (q[:, 2] >= -gripper.finger_depth) & (ay >= width / 2) & (ay <= outer)
     # Palm and the corridor behind it, as wide as the open gripper.
-    back = in_x & (q[:, 2] < -gripper.finger_depth) & (
-        q[:, 2] >= -gripper.finger_depth - gripper.approach_clearance) & (ay <= outer)
+    back = (
+        in_x
+        & (q[:, 2] < -gripper.finger_depth)
+        & (q[:, 2] >= -gripper.finger_depth - gripper.approach_clearance)
+        & (ay <= outer)
+    )
     return int(np.count_nonzero(fingers | back))
 
 
@@ -285,8 +297,9 @@ def _slab_segments(ys: np.ndarray, min_gap: float) -> List[Tuple[int, int]]:
     return [(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:])]
 
 
-def _contact_cos(ys: np.ndarray, depth: np.ndarray, normals: np.ndarray, y: np.ndarray, end: float,
-                 band: float, min_depth: float) -> float:
+def _contact_cos(
+    ys: np.ndarray, depth: np.ndarray, normals: np.ndarray, y: np.ndarray, end: float, band: float, min_depth: float
+) -> float:
     """Mean |normal . closing axis| of the slab points within ``band`` of one jaw's contact ``end``
     and at least ``min_depth`` deep (the part of the surface the finger pad closes on), or of all
     the points within ``band`` of it when none is that deep; 1.0 when there are none at all."""
@@ -323,9 +336,17 @@ def _outline_cos(xs: np.ndarray, ys: np.ndarray, u: float, spacing: float) -> fl
     return float(1.0 / np.sqrt(1.0 + worst * worst))
 
 
-def _grasp_candidates(P: np.ndarray, N: np.ndarray, r: np.ndarray, S: np.ndarray, up: np.ndarray,
-                      gripper: GripperModel, tall_ratio: float, spacing: float, n_yaws: int = 8
-                      ) -> List[Tuple[np.ndarray, float, str, float]]:
+def _grasp_candidates(
+    P: np.ndarray,
+    N: np.ndarray,
+    r: np.ndarray,
+    S: np.ndarray,
+    up: np.ndarray,
+    gripper: GripperModel,
+    tall_ratio: float,
+    spacing: float,
+    n_yaws: int = 8,
+) -> List[Tuple[np.ndarray, float, str, float]]:
     """Candidate grasps on one object cluster: list of (pose 4x4, width, kind, quality in [0, 1]).
 
     For each approach (top-down with ``n_yaws`` closing directions over 180 degrees; for tall
@@ -357,8 +378,9 @@ def _grasp_candidates(P: np.ndarray, N: np.ndarray, r: np.ndarray, S: np.ndarray
     step = max(step, span / MAX_SLICES)
     half_b = max(gripper.finger_breadth / 2, 0.75 * spacing)
     # A gap is room for a finger when it holds the finger, its share of the opening and the sampling.
-    min_gap = max(gripper.finger_thickness + max(gripper.min_clearance, gripper.width_margin / 2) + 0.5 * spacing,
-                  2.0 * spacing)
+    min_gap = max(
+        gripper.finger_thickness + max(gripper.min_clearance, gripper.width_margin / 2) + 0.5 * spacing, 2.0 * spacing
+    )
     band = max(spacing, 0.005)
     max_insertion = gripper.finger_depth - PALM_GAP
     h = P @ up
@@ -401,14 +423,14 @@ def _grasp_candidates(P: np.ndarray, N: np.ndarray, r: np.ndarray, S: np.ndarray
             # x is the world's down direction here: slices at heights where the pads clear the support.
             lowest = base + gripper.support_clearance + half_b
             hs = np.arange(top - half_b, lowest - 1e-9, -step) if top - half_b >= lowest else np.zeros(0)
-            slices = hs * float(x @ up)   # px of a point at height hs
+            slices = hs * float(x @ up)  # px of a point at height hs
         for u in slices:
             p_in = np.flatnonzero(np.abs(px - u) <= half_b)
             if len(p_in) < 3:
                 continue
             near, far = float(pa[p_in].min()), float(pa[p_in].max())
             if far - near < MIN_INSERTION:
-                continue   # nothing in this slice for the fingers to close on
+                continue  # nothing in this slice for the fingers to close on
             avail = far - near - (gripper.support_clearance if kind == "top" else 0.0)
             full = float(np.clip(avail, MIN_INSERTION, max_insertion))
             s_in = np.abs(sx - u) <= half_b
@@ -448,10 +470,12 @@ def _grasp_candidates(P: np.ndarray, N: np.ndarray, r: np.ndarray, S: np.ndarray
                     if insertion >= 2.0 * spacing:
                         d_min = 0.4 * insertion
                         ys_m, dep_m = py[mine], pa[mine] - near
-                        cos_ = min(_contact_cos(ys_m, dep_m, N[mine], y, ylo, band, d_min),
-                                   _contact_cos(ys_m, dep_m, N[mine], y, yhi, band, d_min))
+                        cos_ = min(
+                            _contact_cos(ys_m, dep_m, N[mine], y, ylo, band, d_min),
+                            _contact_cos(ys_m, dep_m, N[mine], y, yhi, band, d_min),
+                        )
                     else:
-                        cos_ = 1.0   # too shallow to see the contact surfaces at this sampling
+                        cos_ = 1.0  # too shallow to see the contact surfaces at this sampling
                     run = s_order[(slab_y >= ylo) & (slab_y <= yhi)]
                     cos_ = min(cos_, _outline_cos(sx[run], sy[run], u, max(spacing, gripper.finger_breadth / 4)))
                     if cos_ < gripper.min_contact_cos:
@@ -460,18 +484,33 @@ def _grasp_candidates(P: np.ndarray, N: np.ndarray, r: np.ndarray, S: np.ndarray
                     off = origin - centre
                     off -= a * (off @ a)
                     central = 1.0 - 0.3 * min(1.0, float(np.linalg.norm(off)) / radius)
-                    quality = (prior * (0.5 + 0.5 * cos_) * (0.6 + 0.4 * insertion / max_insertion) * central
-                               * (0.5 + 0.5 * float(np.mean(w[mine]))))
+                    quality = (
+                        prior
+                        * (0.5 + 0.5 * cos_)
+                        * (0.6 + 0.4 * insertion / max_insertion)
+                        * central
+                        * (0.5 + 0.5 * float(np.mean(w[mine])))
+                    )
                     pose = np.eye(4)
                     pose[:3, 0], pose[:3, 1], pose[:3, 2], pose[:3, 3] = x, y, a, origin
                     out.append((pose, float(width), kind, float(quality)))
     return out
 
 
-def plan_grasps(xyz: np.ndarray, normals: np.ndarray, relevancy: np.ndarray, scene: Optional[np.ndarray],
-                gripper: GripperModel, eps: float, min_points: int, max_grasps: int,
-                up: Sequence[float] = (0.0, 0.0, 1.0), tall_ratio: float = 1.5,
-                max_clusters: int = 3, point_spacing: float = 0.0) -> GraspPlan:
+def plan_grasps(
+    xyz: np.ndarray,
+    normals: np.ndarray,
+    relevancy: np.ndarray,
+    scene: Optional[np.ndarray],
+    gripper: GripperModel,
+    eps: float,
+    min_points: int,
+    max_grasps: int,
+    up: Sequence[float] = (0.0, 0.0, 1.0),
+    tall_ratio: float = 1.5,
+    max_clusters: int = 3,
+    point_spacing: float = 0.0,
+) -> GraspPlan:
     """Cluster the relevant points, choose the object, and rank grasps on it.
 
     Args:
@@ -491,8 +530,9 @@ def plan_grasps(xyz: np.ndarray, normals: np.ndarray, relevancy: np.ndarray, sce
     normals = np.asarray(normals, np.float64)
     relevancy = np.asarray(relevancy, np.float64)
     if xyz.ndim != 2 or xyz.shape[1] != 3 or normals.shape != xyz.shape or relevancy.shape != (len(xyz),):
-        raise ValueError(f"expected xyz (N, 3), normals (N, 3), relevancy (N,); got {xyz.shape}, "
-                         f"{normals.shape}, {relevancy.shape}")
+        raise ValueError(
+            f"expected xyz (N, 3), normals (N, 3), relevancy (N,); got {xyz.shape}, {normals.shape}, {relevancy.shape}"
+        )
     gripper.check()
     up_v = _unit(np.asarray(up, np.float64))
     scene_pts = np.zeros((0, 3)) if scene is None else np.asarray(scene, np.float64)
@@ -503,8 +543,10 @@ def plan_grasps(xyz: np.ndarray, normals: np.ndarray, relevancy: np.ndarray, sce
     labels = cluster_dbscan(xyz, eps, min_points)
     plan.clusters = rank_clusters(xyz, relevancy, labels, gripper.max_width)
     if not plan.clusters:
-        plan.message = (f"no cluster of at least {min_points} relevant points within {eps} m of each other "
-                        "(lower query.dbscan_min_points or raise query.dbscan_eps)")
+        plan.message = (
+            f"no cluster of at least {min_points} relevant points within {eps} m of each other "
+            "(lower query.dbscan_min_points or raise query.dbscan_eps)"
+        )
         return plan
     best_score = max(plan.clusters[0].score, 1e-12)
     too_wide: List[float] = []
@@ -522,8 +564,9 @@ def plan_grasps(xyz: np.ndarray, normals: np.ndarray, relevancy: np.ndarray, sce
         # Only scene points the gripper could touch while grasping this cluster.
         lo, hi = P.min(axis=0) - reach, P.max(axis=0) + reach
         near_scene = scene_pts[np.all((scene_pts >= lo) & (scene_pts <= hi), axis=1)]
-        cands = _grasp_candidates(P, normals[idx], relevancy[idx], near_scene, up_v, gripper, tall_ratio,
-                                  float(point_spacing))
+        cands = _grasp_candidates(
+            P, normals[idx], relevancy[idx], near_scene, up_v, gripper, tall_ratio, float(point_spacing)
+        )
         feasible = []
         for pose, width, kind, quality in cands:
             if width > gripper.max_width:
@@ -548,12 +591,15 @@ def plan_grasps(xyz: np.ndarray, normals: np.ndarray, relevancy: np.ndarray, sce
     if not plan.grasps:
         parts = []
         if too_wide:
-            parts.append(f"the object is {min(too_wide):.3f} m across at its narrowest part (with margin), more than the "
-                         f"gripper's maximum opening {gripper.max_width:.3f} m")
+            parts.append(
+                f"the object is {min(too_wide):.3f} m across at its narrowest part (with margin), more than the "
+                f"gripper's maximum opening {gripper.max_width:.3f} m"
+            )
         if colliding:
             parts.append(f"{colliding} candidate pose(s) collide with the scene")
         if too_large:
-            parts.append(f"{too_large} cluster(s) wider than {MAX_OBJECT_EXTENT} m (not one object: "
-                         "raise the threshold)")
+            parts.append(
+                f"{too_large} cluster(s) wider than {MAX_OBJECT_EXTENT} m (not one object: raise the threshold)"
+            )
         plan.message = "no feasible grasp: " + ("; ".join(parts) if parts else "no candidate poses")
     return plan

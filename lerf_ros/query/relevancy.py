@@ -26,6 +26,7 @@ relevancy by at most ~0.008 at temperature 10).
 Every field evaluation goes through ``FieldSnapshot.language_multi_scale``: all candidate scales
 of a chunk of points in one call (the real field encodes each point once).
 """
+
 from __future__ import annotations
 
 import threading
@@ -80,8 +81,9 @@ def text_basis(embeddings: torch.Tensor) -> torch.Tensor:
     return orthonormal_rows(embeddings, rel_tol=1e-7)
 
 
-def language_projected(snapshot: FieldSnapshot, xyz: torch.Tensor, scales: torch.Tensor,
-                       project: Optional[torch.Tensor]) -> torch.Tensor:
+def language_projected(
+    snapshot: FieldSnapshot, xyz: torch.Tensor, scales: torch.Tensor, project: Optional[torch.Tensor]
+) -> torch.Tensor:
     """The language field at every (scale, point), optionally projected (``language_multi_scale``
     with its output shape checked).
 
@@ -106,14 +108,19 @@ def guaranteed_basis(snapshot: FieldSnapshot) -> torch.Tensor:
     return basis
 
 
-def estimated_basis(snapshot: FieldSnapshot, xyz: torch.Tensor, scales: torch.Tensor,
-                    sample_points: int = BASIS_SAMPLE_POINTS, seed: int = 0) -> torch.Tensor:
+def estimated_basis(
+    snapshot: FieldSnapshot,
+    xyz: torch.Tensor,
+    scales: torch.Tensor,
+    sample_points: int = BASIS_SAMPLE_POINTS,
+    seed: int = 0,
+) -> torch.Tensor:
     """(r, D) orthonormal basis of the language field's outputs at a random sample of the points
     (all scales): possibly narrower than ``language_basis()``, possibly missing outputs elsewhere."""
     g = torch.Generator().manual_seed(int(seed))
     n = min(len(xyz), sample_points)
     idx = torch.randperm(len(xyz), generator=g)[:n].to(xyz.device)
-    phi = language_projected(snapshot, xyz[idx], scales, None)              # (S, n, D)
+    phi = language_projected(snapshot, xyz[idx], scales, None)  # (S, n, D)
     return orthonormal_rows(phi.reshape(-1, phi.shape[-1]), rel_tol=1e-5).float()
 
 
@@ -137,8 +144,15 @@ class ProjectedFeatures:
         return self.coeffs.numel() * self.coeffs.element_size()
 
     @classmethod
-    def build(cls, snapshot: FieldSnapshot, xyz: torch.Tensor, scales: torch.Tensor, chunk: int,
-              max_bytes: int, max_extensions: int = 3) -> Tuple[Optional["ProjectedFeatures"], str]:
+    def build(
+        cls,
+        snapshot: FieldSnapshot,
+        xyz: torch.Tensor,
+        scales: torch.Tensor,
+        chunk: int,
+        max_bytes: int,
+        max_extensions: int = 3,
+    ) -> Tuple[Optional["ProjectedFeatures"], str]:
         """(features, "") or (None, why not): the basis is too wide to save anything, the
         coefficients would exceed ``max_bytes``, or the basis keeps missing part of the outputs.
 
@@ -168,16 +182,22 @@ class ProjectedFeatures:
                     return None, f"{S * N * r * 4 / 2**20:.0f} MiB needed > query.feature_cache_mb"
                 more = torch.empty(N, S, new_dirs.shape[0], dtype=torch.float32, device=xyz.device)
                 for a in range(0, N, chunk):
-                    more[a:a + chunk] = language_projected(snapshot, xyz[a:a + chunk], scales, new_dirs).transpose(0, 1)
+                    more[a : a + chunk] = language_projected(snapshot, xyz[a : a + chunk], scales, new_dirs).transpose(
+                        0, 1
+                    )
                 coeffs = torch.cat([coeffs, more], dim=2) if coeffs.shape[2] else more
                 del more
-                energy = torch.cat([(coeffs[a:a + chunk] ** 2).sum(-1).min(-1).values
-                                    for a in range(0, N, chunk)])                     # (N,) worst scale
+                energy = torch.cat(
+                    [(coeffs[a : a + chunk] ** 2).sum(-1).min(-1).values for a in range(0, N, chunk)]
+                )  # (N,) worst scale
                 low = torch.nonzero(energy < BASIS_MIN_ENERGY).flatten()
                 if low.numel() == 0:
                     return cls(basis, coeffs, 1000 * (time.perf_counter() - t0)), ""
-                pick = low[torch.randperm(low.numel(), generator=torch.Generator().manual_seed(1))[:BASIS_SAMPLE_POINTS]
-                           .to(low.device)]
+                pick = low[
+                    torch.randperm(low.numel(), generator=torch.Generator().manual_seed(1))[:BASIS_SAMPLE_POINTS].to(
+                        low.device
+                    )
+                ]
                 phi = language_projected(snapshot, xyz[pick], scales, None).reshape(-1, D)
                 resid = phi - (phi @ basis.T) @ basis
                 if float(resid.norm(dim=1).max()) < BASIS_MAX_RESIDUAL:
@@ -186,7 +206,7 @@ class ProjectedFeatures:
                 if exact:
                     return None, "language_basis() does not span the field's outputs"
                 new_dirs = orthonormal_rows(resid, rel_tol=1e-4)
-                new_dirs = new_dirs - (new_dirs @ basis.T) @ basis                   # keep them orthogonal
+                new_dirs = new_dirs - (new_dirs @ basis.T) @ basis  # keep them orthogonal
                 new_dirs = orthonormal_rows(new_dirs, rel_tol=1e-6)
                 basis = torch.cat([basis, new_dirs])
         return None, "the estimated output basis keeps missing part of the field"
@@ -199,7 +219,7 @@ class FeatureCache:
     def __init__(self, max_bytes: int) -> None:
         self.max_bytes = int(max_bytes)
         self._lock = threading.Lock()
-        self._key: Optional[Tuple[object, object]] = None      # (snapshot, surface), held strongly
+        self._key: Optional[Tuple[object, object]] = None  # (snapshot, surface), held strongly
         self._value: Optional[ProjectedFeatures] = None
         self.note = ""
         """Why the newest pair has no features (empty when it has them)."""
@@ -210,8 +230,9 @@ class FeatureCache:
         with self._lock:
             return self._value
 
-    def get(self, snapshot: FieldSnapshot, surface, xyz: torch.Tensor, scales: torch.Tensor,
-            chunk: int) -> Tuple[Optional[ProjectedFeatures], bool]:
+    def get(
+        self, snapshot: FieldSnapshot, surface, xyz: torch.Tensor, scales: torch.Tensor, chunk: int
+    ) -> Tuple[Optional[ProjectedFeatures], bool]:
         """(features or None, whether this call built them)."""
         if self.max_bytes <= 0:
             self.note = "disabled (query.feature_cache_mb = 0)"
@@ -246,8 +267,15 @@ class ScaleSearch:
         return self.relevancy[self.index].numpy()
 
 
-def scale_search(snapshot: FieldSnapshot, xyz: torch.Tensor, scales: Sequence[float], text_emb: torch.Tensor,
-                 temperature: float, chunk: int, features: Optional[ProjectedFeatures] = None) -> ScaleSearch:
+def scale_search(
+    snapshot: FieldSnapshot,
+    xyz: torch.Tensor,
+    scales: Sequence[float],
+    text_emb: torch.Tensor,
+    temperature: float,
+    chunk: int,
+    features: Optional[ProjectedFeatures] = None,
+) -> ScaleSearch:
     """LERF relevancy of every point at every scale; choose the scale with the highest maximum.
 
     Args:
@@ -265,19 +293,19 @@ def scale_search(snapshot: FieldSnapshot, xyz: torch.Tensor, scales: Sequence[fl
         raise ValueError("no points to score")
     scales_t = torch.tensor([float(s) for s in scales], dtype=torch.float32, device=dev)
     basis = features.basis if features is not None else text_basis(text_emb.float()).to(dev)
-    e = text_emb.float().to(dev) @ basis.T                                     # (1 + M, r or T)
+    e = text_emb.float().to(dev) @ basis.T  # (1 + M, r or T)
     q, negs = e[0], e[1:]
     out = torch.empty(S, N, dtype=torch.float32)
     with torch.no_grad():
         for a in range(0, N, chunk):
             if features is not None:
-                phi = features.coeffs[a:a + chunk]                                  # (c, S, r)
+                phi = features.coeffs[a : a + chunk]  # (c, S, r)
                 r = relevancy(phi.reshape(-1, phi.shape[-1]), q, negs, temperature)
-                out[:, a:a + chunk] = r.reshape(-1, S).T.float().cpu()
+                out[:, a : a + chunk] = r.reshape(-1, S).T.float().cpu()
             else:
-                phi = language_projected(snapshot, xyz[a:a + chunk], scales_t, basis)   # (S, c, T)
+                phi = language_projected(snapshot, xyz[a : a + chunk], scales_t, basis)  # (S, c, T)
                 r = relevancy(phi.reshape(-1, phi.shape[-1]), q, negs, temperature)
-                out[:, a:a + chunk] = r.reshape(S, -1).float().cpu()
+                out[:, a : a + chunk] = r.reshape(S, -1).float().cpu()
     best = out.max(dim=1).values
     i = int(torch.argmax(best))
     return ScaleSearch(out, i, float(scales[i]), float(best[i]))

@@ -17,6 +17,7 @@ a refresh is reproducible).
 ``SurfaceCache`` keeps the result per snapshot and recomputes it only when the snapshot's step has
 advanced by ``refresh_every_steps`` (or went backwards: a reset trainer), not for every query.
 """
+
 from __future__ import annotations
 
 import threading
@@ -31,8 +32,17 @@ from lerf_ros.config import QueryConfig
 from lerf_ros.field.snapshot import CameraView, FieldSnapshot
 from lerf_ros.geometry.camera import backproject, project, scaled_intrinsics
 
-__all__ = ["PRE_VISIBILITY_POINTS", "SurfaceError", "SurfacePoints", "SurfaceCache", "select_views", "extract_surface",
-           "backproject", "project", "scaled_intrinsics"]
+__all__ = [
+    "PRE_VISIBILITY_POINTS",
+    "SurfaceError",
+    "SurfacePoints",
+    "SurfaceCache",
+    "select_views",
+    "extract_surface",
+    "backproject",
+    "project",
+    "scaled_intrinsics",
+]
 
 
 #: voxel points always visibility-tested before any random thinning (more only for larger max_candidate_points)
@@ -126,11 +136,20 @@ def extract_surface(snapshot: FieldSnapshot, cfg: QueryConfig) -> SurfacePoints:
             p, c = p[inside], c[inside]
         pts.append(p)
         cols.append(np.clip(c, 0.0, 1.0))
-    stats: Dict[str, float] = {"views": float(len(views)), "rendered_points": float(n_rendered),
-                               "in_box_points": float(sum(len(p) for p in pts))}
+    stats: Dict[str, float] = {
+        "views": float(len(views)),
+        "rendered_points": float(n_rendered),
+        "in_box_points": float(sum(len(p) for p in pts)),
+    }
     pts, cols = [p for p in pts if len(p)], [c for c in cols if len(c)]
-    empty = SurfacePoints(np.zeros((0, 3), np.float32), np.zeros((0, 3), np.uint8), np.zeros((0, 3), np.float32),
-                          np.zeros(0, np.int32), int(snapshot.step), stats)
+    empty = SurfacePoints(
+        np.zeros((0, 3), np.float32),
+        np.zeros((0, 3), np.uint8),
+        np.zeros((0, 3), np.float32),
+        np.zeros(0, np.int32),
+        int(snapshot.step),
+        stats,
+    )
     if not pts:
         stats["ms"] = 1000 * (time.perf_counter() - t0)
         return empty
@@ -150,7 +169,7 @@ def extract_surface(snapshot: FieldSnapshot, cfg: QueryConfig) -> SurfacePoints:
         xyz, rgb = xyz[keep], rgb[keep]
 
     count = np.zeros(len(xyz), np.int32)
-    towards = np.zeros_like(xyz)                  # sum of unit directions to the cameras that see a point
+    towards = np.zeros_like(xyz)  # sum of unit directions to the cameras that see a point
     for v in views:
         h, w = v["depth"].shape
         col, row, z = project(xyz, v["K"], v["c2w"])
@@ -172,7 +191,7 @@ def extract_surface(snapshot: FieldSnapshot, cfg: QueryConfig) -> SurfacePoints:
         # Keep the best-observed points (most views; random among equals): the part of the scene
         # the robot looked at, rather than a thin random share of far walls and floor.
         order = np.lexsort((rng.random(len(xyz)), -count))
-        sel = np.sort(order[:cfg.max_candidate_points])
+        sel = np.sort(order[: cfg.max_candidate_points])
         xyz, rgb, count, towards = xyz[sel], rgb[sel], count[sel], towards[sel]
     if len(xyz) == 0:
         stats["ms"] = 1000 * (time.perf_counter() - t0)
@@ -181,7 +200,7 @@ def extract_surface(snapshot: FieldSnapshot, cfg: QueryConfig) -> SurfacePoints:
     npcd = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(xyz))
     npcd.estimate_normals(o3d.geometry.KDTreeSearchParamHybrid(radius=3.0 * cfg.voxel_size, max_nn=30))
     normals = np.asarray(npcd.normals).copy()
-    if len(normals) != len(xyz):                 # too few neighbours anywhere: fall back to view directions
+    if len(normals) != len(xyz):  # too few neighbours anywhere: fall back to view directions
         normals = towards.copy()
     flip = np.sum(normals * towards, axis=1) < 0
     normals[flip] *= -1.0
@@ -190,8 +209,14 @@ def extract_surface(snapshot: FieldSnapshot, cfg: QueryConfig) -> SurfacePoints:
     stats["points"] = float(len(xyz))
     stats["render_ms"] = 1000 * (t_render - t0)
     stats["ms"] = 1000 * (time.perf_counter() - t0)
-    return SurfacePoints(xyz.astype(np.float32), np.round(rgb * 255.0).astype(np.uint8), normals.astype(np.float32),
-                         count.astype(np.int32), int(snapshot.step), stats)
+    return SurfacePoints(
+        xyz.astype(np.float32),
+        np.round(rgb * 255.0).astype(np.uint8),
+        normals.astype(np.float32),
+        count.astype(np.int32),
+        int(snapshot.step),
+        stats,
+    )
 
 
 class SurfaceCache:
@@ -215,7 +240,7 @@ class SurfaceCache:
         step = int(snapshot.step)
         if step == s.step:
             return False
-        if step < s.step or len(s) == 0:          # reset trainer, or nothing found yet: retry
+        if step < s.step or len(s) == 0:  # reset trainer, or nothing found yet: retry
             return True
         # Early on the geometry changes fast: refresh whenever training has doubled its step count,
         # then every refresh_every_steps.
@@ -228,7 +253,7 @@ class SurfaceCache:
                 return self._surface, False
             current = self._surface
         if current is not None and not self._compute.acquire(blocking=False):
-            return current, False                 # someone is refreshing it: answer from the previous one
+            return current, False  # someone is refreshing it: answer from the previous one
         if current is None:
             self._compute.acquire()
         try:

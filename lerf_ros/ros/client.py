@@ -8,6 +8,7 @@ answer the same way whichever side computed it.
 Calls go through ``call_service`` (``lerf_ros.ros.common``): a request whose answer is lost right
 after discovery is asked again.
 """
+
 from __future__ import annotations
 
 from typing import Optional, Sequence
@@ -31,16 +32,23 @@ def response_to_result(resp: Query.Response) -> QueryResult:
     """The ``QueryResult`` a ``lerf_ros/srv/Query`` response carries (the inverse of the query
     node's packing): cloud fields x y z rgb relevancy -> points, colors, relevancy; each grasp pose
     -> a 4x4 ``Grasp`` with its score and width. ``step`` is the response's ``model_step``."""
-    result = QueryResult(success=bool(resp.success), message=str(resp.message), step=int(resp.model_step),
-                         scale=float(resp.scale), max_relevancy=float(resp.max_relevancy))
+    result = QueryResult(
+        success=bool(resp.success),
+        message=str(resp.message),
+        step=int(resp.model_step),
+        scale=float(resp.scale),
+        max_relevancy=float(resp.max_relevancy),
+    )
     if int(resp.cloud.width) * int(resp.cloud.height) > 0:
         cloud = pointcloud2_to_numpy(resp.cloud)
         n = len(cloud["xyz"])
         result.points = cloud["xyz"].astype(np.float32)
         result.colors = cloud.get("rgb", np.zeros((n, 3), np.uint8)).astype(np.uint8)
         result.relevancy = np.asarray(cloud.get("relevancy", np.zeros(n)), np.float32)
-    result.grasps = [Grasp(pose=pose_to_matrix(g), score=float(s), width=float(w))
-                     for g, s, w in zip(resp.grasps, resp.grasp_scores, resp.grasp_widths)]
+    result.grasps = [
+        Grasp(pose=pose_to_matrix(g), score=float(s), width=float(w))
+        for g, s, w in zip(resp.grasps, resp.grasp_scores, resp.grasp_widths)
+    ]
     return result
 
 
@@ -56,8 +64,9 @@ class LerfClient:
     Use as a context manager, or call ``close()``.
     """
 
-    def __init__(self, node_name: str = "lerf_client", follow_status: bool = False,
-                 context: Optional[Context] = None) -> None:
+    def __init__(
+        self, node_name: str = "lerf_client", follow_status: bool = False, context: Optional[Context] = None
+    ) -> None:
         self._owns_context = context is None
         if self._owns_context:
             rclpy.init()
@@ -81,12 +90,26 @@ class LerfClient:
         """Whether ``/lerf/query`` became available within ``timeout`` seconds."""
         return self._client.wait_for_service(timeout_sec=timeout)
 
-    def query(self, text: str, negatives: Sequence[str] = (), threshold: float = 0.0, max_points: int = 0,
-              max_grasps: int = 0, frame_id: str = "", timeout: float = 60.0) -> Optional[QueryResult]:
+    def query(
+        self,
+        text: str,
+        negatives: Sequence[str] = (),
+        threshold: float = 0.0,
+        max_points: int = 0,
+        max_grasps: int = 0,
+        frame_id: str = "",
+        timeout: float = 60.0,
+    ) -> Optional[QueryResult]:
         """Ask ``/lerf/query`` (0 / empty fields: the node's defaults); the answer as a
         ``QueryResult``, or None when no answer came within ``timeout`` seconds."""
-        req = Query.Request(text=text, negatives=list(negatives), threshold=float(threshold),
-                            max_points=int(max_points), max_grasps=int(max_grasps), frame_id=frame_id)
+        req = Query.Request(
+            text=text,
+            negatives=list(negatives),
+            threshold=float(threshold),
+            max_points=int(max_points),
+            max_grasps=int(max_grasps),
+            frame_id=frame_id,
+        )
         resp = call_service(self._client, req, self.spin_once, timeout=timeout)
         return None if resp is None else response_to_result(resp)
 

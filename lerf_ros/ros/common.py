@@ -1,4 +1,5 @@
 """Shared pieces of the nodes: QoS profiles, topic names, and running nodes with a clean shutdown."""
+
 from __future__ import annotations
 
 import sys
@@ -8,8 +9,7 @@ from typing import Callable, List, Sequence
 import rclpy
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.node import Node
-from rclpy.qos import (DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy,
-                       qos_profile_sensor_data)
+from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 
 STATUS_TOPIC = "/lerf/status"
 QUERY_SERVICE = "/lerf/query"
@@ -18,8 +18,12 @@ QUERY_SERVICE = "/lerf/query"
 SENSOR_QOS = qos_profile_sensor_data
 
 #: Map-like outputs (last relevancy cloud, grasp markers, scene cloud): a late RViz still gets them.
-LATCHED_QOS = QoSProfile(depth=1, history=HistoryPolicy.KEEP_LAST,
-                         reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
+LATCHED_QOS = QoSProfile(
+    depth=1,
+    history=HistoryPolicy.KEEP_LAST,
+    reliability=ReliabilityPolicy.RELIABLE,
+    durability=DurabilityPolicy.TRANSIENT_LOCAL,
+)
 
 #: Status: reliable, volatile.
 STATUS_QOS = QoSProfile(depth=10, history=HistoryPolicy.KEEP_LAST, reliability=ReliabilityPolicy.RELIABLE)
@@ -63,8 +67,7 @@ def main_for(factories: List[Callable[[], Node]], args=None) -> int:
     return spin_nodes(nodes)
 
 
-def call_service(client, request, spin_once: Callable[[float], None], timeout: float = 60.0,
-                 first_wait: float = 5.0):
+def call_service(client, request, spin_once: Callable[[float], None], timeout: float = 60.0, first_wait: float = 5.0):
     """Call a service and wait for its answer, asking again when an answer is lost.
 
     Right after discovery a server can take a request before it has matched the client's reply

@@ -14,6 +14,7 @@ Conventions (see ``lerf_ros.data.frame``):
   ``K_to_camera_info`` add / remove that half pixel on ``cx`` and ``cy``.
 - Poses are 4x4 float64 rigid transforms; quaternions are ``(x, y, z, w)``.
 """
+
 from __future__ import annotations
 
 import math
@@ -172,7 +173,8 @@ def camera_info_to_K(msg: CameraInfo, use_projection: bool = False) -> Tuple[np.
     if K[0, 0] <= 0 or K[1, 1] <= 0:
         raise ConversionError(
             f"camera_info has zero or negative focal length (fx={K[0, 0]:g}, fy={K[1, 1]:g}): "
-            "the camera is not calibrated")
+            "the camera is not calibrated"
+        )
     width, height = int(msg.width), int(msg.height)
     if width <= 0 or height <= 0:
         raise ConversionError(f"camera_info has zero image size ({width}x{height})")
@@ -405,8 +407,9 @@ def points_to_pointcloud2(
     msg = PointCloud2()
     msg.header = make_header(stamp, frame_id)
     msg.height, msg.width = 1, int(n)
-    msg.fields = [PointField(name=name, offset=4 * i, datatype=PointField.FLOAT32, count=1)
-                  for i, (name, _) in enumerate(names)]
+    msg.fields = [
+        PointField(name=name, offset=4 * i, datatype=PointField.FLOAT32, count=1) for i, (name, _) in enumerate(names)
+    ]
     msg.is_bigendian = False
     msg.point_step = 4 * len(names)
     msg.row_step = msg.point_step * n

@@ -9,6 +9,7 @@ So a params file saying ``preset: tiny`` runs ``tiny`` unless ``preset:=...`` is
 that was removed or a value of the wrong type stops the launch with a message naming the key
 (ROS itself silently ignores parameters a node does not declare).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -68,8 +69,9 @@ class LaunchPlan:
     """The trainer's configuration (file plus overrides), validated."""
 
 
-def launch_plan(params_file: str, arguments: Mapping[str, str],
-                extra: Optional[Mapping[str, Any]] = None) -> LaunchPlan:
+def launch_plan(
+    params_file: str, arguments: Mapping[str, str], extra: Optional[Mapping[str, Any]] = None
+) -> LaunchPlan:
     """The overrides the given ``arguments`` produce for the nodes started with ``params_file``.
 
     ``extra``: further dotted parameter overrides (``lerf-ros run --param``), checked with the rest.
@@ -90,5 +92,12 @@ def launch_plan(params_file: str, arguments: Mapping[str, str],
     return LaunchPlan(trainer=trainer, query=query, use_sim_time=use_sim_time, config=config)
 
 
-__all__ = ["NOT_GIVEN", "PARAMETER_ARGUMENTS", "QUERY_ARGUMENTS", "LaunchPlan", "given_overrides", "is_true",
-           "launch_plan"]
+__all__ = [
+    "NOT_GIVEN",
+    "PARAMETER_ARGUMENTS",
+    "QUERY_ARGUMENTS",
+    "LaunchPlan",
+    "given_overrides",
+    "is_true",
+    "launch_plan",
+]

@@ -1,5 +1,6 @@
 """Trainer and query node in one process (the default launch): the query node answers from the
 trainer's in-memory snapshots, sharing its teacher (one copy of the CLIP weights)."""
+
 from __future__ import annotations
 
 import sys
@@ -15,8 +16,9 @@ def main(args=None) -> int:
     rclpy.init(args=args if args is not None else sys.argv)
     try:
         trainer = TrainerNode()
-        query = QueryNode(snapshot_provider=trainer.snapshot_provider, teacher=trainer.trainer.session.teacher,
-                          cfg=trainer.cfg)
+        query = QueryNode(
+            snapshot_provider=trainer.snapshot_provider, teacher=trainer.trainer.session.teacher, cfg=trainer.cfg
+        )
     except Exception as exc:
         print(f"[lerf_ros] failed to start: {exc}", file=sys.stderr)
         rclpy.try_shutdown()

@@ -17,6 +17,7 @@ them; ``preset`` picks the defaults and is read first. The configuration paramet
 (fixed at start-up) and dynamically typed, so that the configuration's own type coercion applies
 (an integer YAML value for a float key is fine; a wrong type raises ConfigError naming the key).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -69,9 +70,13 @@ def declare_config(node: Node, keys: Sequence[str], base: Optional[LerfConfig] =
     """
     if base is None:
         name = node.declare_parameter(
-            "preset", "lerf",
-            ParameterDescriptor(description="Configuration preset: tiny, lerf-lite, lerf or lerf-big "
-                                "(gives every other configuration parameter its default)", read_only=True),
+            "preset",
+            "lerf",
+            ParameterDescriptor(
+                description="Configuration preset: tiny, lerf-lite, lerf or lerf-big "
+                "(gives every other configuration parameter its default)",
+                read_only=True,
+            ),
         ).value
         base = preset(str(name))
     unknown = [k for k in keys if k not in {f.name for f in dataclasses.fields(LerfConfig)}]
@@ -101,5 +106,11 @@ def declare_node_parameters(node: Node, role: str) -> Dict[str, Any]:
     return out
 
 
-__all__ = ["declare_config", "declare_node_parameters", "ConfigError", "TRAINER_PARAMETERS", "QUERY_PARAMETERS",
-           "QUERY_OWN_PARAMETERS"]
+__all__ = [
+    "declare_config",
+    "declare_node_parameters",
+    "ConfigError",
+    "TRAINER_PARAMETERS",
+    "QUERY_PARAMETERS",
+    "QUERY_OWN_PARAMETERS",
+]

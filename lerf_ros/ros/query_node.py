@@ -14,6 +14,7 @@ Parameters: the ``query.*`` section of the configuration is declared here (``ros
 ``device`` and ``teacher.*`` (its text encoder), while in the trainer's process it shares those with
 the trainer (``lerf_ros.ros.params``).
 """
+
 from __future__ import annotations
 
 import os
@@ -48,8 +49,14 @@ class QueryNode(Node):
     is then declared on this node on top of it); None: this node declares everything it reads.
     """
 
-    def __init__(self, snapshot_provider: Optional[SnapshotProvider] = None, teacher=None,
-                 cfg: Optional[LerfConfig] = None, name: str = "lerf_query", **kwargs) -> None:
+    def __init__(
+        self,
+        snapshot_provider: Optional[SnapshotProvider] = None,
+        teacher=None,
+        cfg: Optional[LerfConfig] = None,
+        name: str = "lerf_query",
+        **kwargs,
+    ) -> None:
         super().__init__(name, **kwargs)
         if cfg is None:
             self.cfg = declare_config(self, QUERY_PARAMETERS)
@@ -74,8 +81,7 @@ class QueryNode(Node):
         self.marker_pub = self.create_publisher(MarkerArray, "/lerf/grasp_markers", LATCHED_QOS)
         self.grasp_pub = self.create_publisher(PoseStamped, "/lerf/best_grasp", LATCHED_QOS)
         self.scene_pub = self.create_publisher(PointCloud2, "/lerf/scene_cloud", LATCHED_QOS)
-        self.srv = self.create_service(Query, QUERY_SERVICE, self._on_query,
-                                       callback_group=ReentrantCallbackGroup())
+        self.srv = self.create_service(Query, QUERY_SERVICE, self._on_query, callback_group=ReentrantCallbackGroup())
         self.create_timer(float(reload_s), self._refresh_snapshot, callback_group=MutuallyExclusiveCallbackGroup())
         mode = "in-process snapshots" if snapshot_provider is not None else f"checkpoints in {self._checkpoint_dir()}"
         self.get_logger().info(f"serving {QUERY_SERVICE} ({mode})")
@@ -121,11 +127,14 @@ class QueryNode(Node):
         try:
             ms = engine.prepare()
         except Exception as exc:  # the next query reports the reason to its caller
-            self.get_logger().warning(f"could not prepare the model at step {snap.step}: {exc}",
-                                      throttle_duration_sec=30.0)
+            self.get_logger().warning(
+                f"could not prepare the model at step {snap.step}: {exc}", throttle_duration_sec=30.0
+            )
             return
-        self.get_logger().info(f"answering from the model at step {snap.step} (prepared in "
-                               f"{sum(ms.values()):.0f} ms)", throttle_duration_sec=30.0)
+        self.get_logger().info(
+            f"answering from the model at step {snap.step} (prepared in {sum(ms.values()):.0f} ms)",
+            throttle_duration_sec=30.0,
+        )
         self._publish_scene(engine)
 
     def _load_newest_checkpoint(self) -> Optional[FieldSnapshot]:
@@ -162,9 +171,14 @@ class QueryNode(Node):
         if engine is None:
             response.success, response.message = False, self._engine_error
             return response
-        result = engine.query(request.text, negatives=list(request.negatives), threshold=float(request.threshold),
-                              max_points=int(request.max_points), max_grasps=int(request.max_grasps),
-                              world_to_target=world_to_target)
+        result = engine.query(
+            request.text,
+            negatives=list(request.negatives),
+            threshold=float(request.threshold),
+            max_points=int(request.max_points),
+            max_grasps=int(request.max_grasps),
+            world_to_target=world_to_target,
+        )
         response.success = bool(result.success)
         response.message = result.message
         response.model_step = max(int(result.step), 0)
@@ -180,13 +194,15 @@ class QueryNode(Node):
             response.grasp_widths.append(float(g.width))
         if result.success:
             self.cloud_pub.publish(response.cloud)
-            self.marker_pub.publish(grasp_markers([g.pose for g in result.grasps], response.grasp_widths,
-                                                  response.grasp_scores, header))
+            self.marker_pub.publish(
+                grasp_markers([g.pose for g in result.grasps], response.grasp_widths, response.grasp_scores, header)
+            )
             if response.grasps:
                 self.grasp_pub.publish(response.grasps[0])
         ms = 1000.0 * (time.perf_counter() - t0)
-        self.get_logger().info(f"query '{request.text[:64]}': {'ok' if result.success else 'failed'} "
-                               f"({result.message}) in {ms:.0f} ms")
+        self.get_logger().info(
+            f"query '{request.text[:64]}': {'ok' if result.success else 'failed'} ({result.message}) in {ms:.0f} ms"
+        )
         return response
 
 

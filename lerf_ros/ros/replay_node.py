@@ -18,6 +18,7 @@ first frame unless given): they increase monotonically, also across loop passes.
 keep last 10 by default, so nothing is lost to a subscriber that keeps up (a sensor-data
 subscriber is compatible with it); or the sensor-data profile (then subscribers must be best-effort).
 """
+
 from __future__ import annotations
 
 import time
@@ -75,12 +76,25 @@ class ReplayNode(Node):
     ``published`` counts frames sent, ``stamps`` holds their stamps (seconds).
     """
 
-    def __init__(self, frames: Iterable[Frame], rate: float = 5.0, loop: bool = False,
-                 publish_clock: bool = False, world_frame: str = "map",
-                 camera_frame: str = "camera_optical_frame", topic_prefix: str = "", max_frames: int = 0,
-                 publish_depth: bool = True, reliable: bool = True, start_stamp: Optional[float] = None,
-                 wait_for_subscribers: int = 0, wait_timeout: float = 30.0, log_every: float = 5.0,
-                 node_name: Optional[str] = None, **node_kwargs):
+    def __init__(
+        self,
+        frames: Iterable[Frame],
+        rate: float = 5.0,
+        loop: bool = False,
+        publish_clock: bool = False,
+        world_frame: str = "map",
+        camera_frame: str = "camera_optical_frame",
+        topic_prefix: str = "",
+        max_frames: int = 0,
+        publish_depth: bool = True,
+        reliable: bool = True,
+        start_stamp: Optional[float] = None,
+        wait_for_subscribers: int = 0,
+        wait_timeout: float = 30.0,
+        log_every: float = 5.0,
+        node_name: Optional[str] = None,
+        **node_kwargs,
+    ):
         super().__init__(node_name or DEFAULT_NODE_NAME, **node_kwargs)
         if not rate > 0:
             raise ValueError(f"rate must be > 0, got {rate}")
@@ -114,8 +128,11 @@ class ReplayNode(Node):
         except TypeError:
             self._length = None
 
-        qos = (QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST)
-               if reliable else qos_profile_sensor_data)
+        qos = (
+            QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST)
+            if reliable
+            else qos_profile_sensor_data
+        )
         self.topics = {k: topic_name(topic_prefix, k) for k in ("image", "camera_info", "depth", "pose")}
         self._pub_image = self.create_publisher(Image, self.topics["image"], qos)
         self._pub_info = self.create_publisher(CameraInfo, self.topics["camera_info"], qos)
@@ -140,7 +157,8 @@ class ReplayNode(Node):
             f"replaying {self._length if self._length is not None else 'a stream of'} frames at {self.rate:g} Hz"
             f"{' (looping)' if self.loop else ''} on {', '.join(self.topics.values())}"
             f"{', ' + ', '.join(extras) if extras else ''}; poses in '{world_frame}', images in '{camera_frame}'"
-            f"{'' if self._pub_tf is not None else ' (tf2_msgs not installed: no /tf, use the pose topic)'}")
+            f"{'' if self._pub_tf is not None else ' (tf2_msgs not installed: no /tf, use the pose topic)'}"
+        )
         self._timer = self.create_timer(1.0 / self.rate, self._tick)
 
     # ---------------------------------------------------------------- internals
@@ -169,8 +187,10 @@ class ReplayNode(Node):
         self._timer.cancel()
         elapsed = time.monotonic() - self._t_start_wall if self._t_start_wall else 0.0
         rate = (self.published - 1) / elapsed if elapsed > 0 and self.published > 1 else 0.0
-        self.get_logger().info(f"replay finished ({why}): {self.published} frames in {elapsed:.1f} s "
-                               f"({rate:.2f} Hz), {self.skipped} skipped")
+        self.get_logger().info(
+            f"replay finished ({why}): {self.published} frames in {elapsed:.1f} s "
+            f"({rate:.2f} Hz), {self.skipped} skipped"
+        )
 
     def _tick(self) -> None:
         if self.done:
@@ -181,11 +201,15 @@ class ReplayNode(Node):
                 if time.monotonic() - self._wait_started < self.wait_timeout:
                     if not self._waiting_logged:
                         self._waiting_logged = True
-                        self.get_logger().info(f"waiting for {self.wait_for_subscribers} subscriber(s) on "
-                                               f"{self._pub_image.topic_name} (have {have})")
+                        self.get_logger().info(
+                            f"waiting for {self.wait_for_subscribers} subscriber(s) on "
+                            f"{self._pub_image.topic_name} (have {have})"
+                        )
                     return
-                self._warn_once(f"no {self.wait_for_subscribers} subscriber(s) on {self._pub_image.topic_name} "
-                                f"after {self.wait_timeout:g} s: starting anyway")
+                self._warn_once(
+                    f"no {self.wait_for_subscribers} subscriber(s) on {self._pub_image.topic_name} "
+                    f"after {self.wait_timeout:g} s: starting anyway"
+                )
         if self.max_frames and self.published >= self.max_frames:
             self._finish(f"max_frames={self.max_frames}")
             return
@@ -210,8 +234,10 @@ class ReplayNode(Node):
         if now - self._last_log[0] >= self.log_every:
             rate = (self.published - self._last_log[1]) / (now - self._last_log[0])
             where = f"{self._index_in_pass}/{self._length}" if self._length else str(self._index_in_pass)
-            self.get_logger().info(f"published {self.published} frames (pass {self.passes}, frame {where}) "
-                                   f"at {rate:.2f} Hz (target {self.rate:g} Hz)")
+            self.get_logger().info(
+                f"published {self.published} frames (pass {self.passes}, frame {where}) "
+                f"at {rate:.2f} Hz (target {self.rate:g} Hz)"
+            )
             self._last_log = (now, self.published)
         if self.max_frames and self.published >= self.max_frames:
             self._finish(f"max_frames={self.max_frames}")
@@ -228,8 +254,9 @@ class ReplayNode(Node):
         if self._pub_clock is not None:
             self._pub_clock.publish(self._Clock(clock=stamp))
         if self._pub_tf is not None:
-            self._pub_tf.publish(tf_message(
-                [matrix_to_transform_stamped(frame.c2w, self.world_frame, self.camera_frame, stamp)]))
+            self._pub_tf.publish(
+                tf_message([matrix_to_transform_stamped(frame.c2w, self.world_frame, self.camera_frame, stamp)])
+            )
         self._pub_pose.publish(pose)
         self._pub_info.publish(info)
         if depth is not None:

@@ -1,4 +1,5 @@
 """Frame lookups with tf2 when it is installed, and a clear answer when it is not."""
+
 from __future__ import annotations
 
 from typing import Optional, Tuple
@@ -37,8 +38,10 @@ class FrameResolver:
         if frame_id == self.world_frame:
             return None, ""
         if self.buffer is None:
-            return None, (f"unknown frame '{frame_id}': tf2 is not installed, so answers are only "
-                          f"available in the world frame '{self.world_frame}' (leave frame_id empty)")
+            return None, (
+                f"unknown frame '{frame_id}': tf2 is not installed, so answers are only "
+                f"available in the world frame '{self.world_frame}' (leave frame_id empty)"
+            )
         try:
             tf = self.buffer.lookup_transform(frame_id, self.world_frame, Time(), timeout=self.timeout)
         except Exception as exc:  # tf2 raises several lookup/extrapolation exception types

@@ -14,15 +14,16 @@ Outputs: ``/lerf/status`` (TrainingStatus), ``/lerf/keyframes`` (PoseArray of th
 latched) and the services ``/lerf/save_checkpoint`` (Trigger),
 ``/lerf/pause`` (SetBool: true pauses, false resumes) and ``/lerf/reset`` (Trigger).
 """
+
 from __future__ import annotations
 
 import collections
 import threading
-from typing import Deque, Dict, Optional, Tuple
+from typing import Deque, Optional, Tuple
 
 import numpy as np
-from nav_msgs.msg import Odometry
 from geometry_msgs.msg import PoseArray, PoseStamped
+from nav_msgs.msg import Odometry
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.node import Node
 from sensor_msgs.msg import CameraInfo, Image
@@ -30,12 +31,19 @@ from std_srvs.srv import SetBool, Trigger
 
 from lerf_ros.config import LerfConfig
 from lerf_ros.data.frame import Frame, FrameError
-from lerf_ros.mapping.online import OnlineTrainer, TrainerState
 from lerf_ros.geometry.poses import PoseBuffer, PoseLookupError, make_pose
+from lerf_ros.mapping.online import OnlineTrainer, TrainerState
 from lerf_ros.msg import TrainingStatus
 from lerf_ros.ros.common import LATCHED_QOS, SENSOR_QOS, STATUS_QOS, STATUS_TOPIC, main_for
-from lerf_ros.ros.convert import (ConversionError, camera_info_to_K, image_to_numpy, matrix_to_pose, pose_to_matrix,
-                                  stamp_to_sec, transform_to_matrix)
+from lerf_ros.ros.convert import (
+    ConversionError,
+    camera_info_to_K,
+    image_to_numpy,
+    matrix_to_pose,
+    pose_to_matrix,
+    stamp_to_sec,
+    transform_to_matrix,
+)
 from lerf_ros.ros.params import TRAINER_PARAMETERS, declare_config, declare_node_parameters
 from lerf_ros.ros.tf import tf2_available
 
@@ -67,8 +75,9 @@ class DropReporter:
             first = key not in self._seen
             self._seen.add(key)
         if first:
-            self._logger.warning(f"dropping frame: {reason} (further drops of this kind are counted "
-                                 f"in {STATUS_TOPIC}, not logged)")
+            self._logger.warning(
+                f"dropping frame: {reason} (further drops of this kind are counted in {STATUS_TOPIC}, not logged)"
+            )
 
 
 class TrainerNode(Node):
@@ -144,7 +153,8 @@ class TrainerNode(Node):
         self.trainer.start()
         self.get_logger().info(
             f"preset '{self.cfg.preset}', teacher: {self.trainer.teacher_description}; pose from {pose_source}; "
-            f"world frame '{self.world_frame}'; output {self.cfg.output_dir}")
+            f"world frame '{self.world_frame}'; output {self.cfg.output_dir}"
+        )
 
     # ------------------------------------------------------------------ callbacks (cheap)
     def _on_image(self, msg: Image) -> None:
@@ -174,8 +184,9 @@ class TrainerNode(Node):
 
     def _add_pose(self, stamp: float, pose, frame_id: str) -> None:
         if frame_id and frame_id != self.world_frame:
-            self.drops.drop(f"pose is in frame '{frame_id}', expected the world frame '{self.world_frame}'",
-                            "pose_frame")
+            self.drops.drop(
+                f"pose is in frame '{frame_id}', expected the world frame '{self.world_frame}'", "pose_frame"
+            )
             return
         try:
             T = pose_to_matrix(pose)
@@ -208,11 +219,13 @@ class TrainerNode(Node):
         """(Frame, None) or (None, (kind, reason))."""
         stamp = stamp_to_sec(msg.header.stamp)
         if stamp < self._last_stamp:
-            return None, ("backwards", f"image stamp {stamp:.3f} is older than the previous {self._last_stamp:.3f} "
-                                       "(time went backwards; replaying a bag without /clock?)")
+            return None, (
+                "backwards",
+                f"image stamp {stamp:.3f} is older than the previous {self._last_stamp:.3f} "
+                "(time went backwards; replaying a bag without /clock?)",
+            )
         if self._camera_info is None:
-            return None, ("no_info", "no camera_info received yet on "
-                                     f"'{self.resolve_topic_name('camera_info')}'")
+            return None, ("no_info", f"no camera_info received yet on '{self.resolve_topic_name('camera_info')}'")
         K, w, h, _ = self._camera_info
         try:
             rgb, kind = image_to_numpy(msg)
@@ -242,8 +255,12 @@ class TrainerNode(Node):
             from rclpy.time import Time
 
             try:
-                tf = self._tf_buffer.lookup_transform(self.world_frame, frame_id, Time.from_msg(stamp_msg),
-                                                      timeout=Duration(seconds=float(self.tf_timeout)))
+                tf = self._tf_buffer.lookup_transform(
+                    self.world_frame,
+                    frame_id,
+                    Time.from_msg(stamp_msg),
+                    timeout=Duration(seconds=float(self.tf_timeout)),
+                )
                 T = transform_to_matrix(tf.transform)
             except Exception as exc:
                 return None, ("tf", f"no TF from '{self.world_frame}' to '{frame_id}' at {stamp:.3f}: {exc}")
@@ -286,8 +303,9 @@ class TrainerNode(Node):
         msg.last_drop_reason = self.drops.last_reason
         msg.features_pending = int(s.features_pending)
         msg.rays_per_second = float(s.rays_per_second)
-        msg.loss_rgb, msg.loss_lang, msg.loss_dino, msg.psnr = (float(s.losses.get(k, 0.0)) for k in
-                                                                ("rgb", "lang", "dino", "psnr"))
+        msg.loss_rgb, msg.loss_lang, msg.loss_dino, msg.psnr = (
+            float(s.losses.get(k, 0.0)) for k in ("rgb", "lang", "dino", "psnr")
+        )
         msg.checkpoint = s.checkpoint
         msg.message = s.message
         self.status_pub.publish(msg)

@@ -5,6 +5,7 @@ the text side (query cache, negatives, relevancy), and the background feature wo
 ``Teacher`` and cannot tell which one it has. OpenCLIP and timm are imported only when a real teacher
 is built.
 """
+
 from __future__ import annotations
 
 from typing import Any, Optional
@@ -15,16 +16,32 @@ from lerf_ros.teachers.clip import ClipDinoTeacher, ClipEncoder
 from lerf_ros.teachers.dino import DinoEncoder
 from lerf_ros.teachers.features import CropPyramid, DenseFeatureMap, FrameFeatures, compute_frame_features
 from lerf_ros.teachers.pyramid import PyramidLevel, crops_per_frame, layout_from_config, pyramid_layout
-from lerf_ros.teachers.text import (CANONICAL_PHRASES, DEFAULT_TEMPERATURE, TextEncoderCache, negative_phrases,
-                                    relevancy)
+from lerf_ros.teachers.text import CANONICAL_PHRASES, DEFAULT_TEMPERATURE, TextEncoderCache, negative_phrases, relevancy
 from lerf_ros.teachers.weights import RANDOM_WEIGHTS_NOTE, TeacherWeightsError
 from lerf_ros.teachers.worker import FeatureWorker
 
 __all__ = [
-    "Teacher", "TeacherWeightsError", "RANDOM_WEIGHTS_NOTE", "ClipEncoder", "DinoEncoder", "ClipDinoTeacher",
-    "CropPyramid", "DenseFeatureMap", "FrameFeatures", "compute_frame_features", "PyramidLevel",
-    "pyramid_layout", "layout_from_config", "crops_per_frame", "CANONICAL_PHRASES", "DEFAULT_TEMPERATURE",
-    "TextEncoderCache", "negative_phrases", "relevancy", "FeatureWorker", "make_teacher",
+    "Teacher",
+    "TeacherWeightsError",
+    "RANDOM_WEIGHTS_NOTE",
+    "ClipEncoder",
+    "DinoEncoder",
+    "ClipDinoTeacher",
+    "CropPyramid",
+    "DenseFeatureMap",
+    "FrameFeatures",
+    "compute_frame_features",
+    "PyramidLevel",
+    "pyramid_layout",
+    "layout_from_config",
+    "crops_per_frame",
+    "CANONICAL_PHRASES",
+    "DEFAULT_TEMPERATURE",
+    "TextEncoderCache",
+    "negative_phrases",
+    "relevancy",
+    "FeatureWorker",
+    "make_teacher",
 ]
 
 
@@ -44,8 +61,10 @@ def make_teacher(cfg: TeacherConfig, scene: Optional[Any] = None, device: str = 
 
             scene = load_scene(cfg.scene_dir)
         if scene is None:
-            raise ValueError("teacher.kind = 'ground_truth' needs the synthetic scene whose semantics it renders: "
-                             "make_teacher(cfg, scene=...) or set teacher.scene_dir; for real data use teacher.kind = 'clip'")
+            raise ValueError(
+                "teacher.kind = 'ground_truth' needs the synthetic scene whose semantics it renders: "
+                "make_teacher(cfg, scene=...) or set teacher.scene_dir; for real data use teacher.kind = 'clip'"
+            )
         from lerf_ros.teachers.ground_truth import GroundTruthTeacher
 
         return GroundTruthTeacher(scene)

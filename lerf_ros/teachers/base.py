@@ -4,6 +4,7 @@ Two implementations exist: the real one (OpenCLIP image/text encoders + timm DIN
 ground-truth teacher of synthetic scenes. Everything downstream takes a ``Teacher`` and cannot
 tell which one it has.
 """
+
 from __future__ import annotations
 
 from abc import ABC, abstractmethod

@@ -8,6 +8,7 @@ neither available, construction raises ``TeacherWeightsError`` at once, saying h
 ``random_weights=True`` builds the real architecture with random weights, for tests and cost
 benchmarks only; ``description`` then says "RANDOM WEIGHTS: tests/benchmarks only".
 """
+
 from __future__ import annotations
 
 import os
@@ -71,8 +72,7 @@ def extract_crops(image: torch.Tensor, boxes: np.ndarray, out_size: int) -> torc
         ys = b[sel, 1, None] + torch.arange(int(bh), device=image.device)  # (n, bh)
         crops = padded[:, ys[:, :, None], xs[:, None, :]].permute(1, 0, 2, 3)  # (n, 3, bh, bw)
         if (int(bh), int(bw)) != (out_size, out_size):
-            crops = F.interpolate(crops, size=(out_size, out_size), mode="bicubic", align_corners=False,
-                                  antialias=True)
+            crops = F.interpolate(crops, size=(out_size, out_size), mode="bicubic", align_corners=False, antialias=True)
         out[sel] = crops
     return out
 
@@ -99,8 +99,16 @@ class ClipEncoder:
         description: one line naming the model and its weights.
     """
 
-    def __init__(self, model_name: str = "ViT-B-16", pretrained: str = "laion2b_s34b_b88k", checkpoint: str = "",
-                 random_weights: bool = False, device: str = "auto", cache_dir: str = "", batch_size: int = 64) -> None:
+    def __init__(
+        self,
+        model_name: str = "ViT-B-16",
+        pretrained: str = "laion2b_s34b_b88k",
+        checkpoint: str = "",
+        random_weights: bool = False,
+        device: str = "auto",
+        cache_dir: str = "",
+        batch_size: int = 64,
+    ) -> None:
         """
         Args:
             model_name: OpenCLIP architecture (``open_clip.list_models()``), or a name of
@@ -126,13 +134,17 @@ class ClipEncoder:
         base_name = model_name
         if model_name in TEST_ARCHITECTURES:
             if not (random_weights or checkpoint):
-                raise ConfigError(f"teacher.clip_model = {model_name!r} is a test architecture: it has no "
-                                  "pretrained weights (set teacher.random_weights or teacher.clip_checkpoint)")
+                raise ConfigError(
+                    f"teacher.clip_model = {model_name!r} is a test architecture: it has no "
+                    "pretrained weights (set teacher.random_weights or teacher.clip_checkpoint)"
+                )
             arch_overrides = TEST_ARCHITECTURES[model_name]
             base_name = "ViT-B-16"
         elif model_name not in open_clip.list_models():
-            raise ConfigError(f"teacher.clip_model = {model_name!r} is not an OpenCLIP architecture; "
-                              f"known: {', '.join(open_clip.list_models()[:12])}, ...")
+            raise ConfigError(
+                f"teacher.clip_model = {model_name!r} is not an OpenCLIP architecture; "
+                f"known: {', '.join(open_clip.list_models()[:12])}, ..."
+            )
 
         tag_cfg = open_clip.get_pretrained_cfg(base_name, pretrained) if pretrained and not arch_overrides else {}
         weights: Optional[str] = None
@@ -145,18 +157,25 @@ class ClipEncoder:
         else:
             if not tag_cfg:
                 tags = open_clip.list_pretrained_tags_by_model(model_name)
-                raise ConfigError(f"teacher.clip_pretrained = {pretrained!r} is not an OpenCLIP tag of {model_name}; "
-                                  f"known tags: {', '.join(tags) or 'none'}")
+                raise ConfigError(
+                    f"teacher.clip_pretrained = {pretrained!r} is not an OpenCLIP tag of {model_name}; "
+                    f"known tags: {', '.join(tags) or 'none'}"
+                )
             weights = self._find_tag_weights(tag_cfg, cache_dir)
             if weights is None:
                 raise TeacherWeightsError(self._missing_message(model_name, pretrained, tag_cfg, cache_dir))
             source = pretrained
         preprocess = {k: tag_cfg[k] for k in ("mean", "std") if k in tag_cfg}
         try:  # a file path as ``pretrained``: OpenCLIP loads it (strict) and never looks up a tag
-            model = open_clip.create_model(base_name, pretrained=weights, pretrained_image=False,
-                                           pretrained_text=False, force_preprocess_cfg=preprocess or None,
-                                           force_quick_gelu=bool(tag_cfg.get("quick_gelu", False)),
-                                           **arch_overrides)
+            model = open_clip.create_model(
+                base_name,
+                pretrained=weights,
+                pretrained_image=False,
+                pretrained_text=False,
+                force_preprocess_cfg=preprocess or None,
+                force_quick_gelu=bool(tag_cfg.get("quick_gelu", False)),
+                **arch_overrides,
+            )
         except Exception as exc:
             if weights is None:
                 raise
@@ -176,8 +195,15 @@ class ClipEncoder:
 
     @classmethod
     def from_config(cls, cfg: TeacherConfig, device: str = "auto") -> "ClipEncoder":
-        return cls(cfg.clip_model, cfg.clip_pretrained, cfg.clip_checkpoint, cfg.random_weights, device,
-                   cfg.weights_cache_dir, cfg.batch_size)
+        return cls(
+            cfg.clip_model,
+            cfg.clip_pretrained,
+            cfg.clip_checkpoint,
+            cfg.random_weights,
+            device,
+            cfg.weights_cache_dir,
+            cfg.batch_size,
+        )
 
     # ------------------------------------------------------------------ weights lookup
     @staticmethod
@@ -194,8 +220,9 @@ class ClipEncoder:
             repo, filename = os.path.split(hub)
             stem, ext = os.path.splitext(filename)
             names = ([stem + ".safetensors"] if ext in (".bin", ".pth", ".pt") else []) + [filename]
-        return find_cached_weights(repo, names, tag_cfg.get("url", ""), cache_dir,
-                                   url_dirs=[os.path.expanduser("~/.cache/clip")])
+        return find_cached_weights(
+            repo, names, tag_cfg.get("url", ""), cache_dir, url_dirs=[os.path.expanduser("~/.cache/clip")]
+        )
 
     @staticmethod
     def _missing_message(model_name: str, tag: str, tag_cfg: dict, cache_dir: str) -> str:
@@ -209,7 +236,8 @@ class ClipEncoder:
             f"    python -c \"import open_clip; open_clip.create_model('{model_name}', pretrained='{tag}', "
             f"cache_dir='/path/to/cache')\")\n"
             f"For tests and cost benchmarks only, teacher.random_weights: true builds the architecture "
-            f"with random weights.")
+            f"with random weights."
+        )
 
     # ------------------------------------------------------------------ encoders
     def _autocast(self):
@@ -228,12 +256,13 @@ class ClipEncoder:
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:
         """(B, 3, S, S) normalised model inputs (S = image_size) -> (B, embed_dim) float32 CPU, unit rows."""
         if images.ndim != 4 or images.shape[1:] != (3, self.image_size, self.image_size):
-            raise ValueError(f"images must have shape (B, 3, {self.image_size}, {self.image_size}), "
-                             f"got {tuple(images.shape)}")
+            raise ValueError(
+                f"images must have shape (B, 3, {self.image_size}, {self.image_size}), got {tuple(images.shape)}"
+            )
         outs = []
         for start in range(0, images.shape[0], self.batch_size):
             with self._autocast():
-                emb = self.model.encode_image(images[start:start + self.batch_size].to(self.device))
+                emb = self.model.encode_image(images[start : start + self.batch_size].to(self.device))
             outs.append(F.normalize(emb.float(), dim=-1).cpu())
         if not outs:
             return torch.zeros((0, self.embed_dim))
@@ -246,7 +275,7 @@ class ClipEncoder:
         image = self.normalize_image(rgb)
         outs = []
         for start in range(0, len(boxes), self.batch_size):
-            crops = extract_crops(image, boxes[start:start + self.batch_size], self.image_size)
+            crops = extract_crops(image, boxes[start : start + self.batch_size], self.image_size)
             outs.append(self.encode_images(crops))
         if not outs:
             return torch.zeros((0, self.embed_dim))

@@ -11,6 +11,7 @@ torch hub folder, ``teacher.weights_cache_dir``), never from the network; withou
 construction raises ``TeacherWeightsError`` at once. ``random_weights=True`` is for tests and
 cost benchmarks only and says so in ``description``.
 """
+
 from __future__ import annotations
 
 import os
@@ -54,9 +55,17 @@ class DinoEncoder:
         description: one line naming the model and its weights.
     """
 
-    def __init__(self, model_name: str = "vit_small_patch8_224.dino", checkpoint: str = "",
-                 random_weights: bool = False, max_side: int = 448, facet: str = "key", device: str = "auto",
-                 cache_dir: str = "", model_kwargs: Optional[dict] = None) -> None:
+    def __init__(
+        self,
+        model_name: str = "vit_small_patch8_224.dino",
+        checkpoint: str = "",
+        random_weights: bool = False,
+        max_side: int = 448,
+        facet: str = "key",
+        device: str = "auto",
+        cache_dir: str = "",
+        model_kwargs: Optional[dict] = None,
+    ) -> None:
         """
         Args:
             model_name: timm model name with pretrained tag (``vit_small_patch8_224.dino``).
@@ -113,15 +122,24 @@ class DinoEncoder:
         if facet == "key":
             attn = getattr(getattr(model, "blocks", [None])[-1], "attn", None)
             if attn is None or getattr(attn, "qkv", None) is None or not hasattr(attn, "num_heads"):
-                raise ConfigError(f"teacher.dino_facet = 'key' needs a ViT with fused qkv attention; "
-                                  f"{model_name} has none (use 'token')")
+                raise ConfigError(
+                    f"teacher.dino_facet = 'key' needs a ViT with fused qkv attention; "
+                    f"{model_name} has none (use 'token')"
+                )
             self.embed_dim = int(attn.qkv.out_features // 3)
         self.description = f"timm {model_name} [{facet}] ({source})"
 
     @classmethod
     def from_config(cls, cfg: TeacherConfig, device: str = "auto") -> "DinoEncoder":
-        return cls(cfg.dino_model, cfg.dino_checkpoint, cfg.random_weights, cfg.dino_max_side, cfg.dino_facet,
-                   device, cfg.weights_cache_dir)
+        return cls(
+            cfg.dino_model,
+            cfg.dino_checkpoint,
+            cfg.random_weights,
+            cfg.dino_max_side,
+            cfg.dino_facet,
+            device,
+            cfg.weights_cache_dir,
+        )
 
     # ------------------------------------------------------------------ weights lookup
     @staticmethod
@@ -131,10 +149,18 @@ class DinoEncoder:
         pcfg = get_pretrained_cfg(model_name)
         if pcfg is None:
             return None
-        names = [pcfg.hf_hub_filename] if getattr(pcfg, "hf_hub_filename", None) else \
-            ["model.safetensors", "pytorch_model.bin"]
-        return find_cached_weights(pcfg.hf_hub_id or "", names, pcfg.url or "", cache_dir,
-                                   url_dirs=[os.path.join(torch.hub.get_dir(), "checkpoints")])
+        names = (
+            [pcfg.hf_hub_filename]
+            if getattr(pcfg, "hf_hub_filename", None)
+            else ["model.safetensors", "pytorch_model.bin"]
+        )
+        return find_cached_weights(
+            pcfg.hf_hub_id or "",
+            names,
+            pcfg.url or "",
+            cache_dir,
+            url_dirs=[os.path.join(torch.hub.get_dir(), "checkpoints")],
+        )
 
     @staticmethod
     def _missing_message(model_name: str, cache_dir: str) -> str:
@@ -145,9 +171,10 @@ class DinoEncoder:
             f"  teacher.dino_checkpoint: /path/to/dino_deitsmall8_pretrain.pth   (a local checkpoint file), or\n"
             f"  teacher.weights_cache_dir: /path/to/cache   (a Hugging Face cache warmed on a machine with network:\n"
             f"    HF_HUB_CACHE=/path/to/cache python -c \"import timm; timm.create_model('{model_name}', "
-            f"pretrained=True)\")\n"
+            f'pretrained=True)")\n'
             f"For tests and cost benchmarks only, teacher.random_weights: true builds the architecture "
-            f"with random weights.")
+            f"with random weights."
+        )
 
     # ------------------------------------------------------------------ features
     @torch.no_grad()
@@ -167,8 +194,11 @@ class DinoEncoder:
             attn = self.model.blocks[-1].attn
             hook = attn.qkv.register_forward_hook(lambda _m, _i, out: captured.__setitem__("qkv", out))
         try:
-            with (torch.autocast("cuda", dtype=torch.float16) if self.device.type == "cuda"
-                  else torch.autocast("cpu", enabled=False)):
+            with (
+                torch.autocast("cuda", dtype=torch.float16)
+                if self.device.type == "cuda"
+                else torch.autocast("cpu", enabled=False)
+            ):
                 tokens = self.model.forward_features(x)
         finally:
             if hook is not None:
@@ -179,7 +209,7 @@ class DinoEncoder:
             heads = self.model.blocks[-1].attn.num_heads
             tokens = qkv.reshape(1, n, 3, heads, -1)[:, :, 1].reshape(1, n, -1)
         gh, gw = h_in // self.patch_size, w_in // self.patch_size
-        feats = tokens[0, self.num_prefix_tokens:].float()
+        feats = tokens[0, self.num_prefix_tokens :].float()
         if feats.shape[0] != gh * gw:
             raise RuntimeError(f"{self.model_name} returned {feats.shape[0]} patch tokens for a {gw}x{gh} grid")
         return feats.reshape(gh, gw, -1).cpu()

@@ -9,6 +9,7 @@
 Pixel coordinates are continuous (pixel ``i`` covers ``[i, i + 1)``, its centre is ``i + 0.5``), as in
 ``lerf_ros.data.frame``.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -35,13 +36,15 @@ def _check_coords(**tensors: torch.Tensor) -> int:
         if n is None:
             n = t.shape[0]
         elif t.shape[0] != n:
-            raise ValueError(f"{', '.join(tensors)} must have the same length, got "
-                             f"{[tuple(v.shape) for v in tensors.values()]}")
+            raise ValueError(
+                f"{', '.join(tensors)} must have the same length, got {[tuple(v.shape) for v in tensors.values()]}"
+            )
     return int(n or 0)
 
 
-def _bilinear_corners(gx: torch.Tensor, gy: torch.Tensor, gw: torch.Tensor, gh: torch.Tensor
-                      ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _bilinear_corners(
+    gx: torch.Tensor, gy: torch.Tensor, gw: torch.Tensor, gh: torch.Tensor
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Corners and weights of bilinear interpolation on grids of size (gh, gw).
 
     gx, gy (N,) continuous grid coordinates (cell centres at integers); gw, gh (N,) or 0-d long
@@ -90,8 +93,10 @@ class CropPyramid:
             raise ValueError(f"pyramid levels must have strictly increasing crop sides, got {sizes}")
         counts = [lv.num_crops for lv in levels]
         if embeddings.ndim != 2 or embeddings.shape[0] != sum(counts):
-            raise ValueError(f"embeddings must have shape ({sum(counts)}, D) for levels with {counts} crops, "
-                             f"got {tuple(embeddings.shape)}")
+            raise ValueError(
+                f"embeddings must have shape ({sum(counts)}, D) for levels with {counts} crops, "
+                f"got {tuple(embeddings.shape)}"
+            )
         self.levels: List[PyramidLevel] = levels
         self.height = int(height)
         self.width = int(width)
@@ -136,7 +141,7 @@ class CropPyramid:
         """(grid_h, grid_w, D) float32 embeddings of one level."""
         lv = self.levels[level]
         start = int(self._offset[level])
-        return self._flat[start:start + lv.num_crops].float().reshape(lv.grid_h, lv.grid_w, self.dim)
+        return self._flat[start : start + lv.num_crops].float().reshape(lv.grid_h, lv.grid_w, self.dim)
 
     def to(self, device) -> "CropPyramid":
         """A copy on ``device`` (lookups take their inputs on the pyramid's device)."""
@@ -265,15 +270,18 @@ def compute_frame_features(teacher: Teacher, frame: Frame, cfg: TeacherConfig) -
     batch = max(1, int(cfg.batch_size))
     chunks = []
     for start in range(0, len(boxes), batch):
-        part = boxes[start:start + batch]
+        part = boxes[start : start + batch]
         emb = teacher.encode_crops(frame, part)
         if emb.ndim != 2 or emb.shape != (len(part), teacher.clip_dim):
-            raise RuntimeError(f"teacher.encode_crops returned shape {tuple(emb.shape)} for {len(part)} boxes; "
-                               f"expected ({len(part)}, {teacher.clip_dim})")
+            raise RuntimeError(
+                f"teacher.encode_crops returned shape {tuple(emb.shape)} for {len(part)} boxes; "
+                f"expected ({len(part)}, {teacher.clip_dim})"
+            )
         chunks.append(emb.detach().to("cpu", _STORE_DTYPE))
     pyramid = CropPyramid(levels, torch.cat(chunks, dim=0), frame.height, frame.width)
     dense = teacher.dense_features(frame)
     if dense.ndim != 3 or dense.shape[2] != teacher.dino_dim:
-        raise RuntimeError(f"teacher.dense_features returned shape {tuple(dense.shape)}; "
-                           f"expected (h, w, {teacher.dino_dim})")
+        raise RuntimeError(
+            f"teacher.dense_features returned shape {tuple(dense.shape)}; expected (h, w, {teacher.dino_dim})"
+        )
     return FrameFeatures(pyramid, DenseFeatureMap(dense.detach().cpu(), frame.height, frame.width))

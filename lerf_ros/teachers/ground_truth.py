@@ -19,6 +19,7 @@ instance ids are known:
 
 So relevancy maps computed with this teacher measure the 3D field, not a 2D model's mistakes.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -84,8 +85,9 @@ class GroundTruthTeacher(Teacher):
             raise ValueError(f"{len(self.class_names)} classes do not fit a {self.clip_dim}-d space")
         self.background_index = len(self.class_names) - 1
         # (C, D) class embeddings, seeded by class name
-        self.class_embeddings = np.stack([_unit_gaussian(self.clip_dim, "class", self.seed, n)
-                                          for n in self.class_names]).astype(np.float32)
+        self.class_embeddings = np.stack(
+            [_unit_gaussian(self.clip_dim, "class", self.seed, n) for n in self.class_names]
+        ).astype(np.float32)
         self._q, _ = np.linalg.qr(self.class_embeddings.T.astype(np.float64))  # (D, C) basis of their span
         # The unit vector in the classes' span with the same cosine to every class embedding.
         emb = self.class_embeddings.astype(np.float64)
@@ -103,16 +105,21 @@ class GroundTruthTeacher(Teacher):
         self.instance_to_class[0] = self.background_index
         for o in objects:
             if o.class_name not in self.class_names[:-1]:
-                raise ValueError(f"object '{getattr(o, 'name', o.class_name)}' has class '{o.class_name}', "
-                                 "which is not in the vocabulary")
+                raise ValueError(
+                    f"object '{getattr(o, 'name', o.class_name)}' has class '{o.class_name}', "
+                    "which is not in the vocabulary"
+                )
             if int(o.instance_id) <= 0:
                 raise ValueError(f"object instance ids start at 1, got {o.instance_id}")
             self.instance_to_class[int(o.instance_id)] = self.class_names.index(o.class_name)
         # (max_id + 1, dino_dim) instance features (not normalised to the unit sphere: DINO-like)
-        self.instance_features = np.stack([_unit_gaussian(self.dino_dim, "instance", self.seed, i)
-                                           for i in range(max_id + 1)]).astype(np.float32)
-        self.description = ("ground-truth teacher of the synthetic scene (its instance maps and class "
-                            f"labels as seeded {self.clip_dim}-d class vectors), not CLIP/DINO")
+        self.instance_features = np.stack(
+            [_unit_gaussian(self.dino_dim, "instance", self.seed, i) for i in range(max_id + 1)]
+        ).astype(np.float32)
+        self.description = (
+            "ground-truth teacher of the synthetic scene (its instance maps and class "
+            f"labels as seeded {self.clip_dim}-d class vectors), not CLIP/DINO"
+        )
 
     # ---------------------------------------------------------------------------------------
     def instance_map(self, frame: Frame) -> np.ndarray:
@@ -122,8 +129,10 @@ class GroundTruthTeacher(Teacher):
         if frame.instance is not None:
             return np.asarray(frame.instance)
         if self.scene is None or not hasattr(self.scene, "render_view"):
-            raise ValueError(f"frame {frame.index} has no instance map: the ground-truth teacher only "
-                             "works on synthetic frames that carry instance ids, or when built from the scene")
+            raise ValueError(
+                f"frame {frame.index} has no instance map: the ground-truth teacher only "
+                "works on synthetic frames that carry instance ids, or when built from the scene"
+            )
         _, _, inst = self.scene.render_view(frame.c2w, frame.K, frame.width, frame.height, shadows=False)
         frame.instance = inst  # ground truth of this view; later calls on the same frame reuse it
         return np.asarray(inst)
@@ -132,12 +141,16 @@ class GroundTruthTeacher(Teacher):
         """(H, W) class index of every pixel."""
         inst = self.instance_map(frame)
         if inst.shape != frame.rgb.shape[:2]:
-            raise ValueError(f"frame {frame.index}: instance map {inst.shape} does not match image {frame.rgb.shape[:2]}")
+            raise ValueError(
+                f"frame {frame.index}: instance map {inst.shape} does not match image {frame.rgb.shape[:2]}"
+            )
         lo, hi = int(inst.min()), int(inst.max())
         if lo < 0 or hi >= len(self.instance_to_class) or np.any(self.instance_to_class[np.unique(inst)] < 0):
             known = np.nonzero(self.instance_to_class >= 0)[0].tolist()
-            raise ValueError(f"frame {frame.index}: instance ids {np.unique(inst).tolist()} are not all in "
-                             f"the scene's object list (known ids {known})")
+            raise ValueError(
+                f"frame {frame.index}: instance ids {np.unique(inst).tolist()} are not all in "
+                f"the scene's object list (known ids {known})"
+            )
         return self.instance_to_class[inst]
 
     def class_fractions(self, frame: Frame, boxes: np.ndarray) -> np.ndarray:

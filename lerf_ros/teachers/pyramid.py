@@ -14,6 +14,7 @@ Crop boxes are integer pixel boxes ``x0, y0, x1, y1`` (exclusive ends); a crop's
 continuous pixel coordinates of ``lerf_ros.data.frame`` (pixel ``i`` covers ``[i, i + 1)``) is
 ``x0 + S / 2``.
 """
+
 from __future__ import annotations
 
 import math
@@ -93,8 +94,15 @@ def _axis_layout(length: int, size: int, stride: int) -> tuple:
     return int(round(first_center - size / 2.0)), count
 
 
-def pyramid_layout(height: int, width: int, levels: int = 7, min_frac: float = 0.05, max_frac: float = 0.5,
-                   overlap: float = 0.5, overlap_ramp: Sequence[float] = (0.05, 0.15)) -> List[PyramidLevel]:
+def pyramid_layout(
+    height: int,
+    width: int,
+    levels: int = 7,
+    min_frac: float = 0.05,
+    max_frac: float = 0.5,
+    overlap: float = 0.5,
+    overlap_ramp: Sequence[float] = (0.05, 0.15),
+) -> List[PyramidLevel]:
     """The crop grids of an ``height x width`` image, smallest crops first.
 
     Levels whose rounded crop sides coincide (tiny images) are merged, so the returned sides are
@@ -105,8 +113,9 @@ def pyramid_layout(height: int, width: int, levels: int = 7, min_frac: float = 0
     if levels < 1:
         raise ConfigError(f"teacher.pyramid_levels = {levels!r} is invalid: expected >= 1")
     if not 0 < min_frac <= max_frac <= 1:
-        raise ConfigError(f"teacher.pyramid_min/max = {(min_frac, max_frac)!r} is invalid: "
-                          "expected 0 < min <= max <= 1")
+        raise ConfigError(
+            f"teacher.pyramid_min/max = {(min_frac, max_frac)!r} is invalid: expected 0 < min <= max <= 1"
+        )
     if not 0 <= overlap < 1:
         raise ConfigError(f"teacher.pyramid_overlap = {overlap!r} is invalid: expected in [0, 1)")
     fractions = np.linspace(min_frac, max_frac, levels) if levels > 1 else np.array([min_frac])
@@ -126,9 +135,15 @@ def pyramid_layout(height: int, width: int, levels: int = 7, min_frac: float = 0
 
 def layout_from_config(height: int, width: int, cfg: TeacherConfig) -> List[PyramidLevel]:
     """``pyramid_layout`` with the pyramid fields of ``cfg``."""
-    return pyramid_layout(height, width, levels=cfg.pyramid_levels, min_frac=cfg.pyramid_min,
-                          max_frac=cfg.pyramid_max, overlap=cfg.pyramid_overlap,
-                          overlap_ramp=cfg.pyramid_overlap_ramp)
+    return pyramid_layout(
+        height,
+        width,
+        levels=cfg.pyramid_levels,
+        min_frac=cfg.pyramid_min,
+        max_frac=cfg.pyramid_max,
+        overlap=cfg.pyramid_overlap,
+        overlap_ramp=cfg.pyramid_overlap_ramp,
+    )
 
 
 def crops_per_frame(height: int, width: int, cfg: TeacherConfig) -> int:

@@ -10,6 +10,7 @@ i.e. the smallest, over the negatives, of the query's probability in a two-way s
 negative. ``T`` multiplies the dot products (an inverse temperature); the reference code uses 10,
 which is ``DEFAULT_TEMPERATURE`` and the default of ``QueryConfig.temperature``.
 """
+
 from __future__ import annotations
 
 import threading
@@ -23,9 +24,13 @@ DEFAULT_TEMPERATURE = 10.0
 """Multiplier of the dot products in the pairwise softmax (the reference code's 10)."""
 
 
-def relevancy(phi: torch.Tensor, query: torch.Tensor, negatives: torch.Tensor,
-              temperature: float = DEFAULT_TEMPERATURE, return_index: bool = False
-              ) -> Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]:
+def relevancy(
+    phi: torch.Tensor,
+    query: torch.Tensor,
+    negatives: torch.Tensor,
+    temperature: float = DEFAULT_TEMPERATURE,
+    return_index: bool = False,
+) -> Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]:
     """LERF relevancy of embeddings to a query against negative phrases.
 
     Args:
@@ -60,8 +65,9 @@ def relevancy(phi: torch.Tensor, query: torch.Tensor, negatives: torch.Tensor,
     return (rel, idx) if return_index else rel
 
 
-def negative_phrases(user_negatives: Iterable[str] = (), canonical: Sequence[str] = CANONICAL_PHRASES,
-                     exclude: Iterable[str] = ()) -> List[str]:
+def negative_phrases(
+    user_negatives: Iterable[str] = (), canonical: Sequence[str] = CANONICAL_PHRASES, exclude: Iterable[str] = ()
+) -> List[str]:
     """Canonical phrases then user negatives, whitespace-normalised, without duplicates or any
     phrase in ``exclude`` (e.g. the query itself), order kept."""
     skip = {normalize_text(t) for t in exclude}
@@ -148,8 +154,12 @@ class TextEncoderCache:
         """(D,) embedding of one text."""
         return self.embed([text])[0]
 
-    def negatives(self, user_negatives: Iterable[str] = (), canonical: Sequence[str] = CANONICAL_PHRASES,
-                  exclude: Iterable[str] = ()) -> torch.Tensor:
+    def negatives(
+        self,
+        user_negatives: Iterable[str] = (),
+        canonical: Sequence[str] = CANONICAL_PHRASES,
+        exclude: Iterable[str] = (),
+    ) -> torch.Tensor:
         """(M, D) embeddings of ``negative_phrases(user_negatives, canonical, exclude)``."""
         phrases = negative_phrases(user_negatives, canonical, exclude)
         if not phrases:

@@ -5,6 +5,7 @@ Weights are never downloaded at run time: ``find_cached_weights`` looks in the l
 how to provide missing weights. ``RANDOM_WEIGHTS_NOTE`` marks a teacher built with random weights
 (tests and cost benchmarks only) in its description.
 """
+
 from __future__ import annotations
 
 import os
@@ -14,8 +15,7 @@ import torch
 
 from lerf_ros.config import ConfigError
 
-__all__ = ["RANDOM_WEIGHTS_NOTE", "TeacherWeightsError", "resolve_device", "ensure_offline_hub",
-           "find_cached_weights"]
+__all__ = ["RANDOM_WEIGHTS_NOTE", "TeacherWeightsError", "resolve_device", "ensure_offline_hub", "find_cached_weights"]
 
 RANDOM_WEIGHTS_NOTE = "RANDOM WEIGHTS: tests/benchmarks only"
 
@@ -39,8 +39,13 @@ def ensure_offline_hub() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
-def find_cached_weights(hf_repo: str = "", hf_filenames: Sequence[str] = (), url: str = "",
-                        cache_dir: str = "", url_dirs: Iterable[str] = ()) -> Optional[str]:
+def find_cached_weights(
+    hf_repo: str = "",
+    hf_filenames: Sequence[str] = (),
+    url: str = "",
+    cache_dir: str = "",
+    url_dirs: Iterable[str] = (),
+) -> Optional[str]:
     """Path of a locally cached weights file, or None. Never touches the network.
 
     Looks for ``hf_repo``/``hf_filenames`` in the Hugging Face hub cache (``cache_dir`` when given,

@@ -5,6 +5,7 @@ keyframes (``submit``), keeps training, and collects finished features with ``po
 features fail is reported (``take_errors``, the optional ``on_error`` callback, the log) and the
 thread goes on with the next one.
 """
+
 from __future__ import annotations
 
 import logging
@@ -30,9 +31,15 @@ class FeatureWorker:
     Thread-safe: ``submit`` and ``poll`` may be called from different threads.
     """
 
-    def __init__(self, teacher: Teacher, cfg: TeacherConfig, on_error: Optional[ErrorCallback] = None,
-                 max_queue: Optional[int] = None, compute: ComputeFn = compute_frame_features,
-                 name: str = "lerf_features") -> None:
+    def __init__(
+        self,
+        teacher: Teacher,
+        cfg: TeacherConfig,
+        on_error: Optional[ErrorCallback] = None,
+        max_queue: Optional[int] = None,
+        compute: ComputeFn = compute_frame_features,
+        name: str = "lerf_features",
+    ) -> None:
         """
         Args:
             teacher: the teacher whose features are computed.

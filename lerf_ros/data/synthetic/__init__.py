@@ -35,6 +35,7 @@ The package, one concern per module (lower ones never import higher ones):
 - :mod:`.io`: the scene folder on disk; :mod:`.preview`: its contact sheet;
 - :mod:`.scene`: :class:`SyntheticScene`, :func:`make_scene`, :func:`load_scene`.
 """
+
 from lerf_ros.data.synthetic.io import PREVIEW_FILE, SCENE_FILE, SceneFormatError
 from lerf_ros.data.synthetic.layout import SceneObject
 from lerf_ros.data.synthetic.objects import VOCABULARY, ObjectClass, normalize_phrase

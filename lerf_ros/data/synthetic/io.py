@@ -7,6 +7,7 @@ vocabulary, objects, and per frame its intrinsics, pose, stamp and file names),
 Reading gives back bit-identical frames and ground truth; a problem raises
 :class:`SceneFormatError` naming the file.
 """
+
 from __future__ import annotations
 
 import json
@@ -20,17 +21,27 @@ from lerf_ros.data.frame import Frame
 from lerf_ros.data.synthetic.layout import SceneObject
 from lerf_ros.data.synthetic.objects import CLASS_BY_NAME
 
-__all__ = ["SCENE_FORMAT", "SCENE_FILE", "PREVIEW_FILE", "GROUND_TRUTH_FILE", "SceneFormatError", "write_scene",
-           "read_scene", "read_scene_json"]
+__all__ = [
+    "SCENE_FORMAT",
+    "SCENE_FILE",
+    "PREVIEW_FILE",
+    "GROUND_TRUTH_FILE",
+    "SceneFormatError",
+    "write_scene",
+    "read_scene",
+    "read_scene_json",
+]
 
 SCENE_FORMAT = "lerf_ros.synthetic_scene/1"
 SCENE_FILE = "scene.json"
 PREVIEW_FILE = "preview.png"
 GROUND_TRUTH_FILE = "ground_truth.npz"
 
-CONVENTIONS = ("world z-up, metres, table top at z=table_height; c2w is camera-to-world in the "
-               "OpenCV camera convention (x right, y down, z forward); depth is z-depth in metres "
-               "(0 = no hit); instance 0 = background, object i has id i+1")
+CONVENTIONS = (
+    "world z-up, metres, table top at z=table_height; c2w is camera-to-world in the "
+    "OpenCV camera convention (x right, y down, z forward); depth is z-depth in metres "
+    "(0 = no hit); instance 0 = background, object i has id i+1"
+)
 """The conventions line written into every ``scene.json``."""
 
 
@@ -53,9 +64,18 @@ def write_scene(scene, directory: Union[str, os.PathLike]) -> Path:
         rgb_name, data_name = f"frames/{i:06d}.png", f"frames/{i:06d}.npz"
         Image.fromarray(f.rgb).save(d / rgb_name)
         np.savez_compressed(d / data_name, depth=f.depth, instance=f.instance)
-        frames_json.append({"index": i, "stamp": f.stamp, "frame_id": f.frame_id, "rgb": rgb_name,
-                            "data": data_name, "K": f.K.tolist(), "c2w": f.c2w.tolist(),
-                            "segment": f.meta.get("segment", "")})
+        frames_json.append(
+            {
+                "index": i,
+                "stamp": f.stamp,
+                "frame_id": f.frame_id,
+                "rgb": rgb_name,
+                "data": data_name,
+                "K": f.K.tolist(),
+                "c2w": f.c2w.tolist(),
+                "segment": f.meta.get("segment", ""),
+            }
+        )
     doc = {
         "format": SCENE_FORMAT,
         "conventions": CONVENTIONS,
@@ -65,8 +85,9 @@ def write_scene(scene, directory: Union[str, os.PathLike]) -> Path:
         "objects": [o.to_json() for o in scene.objects],
         "frames": frames_json,
     }
-    np.savez_compressed(d / GROUND_TRUTH_FILE,
-                        **{f"surface_points_{o.instance_id}": o.surface_points for o in scene.objects})
+    np.savez_compressed(
+        d / GROUND_TRUTH_FILE, **{f"surface_points_{o.instance_id}": o.surface_points for o in scene.objects}
+    )
     tmp = d / (SCENE_FILE + ".tmp")
     tmp.write_text(json.dumps(doc, indent=1))
     tmp.replace(d / SCENE_FILE)
@@ -103,10 +124,19 @@ def read_scene(directory: Union[str, os.PathLike]) -> Dict[str, Any]:
         if not gt_path.is_file():
             raise SceneFormatError(f"{gt_path}: missing (surface points of the objects)")
         with np.load(gt_path) as gt:
-            objects = [SceneObject(o["name"], o["class"], tuple(o["synonyms"]), int(o["instance_id"]),
-                                   np.asarray(o["center"], float), np.asarray(o["size"], float),
-                                   np.asarray(o["rotation"], float), gt[f"surface_points_{o['instance_id']}"])
-                       for o in doc["objects"]]
+            objects = [
+                SceneObject(
+                    o["name"],
+                    o["class"],
+                    tuple(o["synonyms"]),
+                    int(o["instance_id"]),
+                    np.asarray(o["center"], float),
+                    np.asarray(o["size"], float),
+                    np.asarray(o["rotation"], float),
+                    gt[f"surface_points_{o['instance_id']}"],
+                )
+                for o in doc["objects"]
+            ]
         frames = []
         for fj in doc["frames"]:
             rp, dp = d / fj["rgb"], d / fj["data"]
@@ -116,13 +146,29 @@ def read_scene(directory: Union[str, os.PathLike]) -> Dict[str, Any]:
             rgb = np.asarray(Image.open(rp).convert("RGB"))
             with np.load(dp) as z:
                 depth, inst = z["depth"], z["instance"]
-            frames.append(Frame(rgb=rgb, K=np.asarray(fj["K"], float), c2w=np.asarray(fj["c2w"], float),
-                                stamp=float(fj["stamp"]), frame_id=fj["frame_id"], depth=depth, instance=inst,
-                                index=int(fj["index"]), meta={"source": "synthetic", "segment": fj.get("segment", "")}))
+            frames.append(
+                Frame(
+                    rgb=rgb,
+                    K=np.asarray(fj["K"], float),
+                    c2w=np.asarray(fj["c2w"], float),
+                    stamp=float(fj["stamp"]),
+                    frame_id=fj["frame_id"],
+                    depth=depth,
+                    instance=inst,
+                    index=int(fj["index"]),
+                    meta={"source": "synthetic", "segment": fj.get("segment", "")},
+                )
+            )
         table = doc["table"]
-        return {"frames": frames, "objects": objects, "vocabulary": vocab, "params": dict(doc["params"]),
-                "table_height": float(table["height"]), "table_size": tuple(table["size"]),
-                "floor_height": float(table["floor_height"])}
+        return {
+            "frames": frames,
+            "objects": objects,
+            "vocabulary": vocab,
+            "params": dict(doc["params"]),
+            "table_height": float(table["height"]),
+            "table_size": tuple(table["size"]),
+            "floor_height": float(table["floor_height"]),
+        }
     except SceneFormatError:
         raise
     except (KeyError, TypeError, ValueError, OSError) as e:

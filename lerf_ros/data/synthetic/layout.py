@@ -6,6 +6,7 @@ yaws and free spots from the seed (footprints never overlap and keep :data:`PLAC
 from each other and from the table edge) and returns their ground truth with the geometry the
 renderer draws.
 """
+
 from __future__ import annotations
 
 import math
@@ -18,9 +19,22 @@ from lerf_ros.data.synthetic.objects import VOCABULARY, ObjectClass
 from lerf_ros.data.synthetic.render import Geometry
 from lerf_ros.data.synthetic.shapes import Material, Part, box, hex_color, shade
 
-__all__ = ["TABLE_SIZE", "TABLE_THICKNESS", "FLOOR_Z", "ROOM_HALF", "WALL_HEIGHT", "PLACEMENT_MARGIN",
-           "SceneObject", "Layout", "build_layout", "place_object", "environment", "footprints_overlap",
-           "sample_surface", "rot_z"]
+__all__ = [
+    "TABLE_SIZE",
+    "TABLE_THICKNESS",
+    "FLOOR_Z",
+    "ROOM_HALF",
+    "WALL_HEIGHT",
+    "PLACEMENT_MARGIN",
+    "SceneObject",
+    "Layout",
+    "build_layout",
+    "place_object",
+    "environment",
+    "footprints_overlap",
+    "sample_surface",
+    "rot_z",
+]
 
 # Table and room (metres, world frame; the table top is z = 0).
 TABLE_SIZE = (1.2, 0.8)
@@ -83,9 +97,17 @@ class SceneObject:
 
     def to_json(self) -> dict:
         """The object as saved in ``scene.json`` (surface points go to ``ground_truth.npz``)."""
-        return {"name": self.name, "class": self.class_name, "synonyms": list(self.synonyms),
-                "instance_id": self.instance_id, "center": self.center.tolist(), "size": self.size.tolist(),
-                "rotation": self.rotation.tolist(), "yaw": self.yaw, "num_surface_points": len(self.surface_points)}
+        return {
+            "name": self.name,
+            "class": self.class_name,
+            "synonyms": list(self.synonyms),
+            "instance_id": self.instance_id,
+            "center": self.center.tolist(),
+            "size": self.size.tolist(),
+            "rotation": self.rotation.tolist(),
+            "yaw": self.yaw,
+            "num_surface_points": len(self.surface_points),
+        }
 
 
 def rot_z(yaw: float) -> np.ndarray:
@@ -102,17 +124,32 @@ def environment() -> List[Part]:
     leg_h = -TABLE_THICKNESS - FLOOR_Z
     for sx in (-1, 1):
         for sy in (-1, 1):
-            parts.append(box((0.05, 0.05, leg_h), Material(hex_color("#6a4a2a")),
-                             (sx * (tx / 2 - 0.06), sy * (ty / 2 - 0.06), FLOOR_Z + leg_h / 2)))
+            parts.append(
+                box(
+                    (0.05, 0.05, leg_h),
+                    Material(hex_color("#6a4a2a")),
+                    (sx * (tx / 2 - 0.06), sy * (ty / 2 - 0.06), FLOOR_Z + leg_h / 2),
+                )
+            )
     R, H = ROOM_HALF, WALL_HEIGHT
-    parts.append(box((2 * R, 2 * R, 0.02), Material(hex_color("#8c8c88"), hex_color("#6e6e6a"), "checker", 0.3),
-                     (0, 0, FLOOR_Z - 0.01)))
-    walls = [("#c8d4c0", (0, R, 0), (2 * R, 0.02)), ("#d4c8b8", (0, -R, 0), (2 * R, 0.02)),
-             ("#c0c8d8", (R, 0, 0), (0.02, 2 * R)), ("#d8c8c8", (-R, 0, 0), (0.02, 2 * R))]
+    parts.append(
+        box(
+            (2 * R, 2 * R, 0.02),
+            Material(hex_color("#8c8c88"), hex_color("#6e6e6a"), "checker", 0.3),
+            (0, 0, FLOOR_Z - 0.01),
+        )
+    )
+    walls = [
+        ("#c8d4c0", (0, R, 0), (2 * R, 0.02)),
+        ("#d4c8b8", (0, -R, 0), (2 * R, 0.02)),
+        ("#c0c8d8", (R, 0, 0), (0.02, 2 * R)),
+        ("#d8c8c8", (-R, 0, 0), (0.02, 2 * R)),
+    ]
     for col, (x, y, _), (sx, sy) in walls:
         c = hex_color(col)
-        parts.append(box((sx, sy, H), Material(c, shade(c, 0.9), "stripes", 0.4, 0 if sx > sy else 1),
-                         (x, y, FLOOR_Z + H / 2)))
+        parts.append(
+            box((sx, sy, H), Material(c, shade(c, 0.9), "stripes", 0.4, 0 if sx > sy else 1), (x, y, FLOOR_Z + H / 2))
+        )
     return parts
 
 
@@ -155,8 +192,9 @@ def _centred(parts: Sequence[Part]) -> Tuple[List[Part], np.ndarray]:
     return [Part(p.vertices + shift, p.triangles, p.material, p.smooth) for p in parts], hi - lo
 
 
-def _find_spot(rng: np.random.Generator, size: np.ndarray, taken: Sequence[np.ndarray], hx: float, hy: float,
-               tries: int = 300) -> Optional[Tuple[np.ndarray, float, np.ndarray]]:
+def _find_spot(
+    rng: np.random.Generator, size: np.ndarray, taken: Sequence[np.ndarray], hx: float, hy: float, tries: int = 300
+) -> Optional[Tuple[np.ndarray, float, np.ndarray]]:
     """Draw a yaw and a table position for a box of ``size`` until its footprint (grown by half the
     placement margin) stays within ``|x| <= hx``, ``|y| <= hy`` and overlaps none of the ``taken``
     footprints. Returns (xy (2,), yaw, footprint (4, 2)), or None after ``tries`` draws."""
@@ -176,9 +214,16 @@ def _find_spot(rng: np.random.Generator, size: np.ndarray, taken: Sequence[np.nd
     return None
 
 
-def place_object(cls: ObjectClass, parts: Sequence[Part], size: np.ndarray, position: np.ndarray, yaw: float,
-                 instance_id: int, n_surface_points: int,
-                 rng: np.random.Generator) -> Tuple[SceneObject, List[Geometry]]:
+def place_object(
+    cls: ObjectClass,
+    parts: Sequence[Part],
+    size: np.ndarray,
+    position: np.ndarray,
+    yaw: float,
+    instance_id: int,
+    n_surface_points: int,
+    rng: np.random.Generator,
+) -> Tuple[SceneObject, List[Geometry]]:
     """Put an object (``parts`` centred as by :func:`_centred`, box ``size``) on the table at
     ``position`` (3,) turned by ``yaw``: its ground truth (surface points drawn from ``rng``) and
     its world-space geometry for the renderer."""
@@ -188,8 +233,16 @@ def place_object(cls: ObjectClass, parts: Sequence[Part], size: np.ndarray, posi
     w2l[:3, :3] = R.T
     w2l[:3, 3] = -R.T @ position
     pts = sample_surface(world, n_surface_points, rng)
-    obj = SceneObject(cls.name, cls.name, tuple(cls.synonyms), instance_id,
-                      position + np.array([0, 0, size[2] / 2]), size.astype(float), R, pts)
+    obj = SceneObject(
+        cls.name,
+        cls.name,
+        tuple(cls.synonyms),
+        instance_id,
+        position + np.array([0, 0, size[2] / 2]),
+        size.astype(float),
+        R,
+        pts,
+    )
     return obj, [Geometry(p, instance_id, w2l) for p in world]
 
 
@@ -224,8 +277,9 @@ def build_layout(seed: int, n_objects: Optional[int], n_surface_points: int) -> 
     objects = []
     # surfaces are sampled only after every object is placed: the placement draws come first
     for i, (cls, parts, size, xy, yaw) in enumerate(placed):
-        obj, obj_geoms = place_object(cls, parts, size, np.array([xy[0], xy[1], 0.0]), yaw, i + 1,
-                                      n_surface_points, rng)
+        obj, obj_geoms = place_object(
+            cls, parts, size, np.array([xy[0], xy[1], 0.0]), yaw, i + 1, n_surface_points, rng
+        )
         objects.append(obj)
         geoms += obj_geoms
     return Layout(objects, geoms)

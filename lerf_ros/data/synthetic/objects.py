@@ -5,6 +5,7 @@ frame, resting on z = 0) at size factor ``s``; colours are drawn from ``rng``, s
 generator state gives the same object. :func:`normalize_phrase` is how class names and synonyms
 are matched against query text.
 """
+
 from __future__ import annotations
 
 import math
@@ -29,7 +30,7 @@ def normalize_phrase(text: str) -> str:
     t = t.strip(" .,;:!?\"'")
     for art in _ARTICLES:
         if t.startswith(art):
-            t = t[len(art):].strip()
+            t = t[len(art) :].strip()
             break
     return t
 
@@ -75,10 +76,12 @@ def _banana(rng, s):
 def _book(rng, s):
     col = pick_color(rng, ["#7a1f2b", "#1f3f7a", "#2b6b3a", "#5a3a7a", "#c06020"])
     sx, sy, sz = 0.21 * s, 0.15 * s, 0.032 * s
-    cover = box((sx, sy, sz * 0.25), Material(col, shade(col, 1.5), "stripes", 0.035 * s, 0),
-                (0, 0, sz * 0.875))
-    pages = box((sx * 0.97, sy * 0.97, sz * 0.6),
-                Material(hex_color("#efe8d4"), hex_color("#d6ceb8"), "stripes", 0.004 * s, 2), (0, 0, sz * 0.45))
+    cover = box((sx, sy, sz * 0.25), Material(col, shade(col, 1.5), "stripes", 0.035 * s, 0), (0, 0, sz * 0.875))
+    pages = box(
+        (sx * 0.97, sy * 0.97, sz * 0.6),
+        Material(hex_color("#efe8d4"), hex_color("#d6ceb8"), "stripes", 0.004 * s, 2),
+        (0, 0, sz * 0.45),
+    )
     back = box((sx, sy, sz * 0.15), Material(col), (0, 0, sz * 0.075))
     return [cover, pages, back]
 
@@ -97,9 +100,11 @@ def _bowl(rng, s):
 def _bottle(rng, s):
     col = pick_color(rng, ["#4aa3d8", "#3c8c4a", "#9ad0e8", "#d04a3a"])
     R, H = 0.035 * s, 0.22 * s
-    body = lathe([R, R, R * 0.95, R * 0.45, R * 0.38, R * 0.38],
-                 [0, 0.62 * H, 0.70 * H, 0.84 * H, 0.88 * H, 0.93 * H],
-                 Material(col, shade(col, 0.6), "stripes", 0.03 * s, 2))
+    body = lathe(
+        [R, R, R * 0.95, R * 0.45, R * 0.38, R * 0.38],
+        [0, 0.62 * H, 0.70 * H, 0.84 * H, 0.88 * H, 0.93 * H],
+        Material(col, shade(col, 0.6), "stripes", 0.03 * s, 2),
+    )
     cap = lathe([R * 0.42, R * 0.42], [0.93 * H, H], Material(pick_color(rng, ["#f4f4f4", "#202020", "#2050c0"])))
     return [body, cap]
 
@@ -107,9 +112,14 @@ def _bottle(rng, s):
 def _phone(rng, s):
     col = pick_color(rng, ["#202226", "#c8c8cc", "#2a3550"])
     sx, sy, sz = 0.15 * s, 0.074 * s, 0.009 * s
-    return [box((sx, sy, sz), Material(col), (0, 0, sz / 2)),
-            box((sx * 0.9, sy * 0.86, 0.0015),
-                Material(hex_color("#0d1b3a"), hex_color("#2a5aa0"), "stripes", 0.02 * s, 0), (0, 0, sz + 0.00075))]
+    return [
+        box((sx, sy, sz), Material(col), (0, 0, sz / 2)),
+        box(
+            (sx * 0.9, sy * 0.86, 0.0015),
+            Material(hex_color("#0d1b3a"), hex_color("#2a5aa0"), "stripes", 0.02 * s, 0),
+            (0, 0, sz + 0.00075),
+        ),
+    ]
 
 
 def _apple(rng, s):
@@ -126,9 +136,14 @@ def _scissors(rng, s):
     parts = []
     for sign in (-1, 1):
         yaw = sign * 0.16
-        parts.append(box((0.10 * s, 0.012 * s, 0.004 * s), steel,
-                         (0.045 * s * math.cos(yaw), 0.045 * s * math.sin(yaw), 0.002 * s + (sign > 0) * 0.004 * s),
-                         yaw))
+        parts.append(
+            box(
+                (0.10 * s, 0.012 * s, 0.004 * s),
+                steel,
+                (0.045 * s * math.cos(yaw), 0.045 * s * math.sin(yaw), 0.002 * s + (sign > 0) * 0.004 * s),
+                yaw,
+            )
+        )
         th = np.linspace(0, 2 * np.pi, 20)
         c = np.array([-0.04 * s, sign * 0.022 * s, 0.005 * s])
         ring = c + np.stack([0.018 * s * np.cos(th), 0.014 * s * np.sin(th), np.zeros_like(th)], -1)
@@ -145,8 +160,11 @@ def _orange(rng, s):
 def _soda_can(rng, s):
     col = pick_color(rng, ["#d0202a", "#1e4fa0", "#20a050", "#c0c0c8"])
     R, H = 0.033 * s, 0.122 * s
-    body = lathe([R * 0.85, R, R, R * 0.85], [0, 0.01 * s, H - 0.01 * s, H],
-                 Material(col, hex_color("#f2f2f2"), "stripes", 0.025 * s, 2))
+    body = lathe(
+        [R * 0.85, R, R, R * 0.85],
+        [0, 0.01 * s, H - 0.01 * s, H],
+        Material(col, hex_color("#f2f2f2"), "stripes", 0.025 * s, 2),
+    )
     return [body]
 
 
@@ -158,8 +176,13 @@ def _tennis_ball(rng, s):
 def _plate(rng, s):
     col = pick_color(rng, ["#f4f2ec", "#e8e0cc", "#a8c8e0"])
     R, H = 0.12 * s, 0.02 * s
-    return [lathe([0.07 * s, R, R, 0.08 * s, 0.0], [0, H, H, 0.006 * s, 0.006 * s],
-                  Material(col, shade(col, 0.75), "rings", 0.025 * s))]
+    return [
+        lathe(
+            [0.07 * s, R, R, 0.08 * s, 0.0],
+            [0, H, H, 0.006 * s, 0.006 * s],
+            Material(col, shade(col, 0.75), "rings", 0.025 * s),
+        )
+    ]
 
 
 def _cereal_box(rng, s):
@@ -170,10 +193,14 @@ def _cereal_box(rng, s):
 
 def _remote(rng, s):
     sx, sy, sz = 0.17 * s, 0.05 * s, 0.02 * s
-    return [box((sx, sy, sz), Material(hex_color("#1c1c1e")), (0, 0, sz / 2)),
-            box((sx * 0.7, sy * 0.6, 0.003 * s),
-                Material(hex_color("#606068"), hex_color("#c03030"), "checker", 0.012 * s),
-                (0.01 * s, 0, sz + 0.0015 * s))]
+    return [
+        box((sx, sy, sz), Material(hex_color("#1c1c1e")), (0, 0, sz / 2)),
+        box(
+            (sx * 0.7, sy * 0.6, 0.003 * s),
+            Material(hex_color("#606068"), hex_color("#c03030"), "checker", 0.012 * s),
+            (0.01 * s, 0, sz + 0.0015 * s),
+        ),
+    ]
 
 
 def _rubiks_cube(rng, s):
@@ -191,8 +218,10 @@ def _mouse(rng, s):
 def _candle(rng, s):
     col = pick_color(rng, ["#f4ecd8", "#e8c8d0", "#d8e8f0"])
     R, H = 0.035 * s, 0.10 * s
-    return [lathe([R, R, R * 0.9], [0, H, H], Material(col, shade(col, 0.9), "stripes", 0.015 * s, 2)),
-            lathe([0.0025 * s, 0.0025 * s], [H, H + 0.012 * s], Material(hex_color("#202020")))]
+    return [
+        lathe([R, R, R * 0.9], [0, H, H], Material(col, shade(col, 0.9), "stripes", 0.015 * s, 2)),
+        lathe([0.0025 * s, 0.0025 * s], [H, H + 0.012 * s], Material(hex_color("#202020"))),
+    ]
 
 
 def _vase(rng, s):
@@ -207,8 +236,9 @@ def _lemon(rng, s):
     L, r = 0.085 * s, 0.028 * s
     radii = r * np.sqrt(np.clip(1 - (2 * u - 1) ** 2, 0, 1)) * (1 - 0.25 * (2 * u - 1) ** 8)
     curve = np.stack([(u - 0.5) * L, np.zeros_like(u), np.full_like(u, r)], -1)
-    return [tube(curve, radii, (0, 0, 1),
-                 Material(hex_color("#f4e040"), hex_color("#e4d030"), "checker", 0.008 * s), 18)]
+    return [
+        tube(curve, radii, (0, 0, 1), Material(hex_color("#f4e040"), hex_color("#e4d030"), "checker", 0.008 * s), 18)
+    ]
 
 
 def _egg(rng, s):
@@ -224,26 +254,43 @@ def _marker(rng, s):
     col = pick_color(rng, ["#e02020", "#2040d0", "#20a040", "#202020", "#f0c020"])
     r, L = 0.009 * s, 0.13 * s
     x = np.linspace(-L / 2, 0.25 * L, 6)
-    body = tube(np.stack([x, 0 * x, np.full_like(x, r)], -1), np.full(6, r), (0, 0, 1),
-                Material(hex_color("#f0f0f0"), col, "stripes", 0.03 * s, 0), 12)
+    body = tube(
+        np.stack([x, 0 * x, np.full_like(x, r)], -1),
+        np.full(6, r),
+        (0, 0, 1),
+        Material(hex_color("#f0f0f0"), col, "stripes", 0.03 * s, 0),
+        12,
+    )
     xc = np.linspace(0.25 * L, L / 2, 4)
-    cap = tube(np.stack([xc, 0 * xc, np.full_like(xc, r)], -1), np.r_[r * 1.1, r * 1.1, r * 1.1, r * 0.5],
-               (0, 0, 1), Material(col), 12)
+    cap = tube(
+        np.stack([xc, 0 * xc, np.full_like(xc, r)], -1),
+        np.r_[r * 1.1, r * 1.1, r * 1.1, r * 0.5],
+        (0, 0, 1),
+        Material(col),
+        12,
+    )
     return [body, cap]
 
 
 def _stapler(rng, s):
     col = pick_color(rng, ["#202020", "#c02020", "#2040a0"])
-    return [box((0.16 * s, 0.04 * s, 0.018 * s), Material(hex_color("#505058")), (0, 0, 0.009 * s)),
-            box((0.15 * s, 0.034 * s, 0.024 * s), Material(col, shade(col, 1.6), "stripes", 0.04 * s, 0),
-                (0.005 * s, 0, 0.032 * s))]
+    return [
+        box((0.16 * s, 0.04 * s, 0.018 * s), Material(hex_color("#505058")), (0, 0, 0.009 * s)),
+        box(
+            (0.15 * s, 0.034 * s, 0.024 * s),
+            Material(col, shade(col, 1.6), "stripes", 0.04 * s, 0),
+            (0.005 * s, 0, 0.032 * s),
+        ),
+    ]
 
 
 def _sponge(rng, s):
     col = pick_color(rng, ["#f4d030", "#f09030", "#e86080"])
     sx, sy = 0.10 * s, 0.068 * s
-    return [box((sx, sy, 0.022 * s), Material(col, shade(col, 0.85), "checker", 0.008 * s), (0, 0, 0.011 * s)),
-            box((sx, sy, 0.008 * s), Material(hex_color("#2a7a3a")), (0, 0, 0.026 * s))]
+    return [
+        box((sx, sy, 0.022 * s), Material(col, shade(col, 0.85), "checker", 0.008 * s), (0, 0, 0.011 * s)),
+        box((sx, sy, 0.008 * s), Material(hex_color("#2a7a3a")), (0, 0, 0.026 * s)),
+    ]
 
 
 def _teapot(rng, s):
@@ -253,11 +300,21 @@ def _teapot(rng, s):
     r = np.array([0.045, 0.06, 0.07, 0.062, 0.035, 0.0]) * s
     body = lathe(r, z, mat)
     t = np.linspace(0, 1, 8)
-    spout = tube(np.stack([0.055 * s + 0.05 * s * t, 0 * t, 0.04 * s + 0.055 * s * t ** 1.3], -1),
-                 0.012 * s * (1 - 0.5 * t), (0, 1, 0), Material(col), 10)
+    spout = tube(
+        np.stack([0.055 * s + 0.05 * s * t, 0 * t, 0.04 * s + 0.055 * s * t**1.3], -1),
+        0.012 * s * (1 - 0.5 * t),
+        (0, 1, 0),
+        Material(col),
+        10,
+    )
     th = np.linspace(-np.pi / 2, np.pi / 2, 12)
-    handle = tube(np.stack([-0.062 * s - 0.03 * s * np.cos(th), 0 * th, 0.065 * s + 0.03 * s * np.sin(th)], -1),
-                  np.full(len(th), 0.006 * s), (0, 1, 0), Material(col), 10)
+    handle = tube(
+        np.stack([-0.062 * s - 0.03 * s * np.cos(th), 0 * th, 0.065 * s + 0.03 * s * np.sin(th)], -1),
+        np.full(len(th), 0.006 * s),
+        (0, 1, 0),
+        Material(col),
+        10,
+    )
     knob = ellipsoid((0.012 * s, 0.012 * s, 0.01 * s), Material(shade(col, 0.6)), z0=0.115 * s)
     return [body, spout, handle, knob]
 
@@ -266,17 +323,31 @@ def _tape(rng, s):
     col = pick_color(rng, ["#a0a0a8", "#e0c040", "#3060c0", "#d0d0c0"])
     Ro, Ri, H = 0.05 * s, 0.036 * s, 0.048 * s
     core = Material(hex_color("#b89868"))
-    return [lathe([Ro, Ro, Ri + 0.006 * s, Ri + 0.006 * s, Ro], [0, H, H, 0, 0],
-                  Material(col, shade(col, 0.8), "rings", 0.005 * s), caps=False),
-            lathe([Ri + 0.006 * s, Ri + 0.006 * s, Ri, Ri, Ri + 0.006 * s], [0, H, H, 0, 0], core, caps=False)]
+    return [
+        lathe(
+            [Ro, Ro, Ri + 0.006 * s, Ri + 0.006 * s, Ro],
+            [0, H, H, 0, 0],
+            Material(col, shade(col, 0.8), "rings", 0.005 * s),
+            caps=False,
+        ),
+        lathe([Ri + 0.006 * s, Ri + 0.006 * s, Ri, Ri, Ri + 0.006 * s], [0, H, H, 0, 0], core, caps=False),
+    ]
 
 
 def _potted_plant(rng, s):
     pot = pick_color(rng, ["#b8603a", "#d8d0c0", "#404448"])
-    return [lathe([0.045 * s, 0.06 * s, 0.06 * s, 0.052 * s], [0, 0.10 * s, 0.10 * s, 0.095 * s],
-                  Material(pot, shade(pot, 0.8), "stripes", 0.02 * s, 2)),
-            ellipsoid((0.075 * s, 0.075 * s, 0.07 * s),
-                      Material(hex_color("#3a8a3a"), hex_color("#205a20"), "checker", 0.015 * s), z0=0.085 * s)]
+    return [
+        lathe(
+            [0.045 * s, 0.06 * s, 0.06 * s, 0.052 * s],
+            [0, 0.10 * s, 0.10 * s, 0.095 * s],
+            Material(pot, shade(pot, 0.8), "stripes", 0.02 * s, 2),
+        ),
+        ellipsoid(
+            (0.075 * s, 0.075 * s, 0.07 * s),
+            Material(hex_color("#3a8a3a"), hex_color("#205a20"), "checker", 0.015 * s),
+            z0=0.085 * s,
+        ),
+    ]
 
 
 def _pear(rng, s):
@@ -335,4 +406,3 @@ def _check_vocabulary(vocab: Sequence[ObjectClass]) -> None:
 _check_vocabulary(VOCABULARY)
 CLASS_BY_NAME: Dict[str, ObjectClass] = {c.name: c for c in VOCABULARY}
 """The vocabulary by class name."""
-

@@ -1,4 +1,5 @@
 """A contact sheet of a synthetic scene (``preview.png``): frames, depth, instances, a labelled top view."""
+
 from __future__ import annotations
 
 import math
@@ -35,7 +36,7 @@ def save_preview(scene, path: Union[str, os.PathLike], tiles: int = 12) -> Path:
     f = scene.frames[idx[0]]
     dep = f.depth.copy()
     valid = dep > 0
-    lo, hi = (np.percentile(dep[valid], [1, 99]) if valid.any() else (0.0, 1.0))
+    lo, hi = np.percentile(dep[valid], [1, 99]) if valid.any() else (0.0, 1.0)
     dimg = np.where(valid, 255 * (1 - np.clip((dep - lo) / max(hi - lo, 1e-6), 0, 1)), 0).astype(np.uint8)
     sheet.paste(Image.fromarray(dimg).convert("RGB").resize((tw, th), Image.NEAREST), (pad, y0))
     pal = palette(len(scene.objects) + 1)
@@ -51,8 +52,13 @@ def save_preview(scene, path: Union[str, os.PathLike], tiles: int = 12) -> Path:
     for o in scene.objects:
         px = tx + (o.center[0] + (scene.table_size[0] + 0.1) / 2) * ppm
         py = y0 + ((scene.table_size[1] + 0.1) / 2 - o.center[1]) * ppm
-        draw.text((px - 3 * len(o.name), py - 5), o.name, fill=tuple(int(c) for c in pal[o.instance_id]),
-                  stroke_width=1, stroke_fill=(0, 0, 0))
+        draw.text(
+            (px - 3 * len(o.name), py - 5),
+            o.name,
+            fill=tuple(int(c) for c in pal[o.instance_id]),
+            stroke_width=1,
+            stroke_fill=(0, 0, 0),
+        )
     lx = tx + top.width + 2 * pad
     lines = [f"seed {scene.seed}  {scene.params['width']}x{scene.params['height']}  {len(scene.frames)} frames"]
     lines += [f"{o.instance_id}: {o.name}" for o in scene.objects]

@@ -5,6 +5,7 @@ Shading is Lambertian with ambient light and hard shadows from one directional l
 OpenCV convention; rays go through pixel centres, and since a camera ray's z component is 1 the
 hit parameter is the z-depth. open3d is imported only when a :class:`Renderer` is built.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -106,7 +107,7 @@ class Renderer:
         rgb[:] = SKY
         order = np.argsort(gid, kind="stable")
         starts = np.searchsorted(gid[order], np.arange(self.miss_gid + 1))
-        hit_idx = order[:starts[-1]]
+        hit_idx = order[: starts[-1]]
         if len(hit_idx) == 0:
             return rgb, t, inst
         prim_n = ans["primitive_normals"].numpy()
@@ -125,8 +126,7 @@ class Renderer:
                 uv = prim_uv[idx]
                 tri = self.triangles[self.tri_offset[g] + prim_id[idx].astype(np.int64)]
                 vn = self.vnormals
-                ns = ((1 - uv[:, :1] - uv[:, 1:]) * vn[tri[:, 0]] + uv[:, :1] * vn[tri[:, 1]]
-                      + uv[:, 1:] * vn[tri[:, 2]])
+                ns = (1 - uv[:, :1] - uv[:, 1:]) * vn[tri[:, 0]] + uv[:, :1] * vn[tri[:, 1]] + uv[:, 1:] * vn[tri[:, 2]]
                 n[s0:s1] = ns / np.maximum(np.linalg.norm(ns, axis=1, keepdims=True), 1e-12)
             else:
                 n[s0:s1] = prim_n[idx]
@@ -158,8 +158,9 @@ class Renderer:
         rgb[hit_idx] = albedo * (AMBIENT + DIFFUSE * ndl)[:, None]
         return np.clip(rgb, 0, 1), t, inst
 
-    def render(self, K: np.ndarray, c2ws: np.ndarray, width: int, height: int, shadows: bool = True,
-               max_rays: int = 1 << 20):
+    def render(
+        self, K: np.ndarray, c2ws: np.ndarray, width: int, height: int, shadows: bool = True, max_rays: int = 1 << 20
+    ):
         """Render pinhole views. K: (3, 3); c2ws: (F, 4, 4) OpenCV camera-to-world.
 
         Returns rgb (F, H, W, 3) uint8, depth (F, H, W) float32 z-depth (0 on a miss),
@@ -173,16 +174,13 @@ class Renderer:
         inst = np.zeros((F, height * width), np.int32)
         per = max(1, max_rays // (height * width))
         for s in range(0, F, per):
-            cs = c2ws[s:s + per]
+            cs = c2ws[s : s + per]
             nf = len(cs)
             rays = np.empty((nf, height * width, 6), np.float32)
             rays[..., :3] = cs[:, None, :3, 3]
             rays[..., 3:] = np.einsum("fij,nj->fni", cs[:, :3, :3].astype(np.float32), dcam.astype(np.float32))
             c, t, i = self.shade(rays.reshape(-1, 6), shadows)
-            rgb[s:s + nf] = np.round(c * 255).astype(np.uint8).reshape(nf, -1, 3)
-            depth[s:s + nf] = np.where(np.isfinite(t), t, 0.0).reshape(nf, -1)
-            inst[s:s + nf] = i.reshape(nf, -1)
-        return (rgb.reshape(F, height, width, 3), depth.reshape(F, height, width),
-                inst.reshape(F, height, width))
-
-
+            rgb[s : s + nf] = np.round(c * 255).astype(np.uint8).reshape(nf, -1, 3)
+            depth[s : s + nf] = np.where(np.isfinite(t), t, 0.0).reshape(nf, -1)
+            inst[s : s + nf] = i.reshape(nf, -1)
+        return (rgb.reshape(F, height, width, 3), depth.reshape(F, height, width), inst.reshape(F, height, width))

@@ -6,6 +6,7 @@
 (:mod:`~lerf_ros.data.synthetic.render`). A :class:`SyntheticScene` holds the rendered frames and
 the ground truth, answers questions about it, and renders further views of the same geometry.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -108,13 +109,21 @@ class SyntheticScene:
             layout = build_layout(p["seed"], p["n_objects"], p["n_surface_points"])
             for a, b in zip(layout.objects, self.objects):
                 if a.class_name != b.class_name or not np.allclose(a.center, b.center, atol=1e-6):
-                    raise SceneFormatError("the scene's saved ground truth does not match the geometry its "
-                                           "seed generates (made by a different generator version)")
+                    raise SceneFormatError(
+                        "the scene's saved ground truth does not match the geometry its "
+                        "seed generates (made by a different generator version)"
+                    )
             self._renderer = Renderer(layout.geoms)
         return self._renderer
 
-    def render_view(self, c2w: np.ndarray, K: Optional[np.ndarray] = None, width: Optional[int] = None,
-                    height: Optional[int] = None, shadows: bool = True):
+    def render_view(
+        self,
+        c2w: np.ndarray,
+        K: Optional[np.ndarray] = None,
+        width: Optional[int] = None,
+        height: Optional[int] = None,
+        shadows: bool = True,
+    ):
         """Render any pose (e.g. a held-out view); ``K`` defaults to the scene's field of view at the
         requested size. Returns rgb (H, W, 3) uint8, depth (H, W) float32, instance (H, W) int32."""
         width = width or self.params["width"]
@@ -159,10 +168,20 @@ class SyntheticScene:
         return save_preview(self, path, tiles)
 
 
-def make_scene(seed: int = 0, n_objects: Optional[int] = None, width: int = 160, height: int = 120,
-               n_frames: int = 60, hfov_deg: float = 60.0, fps: float = 10.0, start_stamp: float = 100.0,
-               n_surface_points: int = 2048, shadows: bool = True, frame_id: str = "camera_optical_frame",
-               nthreads: int = 0) -> SyntheticScene:
+def make_scene(
+    seed: int = 0,
+    n_objects: Optional[int] = None,
+    width: int = 160,
+    height: int = 120,
+    n_frames: int = 60,
+    hfov_deg: float = 60.0,
+    fps: float = 10.0,
+    start_stamp: float = 100.0,
+    n_surface_points: int = 2048,
+    shadows: bool = True,
+    frame_id: str = "camera_optical_frame",
+    nthreads: int = 0,
+) -> SyntheticScene:
     """Generate and render a synthetic tabletop scene (deterministic for the arguments).
 
     Args:
@@ -194,14 +213,40 @@ def make_scene(seed: int = 0, n_objects: Optional[int] = None, width: int = 160,
     renderer = Renderer(layout.geoms, nthreads=nthreads)
     rgb, depth, inst = renderer.render(K, c2ws, width, height, shadows)
     t2 = time.perf_counter()
-    frames = [Frame(rgb=rgb[i], K=K.copy(), c2w=c2ws[i], stamp=start_stamp + i / fps, frame_id=frame_id,
-                    depth=depth[i], instance=inst[i], index=i, meta={"source": "synthetic", "segment": segments[i]})
-              for i in range(n_frames)]
-    params = {"seed": int(seed), "n_objects": len(layout.objects), "width": int(width), "height": int(height),
-              "n_frames": int(n_frames), "hfov_deg": float(hfov_deg), "fps": float(fps),
-              "start_stamp": float(start_stamp), "n_surface_points": int(n_surface_points), "shadows": bool(shadows)}
-    return SyntheticScene(frames, layout.objects, VOCABULARY, params,
-                          timings={"layout_s": t1 - t0, "render_s": t2 - t1}, _renderer=renderer)
+    frames = [
+        Frame(
+            rgb=rgb[i],
+            K=K.copy(),
+            c2w=c2ws[i],
+            stamp=start_stamp + i / fps,
+            frame_id=frame_id,
+            depth=depth[i],
+            instance=inst[i],
+            index=i,
+            meta={"source": "synthetic", "segment": segments[i]},
+        )
+        for i in range(n_frames)
+    ]
+    params = {
+        "seed": int(seed),
+        "n_objects": len(layout.objects),
+        "width": int(width),
+        "height": int(height),
+        "n_frames": int(n_frames),
+        "hfov_deg": float(hfov_deg),
+        "fps": float(fps),
+        "start_stamp": float(start_stamp),
+        "n_surface_points": int(n_surface_points),
+        "shadows": bool(shadows),
+    }
+    return SyntheticScene(
+        frames,
+        layout.objects,
+        VOCABULARY,
+        params,
+        timings={"layout_s": t1 - t0, "render_s": t2 - t1},
+        _renderer=renderer,
+    )
 
 
 def load_scene(directory: Union[str, os.PathLike]) -> SyntheticScene:

@@ -5,6 +5,7 @@ revolution (:func:`lathe`), tubes along planar curves (:func:`tube`) and ellipso
 is a pure function of its arguments (no random numbers are drawn here except in
 :func:`pick_color`, which draws exactly one integer).
 """
+
 from __future__ import annotations
 
 import math
@@ -13,8 +14,21 @@ from typing import Optional, Sequence, Tuple
 
 import numpy as np
 
-__all__ = ["PATTERNS", "Material", "Part", "Color", "ring_grid", "lathe", "tube", "box", "ellipsoid",
-           "vertex_normals", "hex_color", "pick_color", "shade"]
+__all__ = [
+    "PATTERNS",
+    "Material",
+    "Part",
+    "Color",
+    "ring_grid",
+    "lathe",
+    "tube",
+    "box",
+    "ellipsoid",
+    "vertex_normals",
+    "hex_color",
+    "pick_color",
+    "shade",
+]
 
 PATTERNS = {"solid": 0, "stripes": 1, "checker": 2, "rings": 3}
 
@@ -71,21 +85,23 @@ def ring_grid(rings: np.ndarray, cap_start: bool, cap_end: bool) -> Tuple[np.nda
     return np.concatenate(verts), np.concatenate(tris).astype(np.int64)
 
 
-def lathe(r: Sequence[float], z: Sequence[float], material: Material, segments: int = 28,
-          caps: bool = True) -> Part:
+def lathe(r: Sequence[float], z: Sequence[float], material: Material, segments: int = 28, caps: bool = True) -> Part:
     """Solid of revolution about the local z axis: profile radii ``r`` at heights ``z``.
     Ends with r > 0 are closed with flat caps when ``caps``."""
     r = np.asarray(r, float)
     z = np.asarray(z, float)
     th = 2 * np.pi * np.arange(segments) / segments
-    rings = np.stack([r[:, None] * np.cos(th)[None], r[:, None] * np.sin(th)[None],
-                      np.broadcast_to(z[:, None], (len(z), segments))], -1)
+    rings = np.stack(
+        [r[:, None] * np.cos(th)[None], r[:, None] * np.sin(th)[None], np.broadcast_to(z[:, None], (len(z), segments))],
+        -1,
+    )
     v, t = ring_grid(rings, caps and r[0] > 1e-9, caps and r[-1] > 1e-9)
     return Part(v, t, material, smooth=True)
 
 
-def tube(curve: np.ndarray, radii: np.ndarray, plane_normal: Sequence[float], material: Material,
-         segments: int = 16) -> Part:
+def tube(
+    curve: np.ndarray, radii: np.ndarray, plane_normal: Sequence[float], material: Material, segments: int = 16
+) -> Part:
     """A tube of varying radius along a planar curve ((P, 3) points in the plane with normal
     ``plane_normal``); ends with radius > 0 are capped."""
     curve = np.asarray(curve, float)
@@ -97,26 +113,40 @@ def tube(curve: np.ndarray, radii: np.ndarray, plane_normal: Sequence[float], ma
     nrm = np.cross(b[None], tang)
     nrm /= np.linalg.norm(nrm, axis=1, keepdims=True)
     th = 2 * np.pi * np.arange(segments) / segments
-    rings = (curve[:, None] + radii[:, None, None]
-             * (np.cos(th)[None, :, None] * nrm[:, None] + np.sin(th)[None, :, None] * b[None, None]))
+    rings = curve[:, None] + radii[:, None, None] * (
+        np.cos(th)[None, :, None] * nrm[:, None] + np.sin(th)[None, :, None] * b[None, None]
+    )
     v, t = ring_grid(rings, radii[0] > 1e-9, radii[-1] > 1e-9)
     return Part(v, t, material, smooth=True)
 
 
-def box(size: Sequence[float], material: Material, center: Sequence[float] = (0, 0, 0),
-        yaw: float = 0.0) -> Part:
+def box(size: Sequence[float], material: Material, center: Sequence[float] = (0, 0, 0), yaw: float = 0.0) -> Part:
     """Axis-aligned box (then turned by ``yaw`` about z) of ``size`` centred at ``center``."""
     s = np.asarray(size, float) / 2
     corners = np.array([[x, y, z] for x in (-1, 1) for y in (-1, 1) for z in (-1, 1)], float) * s
-    tris = np.array([[0, 1, 3], [0, 3, 2], [4, 6, 7], [4, 7, 5], [0, 4, 5], [0, 5, 1],
-                     [2, 3, 7], [2, 7, 6], [0, 2, 6], [0, 6, 4], [1, 5, 7], [1, 7, 3]], np.int64)
+    tris = np.array(
+        [
+            [0, 1, 3],
+            [0, 3, 2],
+            [4, 6, 7],
+            [4, 7, 5],
+            [0, 4, 5],
+            [0, 5, 1],
+            [2, 3, 7],
+            [2, 7, 6],
+            [0, 2, 6],
+            [0, 6, 4],
+            [1, 5, 7],
+            [1, 7, 3],
+        ],
+        np.int64,
+    )
     c, sn = math.cos(yaw), math.sin(yaw)
     R = np.array([[c, -sn, 0], [sn, c, 0], [0, 0, 1]])
     return Part(corners @ R.T + np.asarray(center, float), tris, material, smooth=False)
 
 
-def ellipsoid(radii: Sequence[float], material: Material, z0: float = 0.0, rings: int = 14,
-              segments: int = 24) -> Part:
+def ellipsoid(radii: Sequence[float], material: Material, z0: float = 0.0, rings: int = 14, segments: int = 24) -> Part:
     """Ellipsoid with semi-axes ``radii`` (x, y, z) whose lowest point is at height ``z0``."""
     phi = np.linspace(0, np.pi, rings + 1)
     rx, ry, rz = radii
@@ -144,7 +174,7 @@ Color = Tuple[float, float, float]
 def hex_color(h: str) -> Color:
     """``"#rrggbb"`` -> RGB in [0, 1]."""
     h = h.lstrip("#")
-    return tuple(int(h[i:i + 2], 16) / 255.0 for i in (0, 2, 4))  # type: ignore[return-value]
+    return tuple(int(h[i : i + 2], 16) / 255.0 for i in (0, 2, 4))  # type: ignore[return-value]
 
 
 def pick_color(rng: np.random.Generator, options: Sequence[str]) -> Color:
@@ -155,5 +185,3 @@ def pick_color(rng: np.random.Generator, options: Sequence[str]) -> Color:
 def shade(c: Color, f: float) -> Color:
     """Colour ``c`` scaled by ``f`` and clipped to [0, 1]."""
     return tuple(float(np.clip(x * f, 0, 1)) for x in c)  # type: ignore[return-value]
-
-

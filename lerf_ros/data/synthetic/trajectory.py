@@ -4,6 +4,7 @@ Poses are camera-to-world (4, 4) in the OpenCV convention of :mod:`lerf_ros.data
 y down, z forward). The trajectory is a function of the seed and the objects only, so the same
 layout always gets the same views.
 """
+
 from __future__ import annotations
 
 import math
@@ -69,10 +70,13 @@ def trajectory(seed: int, n_frames: int, objects: Sequence[SceneObject]) -> Tupl
             s = cum[-1] * (k + 0.5) / n_close
             target = np.array([np.interp(s, cum, cs[:, j]) for j in range(3)])
             b = (k + 0.5) / n_close
-            eye = target + np.array([0.06 * math.sin(2 * np.pi * b), side * (0.24 - 0.05 * math.sin(np.pi * b)),
-                                     0.22 + 0.05 * math.cos(2 * np.pi * b)])
+            eye = target + np.array(
+                [
+                    0.06 * math.sin(2 * np.pi * b),
+                    side * (0.24 - 0.05 * math.sin(np.pi * b)),
+                    0.22 + 0.05 * math.cos(2 * np.pi * b),
+                ]
+            )
             poses.append(look_at(eye, target))
             segs.append("close")
     return np.stack(poses), segs
-
-
