@@ -13,11 +13,11 @@ stops the launch with a clear message when the file has an unknown or invalid ke
 import os
 
 from ament_index_python.packages import get_package_share_directory
+from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument, OpaqueFunction
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
 
-from launch import LaunchDescription
 from lerf_ros.ros.launch_args import NOT_GIVEN, PARAMETER_ARGUMENTS, is_true, launch_plan
 
 
