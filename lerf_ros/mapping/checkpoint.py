@@ -17,10 +17,12 @@ from __future__ import annotations
 
 import glob
 import io
+import logging
 import os
 import re
 import tempfile
-from typing import Any, Dict, List, Optional
+import threading
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -32,6 +34,8 @@ FORMAT = "lerf_ros.checkpoint"
 VERSION = 1
 _REQUIRED = ("format", "version", "config", "clip_dim", "dino_dim", "teacher", "step", "model", "cameras")
 _STEP_NAME = re.compile(r"^step[-_](\d+)\.ckpt$")
+
+log = logging.getLogger(__name__)
 
 
 class CheckpointError(RuntimeError):
@@ -141,7 +145,7 @@ def checkpoint_name(step: int) -> str:
 
 def list_checkpoints(folder: str) -> List[str]:
     """Periodic checkpoints (``step-NNNNNNN.ckpt`` or ``step_NNNNNNNN.ckpt``) in ``folder``,
-    oldest step first."""
+    oldest step first (by the step in the name; the files are not opened)."""
     found = []
     for p in glob.glob(os.path.join(folder, "step*.ckpt")):
         m = _STEP_NAME.search(os.path.basename(p))
@@ -150,10 +154,92 @@ def list_checkpoints(folder: str) -> List[str]:
     return [p for _, p in sorted(found)]
 
 
-def latest_checkpoint(folder: str) -> Optional[str]:
-    """The highest-step periodic checkpoint in ``folder``, or None."""
-    items = list_checkpoints(folder)
-    return items[-1] if items else None
+FINAL_NAME = "final.ckpt"
+"""The checkpoint ``lerf-ros train`` writes at its end, beside the periodic ones."""
+
+_PEEKED: Dict[str, Tuple[int, int, Optional[int], str]] = {}
+"""path -> (mtime_ns, size, step or None, why unreadable): what ``checkpoint_step`` found."""
+_PEEK_LOCK = threading.Lock()
+_PEEK_MAX = 256
+
+
+def checkpoint_step(path: str) -> Tuple[Optional[int], str]:
+    """(training step recorded in the checkpoint, "") or (None, why the file is unusable).
+
+    Cheap: the payload is opened memory-mapped, so only its small pickled part and the zip
+    directory are read, never the weights; a truncated or foreign file fails here. The answer is
+    remembered per (path, modification time, size)."""
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        return None, f"cannot stat ({exc.strerror})"
+    with _PEEK_LOCK:
+        hit = _PEEKED.get(path)
+        if hit is not None and hit[:2] == (st.st_mtime_ns, st.st_size):
+            return hit[2], hit[3]
+    step: Optional[int] = None
+    why = ""
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+            why = "not a lerf_ros checkpoint (format tag missing)"
+        elif payload.get("version") != VERSION:
+            why = f"checkpoint version {payload.get('version')!r}, this code reads {VERSION}"
+        elif not isinstance(payload.get("step"), int) or payload["step"] < 0:
+            why = f"no valid step (got {payload.get('step')!r})"
+        else:
+            step = int(payload["step"])
+        del payload
+    except Exception as exc:  # truncated, empty, not a torch zip file, unreadable
+        why = f"cannot be read ({type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''})"
+    with _PEEK_LOCK:
+        if len(_PEEKED) >= _PEEK_MAX:
+            _PEEKED.clear()
+        _PEEKED[path] = (st.st_mtime_ns, st.st_size, step, why)
+    return step, why
+
+
+def latest_checkpoint(
+    folders: Union[str, Sequence[str]], warn: Optional[Callable[[str], None]] = None
+) -> Optional[str]:
+    """The newest usable checkpoint in ``folders`` (one folder or several), or None. The one rule
+    for "newest" that the trainer's resume, the query node and ``lerf-ros query`` share.
+
+    Candidates are the periodic checkpoints (``list_checkpoints``) and ``final.ckpt``. They are
+    ordered by training step (a periodic file's step comes from its name, ``final.ckpt``'s from its
+    payload), then by modification time when the steps are equal. The newest one that opens as a
+    checkpoint (``checkpoint_step``) is returned; each unusable one is skipped, with a warning
+    through ``warn`` (default: this module's logger) naming the file and the problem."""
+    if isinstance(folders, str):
+        folders = [folders]
+    say = warn if warn is not None else log.warning
+    candidates = []  # (step, mtime_ns, path, step known from the payload)
+    for folder in {os.path.abspath(f): f for f in reversed(list(folders))}.values():  # each folder once
+        for p in list_checkpoints(folder):
+            step = int(_STEP_NAME.search(os.path.basename(p)).group(1))
+            candidates.append((step, _mtime_ns(p), p, False))
+        final = os.path.join(folder, FINAL_NAME)
+        if os.path.isfile(final):
+            step, why = checkpoint_step(final)
+            if step is None:
+                say(f"skipping checkpoint {final}: {why}")
+            else:
+                candidates.append((step, _mtime_ns(final), final, True))
+    for _, _, path, checked in sorted(candidates, reverse=True):
+        if checked:
+            return path
+        step, why = checkpoint_step(path)
+        if step is not None:
+            return path
+        say(f"skipping checkpoint {path}: {why}; taking the next newest")
+    return None
+
+
+def _mtime_ns(path: str) -> int:
+    try:
+        return os.stat(path).st_mtime_ns
+    except OSError:
+        return -1
 
 
 def prune_checkpoints(folder: str, keep: int) -> List[str]:
