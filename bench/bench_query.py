@@ -21,7 +21,9 @@ Measures on a synthetic scene (seed 0, 60 views at 160x120):
     each with the engine's per-snapshot projected features (default) and without them
     (``feature_cache_mb = 0``: the field is evaluated for every query);
   - the one-off costs per snapshot: surface extraction (also with the tiny field's own renders)
-    and projected features.
+    and projected features;
+  - training rays/s of a tiny mapping session alone and during a burst of back-to-back queries from
+    a second thread in the same process.
 Writes JSON (default bench/results/query.json) and prints a summary.
 
     python bench/bench_query.py --threads 2        # CPU
@@ -37,6 +39,7 @@ import json
 import os
 import platform
 import sys
+import threading
 import time
 from typing import Dict, List, Optional
 
@@ -166,6 +169,55 @@ def text_encoding(teacher, device: str) -> Dict:
     return out
 
 
+def training_during_queries(scene, teacher, geometry, cfg, seconds: float, device: str) -> Dict:
+    """Training rays/s of a tiny mapping session alone and while another thread sends queries
+    back to back to the engine over the session's own snapshot (one process, shared cores)."""
+    from lerf_ros.mapping.session import Session
+
+    lcfg = preset("tiny").override({"device": device, "teacher.kind": "ground_truth"})
+    session = Session(lcfg, teacher, online=False, log=lambda level, text: None)
+    for f in scene.frames:
+        session.add(f)
+
+    def train_for(sec: float) -> float:
+        rays, t0 = 0, time.perf_counter()
+        while time.perf_counter() - t0 < sec:
+            rays += int(session.step()["rays"])
+        return rays / (time.perf_counter() - t0)
+
+    train_for(2.0)  # warm-up
+    alone = train_for(seconds)
+    engine = QueryEngine(cfg, teacher.encode_text)
+    engine.set_snapshot(LanguageFromModel(session.snapshot(), geometry))
+    prep = engine.prepare()
+    texts = query_texts(scene)
+    stop, lat = threading.Event(), []
+
+    def burst():
+        i = 0
+        while not stop.is_set():
+            lat.append(engine.query(texts[i % len(texts)], threshold=0.5).timings["total"])
+            i += 1
+
+    t = threading.Thread(target=burst)
+    t.start()
+    during = train_for(seconds)
+    stop.set()
+    t.join()
+    return {
+        "rays_per_batch": lcfg.trainer.rays_per_batch,
+        "seconds": seconds,
+        "rays_per_s_alone": round(alone),
+        "rays_per_s_during_queries": round(during),
+        "drop_percent": round(100 * (1 - during / alone), 1),
+        "queries_during": len(lat),
+        "query_p50_ms": round(pct(lat, 50), 1),
+        "query_p95_ms": round(pct(lat, 95), 1),
+        "candidates": len(engine.surface()),
+        "features_ms": round(prep["features"], 1),
+    }
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default=os.path.join(ROOT, "bench", "results", "query.json"))
@@ -179,6 +231,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         help="torch CPU threads (1: on shared cores, waiting worker threads distort the timings)",
     )
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--train-seconds", type=float, default=15.0, help="training time alone and during queries")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     dev = torch.device(args.device)
@@ -269,6 +322,10 @@ def main(argv: Optional[List[str]] = None) -> int:
                     flush=True,
                 )
 
+    result["training_during_queries"] = training_during_queries(
+        scene, teacher, analytic, base, args.train_seconds, args.device
+    )
+    print("training during queries:", json.dumps(result["training_during_queries"]))
     result["bench_seconds"] = round(time.perf_counter() - t0, 1)
     result["machine"]["loadavg_at_end"] = list(os.getloadavg())
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
