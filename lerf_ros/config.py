@@ -697,6 +697,19 @@ NODE_PARAMETERS: Tuple[NodeParameter, ...] = (
     ),
     NodeParameter("tf_timeout_s", 0.1, "How long to wait for TF at an image's stamp (s)", ("trainer",)),
     NodeParameter(
+        "max_stamp_offset_s",
+        300.0,
+        "A stamp farther than this from the node's clock and from its stream's recent stamps is dropped as an "
+        "outlier; several consistent ones in a row are a time jump (buffers cleared) (s)",
+        ("trainer",),
+    ),
+    NodeParameter(
+        "max_pose_distance_m",
+        1000.0,
+        "Camera poses farther than this from the world origin are dropped as implausible (m)",
+        ("trainer",),
+    ),
+    NodeParameter(
         "body_to_camera",
         (0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0),
         "Fixed pose of the camera in the pose/odom topic's body frame: x y z qx qy qz qw",

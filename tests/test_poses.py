@@ -12,6 +12,7 @@ from lerf_ros.geometry.poses import (
     PoseBuffer,
     PoseError,
     PoseLookupError,
+    StampGuard,
     check_pose,
     interpolate_pose,
     invert_pose,
@@ -216,3 +217,60 @@ def test_check_pose_names_the_problem(bad, message):
     # the frame-level check reports the same problem as a FrameError
     with pytest.raises(FrameError, match=message):
         check_frame_pose(bad)
+
+
+# ---------------------------------------------------------------------------- stamp guard
+def test_stamp_guard_far_stamp_never_becomes_the_reference():
+    g = StampGuard(max_offset_s=300.0)
+    now = 1.7e9
+    for k in range(5):
+        assert g.check(now + 0.1 * k, now).status == "ok"
+    assert g.check(now + 1e6, now).status == "outlier"  # far future
+    assert g.check(now - 2e6, now).status == "outlier"  # far past
+    assert g.reference == pytest.approx(now + 0.4)
+    assert g.check(now + 0.5, now).status == "ok"
+    # A live stream that agrees with the clock is never taken over by far stamps, even consistent ones.
+    for k in range(10):
+        assert g.check(now + 1e6 + k, now).status == "outlier"
+    assert g.reference == pytest.approx(now + 0.5)
+
+
+def test_stamp_guard_detects_a_real_jump_and_isolated_outliers_do_not_add_up():
+    g = StampGuard(max_offset_s=300.0, confirm=3)
+    # A bag replayed without /clock: far from the clock all along, judged against its own stamps.
+    now = 1.7e9
+    for k in range(5):
+        assert g.check(1000.0 + k, now).ok
+    # Outliers interleaved with valid stamps never make a jump.
+    for k in range(10):
+        assert g.check(1e6 * (k + 1), now).status == "outlier"
+        assert g.check(1005.0 + k, now).status == "ok"
+    # Back by 1000 s (a bag restarted): two drops, then the third consistent stamp is a jump.
+    v = [g.check(14.0 + 0.1 * k, now) for k in range(3)]
+    assert [x.status for x in v] == ["outlier", "outlier", "jump"], v
+    assert "jumped" in v[-1].reason
+    assert g.reference == pytest.approx(14.2)
+    assert g.check(14.3, now).status == "ok"
+    # A small step back (within max_stamp_offset) is 'backwards'; three in a row are a jump too.
+    assert [g.check(10.0 + 0.1 * k, now).status for k in range(3)] == ["backwards", "backwards", "jump"]
+
+
+def test_stamp_guard_commit_backwards_tolerance_and_reset():
+    g = StampGuard(max_offset_s=10.0, max_backward_s=2.0)
+    assert g.check(100.0).ok
+    assert g.check(99.0).status == "ok"  # within max_backward_s: out-of-order poses are fine
+    assert g.reference == 100.0
+    assert g.check(97.0).status == "backwards"
+    assert g.check(float("nan")).status == "outlier"
+    # Without commit an accepted stamp does not move the reference until commit().
+    assert g.check(105.0, commit=False).ok and g.reference == 100.0
+    g.commit(105.0)
+    assert g.reference == 105.0
+    # Unknown clock (0: simulated time before /clock) is not used.
+    assert g.check(106.0, now=0.0).ok
+    g.reset()
+    assert g.reference is None and g.check(5.0, now=1e9).ok
+    with pytest.raises(ValueError):
+        StampGuard(max_offset_s=0.0)
+    with pytest.raises(ValueError):
+        StampGuard(confirm=1)

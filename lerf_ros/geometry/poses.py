@@ -9,12 +9,19 @@ All package code builds and decomposes poses with these helpers; nothing else re
 (``geometry_msgs/PoseStamped``, ``nav_msgs/Odometry`` or TF): it interpolates between the two
 poses that bracket the stamp (linear in translation, spherical-linear in rotation) and never
 extrapolates beyond its tolerance.
+
+``StampGuard`` keeps one bad stamp from becoming a stream's time reference: a stamp far from the
+node's clock and from the stream's recent stamps is an outlier, while several consistent stamps in
+a row far from the old reference are a real time jump (a bag restarted, a clock reset), after which
+the caller clears its buffers, as tf2 clears its buffer when time jumps.
 """
 
 from __future__ import annotations
 
 import bisect
+import math
 import threading
+from dataclasses import dataclass
 from typing import List, Optional, Tuple
 
 import numpy as np
@@ -24,6 +31,8 @@ __all__ = [
     "PoseLookupError",
     "check_pose",
     "PoseBuffer",
+    "StampGuard",
+    "StampVerdict",
     "quat_to_matrix",
     "matrix_to_quat",
     "make_pose",
@@ -366,3 +375,145 @@ class PoseBuffer:
 
     def _compose(self, T: np.ndarray) -> np.ndarray:
         return T @ self.extrinsic if self.extrinsic is not None else T
+
+
+# ---------------------------------------------------------------------------- stamp guard
+@dataclass(frozen=True)
+class StampVerdict:
+    """Outcome of ``StampGuard.check``.
+
+    Attributes:
+        status: 'ok' (use the message), 'outlier' (drop it: far from the clock and from the stream's
+            recent stamps, or not finite), 'backwards' (drop it: earlier than the stream allows) or
+            'jump' (the stream's time really jumped: clear the buffers tied to the old time base,
+            then use the message).
+        reason: human-readable explanation with the stamps involved ('' when 'ok').
+    """
+
+    status: str
+    reason: str = ""
+
+    @property
+    def ok(self) -> bool:
+        """Whether the message may be used ('ok' or 'jump')."""
+        return self.status in ("ok", "jump")
+
+
+class StampGuard:
+    """Plausibility of one stream's stamps (images, or poses). Thread-safe.
+
+    The *reference* is the newest accepted stamp. A stamp is accepted when it lies within
+    ``[reference - max_backward_s, reference + max_offset_s]`` and, if the reference agrees with the
+    clock (within ``max_offset_s`` of ``now``; None or 0 means the clock is unknown, e.g. simulated
+    time before /clock), when it agrees with the clock too. The first stamp is accepted (a bag
+    replayed without /clock is far from the clock all along; a bad first stamp is left behind by the
+    jump rule below). Anything else is dropped ('outlier' or 'backwards') and becomes a *candidate*:
+    ``confirm`` candidates in a row, each within ``[previous - max_backward_s, previous +
+    max_offset_s]`` of the one before, are a real time jump ('jump'): the last one becomes the
+    reference. An accepted stamp ends the run of candidates, so isolated bad stamps interleaved with
+    a valid stream never add up to a jump. Candidates far from the clock never confirm a jump away
+    from a reference that agrees with the clock: a live stream cannot be taken over by bad stamps.
+
+    Args:
+        max_offset_s: how far (seconds) a stamp may be from the clock and ahead of the reference.
+        max_backward_s: how far (seconds) a stamp may be behind the reference (0: strictly in order).
+        confirm: consistent out-of-range stamps in a row that make a time jump (>= 2).
+    """
+
+    def __init__(self, max_offset_s: float = 300.0, max_backward_s: float = 0.0, confirm: int = 3) -> None:
+        if not max_offset_s > 0:
+            raise ValueError(f"max_offset_s must be > 0, got {max_offset_s}")
+        if not max_backward_s >= 0:
+            raise ValueError(f"max_backward_s must be >= 0, got {max_backward_s}")
+        if int(confirm) < 2:
+            raise ValueError(f"confirm must be >= 2, got {confirm}")
+        self.max_offset_s = float(max_offset_s)
+        self.max_backward_s = float(max_backward_s)
+        self.confirm = int(confirm)
+        self._reference: Optional[float] = None
+        self._candidates: List[float] = []
+        self._lock = threading.Lock()
+
+    @property
+    def reference(self) -> Optional[float]:
+        """The newest accepted stamp (None before the first, and after ``reset``)."""
+        with self._lock:
+            return self._reference
+
+    def reset(self) -> None:
+        """Forget the reference and the candidates (after a clock jump)."""
+        with self._lock:
+            self._reference = None
+            self._candidates.clear()
+
+    def commit(self, stamp: float) -> None:
+        """Make ``stamp`` (one ``check`` accepted) the reference if it is newer; ends a run of candidates."""
+        with self._lock:
+            self._commit(float(stamp))
+
+    def _commit(self, stamp: float) -> None:
+        self._reference = stamp if self._reference is None else max(self._reference, stamp)
+        self._candidates.clear()
+
+    def _near_clock(self, stamp: float, now: Optional[float]) -> bool:
+        return abs(stamp - now) <= self.max_offset_s
+
+    def check(self, stamp: float, now: Optional[float] = None, commit: bool = True) -> StampVerdict:
+        """Judge ``stamp`` (seconds) against the reference and the clock ``now`` (seconds; None or 0:
+        unknown). With ``commit`` an accepted stamp becomes the reference at once; without, call
+        ``commit`` once the message has been used (a message that fails later never becomes the
+        reference). A 'jump' always moves the reference to ``stamp``."""
+        stamp = float(stamp)
+        if not math.isfinite(stamp):
+            return StampVerdict("outlier", f"stamp is not finite ({stamp})")
+        clock = now is not None and float(now) > 0.0
+        now_s = float(now) if clock else 0.0
+        with self._lock:
+            ref = self._reference
+            if ref is None:
+                accept = True
+            else:
+                in_window = ref - self.max_backward_s <= stamp <= ref + self.max_offset_s
+                follows_clock = not clock or self._near_clock(stamp, now_s) or not self._near_clock(ref, now_s)
+                accept = in_window and follows_clock
+            if accept:
+                if commit:
+                    self._commit(stamp)
+                return StampVerdict("ok")
+            # A candidate for a time jump.
+            if self._candidates:
+                prev = self._candidates[-1]
+                if not (prev - self.max_backward_s <= stamp <= prev + self.max_offset_s):
+                    self._candidates.clear()
+            self._candidates.append(stamp)
+            protected = (
+                clock and ref is not None and self._near_clock(ref, now_s) and not self._near_clock(stamp, now_s)
+            )
+            if len(self._candidates) >= self.confirm and not protected:
+                first = self._candidates[0]
+                n = len(self._candidates)
+                self._reference = stamp
+                self._candidates.clear()
+                old = "none" if ref is None else f"{ref:.3f}"
+                return StampVerdict(
+                    "jump",
+                    f"time jumped: {n} consistent stamps from {first:.3f} s on, far from the previous "
+                    f"reference {old} s",
+                )
+            del self._candidates[: -self.confirm]
+            if ref is not None and ref - self.max_offset_s <= stamp < ref:
+                return StampVerdict(
+                    "backwards",
+                    f"stamp {stamp:.3f} s is {ref - stamp:.3f} s before the stream's newest {ref:.3f} s "
+                    "(time went backwards; replaying a bag without /clock?)",
+                )
+            where = []
+            if clock:
+                where.append(f"{stamp - now_s:+.3g} s from the clock")
+            if ref is not None:
+                where.append(f"{stamp - ref:+.3g} s from the stream's newest stamp")
+            return StampVerdict(
+                "outlier",
+                f"stamp {stamp:.3f} s is an outlier ({', '.join(where)}; more than max_stamp_offset_s = "
+                f"{self.max_offset_s:g} s)",
+            )

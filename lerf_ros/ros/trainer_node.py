@@ -10,6 +10,15 @@ camera pose: TF (``world_frame`` -> the image's frame at the image stamp) when t
 otherwise a ``geometry_msgs/PoseStamped`` on ``pose`` or a ``nav_msgs/Odometry`` on ``odom``
 matched to the image stamp (optionally composed with a fixed body->camera extrinsic).
 
+Input checks: a stamp far from the node's clock and from the stream's recent stamps is dropped as
+an outlier and never becomes the reference of the pose buffer or of the keyframe selector; several
+consistent stamps in a row far from the old reference (a bag restarted, a clock reset), or a
+backwards jump of the ROS clock, clear the buffers tied to the old time base and learning goes on.
+Camera positions farther than ``max_pose_distance_m`` from the world origin are dropped. An image
+whose pose has not arrived yet waits for it up to ``pose_tolerance_s`` in the bounded ingest queue.
+Each distinct drop reason is logged once, and again when it recurs after a quiet period; the
+status carries a count per reason.
+
 Outputs: ``/lerf/status`` (TrainingStatus), ``/lerf/keyframes`` (PoseArray of the keyframe cameras,
 latched) and the services ``/lerf/save_checkpoint`` (Trigger),
 ``/lerf/pause`` (SetBool: true pauses, false resumes) and ``/lerf/reset`` (Trigger).
@@ -18,20 +27,24 @@ latched) and the services ``/lerf/save_checkpoint`` (Trigger),
 from __future__ import annotations
 
 import collections
+import re
 import threading
-from typing import Deque, Optional, Tuple
+import time
+from typing import Callable, Deque, Dict, List, Optional, Tuple
 
 import numpy as np
 from geometry_msgs.msg import PoseArray, PoseStamped
 from nav_msgs.msg import Odometry
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
+from rclpy.clock import ClockChange, JumpThreshold
+from rclpy.duration import Duration
 from rclpy.node import Node
 from sensor_msgs.msg import CameraInfo, Image
 from std_srvs.srv import SetBool, Trigger
 
 from lerf_ros.config import LerfConfig
 from lerf_ros.data.frame import Frame, FrameError
-from lerf_ros.geometry.poses import PoseBuffer, PoseLookupError, make_pose
+from lerf_ros.geometry.poses import PoseBuffer, PoseLookupError, StampGuard, make_pose
 from lerf_ros.mapping.online import OnlineTrainer, TrainerState
 from lerf_ros.msg import TrainingStatus
 from lerf_ros.ros.common import LATCHED_QOS, SENSOR_QOS, STATUS_QOS, STATUS_TOPIC, main_for
@@ -56,28 +69,102 @@ _STATE_CODES = {
 }
 
 
-class DropReporter:
-    """Counts dropped frames and logs each distinct reason once (not once per frame)."""
+_SIZE = re.compile(r"\b\d+x\d+\b")
+_NUMBER = re.compile(r"(?<![A-Za-z_])[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?(?![A-Za-z_\d])")
+_MAX_TEXT = 300
+_MAX_QUOTED = 48
 
-    def __init__(self, logger) -> None:
-        self._logger = logger
-        self._seen: set = set()
+
+def excerpt(text: str, limit: int = _MAX_QUOTED) -> str:
+    """``text`` cut to ``limit`` characters (with an ellipsis): bad input is echoed, never in full."""
+    text = str(text)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def reason_key(reason: str) -> str:
+    """The reason without its numbers (stamps, sizes, distances become '#'; names such as rgb8 or
+    16UC1 stay): drops that differ only in their numbers share one key; different problems keep
+    different keys."""
+    return _NUMBER.sub("#", _SIZE.sub("#x#", excerpt(reason, _MAX_TEXT)))
+
+
+class DropReporter:
+    """Counts dropped frames per distinct reason and logs each reason once, and again (rate-limited)
+    when it recurs after ``quiet_s`` seconds without it.
+
+    A reason is its text with the numbers taken out (``reason_key``); at most ``max_reasons`` are
+    kept apart, later ones are counted together as 'other reasons'.
+
+    Args:
+        warn: ``warn(text)`` writes one log line (the node's logger).
+        quiet_s: a reason seen again after this long without it is logged again, at most once per
+            ``quiet_s``.
+        max_reasons: distinct reasons counted separately.
+        clock: monotonic seconds (``time.monotonic``).
+    """
+
+    OTHER = "other reasons (too many distinct reasons to count apart)"
+
+    def __init__(
+        self,
+        warn: Callable[[str], None],
+        quiet_s: float = 30.0,
+        max_reasons: int = 64,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._warn = warn
+        self.quiet_s = float(quiet_s)
+        self.max_reasons = int(max_reasons)
+        self._clock = clock
         self._lock = threading.Lock()
+        self._counts: Dict[str, int] = {}
+        self._last_seen: Dict[str, float] = {}
+        self._last_logged: Dict[str, float] = {}
+        self._logged_count: Dict[str, int] = {}
         self.count = 0
         self.last_reason = ""
 
-    def drop(self, reason: str, kind: Optional[str] = None) -> None:
-        """Record a drop; ``kind`` groups reasons whose text varies (e.g. carries a stamp)."""
-        key = kind or reason
+    def drop(self, reason: str) -> None:
+        """Count a dropped frame (or message) and log its reason if it is new or back after a quiet period."""
+        self._record(reason, "dropping frame", counted=True)
+
+    def note(self, event: str) -> None:
+        """Log an event (e.g. a time jump) with the same once-per-reason rule, without counting a drop."""
+        self._record(event, "input", counted=False)
+
+    def _record(self, text: str, prefix: str, counted: bool) -> None:
+        text = excerpt(text, _MAX_TEXT)
+        key = reason_key(text)
+        now = self._clock()
         with self._lock:
-            self.count += 1
-            self.last_reason = reason
-            first = key not in self._seen
-            self._seen.add(key)
-        if first:
-            self._logger.warning(
-                f"dropping frame: {reason} (further drops of this kind are counted in {STATUS_TOPIC}, not logged)"
-            )
+            if key not in self._counts and len(self._counts) >= self.max_reasons:
+                key = self.OTHER
+            n = self._counts.get(key, 0) + 1
+            if counted:
+                self.count += 1
+                self.last_reason = text
+                self._counts[key] = n
+            elif key not in self._counts:
+                self._counts[key] = 0  # events are logged once like reasons, but not counted as drops
+            last_seen = self._last_seen.get(key)
+            last_logged = self._last_logged.get(key)
+            self._last_seen[key] = now
+            if last_logged is None:
+                line = f"{prefix}: {text} (repeats are counted in {STATUS_TOPIC} drop_reasons/drop_counts"
+                line += f"; logged again after {self.quiet_s:g} s without it)"
+            elif now - last_seen >= self.quiet_s and now - last_logged >= self.quiet_s:
+                since = n - self._logged_count.get(key, 0)
+                line = f"{prefix} again after {now - last_seen:.0f} s: {text} ({since} since last logged)"
+            else:
+                return
+            self._last_logged[key] = now
+            self._logged_count[key] = n
+        self._warn(line)
+
+    def counts(self) -> List[Tuple[str, int]]:
+        """(reason, count) of every drop reason so far, in the order they first occurred."""
+        with self._lock:
+            return [(k, n) for k, n in self._counts.items() if n > 0]
 
 
 class TrainerNode(Node):
@@ -96,6 +183,8 @@ class TrainerNode(Node):
         queue_size = params["queue_size"]
         self.use_depth = params["use_depth"]
         self.resume = params["resume"]
+        self.max_stamp_offset = float(params["max_stamp_offset_s"])
+        self.max_pose_distance = float(params["max_pose_distance_m"])
 
         if pose_source == "auto":
             pose_source = "tf" if tf2_available() else "pose"
@@ -108,15 +197,30 @@ class TrainerNode(Node):
             raise ValueError("body_to_camera must have 7 numbers: x y z qx qy qz qw")
         self._body_to_camera = make_pose(np.asarray(body_to_camera[:3]), np.asarray(body_to_camera[3:]))
 
-        self.drops = DropReporter(self.get_logger())
+        if not self.max_stamp_offset > 0:
+            raise ValueError(f"max_stamp_offset_s = {self.max_stamp_offset}: must be > 0")
+        if not self.max_pose_distance > 0:
+            raise ValueError(f"max_pose_distance_m = {self.max_pose_distance}: must be > 0")
+
+        self.drops = DropReporter(self.get_logger().warning)
         self.frames_received = 0
-        self._last_stamp = -np.inf
+        self.time_jumps = 0
         self._camera_info: Optional[Tuple[np.ndarray, int, int, str]] = None
         self._depth_msgs: Deque[Image] = collections.deque(maxlen=30)
-        self._queue: Deque[Image] = collections.deque(maxlen=max(1, int(queue_size)))
+        # Images waiting for ingestion (with their arrival time): also the bounded cache where an
+        # image waits up to pose_tolerance_s for a pose that is still on its way.
+        self._queue: Deque[Tuple[float, Image]] = collections.deque(maxlen=max(1, int(queue_size)))
         self._queue_cv = threading.Condition()
         self._closing = False
-        self._poses = PoseBuffer(max_age_s=30.0, tolerance_s=float(self.pose_tolerance))
+        pose_history_s = 30.0
+        self._poses = PoseBuffer(max_age_s=pose_history_s, tolerance_s=float(self.pose_tolerance))
+        self._image_stamps = StampGuard(self.max_stamp_offset)
+        self._pose_stamps = StampGuard(self.max_stamp_offset, max_backward_s=pose_history_s)
+        self._selector_reset = threading.Event()  # set by the clock-jump callback, done by the ingest thread
+        self._clock_jump = self.get_clock().create_jump_callback(
+            JumpThreshold(min_forward=None, min_backward=Duration(nanoseconds=-1), on_clock_change=True),
+            post_callback=self._on_clock_jump,
+        )
 
         self.trainer = OnlineTrainer(self.cfg, teacher=teacher, log=self._log_from_trainer)
         if self.resume:
@@ -161,8 +265,8 @@ class TrainerNode(Node):
         self.frames_received += 1
         with self._queue_cv:
             if len(self._queue) == self._queue.maxlen:
-                self.drops.drop("ingest queue full (frames arrive faster than they are processed)", "queue")
-            self._queue.append(msg)
+                self.drops.drop("ingest queue full (frames arrive faster than they are processed)")
+            self._queue.append((time.monotonic(), msg))
             self._queue_cv.notify()
 
     def _on_depth(self, msg: Image) -> None:
@@ -172,7 +276,7 @@ class TrainerNode(Node):
         try:
             K, w, h = camera_info_to_K(msg)
         except ConversionError as exc:
-            self.drops.drop(f"bad camera_info: {exc}", "camera_info")
+            self.drops.drop(f"bad camera_info: {exc}")
             return
         self._camera_info = (K, w, h, msg.header.frame_id)
 
@@ -185,59 +289,140 @@ class TrainerNode(Node):
     def _add_pose(self, stamp: float, pose, frame_id: str) -> None:
         if frame_id and frame_id != self.world_frame:
             self.drops.drop(
-                f"pose is in frame '{frame_id}', expected the world frame '{self.world_frame}'", "pose_frame"
+                f"pose is in frame '{excerpt(frame_id)}', expected the world frame '{excerpt(self.world_frame)}'"
             )
             return
         try:
-            T = pose_to_matrix(pose)
+            T = pose_to_matrix(pose) @ self._body_to_camera
         except (ConversionError, FrameError) as exc:
-            self.drops.drop(f"bad pose at {stamp:.3f}: {exc}", "bad_pose")
+            self.drops.drop(f"bad pose at {stamp:.3f}: {exc}")
             return
-        self._poses.add(stamp, T @ self._body_to_camera)
+        far = self._too_far(T)
+        if far:
+            self.drops.drop(f"pose at {stamp:.3f}: {far}")
+            return
+        verdict = self._pose_stamps.check(stamp, self._now())
+        if verdict.status == "jump":
+            self._time_jumped("pose", verdict.reason)
+            self._poses.clear()
+        elif not verdict.ok:
+            self.drops.drop(f"pose {verdict.status}: {verdict.reason}")
+            return
+        self._poses.add(stamp, T)
+        with self._queue_cv:
+            self._queue_cv.notify()  # an image may be waiting for this pose
+
+    def _too_far(self, c2w: np.ndarray) -> str:
+        """Why a camera pose is outside the plausible workspace ('' when it is inside)."""
+        d = float(np.linalg.norm(c2w[:3, 3]))
+        if d <= self.max_pose_distance:
+            return ""
+        limit = f"max_pose_distance_m = {self.max_pose_distance:g} m"
+        return f"camera position {d:.3g} m from the world origin (more than {limit})"
+
+    def _now(self) -> float:
+        """The node's clock in seconds (0 with simulated time before the first /clock message)."""
+        return self.get_clock().now().nanoseconds * 1e-9
+
+    def _time_jumped(self, stream: str, why: str) -> None:
+        self.time_jumps += 1
+        self.drops.note(
+            f"{stream} stream {why}: buffers of the old time base cleared (a bag restarted or a clock reset?)"
+        )
+
+    def _on_clock_jump(self, jump) -> None:
+        """The ROS clock jumped back (or switched source): forget everything tied to the old time base."""
+        backwards = jump.delta.nanoseconds < 0
+        if not backwards and jump.clock_change == ClockChange.ROS_TIME_NO_CHANGE:
+            return
+        self.time_jumps += 1
+        self.drops.note(
+            f"clock jumped by {jump.delta.nanoseconds * 1e-9:+.3f} s ({jump.clock_change.name}): "
+            "pose, depth and keyframe-selection buffers cleared"
+        )
+        self._poses.clear()
+        self._pose_stamps.reset()
+        self._image_stamps.reset()
+        self._depth_msgs.clear()
+        self._selector_reset.set()
 
     # ------------------------------------------------------------------ ingestion (own thread)
     def _ingest_loop(self) -> None:
         while True:
-            with self._queue_cv:
-                while not self._queue and not self._closing:
-                    self._queue_cv.wait(timeout=0.5)
-                if self._closing:
-                    return
-                msg = self._queue.popleft()
+            msg = self._next_image()
+            if msg is None:
+                return
             try:
+                if self._selector_reset.is_set():
+                    self._selector_reset.clear()
+                    self.trainer.session.selector.reset()
                 frame, reason = self._to_frame(msg)
                 if frame is None:
-                    self.drops.drop(reason[1], reason[0])
+                    self.drops.drop(reason)
                     continue
                 result = self.trainer.submit(frame)
                 if result.rejected:
-                    self.drops.drop(result.reason, result.kind)
+                    self.drops.drop(result.reason)
             except Exception as exc:  # one bad message must never kill ingestion
-                self.drops.drop(f"unexpected error: {exc!r}", "exception:" + type(exc).__name__)
+                self.drops.drop(f"unexpected error: {exc!r}")
+
+    def _next_image(self) -> Optional[Image]:
+        """The oldest queued image once it can be processed (None when closing). With poses from a
+        topic, an image newer than every buffered pose waits for its pose up to ``pose_tolerance_s``
+        after its arrival (the pose callback wakes this thread), as message_filters' caches do."""
+        with self._queue_cv:
+            while not self._closing:
+                if not self._queue:
+                    self._queue_cv.wait(timeout=0.5)
+                    continue
+                arrived, msg = self._queue[0]
+                wait = self._pose_wait(msg, arrived)
+                if wait <= 0.0:
+                    self._queue.popleft()
+                    return msg
+                self._queue_cv.wait(timeout=wait)
+            return None
+
+    def _pose_wait(self, msg: Image, arrived: float) -> float:
+        """Seconds ``msg`` should still wait for its pose (0: process it now)."""
+        if self.pose_source == "tf":
+            return 0.0  # the TF lookup waits by itself (tf_timeout_s)
+        newest = self._poses.newest_stamp
+        if newest is not None and newest >= stamp_to_sec(msg.header.stamp):
+            return 0.0
+        return arrived + float(self.pose_tolerance) - time.monotonic()
 
     def _to_frame(self, msg: Image):
-        """(Frame, None) or (None, (kind, reason))."""
+        """(Frame, None) or (None, reason)."""
         stamp = stamp_to_sec(msg.header.stamp)
-        if stamp < self._last_stamp:
-            return None, (
-                "backwards",
-                f"image stamp {stamp:.3f} is older than the previous {self._last_stamp:.3f} "
-                "(time went backwards; replaying a bag without /clock?)",
-            )
+        verdict = self._image_stamps.check(stamp, self._now(), commit=False)
+        if verdict.status == "jump":
+            self._time_jumped("image", verdict.reason)
+            self.trainer.session.selector.reset()
+            self._depth_msgs.clear()
+            newest = self._poses.newest_stamp
+            if newest is not None and abs(newest - stamp) > self.max_stamp_offset:
+                self._poses.clear()  # still the old time base: the pose stream follows on its own
+                self._pose_stamps.reset()
+        elif not verdict.ok:
+            return None, f"image {verdict.status}: {verdict.reason}"
         if self._camera_info is None:
-            return None, ("no_info", f"no camera_info received yet on '{self.resolve_topic_name('camera_info')}'")
+            return None, f"no camera_info received yet on '{self.resolve_topic_name('camera_info')}'"
         K, w, h, _ = self._camera_info
         try:
             rgb, kind = image_to_numpy(msg)
         except ConversionError as exc:
-            return None, ("encoding:" + msg.encoding, f"image: {exc}")
+            return None, f"image: {exc}"
         if kind != "rgb":
-            return None, ("not_color", f"image encoding '{msg.encoding}' is not a colour image")
+            return None, f"image encoding '{excerpt(msg.encoding)}' is not a colour image"
         if rgb.shape[:2] != (h, w):
-            return None, ("size", f"image is {rgb.shape[1]}x{rgb.shape[0]} but camera_info says {w}x{h}")
+            return None, f"image is {rgb.shape[1]}x{rgb.shape[0]} but camera_info says {w}x{h}"
         c2w, err = self._pose_at(msg.header.frame_id, msg.header.stamp, stamp)
         if c2w is None:
             return None, err
+        far = self._too_far(c2w)
+        if far:
+            return None, f"camera pose for image at {stamp:.3f}: {far}"
         depth, err = self._depth_at(stamp, (h, w))
         if err is not None:
             return None, err
@@ -245,8 +430,8 @@ class TrainerNode(Node):
         try:
             frame.validate()
         except FrameError as exc:
-            return None, ("invalid", f"invalid frame: {exc}")
-        self._last_stamp = stamp
+            return None, f"invalid frame: {exc}"
+        self._image_stamps.commit(stamp)
         return frame, None
 
     def _pose_at(self, frame_id: str, stamp_msg, stamp: float):
@@ -263,14 +448,14 @@ class TrainerNode(Node):
                 )
                 T = transform_to_matrix(tf.transform)
             except Exception as exc:
-                return None, ("tf", f"no TF from '{self.world_frame}' to '{frame_id}' at {stamp:.3f}: {exc}")
+                return None, f"no TF from '{self.world_frame}' to '{excerpt(frame_id)}' at {stamp:.3f}: {exc}"
             return T, None
         try:
             return self._poses.lookup(stamp), None
         except PoseLookupError as exc:
-            return None, ("pose_lookup", f"no camera pose for image at {stamp:.3f}: {exc}")
+            return None, f"no camera pose for image at {stamp:.3f}: {exc}"
         except FrameError as exc:
-            return None, ("bad_pose", f"bad camera pose: {exc}")
+            return None, f"bad camera pose: {exc}"
 
     def _depth_at(self, stamp: float, hw):
         if not self.use_depth or not self._depth_msgs:
@@ -281,11 +466,11 @@ class TrainerNode(Node):
         try:
             depth, kind = image_to_numpy(best)
         except ConversionError as exc:
-            return None, ("depth_encoding", f"depth: {exc}")
+            return None, f"depth: {exc}"
         if kind != "depth":
-            return None, ("depth_encoding", f"depth encoding '{best.encoding}' is not 16UC1 or 32FC1")
+            return None, f"depth encoding '{excerpt(best.encoding)}' is not 16UC1 or 32FC1"
         if depth.shape != tuple(hw):
-            return None, ("depth_size", f"depth is {depth.shape[1]}x{depth.shape[0]} but the image is {hw[1]}x{hw[0]}")
+            return None, f"depth is {depth.shape[1]}x{depth.shape[0]} but the image is {hw[1]}x{hw[0]}"
         return depth, None
 
     # ------------------------------------------------------------------ status and control
@@ -301,6 +486,10 @@ class TrainerNode(Node):
         msg.frames_kept = int(s.keyframes)
         msg.frames_dropped = int(self.drops.count)
         msg.last_drop_reason = self.drops.last_reason
+        counts = self.drops.counts()
+        msg.drop_reasons = [k for k, _ in counts]
+        msg.drop_counts = [int(n) for _, n in counts]
+        msg.time_jumps = int(self.time_jumps)
         msg.features_pending = int(s.features_pending)
         msg.rays_per_second = float(s.rays_per_second)
         msg.loss_rgb, msg.loss_lang, msg.loss_dino, msg.psnr = (
@@ -347,6 +536,8 @@ class TrainerNode(Node):
         return self.trainer.latest_snapshot
 
     def close(self) -> None:
+        """Stop ingestion, then training; write a checkpoint of the current step when it has steps
+        not saved yet (``OnlineTrainer.close``). Called on SIGINT/SIGTERM by ``spin_nodes``; bounded."""
         with self._queue_cv:
             self._closing = True
             self._queue_cv.notify_all()
