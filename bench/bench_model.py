@@ -46,10 +46,9 @@ if ROOT not in sys.path:
 
 from lerf_ros.config import preset  # noqa: E402
 from lerf_ros.data.synthetic import make_scene  # noqa: E402
-from lerf_ros.mapping.keyframes import KeyframeStore  # noqa: E402
 from lerf_ros.mapping.rays import estimate_scene_bounds  # noqa: E402
+from lerf_ros.mapping.session import Session  # noqa: E402
 from lerf_ros.mapping.trainer import Trainer  # noqa: E402
-from lerf_ros.teachers.features import compute_frame_features  # noqa: E402
 from lerf_ros.teachers.ground_truth import GroundTruthTeacher  # noqa: E402
 
 PRESET_DIMS = {"tiny": (512, 64), "lerf-lite": (512, 384), "lerf": (512, 384), "lerf-big": (768, 384)}
@@ -64,24 +63,26 @@ def load_avg() -> list:
         return []
 
 
-def build(scene, name: str, overrides: dict, clip_dim: int, dino_dim: int, with_features: bool = True):
+def build(scene, name: str, overrides: dict, clip_dim: int, dino_dim: int):
+    """A mapping session over the scene's training frames (every 8th held out) with the scene bounds
+    of all its frames; returns (its trainer, the configuration)."""
     center, scale = estimate_scene_bounds(scene.frames)
     cfg = preset(name).override(
         {
             "device": "cpu",
             "teacher.kind": "ground_truth",
+            "model.auto_bounds": False,
             "model.scene_center": center,
             "model.scene_scale": scale,
             **overrides,
         }
     )
     teacher = GroundTruthTeacher(scene, clip_dim=clip_dim, dino_dim=dino_dim)
-    views = KeyframeStore(bounded=False, recency_boost=0.0)
-    train_idx = [i for i in range(len(scene.frames)) if i % 8 != 0]
-    for i in train_idx:
-        f = scene.frames[i]
-        views.add(f, compute_frame_features(teacher, f, cfg.teacher) if with_features else None)
-    return Trainer(cfg, clip_dim, dino_dim, views, teacher=teacher.description), cfg
+    session = Session(cfg, teacher, online=False, log=lambda level, text: None)
+    for i, f in enumerate(scene.frames):
+        if i % 8 != 0:
+            session.add(f)
+    return session.ensure_model(), cfg
 
 
 def heldout_psnr(trainer: Trainer, frames) -> float:
