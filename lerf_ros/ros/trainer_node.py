@@ -70,7 +70,7 @@ _STATE_CODES = {
 
 
 _SIZE = re.compile(r"\b\d+x\d+\b")
-_NUMBER = re.compile(r"(?<![A-Za-z_])[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?(?![A-Za-z_\d])")
+_NUMBER = re.compile(r"(?<![A-Za-z_\d.])[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?(?![A-Za-z_\d])")
 _MAX_TEXT = 300
 _MAX_QUOTED = 48
 
