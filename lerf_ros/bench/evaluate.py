@@ -5,7 +5,7 @@ described in ``lerf_ros.bench``)."""
 from __future__ import annotations
 
 import time
-from typing import Any, Dict, List, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -91,11 +91,49 @@ def absent_words(scene, teacher, settings: BenchSettings) -> List[Tuple[str, str
     return words
 
 
+def physics_of_grasps(scene, engine, objects: List[Dict[str, Any]], grasps: Dict[str, list], settings: BenchSettings):
+    """Execute each object's top grasps in physics (``lerf_ros.sim``) and add the outcome to its
+    grasp record (``rec["grasp"]["physics"]``); save up to ``settings.grasp_pictures`` pictures of
+    attempts (failed best grasps first) into ``settings.grasp_pictures_dir``."""
+    import os
+
+    from lerf_ros.sim import offscreen_gl
+
+    offscreen_gl()
+    from lerf_ros.sim import SimWorld, grasp_physics, objects_from_scene
+
+    world = SimWorld(objects_from_scene(scene), engine.gripper)
+    for rec in objects:
+        rec["grasp"]["physics"] = grasp_physics(world, grasps.get(rec["name"], []), rec["name"], settings.physics_top_k)
+    if not settings.grasp_pictures_dir or settings.grasp_pictures <= 0:
+        return
+    from lerf_ros.sim.pictures import save_attempt_picture
+
+    order = sorted((r for r in objects if grasps.get(r["name"])), key=lambda r: r["grasp"]["physics"]["best_success"])
+    for rec in order[: settings.grasp_pictures]:
+        g = grasps[rec["name"]][0]
+        name = f"{settings.mode}_seed{int(scene.seed)}_{rec['name'].replace(' ', '_').replace(chr(39), '')}.png"
+        try:
+            save_attempt_picture(world, g.pose, g.width, rec["name"], os.path.join(settings.grasp_pictures_dir, name))
+        except Exception as exc:  # no OpenGL backend: the numbers stand without the pictures
+            rec["grasp"]["physics"]["picture_error"] = f"{type(exc).__name__}: {exc}"
+            return
+
+
 def evaluate_snapshot(
-    scene, snapshot, cfg, teacher, settings: BenchSettings, progress: Progress, with_2d: bool = True
+    scene,
+    snapshot,
+    cfg,
+    teacher,
+    settings: BenchSettings,
+    progress: Progress,
+    with_2d: bool = True,
+    with_physics: Optional[bool] = None,
 ) -> Dict[str, Any]:
     """Every metric of one trained snapshot on its scene (see ``lerf_ros.bench``); ``with_2d``
-    False skips the held-out 2D evaluation."""
+    False skips the held-out 2D evaluation; ``with_physics`` (default: ``with_2d``, so the final
+    evaluation and not the learning-curve points) executes the grasps in physics when
+    ``settings.physics``."""
     from lerf_ros.query import QueryEngine
 
     qc = cfg.query
@@ -113,6 +151,7 @@ def evaluate_snapshot(
 
     queries: List[Dict[str, Any]] = []
     objects: List[Dict[str, Any]] = []
+    top_grasps: Dict[str, list] = {}
     for obj in scene.objects:
         rec: Dict[str, Any] = {
             "name": obj.name,
@@ -168,6 +207,7 @@ def evaluate_snapshot(
             prec, recall = precision_recall(r.points, obj.surface_points, settings.surface_tol)
             rec["precision"], rec["recall"] = prec, recall
             if r.grasps:
+                top_grasps[obj.name] = list(r.grasps[: settings.physics_top_k])
                 g = r.grasps[0]
                 rec["grasp"] = grasp_checks(
                     g.pose,
@@ -192,6 +232,11 @@ def evaluate_snapshot(
                     "note": note,
                 }
         objects.append(rec)
+    physics = settings.physics and (with_2d if with_physics is None else with_physics)
+    t_phys = time.perf_counter()
+    if physics:
+        physics_of_grasps(scene, engine, objects, top_grasps, settings)
+    t_phys = time.perf_counter() - t_phys
 
     absent_res = []
     for word, kind in absent:
@@ -275,6 +320,7 @@ def evaluate_snapshot(
         "query_prepare_features_ms": prep["features"],
         "surface_points": n_surface,
         "eval_2d_s": t2d,
+        "physics_s": t_phys,
         "threshold": qc.threshold,
     }
     return {"metrics": metrics, "objects": objects, "absent": absent_res, "queries": queries, "views_2d": views2d}

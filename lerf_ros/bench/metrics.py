@@ -27,6 +27,9 @@ AGGREGATE_KEYS: Tuple[str, ...] = (
     "grasp_in_object_rate",
     "grasp_clear_of_table_rate",
     "grasp_width_ok_rate",
+    "grasp_physics_best_rate",
+    "grasp_physics_any_top3_rate",
+    "grasp_physics_s_per_grasp",
     "objects_on_surface_fraction",
     "absent_false_positive_rate",
     "absent_max_relevancy",
@@ -71,6 +74,8 @@ FRACTION_KEYS: Tuple[str, ...] = (
     "grasp_in_object_rate",
     "grasp_clear_of_table_rate",
     "grasp_width_ok_rate",
+    "grasp_physics_best_rate",
+    "grasp_physics_any_top3_rate",
     "absent_false_positive_rate",
     "absent_max_relevancy",
     "present_max_relevancy_median",
@@ -182,6 +187,42 @@ def in_box_2d(pixel: Tuple[int, int], box: Tuple[int, int, int, int]) -> bool:
     return box[0] <= c <= box[2] and box[1] <= r <= box[3]
 
 
+def physics_metrics(objects: List[Dict[str, Any]]) -> Dict[str, Any]:
+    """Physics success of the objects' grasps (``o["grasp"]["physics"]``, from
+    ``lerf_ros.sim.grasp_physics``; objects without it are left out, an object without a grasp
+    counts as a failure): the best grasp's and any-of-the-top-k's success rates, the mean physics
+    time per executed grasp (s), the best grasps' failure reasons (counts) and the rates per class
+    (the objects' names are their classes)."""
+    done = [o for o in objects if "physics" in o["grasp"]]
+    ph = [o["grasp"]["physics"] for o in done]
+    n_grasps = sum(len(p["attempts"]) for p in ph)
+    reasons: Dict[str, int] = {}
+    per_class: Dict[str, Dict[str, Any]] = {}
+    for o, p in zip(done, ph):
+        if not p["best_success"]:
+            reasons[p["best_reason"]] = reasons.get(p["best_reason"], 0) + 1
+        c = per_class.setdefault(o["name"], {"objects": 0, "valid": 0, "best": 0, "any": 0})
+        c["objects"] += 1
+        c["valid"] += int(bool(o["grasp"]["valid"]))
+        c["best"] += int(p["best_success"])
+        c["any"] += int(p["any_success"])
+    return {
+        "grasp_physics_best_rate": fraction([p["best_success"] for p in ph]),
+        "grasp_physics_any_top3_rate": fraction([p["any_success"] for p in ph]),
+        "grasp_physics_s_per_grasp": sum(p["wall_s"] for p in ph) / n_grasps if n_grasps else None,
+        "grasp_physics_reasons": reasons,
+        "grasp_physics_per_class": {
+            k: {
+                "objects": v["objects"],
+                "valid": v["valid"] / v["objects"],
+                "best": v["best"] / v["objects"],
+                "any_top3": v["any"] / v["objects"],
+            }
+            for k, v in sorted(per_class.items())
+        },
+    }
+
+
 def answer_metrics(
     objects: List[Dict[str, Any]],
     queries: List[Dict[str, Any]],
@@ -208,6 +249,7 @@ def answer_metrics(
         "grasp_in_object_rate": fraction([o["grasp"]["in_object"] for o in objects]),
         "grasp_clear_of_table_rate": fraction([o["grasp"]["clear_of_table"] for o in objects]),
         "grasp_width_ok_rate": fraction([o["grasp"]["width_ok"] for o in objects]),
+        **physics_metrics(objects),
         "absent_false_positive_rate": fraction([a["above_threshold"] for a in absent]),
         "absent_max_relevancy": max([a["max_relevancy"] for a in absent], default=None),
         "present_max_relevancy_median": percentile([o["max_relevancy"] for o in objects], 50),

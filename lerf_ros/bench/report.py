@@ -62,6 +62,12 @@ def markdown(result: Dict[str, Any]) -> str:
             f"{fmt(a['grasp_valid_rate'], 'pct')} (no grasp returned for {fmt(a['grasp_none_rate'], 'pct')})",
             tg["grasp_valid"],
         ),
+        (
+            "best grasp holds in physics / any of top 3",
+            f"{fmt(a.get('grasp_physics_best_rate'), 'pct')} / {fmt(a.get('grasp_physics_any_top3_rate'), 'pct')} "
+            f"({fmt(a.get('grasp_physics_s_per_grasp'))} s per grasp)",
+            None,
+        ),
         ("objects with extracted surface points", fmt(a["objects_on_surface_fraction"], "pct"), None),
         (
             "absent queries above threshold",
@@ -137,6 +143,21 @@ def markdown(result: Dict[str, Any]) -> str:
             f"{fmt(m['precision_mean'])} | {fmt(m['recall_mean'])} | {fmt(m['grasp_valid_rate'], 'pct')} | "
             f"{fmt(m['absent_false_positive_rate'], 'pct')} |"
         )
+    per_class = a.get("grasp_physics_per_class") or {}
+    if per_class:
+        lines += [
+            "",
+            "Grasps in physics (MuJoCo: approach, close, lift 15 cm, hold 2 s; success = lifted 10 cm "
+            f"and held). Best-grasp failures: {a.get('grasp_physics_reasons') or 'none'}.",
+            "",
+            "| class | objects | best grasp valid | physics best | physics any of top 3 |",
+            "|---|---|---|---|---|",
+        ]
+        for c, v in per_class.items():
+            lines.append(
+                f"| {c} | {v['objects']} | {fmt(v['valid'], 'pct')} | {fmt(v['best'], 'pct')} | "
+                f"{fmt(v['any_top3'], 'pct')} |"
+            )
     curves = [(sc["seed"], sc["curve"]) for sc in result["scenes"] if sc.get("curve")]
     if curves:
         lines += [

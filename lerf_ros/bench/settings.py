@@ -12,6 +12,9 @@ TEACHER_NOTE = (
     "vectors) stands in for CLIP/DINO; these numbers measure the 3D system, not a 2D model"
 )
 
+#: Where the named modes save pictures of grasp attempts (relative to the working directory).
+PICTURES_DIR = "bench/results/grasps"
+
 #: Words outside the synthetic vocabulary (and none of its synonyms) used as absent-object queries.
 NON_VOCABULARY_WORDS: Tuple[str, ...] = ("giraffe", "laptop", "umbrella", "guitar")
 
@@ -69,6 +72,14 @@ class BenchSettings:
     the measured time."""
     threads: int = 2
     """torch intra-op threads."""
+    physics: bool = True
+    """Execute each object's grasps in physics (MuJoCo, ``lerf_ros.sim``) in the final evaluation."""
+    physics_top_k: int = 3
+    """Grasps per object executed in physics (the best, and "any of the top k")."""
+    grasp_pictures: int = 2
+    """Pictures saved per scene of grasp attempts (failed best grasps first), into ``grasp_pictures_dir``."""
+    grasp_pictures_dir: str = ""
+    """Folder of the grasp pictures ('' saves none; the named modes save into ``PICTURES_DIR``)."""
     progress: bool = True
     """tqdm progress bars (else log lines only)."""
 
@@ -92,6 +103,8 @@ class BenchSettings:
             raise ValueError("online_rate_hz and online_check_every_s must be > 0")
         if self.online_max_s < self.online_min_s or self.online_min_s < 0:
             raise ValueError(f"online_min_s ({self.online_min_s}) must be in [0, online_max_s ({self.online_max_s})]")
+        if self.physics_top_k < 1 or self.grasp_pictures < 0:
+            raise ValueError(f"physics_top_k = {self.physics_top_k} must be >= 1, grasp_pictures >= 0")
         if self.threads < 1:
             raise ValueError(f"threads = {self.threads}: must be >= 1")
         return self
@@ -100,7 +113,7 @@ class BenchSettings:
 def mode_settings(mode: str) -> BenchSettings:
     """The named mode's settings: 'quick' (under 10 minutes on 2 CPU cores) or 'full'."""
     if mode == "quick":
-        return BenchSettings()
+        return BenchSettings(grasp_pictures_dir=PICTURES_DIR)
     if mode == "full":
         return BenchSettings(
             mode="full",
@@ -115,6 +128,7 @@ def mode_settings(mode: str) -> BenchSettings:
             online_max_s=600.0,
             online_check_every_s=15.0,
             eval_reserve_s=90.0,
+            grasp_pictures_dir=PICTURES_DIR,
         )
     raise ValueError(f"unknown benchmark mode {mode!r}: 'quick' or 'full'")
 
