@@ -29,8 +29,6 @@ import numpy as np
 PALM_GAP = 0.005
 #: shallowest insertion (m) of the fingers past an object's near side (thinner slices are skipped)
 MIN_INSERTION = 0.005
-#: least fingertip clearance (m) above the far side of a shallow object on a top-down grasp
-THIN_CLEARANCE = 0.003
 #: most slices per approach direction (coarser slices on big clusters keep the cost bounded)
 MAX_SLICES = 24
 #: clusters wider than this (m, largest horizontal extent) are not one graspable object
@@ -62,9 +60,7 @@ class GripperModel:
     """Length (m) of the corridor behind the palm that must be free of scene points."""
     support_clearance: float = 0.01
     """The fingertips stop this far (m) above the far side of the object along the approach (so a
-    top-down grasp never pushes into the table the object stands on); on an object shallower than
-    about three times this, 30% of its depth (at least ``THIN_CLEARANCE``), so that the pads still
-    close below the middle of a marker or a phone lying on the table."""
+    top-down grasp never pushes into the table the object stands on)."""
     collision_tolerance: int = 2
     """Scene points allowed inside the gripper volume before a pose counts as colliding (noise)."""
 
@@ -364,15 +360,13 @@ def _grasp_candidates(
     of it (a bowl's or a roll of tape's wall at the rim, a mug's handle). Shallower insertions give
     the cap of a fruit that is too wide at its middle; side slices give a vase's neck.
 
-    A candidate's width is its extent plus one point spacing (the outermost samples lie up to half
-    a spacing inside the surface) plus ``gripper.width_margin``, capped at the maximum opening
-    when that extent less half a spacing plus ``gripper.min_clearance`` still fits; otherwise the uncapped width is
+    A candidate's width is its extent plus ``gripper.width_margin``, capped at the maximum opening
+    when the extent plus ``gripper.min_clearance`` still fits; otherwise the uncapped width is
     returned (quality 0) and the caller rejects it as too wide. Candidates whose contact surfaces
     are too slanted to hold (mean ``|normal . closing axis|`` of the object's points at the jaws
     below ``gripper.min_contact_cos``) are left out. Quality favours top grasps on squat objects
-    and side grasps on tall ones, square contacts (the square of the contact cosine), deep
-    insertion, grasps near the object's centre (an off-centre grasp twists out of the pads when
-    lifted), and relevant points; the weights follow what held in physics (``bench/grasp_physics.py``).
+    and side grasps on tall ones, square contacts, deep insertion, grasps near the object's
+    centre, and relevant points.
 
     P (n, 3) object points, N (n, 3) their unit normals (either sign), r (n,) relevancy; S (m, 3)
     surface points around the object (may include P); spacing: distance between neighbouring
@@ -437,11 +431,7 @@ def _grasp_candidates(
             near, far = float(pa[p_in].min()), float(pa[p_in].max())
             if far - near < MIN_INSERTION:
                 continue  # nothing in this slice for the fingers to close on
-            # A shallow object (a marker, a phone lying flat) is grasped below its middle: the
-            # fingertips stop 30% of its depth above its far side (at least THIN_CLEARANCE), not
-            # the full support clearance that would leave them above it.
-            clearance = float(np.clip(0.3 * (far - near), THIN_CLEARANCE, gripper.support_clearance))
-            avail = far - near - (clearance if kind == "top" else 0.0)
+            avail = far - near - (gripper.support_clearance if kind == "top" else 0.0)
             full = float(np.clip(avail, MIN_INSERTION, max_insertion))
             s_in = np.abs(sx - u) <= half_b
             for frac in (1.0, 0.5):
@@ -471,11 +461,8 @@ def _grasp_candidates(
                     mine = p_slab[(p_y >= ylo - 1e-9) & (p_y <= yhi + 1e-9)]
                     if len(mine) < 3:
                         continue
-                    # The outermost samples can lie up to about half a spacing inside the surface on
-                    # each side: open for the extent plus one spacing (empty closes and fingers
-                    # landing on a can's rim in physics came from openings a voxel too small).
-                    extent = yhi - ylo + spacing
-                    if extent - 0.5 * spacing + gripper.min_clearance > gripper.max_width:
+                    extent = yhi - ylo
+                    if extent + gripper.min_clearance > gripper.max_width:
                         # too wide: a width above the maximum whatever the margin, so the caller rejects it
                         out.append((np.eye(4), extent + max(gripper.width_margin, gripper.min_clearance), kind, 0.0))
                         continue
@@ -496,11 +483,10 @@ def _grasp_candidates(
                     origin = x * u + y * (0.5 * (ylo + yhi)) + a * (near + insertion)
                     off = origin - centre
                     off -= a * (off @ a)
-                    # Off-centre grasps twist out of the pads when lifted (physics): rank them lower.
-                    central = 1.0 - 0.6 * min(1.0, float(np.linalg.norm(off)) / radius)
+                    central = 1.0 - 0.3 * min(1.0, float(np.linalg.norm(off)) / radius)
                     quality = (
                         prior
-                        * cos_**2
+                        * (0.5 + 0.5 * cos_)
                         * (0.6 + 0.4 * insertion / max_insertion)
                         * central
                         * (0.5 + 0.5 * float(np.mean(w[mine])))
