@@ -126,6 +126,12 @@ def test_settings_from_the_command_line():
     s = settings_from_args(args)
     assert s.mode == "quick" and s.seeds == (4, 5) and s.budget_s == 100.0 and s.overrides == {"query.threshold": 0.6}
     assert build_config(s).query.threshold == 0.6 and build_config(s).teacher.kind == "ground_truth"
+    assert (
+        s.physics
+        and not settings_from_args(
+            build_parser(with_subcommand_args="bench").parse_args(["bench", "--quick", "--no-physics"])
+        ).physics
+    )
     full = settings_from_args(build_parser(with_subcommand_args="bench").parse_args(["bench"]))
     assert full.mode == "full" and len(full.seeds) >= 5 and (full.width, full.height, full.n_frames) == (160, 120, 60)
     with pytest.raises(ValueError, match="seeds"):

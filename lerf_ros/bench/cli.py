@@ -40,6 +40,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="also evaluate the offline snapshots at these steps (3D queries): a learning curve",
     )
     p.add_argument("--no-online", action="store_true", help="skip the online phase (streaming, timing, memory)")
+    p.add_argument("--no-physics", action="store_true", help="skip executing the grasps in physics (MuJoCo)")
     p.add_argument("--preset", default="tiny", help="configuration preset (default tiny)")
     p.add_argument(
         "--set",
@@ -75,6 +76,7 @@ def settings_from_args(args: argparse.Namespace) -> BenchSettings:
     s.preset = args.preset
     s.curve_steps = tuple(sorted(set(int(c) for c in args.curve)))
     s.online = not args.no_online
+    s.physics = s.physics and not args.no_physics
     for item in args.set:
         if "=" not in item:
             raise ValueError(f"--set {item!r}: expected KEY=VALUE")
