@@ -263,6 +263,76 @@ def test_checkpoint_write_is_atomic_and_errors_are_clear(scene, tmp_path, monkey
     ]
 
 
+def test_checkpoint_files_follow_the_umask(tmp_path):
+    """Created like any file of the process (0666 minus the umask), not 0600: a query node running
+    as another user reads them."""
+    old = os.umask(0o022)
+    try:
+        for umask, mode in ((0o022, 0o644), (0o002, 0o664), (0o077, 0o600)):
+            os.umask(umask)
+            path = tmp_path / f"u{umask:o}.ckpt"
+            ckpt.write_atomic(str(path), {"x": torch.zeros(2)})
+            assert os.stat(path).st_mode & 0o777 == mode, (oct(umask), oct(os.stat(path).st_mode))
+    finally:
+        os.umask(old)
+
+
+def test_stale_temp_files_are_removed_and_files_being_written_kept(tmp_path):
+    import fcntl
+
+    stale = [".step-0000010.ckpt.k3v_9xq2.tmp", ".final.ckpt.123-deadbeef.tmp"]  # older and current names
+    others = ["step-0000010.ckpt", "notes.tmp", ".hidden", ".step-0000010.ckpt.tmp", "x.ckpt.abc.tmp"]
+    for name in stale + others:
+        (tmp_path / name).write_bytes(b"partial")
+    writing = tmp_path / ".step-0000030.ckpt.456-cafebabe.tmp"
+    with open(writing, "wb") as held:
+        fcntl.flock(held.fileno(), fcntl.LOCK_EX)  # as write_atomic holds it while writing
+        removed = ckpt.remove_stale_temp_files(str(tmp_path))
+        assert sorted(os.path.basename(p) for p in removed) == sorted(stale)
+        assert sorted(os.listdir(tmp_path)) == sorted(others + [writing.name])
+    assert ckpt.remove_stale_temp_files(str(tmp_path)) == [str(writing)]  # its writer is gone
+    assert sorted(os.listdir(tmp_path)) == sorted(others)
+    assert ckpt.remove_stale_temp_files(str(tmp_path / "missing")) == []
+
+
+_SLOW_WRITER = """
+import sys, time
+from lerf_ros.mapping.checkpoint import write_atomic
+
+class Slow:
+    def __reduce__(self):
+        time.sleep(120)  # the writer is killed here, in the middle of torch.save
+        return (int, (0,))
+
+write_atomic(sys.argv[1], {"x": Slow()})
+"""
+
+
+def test_a_writer_killed_mid_write_leaves_a_temp_file_the_next_session_removes(scene, tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from lerf_ros.mapping.session import Session
+
+    folder = tmp_path / "checkpoints"
+    writer = subprocess.Popen([sys.executable, "-c", _SLOW_WRITER, str(folder / ckpt.checkpoint_name(7))])
+    try:
+        deadline = time.monotonic() + 60
+        while not (folder.is_dir() and os.listdir(folder)) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        temps = os.listdir(folder)
+        assert len(temps) == 1 and ckpt.TEMP_NAME.match(temps[0]), temps
+        assert ckpt.remove_stale_temp_files(str(folder)) == []  # being written: kept
+    finally:
+        writer.send_signal(signal.SIGKILL)
+        writer.wait()
+    assert os.listdir(folder) == temps  # the kill left it
+    Session(tiny_cfg(scene, output_dir=str(tmp_path)), GroundTruthTeacher(scene), online=False, log=lambda *a: None)
+    assert os.listdir(folder) == []
+
+
 # ---------------------------------------------------------------------------------- presets
 @pytest.mark.parametrize("name", ["tiny", "lerf-lite", "lerf", "lerf-big"])
 def test_each_preset_builds_and_trains_two_steps_on_cpu(name, scene):

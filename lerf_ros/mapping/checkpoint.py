@@ -8,9 +8,12 @@ A checkpoint is one ``torch.save`` file holding:
 - ``step``; ``model`` (state dict); ``optimizer``, ``scaler`` and ``generator`` states (exact
   resumption); ``cameras``: the training views' cameras (for snapshots / visibility).
 
-Writing goes to a temporary file in the destination folder, is flushed and fsync'ed, then
-``os.replace``'d over the destination (and the folder fsync'ed): a crash leaves either the old
-file or the new one, never half of one.
+Writing goes to a temporary file in the destination folder (``.<name>.<pid>-<random>.tmp``, locked
+while it is written), is flushed and fsync'ed, then ``os.replace``'d over the destination (and the
+folder fsync'ed): a crash leaves either the old file or the new one, never half of one. A temporary
+file left by a killed writer is removed by ``remove_stale_temp_files`` when the next session starts.
+Files are created with the process umask (0644 under the usual 022), so a query node running as
+another user can read them.
 """
 
 from __future__ import annotations
@@ -20,8 +23,9 @@ import io
 import logging
 import os
 import re
-import tempfile
+import secrets
 import threading
+import time
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
@@ -29,6 +33,11 @@ import torch
 
 from lerf_ros.config import LerfConfig
 from lerf_ros.field.snapshot import CameraView
+
+try:
+    import fcntl
+except ImportError:  # not POSIX: stale temp files are told by their age alone
+    fcntl = None  # type: ignore[assignment]
 
 FORMAT = "lerf_ros.checkpoint"
 VERSION = 1
@@ -42,20 +51,50 @@ class CheckpointError(RuntimeError):
     """A checkpoint that cannot be written or used; the message names the file and the problem."""
 
 
+TEMP_NAME = re.compile(r"^\..+\.ckpt\.[A-Za-z0-9_-]+\.tmp$")
+"""Temporary files of ``write_atomic`` (``.<name>.ckpt.<token>.tmp``), today's and older versions'."""
+
+STALE_TEMP_AGE_S = 60.0
+"""Without file locks (not POSIX), a temporary file untouched this long is taken as abandoned."""
+
+
+def _create_locked_temp(path: str) -> tuple:
+    """(fd, name) of a new temporary file beside ``path``: created with mode 0666 minus the umask,
+    and locked, so ``remove_stale_temp_files`` leaves it alone while it is written."""
+    folder = os.path.dirname(path)
+    for _ in range(100):
+        tmp = os.path.join(folder, f".{os.path.basename(path)}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o666)
+        except FileExistsError:
+            continue
+        if fcntl is None:
+            return fd, tmp
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        if os.fstat(fd).st_nlink > 0:
+            return fd, tmp
+        os.close(fd)  # a cleaner removed it between creation and locking: take another name
+    raise CheckpointError(f"{path}: could not create a temporary file beside it")
+
+
 def write_atomic(path: str, payload: Dict[str, Any]) -> None:
-    """``torch.save`` ``payload`` to ``path`` atomically (temp file + fsync + os.replace)."""
+    """``torch.save`` ``payload`` to ``path`` atomically (temp file + fsync + os.replace).
+
+    The file gets mode 0666 minus the process umask, like any file the process creates."""
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=folder)
+    fd, tmp = _create_locked_temp(os.path.join(folder, os.path.basename(path)))
     try:
-        with os.fdopen(fd, "wb") as f:
+        with os.fdopen(fd, "wb") as f:  # closing it releases the lock, after the rename
             torch.save(payload, f)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
+            os.replace(tmp, path)
     except BaseException:
-        if os.path.exists(tmp):
+        try:
             os.unlink(tmp)
+        except FileNotFoundError:
+            pass
         raise
     try:  # make the rename itself durable
         dfd = os.open(folder, os.O_RDONLY)
@@ -65,6 +104,45 @@ def write_atomic(path: str, payload: Dict[str, Any]) -> None:
             os.close(dfd)
     except OSError:
         pass
+
+
+def remove_stale_temp_files(folder: str) -> List[str]:
+    """Delete the temporary files ``write_atomic`` left in ``folder`` when its writer was killed;
+    returns their paths.
+
+    Only names of this module's pattern (``TEMP_NAME``) are considered, and only files no writer
+    holds: a file being written is locked by its writer (a killed writer's lock is gone), so it is
+    kept. Where file locks do not exist, files older than ``STALE_TEMP_AGE_S`` are removed."""
+    try:
+        names = os.listdir(folder)
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    removed = []
+    for name in sorted(n for n in names if TEMP_NAME.match(n)):
+        p = os.path.join(folder, name)
+        if fcntl is None:
+            try:
+                if time.time() - os.stat(p).st_mtime > STALE_TEMP_AGE_S:
+                    os.unlink(p)
+                    removed.append(p)
+            except OSError:
+                pass
+            continue
+        try:
+            fd = os.open(p, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        except OSError:  # gone meanwhile (renamed into place, or removed)
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            # Unlocked: its writer is gone. Remove it if the name still points at this file.
+            if os.path.samestat(os.fstat(fd), os.stat(p)):
+                os.unlink(p)
+                removed.append(p)
+        except OSError:  # locked (being written), or renamed meanwhile
+            pass
+        finally:
+            os.close(fd)
+    return removed
 
 
 def read_checkpoint(path: str, map_location: str | torch.device = "cpu") -> Dict[str, Any]:

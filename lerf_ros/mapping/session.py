@@ -86,6 +86,9 @@ class Session:
             cfg.keyframes, device=self.device, bounded=self.online, recency_boost=4.0 if self.online else 0.0
         )
         self.checkpoint_dir = os.path.join(cfg.output_dir, "checkpoints")
+        stale = ckpt.remove_stale_temp_files(self.checkpoint_dir)  # left by a writer that was killed
+        if stale:
+            self.log("info", f"removed {len(stale)} unfinished checkpoint file(s) in {self.checkpoint_dir}")
         self.bounds: Optional[Tuple[List[float], float]] = None
         """(centre, half-extent) in metres of the region the field maps linearly; None until training starts."""
         self.trainer: Optional[Trainer] = None
@@ -261,10 +264,11 @@ class Session:
             self.last_checkpoint = path
         return path
 
-    def close(self) -> None:
-        """Stop the feature worker (queued frames are dropped)."""
+    def close(self, timeout: Optional[float] = None) -> None:
+        """Stop the feature worker (queued frames are dropped); waits up to ``timeout`` s (None: no
+        limit) for the frame it is computing."""
         if self._worker is not None:
-            self._worker.close(cancel=True)
+            self._worker.close(cancel=True, timeout=timeout)
 
 
 def checkpoint_bounds(payload: Dict[str, Any]) -> Tuple[List[float], float]:
