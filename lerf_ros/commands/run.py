@@ -5,18 +5,30 @@ Equivalent to ``ros2 launch lerf_ros lerf.launch.py`` on machines that have rclp
 for overrides (``lerf_ros.ros.launch_args``): ``--preset``, ``--output-dir``, ``--world-frame`` and
 ``--param`` override the file only when given. The file is checked before any node starts, so an
 unknown or invalid key stops the command with a message naming it.
+
+With ``--separate-processes`` the trainer and the query node run as child processes. SIGINT or
+SIGTERM to this process is forwarded to both; they are waited for (``CHILD_STOP_TIMEOUT_S``, then
+killed) and the command exits with 0 when they stopped cleanly. The children also get SIGTERM if
+this process dies without that chance (Linux), so none is left running. When one child ends on its
+own, the other is stopped the same way and the command exits with the first one's code.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import signal
 import subprocess
 import sys
-from typing import Any, Dict, List
+import time
+from typing import Any, Dict, List, Optional
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_PARAMS = os.path.join(os.path.dirname(os.path.dirname(HERE)), "config", "lerf.yaml")
+
+CHILD_STOP_TIMEOUT_S = 4.5
+"""Seconds the children get to exit after the forwarded signal before they are killed (the whole
+command stays within the 5 s that ``ros2 launch`` allows)."""
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -105,13 +117,65 @@ def run(args: argparse.Namespace) -> int:
         from lerf_ros.ros.lerf_node import main
 
         return main([sys.argv[0]] + extra)
-    procs = [
-        subprocess.Popen([sys.executable, "-m", f"lerf_ros.ros.{n}"] + extra) for n in ("trainer_node", "query_node")
-    ]
+    return run_children([[sys.executable, "-m", f"lerf_ros.ros.{n}"] + extra for n in ("trainer_node", "query_node")])
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
+    """Linux: the child gets SIGTERM when this process dies (even by SIGKILL), so it is never orphaned."""
+    import ctypes
+
+    PR_SET_PDEATHSIG = 1
     try:
-        codes = [p.wait() for p in procs]
-    except KeyboardInterrupt:
-        for p in procs:
-            p.send_signal(subprocess.signal.SIGINT)
-        codes = [p.wait(timeout=30) for p in procs]
-    return max(codes)
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM))
+    except (OSError, AttributeError):
+        pass
+
+
+def run_children(argvs: List[List[str]], stop_timeout: float = CHILD_STOP_TIMEOUT_S) -> int:
+    """Run the processes ``argvs`` until SIGINT/SIGTERM reaches this process or one of them ends;
+    then stop the others (the signal forwarded, ``stop_timeout`` s, then SIGKILL). Returns 0 after a
+    requested stop in which every child exited cleanly, else the first failing child's code."""
+    received: List[int] = []
+
+    def on_signal(signum, _frame) -> None:
+        if not received:
+            received.append(signum)
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    procs: List[subprocess.Popen] = []
+    try:
+        preexec = _die_with_parent if sys.platform.startswith("linux") else None
+        for argv in argvs:
+            if received:
+                break
+            procs.append(subprocess.Popen(argv, preexec_fn=preexec))
+        first_exit: Optional[int] = None
+        while not received and first_exit is None:
+            time.sleep(0.1)
+            first_exit = next((p.returncode for p in procs if p.poll() is not None), None)
+        codes = _stop_children(procs, received[0] if received else signal.SIGINT, stop_timeout)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if first_exit is not None:  # a child ended by itself: that is the command's outcome
+        return first_exit if first_exit > 0 else (128 - first_exit if first_exit < 0 else max(codes, default=0))
+    failed = [c for c in codes if c not in (0, -signal.SIGINT, -signal.SIGTERM)]
+    if not failed:
+        return 0
+    return failed[0] if failed[0] > 0 else 128 - failed[0]  # killed by a signal: the shell's 128 + N
+
+
+def _stop_children(procs: List[subprocess.Popen], sig: int, timeout: float) -> List[int]:
+    """Send ``sig`` to the children still running, wait up to ``timeout`` s, SIGKILL the rest."""
+    for p in procs:
+        if p.poll() is None:
+            p.send_signal(sig)
+    deadline = time.monotonic() + timeout
+    for p in procs:
+        try:
+            p.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            print(f"[lerf_ros] {' '.join(p.args[1:3])} did not stop within {timeout:g} s: killed", file=sys.stderr)
+            p.kill()
+            p.wait()
+    return [p.returncode for p in procs]

@@ -9,6 +9,10 @@ Threads:
   ``keyframes.min_keyframes_to_train`` keyframes have features, publishes an immutable snapshot for
   queries every ``snapshot_every`` steps, and writes periodic atomic checkpoints.
 
+``close(save=True)`` (the node's shutdown on SIGINT/SIGTERM) stops the threads after the step in
+flight and writes a checkpoint of the current step when it has steps not saved yet, so stopping a
+node loses no training even with ``trainer.checkpoint_every`` 0.
+
 Training samples rays from all keyframes with a bias toward the newest (see
 ``lerf_ros.mapping.keyframes``), so the field adapts to new views without forgetting old ones.
 """
@@ -70,6 +74,7 @@ class OnlineTrainer:
         self._error = ""
         self._rays_per_second = 0.0
         self._snapshot = None
+        self._saved_step = -1  # step of the newest checkpoint written or resumed from
 
     @property
     def teacher_description(self) -> str:
@@ -110,7 +115,7 @@ class OnlineTrainer:
                         self._snapshot = s.snapshot()
                     every = self.cfg.trainer.checkpoint_every
                     if (every and step % every == 0) or step == self.cfg.trainer.max_steps:
-                        s.save_checkpoint()  # periodic, and once when the step budget is reached
+                        self.save_checkpoint()  # periodic, and once when the step budget is reached
                 now = time.perf_counter()
                 if now - last_t >= 2.0:
                     self._rays_per_second = rays / (now - last_t)
@@ -147,11 +152,24 @@ class OnlineTrainer:
             self._error = ""
 
     def save_checkpoint(self) -> str:
-        return self.session.save_checkpoint()
+        """``Session.save_checkpoint`` of the current step; returns its path."""
+        with self.session.lock:
+            path = self.session.save_checkpoint()
+            self._saved_step = self.session.step_count
+            return path
 
     def resume_latest(self) -> Optional[str]:
         """Load the newest checkpoint in ``output_dir/checkpoints`` if there is one."""
-        return self.session.resume()
+        with self.session.lock:
+            path = self.session.resume()
+            if path is not None:
+                self._saved_step = self.session.step_count
+            return path
+
+    @property
+    def unsaved_steps(self) -> bool:
+        """A model exists and its current step is in no checkpoint written or resumed from."""
+        return self.session.trainer is not None and self.step > 0 and self.step != self._saved_step
 
     def status(self) -> OnlineStatus:
         s = self.session
@@ -183,8 +201,41 @@ class OnlineTrainer:
             store_mb=stats["bytes"] / 2**20,
         )
 
-    def close(self) -> None:
+    def close(self, save: bool = False, timeout_s: float = 3.0) -> Optional[str]:
+        """Stop training and feature computation; with ``save``, first write a checkpoint of the
+        current step when it has steps not saved yet (``unsaved_steps``). Returns that checkpoint's
+        path, or None.
+
+        Bounded: the step in flight gets what remains of ``timeout_s`` to finish (else no checkpoint
+        is written, with a warning: the weights are mid-update), the feature worker half a second to
+        finish its frame (queued frames are dropped). A failed save is logged, not raised, so a
+        shutdown always completes."""
+        deadline = time.monotonic() + timeout_s
         self._closing.set()
         if self._thread is not None:
-            self._thread.join(timeout=10.0)
-        self.session.close()
+            self._thread.join(timeout=timeout_s)
+        path = None
+        if save:
+            path = self._save_at_exit(max(0.0, deadline - time.monotonic()))
+        self.session.close(timeout=0.5)
+        return path
+
+    def _save_at_exit(self, timeout_s: float) -> Optional[str]:
+        lock = self.session.lock
+        if not lock.acquire(timeout=timeout_s):  # the step in flight (or the model's build) did not finish
+            if self.unsaved_steps:  # read without the lock: only for the message
+                self.log(
+                    "warning", f"no checkpoint at exit: the training step after {self.step} did not finish in time"
+                )
+            return None
+        try:
+            if not self.unsaved_steps:
+                return None
+            path = self.save_checkpoint()
+        except Exception as exc:  # disk full, folder not writable: say so, finish the shutdown
+            self.log("error", f"could not write the checkpoint at exit: {exc}")
+            return None
+        finally:
+            lock.release()
+        self.log("info", f"saved the checkpoint at exit: step {self.step}")
+        return path

@@ -32,6 +32,7 @@ from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy, qos_profile_
 from sensor_msgs.msg import CameraInfo, Image
 
 from lerf_ros.data.frame import Frame, FrameError
+from lerf_ros.ros.common import init_without_signal_handlers
 from lerf_ros.ros.convert import (
     ConversionError,
     K_to_camera_info,
@@ -269,29 +270,28 @@ def run_replay(frames: Iterable[Frame], **options) -> int:
     until the stream ends or SIGINT/SIGTERM arrives, then shut down cleanly. Returns 0.
 
     After the last frame the publishers stay up half a second, so reliable subscribers receive it.
+    A signal only sets a flag (``lerf_ros.ros.common.ShutdownRequest``): the frame being published
+    is finished, then the node is destroyed and the context shut down, so nothing fails loudly.
     """
-    rclpy.init()
+    request = init_without_signal_handlers()
     node = None
     executor = None
     try:
         node = ReplayNode(frames, **options)
+        request.interrupting = False
         executor = SingleThreadedExecutor()
         executor.add_node(node)
-        while rclpy.ok() and not node.done:
+        while not request.is_set() and rclpy.ok() and not node.done:
             executor.spin_once(timeout_sec=0.1)
         linger_until = time.monotonic() + 0.5
-        while rclpy.ok() and time.monotonic() < linger_until:
+        while not request.is_set() and rclpy.ok() and time.monotonic() < linger_until:
             executor.spin_once(timeout_sec=0.05)
-    except (KeyboardInterrupt, ExternalShutdownException):
-        if node is not None:
+        if request.is_set():
             node.get_logger().info(f"stopped after {node.published} frames")
-    except Exception:
-        if rclpy.ok():
-            raise
-        # SIGINT/SIGTERM shut the context down while a timer callback was publishing (RCLError).
-        if node is not None:
-            node.get_logger().info(f"stopped after {node.published} frames")
+    except (KeyboardInterrupt, ExternalShutdownException):  # a signal while the node was built
+        pass
     finally:
+        request.interrupting = False
         if executor is not None:
             executor.shutdown(timeout_sec=1.0)
         if node is not None:

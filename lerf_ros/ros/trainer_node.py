@@ -529,7 +529,14 @@ class TrainerNode(Node):
         return resp
 
     def _log_from_trainer(self, level: str, text: str) -> None:
-        getattr(self.get_logger(), level)(text)
+        # One call site per severity: rclpy refuses a call site whose severity changes.
+        logger = self.get_logger()
+        if level == "error":
+            logger.error(text)
+        elif level == "warning":
+            logger.warning(text)
+        else:
+            logger.info(text)
 
     def snapshot_provider(self):
         """For an in-process query node: the newest immutable model snapshot (or None)."""
@@ -541,7 +548,9 @@ class TrainerNode(Node):
         with self._queue_cv:
             self._closing = True
             self._queue_cv.notify_all()
-        self.trainer.close()
+        if self._ingest_thread is not threading.current_thread():
+            self._ingest_thread.join(timeout=0.5)  # the frame in conversion, so nothing is submitted after
+        self.trainer.close(save=True, timeout_s=3.0)
 
 
 def main(args=None) -> int:
