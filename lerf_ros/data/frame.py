@@ -6,6 +6,9 @@ Conventions (used everywhere in the package):
 - ``K`` is the 3x3 pinhole intrinsic matrix; pixel (u, v) has its centre at (u + 0.5, v + 0.5)
   in continuous image coordinates, so the ray through pixel centre (u, v) is
   ``K^-1 [u + 0.5, v + 0.5, 1]``.
+- ``distortion`` is the lens distortion of the raw image (``lerf_ros.geometry.camera.Distortion``,
+  in normalised coordinates) or None for a pinhole camera; rays then go through
+  ``undistort(K^-1 [u + 0.5, v + 0.5, 1])`` and the image is never resampled.
 - ``depth`` is metric z-depth (along camera +z, not along the ray), float32 metres; 0 or non-finite
   means "no measurement".
 """
@@ -17,6 +20,7 @@ from typing import Optional
 
 import numpy as np
 
+from lerf_ros.geometry.camera import Distortion
 from lerf_ros.geometry.poses import PoseError
 from lerf_ros.geometry.poses import check_pose as check_rigid_pose
 
@@ -35,6 +39,7 @@ def check_pose(c2w: np.ndarray, tol: float = 1e-3) -> None:
 
 
 def check_intrinsics(K: np.ndarray) -> None:
+    """Raise FrameError unless ``K`` is a finite 3x3 matrix with positive focal lengths."""
     K = np.asarray(K)
     if K.shape != (3, 3) or not np.all(np.isfinite(K)):
         raise FrameError(f"intrinsics must be a finite 3x3 matrix, got shape {K.shape}")
@@ -56,6 +61,7 @@ class Frame:
         instance: optional (H, W) int32 ground-truth instance ids (synthetic scenes only);
             0 is the background, object i has id i + 1 in the scene's object list.
         index: position in its source (-1 when unknown).
+        distortion: lens distortion of the raw image, or None for a pinhole camera (module doc).
     """
 
     rgb: np.ndarray
@@ -67,6 +73,7 @@ class Frame:
     instance: Optional[np.ndarray] = None
     index: int = -1
     meta: dict = field(default_factory=dict)
+    distortion: Optional[Distortion] = None
 
     @property
     def height(self) -> int:
@@ -85,6 +92,11 @@ class Frame:
         if self.height < 2 or self.width < 2:
             raise FrameError(f"image too small: {self.width}x{self.height}")
         check_intrinsics(self.K)
+        if self.distortion is not None and not isinstance(self.distortion, Distortion):
+            raise FrameError(
+                "distortion must be a lerf_ros.geometry.camera.Distortion or None, "
+                f"got {type(self.distortion).__name__}"
+            )
         check_pose(self.c2w)
         if not np.isfinite(self.stamp):
             raise FrameError("stamp is not finite")

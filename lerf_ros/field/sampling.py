@@ -14,14 +14,21 @@ the rest cover the unbounded remainder (mip-NeRF 360's piecewise linear/disparit
 
 from __future__ import annotations
 
+import functools
 from typing import Optional, Tuple
 
 import numpy as np
 import torch
 
+from lerf_ros.geometry.camera import Distortion, effective_distortion, pixel_directions
+
 
 def camera_rays(
-    K: torch.Tensor, c2w: torch.Tensor, u: torch.Tensor, v: torch.Tensor
+    K: torch.Tensor,
+    c2w: torch.Tensor,
+    u: torch.Tensor,
+    v: torch.Tensor,
+    d_cam: Optional[torch.Tensor] = None,
 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """World-frame rays through continuous pixel coordinates (pixel centres at i + 0.5).
 
@@ -29,29 +36,71 @@ def camera_rays(
         K: (R, 3, 3) or (3, 3) intrinsics.
         c2w: (R, 4, 4) or (4, 4) camera-to-world, OpenCV camera convention.
         u, v: (R,) continuous pixel coordinates.
+        d_cam: optional (R, 3) unit camera-frame directions to use instead of the pinhole ones
+            (a distorted camera's undistorted pixel rays, from :func:`pixel_direction_table`); ``K``,
+            ``u`` and ``v`` are then not read.
     Returns:
         origins (R, 3), unit directions (R, 3), and ``dir_z`` (R,): the camera-z component of the
         unit direction, so that z-depth = ray distance * dir_z.
     """
+    n = u.shape[0]
+    if c2w.ndim == 2:
+        c2w = c2w.expand(n, 4, 4)
+    if d_cam is None:
+        d_cam = pinhole_directions(K, u, v)
+    elif d_cam.shape != (n, 3):
+        raise ValueError(f"d_cam must be ({n}, 3), got {tuple(d_cam.shape)}")
+    dirs = torch.einsum("rij,rj->ri", c2w[:, :3, :3], d_cam)
+    return c2w[:, :3, 3].clone(), dirs, d_cam[:, 2]
+
+
+def pinhole_directions(K: torch.Tensor, u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Unit camera-frame directions ``K^-1 [u, v, 1]`` normalised (skew honoured).
+    K (R, 3, 3) or (3, 3), u, v (R,) continuous pixel coordinates -> (R, 3)."""
     if K.ndim == 2:
         K = K.expand(u.shape[0], 3, 3)
-    if c2w.ndim == 2:
-        c2w = c2w.expand(u.shape[0], 4, 4)
     x = (u - K[:, 0, 2] - K[:, 0, 1] * (v - K[:, 1, 2]) / K[:, 1, 1]) / K[:, 0, 0]
     y = (v - K[:, 1, 2]) / K[:, 1, 1]
-    d_cam = torch.stack([x, y, torch.ones_like(x)], dim=-1)  # (R, 3)
-    inv_norm = torch.rsqrt((d_cam * d_cam).sum(-1))
-    d_cam = d_cam * inv_norm[:, None]
-    dirs = torch.einsum("rij,rj->ri", c2w[:, :3, :3], d_cam)
-    return c2w[:, :3, 3].clone(), dirs, inv_norm
+    d_cam = torch.stack([x, y, torch.ones_like(x)], dim=-1)
+    return d_cam * torch.rsqrt((d_cam * d_cam).sum(-1))[:, None]
+
+
+@functools.lru_cache(maxsize=8)
+def _device_table(K: Tuple[float, ...], width: int, height: int, distortion: Distortion, device: str) -> torch.Tensor:
+    table = pixel_directions(np.asarray(K).reshape(3, 3), width, height, distortion)
+    return torch.as_tensor(np.array(table), dtype=torch.float32, device=torch.device(device))
+
+
+def pixel_direction_table(
+    K: np.ndarray, width: int, height: int, distortion: Optional[Distortion], device: torch.device
+) -> Optional[torch.Tensor]:
+    """(H*W, 3) unit camera-frame directions of every pixel centre (row-major) of a distorted
+    camera on ``device``, computed once per camera and device and cached; None for a pinhole
+    camera (no distortion or all-zero coefficients), whose rays need no table."""
+    d = effective_distortion(distortion)
+    if d is None:
+        return None
+    key = tuple(float(k) for k in np.asarray(K, dtype=np.float64).reshape(-1))
+    return _device_table(key, int(width), int(height), d, str(torch.device(device)))
 
 
 def image_rays(
-    K: np.ndarray, c2w: np.ndarray, height: int, width: int, device: torch.device
+    K: np.ndarray,
+    c2w: np.ndarray,
+    height: int,
+    width: int,
+    device: torch.device,
+    distortion: Optional[Distortion] = None,
 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Rays through every pixel centre of an image, row-major. Returns (H*W, 3), (H*W, 3), (H*W,)."""
+    """Rays through every pixel centre of an image, row-major. Returns (H*W, 3), (H*W, 3), (H*W,).
+    With a ``distortion`` the rays are those of the raw (distorted) image: each pixel's undistorted
+    direction, cached per camera."""
     K_t = torch.as_tensor(np.asarray(K), dtype=torch.float32, device=device)
     c2w_t = torch.as_tensor(np.asarray(c2w), dtype=torch.float32, device=device)
+    table = pixel_direction_table(K, width, height, distortion, device)
+    if table is not None:
+        empty = torch.empty(height * width, device=device)
+        return camera_rays(K_t, c2w_t, empty, empty, d_cam=table)
     vv, uu = torch.meshgrid(
         torch.arange(height, device=device, dtype=torch.float32) + 0.5,
         torch.arange(width, device=device, dtype=torch.float32) + 0.5,

@@ -40,7 +40,9 @@ import torch
 
 from lerf_ros.config import KeyframeConfig
 from lerf_ros.data.frame import Frame
+from lerf_ros.field.sampling import pixel_direction_table
 from lerf_ros.field.snapshot import CameraView
+from lerf_ros.geometry.camera import Distortion
 from lerf_ros.geometry.poses import pose_distance
 from lerf_ros.mapping.rays import RayBatch, sample_rays
 
@@ -111,6 +113,8 @@ class Keyframe:
         K: (3, 3) float64 intrinsics. c2w: (4, 4) float64 camera-to-world pose.
         stamp, frame_id, index, meta: as in ``Frame``.
         features: teacher features, None until they are attached.
+        distortion: the frame's lens distortion (None: pinhole); its training rays go through the
+            inverse of it (``KeyframeStore.sample``).
     """
 
     key: int
@@ -123,6 +127,7 @@ class Keyframe:
     index: int = -1
     meta: Dict[str, Any] = dataclasses.field(default_factory=dict)
     features: Any = None
+    distortion: Optional[Distortion] = None
 
     @property
     def height(self) -> int:
@@ -158,6 +163,7 @@ class Keyframe:
             depth=None if self.depth is None else _numpy_view(self.depth),
             index=self.index,
             meta=self.meta,
+            distortion=self.distortion,
         )
 
     @property
@@ -182,6 +188,7 @@ def make_keyframe(key: int, frame: Frame, device: torch.device) -> Keyframe:
         frame_id=frame.frame_id,
         index=int(frame.index),
         meta=dict(frame.meta),
+        distortion=frame.distortion,
     )
 
 
@@ -387,7 +394,8 @@ class KeyframeStore:
         c2w = torch.as_tensor(np.stack([kf.c2w for kf in views]), dtype=torch.float32, device=self.device)
         hw = torch.tensor([kf.height * kf.width for kf in views], dtype=torch.float64)
         w = torch.tensor([kf.width for kf in views], dtype=torch.int64)
-        return K, c2w, hw, w, self.view_weights(len(views))
+        tables = [pixel_direction_table(kf.K, kf.width, kf.height, kf.distortion, self.device) for kf in views]
+        return K, c2w, hw, w, self.view_weights(len(views)), (tables if any(t is not None for t in tables) else None)
 
     def view_weights(self, n: Optional[int] = None) -> torch.Tensor:
         """(n,) sampling weights of the keyframes, oldest first (module doc); n defaults to the count."""

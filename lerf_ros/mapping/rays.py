@@ -13,7 +13,7 @@ from typing import Any, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from lerf_ros.field.sampling import camera_rays
+from lerf_ros.field.sampling import camera_rays, pinhole_directions
 from lerf_ros.geometry.camera import backproject
 
 
@@ -74,16 +74,22 @@ def sample_rays(
         views: V keyframes (``rgb`` (H, W, 3) uint8 and ``depth`` (H, W) or None tensors on ``device``,
             ``features`` with ``pyramid`` and optional ``dino`` lookups, or None).
         stacked: the views' cameras stacked: K (V, 3, 3) and c2w (V, 4, 4) float32 on ``device``,
-            pixel counts (V,) float64, widths (V,) int64, sampling weights (V,) float64.
+            pixel counts (V,) float64, widths (V,) int64, sampling weights (V,) float64, and
+            optionally a sixth entry: per view the (H*W, 3) undistorted pixel directions of a
+            distorted camera (``field.sampling.pixel_direction_table``) or None for a pinhole one;
+            the entry itself is None (or absent) when no view is distorted.
         n: rays to draw (>= 1).
         generator: CPU generator for every random number (a seeded one gives a reproducible batch).
 
-    Rays are grouped by view. Views without features contribute RGB (and depth) supervision only;
+    Rays of distorted views go through the inverse of their lens distortion (the raw pixels are
+    used as they are); pinhole views take the pinhole formula. Rays are grouped by view. Views
+    without features contribute RGB (and depth) supervision only;
     ``feature_rows`` lists the rays that have language targets.
     """
     if n < 1:
         raise ValueError(f"cannot sample {n} rays")
-    K_all, c2w_all, hw_all, w_all, weights = stacked
+    K_all, c2w_all, hw_all, w_all, weights = stacked[:5]
+    tables = stacked[5] if len(stacked) > 5 else None
     n_views = len(views)
     if not (K_all.shape == (n_views, 3, 3) and c2w_all.shape == (n_views, 4, 4) and weights.shape == (n_views,)):
         raise ValueError(
@@ -104,7 +110,17 @@ def sample_rays(
     vid_d = vid.to(dev)
     pix_d = pix.to(dev)
     u_d, v_d = u.to(dev), v.to(dev)
-    origins, dirs, dir_z = camera_rays(K_all[vid_d], c2w_all[vid_d], u_d, v_d)
+    starts = torch.cumsum(counts, 0) - counts
+    d_cam = None
+    if tables is not None:
+        if len(tables) != n_views:
+            raise ValueError(f"stacked direction tables do not match {n_views} views: {len(tables)}")
+        d_cam = pinhole_directions(K_all[vid_d], u_d, v_d)
+        for i in torch.nonzero(counts).flatten().tolist():
+            if tables[i] is not None:
+                a, b = int(starts[i]), int(starts[i] + counts[i])
+                d_cam[a:b] = tables[i][pix_d[a:b]]
+    origins, dirs, dir_z = camera_rays(K_all[vid_d], c2w_all[vid_d], u_d, v_d, d_cam=d_cam)
 
     rgb = torch.empty((n, 3), dtype=torch.uint8, device=dev)
     any_depth = any(view.depth is not None for view in views)
@@ -113,7 +129,6 @@ def sample_rays(
     feat_rows: List[torch.Tensor] = []
     clips: List[torch.Tensor] = []
     dinos: List[torch.Tensor] = []
-    starts = torch.cumsum(counts, 0) - counts
     for i in torch.nonzero(counts).flatten().tolist():
         view = views[i]
         a, b = int(starts[i]), int(starts[i] + counts[i])

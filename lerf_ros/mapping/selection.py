@@ -91,7 +91,9 @@ def downscale_frame(frame: Frame, max_side: int) -> Frame:
 
     RGB is area-averaged (PIL box filter); depth and instance maps take the nearest source pixel
     (averaging depth across an object boundary would invent surfaces). ``K`` is scaled with the
-    exact per-axis ratios ``W'/W`` and ``H'/H``. ``meta['original_size']`` records ``(W, H)``.
+    exact per-axis ratios ``W'/W`` and ``H'/H``; the lens distortion is kept as it is (it acts on
+    normalised coordinates, which the rescaled ``K`` maps to the same rays). ``meta['original_size']``
+    records ``(W, H)``.
     """
     h, w = frame.height, frame.width
     if max_side <= 0 or max(h, w) <= max_side:
