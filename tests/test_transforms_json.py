@@ -1,5 +1,6 @@
 """nerfstudio / instant-ngp transforms.json folders: round trip, the OpenGL -> OpenCV flip, errors."""
 
+import dataclasses
 import json
 import math
 
@@ -125,9 +126,20 @@ FRAME = {"file_path": "img.png", "transform_matrix": np.eye(4).tolist()}
             r"frame 0: transform_matrix must be 4x4",
         ),
         ({"frames": [FRAME]}, True, r"frame 0: no focal length"),
-        ({"fl_x": 5.0, "frames": [FRAME]}, False, r"frame 0: image 'img.png' not found"),
+        ({"fl_x": 5.0, "frames": [FRAME]}, False, r"1 of 1 frames have no image file: img.png"),
         ({"fl_x": 5.0, "w": 9, "frames": [FRAME]}, True, r"frame 0: 'w' is 9 but image 'img.png' is 8x8"),
-        ({"fl_x": 5.0, "k1": 0.1, "frames": [FRAME]}, True, r"frame 0: lens distortion"),
+        (
+            {"fl_x": 5.0, "camera_model": "EQUIRECTANGULAR", "k1": 0.1, "frames": [FRAME]},
+            True,
+            r"frame 0: camera_model 'EQUIRECTANGULAR' is not supported",
+        ),
+        ({"fl_x": 5.0, "k1": float("nan"), "frames": [FRAME]}, True, r"frame 0: .*k1 is NaN or infinite"),
+        ({"fl_x": 5.0, "k4": 0.1, "frames": [FRAME]}, True, r"frame 0: camera_model 'OPENCV' has no coefficient k4"),
+        (
+            {"fl_x": 5.0, "camera_model": "OPENCV_FISHEYE", "p1": 0.01, "frames": [FRAME]},
+            True,
+            r"camera_model 'OPENCV_FISHEYE' has no coefficient p1",
+        ),
         ({"fl_x": 5.0, "frames": [{**FRAME, "transform_matrix": (2 * np.eye(4)).tolist()}]}, True, r"frame 0: pose"),
         (
             {"fl_x": 5.0, "frames": [{**FRAME, "depth_file_path": "d.png"}]},
@@ -157,3 +169,44 @@ def test_open_source_detects_folder_and_file(scene, tmp_path):
         src = open_source(p)
         assert src.kind == "transforms" and len(src) == 2
         np.testing.assert_allclose(next(iter(src)).c2w, scene.frames[0].c2w, atol=1e-12)
+
+
+def test_opencv_and_fisheye_coefficients_load_as_distortion(tmp_path):
+    doc = {"fl_x": 5.0, "camera_model": "OPENCV", "k1": -0.2, "k2": 0.05, "p1": 0.001, "p2": -0.002, "frames": [FRAME]}
+    _write(tmp_path, doc)
+    (f,) = read_transforms(tmp_path)
+    assert f.distortion.model == "plumb_bob"
+    assert f.distortion.coeffs == (-0.2, 0.05, 0.001, -0.002, 0.0)
+    (f,) = read_transforms(tmp_path, distortion="ignore")  # a pinhole frame; a warning is logged once
+    assert f.distortion is None
+    doc = {**doc, "camera_model": "OPENCV_FISHEYE", "p1": 0, "p2": 0, "k3": 0.01, "k4": -0.003}
+    _write(tmp_path, doc)
+    (f,) = read_transforms(tmp_path)
+    assert f.distortion.model == "equidistant" and f.distortion.coeffs == (-0.2, 0.05, 0.01, -0.003)
+    with pytest.raises(ValueError, match="distortion must be one of model, ignore"):
+        read_transforms(tmp_path, distortion="undistort")
+
+
+def test_distorted_frames_round_trip_through_the_writer(scene, tmp_path):
+    from lerf_ros.geometry.camera import Distortion
+
+    d = Distortion.create("plumb_bob", [-0.1, 0.02, 0.001, 0.0, 0.003])
+    frames = [dataclasses.replace(f, distortion=d) for f in scene.frames[:3]]
+    write_transforms(tmp_path, frames)
+    back = read_transforms(tmp_path)
+    assert [f.distortion for f in back] == [d] * 3
+
+
+def test_missing_images_are_skipped_with_one_counting_warning_or_refused(tmp_path, caplog):
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "img.png")
+    frames = [FRAME, {**FRAME, "file_path": "gone1.png"}, FRAME, {**FRAME, "file_path": "gone2.png"}]
+    (tmp_path / "transforms.json").write_text(json.dumps({"fl_x": 5.0, "frames": frames}))
+    with caplog.at_level("WARNING", logger="lerf_ros.data.transforms_json"):
+        src = TransformsSource(tmp_path)
+        got = list(src)
+    assert len(src) == 2 and [f.index for f in got] == [0, 2]
+    assert src.missing == [(1, "gone1.png"), (3, "gone2.png")]
+    warned = [r.getMessage() for r in caplog.records if "skipping" in r.getMessage()]
+    assert len(warned) == 1 and "skipping 2 of 4 frames" in warned[0] and "gone1.png, gone2.png" in warned[0]
+    with pytest.raises(TransformsFormatError, match=r"2 of 4 frames have no image file: gone1.png, gone2.png"):
+        TransformsSource(tmp_path, missing_images="error")
