@@ -18,7 +18,8 @@ Frames whose image file is missing (common in shared datasets) are skipped by de
 warning that counts them and names the first few (``missing_images="skip"``); ``"error"`` refuses
 the folder with the list instead. Paths are relative to the folder. Poses are converted to this
 package's OpenCV camera convention by flipping the camera's y and z axes:
-``c2w_cv = c2w_gl @ diag(1, -1, -1, 1)``. The pixel-centre convention (centres at u + 0.5, ``cx = w / 2`` for a centred principal point) is the same in both.
+``c2w_cv = c2w_gl @ diag(1, -1, -1, 1)``. The pixel-centre convention (centres at u + 0.5,
+``cx = w / 2`` for a centred principal point) is the same in both.
 """
 
 from __future__ import annotations
