@@ -347,3 +347,31 @@ def test_pointcloud2_bad_input():
     msg.data = bytes(msg.data)[:-1]
     with pytest.raises(ConversionError, match="expected row_step"):
         pointcloud2_to_numpy(msg)
+
+
+def test_camera_info_distortion_models_round_trip_and_errors():
+    from lerf_ros.geometry.camera import Distortion
+    from lerf_ros.ros.convert import camera_info_distortion
+
+    K = np.array([[400.0, 0, 320.0], [0, 400.0, 240.0], [0, 0, 1]])
+    assert camera_info_distortion(K_to_camera_info(K, 640, 480)) is None  # zero D: pinhole
+    for d in (
+        Distortion.create("plumb_bob", [-0.3, 0.1, 0.001, -0.002, 0.01]),
+        Distortion.create("rational_polynomial", [0.5, -0.1, 0.001, 0.0, 0.01, 0.8, 0.05, 0.0]),
+        Distortion.create("equidistant", [0.04, -0.01, 0.002, -0.0005]),
+    ):
+        msg = K_to_camera_info(K, 640, 480, distortion=d)
+        assert msg.distortion_model == d.model
+        assert camera_info_distortion(msg) == d
+    msg = K_to_camera_info(K, 640, 480)
+    msg.distortion_model = "kannala_brandt8"
+    assert camera_info_distortion(msg) is None  # nothing to model whatever the name
+    msg.d = [0.1, 0.0, 0.0, 0.0]
+    with pytest.raises(ConversionError, match="model 'kannala_brandt8' is not supported"):
+        camera_info_distortion(msg)
+    msg.distortion_model = "plumb_bob"
+    msg.d = [0.1, float("nan"), 0.0, 0.0, 0.0]
+    with pytest.raises(ConversionError, match="k2 is NaN"):
+        camera_info_distortion(msg)
+    msg.d = [0.1, 0.0, 0.0, 0.0, 0.0]  # drivers that publish 4 or 8 values for plumb_bob
+    assert camera_info_distortion(msg).coeffs == (0.1, 0.0, 0.0, 0.0, 0.0)

@@ -290,3 +290,19 @@ def test_undecodable_images_name_the_bag_topic_and_problem(frames, tmp_path):
     bad_step = _bag_with_raw_images(tmp_path / "step", frames[:1], short_rows, rgb8)
     with pytest.raises(RosbagError, match=r"step: /cam/image image 0: image step 119 is smaller than width 40"):
         read_rosbag(bad_step, depth_topic="")
+
+
+def test_camera_info_distortion_passes_through_and_unknown_models_are_refused(frames, tmp_path):
+    import dataclasses
+
+    from lerf_ros.geometry.camera import Distortion
+
+    d = Distortion.create("rational_polynomial", [0.4, -0.05, 0.001, 0.0, 0.01, 0.7, 0.05, 0.0])
+    distorted = [dataclasses.replace(f, distortion=d) for f in frames]
+    bag = write_rosbag(tmp_path / "bag", distorted)
+    assert [f.distortion for f in RosbagSource(bag)] == [d] * len(frames)
+    # a rectified topic: intrinsics from P, no distortion
+    assert all(f.distortion is None for f in RosbagSource(bag, use_projection_matrix=True))
+    odd = [dataclasses.replace(f, distortion=Distortion.create("equidistant", [0.1, 0, 0, 0])) for f in frames]
+    bag2 = write_rosbag(tmp_path / "bag2", odd)
+    assert RosbagSource(bag2).__iter__().__next__().distortion.model == "equidistant"

@@ -19,7 +19,10 @@ pose are dropped and counted in :attr:`RosbagSource.stats`.
 Conventions: ROS camera optical frames already use the OpenCV axes of :class:`Frame` (x right,
 y down, z forward), so poses need no axis change. ROS intrinsics put pixel centres at integer
 coordinates, this package at ``u + 0.5``: ``cx``/``cy`` are shifted by +0.5 on reading
-(:func:`ros_k_to_frame_k`) and back on writing (:func:`frame_k_to_ros_k`).
+(:func:`ros_k_to_frame_k`) and back on writing (:func:`frame_k_to_ros_k`). CameraInfo lens
+distortion (``plumb_bob``, ``rational_polynomial``, ``equidistant``) becomes the frames'
+``distortion`` (an unknown model is refused, naming it); ``use_projection_matrix=True`` (rectified
+images) takes ``P`` and no distortion.
 
 :func:`write_rosbag` writes frames into a bag (used by the tests and the replay tools).
 """
@@ -35,6 +38,7 @@ from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from lerf_ros.data.frame import Frame, FrameError
+from lerf_ros.geometry.camera import Distortion, DistortionError
 from lerf_ros.geometry.image import ImageDecodeError, decode_color, decode_depth
 
 # Quaternion and transform helpers live in geometry.poses; two are re-exported here for bag users.
@@ -282,6 +286,7 @@ class _Plan:
     depth_stamps: np.ndarray
     camera_frame: str
     world_frame: str
+    distortions: List[Optional[Distortion]] = field(default_factory=list)  # per kept image
 
 
 class RosbagSource:
@@ -348,6 +353,19 @@ class RosbagSource:
         )
 
     # -- helpers -------------------------------------------------------------------------
+    def _distortion_of(self, msg, topic: str) -> Optional[Distortion]:
+        """The lens distortion of a CameraInfo message (None: pinhole); RosbagError naming an
+        unknown model or a NaN coefficient."""
+        d = np.asarray(msg.d, float).reshape(-1)
+        if d.size == 0 or (np.all(np.isfinite(d)) and not np.any(d)):
+            return None
+        try:
+            return Distortion.create(str(msg.distortion_model), d.tolist())
+        except DistortionError as e:
+            raise RosbagError(
+                f"{self.path}: camera info on '{topic}': {e} (use_projection_matrix=True reads a rectified topic)"
+            ) from None
+
     def _reader(self):
         from rosbags.rosbag2 import Reader
 
@@ -524,6 +542,7 @@ class RosbagSource:
         j = np.searchsorted(info_stamps[order], stamps + self.tolerance, side="right") - 1
         info_idx = order[np.clip(j, 0, len(order) - 1)]
         Ks = []
+        dists: List[Optional[Distortion]] = []
         for m in infos:
             K = (
                 np.asarray(m.p, float).reshape(3, 4)[:, :3]
@@ -531,12 +550,7 @@ class RosbagSource:
                 else np.asarray(m.k, float).reshape(3, 3)
             )
             Ks.append(ros_k_to_frame_k(K))
-            if not self.use_projection_matrix and np.any(np.asarray(m.d, float) != 0) and not self.warnings:
-                self.warnings.append(
-                    f"camera info on '{info_topic}' has non-zero distortion {list(m.d)}; "
-                    "images are used as recorded (pass a rectified topic with "
-                    "use_projection_matrix=True)"
-                )
+            dists.append(None if self.use_projection_matrix else self._distortion_of(m, info_topic))
         for i in np.unique(info_idx):
             w, h = int(infos[i].width), int(infos[i].height)
             for k in np.nonzero(info_idx == i)[0][:1]:
@@ -592,6 +606,7 @@ class RosbagSource:
             np.asarray(depth_stamps),
             camera_frame,
             world_frame,
+            [dists[i] for i in info_idx[keep]],
         )
 
     # -- public ----------------------------------------------------------------------------
@@ -666,6 +681,7 @@ class RosbagSource:
             depth=depth,
             index=k,
             meta={"source": "rosbag2", "bag": str(self.path), "topic": p.image_topic},
+            distortion=p.distortions[slot] if p.distortions else None,
         )
         try:
             return f.validate()
@@ -853,8 +869,8 @@ def write_rosbag(
                         header=header(f.stamp, cam),
                         height=h,
                         width=wd,
-                        distortion_model="plumb_bob",
-                        d=np.zeros(5),
+                        distortion_model="plumb_bob" if f.distortion is None else f.distortion.model,
+                        d=np.zeros(5) if f.distortion is None else np.asarray(f.distortion.coeffs, np.float64),
                         k=K.reshape(-1),
                         r=np.eye(3).reshape(-1),
                         p=P.reshape(-1),

@@ -11,7 +11,9 @@ Conventions (see ``lerf_ros.data.frame``):
   measurement).
 - Intrinsics. ROS ``CameraInfo`` (like OpenCV) puts the centre of pixel ``u`` at the integer
   coordinate ``u``; the package's ``Frame.K`` puts it at ``u + 0.5``. ``camera_info_to_K`` and
-  ``K_to_camera_info`` add / remove that half pixel on ``cx`` and ``cy``.
+  ``K_to_camera_info`` add / remove that half pixel on ``cx`` and ``cy``. Lens distortion
+  (``distortion_model`` and ``D``) is read by ``camera_info_distortion``: it acts on normalised
+  coordinates, the same in both conventions.
 - Poses are 4x4 float64 rigid transforms; quaternions are ``(x, y, z, w)``.
 """
 
@@ -26,6 +28,7 @@ from geometry_msgs.msg import Pose, PoseStamped, Transform, TransformStamped
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2, PointField
 from std_msgs.msg import Header
 
+from lerf_ros.geometry.camera import Distortion, DistortionError
 from lerf_ros.geometry.image import ENCODINGS, ImageDecodeError, canonical_encoding, decode_image, image_kind
 from lerf_ros.geometry.poses import PoseError, check_pose, make_pose, matrix_to_quat, quat_normalize
 
@@ -36,6 +39,7 @@ __all__ = [
     "numpy_to_image",
     "camera_info_to_K",
     "K_to_camera_info",
+    "camera_info_distortion",
     "pose_to_matrix",
     "transform_to_matrix",
     "matrix_to_pose",
@@ -158,8 +162,8 @@ def camera_info_to_K(msg: CameraInfo, use_projection: bool = False) -> Tuple[np.
     Returns ``(K, width, height)``: K (3, 3) float64 with pixel centres at ``u + 0.5`` (``cx`` and
     ``cy`` are the message's plus 0.5), and the image size. Binning and a region of interest are
     applied (K then describes the binned / cropped image). ``use_projection`` takes the intrinsics
-    from ``P`` (right for rectified images) instead of ``K``. Lens distortion is not modelled:
-    feed rectified images, or a camera with negligible distortion.
+    from ``P`` (right for rectified images) instead of ``K``. The lens distortion of raw images is
+    read by ``camera_info_distortion``.
 
     Raises ConversionError for a zero/negative/non-finite focal length or a zero image size.
     """
@@ -193,9 +197,34 @@ def camera_info_to_K(msg: CameraInfo, use_projection: bool = False) -> Tuple[np.
     return K, width, height
 
 
-def K_to_camera_info(K: np.ndarray, width: int, height: int, stamp: Any = None, frame_id: str = "") -> CameraInfo:
-    """A ``CameraInfo`` (plumb_bob, zero distortion, identity R, P = [K | 0]) for package-convention
-    intrinsics ``K`` (3, 3): the inverse of ``camera_info_to_K``."""
+def camera_info_distortion(msg: CameraInfo) -> Optional[Distortion]:
+    """The lens distortion of the raw images that go with this ``CameraInfo``; None when ``D`` is
+    empty or all zero (whatever the model is called: there is nothing to model).
+
+    Models: ``plumb_bob`` (k1 k2 t1 t2 k3), ``rational_polynomial`` (k1 k2 t1 t2 k3 k4 k5 k6) and
+    ``equidistant`` (fisheye k1 k2 k3 k4). Raises ConversionError naming the model when it is not
+    one of these, and for NaN/infinite coefficients or non-zero coefficients the model lacks."""
+    d = np.asarray(msg.d, dtype=np.float64).reshape(-1)
+    if d.size == 0 or (np.all(np.isfinite(d)) and not np.any(d)):
+        return None
+    model = str(msg.distortion_model)
+    try:
+        return Distortion.create(model, d.tolist())
+    except DistortionError as exc:
+        raise ConversionError(f"camera_info: {exc}") from None
+
+
+def K_to_camera_info(
+    K: np.ndarray,
+    width: int,
+    height: int,
+    stamp: Any = None,
+    frame_id: str = "",
+    distortion: Optional[Distortion] = None,
+) -> CameraInfo:
+    """A ``CameraInfo`` (identity R, P = [K | 0]) for package-convention intrinsics ``K`` (3, 3)
+    and an optional lens ``distortion`` (None: plumb_bob with zero ``D``): the inverse of
+    ``camera_info_to_K`` and ``camera_info_distortion``."""
     K = np.asarray(K, dtype=np.float64)
     if K.shape != (3, 3) or not np.all(np.isfinite(K)) or K[0, 0] <= 0 or K[1, 1] <= 0:
         raise ConversionError(f"K must be a finite 3x3 matrix with positive focal lengths, got {K.tolist()}")
@@ -205,8 +234,8 @@ def K_to_camera_info(K: np.ndarray, width: int, height: int, stamp: Any = None, 
     msg = CameraInfo()
     msg.header = make_header(stamp, frame_id)
     msg.width, msg.height = int(width), int(height)
-    msg.distortion_model = "plumb_bob"
-    msg.d = [0.0] * 5
+    msg.distortion_model = "plumb_bob" if distortion is None else distortion.model
+    msg.d = [0.0] * 5 if distortion is None else [float(c) for c in distortion.coeffs]
     msg.k = k.reshape(-1).tolist()
     msg.r = np.eye(3).reshape(-1).tolist()
     msg.p = np.concatenate([k, np.zeros((3, 1))], axis=1).reshape(-1).tolist()

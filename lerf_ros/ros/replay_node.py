@@ -247,7 +247,7 @@ class ReplayNode(Node):
         frame.validate()
         stamp = sec_to_stamp(stamp_s)
         image = numpy_to_image(frame.rgb, "rgb8", stamp, self.camera_frame)
-        info = K_to_camera_info(frame.K, frame.width, frame.height, stamp, self.camera_frame)
+        info = K_to_camera_info(frame.K, frame.width, frame.height, stamp, self.camera_frame, frame.distortion)
         pose = matrix_to_pose_stamped(frame.c2w, self.world_frame, stamp)
         depth = None
         if self._pub_depth is not None and frame.depth is not None:

@@ -44,12 +44,14 @@ from std_srvs.srv import SetBool, Trigger
 
 from lerf_ros.config import LerfConfig
 from lerf_ros.data.frame import Frame, FrameError
+from lerf_ros.geometry.camera import Distortion
 from lerf_ros.geometry.poses import PoseBuffer, PoseLookupError, StampGuard, make_pose
 from lerf_ros.mapping.online import OnlineTrainer, TrainerState
 from lerf_ros.msg import TrainingStatus
 from lerf_ros.ros.common import LATCHED_QOS, SENSOR_QOS, STATUS_QOS, STATUS_TOPIC, main_for
 from lerf_ros.ros.convert import (
     ConversionError,
+    camera_info_distortion,
     camera_info_to_K,
     image_to_numpy,
     matrix_to_pose,
@@ -205,7 +207,9 @@ class TrainerNode(Node):
         self.drops = DropReporter(self.get_logger().warning)
         self.frames_received = 0
         self.time_jumps = 0
-        self._camera_info: Optional[Tuple[np.ndarray, int, int, str]] = None
+        self._camera_info: Optional[Tuple[np.ndarray, int, int, str, Optional[Distortion]]] = None
+        self._camera_info_error: Optional[str] = None
+        self._distortion_logged: set = set()
         self._depth_msgs: Deque[Image] = collections.deque(maxlen=30)
         # Images waiting for ingestion (with their arrival time): also the bounded cache where an
         # image waits up to pose_tolerance_s for a pose that is still on its way.
@@ -273,12 +277,25 @@ class TrainerNode(Node):
         self._depth_msgs.append(msg)
 
     def _on_camera_info(self, msg: CameraInfo) -> None:
+        # Lens distortion is modelled (rays go through its inverse; the raw image is used as is);
+        # a model that cannot be modelled is refused, naming it: images are then dropped with
+        # that reason instead of being trained as if the lens were a pinhole.
         try:
             K, w, h = camera_info_to_K(msg)
+            distortion = camera_info_distortion(msg)
         except ConversionError as exc:
-            self.drops.drop(f"bad camera_info: {exc}")
+            self._camera_info_error = f"bad camera_info: {exc}"
+            self._camera_info = None
+            self.drops.drop(self._camera_info_error)
             return
-        self._camera_info = (K, w, h, msg.header.frame_id)
+        self._camera_info_error = None
+        if distortion is not None and distortion not in self._distortion_logged:
+            self._distortion_logged.add(distortion)
+            self.get_logger().info(
+                f"camera_info lens distortion {distortion.model} {distortion.as_dict()} is modelled "
+                f"(it moves rays by up to {distortion.max_displacement_px(K, w, h):.1f} px)"
+            )
+        self._camera_info = (K, w, h, msg.header.frame_id, distortion)
 
     def _on_pose(self, msg: PoseStamped) -> None:
         self._add_pose(stamp_to_sec(msg.header.stamp), msg.pose, msg.header.frame_id)
@@ -407,8 +424,10 @@ class TrainerNode(Node):
         elif not verdict.ok:
             return None, f"image {verdict.status}: {verdict.reason}"
         if self._camera_info is None:
+            if self._camera_info_error is not None:
+                return None, self._camera_info_error
             return None, f"no camera_info received yet on '{self.resolve_topic_name('camera_info')}'"
-        K, w, h, _ = self._camera_info
+        K, w, h, _, distortion = self._camera_info
         try:
             rgb, kind = image_to_numpy(msg)
         except ConversionError as exc:
@@ -426,7 +445,9 @@ class TrainerNode(Node):
         depth, err = self._depth_at(stamp, (h, w))
         if err is not None:
             return None, err
-        frame = Frame(rgb=rgb, K=K, c2w=c2w, stamp=stamp, frame_id=msg.header.frame_id, depth=depth)
+        frame = Frame(
+            rgb=rgb, K=K, c2w=c2w, stamp=stamp, frame_id=msg.header.frame_id, depth=depth, distortion=distortion
+        )
         try:
             frame.validate()
         except FrameError as exc:
