@@ -453,7 +453,14 @@ class QueryConfig:
     min_views: int = 3
     """Visibility filtering: a point must be seen by at least this many keyframes."""
     max_text_length: int = 256
-    """Longest query or negative phrase accepted (characters)."""
+    """Longest query text, negative phrase or frame_id a request may carry (characters); longer ones
+    are refused."""
+    max_negatives: int = 32
+    """Most negative phrases one request may add to the canonical ones; more are refused (each one
+    costs a text embedding and a column in every relevancy)."""
+    max_grasps_limit: int = 20
+    """Most grasp poses one answer holds: a request's max_grasps above this is clamped to it (and the
+    answer says so). A request's max_points is likewise clamped to max_candidate_points."""
     gripper_max_width: float = 0.08
     """Largest opening of the parallel-jaw gripper (m); wider grasps are rejected."""
     dbscan_eps: float = 0.03
@@ -520,6 +527,7 @@ class QueryConfig:
             "max_grasps",
             "min_views",
             "max_text_length",
+            "max_grasps_limit",
             "dbscan_min_points",
             "surface_stride",
             "surface_max_views",
@@ -546,6 +554,13 @@ class QueryConfig:
             "in [0, 1)",
         )
         _require(0 <= self.grasp_focus <= 1, "query.grasp_focus", self.grasp_focus, "in [0, 1]")
+        _require(self.max_negatives >= 0, "query.max_negatives", self.max_negatives, ">= 0")
+        _require(
+            self.max_grasps <= self.max_grasps_limit,
+            "query.max_grasps",
+            self.max_grasps,
+            f"<= query.max_grasps_limit ({self.max_grasps_limit})",
+        )
         return self
 
 

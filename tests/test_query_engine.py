@@ -450,3 +450,129 @@ def test_set_snapshot_rejects_what_is_not_a_field_snapshot(scene, teacher):
     with pytest.raises(TypeError, match="NoFastPath is not a FieldSnapshot.*language_multi_scale"):
         eng.set_snapshot(NoFastPath())
     assert eng.snapshot is None
+
+
+# ---------------------------------------------------------------------------------- bounded requests
+def test_negatives_are_capped_in_number_and_length(scene, engine):
+    cfg = engine.cfg
+    obj = scene.objects[0]
+    allowed = [f"distractor number {i}" for i in range(cfg.max_negatives)]
+    r = engine.query(obj.class_name, negatives=allowed)
+    assert r.success, r.message
+    r = engine.query(obj.class_name, negatives=allowed + ["one more"])
+    assert not r.success and r.step == 100
+    assert f"too many negative phrases ({cfg.max_negatives + 1}): at most {cfg.max_negatives}" in r.message
+    assert "query.max_negatives" in r.message
+    huge = "n" * 10_000
+    r = engine.query(obj.class_name, negatives=["ok", huge])
+    assert not r.success and "negative phrase 1 too long (10000 characters)" in r.message
+    assert len(r.message) < 300 and huge[:100] not in r.message
+
+
+def test_long_and_control_character_text_is_refused_with_an_excerpt(engine):
+    text = "mug " * 2500
+    r = engine.query(text)
+    assert not r.success and r.step == 100
+    assert "too long (10000 characters)" in r.message and len(r.message) < 300
+    for bad, code in (("bot\x00tle", "U+0000"), ("blue\x1b[31m mug", "U+001B"), ("mug\n", "U+000A")):
+        r = engine.query(bad)
+        assert not r.success, bad
+        assert f"control character ({code}" in r.message and r.step == 100
+        r = engine.query("mug", negatives=["plate", bad])
+        assert not r.success and "negative phrase 1 holds a control character" in r.message
+
+
+def test_max_grasps_and_max_points_are_clamped(scene, engine):
+    cfg = engine.cfg
+    obj = next(o for o in scene.objects if engine.query(o.class_name).grasps)
+    r = engine.query(obj.class_name, max_grasps=2**32 - 1, max_points=2**32 - 1)
+    assert r.success, r.message
+    assert len(r.grasps) <= cfg.max_grasps_limit
+    assert f"max_grasps {2**32 - 1} capped at {cfg.max_grasps_limit} (query.max_grasps_limit)" in r.message
+    assert len(r.points) <= cfg.max_candidate_points
+    assert "capped" not in engine.query(obj.class_name, max_grasps=cfg.max_grasps_limit).message
+
+
+def test_relevancy_is_printed_with_enough_digits_to_differ_from_the_threshold(scene, engine):
+    from lerf_ros.query.request import format_relevancy
+
+    assert format_relevancy(0.9996, 1.0) == "0.9996"
+    assert format_relevancy(0.54999, 0.55) == "0.54999"
+    assert format_relevancy(0.3, 0.55) == "0.300" and format_relevancy(1.0, 1.0) == "1.000"
+    r = engine.query(scene.objects[0].class_name, threshold=1.0)
+    assert not r.success and r.max_relevancy < 1.0
+    shown = r.message.split("best relevancy found is ")[1].split(" ")[0]
+    assert float(shown) < 1.0 and shown != "1.000", r.message
+    assert "threshold 1.000" in r.message
+
+
+def test_refused_requests_report_the_loaded_models_step(engine, teacher):
+    assert engine.query("").step == 100
+    assert engine.query("mug", threshold=2.0).step == 100
+    assert QueryEngine(qcfg(), teacher.encode_text).query("").step == -1
+
+
+def test_query_config_checks_the_new_bounds():
+    from lerf_ros.config import ConfigError
+
+    with pytest.raises(ConfigError, match="query.max_grasps"):
+        qcfg(max_grasps=30, max_grasps_limit=20)
+    with pytest.raises(ConfigError, match="query.max_negatives"):
+        qcfg(max_negatives=-1)
+
+
+# ---------------------------------------------------------------------------------- interruptible preparation
+def test_views_rendered_in_strips_equal_the_whole_view(scene, teacher, monkeypatch):
+    from lerf_ros.query import surface as surface_mod
+
+    snap = AnalyticSnapshot(scene, teacher.encode_text, step=1)
+    cam = snap.cameras[0]
+    whole = surface_mod._render_view(snap, cam, 1)
+    monkeypatch.setitem(surface_mod.STRIP_RAYS, "cpu", 3 * cam.width + 5)  # strips of 3 rows, the last shorter
+    calls = []
+    render = snap.render
+    monkeypatch.setattr(snap, "render", lambda K, c2w, h, w: calls.append(h) or render(K, c2w, h, w))
+    strips = surface_mod._render_view(snap, cam, 1)
+    assert len(calls) == -(-cam.height // 3) and max(calls) == 3
+    for key in ("depth", "rgb", "acc"):
+        np.testing.assert_allclose(strips[key], whole[key], atol=1e-5)
+
+
+def test_close_stops_preparation_at_the_next_chunk(scene, teacher):
+    """``close`` during ``prepare`` ends it within one chunk; later queries are refused, not answered."""
+    import time
+
+    from lerf_ros.query.cancel import Cancelled
+
+    snap = AnalyticSnapshot(scene, teacher.encode_text, step=7)
+    calls = []
+    render = snap.render
+
+    def slow_render(K, c2w, h, w):  # each strip takes a while, like a big field on a CPU
+        calls.append(time.monotonic())
+        time.sleep(0.05)
+        return render(K, c2w, h, w)
+
+    snap.render = slow_render
+    eng = QueryEngine(qcfg(), teacher.encode_text)
+    eng.set_snapshot(snap)
+    outcome = {}
+
+    def prepare():
+        try:
+            outcome["ms"] = eng.prepare()
+        except Cancelled as exc:
+            outcome["cancelled"] = (time.monotonic(), str(exc))
+
+    t = threading.Thread(target=prepare)
+    t.start()
+    while len(calls) < 3:
+        time.sleep(0.01)
+    t_close = time.monotonic()
+    eng.close()
+    t.join(10.0)
+    assert not t.is_alive() and "cancelled" in outcome, outcome
+    assert outcome["cancelled"][0] - t_close < 0.5
+    assert len(calls) < 20 * len(snap.cameras)  # far from all views were rendered
+    r = eng.query(scene.objects[0].class_name)
+    assert not r.success and "shutting down" in r.message and r.step == 7

@@ -22,7 +22,10 @@ import numpy as np
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("text", nargs="+", help="what to look for (several queries: several arguments)")
     src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--checkpoint", help="a checkpoint file, or a folder of checkpoints (the newest is used)")
+    src.add_argument(
+        "--checkpoint",
+        help="a checkpoint file, or a folder of checkpoints (the highest step is used: step-*.ckpt or final.ckpt)",
+    )
     src.add_argument("--service", action="store_true", help="call the running /lerf/query service")
     p.add_argument("--scene", help="synthetic scene folder (ground-truth teacher) instead of the checkpoint's teacher")
     p.add_argument("--negatives", nargs="*", default=[], help="extra negative phrases")
@@ -77,17 +80,14 @@ def _offline(args) -> int:
 
     path = args.checkpoint
     if os.path.isdir(path):
-        # The newest of: periodic checkpoints (trainer node, `lerf-ros train`) and `final.ckpt`.
-        found = [
-            p
-            for d in (path, os.path.join(path, "checkpoints"))
-            for p in (latest_checkpoint(d), os.path.join(d, "final.ckpt"))
-            if p and os.path.isfile(p)
-        ]
-        if not found:
+        # The newest usable checkpoint of the folder or its checkpoints/ (the trainer's resume and the
+        # query node choose by the same rule).
+        path = latest_checkpoint(
+            [path, os.path.join(path, "checkpoints")], warn=lambda m: print(f"warning: {m}", file=sys.stderr)
+        )
+        if path is None:
             print(f"no checkpoint in {args.checkpoint}", file=sys.stderr)
             return 2
-        path = max(found, key=os.path.getmtime)
     try:
         payload = read_checkpoint(path)
         cfg = config_of(payload)
@@ -115,8 +115,18 @@ def _offline(args) -> int:
 
 
 def _online(args) -> int:
+    from lerf_ros.query.request import control_character, excerpt
     from lerf_ros.ros.client import LerfClient
 
+    # The node refuses control characters too (a NUL would not even reach it: ROS strings end there).
+    for value in list(args.text) + list(args.negatives):
+        i = control_character(value)
+        if i >= 0:
+            print(
+                f"{excerpt(value)} holds a control character (U+{ord(value[i]):04X}): give printable text",
+                file=sys.stderr,
+            )
+            return 2
     with LerfClient("lerf_query_cli") as client:
         if not client.wait_for_service(10.0):
             print("/lerf/query is not available (are the nodes running, on the same ROS_DOMAIN_ID?)", file=sys.stderr)

@@ -39,12 +39,15 @@ import torch
 from lerf_ros.config import QueryConfig
 from lerf_ros.data.frame import FrameError, check_pose
 from lerf_ros.field.snapshot import FieldSnapshot
+from lerf_ros.query.cancel import Cancelled, StopFlag
 from lerf_ros.query.grasp import Grasp, GripperModel, plan_grasps
 from lerf_ros.query.relevancy import FeatureCache, scale_search
+from lerf_ros.query.request import excerpt, format_relevancy, text_problem
 from lerf_ros.query.surface import SurfaceCache, SurfaceError, SurfacePoints
 from lerf_ros.teachers.text import TextEncoderCache, negative_phrases
 
 NO_MODEL_MESSAGE = "no model yet: the trainer has not produced a snapshot (waiting for keyframes)"
+CLOSED_MESSAGE = "the query engine is shutting down: ask again once the node is back"
 
 log = logging.getLogger(__name__)
 
@@ -102,8 +105,15 @@ class QueryEngine:
         ).check()
         self._lock = threading.Lock()
         self._snapshot: Optional[FieldSnapshot] = None
-        self._surfaces = SurfaceCache(cfg)
-        self._features = FeatureCache(int(cfg.feature_cache_mb * 2**20))
+        self.stop = StopFlag()
+        """Set by ``close``; preparation work checks it between chunks."""
+        self._surfaces = SurfaceCache(cfg, self.stop)
+        self._features = FeatureCache(int(cfg.feature_cache_mb * 2**20), self.stop)
+
+    def close(self) -> None:
+        """Stop: preparation in progress (``prepare``, or a query preparing a new snapshot) ends at
+        its next chunk boundary by raising ``Cancelled``, and later queries are refused."""
+        self.stop.set()
 
     # ------------------------------------------------------------------ model
     def set_snapshot(self, snapshot: FieldSnapshot) -> None:
@@ -135,7 +145,8 @@ class QueryEngine:
 
     def prepare(self) -> Dict[str, float]:
         """Compute what the current snapshot's queries need (surface points, projected features)
-        now rather than in the first query. Returns milliseconds spent: 'surface', 'features'."""
+        now rather than in the first query. Returns milliseconds spent: 'surface', 'features'.
+        Raises ``lerf_ros.query.cancel.Cancelled`` when ``close`` is called meanwhile."""
         snap = self.snapshot
         out = {"surface": 0.0, "features": 0.0}
         if snap is None:
@@ -174,20 +185,26 @@ class QueryEngine:
     # ------------------------------------------------------------------ queries
     def _check_request(self, text, negatives, threshold, max_points, max_grasps, world_to_target) -> str:
         cfg = self.cfg
-        if not isinstance(text, str) or not text.strip():
+        if isinstance(text, str) and not text.strip():
             return "empty query text: give a word or phrase naming what to find"
-        if len(text) > cfg.max_text_length:
+        problem = text_problem("query text", text, cfg.max_text_length, "query.max_text_length")
+        if problem:
+            return problem
+        if len(negatives) > cfg.max_negatives:
             return (
-                f"query text too long ({len(text)} characters): at most {cfg.max_text_length} (query.max_text_length)"
+                f"too many negative phrases ({len(negatives)}): at most {cfg.max_negatives} per request "
+                "(query.max_negatives), besides the canonical ones"
             )
         for i, neg in enumerate(negatives):
-            if not isinstance(neg, str) or not neg.strip():
+            if isinstance(neg, str) and not neg.strip():
                 return f"negative phrase {i} is empty: remove it or give a phrase"
-            if len(neg) > cfg.max_text_length:
-                return f"negative phrase {i} too long ({len(neg)} characters): at most {cfg.max_text_length}"
+            problem = text_problem(f"negative phrase {i}", neg, cfg.max_text_length, "query.max_text_length")
+            if problem:
+                return problem
         if not isinstance(threshold, (int, float)) or not math.isfinite(threshold) or not 0 <= threshold <= 1:
             return (
-                f"threshold {threshold!r} is outside [0, 1]: give a relevancy in [0, 1] (0 = default {cfg.threshold})"
+                f"threshold {excerpt(threshold) if isinstance(threshold, str) else threshold!r} is outside [0, 1]: "
+                f"give a relevancy in [0, 1] (0 = default {cfg.threshold})"
             )
         if max_points < 0:
             return f"max_points {max_points} is negative: give a count (0 = default {cfg.max_points})"
@@ -212,31 +229,40 @@ class QueryEngine:
         """Answer one query.
 
         Args:
-            text: what to find (1..max_text_length characters).
-            negatives: extra negative phrases, added to the configured canonical phrases.
+            text: what to find (1..max_text_length characters, no control characters).
+            negatives: at most ``query.max_negatives`` extra negative phrases (each like ``text``),
+                added to the configured canonical phrases.
             threshold: keep points with relevancy >= this; 0 = the configured default.
-            max_points: at most this many points (most relevant kept); 0 = the configured default.
-            max_grasps: at most this many grasps; 0 = the configured default.
+            max_points: at most this many points (most relevant kept); 0 = the configured default;
+                clamped to ``query.max_candidate_points``.
+            max_grasps: at most this many grasps; 0 = the configured default; clamped to
+                ``query.max_grasps_limit`` (the message says so).
             world_to_target: optional (4, 4) rigid transform from the world frame to the output frame.
         Returns:
             QueryResult. Never raises: a bad request, and any failure while answering (logged with
-            its traceback), give success=False and a message.
+            its traceback), give success=False and a message; ``step`` is the current snapshot's
+            step whenever there is one, refused requests included.
         """
         t0 = time.perf_counter()
         timings = {"surface": 0.0, "features": 0.0, "text": 0.0, "field": 0.0, "cluster": 0.0}
+        snap = self.snapshot
+        step = -1 if snap is None else int(snap.step)
         negatives = list(negatives or ())
         error = self._check_request(text, negatives, threshold, max_points, max_grasps, world_to_target)
+        if not error and self.stop.is_set():
+            error = CLOSED_MESSAGE
         if error:
-            return QueryResult(False, error, timings=self._total(timings, t0))
+            return QueryResult(False, error, step=step, timings=self._total(timings, t0))
         try:
             return self._answer(text, negatives, threshold, max_points, max_grasps, world_to_target, timings, t0)
+        except Cancelled:
+            return QueryResult(False, CLOSED_MESSAGE, step=step, timings=self._total(timings, t0))
         except Exception as exc:  # a service must answer; the traceback goes to the log
-            log.exception("query %r failed", text[:64])
-            snap = self.snapshot
+            log.exception("query %s failed", excerpt(text))
             return QueryResult(
                 False,
                 f"query failed: {type(exc).__name__}: {exc}",
-                step=-1 if snap is None else int(snap.step),
+                step=step,
                 timings=self._total(timings, t0),
             )
 
@@ -253,8 +279,11 @@ class QueryEngine:
     ) -> QueryResult:
         cfg = self.cfg
         threshold = float(threshold) if threshold > 0 else cfg.threshold
-        max_points = int(max_points) or cfg.max_points
-        max_grasps = int(max_grasps) or cfg.max_grasps
+        max_points = min(int(max_points) or cfg.max_points, cfg.max_candidate_points)
+        capped = ""
+        if int(max_grasps) > cfg.max_grasps_limit:
+            capped = f"; max_grasps {int(max_grasps)} capped at {cfg.max_grasps_limit} (query.max_grasps_limit)"
+        max_grasps = min(int(max_grasps) or cfg.max_grasps, cfg.max_grasps_limit)
         text = text.strip()
         negatives = [n.strip() for n in negatives]
 
@@ -293,7 +322,7 @@ class QueryEngine:
         if not negs:
             return QueryResult(
                 False,
-                (f"no negative phrase left: '{text}' is the only canonical phrase; add a negative phrase"),
+                (f"no negative phrase left: {excerpt(text)} is the only canonical phrase; add a negative phrase"),
                 step=step,
                 timings=self._total(timings, t0),
             )
@@ -328,9 +357,9 @@ class QueryEngine:
             return QueryResult(
                 False,
                 (
-                    f"nothing above threshold {threshold:.3f} for '{text}': the best relevancy "
-                    f"found is {max_rel:.3f} (scale {scale:.2f} m, {len(surface)} points); lower "
-                    "the threshold or rephrase"
+                    f"nothing above threshold {format_relevancy(threshold, threshold)} for {excerpt(text)}: the best "
+                    f"relevancy found is {format_relevancy(max_rel, threshold)} (scale {scale:.2f} m, "
+                    f"{len(surface)} points); lower the threshold or rephrase"
                 ),
                 timings=self._total(timings, t0),
                 **base,
@@ -363,10 +392,11 @@ class QueryEngine:
             pts = (pts.astype(np.float64) @ T[:3, :3].T + T[:3, 3]).astype(np.float32)
             grasps = [g.transformed(T) for g in grasps]
         msg = (
-            f"{len(keep)} of {len(above)} points above threshold {threshold:.3f} (max relevancy {max_rel:.3f} "
-            f"at scale {scale:.2f} m, model step {step})"
+            f"{len(keep)} of {len(above)} points above threshold {format_relevancy(threshold, threshold)} (max "
+            f"relevancy {format_relevancy(max_rel, threshold)} at scale {scale:.2f} m, model step {step})"
         )
         msg += f"; {len(grasps)} grasp(s)" if grasps else f"; {plan.message}"
+        msg += capped
         return QueryResult(
             True,
             msg,

@@ -38,6 +38,7 @@ import numpy as np
 import torch
 
 from lerf_ros.field.snapshot import FieldSnapshot
+from lerf_ros.query.cancel import StopFlag, check
 from lerf_ros.teachers.text import relevancy
 
 #: a basis is accepted when every projected unit row keeps at least this much of its squared norm;
@@ -152,6 +153,7 @@ class ProjectedFeatures:
         chunk: int,
         max_bytes: int,
         max_extensions: int = 3,
+        stop: Optional[StopFlag] = None,
     ) -> Tuple[Optional["ProjectedFeatures"], str]:
         """(features, "") or (None, why not): the basis is too wide to save anything, the
         coefficients would exceed ``max_bytes``, or the basis keeps missing part of the outputs.
@@ -161,7 +163,9 @@ class ProjectedFeatures:
         outputs the sample did not reach (a class or a hidden unit active only at some points).
         One pass over all points finds every point whose projection keeps too little of its norm;
         the basis is extended with their residual directions and one more pass adds the
-        coefficients along the new directions, at most ``max_extensions`` times."""
+        coefficients along the new directions, at most ``max_extensions`` times.
+
+        ``stop`` is checked between chunks of ``chunk`` points (raises ``Cancelled`` when set)."""
         t0 = time.perf_counter()
         S, N, D = len(scales), len(xyz), int(snapshot.clip_dim)
         if N == 0 or max_bytes <= 0:
@@ -182,6 +186,7 @@ class ProjectedFeatures:
                     return None, f"{S * N * r * 4 / 2**20:.0f} MiB needed > query.feature_cache_mb"
                 more = torch.empty(N, S, new_dirs.shape[0], dtype=torch.float32, device=xyz.device)
                 for a in range(0, N, chunk):
+                    check(stop)
                     more[a : a + chunk] = language_projected(snapshot, xyz[a : a + chunk], scales, new_dirs).transpose(
                         0, 1
                     )
@@ -216,8 +221,9 @@ class FeatureCache:
     """``ProjectedFeatures`` of the newest (snapshot, surface) pair. Thread-safe: the first caller
     builds them, concurrent callers for the same pair wait and share the result."""
 
-    def __init__(self, max_bytes: int) -> None:
+    def __init__(self, max_bytes: int, stop: Optional[StopFlag] = None) -> None:
         self.max_bytes = int(max_bytes)
+        self.stop = stop
         self._lock = threading.Lock()
         self._key: Optional[Tuple[object, object]] = None  # (snapshot, surface), held strongly
         self._value: Optional[ProjectedFeatures] = None
@@ -240,7 +246,7 @@ class FeatureCache:
         with self._lock:
             if self._key is not None and self._key[0] is snapshot and self._key[1] is surface:
                 return self._value, False
-            value, note = ProjectedFeatures.build(snapshot, xyz, scales, chunk, self.max_bytes)
+            value, note = ProjectedFeatures.build(snapshot, xyz, scales, chunk, self.max_bytes, stop=self.stop)
             self._key, self._value, self.note = (snapshot, surface), value, note
             return value, True
 

@@ -31,6 +31,7 @@ import torch
 from lerf_ros.config import QueryConfig
 from lerf_ros.field.snapshot import CameraView, FieldSnapshot
 from lerf_ros.geometry.camera import backproject, project, scaled_intrinsics
+from lerf_ros.query.cancel import StopFlag, check
 
 __all__ = [
     "PRE_VISIBILITY_POINTS",
@@ -47,6 +48,8 @@ __all__ = [
 
 #: voxel points always visibility-tested before any random thinning (more only for larger max_candidate_points)
 PRE_VISIBILITY_POINTS = 200_000
+#: rays per rendered strip of a view (CPU, CUDA): the unit of work between two checks of the stop flag
+STRIP_RAYS = {"cpu": 4096, "cuda": 32768}
 
 
 class SurfaceError(RuntimeError):
@@ -85,20 +88,37 @@ def select_views(cameras: List[CameraView], max_views: int) -> List[int]:
     return sorted(set(np.linspace(0, n - 1, max_views).round().astype(int).tolist()))
 
 
-def _render_view(snapshot: FieldSnapshot, cam: CameraView, stride: int) -> Dict[str, np.ndarray]:
+def _strip_rays(snapshot: FieldSnapshot) -> int:
+    return STRIP_RAYS["cuda" if torch.device(snapshot.device).type == "cuda" else "cpu"]
+
+
+def _render_view(
+    snapshot: FieldSnapshot, cam: CameraView, stride: int, stop: Optional[StopFlag] = None
+) -> Dict[str, np.ndarray]:
+    """Depth, colour and accumulation of one keyframe view at 1/``stride`` resolution.
+
+    The view is rendered in horizontal strips of about ``STRIP_RAYS`` rays (rows a..b of a pinhole
+    image are the image of the same camera with its principal point moved up by a rows), checking
+    ``stop`` between strips."""
     w = max(1, int(round(cam.width / stride)))
     h = max(1, int(round(cam.height / stride)))
     K = scaled_intrinsics(np.asarray(cam.K), cam.width, cam.height, w, h)
     c2w = np.asarray(cam.c2w, dtype=np.float64)
-    with torch.no_grad():
-        out = snapshot.render(K, c2w, h, w)
-    for key in ("depth", "rgb", "accumulation"):
-        if key not in out:
-            raise SurfaceError(f"snapshot.render() returned no '{key}' (got {sorted(out)})")
-    depth = out["depth"].detach().float().cpu().numpy().reshape(h, w)
-    rgb = out["rgb"].detach().float().cpu().numpy().reshape(h, w, 3)
-    acc = out["accumulation"].detach().float().cpu().numpy().reshape(h, w)
-    return {"K": K, "c2w": c2w, "depth": depth, "rgb": rgb, "acc": acc}
+    rows = max(1, _strip_rays(snapshot) // w)
+    parts: Dict[str, List[np.ndarray]] = {"depth": [], "rgb": [], "accumulation": []}
+    for top in range(0, h, rows):
+        check(stop)
+        n = min(rows, h - top)
+        Ks = np.array(K, dtype=np.float64, copy=True)
+        Ks[1, 2] -= top
+        with torch.no_grad():
+            out = snapshot.render(Ks, c2w, n, w)
+        for key in parts:
+            if key not in out:
+                raise SurfaceError(f"snapshot.render() returned no '{key}' (got {sorted(out)})")
+            parts[key].append(out[key].detach().float().cpu().numpy().reshape(n, w, -1))
+    depth, rgb, acc = (np.concatenate(parts[k], axis=0) for k in ("depth", "rgb", "accumulation"))
+    return {"K": K, "c2w": c2w, "depth": depth.reshape(h, w), "rgb": rgb.reshape(h, w, 3), "acc": acc.reshape(h, w)}
 
 
 def _scene_box(snapshot: FieldSnapshot, max_box: float) -> Optional[Tuple[np.ndarray, float]]:
@@ -110,16 +130,19 @@ def _scene_box(snapshot: FieldSnapshot, max_box: float) -> Optional[Tuple[np.nda
     return np.asarray(center, np.float64).reshape(3), float(max_box) * float(scale)
 
 
-def extract_surface(snapshot: FieldSnapshot, cfg: QueryConfig) -> SurfacePoints:
+def extract_surface(snapshot: FieldSnapshot, cfg: QueryConfig, stop: Optional[StopFlag] = None) -> SurfacePoints:
     """Surface points of ``snapshot`` (see the module docstring). Raises SurfaceError when the
-    snapshot has no cameras."""
+    snapshot has no cameras, and ``lerf_ros.query.cancel.Cancelled`` when ``stop`` is set (checked
+    between strips of the rendered views and between views of the visibility test)."""
     import open3d as o3d
 
     t0 = time.perf_counter()
     cams = list(snapshot.cameras)
     if not cams:
         raise SurfaceError("the snapshot has no keyframe cameras to extract a surface from")
-    views = [_render_view(snapshot, cams[i], cfg.surface_stride) for i in select_views(cams, cfg.surface_max_views)]
+    views = [
+        _render_view(snapshot, cams[i], cfg.surface_stride, stop) for i in select_views(cams, cfg.surface_max_views)
+    ]
     t_render = time.perf_counter()
 
     box = _scene_box(snapshot, cfg.surface_max_box)
@@ -171,6 +194,7 @@ def extract_surface(snapshot: FieldSnapshot, cfg: QueryConfig) -> SurfacePoints:
     count = np.zeros(len(xyz), np.int32)
     towards = np.zeros_like(xyz)  # sum of unit directions to the cameras that see a point
     for v in views:
+        check(stop)
         h, w = v["depth"].shape
         col, row, z = project(xyz, v["K"], v["c2w"])
         inside = (z > 1e-6) & (col >= 0) & (col < w) & (row >= 0) & (row < h)
@@ -226,8 +250,9 @@ class SurfaceCache:
     surface when there is one (and wait for the new one otherwise).
     """
 
-    def __init__(self, cfg: QueryConfig) -> None:
+    def __init__(self, cfg: QueryConfig, stop: Optional[StopFlag] = None) -> None:
         self.cfg = cfg
+        self.stop = stop
         self._state = threading.Lock()
         self._compute = threading.Lock()
         self._surface: Optional[SurfacePoints] = None
@@ -260,7 +285,7 @@ class SurfaceCache:
             with self._state:
                 if not self._stale(snapshot):
                     return self._surface, False
-            surface = extract_surface(snapshot, self.cfg)
+            surface = extract_surface(snapshot, self.cfg, self.stop)
             with self._state:
                 self._surface = surface
                 self._tensors = {}
