@@ -210,3 +210,18 @@ def test_missing_images_are_skipped_with_one_counting_warning_or_refused(tmp_pat
     assert len(warned) == 1 and "skipping 2 of 4 frames" in warned[0] and "gone1.png, gone2.png" in warned[0]
     with pytest.raises(TransformsFormatError, match=r"2 of 4 frames have no image file: gone1.png, gone2.png"):
         TransformsSource(tmp_path, missing_images="error")
+
+
+def test_reader_options_reach_the_reader_from_the_commands(tmp_path):
+    from lerf_ros.commands.train import open_with_options
+
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "img.png")
+    frames = [FRAME, {**FRAME, "file_path": "gone.png"}]
+    (tmp_path / "transforms.json").write_text(json.dumps({"fl_x": 5.0, "k1": -0.1, "frames": frames}))
+    src = open_with_options(str(tmp_path), ["distortion=ignore", "frame_interval=0.5"])
+    (f,) = list(src)
+    assert f.distortion is None
+    with pytest.raises(TransformsFormatError, match="1 of 2 frames have no image file: gone.png"):
+        open_with_options(str(tmp_path), ["missing_images=error"])
+    with pytest.raises(ValueError, match="reader option not accepted"):
+        open_with_options(str(tmp_path), ["no_such_option=1"])

@@ -27,7 +27,7 @@ Ctrl-C (SIGINT) or SIGTERM stops it cleanly (exit code 0). The node is
 from __future__ import annotations
 
 import argparse
-from typing import Any
+from typing import Any, List, Optional
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -85,21 +85,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--log-every", type=float, default=5.0, metavar="SEC", help="seconds between progress lines (default 5)"
     )
     parser.add_argument("--node-name", default=None, help="node name (default lerf_replay)")
+    from lerf_ros.commands.train import add_reader_arguments
+
+    add_reader_arguments(parser)
 
 
-def open_frames(spec: str) -> Any:
-    """A re-iterable source of ``Frame`` objects for ``spec`` (``lerf_ros.data.sources.open_source``;
-    a bare ``synthetic`` means the default synthetic scene)."""
-    from lerf_ros.data.sources import open_source
+def open_frames(spec: str, options: Optional[List[str]] = None) -> Any:
+    """A re-iterable source of ``Frame`` objects for ``spec`` (``lerf_ros.data.sources.open_source``
+    with the ``--reader-option KEY=VALUE`` items; a bare ``synthetic`` means the default synthetic
+    scene)."""
+    from lerf_ros.commands.train import open_with_options
 
-    return open_source("synthetic:" if spec == "synthetic" else spec)
+    return open_with_options("synthetic:" if spec == "synthetic" else spec, list(options or []))
 
 
 def run(args: argparse.Namespace) -> int:
     """Open the source and replay it (``lerf_ros.ros.replay_node.run_replay``); 2 for a source that
     cannot be opened or a rate <= 0."""
     try:
-        frames = open_frames(args.source)
+        frames = open_frames(args.source, args.reader_option)
     except (OSError, ValueError) as exc:
         print(f"lerf-ros replay: cannot open '{args.source}': {exc}", flush=True)
         return 2

@@ -45,6 +45,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--preset", default="tiny", help="configuration preset: tiny, lerf-lite, lerf, lerf-big (default tiny)"
     )
     p.add_argument("--config", help="YAML configuration (its 'preset' key wins over --preset)")
+    add_reader_arguments(p)
     p.add_argument(
         "--set",
         action="append",
@@ -74,6 +75,44 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-renders", type=int, default=4, help="held-out views rendered to PNG")
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in the run folder")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (log lines instead)")
+
+
+READER_OPTIONS_HELP = (
+    "option of the source's reader (repeatable). transforms.json: distortion=model|ignore, "
+    "missing_images=skip|error, depth_unit_scale=M, frame_interval=S, frame_id=NAME, background=[r,g,b]; "
+    "rosbag2: image_topic, camera_info_topic, depth_topic, pose_topic, world_frame, camera_frame, "
+    "pose_child_frame, tf_topic, tf_static_topic, tolerance, max_interpolation_gap, use_projection_matrix; "
+    "synthetic spec: width, height, n_frames, n_objects, seed"
+)
+
+
+def add_reader_arguments(p: argparse.ArgumentParser) -> None:
+    """``--reader-option KEY=VALUE``: every keyword of the source's reader (shared with replay)."""
+    p.add_argument("--reader-option", action="append", default=[], metavar="KEY=VALUE", help=READER_OPTIONS_HELP)
+
+
+def reader_options(items: List[str]) -> Dict[str, Any]:
+    """``KEY=VALUE`` items -> keyword arguments for ``open_source`` (values parsed as YAML).
+    Raises ValueError for an item without '='."""
+    out: Dict[str, Any] = {}
+    for item in items:
+        if "=" not in item:
+            raise ValueError(f"--reader-option {item!r}: expected KEY=VALUE")
+        k, v = item.split("=", 1)
+        out[k.strip()] = _parse_value(v.strip())
+    return out
+
+
+def open_with_options(spec: str, items: List[str]):
+    """``open_source(spec, **reader_options(items))``; an option the reader does not take is a
+    ValueError naming it."""
+    from lerf_ros.data.sources import open_source
+
+    kwargs = reader_options(items)
+    try:
+        return open_source(spec, **kwargs)
+    except TypeError as exc:
+        raise ValueError(f"{spec}: reader option not accepted ({exc}); known: {READER_OPTIONS_HELP}") from None
 
 
 def _parse_value(text: str) -> Any:
@@ -134,7 +173,7 @@ def _slug(text: str) -> str:
 def run(args: argparse.Namespace) -> int:
     from lerf_ros.config import ConfigError
     from lerf_ros.data.frame import FrameError
-    from lerf_ros.data.sources import SourceError, open_source
+    from lerf_ros.data.sources import SourceError
     from lerf_ros.mapping.session import Session
     from lerf_ros.teachers import make_teacher
     from lerf_ros.teachers.text import negative_phrases, relevancy
@@ -145,7 +184,7 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         cfg, overrides = _build_config(args)
-        source = open_source(args.scene)
+        source = open_with_options(args.scene, args.reader_option)
         frames = list(source)
     except (ConfigError, SourceError, FrameError, OSError, ValueError) as exc:
         return fail(str(exc))
