@@ -536,6 +536,19 @@ def test_views_rendered_in_strips_equal_the_whole_view(scene, teacher, monkeypat
     assert len(calls) == -(-cam.height // 3) and max(calls) == 3
     for key in ("depth", "rgb", "acc"):
         np.testing.assert_allclose(strips[key], whole[key], atol=1e-5)
+    # The real field too (deterministic samples per ray): strips of a FrozenField equal its whole view.
+    from lerf_ros.field.frozen import FrozenField
+    from lerf_ros.field.model import LerfModel
+
+    torch.manual_seed(0)
+    field = FrozenField(LerfModel(preset("tiny").model, 16, 8), [cam], step=1)
+    monkeypatch.setitem(surface_mod.STRIP_RAYS, "cpu", 10**9)
+    whole = surface_mod._render_view(field, cam, 4)
+    monkeypatch.setitem(surface_mod.STRIP_RAYS, "cpu", 2 * whole["depth"].shape[1])
+    strips = surface_mod._render_view(field, cam, 4)
+    assert whole["depth"].std() > 0 and whole["rgb"].std() > 0  # not a constant image
+    for key in ("depth", "rgb", "acc"):
+        torch.testing.assert_close(torch.from_numpy(strips[key]), torch.from_numpy(whole[key]), atol=1e-5, rtol=1e-5)
 
 
 def test_close_stops_preparation_at_the_next_chunk(scene, teacher):

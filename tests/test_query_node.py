@@ -1,10 +1,19 @@
 """The query node as its own process, answering over DDS from a checkpoint trained in this test.
 
 A tiny LERF is trained offline on a synthetic scene (its ground-truth semantics as the teacher) and
-checkpointed; the query node loads the checkpoint; this process asks /lerf/query for the scene's
-objects and checks the most relevant points and the best grasp lie on the named object, that a word
-absent from the scene stays below the threshold, and that the RViz outputs are published (latched).
+checkpointed (``step-0000300.ckpt``, then ``final.ckpt`` ten steps later); the query node loads the
+newest by step (``final.ckpt``, although the periodic file is touched to look newer on disk); this
+process asks /lerf/query for the scene's objects and checks the most relevant points and the best
+grasp lie on the named object, that a word absent from the scene stays below the threshold, and that
+the RViz outputs are published (latched). Further tests: requests are bounded (negatives, string
+lengths, control characters, grasps) and a request with the most negatives stays under 100 MB of
+extra memory in the node process; a SIGINT or SIGTERM while the node prepares a snapshot ends it
+within 5 s with code 0.
 """
+
+import os
+import signal
+import time
 
 import numpy as np
 import pytest
@@ -37,6 +46,7 @@ from ros_helpers import (  # noqa: E402,E501
 )
 
 STEPS = 300
+FINAL_STEPS = STEPS + 10
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +65,12 @@ def trained(tmp_path_factory):
     torch.set_num_threads(2)
     for _ in range(STEPS):
         session.step()
-    session.save_checkpoint()  # <output_dir>/checkpoints/step-NNNNNNN.ckpt
+    periodic = session.save_checkpoint()  # <output_dir>/checkpoints/step-NNNNNNN.ckpt
+    for _ in range(FINAL_STEPS - STEPS):
+        session.step()
+    session.save_checkpoint(os.path.join(session.checkpoint_dir, "final.ckpt"))
+    later = time.time() + 60.0  # the periodic file looks newer on disk: the step must decide
+    os.utime(periodic, (later, later))
     params = root / "params.yaml"
     params.write_text(
         "/**:\n  ros__parameters:\n    preset: tiny\n"
@@ -63,6 +78,23 @@ def trained(tmp_path_factory):
         f"    teacher:\n      kind: ground_truth\n      scene_dir: '{root / 'scene'}'\n"
     )
     return scene, params
+
+
+def start_node(params, domain):
+    return start_process(
+        python_argv("-m", "lerf_ros.ros.query_node", "--ros-args", "--params-file", str(params)), env=ros_env(domain)
+    )
+
+
+def wait_for_model(ask, node, text):
+    """The first answer that is not "no model yet" (the checkpoint is loaded shortly after start)."""
+    resp = ask(text)
+    for _ in range(120):
+        if "no model yet" not in resp.message:
+            break
+        spin_until(node, lambda: False, 1.0)
+        resp = ask(text)
+    return resp
 
 
 def latched(node, msg_type, topic, store):
@@ -74,9 +106,7 @@ def latched(node, msg_type, topic, store):
 def test_query_node_answers_from_checkpoint_over_dds(trained):
     scene, params = trained
     domain = unique_domain_id()
-    proc = start_process(
-        python_argv("-m", "lerf_ros.ros.query_node", "--ros-args", "--params-file", str(params)), env=ros_env(domain)
-    )
+    proc = start_node(params, domain)
     try:
         with ros_context(domain) as ctx:
             node = rclpy.create_node("query_client", context=ctx)
@@ -89,13 +119,8 @@ def test_query_node_answers_from_checkpoint_over_dds(trained):
             assert spin_until(node, lambda: client.service_is_ready() or proc.poll() is not None, 90.0)
             assert proc.poll() is None, process_output(proc)
             # The checkpoint is loaded shortly after start; until then the answer says "no model yet".
-            resp = ask(scene.objects[0].name)
-            for _ in range(60):
-                if "no model yet" not in resp.message:
-                    break
-                spin_until(node, lambda: False, 1.0)
-                resp = ask(scene.objects[0].name)
-            assert resp.model_step == STEPS, resp.message
+            resp = wait_for_model(ask, node, scene.objects[0].name)
+            assert resp.model_step == FINAL_STEPS, resp.message  # final.ckpt: the highest step
 
             on_object, grasps_on_object, asked = 0, 0, 0
             text_with_grasp = None
@@ -145,3 +170,108 @@ def test_query_node_answers_from_checkpoint_over_dds(trained):
     finally:
         code = stop_process(proc, timeout=30.0)
     assert code == 0, process_output(proc)
+
+
+def rss_kib(pid, key="VmRSS"):
+    """``key`` (VmRSS: resident now, VmHWM: peak since the last reset) of process ``pid`` in KiB."""
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith(key + ":"):
+            return int(line.split()[1])
+    raise KeyError(key)
+
+
+def reset_peak_rss(pid):
+    """Start a new peak (VmHWM) measurement for ``pid`` (Linux: clear_refs 5)."""
+    with open(f"/proc/{pid}/clear_refs", "w") as f:
+        f.write("5")
+
+
+@pytest.mark.timeout(1800)
+def test_requests_are_bounded_and_the_most_negatives_stay_under_100_mb(trained):
+    scene, params = trained
+    domain = unique_domain_id()
+    proc = start_node(params, domain)
+    try:
+        with ros_context(domain) as ctx:
+            node = rclpy.create_node("query_client", context=ctx)
+            client = node.create_client(Query, "/lerf/query")
+
+            def ask(text, **kw):
+                assert proc.poll() is None, process_output(proc)
+                return call(node, client, Query.Request(text=text, **kw), timeout=120.0)
+
+            assert spin_until(node, lambda: client.service_is_ready() or proc.poll() is not None, 90.0)
+            obj = scene.objects[0].name
+            assert wait_for_model(ask, node, obj).model_step == FINAL_STEPS
+
+            # Refusals say which limit, quote a short excerpt only, and report the loaded model's step.
+            long = "x" * 10_000
+            for resp, expect in (
+                (ask(obj, negatives=[f"thing {i}" for i in range(33)]), "too many negative phrases (33): at most 32"),
+                (ask(long), "query text too long (10000 characters): at most 256"),
+                (ask(obj, negatives=["plate", long]), "negative phrase 1 too long (10000 characters)"),
+                (ask(obj, frame_id=long), "frame_id too long (10000 characters)"),
+                (ask("blue\x1b[31m mug"), "control character (U+001B"),
+                (ask(obj, negatives=["a\x07b"]), "negative phrase 0 holds a control character (U+0007"),
+                (ask(obj, frame_id="cam\x01"), "frame_id holds a control character (U+0001"),
+            ):
+                assert not resp.success and expect in resp.message, resp.message
+                assert len(resp.message) < 300 and long[:100] not in resp.message
+                assert resp.model_step == FINAL_STEPS, resp.message
+            resp = ask(obj, frame_id="no_such_frame_" + "y" * 200)
+            assert not resp.success and "y" * 100 not in resp.message and resp.model_step == FINAL_STEPS
+
+            # max_grasps and max_points are clamped, not refused.
+            resp = ask(obj, max_grasps=2**32 - 1, max_points=2**32 - 1)
+            assert resp.success and len(resp.grasps) <= 20, resp.message
+            # Enough digits to tell a relevancy from a threshold of 1.
+            resp = ask(obj, threshold=1.0)
+            if not resp.success and resp.max_relevancy < 1.0:
+                assert "best relevancy found is 1.000" not in resp.message, resp.message
+
+            # The most negatives allowed, each of the longest length, all new to the text cache.
+            negs = [(f"distractor {i} " * 40)[:256] for i in range(32)]
+            ask(obj)  # warm
+            before = rss_kib(proc.pid)
+            reset_peak_rss(proc.pid)
+            t0 = time.monotonic()
+            resp = ask(obj, negatives=negs)
+            seconds = time.monotonic() - t0
+            peak_mb = (rss_kib(proc.pid, "VmHWM") - before) / 1024
+            kept_mb = (rss_kib(proc.pid) - before) / 1024
+            print(f"32 negatives x 256 characters: {seconds:.2f} s, peak +{peak_mb:.1f} MB, kept +{kept_mb:.1f} MB")
+            assert "negative" not in resp.message or resp.success, resp.message
+            assert peak_mb < 100.0, (peak_mb, kept_mb)
+            node.destroy_node()
+    finally:
+        code = stop_process(proc, timeout=30.0)
+    assert code == 0, process_output(proc)
+
+
+@pytest.mark.timeout(1800)
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_signal_during_preparation_ends_the_node_within_5_s(trained, sig):
+    """Preparing the checkpoint's snapshot takes many seconds here (every keyframe rendered on a
+    shared CPU); the signal arrives in the middle of it."""
+    scene, params = trained
+    proc = start_node(params, unique_domain_id())
+    try:
+        deadline = time.monotonic() + 120.0
+        while "loaded checkpoint" not in process_output(proc) and time.monotonic() < deadline:
+            assert proc.poll() is None, process_output(proc)
+            time.sleep(0.1)
+        time.sleep(1.0)
+        assert "answering from the model" not in process_output(proc), "preparation ended before the signal"
+        os.killpg(proc.pid, sig)
+        t0 = time.monotonic()
+        try:
+            code = proc.wait(timeout=5.0)
+        except Exception:
+            code = None
+        seconds = time.monotonic() - t0
+    finally:
+        if proc.poll() is None:
+            stop_process(proc, timeout=5.0)
+    out = process_output(proc)
+    assert code == 0 and seconds < 5.0, (code, seconds, out)
+    assert "Traceback" not in out and "answering from the model" not in out, out

@@ -208,3 +208,22 @@ def test_query_command_against_a_running_service(tmp_path):
     assert "grasp 2: position (+0.500, +0.000, +0.100) m" in out.stdout
     assert (tmp_path / "blue_mug.ply").is_file()
     assert [list(r.negatives) for r in requests] == [["plate"]]
+
+
+def test_query_command_refuses_control_characters_before_calling():
+    """A control character would be refused by the node (a NUL cut short on the way); the command
+    says so itself, with a short excerpt, and calls nothing."""
+    import subprocess
+
+    from ros_helpers import lerf_ros_argv, ros_env
+
+    for argv in (["blue\x1bmug"], ["mug", "--negatives", "plate", "tab\there"]):
+        out = subprocess.run(
+            lerf_ros_argv("query", *argv, "--service"),
+            env=ros_env(unique_domain_id()),
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert out.returncode == 2, out.stdout + out.stderr
+        assert "control character" in out.stderr and "not available" not in out.stderr

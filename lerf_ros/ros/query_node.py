@@ -3,7 +3,18 @@
 Two ways to get the field:
 - in-process (the default launch): the trainer node hands over a snapshot provider; the node polls it
   and never touches the live model, so training does not stall while a query runs;
-- as its own process: it watches the trainer's checkpoint folder and reloads the newest checkpoint.
+- as its own process: it watches the trainer's checkpoint folder and reloads the newest checkpoint
+  (``lerf_ros.mapping.checkpoint.latest_checkpoint``: the highest step among ``step-*.ckpt`` and
+  ``final.ckpt``, unreadable files skipped with a warning).
+
+A new snapshot is prepared (surface points, projected language features) by the reload timer,
+off the service's path. Preparation stops at its next chunk boundary when the node is closed
+(``close``, called by the executor's shutdown on SIGINT/SIGTERM), so the process exits promptly.
+
+Requests are bounded: text, each negative phrase and frame_id at most ``query.max_text_length``
+characters without control characters, at most ``query.max_negatives`` negative phrases;
+``max_grasps`` and ``max_points`` are clamped (``query.max_grasps_limit``,
+``query.max_candidate_points``). Answers quote bad input by a short excerpt only.
 
 Outputs for RViz (transient-local, so a late RViz still gets the last answer):
 ``/lerf/relevancy_cloud`` (PointCloud2: x y z rgb relevancy), ``/lerf/grasp_markers`` (MarkerArray),
@@ -32,6 +43,8 @@ from visualization_msgs.msg import MarkerArray
 
 from lerf_ros.config import LerfConfig
 from lerf_ros.field.snapshot import FieldSnapshot
+from lerf_ros.query.cancel import Cancelled
+from lerf_ros.query.request import EXCERPT_CHARS, excerpt, text_problem
 from lerf_ros.ros.common import LATCHED_QOS, QUERY_SERVICE, main_for
 from lerf_ros.ros.convert import matrix_to_pose, points_to_pointcloud2
 from lerf_ros.ros.markers import grasp_markers
@@ -74,7 +87,9 @@ class QueryNode(Node):
         self._engine_error = ""
         self._engine_lock = threading.Lock()
         self._last_step = -1
-        self._loaded_checkpoint_mtime = 0.0
+        self._loaded_checkpoint: Optional[tuple] = None  # (path, mtime_ns, size) of the last one loaded
+        self._closing = threading.Event()
+        self._refreshing = threading.Lock()  # held while a snapshot is fetched and prepared
         self._frames = FrameResolver(self, self.map_frame)
 
         self.cloud_pub = self.create_publisher(PointCloud2, "/lerf/relevancy_cloud", LATCHED_QOS)
@@ -90,9 +105,22 @@ class QueryNode(Node):
     def _checkpoint_dir(self) -> str:
         return self.checkpoint_dir or os.path.join(self.cfg.output_dir, "checkpoints")
 
-    def _get_engine(self):
-        """The query engine, built on first use (it needs the teacher's text encoder)."""
+    def close(self, timeout_s: float = 2.0) -> None:
+        """Stop serving: preparation in progress stops at its next chunk boundary (waited for up to
+        ``timeout_s``), later queries are refused. Called by the executor's shutdown."""
+        self._closing.set()
         with self._engine_lock:
+            engine = self._engine
+        if engine is not None:
+            engine.close()
+        if self._refreshing.acquire(timeout=timeout_s):
+            self._refreshing.release()
+
+    def _get_engine(self):
+        """The query engine, built on first use (it needs the teacher's text encoder); None once closed."""
+        with self._engine_lock:
+            if self._closing.is_set():
+                return None
             if self._engine is None and not self._engine_error:
                 try:
                     from lerf_ros.query import QueryEngine
@@ -108,6 +136,14 @@ class QueryNode(Node):
             return self._engine
 
     def _refresh_snapshot(self) -> None:
+        if self._closing.is_set() or not self._refreshing.acquire(blocking=False):
+            return
+        try:
+            self._refresh_snapshot_locked()
+        finally:
+            self._refreshing.release()
+
+    def _refresh_snapshot_locked(self) -> None:
         if self._last_step >= 0 and time.monotonic() - self._last_swap < float(self.min_swap_s):
             return
         try:
@@ -126,6 +162,8 @@ class QueryNode(Node):
         # Extract the surface points and their features now, not in the next query.
         try:
             ms = engine.prepare()
+        except Cancelled:  # the node is shutting down
+            return
         except Exception as exc:  # the next query reports the reason to its caller
             self.get_logger().warning(
                 f"could not prepare the model at step {snap.step}: {exc}", throttle_duration_sec=30.0
@@ -138,16 +176,19 @@ class QueryNode(Node):
         self._publish_scene(engine)
 
     def _load_newest_checkpoint(self) -> Optional[FieldSnapshot]:
+        """The newest checkpoint's snapshot when it is not the one loaded last, else None."""
         from lerf_ros.mapping.checkpoint import latest_checkpoint, load_snapshot
 
-        path = latest_checkpoint(self._checkpoint_dir())
+        path = latest_checkpoint(self._checkpoint_dir(), warn=self.get_logger().warning)
         if path is None:
             return None
-        mtime = os.path.getmtime(path)
-        if mtime <= self._loaded_checkpoint_mtime:
+        st = os.stat(path)
+        identity = (path, st.st_mtime_ns, st.st_size)
+        if identity == self._loaded_checkpoint:
             return None
+        # Remembered before loading: a file that fails to load is reported once, not every period.
+        self._loaded_checkpoint = identity
         snap = load_snapshot(path, device=self.cfg.resolved_device())
-        self._loaded_checkpoint_mtime = mtime
         self.get_logger().info(f"loaded checkpoint {path} (step {snap.step})")
         return snap
 
@@ -159,18 +200,37 @@ class QueryNode(Node):
         self.scene_pub.publish(points_to_pointcloud2(xyz, rgb, None, self.map_frame, self.get_clock().now().to_msg()))
 
     # ------------------------------------------------------------------ service
+    def _current_step(self) -> int:
+        """Training step of the snapshot the engine answers from (0 when none)."""
+        with self._engine_lock:
+            engine = self._engine
+        snap = None if engine is None else engine.snapshot
+        return 0 if snap is None else max(int(snap.step), 0)
+
+    def _refuse(self, response: Query.Response, message: str, request: Query.Request) -> Query.Response:
+        response.success, response.message = False, message
+        response.model_step = self._current_step()
+        self.get_logger().info(f"query {excerpt(request.text)}: refused ({message})")
+        return response
+
     def _on_query(self, request: Query.Request, response: Query.Response) -> Query.Response:
         t0 = time.perf_counter()
+        problem = text_problem(
+            "frame_id", request.frame_id, self.cfg.query.max_text_length, "query.max_text_length", allow_empty=True
+        )
+        if problem:
+            return self._refuse(response, problem, request)
         frame_id = request.frame_id or self.map_frame
         stamp = self.get_clock().now().to_msg()
         world_to_target, frame_error = self._frames.world_to(frame_id)
         if frame_error:
-            response.success, response.message = False, frame_error
-            return response
+            if len(frame_id) > EXCERPT_CHARS:  # quote a long frame name by its excerpt only
+                frame_error = frame_error.replace(f"'{frame_id}'", excerpt(frame_id)).replace(frame_id, "(it)")
+            return self._refuse(response, frame_error, request)
         engine = self._get_engine()
         if engine is None:
-            response.success, response.message = False, self._engine_error
-            return response
+            message = "the query node is shutting down" if self._closing.is_set() else self._engine_error
+            return self._refuse(response, message, request)
         result = engine.query(
             request.text,
             negatives=list(request.negatives),
@@ -201,7 +261,7 @@ class QueryNode(Node):
                 self.grasp_pub.publish(response.grasps[0])
         ms = 1000.0 * (time.perf_counter() - t0)
         self.get_logger().info(
-            f"query '{request.text[:64]}': {'ok' if result.success else 'failed'} ({result.message}) in {ms:.0f} ms"
+            f"query {excerpt(request.text)}: {'ok' if result.success else 'failed'} ({result.message}) in {ms:.0f} ms"
         )
         return response
 
