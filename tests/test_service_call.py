@@ -163,6 +163,10 @@ def test_lerf_client_queries_and_follows_status():
         try:
             with LerfClient("client_under_test", follow_status=True, context=ctx) as client:
                 assert client.wait_for_service(30.0)
+                with pytest.raises(ValueError, match="control character"):
+                    client.query("bot\x00tle")  # would be sent as "bot"
+                with pytest.raises(ValueError, match="negative has a control character"):
+                    client.query("bottle", negatives=["cup\x1b"])
                 r = client.query("blue mug", negatives=["plate"], threshold=0.6, max_grasps=2, timeout=20.0)
                 deadline = time.monotonic() + 10.0
                 while client.status is None and time.monotonic() < deadline:

@@ -101,7 +101,15 @@ class LerfClient:
         timeout: float = 60.0,
     ) -> Optional[QueryResult]:
         """Ask ``/lerf/query`` (0 / empty fields: the node's defaults); the answer as a
-        ``QueryResult``, or None when no answer came within ``timeout`` seconds."""
+        ``QueryResult``, or None when no answer came within ``timeout`` seconds. Raises ValueError for
+        a control character in a string: ROS strings end at a NUL, so ``bot\\x00tle`` would be sent as
+        ``bot``."""
+        from lerf_ros.query.request import control_character
+
+        for what, value in [("text", text), ("frame_id", frame_id)] + [("negative", n) for n in negatives]:
+            i = control_character(value)
+            if i >= 0:
+                raise ValueError(f"{what} has a control character {value[i]!r} at index {i}")
         req = Query.Request(
             text=text,
             negatives=list(negatives),
