@@ -7,13 +7,13 @@ For each bound M (``keyframes.max_memory_mb``), in a fresh process: an online tr
 frame a keyframe candidate (no motion threshold), so the memory bound is what limits the store.
 The training thread runs one step (the model and optimiser then exist and stop growing), then
 ``--frames`` frames are streamed, waiting for each one's teacher features so the store's content is
-final. Reported for each M: the growth of the resident set size (RSS) from just before the stream to
-its end, next to M and to the bytes the store itself accounts (images + depth, teacher features);
-and between consecutive bounds the marginal cost, (growth(M2) - growth(M1)) / (M2 - M1): what each
-megabyte of ``max_memory_mb`` really costs, with the fixed costs of a run (memory that the first
-training step freed and the store reuses, about 10-20 MB) cancelled out. 1.0 means the bound holds
-exactly; a second copy of every image would show as about 1.6 here (images are about half a
-keyframe's bytes at 320x240 with this teacher).
+final. Reported for each M: the growth of the resident set size (RSS) from just before the stream
+(free heap pages returned to the system first, so the baseline is live memory) to its end (no such
+help: what a long-running node sees), next to M and to the bytes the store itself accounts (images +
+depth, teacher features); and between consecutive bounds the marginal cost,
+(growth(M2) - growth(M1)) / (M2 - M1): what each megabyte of ``max_memory_mb`` really costs, with
+the fixed costs of a run cancelled out. 1.0 means the bound holds exactly; a second copy of every
+image would show as about 1.6 here (images are about half a keyframe's bytes at 320x240 with this teacher).
 """
 
 from __future__ import annotations
@@ -41,6 +41,18 @@ def rss_mb() -> float:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) / 1024.0
     raise RuntimeError("no VmRSS in /proc/self/status")
+
+
+def trim_heap() -> None:
+    """Return free heap pages to the system (glibc ``malloc_trim``) so the baseline reading holds only
+    live memory; a no-op elsewhere."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(ctypes.c_size_t(0))
+    except (OSError, AttributeError):
+        pass
 
 
 def measure(bound_mb: float, n_frames: int, width: int, height: int) -> dict:
@@ -93,6 +105,7 @@ def measure(bound_mb: float, n_frames: int, width: int, height: int) -> dict:
     deadline = time.time() + 120
     while ot.step < 1 and time.time() < deadline:
         time.sleep(0.01)
+    trim_heap()  # the baseline: live memory only (the first step's freed temporaries are not resident)
     rss0 = rss_mb()
     t0 = time.perf_counter()
     for k in range(1, n_frames + 1):

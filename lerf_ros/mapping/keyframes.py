@@ -32,6 +32,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import threading
+import time
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -46,7 +47,7 @@ from lerf_ros.geometry.camera import Distortion
 from lerf_ros.geometry.poses import pose_distance
 from lerf_ros.mapping.rays import RayBatch, sample_rays
 
-__all__ = ["Keyframe", "KeyframeStore", "KeyframeStoreError", "features_nbytes", "pin_mmap_threshold"]
+__all__ = ["Keyframe", "KeyframeStore", "KeyframeStoreError", "features_nbytes", "release_free_heap"]
 
 
 class KeyframeStoreError(ValueError):
@@ -68,30 +69,29 @@ def features_nbytes(feats: Any) -> int:
     return int(n() if callable(n) else n)
 
 
-MMAP_THRESHOLD_BYTES = 128 * 1024
-"""Buffers at least this large get their own memory mapping (see ``pin_mmap_threshold``)."""
+TRIM_INTERVAL_S = 2.0
+"""Shortest time between two heap trims after evictions (see ``release_free_heap``)."""
 
 
-def pin_mmap_threshold(nbytes: int = MMAP_THRESHOLD_BYTES) -> bool:
-    """Make glibc give every allocation of at least ``nbytes`` its own memory mapping, returned to the
-    operating system when freed. Returns False where that cannot be set (not glibc).
+def release_free_heap() -> bool:
+    """Give the free pages inside the C heap back to the operating system (glibc ``malloc_trim``).
+    Returns False where that is not available (not glibc).
 
-    By default glibc raises this threshold each time such a buffer is freed, after which image-sized
-    buffers come from the heap, and a stream of keyframes added and evicted leaves the heap holed:
-    resident memory then grows well past the bytes the store holds (1.5 times a 192 MB bound after
-    1000 frames in ``bench/bench_memory.py``, 1.06 times with the threshold pinned). A bounded store
-    pins it when created; the setting is process-wide and only affects large allocations.
+    Evicted keyframes leave holes between the buffers of the keyframes still held, and glibc keeps
+    such holes resident: after 1000 streamed frames the resident memory grew about 1.5 times a
+    192 MB bound. Trimming after evictions returns them; it does not change how the trainer's own
+    allocations are served (pinning glibc's mmap threshold instead made training steps 1.7 times
+    slower), and costs a few milliseconds, at most every ``TRIM_INTERVAL_S``.
     """
     import ctypes
     import ctypes.util
 
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
+        trim = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
     except (OSError, AttributeError):
         return False
-    m_mmap_threshold = -3  # glibc's M_MMAP_THRESHOLD; setting it also stops the dynamic adjustment
-    return bool(mallopt(ctypes.c_int(m_mmap_threshold), ctypes.c_int(int(nbytes))))
+    trim(ctypes.c_size_t(0))
+    return True
 
 
 def _tensor_nbytes(t: Optional[torch.Tensor]) -> int:
@@ -220,8 +220,6 @@ class KeyframeStore:
         self.max_bytes = int(self.cfg.max_memory_mb * 1024 * 1024) if bounded else math.inf
         self.recency_boost = float(recency_boost)
         self.recency_tau = float(recency_tau)
-        if self.bounded:
-            pin_mmap_threshold()  # evicted images go back to the system, not into heap holes
         w = self.cfg.rotation_weight
         if w <= 0:
             w = (
@@ -236,6 +234,7 @@ class KeyframeStore:
         self._added = 0
         self._evicted = 0
         self._version = 0
+        self._last_trim = -math.inf
         self._cameras: Optional[Tuple[int, Tuple[torch.Tensor, ...]]] = None  # (version, stacked cameras)
         self._lock = threading.RLock()
 
@@ -334,7 +333,9 @@ class KeyframeStore:
             self._bytes += kf.nbytes
             self._added += 1
             self._version += 1
-            return key, self._enforce_bounds()
+            evicted = self._enforce_bounds()
+        self._trim_after(evicted)
+        return key, evicted
 
     def set_features(self, key: int, feats: Any) -> bool:
         """Attach teacher features to keyframe ``key``.
@@ -358,8 +359,9 @@ class KeyframeStore:
             self._items[key] = new
             self._bytes += add - features_nbytes(old.features)
             self._version += 1
-            self._enforce_bounds()
-            return True
+            evicted = self._enforce_bounds()
+        self._trim_after(evicted)
+        return True
 
     def remove(self, key: int) -> Keyframe:
         """Remove and return keyframe ``key`` (KeyError if absent; not counted as evicted)."""
@@ -424,6 +426,13 @@ class KeyframeStore:
         d = dt + self.rotation_weight * ang
         np.fill_diagonal(d, np.inf)
         return d
+
+    def _trim_after(self, evicted: List[int]) -> None:
+        """After evictions, return the freed heap pages to the system (rate-limited)."""
+        now = time.monotonic()
+        if evicted and now - self._last_trim >= TRIM_INTERVAL_S:
+            self._last_trim = now
+            release_free_heap()
 
     def _enforce_bounds(self) -> List[int]:
         evicted: List[int] = []
