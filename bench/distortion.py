@@ -28,11 +28,11 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import argparse  # noqa: E402
 import dataclasses  # noqa: E402
 import json  # noqa: E402
-import math  # noqa: E402
 import time  # noqa: E402
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from bench_model import heldout_psnr  # noqa: E402  (bench/, the script's own folder)
 
 from lerf_ros.config import preset  # noqa: E402
 from lerf_ros.data.synthetic import make_scene  # noqa: E402
@@ -61,17 +61,6 @@ def render_distorted(scene, frame, distortion: Distortion):
     rgb = np.round(c * 255).astype(np.uint8).reshape(h, w, 3)
     depth = np.where(np.isfinite(hit), hit, 0.0).astype(np.float32).reshape(h, w)
     return rgb, depth, inst.reshape(h, w).astype(np.int32)
-
-
-def heldout_psnr(trainer, frames) -> float:
-    vals = []
-    for i, f in enumerate(frames):
-        if i % 8:
-            continue
-        r = trainer.render_view(f.K, f.c2w, f.height, f.width)
-        mse = float(((r["rgb"].numpy() - f.rgb / 255.0) ** 2).mean())
-        vals.append(-10.0 * math.log10(max(mse, 1e-10)))
-    return float(np.mean(vals))
 
 
 def train(scene, train_frames, clean_frames, bounds, steps: int, seed: int) -> dict:
