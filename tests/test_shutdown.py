@@ -232,12 +232,13 @@ def test_online_trainer_close_saves_the_steps_not_saved_yet(scene, tmp_path):
     )
     folder = tmp_path / "checkpoints"
 
-    def run(resume: bool, steps: int) -> OnlineTrainer:
+    def run(resume: bool, steps: int, paused: bool = False) -> OnlineTrainer:
         ot = OnlineTrainer(cfg, teacher=GroundTruthTeacher(scene), log=lambda level, text: None)
         if resume:
             assert ot.resume_latest() is not None
         for f in scene.frames[:3]:
             ot.submit(f)
+        ot.set_paused(paused)  # paused before the thread starts: not a single step
         ot.start()
         deadline = time.monotonic() + 120
         while ot.step < steps and time.monotonic() < deadline:
@@ -255,8 +256,7 @@ def test_online_trainer_close_saves_the_steps_not_saved_yet(scene, tmp_path):
     assert ckpt.read_checkpoint(path)["step"] == ot.step
     assert ot.close(save=True) is None  # nothing new since
     # Resumed and stopped before a new step: no duplicate; after new steps: the newer step.
-    ot = run(resume=True, steps=0)
-    ot.set_paused(True)
+    ot = run(resume=True, steps=0, paused=True)
     resumed = ot.step
     assert not ot.unsaved_steps and ot.close(save=True) is None
     ot = run(resume=True, steps=resumed + 2)
