@@ -16,10 +16,9 @@ from lerf_ros.ros.common import call_service  # noqa: E402
 from ros_helpers import ros_context, unique_domain_id  # noqa: E402
 
 
-def _serve(ctx, handler):
-    """A Trigger server spun on its own thread; returns (stop, thread)."""
-    server = rclpy.create_node("slow_server", context=ctx)
-    server.create_service(Trigger, "/flaky", handler)
+def _spin_in_thread(ctx, server):
+    """Spin ``server`` on a thread of its own until the returned event is set; returns (stop, thread).
+    The node is destroyed when the thread ends."""
     ex = SingleThreadedExecutor(context=ctx)
     ex.add_node(server)
     stop = threading.Event()
@@ -34,6 +33,13 @@ def _serve(ctx, handler):
     t = threading.Thread(target=spin, daemon=True)
     t.start()
     return stop, t
+
+
+def _serve(ctx, handler):
+    """A Trigger server spun on its own thread; returns (stop, thread)."""
+    server = rclpy.create_node("slow_server", context=ctx)
+    server.create_service(Trigger, "/flaky", handler)
+    return _spin_in_thread(ctx, server)
 
 
 def test_lost_answer_is_asked_again_and_a_dead_server_gives_none():
@@ -136,20 +142,7 @@ def _query_server(ctx, requests):
     server.create_service(Query, QUERY_SERVICE, handler)
     status = server.create_publisher(TrainingStatus, STATUS_TOPIC, STATUS_QOS)
     server.create_timer(0.05, lambda: status.publish(TrainingStatus(step=42, state_name="training")))
-    ex = SingleThreadedExecutor(context=ctx)
-    ex.add_node(server)
-    stop = threading.Event()
-
-    def spin():
-        while not stop.is_set():
-            ex.spin_once(timeout_sec=0.05)
-        ex.remove_node(server)
-        server.destroy_node()
-        ex.shutdown(timeout_sec=0)
-
-    t = threading.Thread(target=spin, daemon=True)
-    t.start()
-    return stop, t
+    return _spin_in_thread(ctx, server)
 
 
 def test_lerf_client_queries_and_follows_status():
