@@ -77,10 +77,6 @@ class SimSettings:
     """Largest force of each finger's servo."""
     finger_kp: float = 4000.0
     """Stiffness of the finger servos (N/m): the force saturates once a finger is blocked."""
-    finger_thickness: float = 0.01
-    """Finger size along the closing axis."""
-    finger_breadth: float = 0.02
-    """Finger size along the gripper x axis."""
     palm_thickness: float = 0.02
     """Palm size along the approach axis (behind the fingers)."""
     torsional_friction: float = 0.01
@@ -179,8 +175,9 @@ def _mjcf(objects: Sequence[SimObject], gripper, s: SimSettings) -> str:
             + "</body>"
         )
     wmax = gripper.max_width
-    hb, ht, hd = s.finger_breadth / 2, s.finger_thickness / 2, gripper.finger_depth / 2
-    palm_half_y = wmax / 2 + s.finger_thickness
+    # The planner's gripper (``GripperModel``) gives every finger dimension: one gripper, not two.
+    hb, ht, hd = gripper.finger_breadth / 2, gripper.finger_thickness / 2, gripper.finger_depth / 2
+    palm_half_y = wmax / 2 + gripper.finger_thickness
     fingers = ""
     for side, sign in (("left", 1), ("right", -1)):
         fingers += (
@@ -218,8 +215,8 @@ def _mjcf(objects: Sequence[SimObject], gripper, s: SimSettings) -> str:
 
 class SimWorld:
     """A compiled MuJoCo world of ``objects`` and a gripper (``lerf_ros.query.grasp.GripperModel``:
-    its ``max_width`` and ``finger_depth`` are the gripper's). ``reset`` restores the initial state;
-    the model is built once and reused for every grasp on the scene."""
+    its ``max_width``, ``finger_depth``, ``finger_thickness`` and ``finger_breadth`` are the gripper's).
+    ``reset`` restores the initial state; the model is built once and reused for every grasp on the scene."""
 
     def __init__(self, objects: Sequence[SimObject], gripper, settings: Optional[SimSettings] = None) -> None:
         import mujoco
