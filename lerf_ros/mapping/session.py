@@ -134,10 +134,10 @@ class Session:
 
     def add(self, frame: Frame, features: Any = None) -> int:
         """Keep ``frame`` as a keyframe (no selection) with its teacher features (computed now when
-        not given); returns its key. Raises FrameError for an invalid frame."""
+        not given); returns its key. Raises FrameError for an invalid frame (both the feature
+        computation and the store validate it first)."""
         from lerf_ros.teachers.features import compute_frame_features
 
-        frame.validate()
         if features is None:
             features = compute_frame_features(self.teacher, frame, self.cfg.teacher)
         key, _ = self.keyframes.add(frame, features)
