@@ -30,6 +30,7 @@ sampling (offline training). Within a keyframe, pixels are drawn uniformly.
 from __future__ import annotations
 
 import dataclasses
+import heapq
 import math
 import threading
 import time
@@ -115,6 +116,9 @@ class Keyframe:
         features: teacher features, None until they are attached.
         distortion: the frame's lens distortion (None: pinhole); its training rays go through the
             inverse of it (``KeyframeStore.sample``).
+        slot: the keyframe's slot in the store, in [0, ``KeyframeStore.num_slots``): the row of its
+            per-keyframe learned parameters (pose correction, appearance). A slot freed by an eviction
+            goes to the next new keyframe, with its generation increased (``slot_generations``).
     """
 
     key: int
@@ -128,6 +132,7 @@ class Keyframe:
     meta: Dict[str, Any] = dataclasses.field(default_factory=dict)
     features: Any = None
     distortion: Optional[Distortion] = None
+    slot: int = -1
 
     @property
     def height(self) -> int:
@@ -236,6 +241,9 @@ class KeyframeStore:
         self._version = 0
         self._last_trim = -math.inf
         self._cameras: Optional[Tuple[int, Tuple[torch.Tensor, ...]]] = None  # (version, stacked cameras)
+        self._free_slots: List[int] = []  # heap of freed slots (the lowest is reused first)
+        self._slot_generation: List[int] = []  # per slot: keyframes it has held
+        self._slot_pose_version: List[int] = []  # per slot: input poses its keyframe has had
         self._lock = threading.RLock()
 
     # -------------------------------------------------------------- reading
@@ -293,6 +301,20 @@ class KeyframeStore:
         with self._lock:
             return self._bytes
 
+    @property
+    def num_slots(self) -> int:
+        """Slots ever used (the highest slot + 1): at most ``max_keyframes + 1`` for a bounded store
+        (a new keyframe takes a slot before the most redundant one is evicted)."""
+        with self._lock:
+            return len(self._slot_generation)
+
+    def slot_generations(self) -> Tuple[List[int], List[int]]:
+        """Per slot: (generation, pose version). The generation increases each time the slot gets a
+        new keyframe, the pose version each time its keyframe's input pose is replaced; learned
+        per-keyframe parameters of a slot whose counter moved are reset to neutral."""
+        with self._lock:
+            return list(self._slot_generation), list(self._slot_pose_version)
+
     def stats(self) -> Dict[str, Any]:
         """count, bytes, image_bytes, with_features, feature_bytes, bounds and lifetime added/evicted."""
         with self._lock:
@@ -327,8 +349,9 @@ class KeyframeStore:
         with self._lock:
             key = self._next_key
             self._next_key += 1
-        kf = dataclasses.replace(make_keyframe(key, frame, self.device), features=features)
+        kf = make_keyframe(key, frame, self.device)
         with self._lock:
+            kf = dataclasses.replace(kf, features=features, slot=self._take_slot())
             self._items[key] = kf
             self._bytes += kf.nbytes
             self._added += 1
@@ -373,6 +396,8 @@ class KeyframeStore:
     def clear(self) -> None:
         """Remove every keyframe (keys are not reused afterwards)."""
         with self._lock:
+            for kf in self._items.values():
+                heapq.heappush(self._free_slots, kf.slot)
             self._items.clear()
             self._bytes = 0
             self._version += 1
@@ -410,6 +435,18 @@ class KeyframeStore:
         kf = self._items.pop(key)
         self._bytes -= kf.nbytes
         self._version += 1
+        heapq.heappush(self._free_slots, kf.slot)
+
+    def _take_slot(self) -> int:
+        """The lowest free slot (a new one when none is free), its generation increased."""
+        if self._free_slots:
+            slot = heapq.heappop(self._free_slots)
+        else:
+            slot = len(self._slot_generation)
+            self._slot_generation.append(0)
+            self._slot_pose_version.append(0)
+        self._slot_generation[slot] += 1
+        return slot
 
     def redundancy(self) -> Dict[int, float]:
         """Per key: pose distance (m + rotation_weight * rad) to the nearest other keyframe."""

@@ -28,6 +28,8 @@ class RayBatch:
         rgb: (R, 3) target colour in [0, 1].
         depth: (R,) target z-depth in metres (0 = none), or None when no sampled view has depth.
         view_index: (R,) index of the ray's keyframe in the sampling order of this batch's keyframes.
+        slot: (R,) int64 slot of the ray's keyframe in the store (``Keyframe.slot``): the row of its
+            per-keyframe learned parameters, stable while the keyframe is stored.
         u, v: (R,) continuous pixel coordinates (pixel centres at i + 0.5).
         fy: (R,) focal length in pixels along y.
         crop_px: (R,) side in pixels of the CLIP crop scale the ray's language target comes from.
@@ -42,6 +44,7 @@ class RayBatch:
     rgb: torch.Tensor
     depth: Optional[torch.Tensor]
     view_index: torch.Tensor
+    slot: torch.Tensor
     u: torch.Tensor
     v: torch.Tensor
     fy: torch.Tensor
@@ -72,7 +75,7 @@ def sample_rays(
 
     Args:
         views: V keyframes (``rgb`` (H, W, 3) uint8 and ``depth`` (H, W) or None tensors on ``device``,
-            ``features`` with ``pyramid`` and optional ``dino`` lookups, or None).
+            ``features`` with ``pyramid`` and optional ``dino`` lookups, or None; ``slot``: int).
         stacked: the views' cameras stacked: K (V, 3, 3) and c2w (V, 4, 4) float32 on ``device``,
             pixel counts (V,) float64, widths (V,) int64, sampling weights (V,) float64, and
             optionally a sixth entry: per view the (H*W, 3) undistorted pixel directions of a
@@ -156,6 +159,7 @@ def sample_rays(
         rgb=rgb.float() / 255.0,
         depth=depth,
         view_index=vid_d,
+        slot=torch.tensor([int(view.slot) for view in views], dtype=torch.int64)[vid].to(dev),
         u=u_d,
         v=v_d,
         fy=K_all[vid_d, 1, 1],
