@@ -1,19 +1,21 @@
 """The renderer: a vectorised ray caster over world-space parts (open3d's ``RaycastingScene``).
 
 Shading is Lambertian with ambient light and hard shadows from one directional light
-(:data:`LIGHT_DIR`); rays that hit nothing get the sky colour. Views are pinhole cameras in the
-OpenCV convention; rays go through pixel centres, and since a camera ray's z component is 1 the
-hit parameter is the z-depth. open3d is imported only when a :class:`Renderer` is built.
+(:data:`LIGHT_DIR`); rays that hit nothing get the sky colour. Views are cameras in the OpenCV
+convention, pinhole or with a lens distortion; rays go through pixel centres (a distorted pixel's
+ray is its undistorted direction), and since a camera ray's z component is 1 the hit parameter is
+the z-depth. open3d is imported only when a :class:`Renderer` is built.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import List
+from typing import List, Optional
 
 import numpy as np
 
 from lerf_ros.data.synthetic.shapes import PATTERNS, Part, vertex_normals
+from lerf_ros.geometry.camera import Distortion, effective_distortion, pixel_directions
 
 __all__ = ["LIGHT_DIR", "AMBIENT", "DIFFUSE", "SKY", "Geometry", "Renderer"]
 
@@ -159,16 +161,32 @@ class Renderer:
         return np.clip(rgb, 0, 1), t, inst
 
     def render(
-        self, K: np.ndarray, c2ws: np.ndarray, width: int, height: int, shadows: bool = True, max_rays: int = 1 << 20
+        self,
+        K: np.ndarray,
+        c2ws: np.ndarray,
+        width: int,
+        height: int,
+        shadows: bool = True,
+        max_rays: int = 1 << 20,
+        distortion: Optional[Distortion] = None,
     ):
-        """Render pinhole views. K: (3, 3); c2ws: (F, 4, 4) OpenCV camera-to-world.
+        """Render views. K: (3, 3); c2ws: (F, 4, 4) OpenCV camera-to-world; ``distortion``: the lens
+        of the raw image (None: pinhole), each raw pixel rendered along its own undistorted ray
+        (``lerf_ros.geometry.camera.pixel_directions``), so the image is exact with no resampling.
 
-        Returns rgb (F, H, W, 3) uint8, depth (F, H, W) float32 z-depth (0 on a miss),
-        instance (F, H, W) int32."""
+        Returns rgb (F, H, W, 3) uint8, depth (F, H, W) float32 z-depth (0 on a miss, and for a
+        fisheye ray 90 degrees or more off axis), instance (F, H, W) int32."""
         F = len(c2ws)
-        u, v = np.meshgrid(np.arange(width) + 0.5, np.arange(height) + 0.5)
-        pix = np.stack([u, v, np.ones_like(u)], -1).reshape(-1, 3)
-        dcam = pix @ np.linalg.inv(K).T  # camera z component is exactly 1 -> t_hit is z-depth
+        lens = effective_distortion(distortion)
+        if lens is None:
+            u, v = np.meshgrid(np.arange(width) + 0.5, np.arange(height) + 0.5)
+            pix = np.stack([u, v, np.ones_like(u)], -1).reshape(-1, 3)
+            dcam = pix @ np.linalg.inv(K).T  # camera z component is exactly 1 -> t_hit is z-depth
+            ahead = None
+        else:
+            dcam = pixel_directions(K, width, height, lens).astype(np.float64)
+            ahead = dcam[:, 2] > 1e-6
+            dcam[ahead] /= dcam[ahead, 2:3]  # z = 1 where the ray looks ahead: t_hit is z-depth
         rgb = np.zeros((F, height * width, 3), np.uint8)
         depth = np.zeros((F, height * width), np.float32)
         inst = np.zeros((F, height * width), np.int32)
@@ -181,6 +199,8 @@ class Renderer:
             rays[..., 3:] = np.einsum("fij,nj->fni", cs[:, :3, :3].astype(np.float32), dcam.astype(np.float32))
             c, t, i = self.shade(rays.reshape(-1, 6), shadows)
             rgb[s : s + nf] = np.round(c * 255).astype(np.uint8).reshape(nf, -1, 3)
-            depth[s : s + nf] = np.where(np.isfinite(t), t, 0.0).reshape(nf, -1)
+            t = t.reshape(nf, -1)
+            valid = np.isfinite(t) if ahead is None else np.isfinite(t) & ahead
+            depth[s : s + nf] = np.where(valid, t, 0.0)
             inst[s : s + nf] = i.reshape(nf, -1)
         return (rgb.reshape(F, height, width, 3), depth.reshape(F, height, width), inst.reshape(F, height, width))

@@ -5,10 +5,17 @@
 (:mod:`~lerf_ros.data.synthetic.trajectory`) and rendering
 (:mod:`~lerf_ros.data.synthetic.render`). A :class:`SyntheticScene` holds the rendered frames and
 the ground truth, answers questions about it, and renders further views of the same geometry.
+
+With :class:`~lerf_ros.data.synthetic.conditions.Conditions` (lens distortion, pose noise and
+drift, a late pose correction, exposure and white balance), the frames are what such a camera
+would deliver and the ground truth stays clean beside them: the true poses
+(:attr:`SyntheticScene.ground_truth_poses`), the clean pinhole views at those poses
+(:meth:`SyntheticScene.ground_truth_frames`, :meth:`SyntheticScene.ground_truth_scene`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import time
@@ -19,14 +26,16 @@ from typing import Dict, List, Optional, Tuple, Union
 import numpy as np
 
 from lerf_ros.data.frame import Frame
+from lerf_ros.data.synthetic.conditions import Conditions, apply_gains, colour_gains, corrupt_poses
 from lerf_ros.data.synthetic.io import PREVIEW_FILE, SceneFormatError, read_scene, write_scene
 from lerf_ros.data.synthetic.layout import FLOOR_Z, TABLE_SIZE, SceneObject, build_layout
 from lerf_ros.data.synthetic.objects import VOCABULARY, ObjectClass, normalize_phrase
 from lerf_ros.data.synthetic.preview import save_preview
 from lerf_ros.data.synthetic.render import Renderer
 from lerf_ros.data.synthetic.trajectory import intrinsics_from_fov, trajectory
+from lerf_ros.geometry.camera import Distortion
 
-__all__ = ["SyntheticScene", "make_scene", "load_scene", "scene_digest"]
+__all__ = ["SyntheticScene", "apply_conditions", "make_scene", "load_scene", "scene_digest"]
 
 
 @dataclass
@@ -42,6 +51,12 @@ class SyntheticScene:
         table_size: (x, y) extents of the table top, centred on the origin.
         floor_height: z of the floor.
         timings: seconds spent building and rendering (empty for a loaded scene).
+        conditions: the real-camera conditions the frames were made with (None: a clean scene).
+        ground_truth_poses: (F, 4, 4) true camera-to-world poses when the frames' poses are
+            corrupted (``conditions.poses``), else None (the frames' poses are the truth).
+        corrected_poses: (F, 4, 4) the late correction of the frames' poses (drift removed),
+            available after the last frame's stamp, or None (``conditions.late_correction``).
+        gains: (F, 3) per-frame r, g, b gains applied to the images, or None (``conditions.colour``).
     """
 
     frames: List[Frame]
@@ -52,7 +67,12 @@ class SyntheticScene:
     table_size: Tuple[float, float] = TABLE_SIZE
     floor_height: float = FLOOR_Z
     timings: Dict[str, float] = field(default_factory=dict)
+    conditions: Optional[Conditions] = None
+    ground_truth_poses: Optional[np.ndarray] = field(default=None, repr=False)
+    corrected_poses: Optional[np.ndarray] = field(default=None, repr=False)
+    gains: Optional[np.ndarray] = field(default=None, repr=False)
     _renderer: Optional[Renderer] = field(default=None, repr=False)
+    _clean_frames: Optional[List[Frame]] = field(default=None, repr=False)
 
     # -- sequence behaviour ---------------------------------------------------------------
     def __iter__(self):
@@ -123,16 +143,66 @@ class SyntheticScene:
         width: Optional[int] = None,
         height: Optional[int] = None,
         shadows: bool = True,
+        distortion: Optional[Distortion] = None,
     ):
         """Render any pose (e.g. a held-out view); ``K`` defaults to the scene's field of view at the
-        requested size. Returns rgb (H, W, 3) uint8, depth (H, W) float32, instance (H, W) int32."""
+        requested size; ``distortion``: the lens of the raw image (None: pinhole). Returns rgb
+        (H, W, 3) uint8, depth (H, W) float32, instance (H, W) int32."""
         width = width or self.params["width"]
         height = height or self.params["height"]
         if K is None:
             K = intrinsics_from_fov(width, height, self.params["hfov_deg"])
         K = np.asarray(K, float)
-        rgb, depth, inst = self.renderer.render(K, np.asarray(c2w, float)[None], width, height, shadows)
+        rgb, depth, inst = self.renderer.render(
+            K, np.asarray(c2w, float)[None], width, height, shadows, distortion=distortion
+        )
         return rgb[0], depth[0], inst[0]
+
+    # -- ground truth under conditions -----------------------------------------------------
+    def true_poses(self) -> np.ndarray:
+        """(F, 4, 4) true camera-to-world poses of the frames (theirs when they are not corrupted)."""
+        if self.ground_truth_poses is not None:
+            return self.ground_truth_poses
+        return np.stack([f.c2w for f in self.frames])
+
+    def ground_truth_frames(self) -> List[Frame]:
+        """The clean views: each frame as a pinhole camera at its true pose with the true colour
+        (and its depth and instance map); the frames themselves when no condition is on. Rendered
+        once (from the seed's geometry for a loaded scene) and kept."""
+        if self.conditions is None or not self.conditions.active:
+            return self.frames
+        if self._clean_frames is None:
+            poses = self.true_poses()
+            if self.conditions.lens is None and not self.conditions.colour:
+                self._clean_frames = [dataclasses.replace(f, c2w=p.copy()) for f, p in zip(self.frames, poses)]
+            else:
+                K = self.frames[0].K
+                rgb, depth, inst = self.renderer.render(
+                    K, poses, self.params["width"], self.params["height"], self.params["shadows"]
+                )
+                self._clean_frames = [
+                    dataclasses.replace(
+                        f, rgb=rgb[i], c2w=poses[i].copy(), depth=depth[i], instance=inst[i], distortion=None
+                    )
+                    for i, f in enumerate(self.frames)
+                ]
+        return self._clean_frames
+
+    def ground_truth_scene(self) -> "SyntheticScene":
+        """This scene with :meth:`ground_truth_frames` as its frames and no conditions: what an
+        evaluation compares against (the same objects, geometry and renderer)."""
+        if self.conditions is None or not self.conditions.active:
+            return self
+        return dataclasses.replace(
+            self,
+            frames=self.ground_truth_frames(),
+            conditions=None,
+            ground_truth_poses=None,
+            corrected_poses=None,
+            gains=None,
+            timings={},
+            _clean_frames=None,
+        )
 
     def top_view(self, pixels_per_metre: float = 220.0) -> np.ndarray:
         """(H, W, 3) uint8 orthographic top-down image of the table (x right, y up in the image)."""
@@ -181,6 +251,7 @@ def make_scene(
     shadows: bool = True,
     frame_id: str = "camera_optical_frame",
     nthreads: int = 0,
+    conditions: Optional[Conditions] = None,
 ) -> SyntheticScene:
     """Generate and render a synthetic tabletop scene (deterministic for the arguments).
 
@@ -196,6 +267,9 @@ def make_scene(
         shadows: cast shadow rays (hard shadows from the directional light).
         frame_id: ``Frame.frame_id`` of every view.
         nthreads: ray-casting threads (0 = all cores).
+        conditions: real-camera conditions applied to the frames, seeded from ``seed`` (see
+            :mod:`~lerf_ros.data.synthetic.conditions`); the ground truth stays clean. None, or
+            all conditions off, gives exactly the scene made without them.
     Returns:
         the rendered :class:`SyntheticScene`.
     """
@@ -239,13 +313,67 @@ def make_scene(
         "n_surface_points": int(n_surface_points),
         "shadows": bool(shadows),
     }
-    return SyntheticScene(
+    scene = SyntheticScene(
         frames,
         layout.objects,
         VOCABULARY,
         params,
         timings={"layout_s": t1 - t0, "render_s": t2 - t1},
         _renderer=renderer,
+    )
+    if conditions is None or not conditions.active:
+        return scene
+    return apply_conditions(scene, conditions)
+
+
+def apply_conditions(scene: SyntheticScene, conditions: Conditions) -> SyntheticScene:
+    """``scene`` (a clean one) as a camera with ``conditions`` would deliver it, seeded from the
+    scene seed: raw distorted images rendered exactly at the true poses, the colour gains applied
+    to the images, the poses corrupted. The clean frames become the new scene's
+    :meth:`~SyntheticScene.ground_truth_frames`; ``scene`` itself is not changed. Conditions that
+    are all off return ``scene``."""
+    if not isinstance(conditions, Conditions):
+        raise TypeError(f"conditions must be a Conditions, got {type(conditions).__name__}")
+    if scene.conditions is not None and scene.conditions.active:
+        raise ValueError("the scene already has conditions: apply them to its ground_truth_scene()")
+    if not conditions.active:
+        return scene
+    t0 = time.perf_counter()
+    clean = scene.frames
+    true = np.stack([f.c2w for f in clean])
+    lens = conditions.lens
+    if lens is not None:
+        p = scene.params
+        rgb, depth, inst = scene.renderer.render(
+            clean[0].K, true, p["width"], p["height"], p["shadows"], distortion=lens
+        )
+    else:
+        rgb = [f.rgb for f in clean]
+        depth = [f.depth for f in clean]
+        inst = [f.instance for f in clean]
+    gains = colour_gains(scene.seed, len(clean), conditions) if conditions.colour else None
+    published, corrected = corrupt_poses(scene.seed, true, conditions) if conditions.poses else (true, None)
+    frames = [
+        dataclasses.replace(
+            f,
+            rgb=rgb[i] if gains is None else apply_gains(rgb[i], gains[i]),
+            c2w=published[i].copy(),
+            depth=depth[i],
+            instance=inst[i],
+            distortion=lens,
+            meta=dict(f.meta),
+        )
+        for i, f in enumerate(clean)
+    ]
+    return dataclasses.replace(
+        scene,
+        frames=frames,
+        conditions=conditions,
+        ground_truth_poses=true if conditions.poses else None,
+        corrected_poses=corrected,
+        gains=gains,
+        timings={**scene.timings, "conditions_s": time.perf_counter() - t0},
+        _clean_frames=list(clean),
     )
 
 
