@@ -31,12 +31,19 @@ LERF_NODES: Tuple[str, ...] = ("lerf_trainer", "lerf_query")
 """Default names of the package's ROS nodes (the sections of a parameter file the loader reads)."""
 
 
+TEACHER_KINDS = ("clip", "ground_truth", "none")
+"""The teachers ``teacher.kind`` can name."""
+
+
 @dataclass
 class TeacherConfig:
     """The 2D teachers that supervise the language and DINO fields."""
 
     kind: str = "clip"
-    """'clip' (OpenCLIP + timm DINO) or 'ground_truth' (synthetic scenes: their 2D semantics)."""
+    """'clip' (OpenCLIP + timm DINO), 'ground_truth' (synthetic scenes: their 2D semantics) or 'none'
+    (geometry and colour only: no teacher weights needed, no language or DINO field is built, and
+    queries are answered with "no language field"; to check a real capture before installing CLIP
+    weights)."""
     scene_dir: str = ""
     """With kind 'ground_truth': the saved synthetic scene (``lerf-ros scene --out DIR``) whose
     semantics are the teacher."""
@@ -80,7 +87,7 @@ class TeacherConfig:
 
     def check(self) -> "TeacherConfig":
         """Validate this section; raise ConfigError naming the key."""
-        _require(self.kind in ("clip", "ground_truth"), "teacher.kind", self.kind, "'clip' or 'ground_truth'")
+        _require(self.kind in TEACHER_KINDS, "teacher.kind", self.kind, "'clip', 'ground_truth' or 'none'")
         _require(self.pyramid_levels >= 1, "teacher.pyramid_levels", self.pyramid_levels, ">= 1")
         _require(
             0 < self.pyramid_min <= self.pyramid_max <= 1,

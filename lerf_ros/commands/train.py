@@ -10,7 +10,12 @@ gets the resolved configuration (``config.yaml``), periodic atomic checkpoints
 
 The teacher is the configured one (``teacher.kind``); with ``--teacher auto`` (the default) a
 synthetic scene trains against its ground-truth teacher (its 2D semantics, not CLIP) and any
-other source against OpenCLIP + DINO.
+other source against OpenCLIP + DINO. ``--teacher none`` trains geometry and colour only (no
+weights needed, no language field: to check a real capture before installing CLIP weights).
+
+Progress: bars on a terminal; with ``--no-progress`` or when stderr is not a terminal (a log file),
+log lines with counts, rate and ETA instead, every 10% of the work or every 10 s, whichever comes
+first (``lerf_ros.mapping.progress``), for the teacher features and for training.
 """
 
 from __future__ import annotations
@@ -64,9 +69,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--teacher",
-        choices=("auto", "clip", "ground_truth"),
+        choices=("auto", "clip", "ground_truth", "none"),
         default="auto",
-        help="teacher kind (auto: ground truth for synthetic scenes, else clip)",
+        help="teacher kind (auto: ground truth for synthetic scenes, else clip; none: geometry and colour only, "
+        "no language field, no weights needed)",
     )
     p.add_argument("--device", help="'cpu', 'cuda' or 'auto' (default: the preset's)")
     p.add_argument(
@@ -74,7 +80,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--max-renders", type=int, default=4, help="held-out views rendered to PNG")
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in the run folder")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar (log lines instead)")
+    p.add_argument(
+        "--no-progress",
+        action="store_true",
+        help="no progress bars: log lines with counts, rate and ETA instead (also when stderr is not a terminal)",
+    )
 
 
 READER_OPTIONS_HELP = (
@@ -200,6 +210,8 @@ def run(args: argparse.Namespace) -> int:
         kind = "ground_truth" if source.scene is not None else "clip"
     if kind != cfg.teacher.kind:
         cfg = cfg.override({"teacher.kind": kind})
+    if kind == "none" and any(q.strip() for q in args.query):
+        return fail("--query needs a language field: teacher 'none' trains geometry and colour only")
     try:
         teacher = make_teacher(cfg.teacher, scene=source.scene)
     except Exception as exc:  # missing weights, no scene for the ground-truth teacher, ...
@@ -223,14 +235,24 @@ def run(args: argparse.Namespace) -> int:
 
     from tqdm import tqdm
 
+    from lerf_ros.mapping.progress import ProgressLog
+
+    bars = not args.no_progress and sys.stderr.isatty()
     t_feat = time.perf_counter()
-    for n, i in enumerate(tqdm(train_idx, desc="teacher features", disable=args.no_progress, leave=False), 1):
-        session.add(frames[i])
-        if args.no_progress and (n % 10 == 0 or n == len(train_idx)):
-            el = time.perf_counter() - t_feat
-            print(f"teacher features: {n}/{len(train_idx)} frames, {el:.1f} s ({el / n:.2f} s per frame)", flush=True)
-    t_feat = time.perf_counter() - t_feat
-    print(f"teacher features: {len(train_idx)} frames in {t_feat:.1f} s")
+    if session.has_language:
+        feat_log = None if bars else ProgressLog("teacher features", len(train_idx), "frames")
+        if feat_log is not None:
+            feat_log.start(teacher.description)
+        for n, i in enumerate(tqdm(train_idx, desc="teacher features", disable=not bars, leave=False), 1):
+            session.add(frames[i])
+            if feat_log is not None:
+                feat_log.update(n)
+        t_feat = time.perf_counter() - t_feat
+        print(f"teacher features: {len(train_idx)} frames in {t_feat:.1f} s")
+    else:
+        for i in train_idx:
+            session.add(frames[i])
+        print(f"no teacher features (teacher 'none'): {len(train_idx)} frames stored")
 
     if args.resume and session.resume() is not None:
         print(f"resumed from {session.last_checkpoint} at step {session.step_count}")
@@ -257,9 +279,11 @@ def run(args: argparse.Namespace) -> int:
     t_train = 0.0
     psnr_ema = None
     every = cfg.trainer.checkpoint_every
-    bar = tqdm(
-        total=steps, initial=min(session.step_count, steps), desc="train", disable=args.no_progress, dynamic_ncols=True
-    )
+    bar = tqdm(total=steps, initial=min(session.step_count, steps), desc="train", disable=not bars, dynamic_ncols=True)
+    train_log = None
+    if not bars and steps > session.step_count:
+        train_log = ProgressLog("train", steps, "steps", initial=session.step_count)
+        train_log.start()
     try:
         while session.step_count < steps:
             t0 = time.perf_counter()
@@ -272,11 +296,10 @@ def run(args: argparse.Namespace) -> int:
                 {"rays/s": f"{trainer.rays_per_second:.0f}", "psnr": f"{psnr_ema:.2f}", "loss": f"{stats['loss']:.4f}"},
                 refresh=False,
             )
-            if args.no_progress and (step % 100 == 0 or step == steps):
-                print(
-                    f"step {step}/{steps}  psnr {psnr_ema:.2f}  loss {stats['loss']:.4f}  "
-                    f"rays/s {trainer.rays_per_second:.0f}",
-                    flush=True,
+            if train_log is not None:
+                train_log.update(
+                    step,
+                    f"psnr {psnr_ema:.2f}  loss {stats['loss']:.4f}  rays/s {trainer.rays_per_second:.0f}",
                 )
             if every and step % every == 0:
                 session.save_checkpoint()

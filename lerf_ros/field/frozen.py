@@ -13,7 +13,7 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 import torch
 
-from lerf_ros.field.model import LerfModel
+from lerf_ros.field.model import LerfModel, NoLanguageFieldError
 from lerf_ros.field.sampling import image_rays
 from lerf_ros.field.snapshot import CameraView
 
@@ -57,11 +57,14 @@ class FrozenField:
         self.chunk_rays = int(chunk_rays or (32768 if self.device.type == "cuda" else 4096))
         self.scene_center = m.scene_center.detach().cpu().numpy().copy()
         self.scene_scale = float(m.scene_scale)
-        self._clip_basis = m.lang.clip_basis()
+        # No language field (teacher kind 'none'): clip_dim is 0 and the language methods raise.
+        self._clip_basis = m.lang.clip_basis() if m.has_language else None
 
     def language_basis(self) -> torch.Tensor:
         """(r, clip_dim) orthonormal rows spanning every output of :meth:`language` (the column space
         of the language head's output layer and its bias; r <= hidden width + 1). A copy."""
+        if self._clip_basis is None:
+            raise NoLanguageFieldError("this snapshot has no language field (teacher kind 'none')")
         return self._clip_basis.clone()
 
     @property

@@ -43,6 +43,10 @@ from lerf_ros.field.sampling import (
 )
 
 
+class NoLanguageFieldError(RuntimeError):
+    """A language method was called on a model built without a language field (teacher kind 'none')."""
+
+
 @dataclass
 class RenderOutput:
     """What one pass over a batch of rays gives.
@@ -72,13 +76,18 @@ class LerfModel(nn.Module):
         cfg: model configuration (sizes, sampling, scene normalisation).
         clip_dim: output dimension of ``F_lang`` (the teacher's CLIP dimension).
         dino_dim: output dimension of ``F_dino`` (the teacher's dense-feature dimension).
+            Both 0: no language or DINO field (``lang`` is None; teacher kind 'none', geometry and
+            colour only); the language methods then raise ``NoLanguageFieldError``.
     """
 
     def __init__(self, cfg: ModelConfig, clip_dim: int, dino_dim: int) -> None:
         super().__init__()
         cfg.check()
-        if clip_dim < 1 or dino_dim < 1:
-            raise ValueError(f"clip_dim and dino_dim must be >= 1, got {clip_dim}, {dino_dim}")
+        no_language = clip_dim == 0 and dino_dim == 0
+        if not no_language and (clip_dim < 1 or dino_dim < 1):
+            raise ValueError(
+                f"clip_dim and dino_dim must be >= 1 (or both 0: no language field), got {clip_dim}, {dino_dim}"
+            )
         self.cfg = copy.deepcopy(cfg)
         self.clip_dim = int(clip_dim)
         self.dino_dim = int(dino_dim)
@@ -111,20 +120,22 @@ class LerfModel(nn.Module):
                 for i in range(len(cfg.num_proposal_samples))
             ]
         )
-        self.lang = LanguageField(
-            self.clip_dim,
-            self.dino_dim,
-            cfg.lang_num_levels,
-            cfg.lang_log2_hashmap_size,
-            cfg.lang_base_resolution,
-            cfg.lang_max_resolution,
-            cfg.lang_features_per_level,
-            cfg.lang_hidden_dim,
-            cfg.lang_num_layers,
-            cfg.dino_hidden_dim,
-            cfg.dino_num_layers,
-            b,
-        )
+        self.lang: Optional[LanguageField] = None
+        if not no_language:
+            self.lang = LanguageField(
+                self.clip_dim,
+                self.dino_dim,
+                cfg.lang_num_levels,
+                cfg.lang_log2_hashmap_size,
+                cfg.lang_base_resolution,
+                cfg.lang_max_resolution,
+                cfg.lang_features_per_level,
+                cfg.lang_hidden_dim,
+                cfg.lang_num_layers,
+                cfg.dino_hidden_dim,
+                cfg.dino_num_layers,
+                b,
+            )
 
     # ------------------------------------------------------------------ parameters
     def param_groups(self) -> Dict[str, List[nn.Parameter]]:
@@ -132,8 +143,20 @@ class LerfModel(nn.Module):
         return {
             "fields": list(self.field.parameters()),
             "proposal": list(self.proposals.parameters()),
-            "lang": list(self.lang.parameters()),
+            "lang": [] if self.lang is None else list(self.lang.parameters()),
         }
+
+    @property
+    def has_language(self) -> bool:
+        """Whether the model has its language and DINO fields (not with teacher kind 'none')."""
+        return self.lang is not None
+
+    def _language_field(self) -> LanguageField:
+        if self.lang is None:
+            raise NoLanguageFieldError(
+                "this model has no language field (trained with teacher kind 'none': geometry and colour only)"
+            )
+        return self.lang
 
     def density_parameters(self) -> List[nn.Parameter]:
         """Everything that shapes the geometry (radiance field and proposal networks)."""
@@ -262,10 +285,11 @@ class LerfModel(nn.Module):
         else:
             s = torch.as_tensor(scale, dtype=torch.float32, device=w.device)
             s = s.reshape(-1, 1).expand(m, k) if s.numel() > 1 else s.reshape(1, 1).expand(m, k)
-        feats = self.lang.features(x01)
-        res = {"clip": render_embedding(self.lang.clip(feats, s.reshape(-1)).view(m, k, -1), wk, normalize=True)}
+        lang = self._language_field()
+        feats = lang.features(x01)
+        res = {"clip": render_embedding(lang.clip(feats, s.reshape(-1)).view(m, k, -1), wk, normalize=True)}
         if with_dino:
-            res["dino"] = render_embedding(self.lang.dino(feats).view(m, k, -1), wk, normalize=False)
+            res["dino"] = render_embedding(lang.dino(feats).view(m, k, -1), wk, normalize=False)
         return res
 
     # ------------------------------------------------------------------ point queries (world units)
@@ -281,7 +305,8 @@ class LerfModel(nn.Module):
             scale = scale.expand(xyz.shape[0])
         if scale.shape[0] != xyz.shape[0]:
             raise ValueError(f"scale has {scale.shape[0]} values for {xyz.shape[0]} points")
-        return self.lang.clip(self.lang.features(self.to_grid(xyz.float())), scale)
+        lang = self._language_field()
+        return lang.clip(lang.features(self.to_grid(xyz.float())), scale)
 
     def language_multi_scale_at(
         self,
@@ -294,7 +319,8 @@ class LerfModel(nn.Module):
         (``LanguageField.clip_multi_scale``). xyz (N, 3), scales (S,) metres, project (T, clip_dim) or
         None, basis ``lang.clip_basis()`` or None -> (S, N, T or clip_dim)."""
         scales = torch.as_tensor(scales, dtype=torch.float32, device=xyz.device).reshape(-1)
-        return self.lang.clip_multi_scale(self.lang.features(self.to_grid(xyz.float())), scales, project, basis)
+        lang = self._language_field()
+        return lang.clip_multi_scale(lang.features(self.to_grid(xyz.float())), scales, project, basis)
 
 
 # ---------------------------------------------------------------------------------- losses

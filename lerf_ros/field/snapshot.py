@@ -33,6 +33,8 @@ class FieldSnapshot(Protocol):
     step: int
     """Training step the weights come from."""
     clip_dim: int
+    """Width of the language field's output; 0: the field has none (teacher kind 'none': geometry and
+    colour only), and the language methods raise."""
     device: torch.device
     cameras: List[CameraView]
     """Cameras of the keyframes the field was trained on (for surface extraction / visibility)."""

@@ -4,7 +4,8 @@ A ``Session`` owns
 - the keyframe selector and the keyframe store (each image held once, on the training device; the
   store samples the training rays),
 - the teacher and its features: computed in a background ``FeatureWorker`` for frames offered with
-  ``submit`` (a live stream), or right away for frames given with ``add`` (a recorded dataset),
+  ``submit`` (a live stream), or right away for frames given with ``add`` (a recorded dataset);
+  none at all with teacher kind 'none' (``has_language`` False: geometry and colour only),
 - the scene bounds, as explicit state (``bounds``): estimated from the keyframes when training starts
   (``model.auto_bounds``) or taken from the configuration, restored from a checkpoint on resume,
   forgotten by ``reset``; the configuration is never rewritten,
@@ -96,8 +97,10 @@ class Session:
         self.last_checkpoint = ""
         self.lock = threading.RLock()
         """Guards the model (step, reset, snapshot, checkpoints); hold it to make several calls one."""
+        self.has_language = int(self.teacher.clip_dim) > 0
+        """False with teacher kind 'none': no features are computed and the model has no language field."""
         self._worker = None
-        if self.online:
+        if self.online and self.has_language:
             from lerf_ros.teachers.worker import FeatureWorker
 
             self._worker = FeatureWorker(self.teacher, cfg.teacher)
@@ -110,8 +113,9 @@ class Session:
     def submit(self, frame: Frame) -> SubmitResult:
         """Offer a frame of a live stream; never raises for bad input (the result says why it was not
         used). The selector validates it first (an invalid frame is rejected, kind 'invalid'); a kept
-        frame goes to the store and its teacher features are computed in the background."""
-        if self._worker is None:
+        frame goes to the store and its teacher features are computed in the background (none
+        without a language field)."""
+        if not self.online:
             raise RuntimeError("submit() is for online sessions; use add() for a recorded dataset")
         decision = self.selector.consider(frame)
         if not decision.keep:
@@ -124,6 +128,8 @@ class Session:
             kf = self.keyframes.get(key)
         except KeyError:  # evicted at once (protect_newest = 0 and the most redundant pose)
             return SubmitResult(False, False, "evicted as the most redundant keyframe", "redundant")
+        if self._worker is None:  # teacher kind 'none': nothing to compute
+            return SubmitResult(True, False, "keyframe", "keyframe")
         # The worker reads the stored pixels (no second copy); the instance map of a synthetic frame
         # is only needed for its features.
         work = kf.frame
@@ -134,11 +140,11 @@ class Session:
 
     def add(self, frame: Frame, features: Any = None) -> int:
         """Keep ``frame`` as a keyframe (no selection) with its teacher features (computed now when
-        not given); returns its key. Raises FrameError for an invalid frame (both the feature
-        computation and the store validate it first)."""
+        not given; none without a language field); returns its key. Raises FrameError for an invalid
+        frame (both the feature computation and the store validate it first)."""
         from lerf_ros.teachers.features import compute_frame_features
 
-        if features is None:
+        if features is None and self.has_language:
             features = compute_frame_features(self.teacher, frame, self.cfg.teacher)
         key, _ = self.keyframes.add(frame, features)
         return key
@@ -160,11 +166,14 @@ class Session:
         return 0 if self._worker is None else self._worker.pending
 
     def ready_keyframes(self) -> int:
-        """Keyframes with teacher features."""
+        """Keyframes with teacher features (without a language field: every keyframe)."""
+        if not self.has_language:
+            return len(self.keyframes)
         return self.keyframes.num_with_features()
 
     def can_train(self) -> bool:
-        """Enough keyframes have features (``keyframes.min_keyframes_to_train``; offline: one)."""
+        """Enough keyframes are ready: have features, or need none (``keyframes.min_keyframes_to_train``;
+        offline: one)."""
         need = self.cfg.keyframes.min_keyframes_to_train if self.online else 1
         return self.ready_keyframes() >= need
 

@@ -44,6 +44,7 @@ from lerf_ros.query.grasp import Grasp, GripperModel, plan_grasps
 from lerf_ros.query.relevancy import FeatureCache, scale_search
 from lerf_ros.query.request import excerpt, format_relevancy, text_problem
 from lerf_ros.query.surface import SurfaceCache, SurfaceError, SurfacePoints
+from lerf_ros.teachers.none import NO_LANGUAGE_MESSAGE
 from lerf_ros.teachers.text import TextEncoderCache, negative_phrases
 
 NO_MODEL_MESSAGE = "no model yet: the trainer has not produced a snapshot (waiting for keyframes)"
@@ -144,8 +145,8 @@ class QueryEngine:
         return None if s is None else (s.xyz, s.rgb)
 
     def prepare(self) -> Dict[str, float]:
-        """Compute what the current snapshot's queries need (surface points, projected features)
-        now rather than in the first query. Returns milliseconds spent: 'surface', 'features'.
+        """Compute what the current snapshot's queries need (surface points, projected features; only
+        the surface points for a snapshot without a language field) now rather than in the first query. Returns milliseconds spent: 'surface', 'features'.
         Raises ``lerf_ros.query.cancel.Cancelled`` when ``close`` is called meanwhile."""
         snap = self.snapshot
         out = {"surface": 0.0, "features": 0.0}
@@ -155,7 +156,7 @@ class QueryEngine:
         surface, computed = self._surfaces.get(snap)
         if computed:
             out["surface"] = 1000 * (time.perf_counter() - t0)
-        if len(surface):
+        if len(surface) and int(snap.clip_dim) > 0:  # no language field: the surface is all there is
             t1 = time.perf_counter()
             _, built = self._get_features(snap, surface)
             if built:
@@ -291,6 +292,8 @@ class QueryEngine:
         if snap is None:
             return QueryResult(False, NO_MODEL_MESSAGE, timings=self._total(timings, t0))
         step = int(snap.step)
+        if int(snap.clip_dim) == 0:  # trained with teacher kind 'none'
+            return QueryResult(False, NO_LANGUAGE_MESSAGE, step=step, timings=self._total(timings, t0))
         ts = time.perf_counter()
         try:
             surface, computed = self._surfaces.get(snap)

@@ -15,6 +15,7 @@ from lerf_ros.teachers.base import Teacher
 from lerf_ros.teachers.clip import ClipDinoTeacher, ClipEncoder
 from lerf_ros.teachers.dino import DinoEncoder
 from lerf_ros.teachers.features import CropPyramid, DenseFeatureMap, FrameFeatures, compute_frame_features
+from lerf_ros.teachers.none import NO_LANGUAGE_MESSAGE, NoLanguageError, NoTeacher
 from lerf_ros.teachers.pyramid import PyramidLevel, crops_per_frame, layout_from_config, pyramid_layout
 from lerf_ros.teachers.text import CANONICAL_PHRASES, DEFAULT_TEMPERATURE, TextEncoderCache, negative_phrases, relevancy
 from lerf_ros.teachers.weights import RANDOM_WEIGHTS_NOTE, TeacherWeightsError
@@ -27,6 +28,9 @@ __all__ = [
     "ClipEncoder",
     "DinoEncoder",
     "ClipDinoTeacher",
+    "NoTeacher",
+    "NoLanguageError",
+    "NO_LANGUAGE_MESSAGE",
     "CropPyramid",
     "DenseFeatureMap",
     "FrameFeatures",
@@ -50,9 +54,12 @@ def make_teacher(cfg: TeacherConfig, scene: Optional[Any] = None, device: str = 
 
     'clip': OpenCLIP + timm DINO (``ClipDinoTeacher``; raises TeacherWeightsError when the weights are
     not available offline). 'ground_truth': the synthetic scene's 2D semantics; needs ``scene`` or
-    ``cfg.scene_dir`` (a saved scene folder). ``device``: the run's ``LerfConfig.device``.
+    ``cfg.scene_dir`` (a saved scene folder). 'none': ``NoTeacher`` (geometry and colour only, no
+    language field; needs no weights). ``device``: the run's ``LerfConfig.device``.
     """
     cfg.check()
+    if cfg.kind == "none":
+        return NoTeacher()
     if cfg.kind == "clip":
         return ClipDinoTeacher.from_config(cfg, device)
     if cfg.kind == "ground_truth":
@@ -68,4 +75,4 @@ def make_teacher(cfg: TeacherConfig, scene: Optional[Any] = None, device: str = 
         from lerf_ros.teachers.ground_truth import GroundTruthTeacher
 
         return GroundTruthTeacher(scene)
-    raise ConfigError(f"teacher.kind = {cfg.kind!r} is invalid: expected 'clip' or 'ground_truth'")
+    raise ConfigError(f"teacher.kind = {cfg.kind!r} is invalid: expected 'clip', 'ground_truth' or 'none'")
