@@ -26,6 +26,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--hfov", type=float, default=60.0, help="horizontal field of view of the pinhole camera, degrees"
     )
+    parser.add_argument(
+        "--event",
+        action="append",
+        default=[],
+        metavar="KIND:NAME@FRAME[=X,Y[,YAW]]",
+        help="a scripted change (repeatable): remove:mug@30, move:mug@30[=X,Y[,YAW_DEG]], add:banana@45[=X,Y]; "
+        "FRAME is the first frame showing the new state",
+    )
+    parser.add_argument(
+        "--cycles", type=int, default=1, help="passes of the camera trajectory (--frames each; default 1)"
+    )
     g = parser.add_argument_group("real-camera conditions (the ground truth stays clean; all off by default)")
     g.add_argument(
         "--distortion",
@@ -149,7 +160,7 @@ def run(args: argparse.Namespace) -> int:
                 "--transforms: transforms.json has no form of the rational_polynomial lens (OPENCV holds "
                 "k1 k2 k3 p1 p2, OPENCV_FISHEYE k1..k4); the scene folder and lerf-ros replay carry it"
             )
-        scene = make_scene(
+        kwargs = dict(
             seed=args.seed,
             n_objects=args.objects,
             width=args.width,
@@ -157,8 +168,18 @@ def run(args: argparse.Namespace) -> int:
             n_frames=args.frames,
             hfov_deg=args.hfov,
             shadows=not args.no_shadows,
-            conditions=conditions,
         )
+        if args.event or args.cycles != 1:
+            if conditions.active:
+                raise ValueError(
+                    "--event/--cycles (a changing scene) cannot be combined with real-camera conditions yet: "
+                    "their ground truth is rendered from the static geometry"
+                )
+            from lerf_ros.data.synthetic.events import make_changing_scene
+
+            scene = make_changing_scene(events=args.event, cycles=args.cycles, **kwargs)
+        else:
+            scene = make_scene(conditions=conditions, **kwargs)
     except ValueError as e:
         print(f"lerf-ros scene: {e}", file=sys.stderr)
         return 2
@@ -183,6 +204,9 @@ def run(args: argparse.Namespace) -> int:
             f"size {o.size[0]:.3f} x {o.size[1]:.3f} x {o.size[2]:.3f} m  synonyms: {', '.join(o.synonyms)}"
         )
     print(f"  absent classes (negative queries): {', '.join(scene.absent_classes())}")
+    for e in scene.params.get("events", []):
+        where = f" -> centre ({e['center'][0]:+.3f}, {e['center'][1]:+.3f})" if "center" in e else ""
+        print(f"  event at frame {e['frame']}: {e['kind']} {e['name']} (instance {e['instance_id']}){where}")
     cond_lines = _describe(scene)
     if cond_lines:
         print("real-camera conditions (frames as the camera delivers them; ground truth kept clean):")
