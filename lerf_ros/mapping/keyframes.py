@@ -41,7 +41,7 @@ import numpy as np
 import torch
 
 from lerf_ros.config import KeyframeConfig
-from lerf_ros.data.frame import Frame
+from lerf_ros.data.frame import Frame, check_pose
 from lerf_ros.field.sampling import pixel_direction_table
 from lerf_ros.field.snapshot import CameraView
 from lerf_ros.geometry.camera import Distortion
@@ -292,7 +292,7 @@ class KeyframeStore:
 
     @property
     def version(self) -> int:
-        """Increases on every change (add, eviction, features, removal); cheap change detection."""
+        """Increases on every change (add, eviction, features, pose, removal); cheap change detection."""
         with self._lock:
             return self._version
 
@@ -384,6 +384,26 @@ class KeyframeStore:
             self._version += 1
             evicted = self._enforce_bounds()
         self._trim_after(evicted)
+        return True
+
+    def set_pose(self, key: int, c2w: np.ndarray) -> bool:
+        """Replace keyframe ``key``'s input camera-to-world pose (a late correction: e.g. a SLAM loop
+        closure moved the past poses).
+
+        ``c2w`` must be a finite rigid (4, 4) transform: FrameError otherwise, and nothing changes.
+        Returns False (and changes nothing) when the keyframe is no longer stored. Increases
+        ``version`` (the training cameras and the published keyframe poses follow) and the slot's pose
+        version (``slot_generations``), so a learned pose correction of the old input pose is reset.
+        """
+        pose = np.array(c2w, dtype=np.float64)
+        check_pose(pose)
+        with self._lock:
+            old = self._items.get(key)
+            if old is None:
+                return False
+            self._items[key] = dataclasses.replace(old, c2w=pose)
+            self._slot_pose_version[old.slot] += 1
+            self._version += 1
         return True
 
     def remove(self, key: int) -> Keyframe:
