@@ -17,17 +17,19 @@ and the benchmark are a session plus a loop; tests build the same session.
 
 from __future__ import annotations
 
+import math
 import os
 import threading
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Tuple, Union
 
 import numpy as np
 import torch
 
 from lerf_ros.config import LerfConfig
-from lerf_ros.data.frame import Frame
+from lerf_ros.data.frame import Frame, FrameError
 from lerf_ros.field.frozen import FrozenField
+from lerf_ros.geometry.poses import pose_distance
 from lerf_ros.mapping import checkpoint as ckpt
 from lerf_ros.mapping.keyframes import KeyframeStore, KeyframeStoreError
 from lerf_ros.mapping.rays import estimate_scene_bounds
@@ -95,6 +97,10 @@ class Session:
         self.trainer: Optional[Trainer] = None
         self.losses: Dict[str, float] = {}
         self.last_checkpoint = ""
+        self.pose_corrections = 0
+        """Keyframe poses replaced by late corrections so far (``correct_poses``; a keyframe corrected
+        twice counts twice)."""
+        self._corrections_lock = threading.Lock()
         self.lock = threading.RLock()
         """Guards the model (step, reset, snapshot, checkpoints); hold it to make several calls one."""
         self.has_language = int(self.teacher.clip_dim) > 0
@@ -164,6 +170,63 @@ class Session:
     @property
     def features_pending(self) -> int:
         return 0 if self._worker is None else self._worker.pending
+
+    def correct_poses(
+        self,
+        poses_by_stamp: Union[Mapping[float, np.ndarray], Iterable[Tuple[float, np.ndarray]]],
+        tolerance_m: float = 0.01,
+        tolerance_deg: float = 0.5,
+        stamp_tolerance_s: float = 0.005,
+    ) -> int:
+        """Late pose corrections (e.g. a SLAM loop closure moved past poses): replace the input pose of
+        each stored keyframe that a corrected pose names and that moved beyond the tolerance.
+
+        Args:
+            poses_by_stamp: {stamp (s): camera-to-world (4, 4)} or (stamp, pose) pairs; a keyframe takes
+                the pose whose stamp is nearest its own, if within ``stamp_tolerance_s``.
+            tolerance_m, tolerance_deg: a keyframe is updated only when its pose moved by more than
+                this translation (m) or rotation (degrees); smaller moves are left alone.
+        Returns:
+            How many keyframe poses were replaced (also added to ``pose_corrections``). Each goes
+            through ``KeyframeStore.set_pose``, which bumps the store version and the keyframe's slot
+            pose version (its learned pose correction, if any, is reset). A pose that is not a finite
+            rigid transform is skipped (one warning per call names how many); the others still apply.
+        """
+        if not (tolerance_m >= 0 and tolerance_deg >= 0 and stamp_tolerance_s >= 0):
+            raise ValueError(
+                f"tolerances must be >= 0, got {tolerance_m} m, {tolerance_deg} deg, {stamp_tolerance_s} s"
+            )
+        items = list(poses_by_stamp.items()) if isinstance(poses_by_stamp, Mapping) else list(poses_by_stamp)
+        kfs = self.keyframes.keyframes()
+        if not items or not kfs:
+            return 0
+        stamps = np.array([float(s) for s, _ in items], dtype=np.float64)
+        order = np.argsort(stamps, kind="stable")
+        stamps = stamps[order]
+        kf_stamps = np.array([kf.stamp for kf in kfs], dtype=np.float64)
+        # The nearest corrected stamp of each keyframe (its two neighbours in sorted order).
+        hi = np.clip(np.searchsorted(stamps, kf_stamps), 0, len(stamps) - 1)
+        lo = np.clip(hi - 1, 0, len(stamps) - 1)
+        nearest = np.where(np.abs(stamps[lo] - kf_stamps) <= np.abs(stamps[hi] - kf_stamps), lo, hi)
+        matched = np.flatnonzero(np.abs(stamps[nearest] - kf_stamps) <= stamp_tolerance_s)
+        changed, bad = 0, 0
+        for i in matched.tolist():
+            pose = np.asarray(items[int(order[nearest[i]])][1], dtype=np.float64)
+            if pose.shape != (4, 4) or not np.all(np.isfinite(pose)):
+                bad += 1
+                continue
+            dt, ang = pose_distance(kfs[i].c2w, pose)
+            if float(dt) <= tolerance_m and math.degrees(float(ang)) <= tolerance_deg:
+                continue
+            try:
+                changed += bool(self.keyframes.set_pose(kfs[i].key, pose))  # False: evicted meanwhile
+            except FrameError:
+                bad += 1
+        if bad:
+            self.log("warning", f"late pose corrections: {bad} pose(s) are not rigid transforms; skipped")
+        with self._corrections_lock:
+            self.pose_corrections += changed
+        return changed
 
     def ready_keyframes(self) -> int:
         """Keyframes with teacher features (without a language field: every keyframe)."""
