@@ -187,9 +187,15 @@ class ModelConfig:
     Renders for evaluation use black for 'random'."""
     hash_backend: str = "auto"
     """'auto' (tinycudann on CUDA when importable, else PyTorch), 'torch' or 'tcnn' (CUDA only)."""
+    appearance_dim: int = 8
+    """Width of the learned per-keyframe appearance embedding fed to the colour head only (exposure
+    and white-balance changes between frames; never density or language); 0 disables it. Renders
+    without a keyframe (queries, held-out views, snapshots) use the neutral embedding: zero, the
+    mean of the live keyframes' embeddings."""
 
     def check(self) -> "ModelConfig":
         """Validate this section; raise ConfigError naming the key."""
+        _require(0 <= self.appearance_dim <= 256, "model.appearance_dim", self.appearance_dim, "0..256")
         _require(1 <= self.num_levels <= 32, "model.num_levels", self.num_levels, "1..32")
         for key in ("features_per_level", "lang_features_per_level"):
             _require(getattr(self, key) in (1, 2, 4, 8), f"model.{key}", getattr(self, key), "1, 2, 4 or 8")
@@ -335,6 +341,16 @@ class TrainerConfig:
     """Steps between periodic checkpoints (0 = only on request and at exit)."""
     keep_checkpoints: int = 2
     """Periodic checkpoints kept on disk (older ones are deleted)."""
+    pose_refinement: bool = True
+    """Learn a per-keyframe camera pose correction (rotation about the camera centre + translation),
+    as nerfacto does; the corrected poses are what /lerf/keyframes shows and checkpoints keep."""
+    pose_lr: float = 1e-3
+    """Initial learning rate of the pose corrections (Adam; decays like the fields' rate)."""
+    pose_warmup_steps: int = 500
+    """Steps before pose corrections are learned at all (the field must first learn something)."""
+    pose_regularization: float = 1e-2
+    """Weight of the L2 penalty pulling each pose correction toward zero (mean over the keyframes of
+    the squared rotation vector in radians plus the squared translation in metres)."""
 
     def check(self) -> "TrainerConfig":
         """Validate this section; raise ConfigError naming the key."""
@@ -353,7 +369,7 @@ class TrainerConfig:
             _require(getattr(self, key) > 0, f"trainer.{key}", getattr(self, key), "> 0")
         for key in ("decay_steps", "lang_decay_steps", "keep_checkpoints"):
             _require(getattr(self, key) >= 1, f"trainer.{key}", getattr(self, key), ">= 1")
-        for key in ("warmup_steps", "checkpoint_every"):
+        for key in ("warmup_steps", "checkpoint_every", "pose_warmup_steps"):
             _require(getattr(self, key) >= 0, f"trainer.{key}", getattr(self, key), ">= 0")
         _require(
             self.schedule in ("exponential", "cosine"), "trainer.schedule", self.schedule, "'exponential' or 'cosine'"
@@ -367,6 +383,8 @@ class TrainerConfig:
             "distortion_weight",
             "weight_decay",
             "lang_weight_decay",
+            "pose_lr",
+            "pose_regularization",
         ):
             _require(getattr(self, key) >= 0, f"trainer.{key}", getattr(self, key), ">= 0")
         return self

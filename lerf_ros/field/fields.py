@@ -100,7 +100,9 @@ class RadianceField(nn.Module):
     """Density and view-dependent colour (nerfacto-style).
 
     hash grid -> MLP -> (density logit, geometry features); spherical harmonics of the view
-    direction + geometry features -> MLP -> sigmoid RGB.
+    direction + geometry features (+ an appearance embedding of ``appearance_dim`` values, when
+    > 0: the colour head's only input that is not a function of the point and direction) -> MLP ->
+    sigmoid RGB. The appearance never reaches the density.
     """
 
     def __init__(
@@ -115,6 +117,7 @@ class RadianceField(nn.Module):
         geo_feat_dim: int,
         sh_degree: int,
         backend: str = "auto",
+        appearance_dim: int = 0,
     ) -> None:
         super().__init__()
         self.encoding = HashEncoding(
@@ -122,19 +125,34 @@ class RadianceField(nn.Module):
         )
         self.geo_feat_dim = geo_feat_dim
         self.sh_degree = sh_degree
+        self.appearance_dim = int(appearance_dim)
         self.mlp_base = mlp(self.encoding.output_dim, hidden_dim, 1 + geo_feat_dim, 1)
-        self.mlp_head = mlp(sh_degree**2 + geo_feat_dim, hidden_dim_color, 3, 2)
+        self.mlp_head = mlp(sh_degree**2 + geo_feat_dim + self.appearance_dim, hidden_dim_color, 3, 2)
 
     def density(self, x01: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """x01 (N, 3) -> density (N,) in scene units^-1, geometry features (N, geo_feat_dim)."""
         h = self.mlp_base(self.encoding(x01))
         return trunc_exp(h[:, 0].float()), h[:, 1:]
 
-    def forward(self, x01: torch.Tensor, dirs: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        """x01 (N, 3), unit dirs (N, 3) -> density (N,), rgb (N, 3) in [0, 1]."""
+    def forward(
+        self, x01: torch.Tensor, dirs: torch.Tensor, appearance: Optional[torch.Tensor] = None
+    ) -> Tuple[torch.Tensor, torch.Tensor]:
+        """x01 (N, 3), unit dirs (N, 3), appearance (N, appearance_dim) or None (neutral: zeros)
+        -> density (N,), rgb (N, 3) in [0, 1]."""
         sigma, geo = self.density(x01)
         sh = spherical_harmonics(dirs, self.sh_degree).to(geo.dtype)
-        rgb = torch.sigmoid(self.mlp_head(torch.cat([sh, geo], dim=-1)).float())
+        parts = [sh, geo]
+        if self.appearance_dim > 0:
+            if appearance is None:
+                appearance = geo.new_zeros((geo.shape[0], self.appearance_dim))
+            elif appearance.shape != (geo.shape[0], self.appearance_dim):
+                raise ValueError(
+                    f"appearance must be ({geo.shape[0]}, {self.appearance_dim}), got {tuple(appearance.shape)}"
+                )
+            parts.append(appearance.to(geo.dtype))
+        elif appearance is not None:
+            raise ValueError("this radiance field has no appearance embedding (appearance_dim 0)")
+        rgb = torch.sigmoid(self.mlp_head(torch.cat(parts, dim=-1)).float())
         return sigma, rgb
 
 

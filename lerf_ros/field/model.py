@@ -105,6 +105,7 @@ class LerfModel(nn.Module):
             cfg.geo_feat_dim,
             cfg.sh_degree,
             b,
+            appearance_dim=cfg.appearance_dim,
         )
         max_res = list(cfg.proposal_max_resolution) or [cfg.proposal_base_resolution]
         self.proposals = nn.ModuleList(
@@ -180,6 +181,7 @@ class LerfModel(nn.Module):
         generator: Optional[torch.Generator] = None,
         step: Optional[int] = None,
         background: Optional[torch.Tensor] = None,
+        appearance: Optional[torch.Tensor] = None,
     ) -> RenderOutput:
         """Sample and render rays.
 
@@ -189,6 +191,8 @@ class LerfModel(nn.Module):
                 deterministic midpoint layout (evaluation).
             step: training step (proposal-weight annealing); None = fully annealed.
             background: (R, 3) or (3,) colour behind the scene, or None (black).
+            appearance: (R, model.appearance_dim) per-ray appearance embedding (fed to the colour
+                head only), or None for the neutral one (zeros: renders that have no keyframe).
         """
         if origins.ndim != 2 or origins.shape[1] != 3 or dirs.shape != origins.shape:
             raise ValueError(f"origins and dirs must both be (R, 3), got {tuple(origins.shape)}, {tuple(dirs.shape)}")
@@ -222,7 +226,14 @@ class LerfModel(nn.Module):
         t_edges = spacing_inv(s_edges)
         pts = sample_points(o, d, t_edges)
         n_s = pts.shape[1]
-        sigma, rgb = self.field(contract_to_unit(pts.reshape(-1, 3)), d[:, None, :].expand(-1, n_s, -1).reshape(-1, 3))
+        app = None
+        if appearance is not None:
+            if appearance.shape != (n_rays, cfg.appearance_dim):
+                raise ValueError(f"appearance must be ({n_rays}, {cfg.appearance_dim}), got {tuple(appearance.shape)}")
+            app = appearance[:, None, :].expand(-1, n_s, -1).reshape(n_rays * n_s, -1)
+        sigma, rgb = self.field(
+            contract_to_unit(pts.reshape(-1, 3)), d[:, None, :].expand(-1, n_s, -1).reshape(-1, 3), app
+        )
         w = render_weights(sigma.view(n_rays, n_s), t_edges)
         color = render_rgb(rgb.view(n_rays, n_s, 3), w, background)
         return RenderOutput(

@@ -6,7 +6,9 @@ A checkpoint is one ``torch.save`` file holding:
 - ``config``: the resolved ``LerfConfig`` as a plain dict (the YAML tree);
 - ``clip_dim``, ``dino_dim``, ``teacher``: what the language field was distilled from;
 - ``step``; ``model`` (state dict); ``optimizer``, ``scaler`` and ``generator`` states (exact
-  resumption); ``cameras``: the training views' cameras (for snapshots / visibility).
+  resumption); ``cameras``: the training views' cameras (for snapshots / visibility), with their
+  learned pose corrections; ``camera_corrections`` (optional, absent before pose refinement): per
+  keyframe its identity, input pose and learned correction rows (``Trainer.load_checkpoint``).
 
 Writing goes to a temporary file in the destination folder (``.<name>.<pid>-<random>.tmp``, locked
 while it is written), is flushed and fsync'ed, then ``os.replace``'d over the destination (and the
@@ -186,9 +188,23 @@ def cameras_from_payload(items: List[Dict[str, Any]]) -> List[CameraView]:
     ]
 
 
+ADDED_KEYS: Dict[str, Any] = {"model.appearance_dim": 0}
+"""Configuration keys added since checkpoints were first written, with the value that describes a
+checkpoint written before them (its model had no appearance embedding)."""
+
+
+def saved_config(payload: Dict[str, Any]) -> Dict[str, Any]:
+    """The checkpoint's configuration as saved (nested dict), keys it predates filled from ``ADDED_KEYS``."""
+    data = {k: dict(v) if isinstance(v, dict) else v for k, v in payload["config"].items()}
+    for dotted, value in ADDED_KEYS.items():
+        section, key = dotted.split(".")
+        data.setdefault(section, {}).setdefault(key, value)
+    return data
+
+
 def config_of(payload: Dict[str, Any]) -> LerfConfig:
-    """The run's resolved configuration."""
-    return LerfConfig.from_saved(payload["config"])
+    """The run's resolved configuration (an older checkpoint's: as it was trained, see ``ADDED_KEYS``)."""
+    return LerfConfig.from_saved(saved_config(payload))
 
 
 def load_snapshot(path: str, device: Optional[str | torch.device] = None, payload: Optional[Dict[str, Any]] = None):

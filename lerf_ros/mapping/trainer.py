@@ -10,7 +10,17 @@ group      parameters                           schedule (lr -> lr_final over st
 fields     density/colour hash grid + MLPs      lr_fields -> lr_final_fields, decay_steps
 proposal   proposal networks                    lr_proposal -> lr_final_proposal, decay_steps
 lang       language + DINO hash grids and MLPs  lr_lang -> lr_final_lang, lang_decay_steps
+pose       per-keyframe pose corrections        0 for pose_warmup_steps, then pose_lr, decaying
+                                                by the fields' ratio over decay_steps
+appearance per-keyframe appearance embeddings   as fields
 =========  ===================================  =======================================
+
+The last two are per-keyframe tables (``lerf_ros.mapping.camera_opt``: one row per keyframe slot,
+their own sparse Adam with per-row state, so a slot that gets a new keyframe starts afresh). A
+training ray's origin and direction go through its keyframe's pose correction and its colour sees
+its keyframe's appearance; renders without a keyframe (held-out views, snapshots, queries) use the
+pose they are given and the neutral appearance. The corrected keyframe poses are
+``keyframe_poses()``; snapshots and checkpoints keep them.
 
 On CUDA the networks run under fp16 autocast with a GradScaler (``trainer.mixed_precision``);
 rendering and losses stay float32. All randomness of a step (rays, jitter, background) comes
@@ -36,6 +46,7 @@ from lerf_ros.field.frozen import FrozenField, render_image
 from lerf_ros.field.model import LerfModel, geometry_losses, language_losses, total_loss
 from lerf_ros.field.snapshot import CameraView
 from lerf_ros.mapping import checkpoint as ckpt
+from lerf_ros.mapping.camera_opt import CameraCorrections
 from lerf_ros.mapping.rays import RayBatch
 
 _GROUPS = ("fields", "proposal", "lang")
@@ -61,6 +72,16 @@ class RaySource(Protocol):
     def sample(self, n: int, generator: Optional[torch.Generator] = None) -> RayBatch: ...
 
     def cameras(self) -> List[CameraView]: ...
+
+    def keyframes(self) -> List[Any]:
+        """The stored keyframes (``key``, ``slot``, ``K``, ``c2w``, ``stamp``, ``frame_id``, ``index``,
+        ``height``, ``width``), oldest first."""
+        ...
+
+    def slot_generations(self) -> Tuple[List[int], List[int]]: ...
+
+    @property
+    def version(self) -> int: ...
 
 
 Bounds = Tuple[Sequence[float], float]
@@ -117,6 +138,13 @@ class Trainer:
             lr=tc.lr_fields,
             eps=tc.adam_eps,
         )
+        self.corrections = CameraCorrections(tc.pose_refinement, self.cfg.model.appearance_dim).to(self.device)
+        self._slots_seen: Tuple[List[int], List[int]] = ([], [])
+        self._slots_version = -1
+        self._live = torch.zeros(0, dtype=torch.int64, device=self.device)
+        self._restored: Dict[Tuple[float, str, int], Dict[str, Any]] = {}
+        """Per keyframe (stamp, frame_id, index): rows of the corrections a checkpoint held, restored
+        when that keyframe is (again) in the store with the same input pose."""
         self.use_amp = self.device.type == "cuda" and tc.mixed_precision
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
         self.generator = torch.Generator().manual_seed(self.cfg.seed)
@@ -149,7 +177,68 @@ class Trainer:
                 tc.lr_proposal, tc.lr_final_proposal, tc.decay_steps, s, tc.schedule, tc.warmup_steps
             ),
             "lang": learning_rate(tc.lr_lang, tc.lr_final_lang, tc.lang_decay_steps, s, tc.schedule, tc.warmup_steps),
+            "pose": 0.0
+            if s < tc.pose_warmup_steps or tc.pose_lr == 0
+            else learning_rate(
+                tc.pose_lr, tc.pose_lr * tc.lr_final_fields / tc.lr_fields, tc.decay_steps, s, tc.schedule, 0
+            ),
+            "appearance": learning_rate(
+                tc.lr_fields, tc.lr_final_fields, tc.decay_steps, s, tc.schedule, tc.warmup_steps
+            ),
         }
+
+    # ------------------------------------------------------------------ per-keyframe corrections
+    def _sync_slots(self) -> None:
+        """Follow the store's slots: grow the tables, reset the rows of slots that got a new keyframe
+        (or their pose row when the keyframe's input pose was replaced), restoring a checkpoint's rows
+        for a keyframe it knew; and note the live slots."""
+        version = self.views.version
+        if version == self._slots_version:
+            return
+        gens, pose_versions = self.views.slot_generations()
+        kfs = self.views.keyframes()
+        self.corrections.resize(len(gens))
+        seen_g, seen_p = self._slots_seen
+        by_slot = {kf.slot: kf for kf in kfs}
+        for s in range(len(gens)):
+            if s < len(seen_g) and gens[s] == seen_g[s]:
+                if pose_versions[s] != seen_p[s]:
+                    self.corrections.reset_rows([s], names=("pose",))
+                continue
+            self.corrections.reset_rows([s])
+            kf = by_slot.get(s)
+            saved = None if kf is None else self._restored.pop(_identity(kf), None)
+            if saved is not None:
+                same_pose = np.allclose(saved["c2w"], kf.c2w, rtol=0, atol=1e-9)
+                self.corrections.set_row_state(s, saved["rows"], names=None if same_pose else ("appearance",))
+        self._slots_seen = (gens, pose_versions)
+        self._slots_version = version
+        self._live = torch.tensor(sorted(by_slot), dtype=torch.int64, device=self.device)
+
+    def keyframe_poses(self) -> List[Tuple[int, np.ndarray]]:
+        """(key, corrected camera-to-world (4, 4)) of each stored keyframe, oldest first: its input pose
+        composed with the learned correction (the input pose itself without pose refinement)."""
+        with self._lock:
+            self._sync_slots()
+            kfs = self.views.keyframes()
+            if not kfs:
+                return []
+            c2w = self.corrections.corrected_c2w(np.stack([kf.c2w for kf in kfs]), [kf.slot for kf in kfs])
+            return [(kf.key, c2w[i]) for i, kf in enumerate(kfs)]
+
+    def corrected_cameras(self) -> List[CameraView]:
+        """The keyframes' cameras with their corrected poses, oldest first."""
+        with self._lock:
+            kfs = self.views.keyframes()
+            poses = self.keyframe_poses()
+            return [CameraView(kf.K, c2w, kf.height, kf.width) for kf, (_, c2w) in zip(kfs, poses)]
+
+    def pose_correction_stats(self) -> Dict[str, float]:
+        """Mean and max learned pose correction over the stored keyframes: 'translation_mean_m',
+        'translation_max_m', 'rotation_mean_deg', 'rotation_max_deg' (zeros without refinement)."""
+        with self._lock:
+            self._sync_slots()
+            return self.corrections.pose_stats(self._live)
 
     # ------------------------------------------------------------------ training
     def step(self) -> Dict[str, float]:
@@ -162,6 +251,7 @@ class Trainer:
             for group in self.optimizer.param_groups:
                 group["lr"] = lrs[group["name"]]
             batch = self.views.sample(tc.rays_per_batch, self.generator).to(self.device)
+            self._sync_slots()  # after sampling: every slot in the batch has its row
             if batch.clip is not None and batch.clip.shape[1] != self.clip_dim:
                 raise ValueError(
                     f"teacher CLIP features have dimension {batch.clip.shape[1]}, "
@@ -179,13 +269,18 @@ class Trainer:
             else:
                 background = torch.full((3,), 1.0 if bg_kind == "white" else 0.0, device=self.device)
             self.model.train()
+            origins, directions = batch.origins, batch.directions
+            refine = lrs["pose"] > 0 and self.corrections.has_pose
+            if refine:
+                origins, directions = self.corrections.correct_rays(origins, directions, batch.slot)
             with torch.autocast(device_type=self.device.type, dtype=torch.float16, enabled=self.use_amp):
                 out = self.model.render_rays(
-                    batch.origins,
-                    batch.directions,
+                    origins,
+                    directions,
                     generator=self.generator,
                     step=self.step_count,
                     background=background,
+                    appearance=self.corrections.appearance_at(batch.slot),
                 )
                 losses = geometry_losses(out, batch.rgb, tc, batch.depth, batch.dir_z, float(self.model.scene_scale))
                 rows = batch.feature_rows
@@ -195,15 +290,23 @@ class Trainer:
                     )
                     losses.update(language_losses(rendered, batch.clip, batch.dino, tc))
                 loss = total_loss(losses, tc)
+            if refine and tc.pose_regularization > 0:
+                pose_reg = self.corrections.regularization(self._live)
+                loss = loss + tc.pose_regularization * pose_reg
+                losses["pose_reg"] = pose_reg
             if not torch.isfinite(loss):
                 raise FloatingPointError(
                     f"non-finite loss at step {self.step_count}: "
                     + ", ".join(f"{k}={float(v):.4g}" for k, v in losses.items())
                 )
             self.optimizer.zero_grad(set_to_none=True)
+            self.corrections.zero_grad()
             self.scaler.scale(loss).backward()
+            grad_scale = float(self.scaler.get_scale()) if self.use_amp else 1.0
             self.scaler.step(self.optimizer)
             self.scaler.update()
+            if self.corrections.adam_step(lrs, grad_scale):
+                self.corrections.recentre(self._live)
             self.step_count += 1
             if self.device.type == "cuda":
                 torch.cuda.synchronize(self.device)
@@ -223,7 +326,7 @@ class Trainer:
     def snapshot(self) -> FrozenField:
         """An immutable copy of the current model (eval mode) plus the training views' cameras."""
         with self._lock:
-            return FrozenField(self.model, self.views.cameras(), self.step_count, teacher=self.teacher)
+            return FrozenField(self.model, self.corrected_cameras(), self.step_count, teacher=self.teacher)
 
     def render_view(
         self,
@@ -271,9 +374,24 @@ class Trainer:
                 "scaler": self.scaler.state_dict(),
                 "generator": self.generator.get_state().clone(),
                 "rays_per_second": self.rays_per_second,
-                "cameras": ckpt.cameras_to_payload(self.views.cameras()),
+                "cameras": ckpt.cameras_to_payload(self.corrected_cameras()),
                 "bounds": self.bounds,
+                "camera_corrections": self._corrections_payload(),
             }
+
+    def _corrections_payload(self) -> List[Dict[str, Any]]:
+        """Per stored keyframe: its identity, input pose and the rows of its corrections."""
+        self._sync_slots()
+        return [
+            {
+                "stamp": float(kf.stamp),
+                "frame_id": str(kf.frame_id),
+                "index": int(kf.index),
+                "c2w": np.asarray(kf.c2w, dtype=np.float64).tolist(),
+                "rows": self.corrections.row_state(kf.slot),
+            }
+            for kf in self.views.keyframes()
+        ]
 
     def save_checkpoint(self, path: str) -> str:
         """Write a checkpoint atomically; returns ``path``."""
@@ -294,7 +412,7 @@ class Trainer:
                 f"{path}: language field dimensions (clip {payload['clip_dim']}, dino {payload['dino_dim']}) differ "
                 f"from this trainer's (clip {self.clip_dim}, dino {self.dino_dim})"
             )
-        theirs = payload["config"].get("model", {})
+        theirs = ckpt.saved_config(payload).get("model", {})
         ours = self.cfg.to_dict()["model"]
         # The scene bounds are state restored with the weights (buffers), not a property of the architecture.
         diff = sorted(k for k in set(ours) | set(theirs) if ours.get(k) != theirs.get(k) and k not in _BOUNDS_KEYS)
@@ -312,6 +430,17 @@ class Trainer:
                 self.generator.set_state(payload["generator"])
             self.step_count = int(payload["step"])
             self.rays_per_second = float(payload.get("rays_per_second", 0.0))
+            # Per-keyframe corrections (absent from older checkpoints: every keyframe starts neutral).
+            self._restored = {
+                (float(e["stamp"]), str(e["frame_id"]), int(e["index"])): {
+                    "c2w": np.asarray(e["c2w"], dtype=np.float64),
+                    "rows": e["rows"],
+                }
+                for e in payload.get("camera_corrections", [])
+            }
+            self.corrections.reset_rows(range(self.corrections.num_rows))
+            self._slots_seen, self._slots_version = ([], []), -1
+            self._sync_slots()
         return self.step_count
 
     @classmethod
@@ -324,3 +453,8 @@ class Trainer:
         trainer = cls(cfg, int(payload["clip_dim"]), int(payload["dino_dim"]), views, teacher=str(payload["teacher"]))
         trainer.load_checkpoint(path, payload=payload)
         return trainer
+
+
+def _identity(kf: Any) -> Tuple[float, str, int]:
+    """What names a keyframe across runs (its key does not): stamp, frame id and source index."""
+    return (float(kf.stamp), str(kf.frame_id), int(kf.index))
