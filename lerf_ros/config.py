@@ -341,6 +341,9 @@ class TrainerConfig:
     """Steps between periodic checkpoints (0 = only on request and at exit)."""
     keep_checkpoints: int = 2
     """Periodic checkpoints kept on disk (older ones are deleted)."""
+    snapshot_every: int = 100
+    """Steps between two in-memory snapshots for a query node in the trainer's process (each one a
+    copy of the weights; the query node prepares the newest at most every ``snapshot_min_interval_s``)."""
     pose_refinement: bool = True
     """Learn a per-keyframe camera pose correction (rotation about the camera centre + translation),
     as nerfacto does; the corrected poses are what /lerf/keyframes shows and checkpoints keep."""
@@ -367,7 +370,7 @@ class TrainerConfig:
             "lang_huber_delta",
         ):
             _require(getattr(self, key) > 0, f"trainer.{key}", getattr(self, key), "> 0")
-        for key in ("decay_steps", "lang_decay_steps", "keep_checkpoints"):
+        for key in ("decay_steps", "lang_decay_steps", "keep_checkpoints", "snapshot_every"):
             _require(getattr(self, key) >= 1, f"trainer.{key}", getattr(self, key), ">= 1")
         for key in ("warmup_steps", "checkpoint_every", "pose_warmup_steps"):
             _require(getattr(self, key) >= 0, f"trainer.{key}", getattr(self, key), ">= 0")
@@ -756,6 +759,19 @@ NODE_PARAMETERS: Tuple[NodeParameter, ...] = (
         ("trainer",),
     ),
     NodeParameter("status_rate_hz", 2.0, "Rate of /lerf/status", ("trainer",)),
+    NodeParameter(
+        "diagnostics_stall_s",
+        5.0,
+        "/diagnostics: the input check warns when no image has arrived for this long (s)",
+        ("trainer",),
+    ),
+    NodeParameter(
+        "diagnostics_max_drop_fraction",
+        0.5,
+        "/diagnostics: the input check warns when more than this share of the images received in the "
+        "last 10 s were dropped (and at least 3)",
+        ("trainer",),
+    ),
     NodeParameter("queue_size", 4, "Images waiting for ingestion; the oldest is dropped when full", ("trainer",)),
     NodeParameter("use_depth", True, "Subscribe to 'depth' and attach aligned depth to frames", ("trainer",)),
     NodeParameter("resume", True, "Resume from the newest checkpoint in output_dir when one exists", ("trainer",)),
@@ -771,6 +787,19 @@ NODE_PARAMETERS: Tuple[NodeParameter, ...] = (
         10.0,
         "Shortest time between two model swaps (each swap re-extracts "
         "the surface points and their language features, a few seconds on a CPU)",
+        ("query",),
+    ),
+    NodeParameter(
+        "prepare_cpu_share",
+        0.5,
+        "Share of the wall time the background preparation of a new snapshot may take: after each chunk "
+        "of work it pauses for the rest, leaving the CPU to training and queries (0 < share <= 1)",
+        ("query",),
+    ),
+    NodeParameter(
+        "prepare_niceness",
+        10,
+        "How much the snapshot preparation thread lowers its scheduling priority (Linux nice; 0 = not at all)",
         ("query",),
     ),
 )

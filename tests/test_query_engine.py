@@ -269,14 +269,21 @@ def test_feature_cache_is_built_once_per_snapshot_and_surface(scene, teacher):
     calls = snap.calls["language_multi_scale"]
     eng.query(scene.objects[2].class_name)
     assert snap.calls["language_multi_scale"] == calls  # answered from the features
+    assert first.snapshot_version == 1 and "model step 1000, snapshot #1)" in first.message
     newer = AnalyticSnapshot(scene, teacher.encode_text, step=1200)
     eng.set_snapshot(newer)
+    r = eng.query(scene.objects[0].class_name)  # not prepared yet: the previous one answers
+    assert r.step == 1000 and r.snapshot_version == 1 and r.timings["features"] == 0
+    prep = eng.prepare()
+    assert prep["surface"] == 0 and prep["features"] > 0  # same surface, new field
     r = eng.query(scene.objects[0].class_name)
-    assert r.step == 1200 and r.surface_step == 1000  # same surface, new field
-    assert r.timings["surface"] == 0 and r.timings["features"] > 0
+    assert r.step == 1200 and r.surface_step == 1000 and r.snapshot_version == 2
+    assert r.timings["surface"] == 0 and r.timings["features"] == 0
+    assert eng.prepare() == {"surface": 0.0, "features": 0.0}  # nothing newer
     eng.set_snapshot(AnalyticSnapshot(scene, teacher.encode_text, step=1500))
+    assert eng.prepare()["surface"] > 0
     r = eng.query(scene.objects[0].class_name)
-    assert r.step == 1500 and r.surface_step == 1500 and r.timings["surface"] > 0
+    assert r.step == 1500 and r.surface_step == 1500 and r.snapshot_version == 3
     # Too small a budget: no features, same answer.
     small = FeatureCache(max_bytes=1000)
     xyz = torch.from_numpy(eng.surface().xyz)

@@ -43,3 +43,31 @@ def check(stop: Optional[StopFlag]) -> None:
     """``stop.check()`` when there is a flag; nothing otherwise."""
     if stop is not None:
         stop.check()
+
+
+class PacedStop(StopFlag):
+    """A ``StopFlag`` view for background work that must leave the CPU to others (training, queries).
+
+    It shares the stop state of ``flag``; its ``check`` also pauses after each chunk so that the
+    work takes at most ``share`` of the wall time (a chunk of t seconds is followed by a pause of
+    ``t * (1 - share) / share``, at most ``max_pause_s``). The pause releases the GIL, so threads of
+    the same process run meanwhile."""
+
+    def __init__(self, flag: StopFlag, share: float, max_pause_s: float = 0.5) -> None:
+        if not 0.0 < share <= 1.0:
+            raise ValueError(f"share {share} is outside (0, 1]")
+        self._event = flag._event
+        self.share = float(share)
+        self.max_pause_s = float(max_pause_s)
+        self.paused_s = 0.0
+        """Seconds paused so far."""
+        self._since = time.perf_counter()
+
+    def check(self) -> None:
+        if self.share < 1.0:
+            work = time.perf_counter() - self._since
+            pause = min(work * (1.0 - self.share) / self.share, self.max_pause_s)
+            if pause > 0 and not self._event.wait(pause):
+                self.paused_s += pause
+        super().check()
+        self._since = time.perf_counter()

@@ -2,8 +2,8 @@
 
 One query:
 1. validate the request (every problem becomes ``success=False`` and a message saying what to fix);
-2. take the current snapshot (swapped atomically by ``set_snapshot``) and its surface points
-   (``SurfaceCache``: recomputed only as training moves on);
+2. take the prepared snapshot (``PreparedSnapshot``: the field with its surface points and
+   projected features, swapped in as one object by ``prepare``; see "Snapshots" below);
 3. embed the text, the canonical phrases and the request's negatives (LRU-cached, the query
    itself left out of the negatives);
 4. scale search: for every candidate scale evaluate the language field at every surface point and
@@ -18,10 +18,22 @@ Speed (details in ``lerf_ros.query.relevancy``). Per (snapshot, surface) pair th
 the language field at every surface point and scale as coefficients in the field's output basis
 (``ProjectedFeatures``, bounded by ``query.feature_cache_mb``), so a query costs one small matrix
 product per scale instead of S field evaluations; the first query after a new snapshot pays for
-them (or ``prepare()`` does, e.g. from the node's snapshot timer). Without them (too large), the
+them at preparation. Without them (too large), the
 field is evaluated per query, projected onto the span of the query's text embeddings. Either way
 the field answers all candidate scales of a chunk of points in one call
 (``FieldSnapshot.language_multi_scale``: the real field runs its hash grids once per point).
+
+Snapshots. ``set_snapshot`` only hands the engine a newer field; ``prepare`` (the query node runs it
+on a background thread, ``lerf_ros.query.preparer``) extracts its surface points (reusing the
+previous ones while training has not moved on by ``query.refresh_every_steps``) and builds its
+projected features off to the side, then swaps the prepared snapshot in atomically. Queries are
+answered from the prepared snapshot and never wait for a preparation: meanwhile they get the
+previous one, and say which (``QueryResult.step``, ``snapshot_version``, ``snapshot_age_s``). Only
+the very first snapshot has nothing before it: a query then prepares it itself (or waits for the
+preparation already running), as the first query of a process always did. While a new snapshot is
+prepared, two sets of projected features are held (at most twice ``query.feature_cache_mb``).
+A preparation that fails leaves the previous snapshot answering; the failure is reported by
+``status()`` (and, when there is no previous snapshot, by the queries).
 """
 
 from __future__ import annotations
@@ -39,9 +51,9 @@ import torch
 from lerf_ros.config import QueryConfig
 from lerf_ros.data.frame import FrameError, check_pose
 from lerf_ros.field.snapshot import FieldSnapshot
-from lerf_ros.query.cancel import Cancelled, StopFlag
+from lerf_ros.query.cancel import Cancelled, PacedStop, StopFlag
 from lerf_ros.query.grasp import Grasp, GripperModel, plan_grasps
-from lerf_ros.query.relevancy import FeatureCache, scale_search
+from lerf_ros.query.relevancy import FeatureCache, ProjectedFeatures, scale_search
 from lerf_ros.query.request import excerpt, format_relevancy, text_problem
 from lerf_ros.query.surface import SurfaceCache, SurfaceError, SurfacePoints
 from lerf_ros.teachers.none import NO_LANGUAGE_MESSAGE
@@ -73,6 +85,9 @@ class QueryResult:
         surface_step: training step the surface points were extracted at.
         num_candidates: surface points scored.
         grasp_points: the most relevant points the grasps were planned on (``query.grasp_focus``).
+        snapshot_version: which prepared snapshot answered (1 = the first this engine prepared; 0:
+            none).
+        snapshot_age_s: seconds since the answering snapshot was handed to ``set_snapshot`` (-1: none).
     """
 
     success: bool
@@ -88,12 +103,48 @@ class QueryResult:
     surface_step: int = -1
     num_candidates: int = 0
     grasp_points: int = 0
+    snapshot_version: int = 0
+    snapshot_age_s: float = -1.0
+
+
+@dataclass(frozen=True)
+class PreparedSnapshot:
+    """A snapshot with everything its queries need, swapped in as one object (never modified).
+
+    Attributes:
+        snapshot: the field.
+        surface: its surface points (possibly extracted at an earlier step, see
+            ``query.refresh_every_steps``).
+        xyz: (N, 3) float32 ``surface.xyz`` on the snapshot's device.
+        features: the projected language features at ``xyz``, or None (``features_note`` says why).
+        features_note: why there are no features ("" when there are).
+        version: 1 for the first snapshot the engine prepared, one more for each later one.
+        taken_at: ``time.monotonic()`` when ``set_snapshot`` received the snapshot.
+        prepared_ms: milliseconds spent: 'surface' (0 when the previous surface was kept), 'features'.
+    """
+
+    snapshot: FieldSnapshot
+    surface: SurfacePoints
+    xyz: torch.Tensor
+    features: Optional[ProjectedFeatures]
+    features_note: str
+    version: int
+    taken_at: float
+    prepared_ms: Dict[str, float]
+
+    @property
+    def step(self) -> int:
+        return int(self.snapshot.step)
+
+    def age_s(self, now: Optional[float] = None) -> float:
+        """Seconds since the snapshot was handed to the engine."""
+        return (time.monotonic() if now is None else now) - self.taken_at
 
 
 class QueryEngine:
-    """Answers text queries from the current snapshot. Thread-safe: any number of concurrent
-    ``query`` calls; ``set_snapshot`` swaps the model atomically (a running query keeps the one it
-    started with)."""
+    """Answers text queries from the prepared snapshot. Thread-safe: any number of concurrent
+    ``query`` calls; ``set_snapshot`` offers a newer model and ``prepare`` swaps it in atomically
+    once prepared (a running query keeps the one it started with; see the module docstring)."""
 
     def __init__(self, cfg: QueryConfig, encode_text: Callable[[List[str]], torch.Tensor]) -> None:
         self.cfg = cfg.check()
@@ -105,7 +156,11 @@ class QueryEngine:
             support_clearance=max(0.01, 1.5 * cfg.voxel_size),
         ).check()
         self._lock = threading.Lock()
-        self._snapshot: Optional[FieldSnapshot] = None
+        self._offered: Optional[Tuple[FieldSnapshot, float]] = None  # (newest snapshot, monotonic time)
+        self._prepared: Optional[PreparedSnapshot] = None  # the one queries are answered from
+        self._failed: Optional[Tuple[FieldSnapshot, str]] = None  # last preparation failure
+        self._version = 0
+        self._prepare_lock = threading.Lock()  # one preparation at a time
         self.stop = StopFlag()
         """Set by ``close``; preparation work checks it between chunks."""
         self._surfaces = SurfaceCache(cfg, self.stop)
@@ -118,70 +173,139 @@ class QueryEngine:
 
     # ------------------------------------------------------------------ model
     def set_snapshot(self, snapshot: FieldSnapshot) -> None:
-        """Answer later queries from ``snapshot`` (read-only; never modified here)."""
+        """Offer a newer model (read-only; never modified here): queries are answered from it once
+        ``prepare`` has prepared it (the very first one: by the first query, if nobody did)."""
         if not isinstance(snapshot, FieldSnapshot):
             raise TypeError(
                 f"{type(snapshot).__name__} is not a FieldSnapshot: it needs step, clip_dim, device, "
                 "cameras, language, language_multi_scale, language_basis, density and render"
             )
         with self._lock:
-            self._snapshot = snapshot
+            self._offered = (snapshot, time.monotonic())
 
     @property
     def snapshot(self) -> Optional[FieldSnapshot]:
+        """The newest snapshot offered by ``set_snapshot`` (prepared or not)."""
         with self._lock:
-            return self._snapshot
+            return None if self._offered is None else self._offered[0]
+
+    @property
+    def prepared(self) -> Optional[PreparedSnapshot]:
+        """The prepared snapshot queries are answered from now (None before the first)."""
+        with self._lock:
+            return self._prepared
+
+    def current_step(self) -> int:
+        """Training step of the snapshot that answers now; before the first is prepared, of the one
+        offered; -1 when none."""
+        with self._lock:
+            if self._prepared is not None:
+                return self._prepared.step
+            return -1 if self._offered is None else int(self._offered[0].step)
 
     def surface(self) -> Optional[SurfacePoints]:
-        """Surface points of the current snapshot (computed if stale), or None without a snapshot."""
-        snap = self.snapshot
-        if snap is None:
-            return None
-        return self._surfaces.get(snap)[0]
+        """Surface points of the prepared snapshot, or None before the first is prepared."""
+        prep = self.prepared
+        return None if prep is None else prep.surface
 
     def scene_points(self) -> Optional[Tuple[np.ndarray, np.ndarray]]:
-        """(xyz (N, 3) float32, rgb (N, 3) uint8) of the current surface, or None without a model."""
+        """(xyz (N, 3) float32, rgb (N, 3) uint8) of the prepared surface, or None without one."""
         s = self.surface()
         return None if s is None else (s.xyz, s.rgb)
 
-    def prepare(self) -> Dict[str, float]:
-        """Compute what the current snapshot's queries need (surface points, projected features; only
-        the surface points for a snapshot without a language field) now rather than in the first query. Returns milliseconds spent: 'surface', 'features'.
-        Raises ``lerf_ros.query.cancel.Cancelled`` when ``close`` is called meanwhile."""
-        snap = self.snapshot
+    def prepare(self, cpu_share: float = 1.0) -> Dict[str, float]:
+        """Prepare the newest offered snapshot (surface points, projected features; only the surface
+        points for a snapshot without a language field) and swap it in for the queries. Queries
+        meanwhile are answered from the previous prepared snapshot. Returns milliseconds spent:
+        'surface', 'features' (both 0 when the newest is prepared already).
+
+        ``cpu_share`` in (0, 1]: the share of wall time the work may take; after each chunk it pauses
+        for the rest (``lerf_ros.query.cancel.PacedStop``), leaving the CPU to training and queries.
+        Raises ``lerf_ros.query.cancel.Cancelled`` when ``close`` is called meanwhile, and the
+        extraction's or the field's error when preparation fails (the previous snapshot keeps
+        answering; ``status()['error']`` says why)."""
         out = {"surface": 0.0, "features": 0.0}
-        if snap is None:
-            return out
-        t0 = time.perf_counter()
-        surface, computed = self._surfaces.get(snap)
-        if computed:
-            out["surface"] = 1000 * (time.perf_counter() - t0)
-        if len(surface) and int(snap.clip_dim) > 0:  # no language field: the surface is all there is
-            t1 = time.perf_counter()
-            _, built = self._get_features(snap, surface)
-            if built:
-                out["features"] = 1000 * (time.perf_counter() - t1)
+        with self._prepare_lock:
+            with self._lock:
+                offered, current = self._offered, self._prepared
+            if offered is None or (current is not None and current.snapshot is offered[0]):
+                return out
+            snap, taken_at = offered
+            stop = self.stop if cpu_share >= 1.0 else PacedStop(self.stop, cpu_share)
+            try:
+                t0 = time.perf_counter()
+                surface, computed = self._surfaces.get(snap, stop)
+                if computed:
+                    out["surface"] = 1000 * (time.perf_counter() - t0)
+                xyz = self._surfaces.xyz_tensor(surface, torch.device(snap.device))
+                feats, note = None, "no surface points" if not len(surface) else "no language field"
+                if len(surface) and int(snap.clip_dim) > 0:  # no language field: the surface is all there is
+                    t1 = time.perf_counter()
+                    scales = torch.tensor(self.cfg.scales, dtype=torch.float32, device=xyz.device)
+                    feats, built = self._features.get(snap, surface, xyz, scales, self.cfg.field_chunk_points, stop)
+                    note = self._features.note
+                    if built:
+                        out["features"] = 1000 * (time.perf_counter() - t1)
+            except Cancelled:
+                raise
+            except SurfaceError as exc:
+                with self._lock:
+                    self._failed = (snap, f"cannot extract surface points at step {int(snap.step)}: {exc}")
+                raise
+            except Exception as exc:
+                with self._lock:
+                    self._failed = (
+                        snap,
+                        f"preparing the model at step {int(snap.step)} failed: {type(exc).__name__}: {exc}",
+                    )
+                raise
+            with self._lock:
+                self._version += 1
+                self._prepared = PreparedSnapshot(snap, surface, xyz, feats, note, self._version, taken_at, dict(out))
+                self._failed = None
         return out
 
     def status(self) -> Dict[str, object]:
-        """What the engine holds now (for logs): snapshot and surface steps, candidate count, and the
-        projected features (basis width, MiB) or why there are none."""
-        snap = self.snapshot
-        surface = self._surfaces.peek()
-        feats = self._features.value
+        """What the engine holds now (for logs and diagnostics): the answering snapshot's step,
+        version and age (s), the newest offered step, whether a preparation is running, its surface
+        (step, candidates), its projected features (basis width, MiB) or why there are none, and the
+        last preparation failure ("" when the newest offered snapshot did not fail)."""
+        with self._lock:
+            prep, offered, failed = self._prepared, self._offered, self._failed
+        feats = None if prep is None else prep.features
         return {
-            "step": -1 if snap is None else int(snap.step),
-            "surface_step": -1 if surface is None else surface.step,
-            "candidates": 0 if surface is None else len(surface),
+            "step": -1 if prep is None else prep.step,
+            "version": 0 if prep is None else prep.version,
+            "age_s": -1.0 if prep is None else prep.age_s(),
+            "offered_step": -1 if offered is None else int(offered[0].step),
+            "preparing": self._prepare_lock.locked(),
+            "prepared_ms": 0.0 if prep is None else float(sum(prep.prepared_ms.values())),
+            "surface_step": -1 if prep is None else prep.surface.step,
+            "candidates": 0 if prep is None else len(prep.surface),
             "features_rank": 0 if feats is None else int(feats.basis.shape[0]),
             "features_mib": 0.0 if feats is None else feats.nbytes / 2**20,
-            "features_note": self._features.note,
+            "features_note": "" if prep is None else prep.features_note,
+            "error": failed[1] if failed is not None and offered is not None and failed[0] is offered[0] else "",
         }
 
-    def _get_features(self, snap: FieldSnapshot, surface: SurfacePoints):
-        xyz = self._surfaces.xyz_tensor(surface, torch.device(snap.device))
-        scales = torch.tensor(self.cfg.scales, dtype=torch.float32, device=xyz.device)
-        return self._features.get(snap, surface, xyz, scales, self.cfg.field_chunk_points)
+    def _answering(self, timings: Dict[str, float]) -> Tuple[Optional[PreparedSnapshot], str]:
+        """(the prepared snapshot to answer from, "") or (None, why there is none). Only before the
+        first snapshot is prepared does this wait: it prepares the offered one (or waits for the
+        preparation already running), and fills ``timings`` with what that took."""
+        with self._lock:
+            prep, offered, failed = self._prepared, self._offered, self._failed
+        if prep is not None:
+            return prep, ""
+        if offered is None:
+            return None, NO_MODEL_MESSAGE
+        if failed is not None and failed[0] is offered[0]:
+            return None, failed[1]
+        try:
+            timings.update(self.prepare())
+        except SurfaceError as exc:
+            return None, f"cannot extract surface points at step {int(offered[0].step)}: {exc}"
+        prep = self.prepared
+        return (prep, "") if prep is not None else (None, NO_MODEL_MESSAGE)
 
     # ------------------------------------------------------------------ queries
     def _check_request(self, text, negatives, threshold, max_points, max_grasps, world_to_target) -> str:
@@ -246,8 +370,7 @@ class QueryEngine:
         """
         t0 = time.perf_counter()
         timings = {"surface": 0.0, "features": 0.0, "text": 0.0, "field": 0.0, "cluster": 0.0}
-        snap = self.snapshot
-        step = -1 if snap is None else int(snap.step)
+        step = self.current_step()
         negatives = list(negatives or ())
         error = self._check_request(text, negatives, threshold, max_points, max_grasps, world_to_target)
         if not error and self.stop.is_set():
@@ -288,24 +411,24 @@ class QueryEngine:
         text = text.strip()
         negatives = [n.strip() for n in negatives]
 
-        snap = self.snapshot
-        if snap is None:
-            return QueryResult(False, NO_MODEL_MESSAGE, timings=self._total(timings, t0))
-        step = int(snap.step)
+        offered = self.snapshot
+        if offered is not None and self.prepared is None and int(offered.clip_dim) == 0:
+            # trained with teacher kind 'none': nothing to prepare for
+            return QueryResult(False, NO_LANGUAGE_MESSAGE, step=int(offered.step), timings=self._total(timings, t0))
+        prep, why = self._answering(timings)
+        if prep is None:
+            return QueryResult(False, why, step=self.current_step(), timings=self._total(timings, t0))
+        snap, surface, step = prep.snapshot, prep.surface, prep.step
+        version, age = prep.version, prep.age_s()
         if int(snap.clip_dim) == 0:  # trained with teacher kind 'none'
-            return QueryResult(False, NO_LANGUAGE_MESSAGE, step=step, timings=self._total(timings, t0))
-        ts = time.perf_counter()
-        try:
-            surface, computed = self._surfaces.get(snap)
-        except SurfaceError as exc:
             return QueryResult(
                 False,
-                f"cannot extract surface points at step {step}: {exc}",
+                NO_LANGUAGE_MESSAGE,
                 step=step,
+                snapshot_version=version,
+                snapshot_age_s=age,
                 timings=self._total(timings, t0),
             )
-        if computed:
-            timings["surface"] = 1000 * (time.perf_counter() - ts)
         if len(surface) == 0:
             return QueryResult(
                 False,
@@ -316,6 +439,8 @@ class QueryEngine:
                 ),
                 step=step,
                 surface_step=surface.step,
+                snapshot_version=version,
+                snapshot_age_s=age,
                 timings=self._total(timings, t0),
             )
 
@@ -344,17 +469,19 @@ class QueryEngine:
 
         # --- scale search
         tf = time.perf_counter()
-        feats, built = self._get_features(snap, surface)
-        if built:
-            timings["features"] = 1000 * (time.perf_counter() - tf)
-        xyz = self._surfaces.xyz_tensor(surface, torch.device(snap.device))
-        search = scale_search(snap, xyz, cfg.scales, emb, cfg.temperature, cfg.field_chunk_points, feats)
+        search = scale_search(snap, prep.xyz, cfg.scales, emb, cfg.temperature, cfg.field_chunk_points, prep.features)
         scale, max_rel, scores = search.scale, search.max_relevancy, search.scores
-        timings["field"] = 1000 * (time.perf_counter() - tf) - timings["features"]
+        timings["field"] = 1000 * (time.perf_counter() - tf)
 
         above = np.flatnonzero(scores >= threshold)
         base = dict(
-            step=step, scale=scale, max_relevancy=max_rel, surface_step=surface.step, num_candidates=len(surface)
+            step=step,
+            scale=scale,
+            max_relevancy=max_rel,
+            surface_step=surface.step,
+            num_candidates=len(surface),
+            snapshot_version=version,
+            snapshot_age_s=age,
         )
         if len(above) == 0:
             return QueryResult(
@@ -396,7 +523,8 @@ class QueryEngine:
             grasps = [g.transformed(T) for g in grasps]
         msg = (
             f"{len(keep)} of {len(above)} points above threshold {format_relevancy(threshold, threshold)} (max "
-            f"relevancy {format_relevancy(max_rel, threshold)} at scale {scale:.2f} m, model step {step})"
+            f"relevancy {format_relevancy(max_rel, threshold)} at scale {scale:.2f} m, model step {step}, "
+            f"snapshot #{version})"
         )
         msg += f"; {len(grasps)} grasp(s)" if grasps else f"; {plan.message}"
         msg += capped

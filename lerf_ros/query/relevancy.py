@@ -237,16 +237,25 @@ class FeatureCache:
             return self._value
 
     def get(
-        self, snapshot: FieldSnapshot, surface, xyz: torch.Tensor, scales: torch.Tensor, chunk: int
+        self,
+        snapshot: FieldSnapshot,
+        surface,
+        xyz: torch.Tensor,
+        scales: torch.Tensor,
+        chunk: int,
+        stop: Optional[StopFlag] = None,
     ) -> Tuple[Optional[ProjectedFeatures], bool]:
-        """(features or None, whether this call built them)."""
+        """(features or None, whether this call built them). ``stop``: checked between chunks instead
+        of the cache's own flag (a paced view of it, for background work)."""
         if self.max_bytes <= 0:
             self.note = "disabled (query.feature_cache_mb = 0)"
             return None, False
         with self._lock:
             if self._key is not None and self._key[0] is snapshot and self._key[1] is surface:
                 return self._value, False
-            value, note = ProjectedFeatures.build(snapshot, xyz, scales, chunk, self.max_bytes, stop=self.stop)
+            value, note = ProjectedFeatures.build(
+                snapshot, xyz, scales, chunk, self.max_bytes, stop=stop if stop is not None else self.stop
+            )
             self._key, self._value, self.note = (snapshot, surface), value, note
             return value, True
 

@@ -271,8 +271,9 @@ class SurfaceCache:
         # then every refresh_every_steps.
         return step - s.step >= min(self.cfg.refresh_every_steps, max(s.step, 1))
 
-    def get(self, snapshot: FieldSnapshot) -> Tuple[SurfacePoints, bool]:
-        """(surface for ``snapshot``, whether this call computed it)."""
+    def get(self, snapshot: FieldSnapshot, stop: Optional[StopFlag] = None) -> Tuple[SurfacePoints, bool]:
+        """(surface for ``snapshot``, whether this call computed it). ``stop``: checked between chunks
+        of the extraction instead of the cache's own flag (a paced view of it, for background work)."""
         with self._state:
             if not self._stale(snapshot):
                 return self._surface, False
@@ -285,7 +286,7 @@ class SurfaceCache:
             with self._state:
                 if not self._stale(snapshot):
                     return self._surface, False
-            surface = extract_surface(snapshot, self.cfg, self.stop)
+            surface = extract_surface(snapshot, self.cfg, stop if stop is not None else self.stop)
             with self._state:
                 self._surface = surface
                 self._tensors = {}

@@ -7,9 +7,14 @@ Two ways to get the field:
   (``lerf_ros.mapping.checkpoint.latest_checkpoint``: the highest step among ``step-*.ckpt`` and
   ``final.ckpt``, unreadable files skipped with a warning).
 
-A new snapshot is prepared (surface points, projected language features) by the reload timer,
-off the service's path. Preparation stops at its next chunk boundary when the node is closed
-(``close``, called by the executor's shutdown on SIGINT/SIGTERM), so the process exits promptly.
+A new snapshot is prepared (surface points, projected language features) off to the side, on a
+background thread of lower priority that pauses between chunks (``lerf_ros.query.preparer``:
+parameters ``prepare_cpu_share``, ``prepare_niceness``), and swapped in atomically: queries never
+wait for a preparation, they are answered from the previous snapshot meanwhile, and each answer
+says which snapshot answered and how old it is ("model step N, snapshot #k ...; snapshot age
+S s"). Only before the first snapshot is prepared does a query wait for it. Preparation stops at its
+next chunk boundary when the node is closed (``close``, called by the executor's shutdown on
+SIGINT/SIGTERM), so the process exits promptly.
 
 Requests are bounded: text, each negative phrase and frame_id at most ``query.max_text_length``
 characters without control characters, at most ``query.max_negatives`` negative phrases;
@@ -28,14 +33,15 @@ the trainer (``lerf_ros.ros.params``).
 
 from __future__ import annotations
 
+import collections
 import os
 import threading
 import time
-from typing import Callable, Optional
+from typing import Callable, Dict, List, Optional
 
 import numpy as np
 from geometry_msgs.msg import PoseStamped
-from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
+from rclpy.callback_groups import ReentrantCallbackGroup
 from rclpy.node import Node
 from sensor_msgs.msg import PointCloud2
 from std_msgs.msg import Header
@@ -43,16 +49,23 @@ from visualization_msgs.msg import MarkerArray
 
 from lerf_ros.config import LerfConfig
 from lerf_ros.field.snapshot import FieldSnapshot
-from lerf_ros.query.cancel import Cancelled
+from lerf_ros.mapping.health import Check, query_checks
+from lerf_ros.query.preparer import SnapshotPreparer
 from lerf_ros.query.request import EXCERPT_CHARS, excerpt, text_problem
 from lerf_ros.ros.common import LATCHED_QOS, QUERY_SERVICE, main_for
 from lerf_ros.ros.convert import matrix_to_pose, points_to_pointcloud2
+from lerf_ros.ros.diagnostics import DiagnosticsPublisher
 from lerf_ros.ros.markers import grasp_markers
 from lerf_ros.ros.params import QUERY_OWN_PARAMETERS, QUERY_PARAMETERS, declare_config, declare_node_parameters
 from lerf_ros.ros.tf import FrameResolver
 from lerf_ros.srv import Query
 
 SnapshotProvider = Callable[[], Optional[FieldSnapshot]]
+
+#: queries remembered for the latency figures of ``QueryNode.status`` (the most recent ones) ...
+LATENCY_WINDOW = 1000
+#: ... within this many seconds
+LATENCY_WINDOW_S = 60.0
 
 
 class QueryNode(Node):
@@ -78,18 +91,14 @@ class QueryNode(Node):
         params = declare_node_parameters(self, "query")  # names, defaults, descriptions: config.NODE_PARAMETERS
         self.map_frame = params["world_frame"]
         self.checkpoint_dir = params["checkpoint_dir"]
-        reload_s = params["reload_period_s"]
-        self.min_swap_s = params["snapshot_min_interval_s"]
-        self._last_swap = -float("inf")
         self._provider = snapshot_provider
         self._teacher = teacher
         self._engine = None
         self._engine_error = ""
         self._engine_lock = threading.Lock()
-        self._last_step = -1
         self._loaded_checkpoint: Optional[tuple] = None  # (path, mtime_ns, size) of the last one loaded
         self._closing = threading.Event()
-        self._refreshing = threading.Lock()  # held while a snapshot is fetched and prepared
+        self._latencies: collections.deque = collections.deque(maxlen=LATENCY_WINDOW)  # (monotonic, ms)
         self._frames = FrameResolver(self, self.map_frame)
 
         self.cloud_pub = self.create_publisher(PointCloud2, "/lerf/relevancy_cloud", LATCHED_QOS)
@@ -97,7 +106,20 @@ class QueryNode(Node):
         self.grasp_pub = self.create_publisher(PoseStamped, "/lerf/best_grasp", LATCHED_QOS)
         self.scene_pub = self.create_publisher(PointCloud2, "/lerf/scene_cloud", LATCHED_QOS)
         self.srv = self.create_service(Query, QUERY_SERVICE, self._on_query, callback_group=ReentrantCallbackGroup())
-        self.create_timer(float(reload_s), self._refresh_snapshot, callback_group=MutuallyExclusiveCallbackGroup())
+        share = float(params["prepare_cpu_share"])
+        if not 0.0 < share <= 1.0:
+            raise ValueError(f"prepare_cpu_share {share} is outside (0, 1]: give the share of wall time, e.g. 0.5")
+        self._preparer = SnapshotPreparer(
+            self._get_engine,
+            self._provider if self._provider is not None else self._load_newest_checkpoint,
+            period_s=float(params["reload_period_s"]),
+            min_interval_s=float(params["snapshot_min_interval_s"]),
+            cpu_share=share,
+            niceness=int(params["prepare_niceness"]),
+            on_prepared=self._on_prepared,
+            on_error=lambda message: self.get_logger().warning(message, throttle_duration_sec=30.0),
+        ).start()
+        self.diagnostics = DiagnosticsPublisher(self, self._health_checks, ("snapshot", "queries"))
         mode = "in-process snapshots" if snapshot_provider is not None else f"checkpoints in {self._checkpoint_dir()}"
         self.get_logger().info(f"serving {QUERY_SERVICE} ({mode})")
 
@@ -113,8 +135,7 @@ class QueryNode(Node):
             engine = self._engine
         if engine is not None:
             engine.close()
-        if self._refreshing.acquire(timeout=timeout_s):
-            self._refreshing.release()
+        self._preparer.close(timeout_s)
 
     def _get_engine(self):
         """The query engine, built on first use (it needs the teacher's text encoder); None once closed."""
@@ -135,45 +156,37 @@ class QueryNode(Node):
                     self.get_logger().error(self._engine_error)
             return self._engine
 
-    def _refresh_snapshot(self) -> None:
-        if self._closing.is_set() or not self._refreshing.acquire(blocking=False):
-            return
-        try:
-            self._refresh_snapshot_locked()
-        finally:
-            self._refreshing.release()
-
-    def _refresh_snapshot_locked(self) -> None:
-        if self._last_step >= 0 and time.monotonic() - self._last_swap < float(self.min_swap_s):
-            return
-        try:
-            snap = self._provider() if self._provider is not None else self._load_newest_checkpoint()
-        except Exception as exc:
-            self.get_logger().warning(f"could not get a model snapshot: {exc}", throttle_duration_sec=30.0)
-            return
-        if snap is None or snap.step == self._last_step:
-            return
-        engine = self._get_engine()
-        if engine is None:
-            return
-        engine.set_snapshot(snap)
-        self._last_step = snap.step
-        self._last_swap = time.monotonic()
-        # Extract the surface points and their features now, not in the next query.
-        try:
-            ms = engine.prepare()
-        except Cancelled:  # the node is shutting down
-            return
-        except Exception as exc:  # the next query reports the reason to its caller
-            self.get_logger().warning(
-                f"could not prepare the model at step {snap.step}: {exc}", throttle_duration_sec=30.0
-            )
-            return
+    def _on_prepared(self, snap: FieldSnapshot, ms: Dict[str, float]) -> None:
         self.get_logger().info(
-            f"answering from the model at step {snap.step} (prepared in {sum(ms.values()):.0f} ms)",
-            throttle_duration_sec=30.0,
+            f"answering from the model at step {snap.step} (prepared in {sum(ms.values()):.0f} ms: surface "
+            f"{ms['surface']:.0f}, features {ms['features']:.0f})"
         )
-        self._publish_scene(engine)
+        with self._engine_lock:
+            engine = self._engine
+        if engine is not None and not self._closing.is_set():
+            self._publish_scene(engine)
+
+    def status(self) -> Dict[str, object]:
+        """The engine's status (``QueryEngine.status``: answering step, snapshot version and age,
+        preparation) plus the query latency over the recent window: 'queries' in it, 'latency_p50_ms'
+        and 'latency_p95_ms' (0 when none), and 'preparing_step' (-1 when idle)."""
+        with self._engine_lock:
+            engine = self._engine
+        st: Dict[str, object] = (
+            dict(engine.status()) if engine is not None else {"step": -1, "error": self._engine_error}
+        )
+        now = time.monotonic()
+        recent = [ms for t, ms in list(self._latencies) if now - t <= LATENCY_WINDOW_S]
+        st["queries"] = len(recent)
+        st["latency_p50_ms"] = float(np.percentile(recent, 50)) if recent else 0.0
+        st["latency_p95_ms"] = float(np.percentile(recent, 95)) if recent else 0.0
+        step = self._preparer.preparing_step
+        st["preparing_step"] = -1 if step is None else step
+        return st
+
+    def _health_checks(self) -> List[Check]:
+        """The query node's checks for /diagnostics (``lerf_ros.mapping.health.query_checks``)."""
+        return query_checks(self.status(), self._engine_error)
 
     def _load_newest_checkpoint(self) -> Optional[FieldSnapshot]:
         """The newest checkpoint's snapshot when it is not the one loaded last, else None."""
@@ -204,8 +217,7 @@ class QueryNode(Node):
         """Training step of the snapshot the engine answers from (0 when none)."""
         with self._engine_lock:
             engine = self._engine
-        snap = None if engine is None else engine.snapshot
-        return 0 if snap is None else max(int(snap.step), 0)
+        return 0 if engine is None else max(engine.current_step(), 0)
 
     def _refuse(self, response: Query.Response, message: str, request: Query.Request) -> Query.Response:
         response.success, response.message = False, message
@@ -241,6 +253,8 @@ class QueryNode(Node):
         )
         response.success = bool(result.success)
         response.message = result.message
+        if result.snapshot_version > 0:
+            response.message += f"; snapshot age {result.snapshot_age_s:.1f} s"
         response.model_step = max(int(result.step), 0)
         response.scale = float(result.scale)
         response.max_relevancy = float(result.max_relevancy)
@@ -260,6 +274,7 @@ class QueryNode(Node):
             if response.grasps:
                 self.grasp_pub.publish(response.grasps[0])
         ms = 1000.0 * (time.perf_counter() - t0)
+        self._latencies.append((time.monotonic(), ms))
         self.get_logger().info(
             f"query {excerpt(request.text)}: {'ok' if result.success else 'failed'} ({result.message}) in {ms:.0f} ms"
         )
