@@ -24,6 +24,10 @@ COMMANDS = {
     "train": ("lerf_ros.commands.train", "train a LERF offline from a posed-frame source"),
     "query": ("lerf_ros.commands.query", "query a checkpoint (offline) or a running /lerf/query service"),
     "bench": ("lerf_ros.commands.bench", "run the benchmark and write JSON + Markdown results"),
+    "weights": (
+        "lerf_ros.commands.weights",
+        "fetch and verify the CLIP/DINO weights a preset needs (--check: what is missing; --from: import a file)",
+    ),
 }
 
 

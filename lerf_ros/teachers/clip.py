@@ -231,10 +231,11 @@ class ClipEncoder:
         return (
             f"OpenCLIP weights for {model_name} / {tag} are not available offline (looked in {looked}; "
             f"source: {where}). Weights are never downloaded at run time. Provide them with either\n"
-            f"  teacher.clip_checkpoint: /path/to/open_clip_model.safetensors   (a local checkpoint file), or\n"
-            f"  teacher.weights_cache_dir: /path/to/cache   (a cache warmed on a machine with network:\n"
-            f"    python -c \"import open_clip; open_clip.create_model('{model_name}', pretrained='{tag}', "
-            f"cache_dir='/path/to/cache')\")\n"
+            f"  lerf-ros weights --preset <your preset>{' --cache-dir ' + cache_dir if cache_dir else ''}\n"
+            f"    (fetches and verifies them on a machine with internet, into the default caches or, with\n"
+            f"    --cache-dir DIR, into the folder teacher.weights_cache_dir names; --check lists what is\n"
+            f"    missing, --from FILE imports a file downloaded elsewhere), or\n"
+            f"  teacher.clip_checkpoint: /path/to/open_clip_model.safetensors   (a local checkpoint file).\n"
             f"For tests and cost benchmarks only, teacher.random_weights: true builds the architecture "
             f"with random weights."
         )

@@ -168,10 +168,11 @@ class DinoEncoder:
         return (
             f"DINO weights for {model_name} are not available offline (looked in {looked}). Weights are never "
             f"downloaded at run time. Provide them with either\n"
-            f"  teacher.dino_checkpoint: /path/to/dino_deitsmall8_pretrain.pth   (a local checkpoint file), or\n"
-            f"  teacher.weights_cache_dir: /path/to/cache   (a Hugging Face cache warmed on a machine with network:\n"
-            f"    HF_HUB_CACHE=/path/to/cache python -c \"import timm; timm.create_model('{model_name}', "
-            f'pretrained=True)")\n'
+            f"  lerf-ros weights --preset <your preset>{' --cache-dir ' + cache_dir if cache_dir else ''}\n"
+            f"    (fetches and verifies them on a machine with internet, into the default caches or, with\n"
+            f"    --cache-dir DIR, into the folder teacher.weights_cache_dir names; --check lists what is\n"
+            f"    missing, --from FILE imports a file downloaded elsewhere), or\n"
+            f"  teacher.dino_checkpoint: /path/to/dino_deitsmall8_pretrain.pth   (a local checkpoint file).\n"
             f"For tests and cost benchmarks only, teacher.random_weights: true builds the architecture "
             f"with random weights."
         )
