@@ -90,7 +90,7 @@ def test_correct_poses_by_stamp_beyond_tolerance(scene, tmp_path):
         else:
             np.testing.assert_array_equal(after[kf.stamp], kf.c2w)
     assert [t for lv, t in lines if lv == "warning"] == [
-        "late pose corrections: 1 pose(s) are not rigid transforms; skipped"
+        "late pose corrections: 1 pose(s) are not rigid transforms with a finite stamp; skipped"
     ]
     # The snapshot's cameras are the corrected ones, and training goes on.
     snap_poses = np.stack([c.c2w for c in session.snapshot().cameras])
@@ -102,3 +102,130 @@ def test_correct_poses_by_stamp_beyond_tolerance(scene, tmp_path):
     assert session.correct_poses({}) == 0
     with pytest.raises(ValueError, match="tolerances"):
         session.correct_poses(corrections, tolerance_m=-1.0)
+
+
+# ---------------------------------------------------------------------------------- over DDS
+def test_corrected_path_over_dds_moves_the_keyframes(scene, tmp_path):
+    rclpy = pytest.importorskip("rclpy")
+    from geometry_msgs.msg import PoseArray, PoseStamped
+    from nav_msgs.msg import Path
+    from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+    from sensor_msgs.msg import CameraInfo, Image
+
+    from lerf_ros.msg import TrainingStatus
+    from lerf_ros.ros.convert import K_to_camera_info, matrix_to_pose, numpy_to_image, pose_to_matrix, sec_to_stamp
+
+    from ros_helpers import (
+        process_output,
+        python_argv,
+        ros_context,
+        ros_env,
+        spin_until,
+        start_process,
+        stop_process,
+        unique_domain_id,
+    )
+
+    params = tmp_path / "params.yaml"
+    params.write_text(
+        "/**:\n  ros__parameters:\n    preset: tiny\n"
+        f"    output_dir: '{tmp_path / 'out'}'\n    world_frame: map\n"
+        "    teacher:\n      kind: none\n"
+        "    trainer:\n      max_steps: 5\n      checkpoint_every: 0\n"
+        "    keyframes:\n      min_keyframes_to_train: 2\n      min_translation: 0.001\n      min_rotation_deg: 0.1\n"
+        "lerf_trainer:\n  ros__parameters:\n    pose_source: pose\n    status_rate_hz: 5.0\n    resume: false\n"
+        "    corrected_path_topic: /slam/corrected_path\n"
+        "    pose_correction_tolerance_m: 0.01\n    pose_correction_tolerance_deg: 0.5\n"
+    )
+    domain = unique_domain_id()
+    proc = start_process(
+        python_argv("-m", "lerf_ros.ros.trainer_node", "--ros-args", "--params-file", str(params)), env=ros_env(domain)
+    )
+    frames = scene.frames[:6]
+    stamps = [200.0 + i for i in range(len(frames))]
+    try:
+        with ros_context(domain) as ctx:
+            node = rclpy.create_node("slam", context=ctx)
+            got = {}
+            node.create_subscription(TrainingStatus, "/lerf/status", lambda m: got.__setitem__("status", m), 10)
+            latched = QoSProfile(
+                depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL
+            )
+            node.create_subscription(PoseArray, "/lerf/keyframes", lambda m: got.__setitem__("kf", m), latched)
+            qos = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
+            pub_img = node.create_publisher(Image, "image", qos)
+            pub_info = node.create_publisher(CameraInfo, "camera_info", qos)
+            pub_pose = node.create_publisher(PoseStamped, "pose", qos)
+            pub_path = node.create_publisher(Path, "/slam/corrected_path", qos)
+            assert spin_until(
+                node,
+                lambda: "status" in got and pub_img.get_subscription_count() and pub_path.get_subscription_count(),
+                90.0,
+            ), process_output(proc)
+
+            # The odometry drifts: frame i is off by i cm and i * 0.5 degrees.
+            for i, (f, t) in enumerate(zip(frames, stamps)):
+                st = sec_to_stamp(t)
+                info = K_to_camera_info(f.K, f.width, f.height)
+                info.header.stamp, info.header.frame_id = st, "camera_optical_frame"
+                pub_info.publish(info)
+                ps = PoseStamped()
+                ps.header.stamp, ps.header.frame_id = st, "map"
+                ps.pose = matrix_to_pose(drift(f.c2w, i))
+                pub_pose.publish(ps)
+                spin_until(node, lambda: False, 0.15)  # the pose first
+                pub_img.publish(numpy_to_image(f.rgb, "rgb8", st, "camera_optical_frame"))
+            n = len(frames)
+            assert spin_until(node, lambda: got["status"].frames_kept == n and "kf" in got, 60.0), (
+                got["status"].frames_kept,
+                got["status"].last_drop_reason,
+                process_output(proc),
+            )
+            assert got["status"].pose_corrections == 0
+
+            # The loop closes: the corrected path gives the true poses, at the stamps of frames 0, 2
+            # and 4 and 0.3 s before and after those of frames 1, 3 and 5 (reached by interpolation
+            # between two equal poses), plus one invalid and one foreign pose.
+            path = Path()
+            path.header.frame_id = "map"
+            for i, (f, t) in enumerate(zip(frames, stamps)):
+                for dt in (0.0,) if i % 2 == 0 else (-0.3, 0.3):
+                    ps = PoseStamped()
+                    ps.header.stamp, ps.header.frame_id = sec_to_stamp(t + dt), "map"
+                    ps.pose = matrix_to_pose(f.c2w)
+                    path.poses.append(ps)
+            nan = PoseStamped()
+            nan.header.stamp = sec_to_stamp(stamps[-1] + 5.0)
+            nan.pose = matrix_to_pose(frames[0].c2w)
+            nan.pose.orientation.x = float("nan")
+            foreign = PoseStamped()
+            foreign.header.stamp, foreign.header.frame_id = sec_to_stamp(stamps[-1] + 6.0), "odom"
+            foreign.pose = matrix_to_pose(frames[0].c2w)
+            path.poses += [nan, foreign]
+            for _ in range(2):  # published twice: the second changes nothing
+                pub_path.publish(path)
+                spin_until(node, lambda: False, 0.5)
+
+            def corrected():
+                kf = got["kf"]
+                if len(kf.poses) != n:
+                    return False
+                poses = np.stack([pose_to_matrix(p) for p in kf.poses])
+                dt, ang = pose_distance(poses, np.stack([f.c2w for f in frames]))
+                return bool(np.all(dt < 1e-4) and np.all(ang < 1e-4))
+
+            assert spin_until(node, lambda: got["status"].pose_corrections == n - 1 and corrected(), 30.0), (
+                got["status"].pose_corrections,
+                process_output(proc),
+            )
+            spin_until(node, lambda: False, 1.0)
+            assert got["status"].pose_corrections == n - 1  # the repeated path moved nothing
+            assert proc.poll() is None, process_output(proc)
+            node.destroy_node()
+    finally:
+        code = stop_process(proc, timeout=30.0)
+    log = process_output(proc, tail=200000)
+    assert code == 0, log
+    assert log.count("late pose corrections (corrected path): 5 keyframe pose(s)") == 1, log
+    assert log.count("corrected path: 1 invalid pose(s)") == 1, log
+    assert log.count("not in the world frame 'map' skipped") == 1, log

@@ -27,9 +27,9 @@ import numpy as np
 import torch
 
 from lerf_ros.config import LerfConfig
-from lerf_ros.data.frame import Frame, FrameError
+from lerf_ros.data.frame import Frame, FrameError, check_pose
 from lerf_ros.field.frozen import FrozenField
-from lerf_ros.geometry.poses import pose_distance
+from lerf_ros.geometry.poses import interpolate_pose, pose_distance
 from lerf_ros.mapping import checkpoint as ckpt
 from lerf_ros.mapping.keyframes import KeyframeStore, KeyframeStoreError
 from lerf_ros.mapping.rays import estimate_scene_bounds
@@ -177,6 +177,7 @@ class Session:
         tolerance_m: float = 0.01,
         tolerance_deg: float = 0.5,
         stamp_tolerance_s: float = 0.005,
+        max_gap_s: float = 0.0,
     ) -> int:
         """Late pose corrections (e.g. a SLAM loop closure moved past poses): replace the input pose of
         each stored keyframe that a corrected pose names and that moved beyond the tolerance.
@@ -186,44 +187,64 @@ class Session:
                 the pose whose stamp is nearest its own, if within ``stamp_tolerance_s``.
             tolerance_m, tolerance_deg: a keyframe is updated only when its pose moved by more than
                 this translation (m) or rotation (degrees); smaller moves are left alone.
+            max_gap_s: a keyframe with no corrected pose that near, but between two corrected poses at
+                most this far apart (s), takes their interpolation (translation linear, rotation slerp);
+                0: no interpolation (a path of sparse SLAM poses needs it).
         Returns:
             How many keyframe poses were replaced (also added to ``pose_corrections``). Each goes
             through ``KeyframeStore.set_pose``, which bumps the store version and the keyframe's slot
             pose version (its learned pose correction, if any, is reset). A pose that is not a finite
-            rigid transform is skipped (one warning per call names how many); the others still apply.
+            rigid transform, or has a stamp that is not finite, is left out (one warning per call says
+            how many); the others still apply.
         """
-        if not (tolerance_m >= 0 and tolerance_deg >= 0 and stamp_tolerance_s >= 0):
+        if not (tolerance_m >= 0 and tolerance_deg >= 0 and stamp_tolerance_s >= 0 and max_gap_s >= 0):
             raise ValueError(
-                f"tolerances must be >= 0, got {tolerance_m} m, {tolerance_deg} deg, {stamp_tolerance_s} s"
+                f"tolerances must be >= 0, got {tolerance_m} m, {tolerance_deg} deg, {stamp_tolerance_s} s, "
+                f"max_gap_s {max_gap_s}"
             )
         items = list(poses_by_stamp.items()) if isinstance(poses_by_stamp, Mapping) else list(poses_by_stamp)
+        good: List[Tuple[float, np.ndarray]] = []
+        for stamp, pose in items:
+            try:
+                stamp, pose = float(stamp), np.asarray(pose, dtype=np.float64)
+                if not math.isfinite(stamp):
+                    raise FrameError(f"stamp {stamp} is not finite")
+                check_pose(pose)
+            except (FrameError, TypeError, ValueError):
+                continue
+            good.append((stamp, pose))
+        if len(good) < len(items):
+            self.log(
+                "warning",
+                f"late pose corrections: {len(items) - len(good)} pose(s) are not rigid transforms with a "
+                "finite stamp; skipped",
+            )
         kfs = self.keyframes.keyframes()
-        if not items or not kfs:
+        if not good or not kfs:
             return 0
-        stamps = np.array([float(s) for s, _ in items], dtype=np.float64)
-        order = np.argsort(stamps, kind="stable")
-        stamps = stamps[order]
+        good.sort(key=lambda item: item[0])
+        stamps = np.array([s for s, _ in good])
+        poses = np.stack([p for _, p in good])
         kf_stamps = np.array([kf.stamp for kf in kfs], dtype=np.float64)
-        # The nearest corrected stamp of each keyframe (its two neighbours in sorted order).
+        # Each keyframe's neighbours among the corrected stamps: the nearest within the stamp
+        # tolerance, else an interpolation across a gap of at most max_gap_s.
         hi = np.clip(np.searchsorted(stamps, kf_stamps), 0, len(stamps) - 1)
         lo = np.clip(hi - 1, 0, len(stamps) - 1)
-        nearest = np.where(np.abs(stamps[lo] - kf_stamps) <= np.abs(stamps[hi] - kf_stamps), lo, hi)
-        matched = np.flatnonzero(np.abs(stamps[nearest] - kf_stamps) <= stamp_tolerance_s)
-        changed, bad = 0, 0
-        for i in matched.tolist():
-            pose = np.asarray(items[int(order[nearest[i]])][1], dtype=np.float64)
-            if pose.shape != (4, 4) or not np.all(np.isfinite(pose)):
-                bad += 1
-                continue
-            dt, ang = pose_distance(kfs[i].c2w, pose)
+        d_lo, d_hi = np.abs(kf_stamps - stamps[lo]), np.abs(stamps[hi] - kf_stamps)
+        nearest = np.where(d_lo <= d_hi, lo, hi)
+        exact = np.minimum(d_lo, d_hi) <= stamp_tolerance_s
+        inside = (stamps[lo] < kf_stamps) & (kf_stamps < stamps[hi]) & (stamps[hi] - stamps[lo] <= max_gap_s)
+        between = ~exact & inside
+        target = poses[nearest]
+        if between.any():
+            alpha = (kf_stamps[between] - stamps[lo[between]]) / (stamps[hi[between]] - stamps[lo[between]])
+            target[between] = interpolate_pose(poses[lo[between]], poses[hi[between]], alpha)
+        changed = 0
+        for i in np.flatnonzero(exact | between).tolist():
+            dt, ang = pose_distance(kfs[i].c2w, target[i])
             if float(dt) <= tolerance_m and math.degrees(float(ang)) <= tolerance_deg:
                 continue
-            try:
-                changed += bool(self.keyframes.set_pose(kfs[i].key, pose))  # False: evicted meanwhile
-            except FrameError:
-                bad += 1
-        if bad:
-            self.log("warning", f"late pose corrections: {bad} pose(s) are not rigid transforms; skipped")
+            changed += bool(self.keyframes.set_pose(kfs[i].key, target[i]))  # False: evicted meanwhile
         with self._corrections_lock:
             self.pose_corrections += changed
         return changed
