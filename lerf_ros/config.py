@@ -740,6 +740,41 @@ NODE_PARAMETERS: Tuple[NodeParameter, ...] = (
     ),
     NodeParameter("tf_timeout_s", 0.1, "How long to wait for TF at an image's stamp (s)", ("trainer",)),
     NodeParameter(
+        "tf_cache_s",
+        120.0,
+        "TF history kept (s): keyframes older than this can no longer be looked up again (tf_relookup_period_s)",
+        ("trainer",),
+    ),
+    NodeParameter(
+        "tf_relookup_period_s",
+        5.0,
+        "With poses from TF: every this many seconds the stored keyframes are looked up again at their stamps "
+        "(a SLAM's map -> odom changes after a loop closure) and those that moved beyond "
+        "pose_correction_tolerance_m/_deg take the new pose (0 = off) (s)",
+        ("trainer",),
+    ),
+    NodeParameter(
+        "corrected_path_topic",
+        "",
+        "nav_msgs/Path of late-corrected poses by stamp in world_frame (the pose/odom topic's body, composed "
+        "with body_to_camera), interpolated at the keyframes' stamps within pose_tolerance_s; empty = off",
+        ("trainer",),
+    ),
+    NodeParameter(
+        "pose_correction_tolerance_m",
+        0.01,
+        "A late correction replaces a keyframe's pose only when it moved more than this (m) or than "
+        "pose_correction_tolerance_deg",
+        ("trainer",),
+    ),
+    NodeParameter(
+        "pose_correction_tolerance_deg",
+        0.5,
+        "A late correction replaces a keyframe's pose only when it turned more than this (degrees) or moved "
+        "more than pose_correction_tolerance_m",
+        ("trainer",),
+    ),
+    NodeParameter(
         "max_stamp_offset_s",
         300.0,
         "A stamp farther than this from the node's clock and from its stream's recent stamps is dropped as an "
