@@ -317,6 +317,24 @@ class Session:
         """Render a view with the live model (see ``Trainer.render_view``)."""
         return self.ensure_model().render_view(K, c2w, height, width, scale=scale)
 
+    def keyframe_poses(self) -> List[Tuple[int, np.ndarray]]:
+        """(key, camera-to-world (4, 4)) of each stored keyframe, oldest first: the input pose composed
+        with its learned correction (``Trainer.keyframe_poses``); the input poses before training starts."""
+        trainer = self.trainer
+        if trainer is None:
+            return [(kf.key, kf.c2w) for kf in self.keyframes.keyframes()]
+        return trainer.keyframe_poses()
+
+    def pose_correction_stats(self) -> Dict[str, float]:
+        """Mean and max learned pose correction over the keyframes (``Trainer.pose_correction_stats``;
+        zeros before training starts)."""
+        trainer = self.trainer
+        if trainer is None:
+            return dict.fromkeys(
+                ("translation_mean_m", "translation_max_m", "rotation_mean_deg", "rotation_max_deg"), 0.0
+            )
+        return trainer.pose_correction_stats()
+
     def reset(self) -> None:
         """A fresh model at step 0 (bounds estimated again); keyframes and their features are kept."""
         with self.lock:

@@ -77,6 +77,8 @@ _SIZE = re.compile(r"\b\d+x\d+\b")
 _NUMBER = re.compile(r"(?<![A-Za-z_\d.])[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?(?![A-Za-z_\d])")
 _MAX_TEXT = 300
 _MAX_QUOTED = 48
+KEYFRAME_REPUBLISH_STEPS = 200
+"""While pose corrections are learned, /lerf/keyframes is published again after this many steps."""
 
 
 def excerpt(text: str, limit: int = _MAX_QUOTED) -> str:
@@ -254,6 +256,7 @@ class TrainerNode(Node):
         self.status_pub = self.create_publisher(TrainingStatus, STATUS_TOPIC, STATUS_QOS)
         self.keyframes_pub = self.create_publisher(PoseArray, "/lerf/keyframes", LATCHED_QOS)
         self._published_store_version = -1
+        self._published_step = 0
         control = MutuallyExclusiveCallbackGroup()
         self.create_service(Trigger, "/lerf/save_checkpoint", self._on_save, callback_group=control)
         self.create_service(SetBool, "/lerf/pause", self._on_pause, callback_group=control)
@@ -527,10 +530,13 @@ class TrainerNode(Node):
         msg.loss_rgb, msg.loss_lang, msg.loss_dino, msg.psnr = (
             float(s.losses.get(k, 0.0)) for k in ("rgb", "lang", "dino", "psnr")
         )
+        pc = self.trainer.session.pose_correction_stats()
+        msg.pose_correction_mean_m, msg.pose_correction_max_m = pc["translation_mean_m"], pc["translation_max_m"]
+        msg.pose_correction_mean_deg, msg.pose_correction_max_deg = pc["rotation_mean_deg"], pc["rotation_max_deg"]
         msg.checkpoint = s.checkpoint
         msg.message = s.message
         self.status_pub.publish(msg)
-        self._publish_keyframes(msg.header)
+        self._publish_keyframes(msg.header, int(s.step))
 
     def _health_checks(self) -> List[Check]:
         """The trainer's checks for /diagnostics (``lerf_ros.mapping.health``)."""
@@ -557,14 +563,17 @@ class TrainerNode(Node):
             )
         )
 
-    def _publish_keyframes(self, header) -> None:
-        """Camera poses of the current keyframes (the trajectory RViz shows), when they changed."""
+    def _publish_keyframes(self, header, step: int) -> None:
+        """Camera poses of the current keyframes (the trajectory RViz shows), with their learned pose
+        corrections: when the store changed, or every ``KEYFRAME_REPUBLISH_STEPS`` training steps while
+        the corrections are being learned."""
         version = self.trainer.keyframes.version
-        if version == self._published_store_version:
+        refining = self.cfg.trainer.pose_refinement and step >= self._published_step + KEYFRAME_REPUBLISH_STEPS
+        if version == self._published_store_version and not refining:
             return
-        self._published_store_version = version
+        self._published_store_version, self._published_step = version, step
         poses = PoseArray(header=header)
-        poses.poses = [matrix_to_pose(kf.c2w) for kf in self.trainer.keyframes.keyframes()]
+        poses.poses = [matrix_to_pose(c2w) for _, c2w in self.trainer.session.keyframe_poses()]
         self.keyframes_pub.publish(poses)
 
     def _on_save(self, _req, resp):
