@@ -19,6 +19,12 @@ whose pose has not arrived yet waits for it up to ``pose_tolerance_s`` in the bo
 Each distinct drop reason is logged once, and again when it recurs after a quiet period; the
 status carries a count per reason.
 
+Late pose corrections (a SLAM loop closure moves past poses): with poses from TF, the stored keyframes
+are looked up again at their own stamps every ``tf_relookup_period_s``; and a ``nav_msgs/Path`` of
+corrected poses by stamp is accepted on ``corrected_path_topic``. Keyframes that moved beyond
+``pose_correction_tolerance_m`` / ``_deg`` take the new pose (``Session.correct_poses``); the status
+counts them (``pose_corrections``).
+
 Outputs: ``/lerf/status`` (TrainingStatus), ``/lerf/keyframes`` (PoseArray of the keyframe cameras,
 latched) and the services ``/lerf/save_checkpoint`` (Trigger),
 ``/lerf/pause`` (SetBool: true pauses, false resumes) and ``/lerf/reset`` (Trigger).
@@ -34,7 +40,7 @@ from typing import Callable, Deque, Dict, List, Optional, Tuple
 
 import numpy as np
 from geometry_msgs.msg import PoseArray, PoseStamped
-from nav_msgs.msg import Odometry
+from nav_msgs.msg import Odometry, Path
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.clock import ClockChange, JumpThreshold
 from rclpy.duration import Duration
@@ -72,6 +78,9 @@ _STATE_CODES = {
     TrainerState.IDLE: TrainingStatus.STATE_IDLE,
 }
 
+
+PATH_MAX_GAP_S = 1.0
+"""Widest gap (s) between two poses of a corrected path that is interpolated across."""
 
 _SIZE = re.compile(r"\b\d+x\d+\b")
 _NUMBER = re.compile(r"(?<![A-Za-z_\d.])[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?(?![A-Za-z_\d])")
@@ -191,6 +200,18 @@ class TrainerNode(Node):
         self.resume = params["resume"]
         self.max_stamp_offset = float(params["max_stamp_offset_s"])
         self.max_pose_distance = float(params["max_pose_distance_m"])
+        tf_cache = float(params["tf_cache_s"])
+        self.tf_relookup_period = float(params["tf_relookup_period_s"])
+        corrected_path_topic = str(params["corrected_path_topic"])
+        self.correction_tolerance = (
+            float(params["pose_correction_tolerance_m"]),
+            float(params["pose_correction_tolerance_deg"]),
+        )
+        if not (tf_cache > 0 and self.tf_relookup_period >= 0 and min(self.correction_tolerance) >= 0):
+            raise ValueError(
+                f"tf_cache_s = {tf_cache} must be > 0; tf_relookup_period_s = {self.tf_relookup_period}, "
+                f"pose_correction_tolerance_m/_deg = {self.correction_tolerance} must be >= 0"
+            )
 
         if pose_source == "auto":
             pose_source = "tf" if tf2_available() else "pose"
@@ -250,12 +271,17 @@ class TrainerNode(Node):
         else:
             import tf2_ros
 
-            self._tf_buffer = tf2_ros.Buffer()
+            self._tf_buffer = tf2_ros.Buffer(cache_time=Duration(seconds=tf_cache))
             self._tf_listener = tf2_ros.TransformListener(self._tf_buffer, self)
 
         self.status_pub = self.create_publisher(TrainingStatus, STATUS_TOPIC, STATUS_QOS)
         self.keyframes_pub = self.create_publisher(PoseArray, "/lerf/keyframes", LATCHED_QOS)
         self._published_store_version = -1
+        corrections = MutuallyExclusiveCallbackGroup()
+        if corrected_path_topic:
+            self.create_subscription(Path, corrected_path_topic, self._on_corrected_path, 2, callback_group=corrections)
+        if pose_source == "tf" and self.tf_relookup_period > 0:
+            self.create_timer(self.tf_relookup_period, self._relookup_keyframes, callback_group=corrections)
         self._published_step = 0
         control = MutuallyExclusiveCallbackGroup()
         self.create_service(Trigger, "/lerf/save_checkpoint", self._on_save, callback_group=control)
@@ -459,8 +485,16 @@ class TrainerNode(Node):
         depth, err = self._depth_at(stamp, (h, w))
         if err is not None:
             return None, err
+        stamp_ns = int(msg.header.stamp.sec) * 1_000_000_000 + int(msg.header.stamp.nanosec)
         frame = Frame(
-            rgb=rgb, K=K, c2w=c2w, stamp=stamp, frame_id=msg.header.frame_id, depth=depth, distortion=distortion
+            rgb=rgb,
+            K=K,
+            c2w=c2w,
+            stamp=stamp,
+            frame_id=msg.header.frame_id,
+            depth=depth,
+            distortion=distortion,
+            meta={"stamp_ns": stamp_ns},  # the exact stamp, for looking the keyframe up in TF again
         )
         try:
             frame.validate()
@@ -508,6 +542,67 @@ class TrainerNode(Node):
             return None, f"depth is {depth.shape[1]}x{depth.shape[0]} but the image is {hw[1]}x{hw[0]}"
         return depth, None
 
+    # ------------------------------------------------------------------ late pose corrections
+    def _relookup_keyframes(self) -> None:
+        """Timer (poses from TF): look every stored keyframe up again at its own stamp, without waiting;
+        keyframes whose TF is no longer buffered (older than ``tf_cache_s``) keep their pose."""
+        import tf2_ros
+        from rclpy.time import Time
+
+        pairs, missing = [], 0
+        for kf in self.trainer.keyframes.keyframes():
+            ns = kf.meta.get("stamp_ns")
+            when = Time(nanoseconds=int(ns) if ns is not None else int(round(kf.stamp * 1e9)))
+            try:
+                tf = self._tf_buffer.lookup_transform(
+                    self.world_frame, kf.frame_id, when, timeout=Duration(nanoseconds=0)
+                )
+                pairs.append((kf.stamp, transform_to_matrix(tf.transform)))
+            except (tf2_ros.TransformException, ConversionError):
+                missing += 1
+        if missing:
+            self.drops.note(
+                f"TF re-lookup: {missing} keyframe(s) no longer in the TF buffer (older than tf_cache_s?) "
+                "keep their pose"
+            )
+        if pairs:
+            self._apply_corrections(pairs, "TF re-lookup", 1e-6, 0.0)
+
+    def _on_corrected_path(self, msg: Path) -> None:
+        """Corrected poses by stamp (the pose/odom topic's body in ``world_frame``, composed with
+        ``body_to_camera``): a keyframe takes the path pose within ``pose_tolerance_s`` of its stamp,
+        or the interpolation of the two around it when they are at most ``PATH_MAX_GAP_S`` apart.
+        Unusable poses are skipped and counted in one log line per kind."""
+        pairs, wrong_frame, bad = [], 0, 0
+        for ps in msg.poses:
+            frame_id = ps.header.frame_id or msg.header.frame_id
+            if frame_id and frame_id != self.world_frame:
+                wrong_frame += 1
+                continue
+            try:
+                pairs.append((stamp_to_sec(ps.header.stamp), pose_to_matrix(ps.pose) @ self._body_to_camera))
+            except ConversionError:
+                bad += 1
+        if wrong_frame:
+            self.drops.note(
+                f"corrected path: {wrong_frame} pose(s) not in the world frame '{excerpt(self.world_frame)}' skipped"
+            )
+        if bad:
+            self.drops.note(f"corrected path: {bad} invalid pose(s) (NaN, not a unit quaternion) skipped")
+        if pairs:
+            self._apply_corrections(pairs, "corrected path", float(self.pose_tolerance), PATH_MAX_GAP_S)
+
+    def _apply_corrections(self, pairs, source: str, stamp_tolerance_s: float, max_gap_s: float) -> int:
+        tol_m, tol_deg = self.correction_tolerance
+        n = self.trainer.session.correct_poses(pairs, tol_m, tol_deg, stamp_tolerance_s, max_gap_s)
+        if n:
+            self.get_logger().info(
+                f"late pose corrections ({source}): {n} keyframe pose(s) moved more than {tol_m:g} m or "
+                f"{tol_deg:g} deg and were replaced ({self.trainer.session.pose_corrections} so far)",
+                throttle_duration_sec=10.0,
+            )
+        return n
+
     # ------------------------------------------------------------------ status and control
     def _publish_status(self) -> None:
         s = self.trainer.status()
@@ -525,6 +620,7 @@ class TrainerNode(Node):
         msg.drop_reasons = [k for k, _ in counts]
         msg.drop_counts = [int(n) for _, n in counts]
         msg.time_jumps = int(self.time_jumps)
+        msg.pose_corrections = int(self.trainer.session.pose_corrections)
         msg.features_pending = int(s.features_pending)
         msg.rays_per_second = float(s.rays_per_second)
         msg.loss_rgb, msg.loss_lang, msg.loss_dino, msg.psnr = (
