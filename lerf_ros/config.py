@@ -460,6 +460,63 @@ class KeyframeConfig:
 
 
 @dataclass
+class ChangeConfig:
+    """Change detection in a live stream (``lerf_ros.mapping.changes``): a new frame is compared with
+    the field rendered at its pose; a change confirmed by two or more frames retires the keyframes
+    that show the changed region as it was."""
+
+    enabled: bool = False
+    """Detect changes and retire the keyframes they make stale (online sessions only)."""
+    check_every: int = 5
+    """Compare every this-many-th frame offered to the session (skipped frames count too)."""
+    max_side: int = 40
+    """Longest side (pixels) of the comparison: frame and render are compared at this resolution."""
+    min_steps: int = 400
+    """No decision before the field has trained this many steps."""
+    max_median_residual: float = 0.05
+    """No decision while the median colour residual (0..1, after gain normalisation) of a compared
+    frame is above this: the field is still learning there."""
+    kappa: float = 5.0
+    """A pixel's colour residual counts when above median + kappa * 1.4826 * MAD of the frame's residuals ..."""
+    min_color_residual: float = 0.12
+    """... and above this (0..1)."""
+    depth_tolerance: float = 0.02
+    """Depth disagreement (m) always tolerated; where the frame has depth a pixel counts only when its
+    depth disagrees by more than this plus ``depth_tolerance_rel`` times its distance."""
+    depth_tolerance_rel: float = 0.03
+    """Depth tolerance growing with distance (fraction of the distance)."""
+    min_region_pixels: int = 4
+    """Smallest connected region of disagreeing pixels (at the comparison resolution) that counts."""
+    min_frames: int = 2
+    """A region counts as changed once this many compared frames flagged it (3D voxels agreeing)."""
+    voxel_size: float = 0.05
+    """Voxel edge (m) in which flagged points of different frames must agree."""
+    memory_checks: int = 8
+    """Flagged voxels are remembered for this many compared frames."""
+    min_stale_fraction: float = 0.5
+    """A keyframe is stale (retired) when at least this fraction of the changed points it sees show the
+    old state there (and it disagrees with the new frame)."""
+    min_stale_points: int = 8
+    """... counting only keyframes that see at least this many of the changed points."""
+    max_points: int = 4096
+    """Most changed surface points kept for display (``/lerf/changes``)."""
+
+    def check(self) -> "ChangeConfig":
+        """Validate this section; raise ConfigError naming the key."""
+        for key in ("check_every", "min_region_pixels", "min_frames", "memory_checks", "min_stale_points"):
+            _require(getattr(self, key) >= 1, f"changes.{key}", getattr(self, key), ">= 1")
+        _require(self.max_side >= 8, "changes.max_side", self.max_side, ">= 8")
+        _require(self.min_steps >= 0, "changes.min_steps", self.min_steps, ">= 0")
+        for key in ("max_median_residual", "kappa", "min_color_residual", "depth_tolerance", "voxel_size"):
+            _require(getattr(self, key) > 0, f"changes.{key}", getattr(self, key), "> 0")
+        _require(self.depth_tolerance_rel >= 0, "changes.depth_tolerance_rel", self.depth_tolerance_rel, ">= 0")
+        _require(0 < self.min_stale_fraction <= 1, "changes.min_stale_fraction", self.min_stale_fraction, "in (0, 1]")
+        _require(self.max_points >= 1, "changes.max_points", self.max_points, ">= 1")
+        _require(self.memory_checks >= self.min_frames, "changes.memory_checks", self.memory_checks, ">= min_frames")
+        return self
+
+
+@dataclass
 class QueryConfig:
     """The query engine."""
 
@@ -616,6 +673,8 @@ class LerfConfig:
     """The bounded keyframe store."""
     query: QueryConfig = field(default_factory=QueryConfig)
     """The query engine (relevancy, scale search, grasps)."""
+    changes: ChangeConfig = field(default_factory=ChangeConfig)
+    """Change detection and forgetting in a live stream."""
 
     # ------------------------------------------------------------------ (de)serialisation
     def to_dict(self) -> Dict[str, Any]:
@@ -654,7 +713,7 @@ class LerfConfig:
 
         Each section checks its own fields; this adds the top-level fields and the rules that span
         sections."""
-        for section in (self.teacher, self.model, self.trainer, self.keyframes, self.query):
+        for section in (self.teacher, self.model, self.trainer, self.keyframes, self.query, self.changes):
             section.check()
         _require(self.preset in PRESETS, "preset", self.preset, f"one of {', '.join(PRESETS)}")
         _require(bool(self.output_dir.strip()), "output_dir", self.output_dir, "a folder")

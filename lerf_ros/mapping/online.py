@@ -51,6 +51,10 @@ class OnlineStatus:
     checkpoint: str = ""
     message: str = ""
     store_mb: float = 0.0
+    changes_detected: int = 0
+    """Scene changes confirmed so far (``lerf_ros.mapping.changes``)."""
+    keyframes_retired: int = 0
+    """Keyframes retired because they showed a changed region as it was."""
 
 
 class OnlineTrainer:
@@ -184,6 +188,7 @@ class OnlineTrainer:
         else:
             state = TrainerState.TRAINING
         stats = s.keyframes.stats()
+        changes = s.change_stats()
         msg = self._error or (
             f"{state.value}: step {self.step}, {stats['count']} keyframes "
             f"({stats['with_features']} with features, {s.features_pending} pending), "
@@ -199,6 +204,8 @@ class OnlineTrainer:
             checkpoint=s.last_checkpoint,
             message=msg,
             store_mb=stats["bytes"] / 2**20,
+            changes_detected=int(changes["changes_detected"]),
+            keyframes_retired=int(changes["keyframes_retired"]),
         )
 
     def close(self, save: bool = False, timeout_s: float = 3.0) -> Optional[str]:

@@ -31,9 +31,10 @@ from lerf_ros.data.frame import Frame, FrameError, check_pose
 from lerf_ros.field.frozen import FrozenField
 from lerf_ros.geometry.poses import interpolate_pose, pose_distance
 from lerf_ros.mapping import checkpoint as ckpt
+from lerf_ros.mapping.changes import ChangeCheck, ChangeDetector
 from lerf_ros.mapping.keyframes import KeyframeStore, KeyframeStoreError
 from lerf_ros.mapping.rays import estimate_scene_bounds
-from lerf_ros.mapping.selection import KeyframeSelector
+from lerf_ros.mapping.selection import KeyframeDecision, KeyframeSelector, downscale_frame
 from lerf_ros.mapping.trainer import Trainer
 
 LogFn = Callable[[str, str], None]  # (level: 'info'|'warning'|'error', text)
@@ -105,6 +106,10 @@ class Session:
         """Guards the model (step, reset, snapshot, checkpoints); hold it to make several calls one."""
         self.has_language = int(self.teacher.clip_dim) > 0
         """False with teacher kind 'none': no features are computed and the model has no language field."""
+        self.changes: Optional[ChangeDetector] = (
+            ChangeDetector(cfg.changes, seed=cfg.seed) if self.online and cfg.changes.enabled else None
+        )
+        """Change detection on the stream (online sessions with ``changes.enabled``; see ``_follow_changes``)."""
         self._worker = None
         if self.online and self.has_language:
             from lerf_ros.teachers.worker import FeatureWorker
@@ -124,6 +129,8 @@ class Session:
         if not self.online:
             raise RuntimeError("submit() is for online sessions; use add() for a recorded dataset")
         decision = self.selector.consider(frame)
+        if self.changes is not None and not decision.rejected:
+            decision = self._follow_changes(frame, decision)
         if not decision.keep:
             return SubmitResult(False, decision.rejected, decision.reason, decision.kind)
         try:
@@ -154,6 +161,45 @@ class Session:
             features = compute_frame_features(self.teacher, frame, self.cfg.teacher)
         key, _ = self.keyframes.add(frame, features)
         return key
+
+    def _follow_changes(self, frame: Frame, decision: KeyframeDecision) -> KeyframeDecision:
+        """Compare a valid frame of the stream with the field (``lerf_ros.mapping.changes``); on a
+        confirmed change, retire the keyframes that show the changed region as it was and keep this
+        frame as a keyframe (even when the selector skipped it). Returns the decision to follow."""
+        trainer = self.trainer
+        if trainer is None:
+            return decision
+        check: ChangeCheck = self.changes.observe(
+            frame, trainer.render_view, trainer.step_count, self.keyframes.keyframes
+        )
+        if check.status != "change":
+            return decision
+        retired = 0
+        for key in check.stale_keys:
+            try:
+                self.keyframes.remove(key)
+                retired += 1
+            except KeyError:  # evicted meanwhile
+                pass
+        self.changes.record_retired(retired)
+        if check.new_change:
+            c = check.points.mean(0) if check.points is not None and len(check.points) else np.zeros(3)
+            self.log(
+                "info",
+                f"scene change near ({c[0]:+.2f}, {c[1]:+.2f}, {c[2]:+.2f}) m at step {trainer.step_count}: "
+                f"{check.reason}; {retired} keyframe(s) retired",
+            )
+        if decision.keep:
+            return decision
+        prepared = downscale_frame(frame, self.cfg.keyframes.max_image_side)
+        self.selector.mark_kept(prepared)
+        return KeyframeDecision("keep", "kept: it shows a change of the scene", "keyframe", prepared)
+
+    def change_stats(self) -> Dict[str, Any]:
+        """Change detection counters: changes_detected, keyframes_retired, frames_compared (zeros when off)."""
+        if self.changes is None:
+            return {"changes_detected": 0, "keyframes_retired": 0, "frames_compared": 0}
+        return self.changes.stats()
 
     def collect_features(self) -> int:
         """Attach the features the background worker has finished; returns how many were attached.
@@ -341,6 +387,8 @@ class Session:
             self.trainer = None
             self.bounds = None
             self.losses = {}
+            if self.changes is not None:
+                self.changes.reset()
 
     # ------------------------------------------------------------------ checkpoints
     def save_checkpoint(self, path: Optional[str] = None) -> str:

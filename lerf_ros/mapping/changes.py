@@ -1,0 +1,430 @@
+"""Change detection and forgetting in a live stream (ROS-free).
+
+A robot that grasps changes its scene; the keyframes that show the scene as it was must then stop
+teaching the field. ``ChangeDetector.observe`` is called with every frame offered to an online
+session and, for every ``changes.check_every``-th of them:
+
+1. renders the current field at the frame's pose at low resolution (longest side
+   ``changes.max_side``) and downsamples the frame to the same size (colour area-averaged, depth
+   nearest);
+2. normalises the exposure: per colour channel, the median ratio of frame to render over the
+   pixels the field covers is taken out (a camera's gain change is not a change of the scene);
+3. compares each pixel with the render's pixels in its 3x3 neighbourhood (the smallest residual
+   counts, so a pose error of about a pixel at this resolution or a slightly blurred edge is not a
+   change): colour residual = mean absolute difference; where the frame has depth, the depth
+   residual must also exceed ``depth_tolerance + depth_tolerance_rel * distance``;
+4. decides nothing while the field is still learning: before ``changes.min_steps`` training steps,
+   or while the median colour residual of the frame is above ``changes.max_median_residual``;
+5. a pixel disagrees when its colour residual is above both ``min_color_residual`` and the frame's
+   robust level ``median + kappa * 1.4826 * MAD`` (what the field's own error explains), and (with
+   depth) its depth disagrees; connected regions smaller than ``min_region_pixels`` are dropped;
+6. the disagreeing pixels become 3D points: the surface the frame sees now (its depth, or the
+   render's without depth) and the surface the field holds (the render's depth). Their voxels
+   (``voxel_size``) are counted over the last ``memory_checks`` compared frames; points whose voxel
+   was flagged by at least ``min_frames`` frames are a *candidate change*;
+7. the candidate is checked against the stored keyframes: each keyframe that sees the changed
+   points (at least ``min_stale_points`` of them in its image with depth) is *stale* when at least
+   ``min_stale_fraction`` of the points disagree with the new surface there (its depth in front of
+   or behind the new surface by more than the tolerance; without depth: its colour differs) and it
+   agrees with the old surface the field holds. A confirmed change is one with at least one stale
+   keyframe (otherwise the disagreement was the field's own error, or a change whose old views have
+   already left the store). The stale keyframes are retired (``KeyframeStore.remove``) and the new
+   frame is kept as a keyframe, so the colour, density, language and DINO fields relearn the region
+   from views of its new state.
+
+A change is counted once: a confirmation whose voxels mostly overlap a change confirmed within the
+last ``memory_checks`` compared frames is the same change (its stale keyframes are still retired).
+The changed points of the latest changes (at most ``max_points``) are kept for display
+(``changed_points``; the trainer node publishes them on ``/lerf/changes``).
+
+Cost: one low-resolution render (about 1,200 rays at the default 40 pixels) every
+``check_every``-th frame, vectorised comparisons, and a projection of at most ``MAX_CHECK_POINTS``
+points into each keyframe only when a candidate change exists.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from lerf_ros.config import ChangeConfig
+from lerf_ros.data.frame import Frame
+
+__all__ = [
+    "ChangeCheck",
+    "ChangeDetector",
+    "gain_normalise",
+    "neighbourhood_residual",
+    "robust_threshold",
+    "backproject",
+    "connected_regions",
+    "stale_keyframes",
+    "voxel_codes",
+    "MAX_CHECK_POINTS",
+]
+
+MAX_CHECK_POINTS = 512
+"""Most changed points projected into the keyframes per confirmation (a random subset beyond)."""
+MAD_TO_SIGMA = 1.4826
+"""Scale of the median absolute deviation to a normal distribution's standard deviation."""
+
+RenderFn = Callable[[np.ndarray, np.ndarray, int, int], Dict[str, Any]]
+"""``render(K, c2w, height, width)`` -> 'rgb' (H, W, 3) in [0, 1], 'depth' (H, W) z-depth m,
+'accumulation' (H, W) (tensors or arrays)."""
+
+
+# ---------------------------------------------------------------------------- kernels
+def gain_normalise(obs: np.ndarray, ren: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Per-channel gains ``g`` (3,) with ``obs ~ g * ren`` over ``mask``: the median of the ratios
+    over pixels whose rendered channel is not dark, clamped to [0.5, 2]. obs, ren (H, W, 3) in
+    [0, 1]; mask (H, W) bool."""
+    assert obs.shape == ren.shape and obs.shape[-1] == 3 and mask.shape == obs.shape[:2]
+    g = np.ones(3, np.float32)
+    for c in range(3):
+        r = ren[..., c][mask]
+        o = obs[..., c][mask]
+        ok = r > 0.05
+        if np.count_nonzero(ok) >= 8:
+            g[c] = float(np.clip(np.median(o[ok] / r[ok]), 0.5, 2.0))
+    return g
+
+
+def _shifts(a: np.ndarray, radius: int) -> np.ndarray:
+    """(S, H, W, ...) copies of ``a`` (H, W, ...) shifted by every offset in [-radius, radius]^2
+    (edges replicated)."""
+    H, W = a.shape[:2]
+    pad = [(radius, radius), (radius, radius)] + [(0, 0)] * (a.ndim - 2)
+    p = np.pad(a, pad, mode="edge")
+    return np.stack([p[dy : dy + H, dx : dx + W] for dy in range(2 * radius + 1) for dx in range(2 * radius + 1)])
+
+
+def neighbourhood_residual(
+    obs: np.ndarray, ren: np.ndarray, obs_depth: Optional[np.ndarray], ren_depth: np.ndarray, radius: int = 1
+) -> Tuple[np.ndarray, Optional[np.ndarray]]:
+    """Per pixel, the smallest disagreement with the render's pixels within ``radius``.
+
+    obs, ren: (H, W, 3) colours; obs_depth (H, W) metres (0 = none) or None; ren_depth (H, W).
+    Returns (colour residual (H, W): min over neighbours of the mean absolute channel difference,
+    depth residual (H, W) min over neighbours of |obs_depth - ren_depth|, or None without depth).
+    """
+    assert obs.shape == ren.shape and ren_depth.shape == obs.shape[:2]
+    col = np.abs(_shifts(ren, radius) - obs[None]).mean(-1).min(0)
+    if obs_depth is None:
+        return col, None
+    dep = np.abs(_shifts(ren_depth, radius) - obs_depth[None]).min(0)
+    return col, dep
+
+
+def robust_threshold(values: np.ndarray, kappa: float, floor: float) -> Tuple[float, float]:
+    """(threshold, median) of 1-D ``values``: max(floor, median + kappa * 1.4826 * MAD)."""
+    if values.size == 0:
+        return float("inf"), float("nan")
+    med = float(np.median(values))
+    mad = float(np.median(np.abs(values - med)))
+    return max(float(floor), med + kappa * MAD_TO_SIGMA * mad), med
+
+
+def backproject(depth: np.ndarray, K: np.ndarray, c2w: np.ndarray, v: np.ndarray, u: np.ndarray) -> np.ndarray:
+    """World points (N, 3) of pixels (v, u) (row, column index arrays) at z-depth ``depth[v, u]``
+    of a pinhole camera K (3, 3), c2w (4, 4) (OpenCV convention, pixel centres at +0.5)."""
+    z = depth[v, u].astype(np.float64)
+    x = (u + 0.5 - K[0, 2]) / K[0, 0] * z
+    y = (v + 0.5 - K[1, 2]) / K[1, 1] * z
+    cam = np.stack([x, y, z], 1)
+    return cam @ np.asarray(c2w)[:3, :3].T + np.asarray(c2w)[:3, 3]
+
+
+def connected_regions(mask: np.ndarray, min_pixels: int) -> np.ndarray:
+    """``mask`` (H, W) bool with the 8-connected regions smaller than ``min_pixels`` removed.
+
+    Regions are labelled by propagating the largest pixel index through each region (a 3x3 maximum
+    restricted to the mask, repeated until nothing changes: vectorised, at most H * W rounds, in
+    practice about the longest region's extent)."""
+    if min_pixels <= 1 or not mask.any():
+        return mask
+    H, W = mask.shape
+    labels = np.where(mask, np.arange(1, H * W + 1).reshape(H, W), 0)
+    for _ in range(H * W):
+        grown = np.where(mask, _shifts(labels, 1).max(0), 0)
+        if np.array_equal(grown, labels):
+            break
+        labels = grown
+    sizes = np.bincount(labels.ravel(), minlength=H * W + 1)
+    keep = sizes >= min_pixels
+    keep[0] = False
+    return keep[labels]
+
+
+def voxel_codes(points: np.ndarray, size: float) -> np.ndarray:
+    """(N,) int64 code of the ``size``-metre voxel holding each of the (N, 3) points (coordinates
+    within +-2^20 voxels of the origin)."""
+    k = np.floor(np.asarray(points, np.float64) / size).astype(np.int64) + (1 << 20)
+    k = np.clip(k, 0, (1 << 21) - 1)
+    return (k[:, 0] << 42) | (k[:, 1] << 21) | k[:, 2]
+
+
+def _project(points: np.ndarray, K: np.ndarray, c2w: np.ndarray, height: int, width: int):
+    """Pixel rows/columns (N,) int, depth (N,) and in-image mask (N,) of world points in a camera."""
+    cam = (points - c2w[:3, 3]) @ c2w[:3, :3]
+    z = cam[:, 2]
+    zs = np.where(z > 1e-6, z, 1.0)
+    u = cam[:, 0] / zs * K[0, 0] + K[0, 2]
+    v = cam[:, 1] / zs * K[1, 1] + K[1, 2]
+    ok = (z > 1e-6) & (u >= 0) & (u < width) & (v >= 0) & (v < height)
+    ui = np.clip(np.floor(u), 0, width - 1).astype(np.int64)
+    vi = np.clip(np.floor(v), 0, height - 1).astype(np.int64)
+    return vi, ui, z, ok
+
+
+def stale_keyframes(
+    new_pts: np.ndarray,
+    old_pts: np.ndarray,
+    new_rgb: np.ndarray,
+    old_rgb: np.ndarray,
+    keyframes: Sequence[Any],
+    cfg: ChangeConfig,
+    color_threshold: float,
+) -> Tuple[List[int], int]:
+    """Keys of the keyframes that show the changed region as it was, and how many keyframes saw it.
+
+    new_pts, old_pts (N, 3): the surface the new frame sees at each changed pixel and the surface the
+    field holds there; new_rgb, old_rgb (N, 3) their colours in [0, 1] (gain-normalised). A keyframe
+    (``key``, ``K``, ``c2w``, ``rgb`` (H, W, 3) uint8, ``depth`` (H, W) or None, as tensors or arrays)
+    judges the points that fall in its image: with depth, a new point disagrees when the keyframe's
+    depth there is off by more than the tolerance, and an old point agrees when within it; without
+    depth, by colour (``color_threshold``). Stale: at least ``min_stale_points`` points judged, and
+    ``min_stale_fraction`` of them disagree with the new surface and agree with the old one."""
+    stale, seeing = [], 0
+    for kf in keyframes:
+        H, W = int(kf.rgb.shape[0]), int(kf.rgb.shape[1])
+        K, c2w = np.asarray(kf.K, float), np.asarray(kf.c2w, float)
+        vn, un, zn, okn = _project(new_pts, K, c2w, H, W)
+        vo, uo, zo, oko = _project(old_pts, K, c2w, H, W)
+        depth = None if kf.depth is None else _as_numpy(kf.depth)
+        if depth is not None:
+            dn = depth[vn, un]
+            do = depth[vo, uo]
+            okn &= dn > 0
+            oko &= do > 0
+            tol_n = cfg.depth_tolerance + cfg.depth_tolerance_rel * zn
+            tol_o = cfg.depth_tolerance + cfg.depth_tolerance_rel * zo
+            disagree_new = np.abs(dn - zn) > tol_n
+            agree_old = np.abs(do - zo) <= tol_o
+        else:
+            rgb = _as_numpy(kf.rgb).astype(np.float32) / 255.0
+            disagree_new = np.abs(rgb[vn, un] - new_rgb).mean(-1) > color_threshold
+            agree_old = np.abs(rgb[vo, uo] - old_rgb).mean(-1) <= color_threshold
+        both = okn & oko
+        n = int(np.count_nonzero(both))
+        if n < cfg.min_stale_points:
+            continue
+        seeing += 1
+        frac = np.count_nonzero(both & disagree_new & agree_old) / n
+        if frac >= cfg.min_stale_fraction:
+            stale.append(int(kf.key))
+    return stale, seeing
+
+
+def _as_numpy(x: Any) -> np.ndarray:
+    if hasattr(x, "detach"):
+        x = x.detach()
+        return (x if x.device.type == "cpu" else x.cpu()).numpy()
+    return np.asarray(x)
+
+
+# ---------------------------------------------------------------------------- the detector
+@dataclass
+class ChangeCheck:
+    """What one ``ChangeDetector.observe`` call found."""
+
+    status: str
+    """'skipped' (not a compared frame), 'not_ready' (the field is still learning), 'no_change',
+    'candidate' (disagreement not yet confirmed) or 'change' (confirmed: stale keyframes found)."""
+    reason: str = ""
+    residual_median: float = float("nan")
+    """Median colour residual of the compared frame (0..1), NaN when not compared."""
+    flagged_pixels: int = 0
+    """Pixels that disagree (after the region-size filter) at the comparison resolution."""
+    confirmed_pixels: int = 0
+    """Of those, pixels whose voxel other compared frames flagged too."""
+    stale_keys: List[int] = field(default_factory=list)
+    """Keyframes that show the changed region as it was (to retire)."""
+    new_change: bool = False
+    """This confirmation is a change not counted before."""
+    points: Optional[np.ndarray] = None
+    """(M, 3) changed surface points of a confirmed change (old and new surfaces)."""
+
+    @property
+    def keep_frame(self) -> bool:
+        """The frame shows a confirmed change: keep it as a keyframe."""
+        return self.status == "change"
+
+
+class ChangeDetector:
+    """See the module docstring. Thread-safe; one per session.
+
+    Args:
+        cfg: the ``changes`` configuration section.
+        seed: seeds the subsampling of changed points.
+    """
+
+    def __init__(self, cfg: Optional[ChangeConfig] = None, seed: int = 0) -> None:
+        self.cfg = (cfg or ChangeConfig()).check()
+        self._rng = np.random.default_rng(seed)
+        self._lock = threading.Lock()
+        self._offered = 0
+        self._checks = 0  # compared frames
+        self._flagged: List[Tuple[int, np.ndarray]] = []  # (check, its flagged voxel codes) of recent checks
+        self._changes: List[Tuple[int, np.ndarray, np.ndarray, np.ndarray]] = []  # (check, voxels, points, kinds)
+        self.changes_detected = 0
+        self.keyframes_retired = 0
+        self.frames_compared = 0
+        self.last_residual_median = float("nan")
+        self.last_status = ""
+        self.version = 0
+        """Increases whenever ``changed_points`` changes."""
+
+    def reset(self) -> None:
+        """Forget flagged voxels (e.g. after the model was reset); counters are kept."""
+        with self._lock:
+            self._flagged.clear()
+
+    def stats(self) -> Dict[str, Any]:
+        """changes_detected, keyframes_retired, frames_compared, last_residual_median, last_status."""
+        with self._lock:
+            return {
+                "changes_detected": self.changes_detected,
+                "keyframes_retired": self.keyframes_retired,
+                "frames_compared": self.frames_compared,
+                "last_residual_median": self.last_residual_median,
+                "last_status": self.last_status,
+            }
+
+    def changed_points(self) -> Tuple[np.ndarray, np.ndarray]:
+        """Surface points of the latest confirmed changes (at most ``max_points``, newest last):
+        (M, 3) float32 positions and (M,) float32 kinds: 0 = a surface the field held that is gone,
+        1 = a surface the new frames see."""
+        with self._lock:
+            if not self._changes:
+                return np.zeros((0, 3), np.float32), np.zeros(0, np.float32)
+            pts = np.concatenate([c[2] for c in self._changes])[-self.cfg.max_points :]
+            kinds = np.concatenate([c[3] for c in self._changes])[-self.cfg.max_points :]
+            return pts.astype(np.float32), kinds.astype(np.float32)
+
+    def due(self) -> bool:
+        """Count one offered frame; True when it is to be compared."""
+        with self._lock:
+            self._offered += 1
+            return (self._offered - 1) % self.cfg.check_every == 0
+
+    def observe(self, frame: Frame, render: RenderFn, step: int, keyframes: Callable[[], Sequence[Any]]) -> ChangeCheck:
+        """Compare ``frame`` with the field (``render``) when it is due and the field is ready; confirm a
+        change against ``keyframes()`` (called only then). Does not change the store: the caller
+        retires ``stale_keys`` and keeps the frame (then calls ``record_retired``)."""
+        if not self.due():
+            return ChangeCheck("skipped")
+        cfg = self.cfg
+        if step < cfg.min_steps:
+            return self._done(ChangeCheck("not_ready", f"{step} training steps < changes.min_steps ({cfg.min_steps})"))
+        from lerf_ros.mapping.selection import downscale_frame
+
+        small = downscale_frame(frame, cfg.max_side)
+        H, W = small.height, small.width
+        out = render(small.K, small.c2w, H, W)
+        ren = _as_numpy(out["rgb"]).astype(np.float32).reshape(H, W, 3)
+        ren_depth = _as_numpy(out["depth"]).astype(np.float32).reshape(H, W)
+        acc = _as_numpy(out["accumulation"]).astype(np.float32).reshape(H, W)
+        obs = small.rgb.astype(np.float32) / 255.0
+        obs_depth = None if small.depth is None else np.asarray(small.depth, np.float32)
+        covered = acc > 0.5
+        if obs_depth is not None:
+            covered &= obs_depth > 0
+        if np.count_nonzero(covered) < max(16, cfg.min_region_pixels):
+            return self._done(ChangeCheck("not_ready", "the field covers too little of the frame"))
+        gains = gain_normalise(obs, ren, covered)
+        ren_n = np.clip(ren * gains, 0.0, 1.0)
+        col, dep = neighbourhood_residual(obs, ren_n, obs_depth, ren_depth)
+        thr, med = robust_threshold(col[covered], cfg.kappa, cfg.min_color_residual)
+        with self._lock:
+            self.frames_compared += 1
+            self.last_residual_median = med
+        if med > cfg.max_median_residual:
+            return self._done(
+                ChangeCheck(
+                    "not_ready",
+                    f"median colour residual {med:.3f} > changes.max_median_residual ({cfg.max_median_residual})",
+                    med,
+                )
+            )
+        flag = covered & (col > thr)
+        if dep is not None:
+            flag &= dep > cfg.depth_tolerance + cfg.depth_tolerance_rel * obs_depth
+        flag = connected_regions(flag, cfg.min_region_pixels)
+        v, u = np.nonzero(flag)
+        check = ChangeCheck("no_change", "", med, flagged_pixels=len(v))
+        with self._lock:
+            self._checks += 1
+            now = self._checks
+            self._flagged = [f for f in self._flagged if f[0] > now - cfg.memory_checks]
+        if len(v) == 0:
+            return self._done(check)
+        new_pts = backproject(obs_depth if obs_depth is not None else ren_depth, small.K, small.c2w, v, u)
+        old_pts = backproject(ren_depth, small.K, small.c2w, v, u)
+        keys_new, keys_old = voxel_codes(new_pts, cfg.voxel_size), voxel_codes(old_pts, cfg.voxel_size)
+        with self._lock:
+            self._flagged.append((now, np.unique(np.concatenate([keys_new, keys_old]))))
+            votes_new = sum(np.isin(keys_new, f[1]).astype(np.int64) for f in self._flagged)
+            votes_old = sum(np.isin(keys_old, f[1]).astype(np.int64) for f in self._flagged)
+            agreed = (votes_new >= cfg.min_frames) | (votes_old >= cfg.min_frames)
+        check.confirmed_pixels = int(np.count_nonzero(agreed))
+        if check.confirmed_pixels < cfg.min_region_pixels:
+            check.status = "candidate" if check.flagged_pixels else "no_change"
+            return self._done(check)
+        idx = np.nonzero(agreed)[0]
+        if len(idx) > MAX_CHECK_POINTS:
+            idx = np.sort(self._rng.choice(idx, MAX_CHECK_POINTS, replace=False))
+        stale, seeing = stale_keyframes(
+            new_pts[idx], old_pts[idx], obs[v[idx], u[idx]], ren_n[v[idx], u[idx]], keyframes(), cfg, thr
+        )
+        if not stale:
+            check.status = "candidate"
+            check.reason = (
+                f"{check.confirmed_pixels} pixels disagree in {cfg.min_frames}+ frames, but none of the "
+                f"{seeing} keyframes that see them shows them otherwise"
+            )
+            return self._done(check)
+        check.status = "change"
+        check.stale_keys = stale
+        pts = np.concatenate([old_pts[idx], new_pts[idx]]).astype(np.float32)
+        check.points = pts
+        vox = np.unique(np.concatenate([keys_new[idx], keys_old[idx]]))
+        with self._lock:
+            recent = [c[1] for c in self._changes if now - c[0] <= cfg.memory_checks]
+            overlap = max((np.isin(vox, c).mean() for c in recent), default=0.0)
+            check.new_change = overlap < 0.5
+            if check.new_change:
+                self.changes_detected += 1
+            kinds = np.repeat(np.array([0, 1], np.float32), len(idx))
+            self._changes.append((now, vox, pts, kinds))
+            total = 0
+            for i in range(len(self._changes) - 1, -1, -1):  # bounded: the newest changes up to max_points
+                total += len(self._changes[i][2])
+                if total > cfg.max_points:
+                    del self._changes[:i]
+                    break
+            self.version += 1
+        check.reason = f"{len(stale)} of {seeing} keyframes that see the region show it as it was"
+        return self._done(check)
+
+    def record_retired(self, n: int) -> None:
+        """Count ``n`` keyframes the caller retired for a change."""
+        with self._lock:
+            self.keyframes_retired += int(n)
+
+    def _done(self, check: ChangeCheck) -> ChangeCheck:
+        with self._lock:
+            self.last_status = check.status
+        return check
