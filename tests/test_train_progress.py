@@ -101,3 +101,52 @@ def test_train_command_prints_progress_lines(tmp_path, capsys):
     assert train[0] == "train: 0/20 steps"
     assert re.match(r"train: 20/20 steps \(100%\), [\d.e+]+ steps/s, .* elapsed; psnr [\d.]+", train[-1]), train
     assert len(train) <= 12 and len(feats) <= 13  # bounded: about one line per tenth at most
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_online_trainer_logs_a_teacher_feature_backlog(tmp_path):
+    import time
+
+    from lerf_ros.config import preset
+    from lerf_ros.data.synthetic import make_scene
+    from lerf_ros.mapping.online import OnlineTrainer
+    from lerf_ros.teachers.ground_truth import GroundTruthTeacher
+
+    scene = make_scene(seed=4, n_objects=3, width=40, height=30, n_frames=12, nthreads=1)
+
+    class SlowTeacher(GroundTruthTeacher):
+        """The ground-truth teacher at the pace of a CLIP pyramid on a small CPU."""
+
+        def dense_features(self, frame):
+            time.sleep(0.25)
+            return super().dense_features(frame)
+
+    lines = []
+    cfg = preset("tiny").override(
+        {
+            "teacher.kind": "ground_truth",
+            "output_dir": str(tmp_path),
+            "trainer.rays_per_batch": 64,
+            "keyframes.min_translation": 0.001,
+            "keyframes.min_rotation_deg": 0.1,
+        }
+    )
+    trainer = OnlineTrainer(cfg, teacher=SlowTeacher(scene), log=lambda level, text: lines.append(text))
+    trainer.features_log_every_s = 0.5
+    try:
+        trainer.start()
+        t0 = time.monotonic()
+        kept = sum(trainer.submit(f).kept for f in scene.frames)
+        while trainer.session.features_pending and time.monotonic() < t0 + 60.0:
+            time.sleep(0.05)
+        assert trainer.session.features_pending == 0
+        elapsed = time.monotonic() - t0
+    finally:
+        trainer.close()
+    backlog = [ln for ln in lines if ln.startswith("teacher features: ")]
+    assert kept >= 6 and backlog, lines
+    pattern = r"teacher features: \d+ keyframes ready, \d+ pending, [\d.e+-]+ keyframes/s, (ETA [\d.]+ s|none finished)"
+    assert all(re.fullmatch(pattern, ln) for ln in backlog), backlog
+    assert any("ETA" in ln for ln in backlog), backlog
+    # Bounded: at most one line per period of the backlog, not one per frame.
+    assert len(backlog) <= elapsed / 0.5 + 1, (elapsed, backlog)

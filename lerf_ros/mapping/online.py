@@ -5,7 +5,8 @@ Threads:
 - the caller's (``submit``): validate the frame, select keyframes, add them to the bounded store
   and hand them to the feature worker (``Session.submit``);
 - the feature worker's: teacher features (CLIP crop pyramid, DINO) for new keyframes;
-- the training thread: collects finished features, takes optimiser steps once at least
+- the training thread: collects finished features (and logs the progress of a backlog: counts,
+  rate, ETA, at most every 30 s), takes optimiser steps once at least
   ``keyframes.min_keyframes_to_train`` keyframes have features, publishes an immutable snapshot for
   queries every ``snapshot_every`` steps, and writes periodic atomic checkpoints.
 
@@ -27,9 +28,13 @@ from typing import Dict, Optional
 
 from lerf_ros.config import LerfConfig
 from lerf_ros.data.frame import Frame
+from lerf_ros.mapping.progress import format_duration
 from lerf_ros.mapping.session import LogFn, Session, SubmitResult, print_log
 
 __all__ = ["OnlineStatus", "OnlineTrainer", "SubmitResult", "TrainerState"]
+
+FEATURES_LOG_EVERY_S = 30.0
+"""Default shortest time between two log lines about a teacher-feature backlog."""
 
 
 class TrainerState(str, enum.Enum):
@@ -79,6 +84,10 @@ class OnlineTrainer:
         self._rays_per_second = 0.0
         self._snapshot = None
         self._saved_step = -1  # step of the newest checkpoint written or resumed from
+        self.features_log_every_s = FEATURES_LOG_EVERY_S
+        """Shortest time between two log lines about teacher features still being computed."""
+        self._features_done = 0  # features attached so far
+        self._features_line: Optional[tuple] = None  # (monotonic time, features done) at the last line
 
     @property
     def teacher_description(self) -> str:
@@ -105,7 +114,8 @@ class OnlineTrainer:
         last_t, rays = time.perf_counter(), 0
         while not self._closing.is_set():
             try:
-                s.collect_features()
+                self._features_done += s.collect_features()
+                self._report_features()
                 if self._paused or s.step_count >= self.cfg.trainer.max_steps or not s.can_train():
                     self._closing.wait(0.05)
                     continue
@@ -128,6 +138,30 @@ class OnlineTrainer:
                 self._error = f"training stopped: {exc!r}"
                 self.log("error", self._error)
                 self._closing.wait(1.0)
+
+    def _report_features(self) -> None:
+        """While keyframes wait for teacher features (slow on a CPU: minutes for the first ones with
+        CLIP), a log line at most every ``features_log_every_s`` with the counts, the rate and the ETA
+        of the backlog, so the wait is visible in the log and not only on /lerf/status."""
+        pending = self.session.features_pending
+        now = time.monotonic()
+        if pending == 0:
+            self._features_line = None
+            return
+        if self._features_line is None:  # a backlog starts: the first line after one period
+            self._features_line = (now, self._features_done)
+            return
+        t0, done0 = self._features_line
+        if now - t0 < self.features_log_every_s:
+            return
+        rate = (self._features_done - done0) / (now - t0)
+        eta = f"ETA {format_duration(pending / rate)}" if rate > 0 else "none finished in this period"
+        self.log(
+            "info",
+            f"teacher features: {self.session.ready_keyframes()} keyframes ready, {pending} pending, "
+            f"{rate:.3g} keyframes/s, {eta}",
+        )
+        self._features_line = (now, self._features_done)
 
     # ------------------------------------------------------------------ control
     @property
