@@ -807,9 +807,17 @@ NODE_PARAMETERS: Tuple[NodeParameter, ...] = (
     NodeParameter(
         "tf_relookup_period_s",
         5.0,
-        "With poses from TF: every this many seconds the stored keyframes are looked up again at their stamps "
-        "(a SLAM's map -> odom changes after a loop closure) and those that moved beyond "
-        "pose_correction_tolerance_m/_deg take the new pose (0 = off) (s)",
+        "With poses from TF: every this many seconds the stored keyframes are looked up again (world_frame at "
+        "the latest time <- odom_frame <- camera at the keyframe's stamp, so a SLAM's new map -> odom after a loop "
+        "closure reaches past keyframes) and those that moved beyond pose_correction_tolerance_m/_deg take the "
+        "new pose (0 = off) (s)",
+        ("trainer",),
+    ),
+    NodeParameter(
+        "odom_frame",
+        "odom",
+        "Frame in which the odometry is continuous (the child of a SLAM's map -> odom), held fixed in time by the "
+        "TF re-lookup; world_frame itself when there is no such frame",
         ("trainer",),
     ),
     NodeParameter(

@@ -201,6 +201,7 @@ class TrainerNode(Node):
         self.max_stamp_offset = float(params["max_stamp_offset_s"])
         self.max_pose_distance = float(params["max_pose_distance_m"])
         tf_cache = float(params["tf_cache_s"])
+        self.odom_frame = str(params["odom_frame"]) or self.world_frame
         self.tf_relookup_period = float(params["tf_relookup_period_s"])
         corrected_path_topic = str(params["corrected_path_topic"])
         self.correction_tolerance = (
@@ -544,8 +545,11 @@ class TrainerNode(Node):
 
     # ------------------------------------------------------------------ late pose corrections
     def _relookup_keyframes(self) -> None:
-        """Timer (poses from TF): look every stored keyframe up again at its own stamp, without waiting;
-        keyframes whose TF is no longer buffered (older than ``tf_cache_s``) keep their pose."""
+        """Timer (poses from TF): look every stored keyframe up again, without waiting: the camera at the
+        keyframe's stamp in ``odom_frame`` (held fixed in time), then ``odom_frame`` in ``world_frame`` at
+        the latest time. A loop closure does not rewrite the TF history, it publishes a new
+        ``map -> odom``: this is how it reaches past keyframes. Keyframes whose TF is no longer buffered
+        (older than ``tf_cache_s``) keep their pose."""
         import tf2_ros
         from rclpy.time import Time
 
@@ -554,16 +558,16 @@ class TrainerNode(Node):
             ns = kf.meta.get("stamp_ns")
             when = Time(nanoseconds=int(ns) if ns is not None else int(round(kf.stamp * 1e9)))
             try:
-                tf = self._tf_buffer.lookup_transform(
-                    self.world_frame, kf.frame_id, when, timeout=Duration(nanoseconds=0)
+                tf = self._tf_buffer.lookup_transform_full(
+                    self.world_frame, Time(), kf.frame_id, when, self.odom_frame, timeout=Duration(nanoseconds=0)
                 )
                 pairs.append((kf.stamp, transform_to_matrix(tf.transform)))
             except (tf2_ros.TransformException, ConversionError):
                 missing += 1
         if missing:
             self.drops.note(
-                f"TF re-lookup: {missing} keyframe(s) no longer in the TF buffer (older than tf_cache_s?) "
-                "keep their pose"
+                f"TF re-lookup: {missing} keyframe(s) not found in the TF buffer (older than tf_cache_s, or no "
+                f"'{excerpt(self.odom_frame)}' frame: see odom_frame) keep their pose"
             )
         if pairs:
             self._apply_corrections(pairs, "TF re-lookup", 1e-6, 0.0)
