@@ -469,8 +469,9 @@ class ChangeConfig:
     """Detect changes and retire the keyframes they make stale (online sessions only)."""
     check_every: int = 5
     """Compare every this-many-th frame offered to the session (skipped frames count too)."""
-    max_side: int = 40
-    """Longest side (pixels) of the comparison: frame and render are compared at this resolution."""
+    max_side: int = 48
+    """Longest side (pixels) of the comparison at most: every s-th pixel of the frame (the smallest
+    integer stride s that fits) is compared with the field rendered through exactly those pixels."""
     min_steps: int = 400
     """No decision before the field has trained this many steps."""
     max_median_residual: float = 0.05
@@ -877,6 +878,13 @@ NODE_PARAMETERS: Tuple[NodeParameter, ...] = (
     NodeParameter("queue_size", 4, "Images waiting for ingestion; the oldest is dropped when full", ("trainer",)),
     NodeParameter("use_depth", True, "Subscribe to 'depth' and attach aligned depth to frames", ("trainer",)),
     NodeParameter("resume", True, "Resume from the newest checkpoint in output_dir when one exists", ("trainer",)),
+    NodeParameter(
+        "export_dir",
+        "",
+        "Folder /lerf/export writes the map to (surface.ply, mesh.ply, cameras.json, cameras.ply, relevancy.ply); "
+        "empty: <output_dir>/export",
+        ("trainer",),
+    ),
     NodeParameter(
         "checkpoint_dir",
         "",

@@ -37,7 +37,7 @@ last ``memory_checks`` compared frames is the same change (its stale keyframes a
 The changed points of the latest changes (at most ``max_points``) are kept for display
 (``changed_points``; the trainer node publishes them on ``/lerf/changes``).
 
-Cost: one low-resolution render (about 1,200 rays at the default 40 pixels) every
+Cost: one low-resolution render (at most 48 x 48 rays at the default ``max_side``) every
 ``check_every``-th frame, vectorised comparisons, and a projection of at most ``MAX_CHECK_POINTS``
 points into each keyframe only when a candidate change exists.
 """
@@ -63,6 +63,7 @@ __all__ = [
     "connected_regions",
     "stale_keyframes",
     "voxel_codes",
+    "point_sampled",
     "MAX_CHECK_POINTS",
 ]
 
@@ -104,17 +105,28 @@ def _shifts(a: np.ndarray, radius: int) -> np.ndarray:
 def neighbourhood_residual(
     obs: np.ndarray, ren: np.ndarray, obs_depth: Optional[np.ndarray], ren_depth: np.ndarray, radius: int = 1
 ) -> Tuple[np.ndarray, Optional[np.ndarray]]:
-    """Per pixel, the smallest disagreement with the render's pixels within ``radius``.
+    """Per pixel, how far the frame and the render disagree beyond a shift of ``radius`` pixels.
+
+    Both ways: a frame pixel against the render's pixels within ``radius``, and a render pixel
+    against the frame's; the larger of the two smallest differences counts. So a pose error of up to
+    ``radius`` pixels costs nothing, while a vanished object shows on all of its rendered pixels
+    (none of the frame's pixels near them looks like it) and a new one on all of its frame pixels.
 
     obs, ren: (H, W, 3) colours; obs_depth (H, W) metres (0 = none) or None; ren_depth (H, W).
-    Returns (colour residual (H, W): min over neighbours of the mean absolute channel difference,
-    depth residual (H, W) min over neighbours of |obs_depth - ren_depth|, or None without depth).
+    Returns (colour residual (H, W), mean absolute channel difference; depth residual (H, W)
+    in metres, or None without depth).
     """
     assert obs.shape == ren.shape and ren_depth.shape == obs.shape[:2]
-    col = np.abs(_shifts(ren, radius) - obs[None]).mean(-1).min(0)
+    col = np.maximum(
+        np.abs(_shifts(ren, radius) - obs[None]).mean(-1).min(0),
+        np.abs(_shifts(obs, radius) - ren[None]).mean(-1).min(0),
+    )
     if obs_depth is None:
         return col, None
-    dep = np.abs(_shifts(ren_depth, radius) - obs_depth[None]).min(0)
+    dep = np.maximum(
+        np.abs(_shifts(ren_depth, radius) - obs_depth[None]).min(0),
+        np.abs(_shifts(obs_depth, radius) - ren_depth[None]).min(0),
+    )
     return col, dep
 
 
@@ -183,49 +195,93 @@ def stale_keyframes(
     new_pts: np.ndarray,
     old_pts: np.ndarray,
     new_rgb: np.ndarray,
-    old_rgb: np.ndarray,
     keyframes: Sequence[Any],
     cfg: ChangeConfig,
     color_threshold: float,
+    new_view: Optional[Tuple[np.ndarray, np.ndarray, np.ndarray]] = None,
 ) -> Tuple[List[int], int]:
     """Keys of the keyframes that show the changed region as it was, and how many keyframes saw it.
 
-    new_pts, old_pts (N, 3): the surface the new frame sees at each changed pixel and the surface the
-    field holds there; new_rgb, old_rgb (N, 3) their colours in [0, 1] (gain-normalised). A keyframe
-    (``key``, ``K``, ``c2w``, ``rgb`` (H, W, 3) uint8, ``depth`` (H, W) or None, as tensors or arrays)
-    judges the points that fall in its image: with depth, a new point disagrees when the keyframe's
-    depth there is off by more than the tolerance, and an old point agrees when within it; without
-    depth, by colour (``color_threshold``). Stale: at least ``min_stale_points`` points judged, and
-    ``min_stale_fraction`` of them disagree with the new surface and agree with the old one."""
+    new_pts, old_pts (N, 3): at each changed pixel of the new frame, the surface it sees now and the
+    surface the field holds there; new_rgb (N, 3) the new colours in [0, 1] (gain-normalised);
+    new_view: the new frame's (depth (h, w) metres, K (3, 3), c2w (4, 4)) at the comparison
+    resolution, or None when it has no depth. A keyframe (``key``, ``K``, ``c2w``, ``rgb`` (H, W, 3)
+    uint8, ``depth`` (H, W) or None, tensors or arrays) judges the points that fall in its image:
+
+    - a new surface point where the keyframe saw past it (its depth beyond the point by more than the
+      tolerance): the keyframe saw free space where something now stands (an added or moved object);
+    - the keyframe's own surface at the pixel of an old point, back-projected with its depth, lying
+      in front of what the new frame sees along its ray (by more than the tolerance): the keyframe saw
+      a surface where the new frame sees through (a removed or moved object, seen from any side);
+    - without depth in the keyframe or the new frame: its colour at a new point differs from the new
+      colour by more than ``color_threshold``.
+
+    With depth, pixels where the new frame sees through the old surface are judged by the second
+    test, the others (a new surface in front of the old one) by the first.
+
+    Stale: at least ``min(min_stale_points, N)`` points judged and at least ``min_stale_fraction`` of
+    them are such evidence."""
     stale, seeing = [], 0
+    need = max(1, min(cfg.min_stale_points, len(new_pts)))
     for kf in keyframes:
         H, W = int(kf.rgb.shape[0]), int(kf.rgb.shape[1])
         K, c2w = np.asarray(kf.K, float), np.asarray(kf.c2w, float)
-        vn, un, zn, okn = _project(new_pts, K, c2w, H, W)
-        vo, uo, zo, oko = _project(old_pts, K, c2w, H, W)
         depth = None if kf.depth is None else _as_numpy(kf.depth)
-        if depth is not None:
-            dn = depth[vn, un]
-            do = depth[vo, uo]
-            okn &= dn > 0
-            oko &= do > 0
-            tol_n = cfg.depth_tolerance + cfg.depth_tolerance_rel * zn
-            tol_o = cfg.depth_tolerance + cfg.depth_tolerance_rel * zo
-            disagree_new = np.abs(dn - zn) > tol_n
-            agree_old = np.abs(do - zo) <= tol_o
+        vn, un, zn, okn = _project(new_pts, K, c2w, H, W)
+        if depth is None or new_view is None:
+            rgb = _as_numpy(kf.rgb)[vn, un].astype(np.float32) / 255.0
+            judged = okn
+            evidence = okn & (np.abs(rgb - new_rgb).mean(-1) > color_threshold)
         else:
-            rgb = _as_numpy(kf.rgb).astype(np.float32) / 255.0
-            disagree_new = np.abs(rgb[vn, un] - new_rgb).mean(-1) > color_threshold
-            agree_old = np.abs(rgb[vo, uo] - old_rgb).mean(-1) <= color_threshold
-        both = okn & oko
-        n = int(np.count_nonzero(both))
-        if n < cfg.min_stale_points:
+            nd, nK, nc2w = new_view
+            centre = nc2w[:3, 3]
+            # see-through pixels (the new surface lies beyond the old one): judged by the keyframe's
+            # surface at the old point; the others (a surface in front of the old one) by the new point
+            through = np.linalg.norm(new_pts - centre, axis=1) > np.linalg.norm(old_pts - centre, axis=1)
+            vo, uo, _, oko = _project(old_pts, K, c2w, H, W)
+            dn = depth[vn, un]
+            okn &= (dn > 0) & ~through
+            saw_past = okn & (dn > zn + cfg.depth_tolerance + cfg.depth_tolerance_rel * zn)
+            oko &= through
+            oko[oko] = depth[vo[oko], uo[oko]] > 0
+            surf = backproject(depth, K, c2w, vo[oko], uo[oko])
+            vv, uu, zz, okv = _project(surf, nK, nc2w, nd.shape[0], nd.shape[1])
+            dnew = nd[vv, uu]
+            okv &= dnew > 0
+            in_free = okv & (zz < dnew - (cfg.depth_tolerance + cfg.depth_tolerance_rel * dnew))
+            judged = int(np.count_nonzero(okn)) + int(np.count_nonzero(okv))
+            evidence = int(np.count_nonzero(saw_past)) + int(np.count_nonzero(in_free))
+        n = int(np.count_nonzero(judged)) if isinstance(judged, np.ndarray) else int(judged)
+        e = int(np.count_nonzero(evidence)) if isinstance(evidence, np.ndarray) else int(evidence)
+        if n < need:
             continue
         seeing += 1
-        frac = np.count_nonzero(both & disagree_new & agree_old) / n
-        if frac >= cfg.min_stale_fraction:
+        if e / n >= cfg.min_stale_fraction:
             stale.append(int(kf.key))
     return stale, seeing
+
+
+def point_sampled(frame: Frame, max_side: int) -> Tuple[np.ndarray, Optional[np.ndarray], np.ndarray, int, int]:
+    """Every s-th pixel of the frame (s the smallest integer stride giving at most ``max_side`` pixels
+    on the longest side, the pixel in the middle of each s x s cell) and the intrinsics of a camera
+    whose pixel centres are exactly those pixels' centres: a render with it samples the same rays,
+    so a textured surface aliases alike in both. Returns (rgb (h, w, 3) float32 in [0, 1], depth
+    (h, w) float32 (0 = none) or None, K (3, 3), h, w)."""
+    H, W = frame.height, frame.width
+    st = max(1, -(-max(H, W) // int(max_side)))
+    off = st // 2
+    h, w = (H - off + st - 1) // st, (W - off + st - 1) // st
+    rgb = np.asarray(frame.rgb)[off::st, off::st][:h, :w].astype(np.float32) / 255.0
+    depth = None
+    if frame.depth is not None:
+        d = np.asarray(frame.depth, np.float32)[off::st, off::st][:h, :w]
+        depth = np.where(np.isfinite(d) & (d > 0), d, np.float32(0.0))
+    K = np.array(frame.K, np.float64)
+    # small pixel i's centre (i + 0.5) is full pixel (st * i + off)'s centre
+    K[0, 0], K[1, 1], K[0, 1] = K[0, 0] / st, K[1, 1] / st, K[0, 1] / st
+    K[0, 2] = (K[0, 2] - off - 0.5) / st + 0.5
+    K[1, 2] = (K[1, 2] - off - 0.5) / st + 0.5
+    return rgb, depth, K, h, w
 
 
 def _as_numpy(x: Any) -> np.ndarray:
@@ -329,16 +385,12 @@ class ChangeDetector:
         cfg = self.cfg
         if step < cfg.min_steps:
             return self._done(ChangeCheck("not_ready", f"{step} training steps < changes.min_steps ({cfg.min_steps})"))
-        from lerf_ros.mapping.selection import downscale_frame
-
-        small = downscale_frame(frame, cfg.max_side)
-        H, W = small.height, small.width
-        out = render(small.K, small.c2w, H, W)
+        obs, obs_depth, K, H, W = point_sampled(frame, cfg.max_side)
+        c2w = np.asarray(frame.c2w, np.float64)
+        out = render(K, c2w, H, W)
         ren = _as_numpy(out["rgb"]).astype(np.float32).reshape(H, W, 3)
         ren_depth = _as_numpy(out["depth"]).astype(np.float32).reshape(H, W)
         acc = _as_numpy(out["accumulation"]).astype(np.float32).reshape(H, W)
-        obs = small.rgb.astype(np.float32) / 255.0
-        obs_depth = None if small.depth is None else np.asarray(small.depth, np.float32)
         covered = acc > 0.5
         if obs_depth is not None:
             covered &= obs_depth > 0
@@ -371,8 +423,8 @@ class ChangeDetector:
             self._flagged = [f for f in self._flagged if f[0] > now - cfg.memory_checks]
         if len(v) == 0:
             return self._done(check)
-        new_pts = backproject(obs_depth if obs_depth is not None else ren_depth, small.K, small.c2w, v, u)
-        old_pts = backproject(ren_depth, small.K, small.c2w, v, u)
+        new_pts = backproject(obs_depth if obs_depth is not None else ren_depth, K, c2w, v, u)
+        old_pts = backproject(ren_depth, K, c2w, v, u)
         keys_new, keys_old = voxel_codes(new_pts, cfg.voxel_size), voxel_codes(old_pts, cfg.voxel_size)
         with self._lock:
             self._flagged.append((now, np.unique(np.concatenate([keys_new, keys_old]))))
@@ -387,7 +439,13 @@ class ChangeDetector:
         if len(idx) > MAX_CHECK_POINTS:
             idx = np.sort(self._rng.choice(idx, MAX_CHECK_POINTS, replace=False))
         stale, seeing = stale_keyframes(
-            new_pts[idx], old_pts[idx], obs[v[idx], u[idx]], ren_n[v[idx], u[idx]], keyframes(), cfg, thr
+            new_pts[idx],
+            old_pts[idx],
+            obs[v[idx], u[idx]],
+            keyframes(),
+            cfg,
+            thr,
+            None if obs_depth is None else (obs_depth, K, c2w),
         )
         if not stale:
             check.status = "candidate"
