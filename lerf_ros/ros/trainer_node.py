@@ -26,7 +26,9 @@ corrected poses by stamp is accepted on ``corrected_path_topic``. Keyframes that
 counts them (``pose_corrections``).
 
 Outputs: ``/lerf/status`` (TrainingStatus), ``/lerf/keyframes`` (PoseArray of the keyframe cameras,
-latched) and the services ``/lerf/save_checkpoint`` (Trigger),
+latched), ``/lerf/changes`` (PointCloud2 of the surface points of the latest confirmed scene changes,
+fields x y z kind (0: a surface that is gone, 1: a new one), latched; ``lerf_ros.mapping.changes``)
+and the services ``/lerf/save_checkpoint`` (Trigger),
 ``/lerf/pause`` (SetBool: true pauses, false resumes) and ``/lerf/reset`` (Trigger).
 """
 
@@ -45,7 +47,7 @@ from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.clock import ClockChange, JumpThreshold
 from rclpy.duration import Duration
 from rclpy.node import Node
-from sensor_msgs.msg import CameraInfo, Image
+from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 from std_srvs.srv import SetBool, Trigger
 
 from lerf_ros.config import LerfConfig
@@ -62,6 +64,7 @@ from lerf_ros.ros.convert import (
     camera_info_to_K,
     image_to_numpy,
     matrix_to_pose,
+    points_to_pointcloud2,
     pose_to_matrix,
     stamp_to_sec,
     transform_to_matrix,
@@ -278,6 +281,8 @@ class TrainerNode(Node):
         self.status_pub = self.create_publisher(TrainingStatus, STATUS_TOPIC, STATUS_QOS)
         self.keyframes_pub = self.create_publisher(PoseArray, "/lerf/keyframes", LATCHED_QOS)
         self._published_store_version = -1
+        self.changes_pub = self.create_publisher(PointCloud2, "/lerf/changes", LATCHED_QOS)
+        self._published_changes_version = 0
         corrections = MutuallyExclusiveCallbackGroup()
         if corrected_path_topic:
             self.create_subscription(Path, corrected_path_topic, self._on_corrected_path, 2, callback_group=corrections)
@@ -625,6 +630,8 @@ class TrainerNode(Node):
         msg.drop_counts = [int(n) for _, n in counts]
         msg.time_jumps = int(self.time_jumps)
         msg.pose_corrections = int(self.trainer.session.pose_corrections)
+        msg.changes_detected = int(s.changes_detected)
+        msg.keyframes_retired = int(s.keyframes_retired)
         msg.features_pending = int(s.features_pending)
         msg.rays_per_second = float(s.rays_per_second)
         msg.loss_rgb, msg.loss_lang, msg.loss_dino, msg.psnr = (
@@ -636,6 +643,7 @@ class TrainerNode(Node):
         msg.checkpoint = s.checkpoint
         msg.message = s.message
         self.status_pub.publish(msg)
+        self._publish_changes(msg.header)
         self._publish_keyframes(msg.header, int(s.step))
 
     def _health_checks(self) -> List[Check]:
@@ -675,6 +683,18 @@ class TrainerNode(Node):
         poses = PoseArray(header=header)
         poses.poses = [matrix_to_pose(c2w) for _, c2w in self.trainer.session.keyframe_poses()]
         self.keyframes_pub.publish(poses)
+
+    def _publish_changes(self, header) -> None:
+        """Surface points of the latest confirmed scene changes (x y z, kind: 0 gone, 1 new), when
+        they changed."""
+        detector = self.trainer.session.changes
+        if detector is None or detector.version == self._published_changes_version:
+            return
+        self._published_changes_version = detector.version
+        points, kinds = detector.changed_points()
+        self.changes_pub.publish(
+            points_to_pointcloud2(points, fields={"kind": kinds}, frame_id=self.world_frame, stamp=header.stamp)
+        )
 
     def _on_save(self, _req, resp):
         try:
