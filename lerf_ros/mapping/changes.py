@@ -21,7 +21,7 @@ session and, for every ``changes.check_every``-th of them:
 6. the disagreeing pixels become 3D points: the surface the frame sees now (its depth, or the
    render's without depth) and the surface the field holds (the render's depth). Their voxels
    (``voxel_size``) are counted over the last ``memory_checks`` compared frames; points whose voxel
-   was flagged by at least ``min_frames`` frames are a *candidate change*;
+   was flagged (it or a neighbour) by at least ``min_frames`` frames are a *candidate change*;
 7. the candidate is checked against the stored keyframes: each keyframe that sees the changed
    points (at least ``min_stale_points`` of them in its image with depth) is *stale* when at least
    ``min_stale_fraction`` of the points disagree with the new surface there (its depth in front of
@@ -176,6 +176,12 @@ def voxel_codes(points: np.ndarray, size: float) -> np.ndarray:
     k = np.floor(np.asarray(points, np.float64) / size).astype(np.int64) + (1 << 20)
     k = np.clip(k, 0, (1 << 21) - 1)
     return (k[:, 0] << 42) | (k[:, 1] << 21) | k[:, 2]
+
+
+_VOXEL_NEIGHBOURS = np.array(
+    [(dx << 42) + (dy << 21) + dz for dx in (-1, 0, 1) for dy in (-1, 0, 1) for dz in (-1, 0, 1)], np.int64
+)
+"""Code offsets of a voxel's 27 neighbours (itself included) in ``voxel_codes``."""
 
 
 def _project(points: np.ndarray, K: np.ndarray, c2w: np.ndarray, height: int, width: int):
@@ -427,7 +433,9 @@ class ChangeDetector:
         old_pts = backproject(ren_depth, K, c2w, v, u)
         keys_new, keys_old = voxel_codes(new_pts, cfg.voxel_size), voxel_codes(old_pts, cfg.voxel_size)
         with self._lock:
-            self._flagged.append((now, np.unique(np.concatenate([keys_new, keys_old]))))
+            # a frame's flagged voxels and their neighbours: points of two views of one change seldom
+            # fall in the very same voxel
+            self._flagged.append((now, np.unique(_VOXEL_NEIGHBOURS[:, None] + np.concatenate([keys_new, keys_old]))))
             votes_new = sum(np.isin(keys_new, f[1]).astype(np.int64) for f in self._flagged)
             votes_old = sum(np.isin(keys_old, f[1]).astype(np.int64) for f in self._flagged)
             agreed = (votes_new >= cfg.min_frames) | (votes_old >= cfg.min_frames)

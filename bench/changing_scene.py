@@ -1,0 +1,368 @@
+"""A map that follows a changing scene: how fast the online trainer forgets a removed object, finds a
+moved one at its new place and learns an added one; and that a static stream reports no change.
+
+    python bench/changing_scene.py [--seeds 31 32] [--rate 5] [--threads 2] [--static-frames 1000]
+                                   [--out bench/results/changing_scene.json]
+
+For each seed (other than the main benchmark's, ``lerf_ros.bench.settings``):
+
+- **changing**: a synthetic scene (``tiny`` preset, ground-truth teacher) streamed at ``--rate`` Hz
+  into an ``OnlineTrainer`` with change detection on. The camera goes round the table
+  ``--pre-cycles`` times, then at the start of the next pass three events happen at once
+  (``lerf_ros.data.synthetic.events``): the first object of the layout is removed, the second is
+  moved to a free spot, and a vocabulary class the scene lacks is added. After the scene's last
+  frame the stream keeps repeating the last pass (the scene as it is now). Every ``--check-every``
+  seconds the newest snapshot is queried:
+
+  - removed: its query's highest relevancy falls below ``query.threshold`` (``removed_gone_s``,
+    from the first frame after the event whose view shows the spot where it stood);
+  - moved: the most relevant point lies in its new box (``moved_found_s``, from the first frame
+    after the event that sees the new place);
+  - added: the most relevant point lies in its box (``added_found_s``, from the first frame that
+    sees it);
+  - the other objects: still found in their boxes (``unchanged_correct``, at the last check).
+
+- **static**: the same layout with no event, ``--static-frames`` frames streamed at ``--rate`` Hz:
+  ``changes_detected`` and ``keyframes_retired`` must stay 0.
+
+Times are wall-clock seconds on this machine with ``--threads`` torch threads; the JSON records the
+machine's load. Targets (issue 17): removed within 30 s, moved within 60 s, added within the time a
+new object takes in a static scene (the main benchmark's first-correct-answer figure), and no
+change in the static run.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import argparse  # noqa: E402
+import dataclasses  # noqa: E402
+import json  # noqa: E402
+import shutil  # noqa: E402
+import tempfile  # noqa: E402
+import threading  # noqa: E402
+import time  # noqa: E402
+from typing import Any, Dict, List, Optional  # noqa: E402
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from lerf_ros.bench.settings import BenchSettings  # noqa: E402
+from lerf_ros.config import preset  # noqa: E402
+from lerf_ros.data.synthetic.events import make_changing_scene, objects_at  # noqa: E402
+from lerf_ros.data.synthetic.layout import build_layout  # noqa: E402
+from lerf_ros.data.synthetic.objects import VOCABULARY  # noqa: E402
+
+GROW = 0.02
+"""Metres a box is grown by when checking that an answer lies in it (as the main benchmark)."""
+
+
+class Feeder:
+    """Submits ``frame_at(k)`` for k = 0, 1, ... at ``rate_hz`` from a thread (stamps k / rate)."""
+
+    def __init__(self, trainer, frame_at, rate_hz: float, limit: Optional[int] = None) -> None:
+        self.trainer, self.frame_at, self.rate_hz, self.limit = trainer, frame_at, rate_hz, limit
+        self.index = 0
+        self.t0: Optional[float] = None
+        self.sent_at: List[float] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def start(self) -> "Feeder":
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=30.0)
+
+    def done(self) -> bool:
+        return not self._thread.is_alive()
+
+    def _run(self) -> None:
+        self.t0 = time.perf_counter()
+        while not self._stop.is_set() and (self.limit is None or self.index < self.limit):
+            f = self.frame_at(self.index)
+            f = dataclasses.replace(f, stamp=100.0 + self.index / self.rate_hz, index=self.index)
+            self.sent_at.append(time.perf_counter() - self.t0)
+            self.trainer.submit(f)
+            self.index += 1
+            wait = self.t0 + self.index / self.rate_hz - time.perf_counter()
+            if wait > 0:
+                self._stop.wait(wait)
+
+
+def _sees(frame, obj, min_pixels: int = 5) -> bool:
+    """Whether ``obj``'s box covers at least ``min_pixels`` pixels of ``frame`` that are not occluded
+    (its surface points projected, checked against the frame's depth)."""
+    pts = obj.surface_points
+    cam = (pts - frame.c2w[:3, 3]) @ frame.c2w[:3, :3]
+    z = cam[:, 2]
+    ok = z > 1e-3
+    u = np.floor(cam[ok, 0] / z[ok] * frame.K[0, 0] + frame.K[0, 2]).astype(int)
+    v = np.floor(cam[ok, 1] / z[ok] * frame.K[1, 1] + frame.K[1, 2]).astype(int)
+    zz = z[ok]
+    inside = (u >= 0) & (u < frame.width) & (v >= 0) & (v < frame.height)
+    u, v, zz = u[inside], v[inside], zz[inside]
+    if frame.depth is None:
+        return len(set(zip(u.tolist(), v.tolist()))) >= min_pixels
+    d = frame.depth[v, u]
+    # the spot is seen when nothing stands in front of where the object's surface is (or was)
+    seen = (d <= 0) | (d >= zz - 0.03)
+    return len(set(zip(u[seen].tolist(), v[seen].tolist()))) >= min_pixels
+
+
+def _config(tmp: str, threads: int, snapshot_every: int):
+    return preset("tiny").override(
+        {
+            "teacher.kind": "ground_truth",
+            "device": "cpu",
+            "output_dir": tmp,
+            "trainer.checkpoint_every": 0,
+            "trainer.max_steps": 10**7,
+            "changes.enabled": True,
+        }
+    )
+
+
+def _added_class(seed: int, n_frames: int, width: int, height: int) -> str:
+    present = {o.class_name for o in build_layout(seed, None, 64).objects}
+    for c in VOCABULARY:  # the first class the scene lacks that has room on the table
+        if c.name in present:
+            continue
+        try:
+            make_changing_scene(seed=seed, events=[f"add:{c.name}@1"], width=16, height=12, n_frames=2)
+            return c.name
+        except ValueError:
+            continue
+    raise RuntimeError(f"seed {seed}: no class can be added")
+
+
+def run_changing(seed: int, args) -> Dict[str, Any]:
+    from lerf_ros.mapping.online import OnlineTrainer
+    from lerf_ros.query import QueryEngine
+    from lerf_ros.teachers.ground_truth import GroundTruthTeacher
+
+    layout = build_layout(seed, None, 64)
+    removed_name, moved_name = layout.objects[0].class_name, layout.objects[1].class_name
+    added_name = _added_class(seed, args.frames, args.width, args.height)
+    E = args.frames * args.pre_cycles
+    events = [f"remove:{removed_name}@{E}", f"move:{moved_name}@{E}", f"add:{added_name}@{E}"]
+    scene = make_changing_scene(
+        seed=seed, events=events, width=args.width, height=args.height, n_frames=args.frames, cycles=args.pre_cycles + 1
+    )
+    before = {o.class_name: o for o in objects_at(scene, E - 1)}
+    after = {o.class_name: o for o in objects_at(scene, len(scene) - 1)}
+    n = len(scene)
+
+    def frame_at(k: int):
+        return scene.frames[k] if k < n else scene.frames[E + (k - n) % (n - E)]
+
+    # first stream index after the event that sees each place
+    def first_seeing(obj) -> Optional[int]:
+        for k in range(E, E + 4 * (n - E)):
+            if _sees(frame_at(k), obj):
+                return k
+        return None
+
+    see_removed = first_seeing(before[removed_name])
+    see_moved = first_seeing(after[moved_name])
+    see_added = first_seeing(after[added_name])
+    tmp = tempfile.mkdtemp(prefix="lerf_changes_")
+    cfg = _config(tmp, args.threads, args.snapshot_every)
+    teacher = GroundTruthTeacher(scene)
+    messages: List[str] = []
+    ot = OnlineTrainer(
+        cfg, teacher=teacher, log=lambda lvl, t: messages.append(f"{lvl}: {t}"), snapshot_every=args.snapshot_every
+    )
+    engine = QueryEngine(cfg.query, teacher.encode_text)
+    names = [o.class_name for o in scene.objects]
+    engine.texts.embed(names + list(cfg.query.canonical_phrases))
+    thr = cfg.query.threshold
+    checks: List[Dict[str, Any]] = []
+    t_removed = t_moved = t_added = None
+    ot.start()
+    feeder = Feeder(ot, frame_at, args.rate).start()
+    t_begin = time.perf_counter()
+    try:
+        while time.perf_counter() - t_begin < args.time_cap:
+            time.sleep(args.check_every)
+            snap = ot.latest_snapshot
+            if snap is None:
+                continue
+            engine.set_snapshot(snap)
+            engine.prepare()
+            now_idx = feeder.index
+            t = time.perf_counter() - feeder.t0
+            res = {name: engine.query(name) for name in names}
+            gone = res[removed_name].max_relevancy < thr or not res[removed_name].success
+            at_new = bool(res[moved_name].success and after[moved_name].contains(res[moved_name].points[:1], GROW)[0])
+            found_added = bool(
+                res[added_name].success and after[added_name].contains(res[added_name].points[:1], GROW)[0]
+            )
+            others = {
+                nm: bool(res[nm].success and after[nm].contains(res[nm].points[:1], GROW)[0])
+                for nm in after
+                if nm not in (moved_name, added_name)
+            }
+            st = ot.status()
+            checks.append(
+                {
+                    "t_s": t,
+                    "frames": now_idx,
+                    "step": int(snap.step),
+                    "after_event": now_idx > E,
+                    "removed_max_relevancy": float(res[removed_name].max_relevancy),
+                    "moved_at_new_place": at_new,
+                    "added_found": found_added,
+                    "unchanged_correct": sum(others.values()),
+                    "unchanged_total": len(others),
+                    "changes_detected": st.changes_detected,
+                    "keyframes_retired": st.keyframes_retired,
+                    "keyframes": st.keyframes,
+                }
+            )
+            print(
+                f"seed {seed} t={t:5.0f} s frame {now_idx} step {snap.step}: removed max rel "
+                f"{res[removed_name].max_relevancy:.2f}, moved at new place {at_new}, added found {found_added}, "
+                f"others {sum(others.values())}/{len(others)}, changes {st.changes_detected}, "
+                f"retired {st.keyframes_retired}",
+                flush=True,
+            )
+
+            def since(k, t=t):
+                return None if k is None or k >= len(feeder.sent_at) else t - feeder.sent_at[k]
+
+            if now_idx > E:
+                if t_removed is None and gone and see_removed is not None and now_idx > see_removed:
+                    t_removed = since(see_removed)
+                if t_moved is None and at_new and see_moved is not None and now_idx > see_moved:
+                    t_moved = since(see_moved)
+                if t_added is None and found_added and see_added is not None and now_idx > see_added:
+                    t_added = since(see_added)
+            if now_idx > E and None not in (t_removed, t_moved, t_added) and t - feeder.sent_at[E] > args.min_after_s:
+                break
+    finally:
+        feeder.stop()
+        ot.close()
+        shutil.rmtree(tmp, ignore_errors=True)
+    last = checks[-1] if checks else {}
+    return {
+        "seed": seed,
+        "events": scene.params["events"],
+        "event_frame": E,
+        "first_frame_seeing": {"removed": see_removed, "moved": see_moved, "added": see_added},
+        "event_at_s": feeder.sent_at[E] if len(feeder.sent_at) > E else None,
+        "removed": removed_name,
+        "moved": moved_name,
+        "added": added_name,
+        "removed_gone_s": t_removed,
+        "moved_found_s": t_moved,
+        "added_found_s": t_added,
+        "unchanged_correct": last.get("unchanged_correct"),
+        "unchanged_total": last.get("unchanged_total"),
+        "changes_detected": last.get("changes_detected"),
+        "keyframes_retired": last.get("keyframes_retired"),
+        "checks": checks,
+        "messages": [m for m in messages if "scene change" in m or m.startswith(("warning", "error"))][:40],
+    }
+
+
+def run_static(seed: int, args) -> Dict[str, Any]:
+    from lerf_ros.mapping.online import OnlineTrainer
+    from lerf_ros.teachers.ground_truth import GroundTruthTeacher
+
+    scene = make_changing_scene(seed=seed, width=args.width, height=args.height, n_frames=args.frames)
+    tmp = tempfile.mkdtemp(prefix="lerf_static_")
+    cfg = _config(tmp, args.threads, args.snapshot_every)
+    messages: List[str] = []
+    ot = OnlineTrainer(
+        cfg, teacher=GroundTruthTeacher(scene), log=lambda lvl, t: messages.append(f"{lvl}: {t}"), snapshot_every=10**6
+    )
+    ot.start()
+    feeder = Feeder(ot, lambda k: scene.frames[k % len(scene)], args.rate, limit=args.static_frames).start()
+    t0 = time.perf_counter()
+    try:
+        while not feeder.done():
+            time.sleep(2.0)
+            if time.perf_counter() - t0 > 5 * args.static_frames / args.rate + 60:
+                break
+        st = ot.status()
+        stats = ot.session.change_stats()
+    finally:
+        feeder.stop()
+        ot.close()
+        shutil.rmtree(tmp, ignore_errors=True)
+    print(
+        f"seed {seed} static: {feeder.index} frames, step {st.step}, changes {st.changes_detected}, "
+        f"retired {st.keyframes_retired}, compared {stats['frames_compared']}",
+        flush=True,
+    )
+    return {
+        "seed": seed,
+        "frames": feeder.index,
+        "final_step": st.step,
+        "frames_compared": stats["frames_compared"],
+        "last_residual_median": stats["last_residual_median"],
+        "changes_detected": st.changes_detected,
+        "keyframes_retired": st.keyframes_retired,
+        "messages": [m for m in messages if "scene change" in m][:20],
+    }
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--seeds", type=int, nargs="+", default=[31, 32])
+    ap.add_argument("--rate", type=float, default=5.0, help="frames per second of the stream")
+    ap.add_argument("--threads", type=int, default=2, help="torch threads")
+    ap.add_argument("--width", type=int, default=64)
+    ap.add_argument("--height", type=int, default=48)
+    ap.add_argument("--frames", type=int, default=40, help="frames of one pass round the table")
+    ap.add_argument("--pre-cycles", type=int, default=2, help="passes before the events")
+    ap.add_argument("--check-every", type=float, default=5.0, help="seconds between two query checks")
+    ap.add_argument("--snapshot-every", type=int, default=20, help="training steps between snapshots")
+    ap.add_argument("--time-cap", type=float, default=400.0, help="seconds of one changing run at most")
+    ap.add_argument("--min-after-s", type=float, default=60.0, help="seconds streamed after the events at least")
+    ap.add_argument("--static-frames", type=int, default=1000, help="frames of the static run (0: skip it)")
+    ap.add_argument("--out", default="bench/results/changing_scene.json")
+    args = ap.parse_args()
+    main_seeds = set(BenchSettings().seeds) | {0, 1, 2, 3, 4}
+    if set(args.seeds) & main_seeds:
+        ap.error(f"use seeds other than the main benchmark's ({sorted(main_seeds)})")
+    torch.set_num_threads(args.threads)
+    t0 = time.perf_counter()
+    out: Dict[str, Any] = {
+        "settings": {k: v for k, v in vars(args).items() if k != "out"},
+        "load_average_start": os.getloadavg(),
+        "changing": [],
+        "static": [],
+    }
+    for seed in args.seeds:
+        out["changing"].append(run_changing(seed, args))
+        if args.static_frames:
+            out["static"].append(run_static(seed, args))
+    out["load_average_end"] = os.getloadavg()
+    out["total_s"] = time.perf_counter() - t0
+    os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
+    with open(args.out, "w") as f:
+        json.dump(out, f, indent=1)
+    for r in out["changing"]:
+        print(
+            f"seed {r['seed']}: removed {r['removed']} gone after {r['removed_gone_s']} s, moved {r['moved']} found "
+            f"after {r['moved_found_s']} s, added {r['added']} found after {r['added_found_s']} s; "
+            f"unchanged {r['unchanged_correct']}/{r['unchanged_total']}; changes {r['changes_detected']}, "
+            f"retired {r['keyframes_retired']}"
+        )
+    for r in out["static"]:
+        print(
+            f"seed {r['seed']} static: {r['frames']} frames, changes {r['changes_detected']}, "
+            f"retired {r['keyframes_retired']}"
+        )
+    print(f"wrote {args.out} ({out['total_s']:.0f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
