@@ -5,7 +5,7 @@ dotted name (``model.hidden_dim``), its description from the config field's docs
 chosen preset's value as default:
 
 - the trainer: ``preset``, ``output_dir``, ``device``, ``seed`` and the ``teacher``, ``model``,
-  ``trainer`` and ``keyframes`` sections (``TRAINER_PARAMETERS``);
+  ``trainer``, ``keyframes`` and ``changes`` sections (``TRAINER_PARAMETERS``);
 - a query node of its own: ``preset``, ``output_dir``, ``device``, ``teacher`` (its text encoder)
   and ``query`` (``QUERY_PARAMETERS``);
 - a query node in the trainer's process shares the trainer's configuration and teacher and declares
@@ -29,7 +29,7 @@ from rclpy.node import Node
 from lerf_ros.config import ConfigError, LerfConfig, node_parameters, preset
 from lerf_ros.config_docs import dotted_docs
 
-TRAINER_PARAMETERS = ("output_dir", "device", "seed", "teacher", "model", "trainer", "keyframes")
+TRAINER_PARAMETERS = ("output_dir", "device", "seed", "teacher", "model", "trainer", "keyframes", "changes")
 """Top-level configuration fields and sections the trainer node declares (besides ``preset``)."""
 QUERY_PARAMETERS = ("output_dir", "device", "teacher", "query")
 """What a query node in a process of its own declares (besides ``preset``): where the trainer's
