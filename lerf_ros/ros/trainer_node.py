@@ -603,7 +603,11 @@ class TrainerNode(Node):
 
     def _apply_corrections(self, pairs, source: str, stamp_tolerance_s: float, max_gap_s: float) -> int:
         tol_m, tol_deg = self.correction_tolerance
-        n = self.trainer.session.correct_poses(pairs, tol_m, tol_deg, stamp_tolerance_s, max_gap_s)
+        try:
+            n = self.trainer.session.correct_poses(pairs, tol_m, tol_deg, stamp_tolerance_s, max_gap_s)
+        except Exception as exc:  # a correction that cannot be applied must never stop the node
+            self.drops.note(f"late pose corrections ({source}) not applied: {exc!r}")
+            return 0
         if n:
             self.get_logger().info(
                 f"late pose corrections ({source}): {n} keyframe pose(s) moved more than {tol_m:g} m or "
