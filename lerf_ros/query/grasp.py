@@ -31,6 +31,12 @@ PALM_GAP = 0.005
 MIN_INSERTION = 0.005
 #: most slices per approach direction (coarser slices on big clusters keep the cost bounded)
 MAX_SLICES = 24
+#: candidates collision-checked together (best first) until enough grasps are found
+CHECK_BATCH = 64
+#: depth step (m, at least; half the point spacing when coarser) of the insertions tried per slice
+DEPTH_STEP = 0.004
+#: most insertion depths per slice that give candidates (deepest first)
+DEPTH_LEVELS = 3
 #: clusters wider than this (m, largest horizontal extent) are not one graspable object
 MAX_OBJECT_EXTENT = 0.5
 
@@ -59,8 +65,11 @@ class GripperModel:
     approach_clearance: float = 0.10
     """Length (m) of the corridor behind the palm that must be free of scene points."""
     support_clearance: float = 0.01
-    """The fingertips stop this far (m) above the far side of the object along the approach (so a
-    top-down grasp never pushes into the table the object stands on)."""
+    """Least height (m) of a side grasp's finger pads above the surface the object stands on."""
+    tip_clearance: float = 0.003
+    """A top-down grasp's fingertips stop this far (m) above the surface the object stands on (the
+    table, estimated from the scene points around the object), so a flat object is pinched by its
+    sides."""
     collision_tolerance: int = 2
     """Scene points allowed inside the gripper volume before a pose counts as colliding (noise)."""
 
@@ -72,7 +81,14 @@ class GripperModel:
             raise ValueError(f"GripperModel.finger_depth = {self.finger_depth!r} must exceed {PALM_GAP} m")
         if not 0 <= self.min_contact_cos <= 1:
             raise ValueError(f"GripperModel.min_contact_cos = {self.min_contact_cos!r} must be in [0, 1]")
-        for name in ("width_margin", "min_clearance", "approach_clearance", "support_clearance", "collision_tolerance"):
+        for name in (
+            "width_margin",
+            "min_clearance",
+            "approach_clearance",
+            "support_clearance",
+            "tip_clearance",
+            "collision_tolerance",
+        ):
             if getattr(self, name) < 0:
                 raise ValueError(f"GripperModel.{name} = {getattr(self, name)!r} must be >= 0")
         return self
@@ -336,6 +352,53 @@ def _outline_cos(xs: np.ndarray, ys: np.ndarray, u: float, spacing: float) -> fl
     return float(1.0 / np.sqrt(1.0 + worst * worst))
 
 
+def support_height(P: np.ndarray, S: np.ndarray, up: np.ndarray, spacing: float) -> float:
+    """Height (along ``up``) of the surface an object stands on: the median height of the scene
+    points around its footprint (grown by 3 cm) no higher than a centimetre above its lowest
+    points; the object's lowest height when there are fewer than five such points.
+
+    P (n, 3) object points; S (m, 3) scene points (may include P); spacing: point spacing (m)."""
+    h = P @ up
+    base = _extent(h)[0]
+    if len(S) == 0:
+        return base
+    e1, e2 = _perpendicular_basis(up)
+    f = np.stack([P @ e1, P @ e2], axis=1)
+    lo, hi = f.min(axis=0) - 0.03, f.max(axis=0) + 0.03
+    sf = np.stack([S @ e1, S @ e2], axis=1)
+    sh = S @ up
+    near = np.all((sf >= lo) & (sf <= hi), axis=1) & (sh <= base + max(0.01, spacing)) & (sh >= base - 0.05)
+    if np.count_nonzero(near) < 5:
+        return base
+    return float(min(base, np.median(sh[near])))
+
+
+def batch_collisions(
+    poses: np.ndarray, widths: np.ndarray, gripper: GripperModel, scene: np.ndarray, pad: float = 0.0
+) -> np.ndarray:
+    """``gripper_collisions`` of K poses at once: (K, 4, 4) poses, (K,) widths -> (K,) counts."""
+    K = len(poses)
+    out = np.zeros(K, np.int64)
+    if K == 0 or len(scene) == 0:
+        return out
+    half_b = gripper.finger_breadth / 2 + pad
+    chunk = max(1, 2_000_000 // len(scene))
+    for k0 in range(0, K, chunk):
+        Pk, wk = poses[k0 : k0 + chunk], widths[k0 : k0 + chunk]
+        q = (
+            np.einsum("mj,kji->kmi", scene, Pk[:, :3, :3])
+            - np.einsum("kj,kji->ki", Pk[:, :3, 3], Pk[:, :3, :3])[:, None]
+        )
+        outer = (wk / 2 + gripper.finger_thickness + pad)[:, None]
+        in_x = np.abs(q[..., 0]) <= half_b
+        ay = np.abs(q[..., 1])
+        z = q[..., 2]
+        fingers = (z <= 0) & (z >= -gripper.finger_depth) & (ay >= (wk / 2)[:, None]) & (ay <= outer)
+        back = (z < -gripper.finger_depth) & (z >= -gripper.finger_depth - gripper.approach_clearance) & (ay <= outer)
+        out[k0 : k0 + chunk] = np.count_nonzero(in_x & (fingers | back), axis=1)
+    return out
+
+
 def _grasp_candidates(
     P: np.ndarray,
     N: np.ndarray,
@@ -345,43 +408,51 @@ def _grasp_candidates(
     gripper: GripperModel,
     tall_ratio: float,
     spacing: float,
+    support: float,
     n_yaws: int = 8,
 ) -> List[Tuple[np.ndarray, float, str, float]]:
     """Candidate grasps on one object cluster: list of (pose 4x4, width, kind, quality in [0, 1]).
 
     For each approach (top-down with ``n_yaws`` closing directions over 180 degrees; for tall
     objects also four horizontal side approaches closing horizontally) the object is cut into
-    slices as broad as the finger pads across the closing axis. In each slice, the surface points
-    the fingers would reach (``insertion`` deep from the object's near side in that slice, at two
-    depths; the object's and its surroundings' points ``S``) are split along the closing axis
-    wherever a gap leaves room for a finger. When the runs that hold points of the object fit
-    between the fingers together, they make one candidate (a gap inside an object may be a part
-    nobody has seen); otherwise each run that holds points of the object is one candidate: a part
-    of it (a bowl's or a roll of tape's wall at the rim, a mug's handle). Shallower insertions give
-    the cap of a fruit that is too wide at its middle; side slices give a vase's neck.
+    slices as broad as the finger pads across the closing axis. In each slice the fingers reach in
+    from the object's near side to a few depths: at most ``finger_depth - PALM_GAP``, and for
+    top-down grasps never lower than ``support + gripper.tip_clearance`` (the table the object
+    stands on, so a flat object is pinched with the fingertips near the table). At each depth the
+    surface points between the fingers (the object's and its surroundings' points ``S``, half a
+    spacing beyond the fingertips and the pads, where a finger would scrape past) are split along the
+    closing axis wherever a gap leaves room for a finger. When the runs that hold points of the
+    object fit between the fingers together, they make one candidate (a gap inside an object may
+    be a part nobody has seen); otherwise each run that holds points of the object is one
+    candidate: a part of it (a bowl's or a roll of tape's wall at the rim, a mug's handle).
+    Shallower depths give the cap of a fruit that is too wide at its middle.
 
     A candidate's width is its extent plus ``gripper.width_margin``, capped at the maximum opening
     when the extent plus ``gripper.min_clearance`` still fits; otherwise the uncapped width is
     returned (quality 0) and the caller rejects it as too wide. Candidates whose contact surfaces
     are too slanted to hold (mean ``|normal . closing axis|`` of the object's points at the jaws
-    below ``gripper.min_contact_cos``) are left out. Quality favours top grasps on squat objects
-    and side grasps on tall ones, square contacts, deep insertion, grasps near the object's
-    centre, and relevant points.
+    below ``gripper.min_contact_cos``, the friction cone) are left out. Quality (see
+    :func:`_quality`) predicts holding: square contacts, contacts deep on the fingers, a grasp
+    centred on the object's mass along the jaws, clearance for the fingers, and relevant points.
 
     P (n, 3) object points, N (n, 3) their unit normals (either sign), r (n,) relevancy; S (m, 3)
     surface points around the object (may include P); spacing: distance between neighbouring
-    points (m).
+    points (m); support: height of the surface the object stands on (along ``up``).
     """
     step = max(gripper.finger_breadth / 2, spacing)
     # Bound the work on big clusters: at most MAX_SLICES slices per approach.
     span = float(np.ptp(P, axis=0).max()) if len(P) else 0.0
     step = max(step, span / MAX_SLICES)
     half_b = max(gripper.finger_breadth / 2, 0.75 * spacing)
+    pad = 0.5 * spacing
     # A gap is room for a finger when it holds the finger, its share of the opening and the sampling.
     min_gap = max(
         gripper.finger_thickness + max(gripper.min_clearance, gripper.width_margin / 2) + 0.5 * spacing, 2.0 * spacing
     )
     band = max(spacing, 0.005)
+    # Surface points voxelised from a curved side lie up to about half a spacing inside it: the
+    # margin keeps the fingers that far out as well.
+    margin = max(gripper.width_margin, 1.5 * spacing)
     max_insertion = gripper.finger_depth - PALM_GAP
     h = P @ up
     base, top = _extent(h)
@@ -395,9 +466,10 @@ def _grasp_candidates(
     tall = height > tall_ratio * max(hi - lo, 1e-6)
     w = r / max(float(r.max()), 1e-12)
     centre = (P * w[:, None]).sum(axis=0) / float(w.sum()) if w.sum() > 0 else P.mean(axis=0)
-    radius = max(0.25 * float(np.ptp(foot[:, 0]) + np.ptp(foot[:, 1])), gripper.finger_breadth)
     # The object's points are always part of the free-space test, whatever the caller's scene holds.
     S = np.concatenate([P, S]) if len(S) else P
+    # Table points are no part of what the fingers close on (the fingertips stay above them).
+    S = S[S @ up > support + 0.5 * gripper.tip_clearance]
 
     approaches: List[Tuple[np.ndarray, np.ndarray, str, float]] = []
     for k in range(n_yaws):
@@ -414,6 +486,9 @@ def _grasp_candidates(
         keep = (sy_all >= py.min() - gripper.max_width) & (sy_all <= py.max() + gripper.max_width)
         Sk = S[keep]
         sx, sy, sa = Sk @ x, sy_all[keep], Sk @ a
+        # Centre of the object's mass along the jaws (x) and along the approach.
+        cx = float(centre @ x)
+        half_len = max(0.5 * float(np.ptp(px)), gripper.finger_breadth / 2)
         if kind == "top":
             xlo, xhi = _extent(px)
             mid = 0.5 * (xlo + xhi)
@@ -421,7 +496,7 @@ def _grasp_candidates(
             slices = mid + step * np.arange(-m, m + 1)
         else:
             # x is the world's down direction here: slices at heights where the pads clear the support.
-            lowest = base + gripper.support_clearance + half_b
+            lowest = max(base, support) + gripper.support_clearance + half_b
             hs = np.arange(top - half_b, lowest - 1e-9, -step) if top - half_b >= lowest else np.zeros(0)
             slices = hs * float(x @ up)  # px of a point at height hs
         for u in slices:
@@ -429,28 +504,36 @@ def _grasp_candidates(
             if len(p_in) < 3:
                 continue
             near, far = float(pa[p_in].min()), float(pa[p_in].max())
-            if far - near < MIN_INSERTION:
+            if kind == "top":
+                # fingertips no lower than tip_clearance above the support
+                deepest = float(-(support + gripper.tip_clearance) * (a @ -up)) - near
+                deepest = min(deepest, max_insertion)
+            else:
+                deepest = min(far - near, max_insertion)
+            if deepest < MIN_INSERTION:
                 continue  # nothing in this slice for the fingers to close on
-            avail = far - near - (gripper.support_clearance if kind == "top" else 0.0)
-            full = float(np.clip(avail, MIN_INSERTION, max_insertion))
-            s_in = np.abs(sx - u) <= half_b
-            for frac in (1.0, 0.5):
-                insertion = full * frac
-                if frac < 1.0 and insertion < 0.01:
+            s_in = np.abs(sx - u) <= half_b + pad
+            # From the deepest up in steps of half a spacing (at least DEPTH_STEP): the deepest
+            # level that fits is where a fruit too wide at its middle is held best. At most
+            # DEPTH_LEVELS levels give candidates.
+            depth_step = max(DEPTH_STEP, 0.5 * spacing)
+            depths = deepest - depth_step * np.arange(int((deepest - MIN_INSERTION) / depth_step) + 1)
+            levels = 0
+            for insertion in depths:
+                if levels >= DEPTH_LEVELS:
                     break
+                found = len(out)
                 bottom = near + insertion + 1e-9
-                # What lies between the fingers (above them, the palm's collision check decides).
-                s_slab = np.flatnonzero(s_in & (sa <= bottom) & (sa >= bottom - gripper.finger_depth))
+                # What lies between the fingers, and half a spacing beyond their tips (above them,
+                # the palm's collision check decides).
+                s_slab = np.flatnonzero(s_in & (sa <= bottom + pad) & (sa >= bottom - gripper.finger_depth))
                 s_order = s_slab[np.argsort(sy[s_slab])]
                 slab_y = sy[s_order]
-                p_slab = p_in[pa[p_in] <= bottom]
+                p_slab = p_in[pa[p_in] <= bottom + pad]
                 if len(p_slab) < 3 or len(slab_y) == 0:
                     continue
                 p_y = py[p_slab]
                 runs = [(float(slab_y[s0]), float(slab_y[s1 - 1])) for s0, s1 in _slab_segments(slab_y, min_gap)]
-                # The runs the object spans, merged: when they fit between the fingers, grasp them
-                # all at once (gaps inside an object may be parts of it nobody has seen), and
-                # the parts only when the whole is too wide.
                 ours = [(a0, a1) for a0, a1 in runs if a1 >= p_y.min() - 1e-9 and a0 <= p_y.max() + 1e-9]
                 if not ours:
                     continue
@@ -463,10 +546,9 @@ def _grasp_candidates(
                         continue
                     extent = yhi - ylo
                     if extent + gripper.min_clearance > gripper.max_width:
-                        # too wide: a width above the maximum whatever the margin, so the caller rejects it
                         out.append((np.eye(4), extent + max(gripper.width_margin, gripper.min_clearance), kind, 0.0))
                         continue
-                    width = min(extent + gripper.width_margin, gripper.max_width)
+                    width = min(extent + margin, gripper.max_width)
                     if insertion >= 2.0 * spacing:
                         d_min = 0.4 * insertion
                         ys_m, dep_m = py[mine], pa[mine] - near
@@ -481,20 +563,38 @@ def _grasp_candidates(
                     if cos_ < gripper.min_contact_cos:
                         continue
                     origin = x * u + y * (0.5 * (ylo + yhi)) + a * (near + insertion)
-                    off = origin - centre
-                    off -= a * (off @ a)
-                    central = 1.0 - 0.3 * min(1.0, float(np.linalg.norm(off)) / radius)
-                    quality = (
-                        prior
-                        * (0.5 + 0.5 * cos_)
-                        * (0.6 + 0.4 * insertion / max_insertion)
-                        * central
-                        * (0.5 + 0.5 * float(np.mean(w[mine])))
+                    quality = _quality(
+                        prior,
+                        cos_,
+                        insertion / max(deepest, 1e-6),
+                        abs(u - cx) / half_len,
+                        (width - extent) / margin,
+                        float(np.mean(w[mine])),
                     )
                     pose = np.eye(4)
                     pose[:3, 0], pose[:3, 1], pose[:3, 2], pose[:3, 3] = x, y, a, origin
                     out.append((pose, float(width), kind, float(quality)))
+                levels += int(any(c[3] > 0 for c in out[found:]))
     return out
+
+
+def _quality(prior: float, cos_: float, depth: float, off_centre: float, clearance: float, relevancy: float) -> float:
+    """Quality in [0, 1] of a grasp, from what predicts that it holds: ``cos_`` the contact
+    squareness (mean |normal . closing axis| at the jaws: the friction-cone margin), ``depth`` the
+    insertion as a share of the deepest the slice allows (contacts near the object's widest part,
+    not its cap), ``off_centre`` the distance of the jaws from the object's mass centre along the
+    jaws as a share of its half length (a grasp at one end turns the object about the closing
+    axis), ``clearance`` the opening beyond the object's extent as a share of the width margin (a
+    tight opening scrapes the object on the way in), ``relevancy`` the mean relevancy of the points
+    in the grasp (in [0, 1])."""
+    return (
+        prior
+        * (0.3 + 0.7 * float(np.clip((cos_ - 0.7) / 0.3, 0.0, 1.0)))
+        * (0.6 + 0.4 * float(np.clip(depth, 0.0, 1.0)))
+        * (1.0 - 0.5 * float(np.clip(off_centre, 0.0, 1.0)))
+        * (0.7 + 0.3 * float(np.clip(clearance, 0.0, 1.0)))
+        * (0.5 + 0.5 * float(np.clip(relevancy, 0.0, 1.0)))
+    )
 
 
 def plan_grasps(
@@ -525,6 +625,10 @@ def plan_grasps(
     Returns:
         GraspPlan with grasps sorted by score (best first); score = quality * cluster score
         relative to the best cluster. ``message`` says why nothing was found, when so.
+
+    The candidates of a cluster are checked as arrays over candidates x points: its fingers,
+    palm and approach corridor against the scene's points, the object's own included
+    (``batch_collisions``, grown by half the spacing), in batches of ``CHECK_BATCH``, best first.
     """
     xyz = np.asarray(xyz, np.float64)
     normals = np.asarray(normals, np.float64)
@@ -564,27 +668,36 @@ def plan_grasps(
         # Only scene points the gripper could touch while grasping this cluster.
         lo, hi = P.min(axis=0) - reach, P.max(axis=0) + reach
         near_scene = scene_pts[np.all((scene_pts >= lo) & (scene_pts <= hi), axis=1)]
+        support = support_height(P, near_scene, up_v, float(point_spacing))
         cands = _grasp_candidates(
-            P, normals[idx], relevancy[idx], near_scene, up_v, gripper, tall_ratio, float(point_spacing)
+            P, normals[idx], relevancy[idx], near_scene, up_v, gripper, tall_ratio, float(point_spacing), support
         )
-        feasible = []
-        for pose, width, kind, quality in cands:
-            if width > gripper.max_width:
-                too_wide.append(width)
-                continue
-            width_fit = 1.0 - 0.5 * (width / gripper.max_width) ** 2
-            feasible.append((quality * width_fit * cl.score / best_score, pose, width, kind))
-        feasible.sort(key=lambda c: -c[0])
-        # Best first; collision checks only until enough distinct grasps are found.
-        for score, pose, width, kind in feasible:
+        feasible = [c for c in cands if c[1] <= gripper.max_width]
+        too_wide += [c[1] for c in cands if c[1] > gripper.max_width]
+        if not feasible:
+            continue
+        poses = np.stack([c[0] for c in feasible])
+        widths = np.array([c[1] for c in feasible])
+        scores = np.array([c[3] for c in feasible]) * cl.score / best_score
+        # Best first; the collision checks run on batches of candidates until enough distinct
+        # grasps are found.
+        order = np.argsort(-scores, kind="stable")
+        for b0 in range(0, len(order), CHECK_BATCH):
             if len(plan.grasps) >= max_grasps:
                 break
-            if any(_similar(pose, g.pose, point_spacing) for g in plan.grasps):
-                continue
-            if gripper_collisions(pose, width, gripper, near_scene, pad) > gripper.collision_tolerance:
-                colliding += 1
-                continue
-            plan.grasps.append(Grasp(pose=pose, score=float(score), width=width, kind=kind, cluster=ci))
+            batch = order[b0 : b0 + CHECK_BATCH]
+            hits = batch_collisions(poses[batch], widths[batch], gripper, near_scene, pad) > gripper.collision_tolerance
+            colliding += int(np.count_nonzero(hits))
+            for k in batch[~hits]:
+                if len(plan.grasps) >= max_grasps:
+                    break
+                if any(_similar(poses[k], g.pose, point_spacing) for g in plan.grasps):
+                    continue
+                plan.grasps.append(
+                    Grasp(
+                        pose=poses[k], score=float(scores[k]), width=float(widths[k]), kind=feasible[k][2], cluster=ci
+                    )
+                )
         if plan.grasps:
             break
     plan.grasps.sort(key=lambda g: -g.score)

@@ -77,6 +77,11 @@ class SimSettings:
     """Largest force of each finger's servo."""
     finger_kp: float = 4000.0
     """Stiffness of the finger servos (N/m): the force saturates once a finger is blocked."""
+    finger_speed: float = 0.1
+    """Closing speed of a finger (m/s) when its force saturates (the slide joint's damping is
+    ``finger_force / finger_speed``): a real gripper closes at about this speed, and an undamped
+    finger would hit a thin object at metres per second, cross its edge within one time step and
+    be pushed over it."""
     palm_thickness: float = 0.02
     """Palm size along the approach axis (behind the fingers)."""
     torsional_friction: float = 0.01
@@ -178,11 +183,13 @@ def _mjcf(objects: Sequence[SimObject], gripper, s: SimSettings) -> str:
     # The planner's gripper (``GripperModel``) gives every finger dimension: one gripper, not two.
     hb, ht, hd = gripper.finger_breadth / 2, gripper.finger_thickness / 2, gripper.finger_depth / 2
     palm_half_y = wmax / 2 + gripper.finger_thickness
+    damping = s.finger_force / s.finger_speed  # the saturated force closes the fingers at finger_speed
     fingers = ""
     for side, sign in (("left", 1), ("right", -1)):
         fingers += (
             f'<body name="finger_{side}" pos="0 0 0">'
-            f'<joint name="slide_{side}" type="slide" axis="0 {sign} 0" range="0 {wmax / 2:.6g}" damping="5"/>'
+            f'<joint name="slide_{side}" type="slide" axis="0 {sign} 0" range="0 {wmax / 2:.6g}" '
+            f'damping="{damping:.6g}"/>'
             f'<geom name="finger_{side}" type="box" size="{hb:.6g} {ht:.6g} {hd:.6g}" '
             f'pos="0 {sign * ht:.6g} {-hd:.6g}" mass="0.05" friction="1 {s.torsional_friction} 0.0001" '
             f'condim="4" rgba="0.2 0.2 0.25 1"/></body>'
