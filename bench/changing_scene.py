@@ -7,11 +7,11 @@ moved one at its new place and learns an added one; and that a static stream rep
 For each seed (other than the main benchmark's, ``lerf_ros.bench.settings``):
 
 - **changing**: a synthetic scene (``tiny`` preset, ground-truth teacher) streamed at ``--rate`` Hz
-  into an ``OnlineTrainer`` with change detection on. The camera goes round the table
-  ``--pre-cycles`` times, then at the start of the next pass three events happen at once
-  (``lerf_ros.data.synthetic.events``): the first object of the layout is removed, the second is
-  moved to a free spot, and a vocabulary class the scene lacks is added. After the scene's last
-  frame the stream keeps repeating the last pass (the scene as it is now). Every ``--check-every``
+  into an ``OnlineTrainer`` with change detection on. The camera goes round the table again and
+  again; once ``--event-after-s`` seconds have been streamed and the trainer has taken
+  ``--event-after-steps`` steps (the field has learnt the scene by then), at the start of a pass,
+  three events happen at once (``lerf_ros.data.synthetic.events``): the first object of the layout
+  is removed, the second is moved to a free spot, and a vocabulary class the scene lacks is added; the following passes show the scene as it is now. Every ``--check-every``
   seconds the newest snapshot is queried:
 
   - removed: its query's highest relevancy falls below ``query.threshold`` (``removed_gone_s``,
@@ -114,7 +114,7 @@ def _sees(frame, obj, min_pixels: int = 5) -> bool:
     return len(set(zip(u[seen].tolist(), v[seen].tolist()))) >= min_pixels
 
 
-def _config(tmp: str, threads: int, snapshot_every: int):
+def _config(tmp: str):
     return preset("tiny").override(
         {
             "teacher.kind": "ground_truth",
@@ -148,32 +148,39 @@ def run_changing(seed: int, args) -> Dict[str, Any]:
     layout = build_layout(seed, None, 64)
     removed_name, moved_name = layout.objects[0].class_name, layout.objects[1].class_name
     added_name = _added_class(seed, args.frames, args.width, args.height)
-    E = args.frames * args.pre_cycles
-    events = [f"remove:{removed_name}@{E}", f"move:{moved_name}@{E}", f"add:{added_name}@{E}"]
-    scene = make_changing_scene(
-        seed=seed, events=events, width=args.width, height=args.height, n_frames=args.frames, cycles=args.pre_cycles + 1
-    )
-    before = {o.class_name: o for o in objects_at(scene, E - 1)}
-    after = {o.class_name: o for o in objects_at(scene, len(scene) - 1)}
-    n = len(scene)
+    F = args.frames
+    events = [f"remove:{removed_name}@{F}", f"move:{moved_name}@{F}", f"add:{added_name}@{F}"]
+    scene = make_changing_scene(seed=seed, events=events, width=args.width, height=args.height, n_frames=F, cycles=2)
+    before = {o.class_name: o for o in objects_at(scene, F - 1)}
+    after = {o.class_name: o for o in objects_at(scene, 2 * F - 1)}
+    event: List[int] = []  # stream index of the events, once decided
+    ot_ref: List[Any] = []
 
     def frame_at(k: int):
-        return scene.frames[k] if k < n else scene.frames[E + (k - n) % (n - E)]
+        # the events happen at the start of the first pass after --event-after-s seconds of stream
+        # and --event-after-steps training steps (the field has learnt the scene by then)
+        if (
+            not event
+            and k % F == 0
+            and k >= args.event_after_s * args.rate
+            and ot_ref[0].step >= args.event_after_steps
+        ):
+            event.append(k)
+        return scene.frames[k % F] if not event or k < event[0] else scene.frames[F + (k - event[0]) % F]
 
     # first stream index after the event that sees each place
-    def first_seeing(obj) -> Optional[int]:
-        for k in range(E, E + 4 * (n - E)):
-            if _sees(frame_at(k), obj):
+    def first_seeing(obj, E: int) -> Optional[int]:
+        for k in range(E, E + 2 * F):
+            if _sees(scene.frames[F + (k - E) % F], obj):
                 return k
         return None
 
-    see_removed = first_seeing(before[removed_name])
-    see_moved = first_seeing(after[moved_name])
-    see_added = first_seeing(after[added_name])
+    see_removed = see_moved = see_added = E = None
     tmp = tempfile.mkdtemp(prefix="lerf_changes_")
-    cfg = _config(tmp, args.threads, args.snapshot_every)
+    cfg = _config(tmp)
     teacher = GroundTruthTeacher(scene)
     messages: List[str] = []
+    ot_ref.append(None)
     ot = OnlineTrainer(
         cfg, teacher=teacher, log=lambda lvl, t: messages.append(f"{lvl}: {t}"), snapshot_every=args.snapshot_every
     )
@@ -183,6 +190,7 @@ def run_changing(seed: int, args) -> Dict[str, Any]:
     thr = cfg.query.threshold
     checks: List[Dict[str, Any]] = []
     t_removed = t_moved = t_added = None
+    ot_ref[0] = ot
     ot.start()
     feeder = Feeder(ot, frame_at, args.rate).start()
     t_begin = time.perf_counter()
@@ -196,6 +204,11 @@ def run_changing(seed: int, args) -> Dict[str, Any]:
             engine.prepare()
             now_idx = feeder.index
             t = time.perf_counter() - feeder.t0
+            if event and E is None:
+                E = event[0]
+                see_removed = first_seeing(before[removed_name], E)
+                see_moved = first_seeing(after[moved_name], E)
+                see_added = first_seeing(after[added_name], E)
             res = {name: engine.query(name) for name in names}
             gone = res[removed_name].max_relevancy < thr or not res[removed_name].success
             at_new = bool(res[moved_name].success and after[moved_name].contains(res[moved_name].points[:1], GROW)[0])
@@ -213,7 +226,7 @@ def run_changing(seed: int, args) -> Dict[str, Any]:
                     "t_s": t,
                     "frames": now_idx,
                     "step": int(snap.step),
-                    "after_event": now_idx > E,
+                    "after_event": E is not None and now_idx > E,
                     "removed_max_relevancy": float(res[removed_name].max_relevancy),
                     "moved_at_new_place": at_new,
                     "added_found": found_added,
@@ -235,14 +248,19 @@ def run_changing(seed: int, args) -> Dict[str, Any]:
             def since(k, t=t):
                 return None if k is None or k >= len(feeder.sent_at) else t - feeder.sent_at[k]
 
-            if now_idx > E:
+            if E is not None and now_idx > E:
                 if t_removed is None and gone and see_removed is not None and now_idx > see_removed:
                     t_removed = since(see_removed)
                 if t_moved is None and at_new and see_moved is not None and now_idx > see_moved:
                     t_moved = since(see_moved)
                 if t_added is None and found_added and see_added is not None and now_idx > see_added:
                     t_added = since(see_added)
-            if now_idx > E and None not in (t_removed, t_moved, t_added) and t - feeder.sent_at[E] > args.min_after_s:
+            if (
+                E is not None
+                and now_idx > E
+                and None not in (t_removed, t_moved, t_added)
+                and t - feeder.sent_at[E] > args.min_after_s
+            ):
                 break
     finally:
         feeder.stop()
@@ -252,9 +270,10 @@ def run_changing(seed: int, args) -> Dict[str, Any]:
     return {
         "seed": seed,
         "events": scene.params["events"],
-        "event_frame": E,
+        "event_stream_index": E,
         "first_frame_seeing": {"removed": see_removed, "moved": see_moved, "added": see_added},
-        "event_at_s": feeder.sent_at[E] if len(feeder.sent_at) > E else None,
+        "event_at_s": feeder.sent_at[E] if E is not None and len(feeder.sent_at) > E else None,
+        "event_at_step": next((c["step"] for c in checks if c["after_event"]), None),
         "removed": removed_name,
         "moved": moved_name,
         "added": added_name,
@@ -276,7 +295,7 @@ def run_static(seed: int, args) -> Dict[str, Any]:
 
     scene = make_changing_scene(seed=seed, width=args.width, height=args.height, n_frames=args.frames)
     tmp = tempfile.mkdtemp(prefix="lerf_static_")
-    cfg = _config(tmp, args.threads, args.snapshot_every)
+    cfg = _config(tmp)
     messages: List[str] = []
     ot = OnlineTrainer(
         cfg, teacher=GroundTruthTeacher(scene), log=lambda lvl, t: messages.append(f"{lvl}: {t}"), snapshot_every=10**6
@@ -320,10 +339,11 @@ def main() -> int:
     ap.add_argument("--width", type=int, default=64)
     ap.add_argument("--height", type=int, default=48)
     ap.add_argument("--frames", type=int, default=40, help="frames of one pass round the table")
-    ap.add_argument("--pre-cycles", type=int, default=2, help="passes before the events")
+    ap.add_argument("--event-after-s", type=float, default=60.0, help="seconds of stream before the events, at least")
+    ap.add_argument("--event-after-steps", type=int, default=800, help="training steps before the events, at least")
     ap.add_argument("--check-every", type=float, default=5.0, help="seconds between two query checks")
     ap.add_argument("--snapshot-every", type=int, default=20, help="training steps between snapshots")
-    ap.add_argument("--time-cap", type=float, default=400.0, help="seconds of one changing run at most")
+    ap.add_argument("--time-cap", type=float, default=900.0, help="seconds of one changing run at most")
     ap.add_argument("--min-after-s", type=float, default=60.0, help="seconds streamed after the events at least")
     ap.add_argument("--static-frames", type=int, default=1000, help="frames of the static run (0: skip it)")
     ap.add_argument("--out", default="bench/results/changing_scene.json")

@@ -186,3 +186,166 @@ def test_detector_waits_for_the_field():
     assert det.observe(frame, render, 50, list).status == "not_ready"
     assert det.observe(frame, render, 50, list).status == "skipped"
     assert det.observe(frame, render, 50, list).status == "not_ready"
+
+
+# ---------------------------------------------------------------------------- a trained session
+TN = 16  # frames per pass of the trained tests (48x36: every pixel is compared)
+
+
+def _session(scene, tmp, **changes):
+    from lerf_ros.mapping.session import Session
+    from lerf_ros.teachers.ground_truth import GroundTruthTeacher
+
+    over = {
+        "teacher.kind": "ground_truth",
+        "output_dir": str(tmp),
+        "trainer.rays_per_batch": 512,
+        "changes.enabled": True,
+        "changes.min_steps": 200,
+        "changes.check_every": 2,
+    }
+    over.update({f"changes.{k}": v for k, v in changes.items()})
+    return Session(preset("tiny").override(over), GroundTruthTeacher(scene), online=True, log=lambda *a: None)
+
+
+def _feed(session, frames, steps_per_frame):
+    import time
+
+    for f in frames:
+        session.submit(f)
+        while session.features_pending:
+            session.collect_features()
+            time.sleep(0.01)
+        session.collect_features()
+        if session.can_train():
+            for _ in range(steps_per_frame):
+                session.step()
+
+
+def _relevancy(session, text):
+    from lerf_ros.query import QueryEngine
+
+    engine = QueryEngine(session.cfg.query, session.teacher.encode_text)
+    engine.set_snapshot(session.snapshot())
+    engine.prepare()
+    return engine.query(text).max_relevancy
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A session trained on two passes of the static scene (checkpoint and its keyframes' frames),
+    shared by the removal and the static continuation."""
+    kw = dict(seed=SEED, width=48, height=36, n_frames=TN, cycles=3)
+    removed = make_changing_scene(events=[f"remove:mug@{2 * TN}"], **kw)
+    static = make_changing_scene(**kw)
+    tmp = tmp_path_factory.mktemp("trained")
+    s = _session(static, tmp)
+    _feed(s, static.frames[: 2 * TN], 10)
+    path = s.save_checkpoint(str(tmp / "pre.ckpt"))
+    kept = [kf.index for kf in s.keyframes.keyframes()]
+    before = _relevancy(s, "mug")
+    s.close()
+    return SimpleNamespace(removed=removed, static=static, path=path, kept=kept, before=before)
+
+
+def _continue(trained, scene, tmp):
+    s = _session(scene, tmp)
+    s.changes, detector = None, s.changes  # the stored keyframes come back without a comparison
+    _feed(s, [scene.frames[i] for i in trained.kept], 0)
+    s.resume(trained.path)
+    s.changes = detector
+    _feed(s, scene.frames[2 * TN :], 10)
+    return s
+
+
+def test_trained_session_forgets_a_removed_object(trained, tmp_path):
+    assert trained.before > 0.55  # the mug was found before it went
+    s = _continue(trained, trained.removed, tmp_path)
+    stats = s.change_stats()
+    after = _relevancy(s, "mug")
+    s.close()
+    assert stats["changes_detected"] >= 1 and stats["keyframes_retired"] >= 1, stats
+    assert after < 0.55 and after < trained.before - 0.1, (trained.before, after)
+
+
+def test_trained_session_static_stream_detects_nothing(trained, tmp_path):
+    s = _continue(trained, trained.static, tmp_path)
+    stats = s.change_stats()
+    after = _relevancy(s, "mug")
+    s.close()
+    assert stats["frames_compared"] >= 4  # it did compare
+    assert stats["changes_detected"] == 0 and stats["keyframes_retired"] == 0, stats
+    assert after > 0.55  # the mug is still there
+
+
+# ---------------------------------------------------------------------------- over DDS
+def test_trainer_node_publishes_changes_after_a_removal(trained, tmp_path):
+    """The trainer node (a real process) resumes the trained field, a replay process streams the
+    removal over DDS, and /lerf/changes and /lerf/status report the change."""
+    import shutil
+
+    pytest.importorskip("rclpy")
+    import rclpy
+    from sensor_msgs.msg import PointCloud2
+
+    from lerf_ros.mapping.checkpoint import checkpoint_name, read_checkpoint
+    from lerf_ros.msg import TrainingStatus
+    from lerf_ros.ros.common import LATCHED_QOS
+    from lerf_ros.ros.convert import pointcloud2_to_numpy
+
+    from ros_helpers import (
+        lerf_ros_argv,
+        process_output,
+        python_argv,
+        ros_context,
+        ros_env,
+        spin_until,
+        start_process,
+        stop_process,
+        unique_domain_id,
+    )
+
+    scene_dir = tmp_path / "scene"
+    trained.removed.save(scene_dir, preview=False)
+    out = tmp_path / "out"
+    (out / "checkpoints").mkdir(parents=True)
+    step = int(read_checkpoint(trained.path)["step"])
+    shutil.copy(trained.path, out / "checkpoints" / checkpoint_name(step))
+    params = tmp_path / "params.yaml"
+    params.write_text(
+        "/**:\n  ros__parameters:\n    preset: tiny\n"
+        f"    output_dir: '{out}'\n    world_frame: map\n"
+        f"    teacher:\n      kind: ground_truth\n      scene_dir: '{scene_dir}'\n"
+        "    trainer:\n      checkpoint_every: 0\n      rays_per_batch: 512\n"
+        "    changes:\n      enabled: true\n      min_steps: 200\n      check_every: 2\n"
+        "lerf_trainer:\n  ros__parameters:\n    pose_source: pose\n    status_rate_hz: 5.0\n    resume: true\n"
+    )
+    domain = unique_domain_id()
+    env = ros_env(domain)
+    trainer = start_process(
+        python_argv("-m", "lerf_ros.ros.lerf_node", "--ros-args", "--params-file", str(params)), env=env
+    )
+    replay = None
+    try:
+        with ros_context(domain) as ctx:
+            node = rclpy.create_node("test_changes", context=ctx)
+            statuses, clouds = [], []
+            node.create_subscription(TrainingStatus, "/lerf/status", statuses.append, 10)
+            node.create_subscription(PointCloud2, "/lerf/changes", clouds.append, LATCHED_QOS)
+            assert spin_until(node, lambda: statuses or trainer.poll() is not None, 90.0), process_output(trainer)
+            assert trainer.poll() is None and statuses[-1].step >= step, process_output(trainer)
+            replay = start_process(lerf_ros_argv("replay", str(scene_dir), "--rate", "3"), env=env)
+            ok = spin_until(node, lambda: clouds and statuses[-1].changes_detected >= 1, 300.0)
+            assert ok, (statuses[-1].changes_detected if statuses else None, process_output(trainer))
+            pts = pointcloud2_to_numpy(clouds[-1])
+            xyz = np.stack([pts["x"], pts["y"], pts["z"]], 1)
+            mug = [o for o in objects_at(trained.removed, 2 * TN - 1) if o.class_name == "mug"][0]
+            gone = xyz[pts["kind"] == 0]
+            assert len(gone) and mug.contains(gone, 0.05).mean() > 0.5
+            assert statuses[-1].keyframes_retired >= 1
+            node.destroy_node()
+    finally:
+        if replay is not None:
+            stop_process(replay, timeout=20.0)
+        code = stop_process(trainer, timeout=30.0)
+    assert code == 0, process_output(trainer)
