@@ -11,8 +11,9 @@ For each seed (other than the main benchmark's, ``lerf_ros.bench.settings``):
   again; once ``--event-after-s`` seconds have been streamed and the trainer has taken
   ``--event-after-steps`` steps (the field has learnt the scene by then), at the start of a pass,
   three events happen at once (``lerf_ros.data.synthetic.events``): the first object of the layout
-  is removed, the second is moved to a free spot, and a vocabulary class the scene lacks is added; the following passes show the scene as it is now. Every ``--check-every``
-  seconds the newest snapshot is queried:
+  is removed, the second is moved to a free spot, and a vocabulary class the scene lacks is added;
+  the following passes show the scene as it is now. Every ``--check-every`` seconds the newest
+  snapshot is queried:
 
   - removed: its query's highest relevancy falls below ``query.threshold`` (``removed_gone_s``,
     from the first frame after the event whose view shows the spot where it stood);
