@@ -58,11 +58,11 @@ from lerf_ros.geometry.poses import pose_distance  # noqa: E402
 from lerf_ros.teachers.ground_truth import GroundTruthTeacher  # noqa: E402
 
 CONDITIONS: Dict[str, Conditions] = {
-    "plumb_bob": Conditions(distortion=DEFAULT_LENSES["plumb_bob"]),
-    "rational_polynomial": Conditions(distortion=DEFAULT_LENSES["rational_polynomial"]),
-    "equidistant": Conditions(distortion=DEFAULT_LENSES["equidistant"]),
     "poses": Conditions(pose_noise_m=0.02, pose_noise_deg=1.0, pose_drift_m=0.05),
     "exposure": Conditions(exposure_stops=1.0, white_balance_stops=0.2),
+    "plumb_bob": Conditions(distortion=DEFAULT_LENSES["plumb_bob"]),
+    "equidistant": Conditions(distortion=DEFAULT_LENSES["equidistant"]),
+    "rational_polynomial": Conditions(distortion=DEFAULT_LENSES["rational_polynomial"]),
 }
 """The conditions measured: each lens model, pose noise (2 cm and 1 degree per axis per frame) plus a
 5 cm drift, exposure within +-1 stop plus white balance within +-0.2 stops."""
@@ -298,8 +298,9 @@ def write(stem: str, res: Dict[str, Any]) -> None:
         fh.write(markdown(res))
 
 
-def run_seed(seed: int, names: List[str], settings: BenchSettings, on, args, log) -> Dict[str, Any]:
-    """Every row of one scene seed (and the rays/s comparison on its clean scene when asked)."""
+def run_seed(seed: int, names: List[str], settings: BenchSettings, on, args, log, save) -> Dict[str, Any]:
+    """Every row of one scene seed (and the rays/s comparison on its clean scene when asked);
+    ``save(rows)`` is called after each row, so an interrupted run keeps what it measured."""
     clean = make_scene(
         seed=seed, width=args.width, height=args.height, n_frames=args.frames, hfov_deg=HFOV, nthreads=args.threads
     )
@@ -309,6 +310,7 @@ def run_seed(seed: int, names: List[str], settings: BenchSettings, on, args, log
     for var, ov in (("handling off", HANDLING_OFF), ("handling on", on)):
         log(f"  clean, {var}")
         rows["clean"][var] = run_one(clean, clean, teacher, ov, settings, log)
+        save(rows)
     for name in names:
         cond = CONDITIONS[name]
         scene = apply_conditions(clean, cond)
@@ -323,6 +325,7 @@ def run_seed(seed: int, names: List[str], settings: BenchSettings, on, args, log
         for var, sc, ov in (("not handled", ignored, HANDLING_OFF), ("handled", scene, on)):
             log(f"  {name}, {var}")
             rows[name][var] = run_one(sc, truth, teacher, ov, settings, log)
+            save(rows)
     timing = None
     if args.timing_steps > 0:
         log(f"  rays/s, all handling on vs off ({args.timing_steps} steps each)")
@@ -407,7 +410,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     for k, seed in enumerate(seeds):
         if k > 0:
             args.timing_steps = 0  # once is enough
-        out = run_seed(seed, names, settings, on, args, log)
+
+        def save(rows, seed=seed):
+            res["seeds"][str(seed)] = rows
+            res["total_s"] = time.perf_counter() - t_start
+            write(args.out, res)
+
+        out = run_seed(seed, names, settings, on, args, log, save)
         res["seeds"][str(seed)] = out["rows"]
         res["timing"] = res["timing"] or out["timing"]
         res["total_s"] = time.perf_counter() - t_start
