@@ -32,8 +32,8 @@ session and, for every ``changes.check_every``-th of them:
    frame is kept as a keyframe, so the colour, density, language and DINO fields relearn the region
    from views of its new state.
 
-A change is counted once: a confirmation whose voxels mostly overlap a change confirmed within the
-last ``memory_checks`` compared frames is the same change (its stale keyframes are still retired).
+A change is counted once: a confirmation whose voxels mostly overlap one of the latest changes (those
+kept for display) is the same change (its stale keyframes are still retired).
 The changed points of the latest changes (at most ``max_points``) are kept for display
 (``changed_points``; the trainer node publishes them on ``/lerf/changes``).
 
@@ -468,8 +468,8 @@ class ChangeDetector:
         check.points = pts
         vox = np.unique(np.concatenate([keys_new[idx], keys_old[idx]]))
         with self._lock:
-            recent = [c[1] for c in self._changes if now - c[0] <= cfg.memory_checks]
-            overlap = max((np.isin(vox, c).mean() for c in recent), default=0.0)
+            # the same change seen again (from another side, or before the field has relearnt it)
+            overlap = max((np.isin(vox, c[1]).mean() for c in self._changes), default=0.0)
             check.new_change = overlap < 0.5
             if check.new_change:
                 self.changes_detected += 1
