@@ -199,7 +199,8 @@ def run_changing(seed: int, args) -> Dict[str, Any]:
         while time.perf_counter() - t_begin < args.time_cap:
             time.sleep(args.check_every)
             snap = ot.latest_snapshot
-            if snap is None:
+            if snap is None or not event:  # nothing to measure before the events: leave the CPU to training
+                print(f"seed {seed} t={time.perf_counter() - feeder.t0:5.0f} s frame {feeder.index} step {ot.step}")
                 continue
             engine.set_snapshot(snap)
             engine.prepare()
