@@ -269,7 +269,7 @@ def test_feature_cache_is_built_once_per_snapshot_and_surface(scene, teacher):
     calls = snap.calls["language_multi_scale"]
     eng.query(scene.objects[2].class_name)
     assert snap.calls["language_multi_scale"] == calls  # answered from the features
-    assert first.snapshot_version == 1 and "model step 1000, snapshot #1)" in first.message
+    assert first.snapshot_version == 1 and first.step == 1000
     newer = AnalyticSnapshot(scene, teacher.encode_text, step=1200)
     eng.set_snapshot(newer)
     r = eng.query(scene.objects[0].class_name)  # not prepared yet: the previous one answers

@@ -523,8 +523,7 @@ class QueryEngine:
             grasps = [g.transformed(T) for g in grasps]
         msg = (
             f"{len(keep)} of {len(above)} points above threshold {format_relevancy(threshold, threshold)} (max "
-            f"relevancy {format_relevancy(max_rel, threshold)} at scale {scale:.2f} m, model step {step}, "
-            f"snapshot #{version})"
+            f"relevancy {format_relevancy(max_rel, threshold)} at scale {scale:.2f} m, model step {step})"
         )
         msg += f"; {len(grasps)} grasp(s)" if grasps else f"; {plan.message}"
         msg += capped

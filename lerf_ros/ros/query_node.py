@@ -11,8 +11,9 @@ A new snapshot is prepared (surface points, projected language features) off to 
 background thread of lower priority that pauses between chunks (``lerf_ros.query.preparer``:
 parameters ``prepare_cpu_share``, ``prepare_niceness``), and swapped in atomically: queries never
 wait for a preparation, they are answered from the previous snapshot meanwhile, and each answer
-says which snapshot answered and how old it is ("model step N, snapshot #k ...; snapshot age
-S s"). Only before the first snapshot is prepared does a query wait for it. Preparation stops at its
+says which snapshot answered and how old it is ("; snapshot #k, age S s" after the message;
+``model_step`` is its training step). Only before the first snapshot is prepared does a query wait
+for it. The node reports on ``/diagnostics`` (``lerf_ros.ros.diagnostics``). Preparation stops at its
 next chunk boundary when the node is closed (``close``, called by the executor's shutdown on
 SIGINT/SIGTERM), so the process exits promptly.
 
@@ -254,7 +255,7 @@ class QueryNode(Node):
         response.success = bool(result.success)
         response.message = result.message
         if result.snapshot_version > 0:
-            response.message += f"; snapshot age {result.snapshot_age_s:.1f} s"
+            response.message += f"; snapshot #{result.snapshot_version}, age {result.snapshot_age_s:.1f} s"
         response.model_step = max(int(result.step), 0)
         response.scale = float(result.scale)
         response.max_relevancy = float(result.max_relevancy)
