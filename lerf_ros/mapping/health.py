@@ -89,6 +89,7 @@ class TrainerCounters:
         keyframes, max_keyframes: keyframes held and their bound.
         memory_mb, max_memory_mb: keyframe store memory and its bound.
         teacher_backlog: keyframes waiting for teacher features.
+        changes_detected, keyframes_retired: scene changes confirmed and the keyframes they retired.
     """
 
     frames_received: int
@@ -105,6 +106,8 @@ class TrainerCounters:
     max_memory_mb: float
     teacher_backlog: int
     losses: Mapping[str, float] = field(default_factory=dict)
+    changes_detected: int = 0
+    keyframes_retired: int = 0
 
 
 class TrainerHealth:
@@ -193,6 +196,8 @@ class TrainerHealth:
             ("memory MB", f"{c.memory_mb:.1f}"),
             ("max memory MB", f"{c.max_memory_mb:.1f}"),
             ("teacher backlog", str(c.teacher_backlog)),
+            ("scene changes", str(c.changes_detected)),
+            ("retired for changes", str(c.keyframes_retired)),
         ]
         out.append(Check("keyframes", level, message, tuple(values)))
         return out

@@ -672,6 +672,8 @@ class TrainerNode(Node):
                 max_memory_mb=float(kcfg.max_memory_mb),
                 teacher_backlog=int(s.features_pending),
                 losses={k: float(v) for k, v in s.losses.items()},
+                changes_detected=int(s.changes_detected),
+                keyframes_retired=int(s.keyframes_retired),
             )
         )
 
