@@ -6,10 +6,14 @@ class name from the scene's GROUND-TRUTH field (``tests/analytic_field.py``: exa
 exact language, not a trained field), and the object's best grasp and its top 3 are executed in
 physics (``lerf_ros.sim``). Reports per object, per class and pooled: geometric validity of the
 best grasp (the benchmark's ``grasp_checks``), physics success of the best grasp and of any of the
-top 3, the failure reasons, and the physics time per grasp. Writes JSON and Markdown
-(default bench/results/grasp_physics.{json,md}) and a few pictures (bench/results/grasps/).
+top 3, the failure reasons, the physics time per grasp (wall clock and this process's CPU time:
+the machine may be shared) and the planning time per query (the engine's 'cluster' timing,
+clustering and grasps). Writes JSON and Markdown (default bench/results/grasp_physics.{json,md})
+and a few pictures (bench/results/grasps/).
 
     python bench/grasp_physics.py --tag after
+    python bench/grasp_physics.py --tag before --planner-commit 0dada35   # an older planner, same physics
+    python bench/grasp_physics.py --seeds 1000 1001 1002 1003 1004 --tag fresh   # scenes never tuned on
 """
 
 from __future__ import annotations
@@ -19,7 +23,9 @@ import collections
 import datetime
 import json
 import os
+import subprocess
 import sys
+import tempfile
 import time
 from typing import Dict, List, Optional
 
@@ -61,10 +67,29 @@ def summarise(rows: List[Dict]) -> Dict:
     }
 
 
+def use_planner_from_commit(commit: str) -> None:
+    """Answer with the grasp planner (``lerf_ros/query/grasp.py``) of an older commit: its
+    ``plan_grasps`` replaces the engine's (the rest of the engine and the physics stay as they are)."""
+    import importlib.util
+
+    import lerf_ros.query.engine as engine_module
+
+    text = subprocess.run(
+        ["git", "-C", ROOT, "show", f"{commit}:lerf_ros/query/grasp.py"], check=True, capture_output=True, text=True
+    ).stdout
+    with tempfile.NamedTemporaryFile("w", suffix=".py", delete=False) as f:
+        f.write(text)
+    spec = importlib.util.spec_from_file_location(f"grasp_{commit}", f.name)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    os.unlink(f.name)
+    engine_module.plan_grasps = module.plan_grasps
+
+
 def run(seeds, tag: str, pictures: int, out_dir: str) -> Dict:
     s = mode_settings("full")
     qc = build_config(s).query
-    rows, per_grasp_s, pic_left = [], [], pictures
+    rows, per_grasp_s, per_grasp_cpu, plan_ms, pic_left = [], [], [], [], pictures
     t_all = time.perf_counter()
     for seed in seeds:
         scene = make_scene(seed=seed, n_frames=s.n_frames, width=s.width, height=s.height)
@@ -76,10 +101,13 @@ def run(seeds, tag: str, pictures: int, out_dir: str) -> Dict:
         for obj in scene.objects:
             r = engine.query(obj.class_name, max_grasps=3)
             grasps = r.grasps if r.success else []
-            tc = time.perf_counter()
+            if r.success:
+                plan_ms.append(r.timings.get("cluster", 0.0))
+            tc, cc = time.perf_counter(), time.process_time()
             phys = grasp_physics(world, grasps, obj.name, top_k=3)
             if grasps:
                 per_grasp_s.append((time.perf_counter() - tc) / min(3, len(grasps)))
+                per_grasp_cpu.append((time.process_time() - cc) / min(3, len(grasps)))
             row = {
                 "seed": seed,
                 "object": obj.name,
@@ -121,6 +149,11 @@ def run(seeds, tag: str, pictures: int, out_dir: str) -> Dict:
         "physics_s_per_grasp": {
             "mean": round(float(np.mean(per_grasp_s)), 4) if per_grasp_s else None,
             "p95": round(float(np.percentile(per_grasp_s, 95)), 4) if per_grasp_s else None,
+            "cpu_mean": round(float(np.mean(per_grasp_cpu)), 4) if per_grasp_cpu else None,
+        },
+        "planning_ms_per_query": {
+            "mean": round(float(np.mean(plan_ms)), 1) if plan_ms else None,
+            "p95": round(float(np.percentile(plan_ms, 95)), 1) if plan_ms else None,
         },
         "wall_s": round(time.perf_counter() - t_all, 1),
         "objects": rows,
@@ -140,15 +173,19 @@ def markdown(runs: Dict[str, Dict]) -> str:
         "these numbers isolate the grasp planner. Anchors (real robots, trained fields): LERF-TOGO 69%,",
         "F3RM 62% language-guided grasp success.",
         "",
-        "| run | objects | grasp returned | geometric valid (best) | physics best | physics any of top 3 | "
-        "s per grasp |",
-        "|---|---|---|---|---|---|---|",
+        "| run | seeds | objects | grasp returned | geometric valid (best) | physics best | physics any of top 3 | "
+        "physics s per grasp (CPU) | planning ms per query |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for tag, r in runs.items():
-        p = r["pooled"]
+        p, t = r["pooled"], r["physics_s_per_grasp"]
+        seeds = r["scenes"]["seeds"]
+        cpu = f" ({t['cpu_mean']})" if t.get("cpu_mean") is not None else ""
+        plan = (r.get("planning_ms_per_query") or {}).get("mean")
         lines.append(
-            f"| {tag} | {p['objects']} | {pct(p['grasp_returned'])} | {pct(p['geometric_valid'])} | "
-            f"{pct(p['physics_best'])} | {pct(p['physics_any_top3'])} | {r['physics_s_per_grasp']['mean']} |"
+            f"| {tag} | {seeds[0]}-{seeds[-1]} | {p['objects']} | {pct(p['grasp_returned'])} | "
+            f"{pct(p['geometric_valid'])} | {pct(p['physics_best'])} | {pct(p['physics_any_top3'])} | "
+            f"{t['mean']}{cpu} | {'n/a' if plan is None else plan} |"
         )
     for tag, r in runs.items():
         lines += [
@@ -175,8 +212,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("--pictures", type=int, default=4, help="pictures of failed best grasps to save")
     ap.add_argument("--out-dir", default=os.path.join(ROOT, "bench", "results"))
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument(
+        "--planner-commit", default="", help="answer with the grasp planner of this git commit (a before row)"
+    )
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.planner_commit:
+        use_planner_from_commit(args.planner_commit)
     res = run(args.seeds, args.tag, args.pictures, args.out_dir)
     path = os.path.join(args.out_dir, "grasp_physics.json")
     runs = {}
@@ -192,7 +234,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     print(
         f"{args.tag}: {p['objects']} objects, geometric {pct(p['geometric_valid'])}, physics best "
         f"{pct(p['physics_best'])}, any of top 3 {pct(p['physics_any_top3'])}, "
-        f"{res['physics_s_per_grasp']['mean']} s/grasp, reasons {res['best_failure_reasons']}"
+        f"{res['physics_s_per_grasp']['mean']} s/grasp (CPU {res['physics_s_per_grasp']['cpu_mean']}), planning "
+        f"{res['planning_ms_per_query']['mean']} ms/query, reasons {res['best_failure_reasons']}"
     )
     return 0
 
