@@ -348,6 +348,7 @@ def main() -> int:
     ap.add_argument("--time-cap", type=float, default=900.0, help="seconds of one changing run at most")
     ap.add_argument("--min-after-s", type=float, default=60.0, help="seconds streamed after the events at least")
     ap.add_argument("--static-frames", type=int, default=1000, help="frames of the static run (0: skip it)")
+    ap.add_argument("--runs", choices=("both", "changing", "static"), default="both", help="which runs to make")
     ap.add_argument("--out", default="bench/results/changing_scene.json")
     args = ap.parse_args()
     main_seeds = set(BenchSettings().seeds) | {0, 1, 2, 3, 4}
@@ -362,8 +363,9 @@ def main() -> int:
         "static": [],
     }
     for seed in args.seeds:
-        out["changing"].append(run_changing(seed, args))
-        if args.static_frames:
+        if args.runs != "static":
+            out["changing"].append(run_changing(seed, args))
+        if args.static_frames and args.runs != "changing":
             out["static"].append(run_static(seed, args))
     out["load_average_end"] = os.getloadavg()
     out["total_s"] = time.perf_counter() - t0
