@@ -91,7 +91,7 @@ def test_small_box_gets_top_down_grasp_across_narrow_side(yaw):
     assert size[0] <= best.width <= size[0] + GRIPPER.width_margin + 0.01
     assert best.width <= GRIPPER.max_width
     # The fingertips stay above the table.
-    assert best.position[2] >= GRIPPER.support_clearance - 1e-6
+    assert best.position[2] >= GRIPPER.tip_clearance - 1e-6
     assert all(a.score >= b.score for a, b in zip(plan.grasps, plan.grasps[1:]))
     assert all(0 < g.score <= 1 for g in plan.grasps)
 
@@ -285,3 +285,54 @@ def test_cluster_as_wide_as_the_table_is_skipped_fast():
     plan = plan_grasps(sheet, nrm, np.full(len(sheet), 0.5), sheet, GRIPPER, 0.025, 10, 5, point_spacing=0.01)
     assert time.perf_counter() - t0 < 10.0
     assert plan.grasps == [] and "wider than" in plan.message
+
+
+def roof_surface(length=0.12, base=0.06, height=0.03, spacing=SPACING):
+    """Points and outward normals of a triangular prism lying on the table, its ridge along x: two
+    faces slanted at atan(height / (base / 2)) from the vertical (45 degrees here) and two ends."""
+    pts, nrm = [], []
+    xs = np.arange(-length / 2, length / 2 + 1e-9, spacing)
+    ts = np.arange(0.0, 1.0 + 1e-9, spacing / np.hypot(base / 2, height))
+    for sign in (-1.0, 1.0):
+        X, T = np.meshgrid(xs, ts, indexing="ij")
+        p = np.stack([X.ravel(), sign * (base / 2) * (1 - T.ravel()), height * T.ravel()], axis=1)
+        n = np.tile(np.array([0.0, sign * height, base / 2]) / np.hypot(height, base / 2), (len(p), 1))
+        pts.append(p)
+        nrm.append(n)
+    for sign in (-1.0, 1.0):  # the triangular ends
+        Y, Z = np.meshgrid(np.arange(-base / 2, base / 2 + 1e-9, spacing), np.arange(0, height + 1e-9, spacing))
+        inside = np.abs(Y) <= (base / 2) * (1 - Z / height) + 1e-9
+        p = np.stack([np.full(inside.sum(), sign * length / 2), Y[inside], Z[inside]], axis=1)
+        pts.append(p)
+        nrm.append(np.tile([sign, 0.0, 0.0], (len(p), 1)))
+    return np.concatenate(pts), np.concatenate(nrm)
+
+
+def test_antipodal_check_rejects_closing_on_slanted_faces():
+    """A prism whose long sides slant 45 degrees: fingers closing across them would squeeze it out
+    of the grasp (the contact normals lie outside any friction cone the gripper can count on), so
+    no grasp closes across them; a box of the same footprint is grasped across its short side,
+    and so is the prism when the contact check is switched off."""
+    pts, nrm = roof_surface()
+    scene = np.concatenate([pts, table()])
+    plan = plan_grasps(pts, nrm, np.full(len(pts), 0.9), scene, GRIPPER, 0.02, 10, 5, point_spacing=SPACING)
+    across = [g for g in plan.grasps if abs(g.closing_axis[1]) > 0.5]
+    assert across == [], [np.round(g.closing_axis, 2) for g in across]
+    lax = GripperModel(**{**GRIPPER.__dict__, "min_contact_cos": 0.0})
+    loose = plan_grasps(pts, nrm, np.full(len(pts), 0.9), scene, lax, 0.02, 10, 5, point_spacing=SPACING)
+    assert loose.grasps and abs(loose.grasps[0].closing_axis[1]) > 0.9
+    box_plan, _ = plan_for_box((0.0, 0.0, 0.015), (0.12, 0.06, 0.03))
+    assert box_plan.grasps and abs(box_plan.grasps[0].closing_axis[1]) > 0.9
+
+
+def test_flat_object_is_pinched_near_the_table():
+    """A phone-like box 1.2 cm thick: the fingertips go down to tip_clearance above the table (found
+    from the table's points), below the box's top, so the pads close on its sides."""
+    center, size = (0.03, 0.01, 0.006), (0.14, 0.06, 0.012)
+    plan, _ = plan_for_box(center, size, yaw=0.3)
+    assert plan.grasps, plan.message
+    best = plan.grasps[0]
+    assert best.kind == "top"
+    assert best.position[2] == pytest.approx(GRIPPER.tip_clearance, abs=1e-3)
+    assert best.position[2] < size[2] - 0.005
+    assert abs(best.closing_axis @ rot_z(0.3)[:, 1]) > 0.95  # across the 6 cm side

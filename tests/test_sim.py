@@ -70,3 +70,94 @@ def test_collision_pieces_keep_a_mug_hollow():
     assert max(spans) < 0.06
     cube = CLASS_BY_NAME["rubik's cube"].build(rng, 1.0)
     assert len(convex_pieces(cube)) == 1
+
+
+def _planned(points, normals, scene, max_grasps=5):
+    from lerf_ros.query.grasp import plan_grasps
+
+    rel = np.full(len(points), 0.9)
+    return plan_grasps(points, normals, rel, scene, GripperModel(), 0.02, 10, max_grasps, point_spacing=0.005)
+
+
+def _table_points(extent=0.25, spacing=0.01):
+    u = np.arange(-extent, extent + 1e-9, spacing)
+    X, Y = np.meshgrid(u, u, indexing="ij")
+    return np.stack([X.ravel(), Y.ravel(), np.zeros(X.size)], axis=1)
+
+
+def _box_points(center, size, yaw, spacing=0.005):
+    """Seen faces of a box on the table (not its bottom) with outward normals."""
+    c, s = np.cos(yaw), np.sin(yaw)
+    R = np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])
+    pts, nrm = [], []
+    for axis in range(3):
+        for sign in (-1.0, 1.0):
+            if axis == 2 and sign < 0:
+                continue
+            a, b = [i for i in range(3) if i != axis]
+            A, B = np.meshgrid(
+                np.arange(-size[a] / 2, size[a] / 2 + 1e-9, spacing),
+                np.arange(-size[b] / 2, size[b] / 2 + 1e-9, spacing),
+            )
+            p = np.zeros((A.size, 3))
+            p[:, a], p[:, b], p[:, axis] = A.ravel(), B.ravel(), sign * size[axis] / 2
+            n = np.zeros_like(p)
+            n[:, axis] = sign
+            pts.append(p)
+            nrm.append(n)
+    return np.concatenate(pts) @ R.T + np.asarray(center), np.concatenate(nrm) @ R.T
+
+
+def test_planned_grasp_on_a_flat_object_lifts_it():
+    """A phone-like box 1.2 cm thick: the planner pinches it by its sides near the table, and the
+    grasp lifts it in physics."""
+    center, size, yaw = (0.02, -0.01, 0.006), (0.14, 0.06, 0.012), 0.4
+    pts, nrm = _box_points(center, size, yaw)
+    plan = _planned(pts, nrm, np.concatenate([pts, _table_points()]))
+    assert plan.grasps, plan.message
+    best = plan.grasps[0]
+    assert best.position[2] < size[2]  # fingertips below its top
+    world = SimWorld([box_object("phone", size, center, yaw)], GripperModel())
+    out = execute_grasp(world, best.pose, best.width, "phone")
+    assert out.success, out
+    # the same grasp with the fingertips 1.5 cm higher (above the phone) closes on nothing
+    high = best.pose.copy()
+    high[2, 3] += 0.015
+    assert not execute_grasp(world, high, best.width, "phone").success
+
+
+def _sphere(radius, center, spacing=0.005):
+    """Points and outward normals of a sphere's surface above its lowest 5 mm (the part cameras see)."""
+    n = int(4 * np.pi * radius**2 / spacing**2)
+    k = np.arange(n) + 0.5
+    phi, theta = np.arccos(1 - 2 * k / n), np.pi * (1 + 5**0.5) * k
+    d = np.stack([np.cos(theta) * np.sin(phi), np.sin(theta) * np.sin(phi), np.cos(phi)], axis=1)
+    p = np.asarray(center) + radius * d
+    keep = p[:, 2] > 0.005
+    return p[keep], d[keep]
+
+
+def test_ranking_puts_a_grasp_that_holds_first():
+    """A ball 7.4 cm across (a gripper opening of 8 cm): grasps below its cap are possible at
+    several depths, and the shallow ones squeeze it out upwards. The best-ranked grasp holds in
+    physics, and so do the next two; the same grasp closing on the cap (fingertips 2.5 cm above
+    the middle) does not."""
+    from lerf_ros.data.synthetic.shapes import Material, ellipsoid
+    from lerf_ros.sim import SimObject
+
+    r = 0.037
+    pts, nrm = _sphere(r, (0.0, 0.0, r))
+    plan = _planned(pts, nrm, np.concatenate([pts, _table_points()]), max_grasps=20)
+    assert plan.grasps, plan.message
+    best = plan.grasps[0]
+    ball = SimObject("ball", "tennis ball", np.zeros(3), np.eye(3), np.full(3, 2 * r), [])
+    ball.parts = [ellipsoid((r, r, r), Material((0.8, 0.9, 0.3)))]
+    world = SimWorld([ball], GripperModel())
+    assert abs(best.position[2] - r) < 0.012, best.position  # close to the widest part
+    assert execute_grasp(world, best.pose, best.width, "ball").success
+    assert all(abs(g.position[2] - r) < 0.015 for g in plan.grasps[:3])
+    # the same grasp on the cap, fingertips 2.5 cm above the middle, opened to the cap's chord
+    cap = best.pose.copy()
+    cap[2, 3] = r + 0.025
+    chord = 2 * np.sqrt(r**2 - 0.025**2)
+    assert not execute_grasp(world, cap, chord + 0.01, "ball").success

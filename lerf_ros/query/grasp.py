@@ -549,7 +549,11 @@ def _grasp_candidates(
                         out.append((np.eye(4), extent + max(gripper.width_margin, gripper.min_clearance), kind, 0.0))
                         continue
                     width = min(extent + margin, gripper.max_width)
-                    if insertion >= 2.0 * spacing:
+                    # The normals at the jaws decide, except where the sampling cannot show them:
+                    # on an object too flat for its sides to be sampled (the fingers then reach its
+                    # whole height) and on a part narrower than three spacings (a stem, a neck); a
+                    # shallow pinch of a wider cap or ridge is checked like any other.
+                    if insertion >= 2.0 * spacing or (insertion < deepest - 1e-6 and extent >= 3.0 * spacing):
                         d_min = 0.4 * insertion
                         ys_m, dep_m = py[mine], pa[mine] - near
                         cos_ = min(
@@ -557,7 +561,7 @@ def _grasp_candidates(
                             _contact_cos(ys_m, dep_m, N[mine], y, yhi, band, d_min),
                         )
                     else:
-                        cos_ = 1.0  # too shallow to see the contact surfaces at this sampling
+                        cos_ = 1.0
                     run = s_order[(slab_y >= ylo) & (slab_y <= yhi)]
                     cos_ = min(cos_, _outline_cos(sx[run], sy[run], u, max(spacing, gripper.finger_breadth / 4)))
                     if cos_ < gripper.min_contact_cos:
