@@ -347,8 +347,9 @@ class TrainerConfig:
     pose_refinement: bool = True
     """Learn a per-keyframe camera pose correction (rotation about the camera centre + translation),
     as nerfacto does; the corrected poses are what /lerf/keyframes shows and checkpoints keep."""
-    pose_lr: float = 1e-3
-    """Initial learning rate of the pose corrections (Adam; decays like the fields' rate)."""
+    pose_lr: float = 6e-4
+    """Learning rate of the pose corrections when the warm-up ends (Adam; then decays by the fields'
+    ratio lr_final_fields / lr_fields over decay_steps)."""
     pose_warmup_steps: int = 500
     """Steps before pose corrections are learned at all (the field must first learn something)."""
     pose_regularization: float = 1e-2

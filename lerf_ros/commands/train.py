@@ -76,6 +76,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--device", help="'cpu', 'cuda' or 'auto' (default: the preset's)")
     p.add_argument(
+        "--no-pose-refinement",
+        action="store_true",
+        help="trust the source's poses: learn no per-keyframe pose correction (trainer.pose_refinement=false)",
+    )
+    p.add_argument(
+        "--no-appearance",
+        action="store_true",
+        help="no per-keyframe appearance embedding (model.appearance_dim=0)",
+    )
+    p.add_argument(
         "--eval-every", type=int, default=0, help="evaluate held-out PSNR every N steps (0: only at the end)"
     )
     p.add_argument("--max-renders", type=int, default=4, help="held-out views rendered to PNG")
@@ -145,6 +155,10 @@ def _build_config(args: argparse.Namespace):
         overrides[k.strip()] = _parse_value(v.strip())
     if args.device:
         overrides["device"] = args.device
+    if args.no_pose_refinement:
+        overrides["trainer.pose_refinement"] = False
+    if args.no_appearance:
+        overrides["model.appearance_dim"] = 0
     cfg = LerfConfig.load_yaml(args.config) if args.config else preset(args.preset)
     if overrides:
         cfg = cfg.override(overrides)

@@ -215,9 +215,13 @@ class LerfModel(nn.Module):
         prop_w: List[torch.Tensor] = []
         prop_s: List[torch.Tensor] = []
         anneal = cfg.proposal_anneal_steps if step is not None else 0
+        # The proposal stages only place the final samples: rays that carry gradients (learned camera
+        # corrections) reach them through the final samples alone, which spares the backward pass
+        # through the proposal grids' positions.
+        o_prop, d_prop = o.detach(), d.detach()
         for i, prop in enumerate(self.proposals):
             t_edges = spacing_inv(s_edges)
-            pts = sample_points(o, d, t_edges)  # (R, S, 3)
+            pts = sample_points(o_prop, d_prop, t_edges)  # (R, S, 3)
             sigma = prop(contract_to_unit(pts.reshape(-1, 3))).view(n_rays, -1)
             w = render_weights(sigma, t_edges)
             prop_w.append(w)

@@ -10,8 +10,8 @@ group      parameters                           schedule (lr -> lr_final over st
 fields     density/colour hash grid + MLPs      lr_fields -> lr_final_fields, decay_steps
 proposal   proposal networks                    lr_proposal -> lr_final_proposal, decay_steps
 lang       language + DINO hash grids and MLPs  lr_lang -> lr_final_lang, lang_decay_steps
-pose       per-keyframe pose corrections        0 for pose_warmup_steps, then pose_lr, decaying
-                                                by the fields' ratio over decay_steps
+pose       per-keyframe pose corrections        0 for pose_warmup_steps, then pose_lr decaying
+                                                by the fields' ratio over the next decay_steps
 appearance per-keyframe appearance embeddings   as fields
 =========  ===================================  =======================================
 
@@ -180,7 +180,12 @@ class Trainer:
             "pose": 0.0
             if s < tc.pose_warmup_steps or tc.pose_lr == 0
             else learning_rate(
-                tc.pose_lr, tc.pose_lr * tc.lr_final_fields / tc.lr_fields, tc.decay_steps, s, tc.schedule, 0
+                tc.pose_lr,
+                tc.pose_lr * tc.lr_final_fields / tc.lr_fields,
+                tc.decay_steps,
+                s - tc.pose_warmup_steps,
+                tc.schedule,
+                0,
             ),
             "appearance": learning_rate(
                 tc.lr_fields, tc.lr_final_fields, tc.decay_steps, s, tc.schedule, tc.warmup_steps
