@@ -148,6 +148,27 @@ def test_slot_reuse_resets_learned_parameters(scene):
     assert torch.all(corr.tables["pose"][kept] == 0.01) and torch.all(corr.tables["appearance"][kept] == 0.5)
 
 
+def test_a_replaced_input_pose_resets_its_learned_correction_only(scene):
+    store = KeyframeStore(bounded=False, recency_boost=0.0)
+    for f in scene.frames[:4]:
+        store.add(f)
+    trainer = Trainer(tiny_cfg(scene, **{"trainer.rays_per_batch": 64}), 4, 4, store)
+    trainer.step()
+    corr = trainer.corrections
+    with torch.no_grad():
+        corr.tables["pose"][:4] = 0.01
+        corr.tables["appearance"][:4] = 0.5
+    kf = store.keyframes()[1]
+    moved = kf.c2w.copy()
+    moved[:3, 3] += 0.1
+    assert store.set_pose(kf.key, moved)
+    poses = dict(trainer.keyframe_poses())
+    np.testing.assert_array_equal(poses[kf.key], moved)  # the new input pose, no stale correction
+    assert torch.all(corr.tables["pose"][kf.slot] == 0) and torch.all(corr.tables["appearance"][kf.slot] == 0.5)
+    others = [k.slot for k in store.keyframes() if k.key != kf.key]
+    assert torch.all(corr.tables["pose"][others] == 0.01)
+
+
 def test_no_pose_updates_during_warmup_and_none_when_off(scene):
     store = KeyframeStore(bounded=False, recency_boost=0.0)
     for f in scene.frames[:4]:
