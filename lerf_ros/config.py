@@ -862,6 +862,27 @@ NODE_PARAMETERS: Tuple[NodeParameter, ...] = (
         "Fixed pose of the camera in the pose/odom topic's body frame: x y z qx qy qz qw",
         ("trainer",),
     ),
+    NodeParameter(
+        "cameras",
+        ("camera",),
+        "Names of the cameras that feed the field; each has the parameters <name>.image_topic, "
+        "<name>.camera_info_topic, <name>.depth_topic, <name>.pose_topic, <name>.frame_id and <name>.body_to_camera "
+        "(the first camera's topics default to image, camera_info, depth, pose/odom; another's to <name>/image, ...)",
+        ("trainer",),
+    ),
+    NodeParameter(
+        "input_qos_reliability",
+        "best_effort",
+        "Reliability of the image, camera_info and depth subscriptions: best_effort (sensor data; takes reliable "
+        "publishers too) or reliable",
+        ("trainer",),
+    ),
+    NodeParameter(
+        "input_qos_depth",
+        5,
+        "History depth (keep last) of the image, camera_info and depth subscriptions",
+        ("trainer",),
+    ),
     NodeParameter("status_rate_hz", 2.0, "Rate of /lerf/status", ("trainer",)),
     NodeParameter(
         "diagnostics_stall_s",
@@ -930,8 +951,11 @@ def split_node_settings(settings: Mapping[str, Any]) -> Tuple[Dict[str, Any], Di
     """(configuration settings, node-level settings) of a nested or dotted mapping, both dotted."""
     config: Dict[str, Any] = {}
     node: Dict[str, Any] = {}
-    for key, value in _flatten(settings).items():
-        (node if is_node_key(key) else config)[key] = value
+    flat = _flatten(settings)
+    cameras = flat.get("cameras")  # each named camera has a section of node-level keys: <name>.image_topic ...
+    sections = {str(n) for n in cameras} if isinstance(cameras, (list, tuple)) else set()
+    for key, value in flat.items():
+        (node if is_node_key(key) or key.split(".", 1)[0] in sections and "." in key else config)[key] = value
     return config, node
 
 

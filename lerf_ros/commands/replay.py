@@ -12,7 +12,11 @@ on (names relative to the node namespace, prefixed with ``--topics PREFIX/`` whe
   (``header.frame_id`` = the world frame), published before the image of the same stamp;
 - ``/tf`` (``tf2_msgs/TFMessage``, world frame -> camera frame) when tf2_msgs is installed;
 - ``/clock`` (``rosgraph_msgs/Clock``) with ``--clock``, so nodes with ``use_sim_time`` follow
-  the replay's time.
+  the replay's time;
+- with ``--cameras 2`` (synthetic sources): a second camera rigidly mounted beside the first
+  (``lerf_ros.data.synthetic.offset_camera_frames``, frame ``--second-camera-frame``) on
+  ``wrist/image``, ``wrist/camera_info``, ``wrist/depth``, ``wrist/pose`` and ``/tf``, each frame with
+  the first camera's stamp: the topics a trainer with ``cameras: [camera, wrist]`` listens to.
 
 Stamps are ``start + i / rate`` for the i-th published frame (start = the wall-clock time at the
 first frame unless ``--start-stamp`` is given): they increase monotonically, also across
@@ -85,6 +89,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--log-every", type=float, default=5.0, metavar="SEC", help="seconds between progress lines (default 5)"
     )
     parser.add_argument("--node-name", default=None, help="node name (default lerf_replay)")
+    parser.add_argument(
+        "--cameras",
+        type=int,
+        default=1,
+        choices=(1, 2),
+        help="2: also publish a second camera beside the first (synthetic sources) on wrist/image, "
+        "wrist/camera_info, wrist/depth, wrist/pose (default 1)",
+    )
+    parser.add_argument(
+        "--second-camera-frame",
+        default="wrist_camera_optical_frame",
+        help="frame_id of the second camera's images and its TF child frame (default wrist_camera_optical_frame)",
+    )
     from lerf_ros.commands.train import add_reader_arguments
 
     add_reader_arguments(parser)
@@ -110,6 +127,25 @@ def run(args: argparse.Namespace) -> int:
     if args.rate <= 0:
         print(f"lerf-ros replay: --rate must be > 0, got {args.rate}", flush=True)
         return 2
+    extra = []
+    if args.cameras == 2:
+        scene = getattr(frames, "scene", None)
+        if scene is None or not hasattr(scene, "renderer"):
+            print(
+                f"lerf-ros replay: --cameras 2 renders the second camera from a synthetic scene; '{args.source}' "
+                "is not one",
+                flush=True,
+            )
+            return 2
+        from lerf_ros.data.synthetic import offset_camera_frames
+
+        extra = [
+            (
+                "wrist",
+                offset_camera_frames(scene, frame_id=args.second_camera_frame, frames=list(frames)),
+                args.second_camera_frame,
+            )
+        ]
     from lerf_ros.ros.replay_node import run_replay
 
     return run_replay(
@@ -128,4 +164,5 @@ def run(args: argparse.Namespace) -> int:
         wait_timeout=args.wait_timeout,
         log_every=args.log_every,
         node_name=args.node_name,
+        extra_cameras=extra,
     )

@@ -99,9 +99,10 @@ class OnlineTrainer:
         return self.session.keyframes
 
     # ------------------------------------------------------------------ frames in
-    def submit(self, frame: Frame) -> SubmitResult:
-        """``Session.submit``: never raises for bad input (the result says why it was not used)."""
-        return self.session.submit(frame)
+    def submit(self, frame: Frame, selector=None) -> SubmitResult:
+        """``Session.submit`` (``selector``: the frame's camera's own): never raises for bad input (the
+        result says why it was not used)."""
+        return self.session.submit(frame, selector)
 
     # ------------------------------------------------------------------ training thread
     def start(self) -> None:

@@ -121,16 +121,19 @@ class Session:
     def teacher_description(self) -> str:
         return self.teacher.description
 
-    def submit(self, frame: Frame) -> SubmitResult:
+    def submit(self, frame: Frame, selector: Optional[KeyframeSelector] = None) -> SubmitResult:
         """Offer a frame of a live stream; never raises for bad input (the result says why it was not
         used). The selector validates it first (an invalid frame is rejected, kind 'invalid'); a kept
         frame goes to the store and its teacher features are computed in the background (none
-        without a language field)."""
+        without a language field). ``selector``: the frame's stream's own selector when several
+        cameras feed the session (each judges the motion and stamps of its own camera); default
+        ``self.selector``."""
         if not self.online:
             raise RuntimeError("submit() is for online sessions; use add() for a recorded dataset")
-        decision = self.selector.consider(frame)
+        selector = self.selector if selector is None else selector
+        decision = selector.consider(frame)
         if self.changes is not None and not decision.rejected:
-            decision = self._follow_changes(frame, decision)
+            decision = self._follow_changes(frame, decision, selector)
         if not decision.keep:
             return SubmitResult(False, decision.rejected, decision.reason, decision.kind)
         try:
@@ -162,7 +165,7 @@ class Session:
         key, _ = self.keyframes.add(frame, features)
         return key
 
-    def _follow_changes(self, frame: Frame, decision: KeyframeDecision) -> KeyframeDecision:
+    def _follow_changes(self, frame: Frame, decision: KeyframeDecision, selector: KeyframeSelector) -> KeyframeDecision:
         """Compare a valid frame of the stream with the field (``lerf_ros.mapping.changes``); on a
         confirmed change, retire the keyframes that show the changed region as it was and keep this
         frame as a keyframe (even when the selector skipped it). Returns the decision to follow."""
@@ -192,7 +195,7 @@ class Session:
         if decision.keep:
             return decision
         prepared = downscale_frame(frame, self.cfg.keyframes.max_image_side)
-        self.selector.mark_kept(prepared)
+        selector.mark_kept(prepared)
         return KeyframeDecision("keep", "kept: it shows a change of the scene", "keyframe", prepared)
 
     def change_stats(self) -> Dict[str, Any]:

@@ -11,7 +11,10 @@ to the node namespace, prefixed with ``topic_prefix/`` when given):
   (``header.frame_id`` = the world frame), published before the image of the same stamp;
 - ``/tf`` (``tf2_msgs/TFMessage``, world frame -> camera frame) when tf2_msgs is installed;
 - ``/clock`` (``rosgraph_msgs/Clock``) on request, so nodes with ``use_sim_time`` follow the
-  replay's time.
+  replay's time;
+- for each extra camera ``<name>`` (``extra_cameras``: frames in step with the source's, e.g. a
+  synthetic scene's second camera): ``<name>/image``, ``<name>/camera_info``, ``<name>/depth``,
+  ``<name>/pose`` and its ``/tf``, with the same stamp as the first camera's frame.
 
 Stamps are ``start + i / rate`` for the i-th published frame (start = the wall-clock time at the
 first frame unless given): they increase monotonically, also across loop passes. QoS: reliable,
@@ -22,7 +25,7 @@ subscriber is compatible with it); or the sensor-data profile (then subscribers 
 from __future__ import annotations
 
 import time
-from typing import Iterable, Iterator, Optional
+from typing import Iterable, Iterator, Optional, Sequence, Tuple
 
 import rclpy
 from geometry_msgs.msg import PoseStamped
@@ -71,6 +74,9 @@ class ReplayNode(Node):
         wait_for_subscribers: hold the first frame until the image topic has this many
             subscribers or ``wait_timeout`` s have passed.
         log_every: seconds between progress lines.
+        extra_cameras: (name, frames, camera frame) of further cameras: their i-th frame is published
+            with the source's i-th frame (same stamp) on ``<name>/image`` ... (``frames`` must be as
+            long as the source).
         node_name: node name (None: ``DEFAULT_NODE_NAME``); further keyword arguments go to ``Node``.
 
     ``done`` becomes True when the stream has finished (end of source or ``max_frames``);
@@ -94,6 +100,7 @@ class ReplayNode(Node):
         wait_timeout: float = 30.0,
         log_every: float = 5.0,
         node_name: Optional[str] = None,
+        extra_cameras: Sequence[Tuple[str, Sequence[Frame], str]] = (),
         **node_kwargs,
     ):
         super().__init__(node_name or DEFAULT_NODE_NAME, **node_kwargs)
@@ -139,6 +146,23 @@ class ReplayNode(Node):
         self._pub_info = self.create_publisher(CameraInfo, self.topics["camera_info"], qos)
         self._pub_depth = self.create_publisher(Image, self.topics["depth"], qos) if publish_depth else None
         self._pub_pose = self.create_publisher(PoseStamped, self.topics["pose"], qos)
+        self._extra = []
+        for name, extra_frames, extra_frame_id in extra_cameras:
+            extra_frames = list(extra_frames)
+            if self._length is not None and len(extra_frames) != self._length:
+                raise ValueError(
+                    f"extra camera '{name}' has {len(extra_frames)} frames, the source {self._length}: they must match"
+                )
+            topics = {k: topic_name(topic_prefix, f"{name}/{k}") for k in ("image", "camera_info", "depth", "pose")}
+            self.topics.update({f"{name}/{k}": v for k, v in topics.items()})
+            pubs = {
+                k: self.create_publisher(
+                    PoseStamped if k == "pose" else CameraInfo if k == "camera_info" else Image, v, qos
+                )
+                for k, v in topics.items()
+                if k != "depth" or publish_depth
+            }
+            self._extra.append((name, extra_frames, extra_frame_id, pubs))
         self._pub_tf = None
         if tf_message([]) is not None:
             from tf2_msgs.msg import TFMessage
@@ -246,6 +270,10 @@ class ReplayNode(Node):
     def _publish(self, frame: Frame, stamp_s: float) -> None:
         frame.validate()
         stamp = sec_to_stamp(stamp_s)
+        i = self._index_in_pass - 1
+        extra = [(e[1][i], e[2], e[3]) for e in self._extra if 0 <= i < len(e[1])]
+        for f, _, _ in extra:
+            f.validate()
         image = numpy_to_image(frame.rgb, "rgb8", stamp, self.camera_frame)
         info = K_to_camera_info(frame.K, frame.width, frame.height, stamp, self.camera_frame, frame.distortion)
         pose = matrix_to_pose_stamped(frame.c2w, self.world_frame, stamp)
@@ -255,14 +283,20 @@ class ReplayNode(Node):
         if self._pub_clock is not None:
             self._pub_clock.publish(self._Clock(clock=stamp))
         if self._pub_tf is not None:
-            self._pub_tf.publish(
-                tf_message([matrix_to_transform_stamped(frame.c2w, self.world_frame, self.camera_frame, stamp)])
-            )
+            transforms = [matrix_to_transform_stamped(frame.c2w, self.world_frame, self.camera_frame, stamp)]
+            transforms += [matrix_to_transform_stamped(f.c2w, self.world_frame, fid, stamp) for f, fid, _ in extra]
+            self._pub_tf.publish(tf_message(transforms))
         self._pub_pose.publish(pose)
         self._pub_info.publish(info)
         if depth is not None:
             self._pub_depth.publish(depth)
         self._pub_image.publish(image)
+        for f, fid, pubs in extra:
+            pubs["pose"].publish(matrix_to_pose_stamped(f.c2w, self.world_frame, stamp))
+            pubs["camera_info"].publish(K_to_camera_info(f.K, f.width, f.height, stamp, fid, f.distortion))
+            if "depth" in pubs and f.depth is not None:
+                pubs["depth"].publish(numpy_to_image(f.depth, "32FC1", stamp, fid))
+            pubs["image"].publish(numpy_to_image(f.rgb, "rgb8", stamp, fid))
 
 
 def run_replay(frames: Iterable[Frame], **options) -> int:

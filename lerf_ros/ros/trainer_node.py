@@ -8,7 +8,11 @@ background and trains in its own thread.
 Inputs (remappable): ``image``, ``camera_info``, optional ``depth`` (16UC1 mm or 32FC1 m), and the
 camera pose: TF (``world_frame`` -> the image's frame at the image stamp) when tf2 is installed,
 otherwise a ``geometry_msgs/PoseStamped`` on ``pose`` or a ``nav_msgs/Odometry`` on ``odom``
-matched to the image stamp (optionally composed with a fixed body->camera extrinsic).
+matched to the image stamp (optionally composed with a fixed body->camera extrinsic). Several
+cameras feed one field: the ``cameras`` parameter names them, each with its own topics, frame and
+extrinsic (``<name>.image_topic`` ...; ``lerf_ros.ros.camera_input``), and the status and
+/diagnostics count each camera. The image, camera_info and depth subscriptions use
+``input_qos_reliability`` / ``input_qos_depth`` (sensor-data: best effort, keep last 5).
 
 Input checks: a stamp far from the node's clock and from the stream's recent stamps is dropped as
 an outlier and never becomes the reference of the pose buffer or of the keyframe selector; several
@@ -34,35 +38,30 @@ and the services ``/lerf/save_checkpoint`` (Trigger),
 
 from __future__ import annotations
 
-import collections
-import re
+import dataclasses
 import threading
-import time
-from typing import Callable, Deque, Dict, List, Optional, Tuple
+from typing import List, Optional, Tuple
 
 import numpy as np
-from geometry_msgs.msg import PoseArray, PoseStamped
-from nav_msgs.msg import Odometry, Path
+from geometry_msgs.msg import PoseArray
+from nav_msgs.msg import Path
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.clock import ClockChange, JumpThreshold
 from rclpy.duration import Duration
 from rclpy.node import Node
-from sensor_msgs.msg import CameraInfo, Image, PointCloud2
+from sensor_msgs.msg import PointCloud2
 from std_srvs.srv import SetBool, Trigger
 
 from lerf_ros.config import LerfConfig
-from lerf_ros.data.frame import Frame, FrameError
-from lerf_ros.geometry.camera import Distortion
-from lerf_ros.geometry.poses import PoseBuffer, PoseLookupError, StampGuard, make_pose
+from lerf_ros.geometry.poses import make_pose
 from lerf_ros.mapping.health import Check, HealthLimits, TrainerCounters, TrainerHealth
 from lerf_ros.mapping.online import OnlineTrainer, TrainerState
+from lerf_ros.mapping.selection import KeyframeSelector
 from lerf_ros.msg import TrainingStatus
-from lerf_ros.ros.common import LATCHED_QOS, SENSOR_QOS, STATUS_QOS, STATUS_TOPIC, main_for
+from lerf_ros.ros.camera_input import CameraInput, check_camera_names, declare_camera, input_qos
+from lerf_ros.ros.common import LATCHED_QOS, STATUS_QOS, STATUS_TOPIC, main_for
 from lerf_ros.ros.convert import (
     ConversionError,
-    camera_info_distortion,
-    camera_info_to_K,
-    image_to_numpy,
     matrix_to_pose,
     points_to_pointcloud2,
     pose_to_matrix,
@@ -70,6 +69,7 @@ from lerf_ros.ros.convert import (
     transform_to_matrix,
 )
 from lerf_ros.ros.diagnostics import DiagnosticsPublisher
+from lerf_ros.ros.drops import DropReporter, excerpt, reason_key  # noqa: F401 (reason_key: imported from here too)
 from lerf_ros.ros.params import TRAINER_PARAMETERS, declare_config, declare_node_parameters
 from lerf_ros.ros.tf import tf2_available
 
@@ -85,104 +85,8 @@ _STATE_CODES = {
 PATH_MAX_GAP_S = 1.0
 """Widest gap (s) between two poses of a corrected path that is interpolated across."""
 
-_SIZE = re.compile(r"\b\d+x\d+\b")
-_NUMBER = re.compile(r"(?<![A-Za-z_\d.])[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?(?![A-Za-z_\d])")
-_MAX_TEXT = 300
-_MAX_QUOTED = 48
 KEYFRAME_REPUBLISH_STEPS = 200
 """While pose corrections are learned, /lerf/keyframes is published again after this many steps."""
-
-
-def excerpt(text: str, limit: int = _MAX_QUOTED) -> str:
-    """``text`` cut to ``limit`` characters (with an ellipsis): bad input is echoed, never in full."""
-    text = str(text)
-    return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
-def reason_key(reason: str) -> str:
-    """The reason without its numbers (stamps, sizes, distances become '#'; names such as rgb8 or
-    16UC1 stay): drops that differ only in their numbers share one key; different problems keep
-    different keys."""
-    return _NUMBER.sub("#", _SIZE.sub("#x#", excerpt(reason, _MAX_TEXT)))
-
-
-class DropReporter:
-    """Counts dropped frames per distinct reason and logs each reason once, and again (rate-limited)
-    when it recurs after ``quiet_s`` seconds without it.
-
-    A reason is its text with the numbers taken out (``reason_key``); at most ``max_reasons`` are
-    kept apart, later ones are counted together as 'other reasons'.
-
-    Args:
-        warn: ``warn(text)`` writes one log line (the node's logger).
-        quiet_s: a reason seen again after this long without it is logged again, at most once per
-            ``quiet_s``.
-        max_reasons: distinct reasons counted separately.
-        clock: monotonic seconds (``time.monotonic``).
-    """
-
-    OTHER = "other reasons (too many distinct reasons to count apart)"
-
-    def __init__(
-        self,
-        warn: Callable[[str], None],
-        quiet_s: float = 30.0,
-        max_reasons: int = 64,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self._warn = warn
-        self.quiet_s = float(quiet_s)
-        self.max_reasons = int(max_reasons)
-        self._clock = clock
-        self._lock = threading.Lock()
-        self._counts: Dict[str, int] = {}
-        self._last_seen: Dict[str, float] = {}
-        self._last_logged: Dict[str, float] = {}
-        self._logged_count: Dict[str, int] = {}
-        self.count = 0
-        self.last_reason = ""
-
-    def drop(self, reason: str) -> None:
-        """Count a dropped frame (or message) and log its reason if it is new or back after a quiet period."""
-        self._record(reason, "dropping frame", counted=True)
-
-    def note(self, event: str) -> None:
-        """Log an event (e.g. a time jump) with the same once-per-reason rule, without counting a drop."""
-        self._record(event, "input", counted=False)
-
-    def _record(self, text: str, prefix: str, counted: bool) -> None:
-        text = excerpt(text, _MAX_TEXT)
-        key = reason_key(text)
-        now = self._clock()
-        with self._lock:
-            if key not in self._counts and len(self._counts) >= self.max_reasons:
-                key = self.OTHER
-            n = self._counts.get(key, 0) + 1
-            if counted:
-                self.count += 1
-                self.last_reason = text
-                self._counts[key] = n
-            elif key not in self._counts:
-                self._counts[key] = 0  # events are logged once like reasons, but not counted as drops
-            last_seen = self._last_seen.get(key)
-            last_logged = self._last_logged.get(key)
-            self._last_seen[key] = now
-            if last_logged is None:
-                line = f"{prefix}: {text} (repeats are counted in {STATUS_TOPIC} drop_reasons/drop_counts"
-                line += f"; logged again after {self.quiet_s:g} s without it)"
-            elif now - last_seen >= self.quiet_s and now - last_logged >= self.quiet_s:
-                since = n - self._logged_count.get(key, 0)
-                line = f"{prefix} again after {now - last_seen:.0f} s: {text} ({since} since last logged)"
-            else:
-                return
-            self._last_logged[key] = now
-            self._logged_count[key] = n
-        self._warn(line)
-
-    def counts(self) -> List[Tuple[str, int]]:
-        """(reason, count) of every drop reason so far, in the order they first occurred."""
-        with self._lock:
-            return [(k, n) for k, n in self._counts.items() if n > 0]
 
 
 class TrainerNode(Node):
@@ -199,6 +103,9 @@ class TrainerNode(Node):
         body_to_camera = params["body_to_camera"]
         status_rate = params["status_rate_hz"]
         queue_size = params["queue_size"]
+        sensor_qos = input_qos(params["input_qos_reliability"], params["input_qos_depth"])
+        taken = set(params) | {"preset", "use_sim_time", "qos_overrides"} | set(TRAINER_PARAMETERS)
+        camera_names = check_camera_names(params["cameras"], sorted(taken))
         self.use_depth = params["use_depth"]
         self.resume = params["resume"]
         self.max_stamp_offset = float(params["max_stamp_offset_s"])
@@ -233,23 +140,18 @@ class TrainerNode(Node):
         if not self.max_pose_distance > 0:
             raise ValueError(f"max_pose_distance_m = {self.max_pose_distance}: must be > 0")
 
+        if corrected_path_topic and len(camera_names) > 1:
+            raise ValueError(
+                "corrected_path_topic works with one camera (its poses are matched to keyframes by stamp); "
+                f"with cameras {camera_names} correct the poses through TF (tf_relookup_period_s)"
+            )
+
         self.drops = DropReporter(self.get_logger().warning)
         self.frames_received = 0
         self.time_jumps = 0
-        self._camera_info: Optional[Tuple[np.ndarray, int, int, str, Optional[Distortion]]] = None
-        self._camera_info_error: Optional[str] = None
-        self._distortion_logged: set = set()
-        self._depth_msgs: Deque[Image] = collections.deque(maxlen=30)
-        # Images waiting for ingestion (with their arrival time): also the bounded cache where an
-        # image waits up to pose_tolerance_s for a pose that is still on its way.
-        self._queue: Deque[Tuple[float, Image]] = collections.deque(maxlen=max(1, int(queue_size)))
+        # One condition for every camera's ingest queue: callbacks notify it, the ingest thread waits on it.
         self._queue_cv = threading.Condition()
         self._closing = False
-        pose_history_s = 30.0
-        self._poses = PoseBuffer(max_age_s=pose_history_s, tolerance_s=float(self.pose_tolerance))
-        self._image_stamps = StampGuard(self.max_stamp_offset)
-        self._pose_stamps = StampGuard(self.max_stamp_offset, max_backward_s=pose_history_s)
-        self._selector_reset = threading.Event()  # set by the clock-jump callback, done by the ingest thread
         self._clock_jump = self.get_clock().create_jump_callback(
             JumpThreshold(min_forward=None, min_backward=Duration(nanoseconds=-1), on_clock_change=True),
             post_callback=self._on_clock_jump,
@@ -264,15 +166,15 @@ class TrainerNode(Node):
                 self.get_logger().info(f"resumed from checkpoint {resumed} (step {self.trainer.step})")
 
         sensors = MutuallyExclusiveCallbackGroup()
-        self.create_subscription(Image, "image", self._on_image, SENSOR_QOS, callback_group=sensors)
-        self.create_subscription(CameraInfo, "camera_info", self._on_camera_info, SENSOR_QOS, callback_group=sensors)
-        if self.use_depth:
-            self.create_subscription(Image, "depth", self._on_depth, SENSOR_QOS, callback_group=sensors)
-        if pose_source == "pose":
-            self.create_subscription(PoseStamped, "pose", self._on_pose, 50, callback_group=sensors)
-        elif pose_source == "odom":
-            self.create_subscription(Odometry, "odom", self._on_odom, 50, callback_group=sensors)
-        else:
+        self.cameras: List[CameraInput] = []
+        for i, name in enumerate(camera_names):
+            spec = declare_camera(self, name, i == 0, pose_source, body_to_camera)
+            # The first camera uses the session's selector; each other camera judges its own motion.
+            selector = self.trainer.session.selector if i == 0 else KeyframeSelector(self.cfg.keyframes)
+            self.cameras.append(
+                CameraInput(self, spec, selector, sensor_qos, int(queue_size), len(camera_names) > 1, sensors)
+            )
+        if pose_source == "tf":
             import tf2_ros
 
             self._tf_buffer = tf2_ros.Buffer(cache_time=Duration(seconds=tf_cache))
@@ -300,7 +202,12 @@ class TrainerNode(Node):
                 max_drop_fraction=float(params["diagnostics_max_drop_fraction"]),
             )
         )
-        self.diagnostics = DiagnosticsPublisher(self, self._health_checks, ("input", "training", "keyframes"))
+        # With several cameras, an input check per camera besides the node's totals.
+        self._camera_health = (
+            {c.name: TrainerHealth(self._health.limits) for c in self.cameras} if len(self.cameras) > 1 else {}
+        )
+        names = ("input", "training", "keyframes") + tuple(f"camera {n}" for n in self._camera_health)
+        self.diagnostics = DiagnosticsPublisher(self, self._health_checks, names)
 
         self._ingest_thread = threading.Thread(target=self._ingest_loop, name="lerf_ingest", daemon=True)
         self._ingest_thread.start()
@@ -308,73 +215,15 @@ class TrainerNode(Node):
         self.get_logger().info(
             f"preset '{self.cfg.preset}', teacher: {self.trainer.teacher_description}; pose from {pose_source}; "
             f"world frame '{self.world_frame}'; output {self.cfg.output_dir}"
+            + (
+                "; cameras "
+                + ", ".join(f"{c.name} ({self.resolve_topic_name(c.spec.image_topic)})" for c in self.cameras)
+                if len(self.cameras) > 1
+                else ""
+            )
         )
 
-    # ------------------------------------------------------------------ callbacks (cheap)
-    def _on_image(self, msg: Image) -> None:
-        self.frames_received += 1
-        with self._queue_cv:
-            if len(self._queue) == self._queue.maxlen:
-                self.drops.drop("ingest queue full (frames arrive faster than they are processed)")
-            self._queue.append((time.monotonic(), msg))
-            self._queue_cv.notify()
-
-    def _on_depth(self, msg: Image) -> None:
-        self._depth_msgs.append(msg)
-
-    def _on_camera_info(self, msg: CameraInfo) -> None:
-        # Lens distortion is modelled (rays go through its inverse; the raw image is used as is);
-        # a model that cannot be modelled is refused, naming it: images are then dropped with
-        # that reason instead of being trained as if the lens were a pinhole.
-        try:
-            K, w, h = camera_info_to_K(msg)
-            distortion = camera_info_distortion(msg)
-        except ConversionError as exc:
-            self._camera_info_error = f"bad camera_info: {exc}"
-            self._camera_info = None
-            self.drops.drop(self._camera_info_error)
-            return
-        self._camera_info_error = None
-        if distortion is not None and distortion not in self._distortion_logged:
-            self._distortion_logged.add(distortion)
-            self.get_logger().info(
-                f"camera_info lens distortion {distortion.model} {distortion.as_dict()} is modelled "
-                f"(it moves rays by up to {distortion.max_displacement_px(K, w, h):.1f} px)"
-            )
-        self._camera_info = (K, w, h, msg.header.frame_id, distortion)
-
-    def _on_pose(self, msg: PoseStamped) -> None:
-        self._add_pose(stamp_to_sec(msg.header.stamp), msg.pose, msg.header.frame_id)
-
-    def _on_odom(self, msg: Odometry) -> None:
-        self._add_pose(stamp_to_sec(msg.header.stamp), msg.pose.pose, msg.header.frame_id)
-
-    def _add_pose(self, stamp: float, pose, frame_id: str) -> None:
-        if frame_id and frame_id != self.world_frame:
-            self.drops.drop(
-                f"pose is in frame '{excerpt(frame_id)}', expected the world frame '{excerpt(self.world_frame)}'"
-            )
-            return
-        try:
-            T = pose_to_matrix(pose) @ self._body_to_camera
-        except (ConversionError, FrameError) as exc:
-            self.drops.drop(f"bad pose at {stamp:.3f}: {exc}")
-            return
-        far = self._too_far(T)
-        if far:
-            self.drops.drop(f"pose at {stamp:.3f}: {far}")
-            return
-        verdict = self._pose_stamps.check(stamp, self._now())
-        if verdict.status == "jump":
-            self._time_jumped("pose", verdict.reason)
-            self._poses.clear()
-        elif not verdict.ok:
-            self.drops.drop(f"pose {verdict.status}: {verdict.reason}")
-            return
-        self._poses.add(stamp, T)
-        with self._queue_cv:
-            self._queue_cv.notify()  # an image may be waiting for this pose
-
+    # ------------------------------------------------------------------ shared by the cameras
     def _too_far(self, c2w: np.ndarray) -> str:
         """Why a camera pose is outside the plausible workspace ('' when it is inside)."""
         d = float(np.linalg.norm(c2w[:3, 3]))
@@ -403,150 +252,51 @@ class TrainerNode(Node):
             f"clock jumped by {jump.delta.nanoseconds * 1e-9:+.3f} s ({jump.clock_change.name}): "
             "pose, depth and keyframe-selection buffers cleared"
         )
-        self._poses.clear()
-        self._pose_stamps.reset()
-        self._image_stamps.reset()
-        self._depth_msgs.clear()
-        self._selector_reset.set()
+        for camera in self.cameras:
+            camera.clear_time_base()
 
     # ------------------------------------------------------------------ ingestion (own thread)
     def _ingest_loop(self) -> None:
         while True:
-            msg = self._next_image()
-            if msg is None:
+            item = self._next_image()
+            if item is None:
                 return
+            camera, msg = item
             try:
-                if self._selector_reset.is_set():
-                    self._selector_reset.clear()
-                    self.trainer.session.selector.reset()
-                frame, reason = self._to_frame(msg)
+                frame, reason = camera.to_frame(msg)
                 if frame is None:
-                    self.drops.drop(reason)
+                    camera.drop(reason)
                     continue
-                result = self.trainer.submit(frame)
+                result = self.trainer.submit(frame, selector=camera.selector)
                 if result.rejected:
-                    self.drops.drop(result.reason)
+                    camera.drop(result.reason)
+                elif result.kept:
+                    camera.keyframes += 1
             except Exception as exc:  # one bad message must never kill ingestion
-                self.drops.drop(f"unexpected error: {exc!r}")
+                camera.drop(f"unexpected error: {exc!r}")
 
-    def _next_image(self) -> Optional[Image]:
-        """The oldest queued image once it can be processed (None when closing). With poses from a
-        topic, an image newer than every buffered pose waits for its pose up to ``pose_tolerance_s``
-        after its arrival (the pose callback wakes this thread), as message_filters' caches do."""
+    def _next_image(self) -> Optional[Tuple[CameraInput, object]]:
+        """The oldest queued image of any camera once it can be processed (None when closing). With
+        poses from a topic, an image newer than every buffered pose of its camera waits for its pose
+        up to ``pose_tolerance_s`` after its arrival (the pose callback wakes this thread), as
+        message_filters' caches do; meanwhile the other cameras' images go ahead."""
         with self._queue_cv:
             while not self._closing:
-                if not self._queue:
-                    self._queue_cv.wait(timeout=0.5)
-                    continue
-                arrived, msg = self._queue[0]
-                wait = self._pose_wait(msg, arrived)
-                if wait <= 0.0:
-                    self._queue.popleft()
-                    return msg
+                best, wait = None, 0.5
+                for camera in self.cameras:
+                    if not camera.queue:
+                        continue
+                    arrived, msg = camera.queue[0]
+                    w = camera.pose_wait(msg, arrived)
+                    if w > 0.0:
+                        wait = min(wait, w)
+                    elif best is None or arrived < best[0]:
+                        best = (arrived, camera)
+                if best is not None:
+                    camera = best[1]
+                    return camera, camera.queue.popleft()[1]
                 self._queue_cv.wait(timeout=wait)
             return None
-
-    def _pose_wait(self, msg: Image, arrived: float) -> float:
-        """Seconds ``msg`` should still wait for its pose (0: process it now)."""
-        if self.pose_source == "tf":
-            return 0.0  # the TF lookup waits by itself (tf_timeout_s)
-        newest = self._poses.newest_stamp
-        if newest is not None and newest >= stamp_to_sec(msg.header.stamp):
-            return 0.0
-        return arrived + float(self.pose_tolerance) - time.monotonic()
-
-    def _to_frame(self, msg: Image):
-        """(Frame, None) or (None, reason)."""
-        stamp = stamp_to_sec(msg.header.stamp)
-        verdict = self._image_stamps.check(stamp, self._now(), commit=False)
-        if verdict.status == "jump":
-            self._time_jumped("image", verdict.reason)
-            self.trainer.session.selector.reset()
-            self._depth_msgs.clear()
-            newest = self._poses.newest_stamp
-            if newest is not None and abs(newest - stamp) > self.max_stamp_offset:
-                self._poses.clear()  # still the old time base: the pose stream follows on its own
-                self._pose_stamps.reset()
-        elif not verdict.ok:
-            return None, f"image {verdict.status}: {verdict.reason}"
-        if self._camera_info is None:
-            if self._camera_info_error is not None:
-                return None, self._camera_info_error
-            return None, f"no camera_info received yet on '{self.resolve_topic_name('camera_info')}'"
-        K, w, h, _, distortion = self._camera_info
-        try:
-            rgb, kind = image_to_numpy(msg)
-        except ConversionError as exc:
-            return None, f"image: {exc}"
-        if kind != "rgb":
-            return None, f"image encoding '{excerpt(msg.encoding)}' is not a colour image"
-        if rgb.shape[:2] != (h, w):
-            return None, f"image is {rgb.shape[1]}x{rgb.shape[0]} but camera_info says {w}x{h}"
-        c2w, err = self._pose_at(msg.header.frame_id, msg.header.stamp, stamp)
-        if c2w is None:
-            return None, err
-        far = self._too_far(c2w)
-        if far:
-            return None, f"camera pose for image at {stamp:.3f}: {far}"
-        depth, err = self._depth_at(stamp, (h, w))
-        if err is not None:
-            return None, err
-        stamp_ns = int(msg.header.stamp.sec) * 1_000_000_000 + int(msg.header.stamp.nanosec)
-        frame = Frame(
-            rgb=rgb,
-            K=K,
-            c2w=c2w,
-            stamp=stamp,
-            frame_id=msg.header.frame_id,
-            depth=depth,
-            distortion=distortion,
-            meta={"stamp_ns": stamp_ns},  # the exact stamp, for looking the keyframe up in TF again
-        )
-        try:
-            frame.validate()
-        except FrameError as exc:
-            return None, f"invalid frame: {exc}"
-        self._image_stamps.commit(stamp)
-        return frame, None
-
-    def _pose_at(self, frame_id: str, stamp_msg, stamp: float):
-        if self.pose_source == "tf":
-            from rclpy.duration import Duration
-            from rclpy.time import Time
-
-            try:
-                tf = self._tf_buffer.lookup_transform(
-                    self.world_frame,
-                    frame_id,
-                    Time.from_msg(stamp_msg),
-                    timeout=Duration(seconds=float(self.tf_timeout)),
-                )
-                T = transform_to_matrix(tf.transform)
-            except Exception as exc:
-                return None, f"no TF from '{self.world_frame}' to '{excerpt(frame_id)}' at {stamp:.3f}: {exc}"
-            return T, None
-        try:
-            return self._poses.lookup(stamp), None
-        except PoseLookupError as exc:
-            return None, f"no camera pose for image at {stamp:.3f}: {exc}"
-        except FrameError as exc:
-            return None, f"bad camera pose: {exc}"
-
-    def _depth_at(self, stamp: float, hw):
-        if not self.use_depth or not self._depth_msgs:
-            return None, None
-        best = min(list(self._depth_msgs), key=lambda m: abs(stamp_to_sec(m.header.stamp) - stamp))
-        if abs(stamp_to_sec(best.header.stamp) - stamp) > self.pose_tolerance:
-            return None, None  # depth is optional: train this frame without it
-        try:
-            depth, kind = image_to_numpy(best)
-        except ConversionError as exc:
-            return None, f"depth: {exc}"
-        if kind != "depth":
-            return None, f"depth encoding '{excerpt(best.encoding)}' is not 16UC1 or 32FC1"
-        if depth.shape != tuple(hw):
-            return None, f"depth is {depth.shape[1]}x{depth.shape[0]} but the image is {hw[1]}x{hw[0]}"
-        return depth, None
 
     # ------------------------------------------------------------------ late pose corrections
     def _relookup_keyframes(self) -> None:
@@ -637,6 +387,10 @@ class TrainerNode(Node):
         msg.changes_detected = int(s.changes_detected)
         msg.keyframes_retired = int(s.keyframes_retired)
         msg.features_pending = int(s.features_pending)
+        msg.camera_names = [c.name for c in self.cameras]
+        msg.camera_frames_received = [int(c.frames_received) for c in self.cameras]
+        msg.camera_frames_dropped = [int(c.dropped) for c in self.cameras]
+        msg.camera_keyframes = [int(c.keyframes) for c in self.cameras]
         msg.rays_per_second = float(s.rays_per_second)
         msg.loss_rgb, msg.loss_lang, msg.loss_dino, msg.psnr = (
             float(s.losses.get(k, 0.0)) for k in ("rgb", "lang", "dino", "psnr")
@@ -654,14 +408,14 @@ class TrainerNode(Node):
         """The trainer's checks for /diagnostics (``lerf_ros.mapping.health``)."""
         s = self.trainer.status()
         with self._queue_cv:
-            depth = len(self._queue)
+            depths = {c.name: len(c.queue) for c in self.cameras}
         kcfg = self.cfg.keyframes
-        return self._health.checks(
+        checks = self._health.checks(
             TrainerCounters(
                 frames_received=int(self.frames_received),
                 drops=self.drops.counts(),
-                queue_depth=depth,
-                queue_size=int(self._queue.maxlen or 0),
+                queue_depth=sum(depths.values()),
+                queue_size=sum(int(c.queue.maxlen or 0) for c in self.cameras),
                 state=s.state.value,
                 error=s.message if s.state == TrainerState.ERROR else "",
                 step=int(s.step),
@@ -676,6 +430,30 @@ class TrainerNode(Node):
                 keyframes_retired=int(s.keyframes_retired),
             )
         )
+        for camera in self.cameras:
+            health = self._camera_health.get(camera.name)
+            if health is None:
+                continue
+            counters = TrainerCounters(
+                frames_received=int(camera.frames_received),
+                drops=camera.drops.counts(),
+                queue_depth=depths[camera.name],
+                queue_size=int(camera.queue.maxlen or 0),
+                state=s.state.value,
+                error="",
+                step=int(s.step),
+                rays_per_second=0.0,
+                keyframes=int(camera.keyframes),
+                max_keyframes=int(kcfg.max_keyframes),
+                memory_mb=0.0,
+                max_memory_mb=float(kcfg.max_memory_mb),
+                teacher_backlog=0,
+            )
+            check = next(c for c in health.checks(counters) if c.name == "input")
+            topic = self.resolve_topic_name(camera.spec.image_topic)
+            values = (("image topic", topic), ("keyframes taken", str(camera.keyframes))) + tuple(check.values)
+            checks.append(dataclasses.replace(check, name=f"camera {camera.name}", values=values))
+        return checks
 
     def _publish_keyframes(self, header, step: int) -> None:
         """Camera poses of the current keyframes (the trajectory RViz shows), with their learned pose

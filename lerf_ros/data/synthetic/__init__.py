@@ -33,9 +33,11 @@ The package, one concern per module (lower ones never import higher ones):
 - :mod:`.layout`: the room, placing objects on the table, their ground truth (:class:`SceneObject`);
 - :mod:`.trajectory`: intrinsics, look-at poses, the camera path;
 - :mod:`.io`: the scene folder on disk; :mod:`.preview`: its contact sheet;
-- :mod:`.scene`: :class:`SyntheticScene`, :func:`make_scene`, :func:`load_scene`.
+- :mod:`.scene`: :class:`SyntheticScene`, :func:`make_scene`, :func:`load_scene`;
+- :mod:`.cameras`: a second camera rigidly offset from the first (:func:`offset_camera_frames`).
 """
 
+from lerf_ros.data.synthetic.cameras import WRIST_FRAME, WRIST_OFFSET, offset_camera_frames
 from lerf_ros.data.synthetic.io import PREVIEW_FILE, SCENE_FILE, SceneFormatError
 from lerf_ros.data.synthetic.layout import SceneObject
 from lerf_ros.data.synthetic.objects import VOCABULARY, ObjectClass, normalize_phrase
@@ -54,6 +56,9 @@ __all__ = [
     "intrinsics_from_fov",
     "look_at",
     "scene_digest",
+    "offset_camera_frames",
+    "WRIST_OFFSET",
+    "WRIST_FRAME",
     "SCENE_FILE",
     "PREVIEW_FILE",
 ]
