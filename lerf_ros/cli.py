@@ -28,6 +28,10 @@ COMMANDS = {
         "lerf_ros.commands.weights",
         "fetch and verify the CLIP/DINO weights a preset needs (--check: what is missing; --from: import a file)",
     ),
+    "export": (
+        "lerf_ros.commands.export",
+        "write a checkpoint's map as files other tools open: coloured surface cloud, mesh, cameras",
+    ),
 }
 
 

@@ -901,6 +901,13 @@ NODE_PARAMETERS: Tuple[NodeParameter, ...] = (
     NodeParameter("use_depth", True, "Subscribe to 'depth' and attach aligned depth to frames", ("trainer",)),
     NodeParameter("resume", True, "Resume from the newest checkpoint in output_dir when one exists", ("trainer",)),
     NodeParameter(
+        "export_dir",
+        "",
+        "Folder /lerf/export writes the map to (surface.ply, mesh.ply, cameras.json, cameras.ply, relevancy.ply); "
+        "empty: <output_dir>/export",
+        ("trainer",),
+    ),
+    NodeParameter(
         "checkpoint_dir",
         "",
         "Separate-process mode: folder of the trainer's checkpoints to load (default: <output_dir>/checkpoints)",

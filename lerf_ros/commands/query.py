@@ -49,15 +49,11 @@ def _print(text: str, r, ms: float) -> None:
 
 
 def write_relevancy_ply(path: str, xyz: np.ndarray, rel: np.ndarray) -> None:
-    """A relevancy cloud as PLY, coloured by relevancy (dark blue -> yellow) for any viewer."""
-    import open3d as o3d
+    """A relevancy cloud as PLY, coloured by relevancy (dark blue -> yellow) for any viewer, with the
+    relevancy itself as a float property (``lerf_ros.query.export.write_relevancy_ply``)."""
+    from lerf_ros.query.export import write_relevancy_ply as write
 
-    rel = np.asarray(rel, np.float64)
-    span = max(1e-6, float(rel.max() - rel.min())) if len(rel) else 1.0
-    t = np.clip((rel - rel.min()) / span, 0, 1)[:, None] if len(rel) else rel[:, None]
-    pcd = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(np.asarray(xyz, np.float64)))
-    pcd.colors = o3d.utility.Vector3dVector(np.concatenate([t, 0.9 * t, 0.5 * (1 - t)], 1))
-    o3d.io.write_point_cloud(str(path), pcd)
+    write(str(path), xyz, rel)
 
 
 def _write_ply(folder: str, text: str, xyz: np.ndarray, rel: np.ndarray) -> None:

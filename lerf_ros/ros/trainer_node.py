@@ -33,7 +33,8 @@ Outputs: ``/lerf/status`` (TrainingStatus), ``/lerf/keyframes`` (PoseArray of th
 latched), ``/lerf/changes`` (PointCloud2 of the surface points of the latest confirmed scene changes,
 fields x y z kind (0: a surface that is gone, 1: a new one), latched; ``lerf_ros.mapping.changes``)
 and the services ``/lerf/save_checkpoint`` (Trigger),
-``/lerf/pause`` (SetBool: true pauses, false resumes) and ``/lerf/reset`` (Trigger).
+``/lerf/pause`` (SetBool: true pauses, false resumes), ``/lerf/reset`` (Trigger) and ``/lerf/export``
+(Trigger: the live map as files in ``export_dir``, with the last answer on ``/lerf/relevancy_cloud``).
 """
 
 from __future__ import annotations
@@ -195,6 +196,15 @@ class TrainerNode(Node):
         self.create_service(Trigger, "/lerf/save_checkpoint", self._on_save, callback_group=control)
         self.create_service(SetBool, "/lerf/pause", self._on_pause, callback_group=control)
         self.create_service(Trigger, "/lerf/reset", self._on_reset, callback_group=control)
+        # /lerf/export writes the live map as files (lerf_ros.query.export), with the query node's last
+        # answer (latched on /lerf/relevancy_cloud); it takes seconds, so it has its own group.
+        exporting = MutuallyExclusiveCallbackGroup()
+        self.export_dir = str(params["export_dir"]) or f"{self.cfg.output_dir.rstrip('/')}/export"
+        self._last_relevancy: Optional[PointCloud2] = None
+        self.create_subscription(
+            PointCloud2, "/lerf/relevancy_cloud", self._on_relevancy, LATCHED_QOS, callback_group=exporting
+        )
+        self.create_service(Trigger, "/lerf/export", self._on_export, callback_group=exporting)
         self.create_timer(1.0 / max(0.1, float(status_rate)), self._publish_status, callback_group=control)
         self._health = TrainerHealth(
             HealthLimits(
@@ -486,6 +496,36 @@ class TrainerNode(Node):
             resp.success, resp.message = True, f"saved {path} (step {self.trainer.step})"
         except Exception as exc:
             resp.success, resp.message = False, f"could not save a checkpoint: {exc}"
+        return resp
+
+    def _on_relevancy(self, msg: PointCloud2) -> None:
+        self._last_relevancy = msg  # only the newest is kept
+
+    def _on_export(self, _req, resp):
+        """Write the live map and the last answer's relevancy cloud to ``export_dir``."""
+        from lerf_ros.query.export import ExportError, export_map
+        from lerf_ros.ros.convert import ConversionError, pointcloud2_to_numpy
+
+        snapshot = self.trainer.latest_snapshot
+        note = ""
+        try:
+            if snapshot is None:
+                raise ExportError("no model yet (no training step so far)")
+            relevancy, msg = None, self._last_relevancy
+            if msg is not None and msg.header.frame_id not in ("", self.world_frame):
+                note = f"; the last relevancy cloud is in '{msg.header.frame_id}', not '{self.world_frame}': left out"
+            elif msg is not None:
+                try:
+                    fields = pointcloud2_to_numpy(msg)
+                    relevancy = {"xyz": fields["xyz"], "relevancy": fields["relevancy"]}
+                except (ConversionError, KeyError) as exc:
+                    note = f"; the last relevancy cloud is unreadable ({exc}): left out"
+            result = export_map(snapshot, self.cfg.query, self.export_dir, relevancy=relevancy)
+            resp.success, resp.message = True, f"exported {result.summary()}{note}"
+            self.get_logger().info(resp.message)
+        except Exception as exc:  # nothing to export yet, a full disk: answer with the reason
+            resp.success, resp.message = False, f"could not export: {exc}"
+            self.get_logger().warning(resp.message)
         return resp
 
     def _on_pause(self, req, resp):
