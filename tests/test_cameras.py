@@ -175,3 +175,65 @@ def test_three_cameras_feed_one_trainer_and_a_covered_one_harms_no_other(scene, 
     finally:
         rc = stop_process(proc)
     assert rc == 0, process_output(proc)
+
+
+def test_replay_command_publishes_a_second_camera_over_dds(tmp_path, capsys):
+    import signal
+
+    from sensor_msgs.msg import Image
+
+    from lerf_ros.cli import main
+    from lerf_ros.data.transforms_json import write_transforms
+    from lerf_ros.ros.convert import stamp_to_sec
+
+    from ros_helpers import (
+        lerf_ros_argv,
+        process_output,
+        ros_context,
+        ros_env,
+        spin_until,
+        start_process,
+        stop_process,
+        unique_domain_id,
+    )
+
+    # Only a synthetic source can render the second camera: anything else is refused, saying why.
+    write_transforms(tmp_path / "tf", make_scene(seed=5, width=16, height=12, n_frames=2, nthreads=1).frames)
+    assert main(["replay", str(tmp_path / "tf"), "--cameras", "2"]) == 2
+    assert "synthetic" in capsys.readouterr().out
+
+    domain = unique_domain_id()
+    got = {"image": [], "wrist/image": []}
+    with ros_context(domain) as ctx:
+        node = rclpy.create_node("second_camera_listener", context=ctx)
+        for topic in got:
+            node.create_subscription(Image, topic, lambda m, t=topic: got[t].append(m), 20)
+        proc = start_process(
+            lerf_ros_argv(
+                "replay",
+                "synthetic:seed=5,width=32,height=24,frames=4",
+                "--cameras",
+                "2",
+                "--rate",
+                "10",
+                "--loop",
+                "--wait-for-subscribers",
+                "1",
+            ),
+            env=ros_env(domain),
+        )
+        try:
+            ok = spin_until(node, lambda: min(map(len, got.values())) >= 6 or proc.poll() is not None, 60.0)
+            assert ok and proc.poll() is None, process_output(proc)
+        finally:
+            code = stop_process(proc, timeout=15.0, sig=signal.SIGINT)
+            node.destroy_node()
+    assert code == 0, process_output(proc)
+    head = {stamp_to_sec(m.header.stamp): m for m in got["image"]}
+    wrist = {stamp_to_sec(m.header.stamp): m for m in got["wrist/image"]}
+    common = sorted(set(head) & set(wrist))
+    assert len(common) >= 4, (sorted(head), sorted(wrist))  # the two cameras share their stamps
+    for t in common:
+        assert head[t].header.frame_id == "camera_optical_frame"
+        assert wrist[t].header.frame_id == "wrist_camera_optical_frame"
+        assert (wrist[t].width, wrist[t].height) == (32, 24) and bytes(wrist[t].data) != bytes(head[t].data)
