@@ -176,6 +176,28 @@ def test_detector_finds_a_removal_and_nothing_in_the_static_stream(scenes):
     assert checks[0].status != "change"
 
 
+def test_detector_finds_a_moved_and_an_added_object():
+    kw = dict(seed=SEED, width=64, height=48, n_frames=N, cycles=2)
+    changed = make_changing_scene(events=[f"move:teapot@{N}", f"add:banana@{N}"], **kw)
+    static = make_changing_scene(**kw)
+    det = ChangeDetector(ChangeConfig(check_every=1))
+    checks = _stream(det, changed, changed.frames[N:], _as_keyframes(changed.frames[:N]), _perfect_field(static))
+    assert any(c.status == "change" for c in checks)
+    pts, kinds = det.changed_points()
+    before = {o.class_name: o for o in objects_at(changed, N - 1)}
+    after = {o.class_name: o for o in objects_at(changed, 2 * N - 1)}
+    new, gone = pts[kinds == 1], pts[kinds == 0]
+    # the teapot's old place is a vanished surface, its new place and the banana new surfaces
+    assert before["teapot"].contains(gone, 0.03).sum() >= 3
+    assert after["teapot"].contains(new, 0.03).sum() >= 3
+    assert after["banana"].contains(new, 0.03).sum() >= 3
+    # nothing else changed: (almost) every changed point is at one of the three places
+    near = (
+        before["teapot"].contains(pts, 0.08) | after["teapot"].contains(pts, 0.08) | after["banana"].contains(pts, 0.08)
+    )
+    assert near.mean() > 0.9
+
+
 def test_detector_waits_for_the_field():
     det = ChangeDetector(ChangeConfig(check_every=2, min_steps=100))
 
@@ -258,6 +280,7 @@ def _continue(trained, scene, tmp):
     return s
 
 
+@pytest.mark.timeout(1200)  # the shared trained field is built in the first test that asks
 def test_trained_session_forgets_a_removed_object(trained, tmp_path):
     assert trained.before > 0.55  # the mug was found before it went
     s = _continue(trained, trained.removed, tmp_path)
@@ -268,6 +291,7 @@ def test_trained_session_forgets_a_removed_object(trained, tmp_path):
     assert after < 0.55 and after < trained.before - 0.1, (trained.before, after)
 
 
+@pytest.mark.timeout(1200)  # the shared trained field is built in the first test that asks
 def test_trained_session_static_stream_detects_nothing(trained, tmp_path):
     s = _continue(trained, trained.static, tmp_path)
     stats = s.change_stats()
@@ -279,6 +303,7 @@ def test_trained_session_static_stream_detects_nothing(trained, tmp_path):
 
 
 # ---------------------------------------------------------------------------- over DDS
+@pytest.mark.timeout(1200)  # the shared trained field is built in the first test that asks
 def test_trainer_node_publishes_changes_after_a_removal(trained, tmp_path):
     """The trainer node (a real process) resumes the trained field, a replay process streams the
     removal over DDS, and /lerf/changes and /lerf/status report the change."""
