@@ -61,10 +61,17 @@ GROW = 0.02
 
 
 class Feeder:
-    """Submits ``frame_at(k)`` for k = 0, 1, ... at ``rate_hz`` from a thread (stamps k / rate)."""
+    """Submits ``frame_at(k)`` for k = 0, 1, ... from a thread (stamps k / rate): at ``rate_hz`` of
+    wall-clock time, or, with ``steps_per_frame`` > 0, each frame once the trainer has taken
+    ``steps_per_frame`` steps per frame sent (stream time: a machine that trains ``rate_hz *
+    steps_per_frame`` steps per second, whatever else runs on this one). ``clock()`` is the stream's
+    time in seconds; ``sent_at[k]`` when frame k was sent on it."""
 
-    def __init__(self, trainer, frame_at, rate_hz: float, limit: Optional[int] = None) -> None:
+    def __init__(
+        self, trainer, frame_at, rate_hz: float, limit: Optional[int] = None, steps_per_frame: float = 0.0
+    ) -> None:
         self.trainer, self.frame_at, self.rate_hz, self.limit = trainer, frame_at, rate_hz, limit
+        self.steps_per_frame = float(steps_per_frame)
         self.index = 0
         self.t0: Optional[float] = None
         self.sent_at: List[float] = []
@@ -82,16 +89,24 @@ class Feeder:
     def done(self) -> bool:
         return not self._thread.is_alive()
 
+    def clock(self) -> float:
+        if self.steps_per_frame > 0:
+            return self.index / self.rate_hz
+        return 0.0 if self.t0 is None else time.perf_counter() - self.t0
+
     def _run(self) -> None:
         self.t0 = time.perf_counter()
         while not self._stop.is_set() and (self.limit is None or self.index < self.limit):
+            if self.steps_per_frame > 0:
+                while self.trainer.step < self.steps_per_frame * self.index and not self._stop.is_set():
+                    self._stop.wait(0.005)
             f = self.frame_at(self.index)
             f = dataclasses.replace(f, stamp=100.0 + self.index / self.rate_hz, index=self.index)
-            self.sent_at.append(time.perf_counter() - self.t0)
+            self.sent_at.append(self.clock())
             self.trainer.submit(f)
             self.index += 1
             wait = self.t0 + self.index / self.rate_hz - time.perf_counter()
-            if wait > 0:
+            if wait > 0 and self.steps_per_frame <= 0:
                 self._stop.wait(wait)
 
 
@@ -115,17 +130,18 @@ def _sees(frame, obj, min_pixels: int = 5) -> bool:
     return len(set(zip(u[seen].tolist(), v[seen].tolist()))) >= min_pixels
 
 
-def _config(tmp: str):
-    return preset("tiny").override(
-        {
-            "teacher.kind": "ground_truth",
-            "device": "cpu",
-            "output_dir": tmp,
-            "trainer.checkpoint_every": 0,
-            "trainer.max_steps": 10**7,
-            "changes.enabled": True,
-        }
-    )
+def _config(tmp: str, rays: int = 0):
+    over = {
+        "teacher.kind": "ground_truth",
+        "device": "cpu",
+        "output_dir": tmp,
+        "trainer.checkpoint_every": 0,
+        "trainer.max_steps": 10**7,
+        "changes.enabled": True,
+    }
+    if rays:
+        over["trainer.rays_per_batch"] = rays
+    return preset("tiny").override(over)
 
 
 def _added_class(seed: int, n_frames: int, width: int, height: int) -> str:
@@ -177,8 +193,9 @@ def run_changing(seed: int, args) -> Dict[str, Any]:
         return None
 
     see_removed = see_moved = see_added = E = None
+    before_event: Dict[str, Any] = {}
     tmp = tempfile.mkdtemp(prefix="lerf_changes_")
-    cfg = _config(tmp)
+    cfg = _config(tmp, args.rays)
     teacher = GroundTruthTeacher(scene)
     messages: List[str] = []
     ot_ref.append(None)
@@ -193,21 +210,28 @@ def run_changing(seed: int, args) -> Dict[str, Any]:
     t_removed = t_moved = t_added = None
     ot_ref[0] = ot
     ot.start()
-    feeder = Feeder(ot, frame_at, args.rate).start()
-    t_begin = time.perf_counter()
+    feeder = Feeder(ot, frame_at, args.rate, steps_per_frame=args.steps_per_frame).start()
     try:
-        while time.perf_counter() - t_begin < args.time_cap:
-            time.sleep(args.check_every)
+        while feeder.clock() < args.time_cap:
+            t_next = feeder.clock() + args.check_every
+            while feeder.clock() < t_next:
+                time.sleep(0.2)
             snap = ot.latest_snapshot
             if snap is None or not event:  # nothing to measure before the events: leave the CPU to training
-                print(f"seed {seed} t={time.perf_counter() - feeder.t0:5.0f} s frame {feeder.index} step {ot.step}")
+                print(f"seed {seed} t={feeder.clock():5.0f} s frame {feeder.index} step {ot.step}", flush=True)
                 continue
             engine.set_snapshot(snap)
             engine.prepare()
             now_idx = feeder.index
-            t = time.perf_counter() - feeder.t0
+            t = feeder.clock()
             if event and E is None:
                 E = event[0]
+                st0 = ot.status()  # the stream so far showed a static scene: any change is a false one
+                before_event = {
+                    "changes_detected": st0.changes_detected,
+                    "keyframes_retired": st0.keyframes_retired,
+                    "frames_compared": ot.session.change_stats()["frames_compared"],
+                }
                 see_removed = first_seeing(before[removed_name], E)
                 see_moved = first_seeing(after[moved_name], E)
                 see_added = first_seeing(after[added_name], E)
@@ -276,6 +300,7 @@ def run_changing(seed: int, args) -> Dict[str, Any]:
         "first_frame_seeing": {"removed": see_removed, "moved": see_moved, "added": see_added},
         "event_at_s": feeder.sent_at[E] if E is not None and len(feeder.sent_at) > E else None,
         "event_at_step": next((c["step"] for c in checks if c["after_event"]), None),
+        "static_before_event": before_event,
         "removed": removed_name,
         "moved": moved_name,
         "added": added_name,
@@ -297,18 +322,24 @@ def run_static(seed: int, args) -> Dict[str, Any]:
 
     scene = make_changing_scene(seed=seed, width=args.width, height=args.height, n_frames=args.frames)
     tmp = tempfile.mkdtemp(prefix="lerf_static_")
-    cfg = _config(tmp)
+    cfg = _config(tmp, args.rays)
     messages: List[str] = []
     ot = OnlineTrainer(
         cfg, teacher=GroundTruthTeacher(scene), log=lambda lvl, t: messages.append(f"{lvl}: {t}"), snapshot_every=10**6
     )
     ot.start()
-    feeder = Feeder(ot, lambda k: scene.frames[k % len(scene)], args.rate, limit=args.static_frames).start()
+    feeder = Feeder(
+        ot,
+        lambda k: scene.frames[k % len(scene)],
+        args.rate,
+        limit=args.static_frames,
+        steps_per_frame=args.steps_per_frame,
+    ).start()
     t0 = time.perf_counter()
     try:
         while not feeder.done():
             time.sleep(2.0)
-            if time.perf_counter() - t0 > 5 * args.static_frames / args.rate + 60:
+            if args.steps_per_frame <= 0 and time.perf_counter() - t0 > 5 * args.static_frames / args.rate + 60:
                 break
         st = ot.status()
         stats = ot.session.change_stats()
@@ -348,6 +379,14 @@ def main() -> int:
     ap.add_argument("--time-cap", type=float, default=900.0, help="seconds of one changing run at most")
     ap.add_argument("--min-after-s", type=float, default=60.0, help="seconds streamed after the events at least")
     ap.add_argument("--static-frames", type=int, default=1000, help="frames of the static run (0: skip it)")
+    ap.add_argument(
+        "--steps-per-frame",
+        type=float,
+        default=0.0,
+        help="0: frames at --rate Hz of wall-clock time; > 0: a frame every this many training steps, times "
+        "in stream seconds (frames / rate): what a machine training rate * this steps/s would see",
+    )
+    ap.add_argument("--rays", type=int, default=0, help="trainer.rays_per_batch (0: the preset's)")
     ap.add_argument("--runs", choices=("both", "changing", "static"), default="both", help="which runs to make")
     ap.add_argument("--out", default="bench/results/changing_scene.json")
     args = ap.parse_args()
@@ -362,16 +401,21 @@ def main() -> int:
         "changing": [],
         "static": [],
     }
+
+    def save() -> None:  # after every run, so an interrupted benchmark keeps what it measured
+        out["load_average_end"] = os.getloadavg()
+        out["total_s"] = time.perf_counter() - t0
+        os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
+        with open(args.out, "w") as f:
+            json.dump(out, f, indent=1)
+
     for seed in args.seeds:
         if args.runs != "static":
             out["changing"].append(run_changing(seed, args))
+            save()
         if args.static_frames and args.runs != "changing":
             out["static"].append(run_static(seed, args))
-    out["load_average_end"] = os.getloadavg()
-    out["total_s"] = time.perf_counter() - t0
-    os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump(out, f, indent=1)
+            save()
     for r in out["changing"]:
         print(
             f"seed {r['seed']}: removed {r['removed']} gone after {r['removed_gone_s']} s, moved {r['moved']} found "
