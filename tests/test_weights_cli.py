@@ -96,6 +96,8 @@ def test_check_says_what_is_missing_and_exits_nonzero(tmp_path):
     none = weights_cmd(tmp_path, "--preset", "lerf", "--set", "teacher.random_weights=true", "--check")
     assert none.returncode == 0 and "none needed" in none.stdout, none.stdout + none.stderr
     assert files_under(tmp_path) == []  # checking writes nothing
+    typo = weights_cmd(tmp_path, "--set", "teacher.clip_model=ViT-B-61", "--check")
+    assert typo.returncode == 2 and "teacher.clip_model = 'ViT-B-61' is not an OpenCLIP architecture" in typo.stderr
 
 
 def test_import_dino_into_a_cache_folder_the_loader_reads(tmp_path, dino_file, dino_model):

@@ -150,6 +150,8 @@ def _clip_need(t) -> Need:
             f"teacher.clip_model = {t.clip_model!r} is a test architecture: it has no published weights "
             "(set teacher.clip_checkpoint to a local file)"
         )
+    if t.clip_model not in open_clip.list_models():
+        raise ConfigError(f"teacher.clip_model = {t.clip_model!r} is not an OpenCLIP architecture")
     tag = open_clip.get_pretrained_cfg(t.clip_model, t.clip_pretrained)
     if not tag:
         tags = open_clip.list_pretrained_tags_by_model(t.clip_model)
