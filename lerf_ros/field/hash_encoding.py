@@ -214,26 +214,33 @@ def hash_grid_indices(x: torch.Tensor, layout: HashGridLayout) -> Tuple[torch.Te
 
 
 class _HashGridTable(torch.autograd.Function):
-    """Encoding with gradients to the table only (the training path): the forward gathers and
-    blends the 8 corners in one fused op and the backward scatters with a per-feature histogram
-    (CPU) or ``index_add_`` (CUDA), several times faster than autograd through a gather on the CPU."""
+    """Encoding with gradients to the table (the training path): the forward gathers and blends the
+    8 corners in one fused op and the backward scatters with a per-feature histogram (CPU) or
+    ``index_add_`` (CUDA), several times faster than autograd through a gather on the CPU. When the
+    corner weights require grad (positions that do: learned camera corrections), the backward also
+    gives their gradient, the corners' values dotted with the output gradient (one gather), and
+    autograd carries it on to the positions."""
 
     @staticmethod
     def forward(ctx, rows: torch.Tensor, weights: torch.Tensor, params: torch.Tensor, fpl: int) -> torch.Tensor:
         n_levels, n = rows.shape[0], rows.shape[1]
         table = params.view(-1, fpl)
         out = F.embedding_bag(rows.view(-1, 8), table, per_sample_weights=weights.reshape(-1, 8), mode="sum")
-        ctx.save_for_backward(rows, weights)
+        ctx.save_for_backward(rows, weights, params if weights.requires_grad else None)
         ctx.fpl = fpl
         ctx.num_params = params.numel()
         return out.view(n_levels, n, fpl).permute(1, 0, 2).reshape(n, n_levels * fpl)
 
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor):
-        rows, weights = ctx.saved_tensors
+        rows, weights, params = ctx.saved_tensors
         fpl = ctx.fpl
         n_levels, n = rows.shape[0], rows.shape[1]
         g = grad_out.reshape(n, n_levels, fpl).permute(1, 0, 2).reshape(-1, 1, fpl).to(weights.dtype)  # (L*N, 1, F)
+        grad_weights = None
+        if ctx.needs_input_grad[1]:
+            corners = F.embedding(rows.view(-1, 8), params.view(-1, fpl))  # (L*N, 8, F)
+            grad_weights = (corners * g).sum(-1).view(n_levels, n, 8)
         vals = (g * weights.reshape(-1, 8, 1)).reshape(-1, fpl)  # (L*N*8, F)
         n_entries = ctx.num_params // fpl
         flat_rows = rows.reshape(-1)
@@ -249,7 +256,7 @@ class _HashGridTable(torch.autograd.Function):
         else:
             grad_table = torch.zeros(n_entries, fpl, dtype=weights.dtype, device=weights.device)
             grad_table.index_add_(0, flat_rows.long(), vals)
-        return None, None, grad_table.view(-1), None
+        return None, grad_weights, grad_table.view(-1), None
 
 
 def hash_grid_forward_torch(x: torch.Tensor, params: torch.Tensor, layout: HashGridLayout) -> torch.Tensor:
@@ -261,7 +268,7 @@ def hash_grid_forward_torch(x: torch.Tensor, params: torch.Tensor, layout: HashG
         layout: the grid.
     Returns:
         (N, L * F) features, level-major, dtype of ``params``. Differentiable w.r.t. ``params``;
-        also w.r.t. ``x`` when ``x`` requires grad (a slower, fully autograd path).
+        also w.r.t. ``x`` when ``x`` requires grad.
     """
     if x.ndim != 2 or x.shape[1] != 3:
         raise ValueError(f"hash grid input must be (N, 3), got {tuple(x.shape)}")
@@ -273,10 +280,8 @@ def hash_grid_forward_torch(x: torch.Tensor, params: torch.Tensor, layout: HashG
         return params.new_zeros((0, layout.output_dim))
     x = x.to(params.dtype)
     if x.requires_grad and torch.is_grad_enabled():
-        rows, weights = hash_grid_indices(x, layout)
-        corners = params.view(-1, fpl)[rows.long()]  # (L, N, 8, F)
-        out = (corners * weights[..., None]).sum(2)  # (L, N, F)
-        return out.permute(1, 0, 2).reshape(n, layout.output_dim)
+        rows, weights = hash_grid_indices(x, layout)  # weights carry the gradient to x
+        return _HashGridTable.apply(rows, weights, params, fpl)
     with torch.no_grad():
         rows, weights = hash_grid_indices(x, layout)
     return _HashGridTable.apply(rows, weights, params, fpl)
