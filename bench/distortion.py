@@ -9,7 +9,8 @@ rendered three ways for training:
 - ``clean``: pinhole images (the scene as ``make_scene`` renders it);
 - ``distorted_handled``: every raw pixel of a distorting lens rendered exactly, by casting the
   pixel's own undistorted ray into the scene geometry (no resampling, so the ground truth is exact
-  at every pixel), and the frames carry their ``Distortion``: training rays go through its inverse;
+  at every pixel: ``lerf_ros.data.synthetic.apply_conditions`` with a lens), and the frames carry
+  their ``Distortion``: training rays go through its inverse;
 - ``distorted_ignored``: the same raw images, frames without the distortion (what the package did
   before: camera_info ``D`` was dropped).
 
@@ -17,6 +18,9 @@ All three use the scene bounds of the clean frames and the same seed and steps. 
 measured on clean pinhole renders of the held-out poses against the pinhole ground truth, so all
 three answer the same question: how well was the scene learnt. For each lens model the JSON also
 records how far (pixels) ignoring the distortion moves rays at most.
+
+``bench/real_cameras.py`` measures the same for all three lens models next to the other real-camera
+conditions (shorter runs); this script is the longer, lens-only run.
 """
 
 from __future__ import annotations
@@ -30,37 +34,18 @@ import dataclasses  # noqa: E402
 import json  # noqa: E402
 import time  # noqa: E402
 
-import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from bench_model import heldout_psnr  # noqa: E402  (bench/, the script's own folder)
 
 from lerf_ros.config import preset  # noqa: E402
 from lerf_ros.data.synthetic import make_scene  # noqa: E402
-from lerf_ros.geometry.camera import Distortion, pixel_directions  # noqa: E402
+from lerf_ros.data.synthetic.conditions import DEFAULT_LENSES, Conditions  # noqa: E402
+from lerf_ros.data.synthetic.scene import apply_conditions  # noqa: E402
 from lerf_ros.mapping.rays import estimate_scene_bounds  # noqa: E402
 from lerf_ros.mapping.session import Session  # noqa: E402
 from lerf_ros.teachers.ground_truth import GroundTruthTeacher  # noqa: E402
 
-LENSES = {
-    "plumb_bob": Distortion.create("plumb_bob", [-0.28, 0.07, 0.001, -0.0008, 0.0]),
-    "equidistant": Distortion.create("equidistant", [0.06, -0.02, 0.004, -0.001]),
-}
-
-
-def render_distorted(scene, frame, distortion: Distortion):
-    """The raw image of ``frame``'s camera through ``distortion``: each pixel's undistorted ray cast
-    into the scene (rgb uint8, z-depth float32, instance ids)."""
-    h, w = frame.height, frame.width
-    d = pixel_directions(frame.K, w, h, distortion).astype(np.float64)
-    d = d / d[:, 2:3]  # camera z = 1: the hit distance is the z-depth
-    R, t = frame.c2w[:3, :3], frame.c2w[:3, 3]
-    rays = np.empty((h * w, 6), np.float32)
-    rays[:, :3] = t
-    rays[:, 3:] = d @ R.T
-    c, hit, inst = scene.renderer.shade(rays, True)
-    rgb = np.round(c * 255).astype(np.uint8).reshape(h, w, 3)
-    depth = np.where(np.isfinite(hit), hit, 0.0).astype(np.float32).reshape(h, w)
-    return rgb, depth, inst.reshape(h, w).astype(np.int32)
+LENSES = DEFAULT_LENSES
 
 
 def train(scene, train_frames, clean_frames, bounds, steps: int, seed: int) -> dict:
@@ -114,10 +99,7 @@ def main() -> None:
     print(f"clean: {results['clean']}", flush=True)
     for name in args.lenses.split(","):
         dist = LENSES[name]
-        raw = []
-        for f in clean:
-            rgb, depth, inst = render_distorted(scene, f, dist)
-            raw.append(dataclasses.replace(f, rgb=rgb, depth=depth, instance=inst, distortion=dist))
+        raw = apply_conditions(scene, Conditions(distortion=dist)).frames
         ignored = [dataclasses.replace(f, distortion=None) for f in raw]
         row = {
             "model": dist.model,
