@@ -11,9 +11,11 @@ pinned to ``--cpus`` cores when the machine has more):
   3. once the node answers, this process asks /lerf/query back to back (object names of the scene,
      ``--gap`` seconds between two calls) for ``--seconds`` seconds while the trainer trains:
      latency from the call to its answer, the model step and snapshot number of each answer;
-  4. then training is paused (``/lerf/pause``), the replay stopped, the last preparation left to
-     finish, and the same queries are asked for ``--idle-seconds`` seconds: the idle latency;
-  5. the query node's own log gives each preparation's duration ("prepared in N ms").
+  4. once training has reached ``trainer.max_steps`` (``--max-steps``; or ``--seconds`` have passed,
+     then training is paused with ``/lerf/pause``), the replay is stopped, the last preparation left
+     to finish, and the same queries are asked for ``--idle-seconds`` seconds: the idle latency;
+  5. the query node's own log gives each preparation's duration ("prepared in N ms"), and its
+     /diagnostics tell which queries were asked while a snapshot was being prepared.
 Writes JSON (default bench/results/query_latency.json) and prints a summary. Targets (issue 16):
 p95 while training at most 100 ms and at most twice the idle p95.
 
@@ -65,6 +67,7 @@ def write_params(path: str, scene_dir: str, out_dir: str, args) -> None:
             f"    output_dir: '{out_dir}'\n    world_frame: map\n    resume: false\n"
             f"    teacher:\n      kind: ground_truth\n      scene_dir: '{scene_dir}'\n"
             f"    trainer:\n      checkpoint_every: 0\n      snapshot_every: {args.snapshot_every}\n"
+            f"      max_steps: {args.max_steps}\n"
             "    keyframes:\n      min_keyframes_to_train: 2\n"
             "lerf_trainer:\n  ros__parameters:\n    pose_source: pose\n"
             "lerf_query:\n  ros__parameters:\n    reload_period_s: 0.5\n"
@@ -93,6 +96,7 @@ class Asker:
 
     def __init__(self, domain: int) -> None:
         import rclpy
+        from diagnostic_msgs.msg import DiagnosticArray
         from std_srvs.srv import SetBool
 
         from lerf_ros.msg import TrainingStatus
@@ -108,6 +112,14 @@ class Asker:
         self.node.create_subscription(
             TrainingStatus, "/lerf/status", lambda m: self.status.append((time.monotonic(), int(m.step))), 10
         )
+        self.preparing = False  # the query node's /diagnostics: a snapshot is being prepared
+        self.node.create_subscription(DiagnosticArray, "/diagnostics", self._on_diagnostics, 10)
+
+    def _on_diagnostics(self, msg) -> None:
+        for st in msg.status:
+            if st.name == "lerf_query: snapshot":
+                values = {kv.key: kv.value for kv in st.values}
+                self.preparing = values.get("preparing step", "none") != "none"
 
     def ask(self, text: str, timeout: float = 120.0):
         """(seconds, response or None): one call, no second asking."""
@@ -123,7 +135,7 @@ class Asker:
     def pause(self, on: bool) -> bool:
         from ros_helpers import call
 
-        r = call(self.node, self.pause_client, self._SetBool.Request(data=on), timeout=60.0)
+        r = call(self.node, self.pause_client, self._SetBool.Request(data=on), timeout=300.0)
         return bool(r is not None and r.success)
 
     def spin(self, seconds: float) -> None:
@@ -134,16 +146,19 @@ class Asker:
         self._ctx_manager.__exit__(None, None, None)
 
 
-def measure(ask: Asker, texts: List[str], seconds: float, gap: float, proc) -> List[Dict]:
+def measure(ask: Asker, texts: List[str], seconds: float, gap: float, proc, until_step: int = 0) -> List[Dict]:
+    """Queries back to back for ``seconds`` (or until /lerf/status reaches ``until_step``)."""
     rows = []
     t_end = time.monotonic() + seconds
     i = 0
-    while time.monotonic() < t_end:
+    while time.monotonic() < t_end and not (until_step and ask.status and ask.status[-1][1] >= until_step):
         assert proc.poll() is None, process_output(proc)
         text = texts[i % len(texts)]
         i += 1
+        preparing = ask.preparing
         s, r = ask.ask(text)
         row = {"t": time.monotonic(), "ms": 1000.0 * s, "answered": r is not None}
+        row["during_preparation"] = preparing or ask.preparing
         if r is not None:
             snap = SNAPSHOT_RE.search(r.message)
             age = AGE_RE.search(r.message)
@@ -161,7 +176,10 @@ def measure(ask: Asker, texts: List[str], seconds: float, gap: float, proc) -> L
 
 def main(argv: Optional[List[str]] = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--seconds", type=float, default=90.0, help="measuring while training")
+    p.add_argument("--seconds", type=float, default=300.0, help="longest time measuring while training")
+    p.add_argument(
+        "--max-steps", type=int, default=200, help="trainer.max_steps: training ends there (then the idle phase)"
+    )
     p.add_argument("--idle-seconds", type=float, default=30.0, help="measuring with training paused")
     p.add_argument("--gap", type=float, default=0.1, help="seconds between two queries")
     p.add_argument("--cpus", default="0,1", help="cores every process is pinned to ('' = no pinning)")
@@ -211,6 +229,9 @@ def main(argv: Optional[List[str]] = None) -> int:
             "prepare_cpu_share": args.cpu_share,
             "prepare_niceness": args.niceness,
             "replay_rate_hz": args.rate,
+            "trainer.max_steps": args.max_steps,
+            "during_preparation": "a query counts as asked during a preparation when the query node's "
+            "/diagnostics (1 Hz) said so just before or just after it",
         },
     }
     ask = Asker(domain)
@@ -228,7 +249,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         ask.spin(2.0)
 
         ask.status.clear()
-        busy = measure(ask, texts, args.seconds, args.gap, node)
+        busy = measure(ask, texts, args.seconds, args.gap, node, until_step=args.max_steps)
         steps = [s for _, s in ask.status]
         span = (ask.status[-1][0] - ask.status[0][0]) if len(ask.status) > 1 else 0.0
         answered = [r for r in busy if r["answered"]]
@@ -236,6 +257,12 @@ def main(argv: Optional[List[str]] = None) -> int:
         swaps_t = [b["t"] for a, b in zip(answered, answered[1:]) if b.get("snapshot", -1) > a.get("snapshot", -1) > 0]
         out["training"] = {
             "latency_ms": summary([r["ms"] for r in answered]),
+            "latency_ms_while_a_snapshot_was_prepared": summary(
+                [r["ms"] for r in answered if r["during_preparation"]] or [0.0]
+            ),
+            "latency_ms_while_none_was_prepared": summary(
+                [r["ms"] for r in answered if not r["during_preparation"]] or [0.0]
+            ),
             "lost": len(busy) - len(answered),
             "succeeded": sum(r["success"] for r in answered),
             "steps": [min(steps), max(steps)] if steps else [],
@@ -248,7 +275,11 @@ def main(argv: Optional[List[str]] = None) -> int:
         }
         print(json.dumps(out["training"], indent=1), flush=True)
 
-        assert ask.pause(True), "could not pause the trainer"
+        # Idle: training has reached trainer.max_steps (asked to pause when --seconds ran out first).
+        if not (ask.status and ask.status[-1][1] >= args.max_steps):
+            t_pause = time.monotonic()
+            assert ask.pause(True), "could not pause the trainer"
+            out["setup"]["pause_answered_s"] = round(time.monotonic() - t_pause, 1)
         stop_process(replay, timeout=10.0)
         # Let the last preparation finish: no new snapshot after the pause, so the answers settle.
         settle_deadline = time.monotonic() + 120.0

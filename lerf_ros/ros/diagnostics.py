@@ -18,7 +18,7 @@ from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.node import Node
 
-from lerf_ros.mapping.health import Check
+from lerf_ros.mapping.health import ERROR, Check
 
 DIAGNOSTICS_TOPIC = "/diagnostics"
 #: seconds between two publications
@@ -83,7 +83,7 @@ class DiagnosticsPublisher:
             if not self._failed_logged:
                 self._node.get_logger().error(f"could not collect diagnostics: {exc!r}")
                 self._failed_logged = True
-            return [Check("diagnostics", 2, f"could not collect diagnostics: {type(exc).__name__}: {exc}")]
+            return [Check("diagnostics", ERROR, f"could not collect diagnostics: {type(exc).__name__}: {exc}")]
 
     def publish(self) -> None:
         """Publish the checks now (the timer's callback)."""
@@ -100,7 +100,7 @@ class DiagnosticsPublisher:
                 self._cache_t = time.monotonic()
             check = self._cache.get(name) or self._cache.get("diagnostics")
         if check is None:
-            stat.summary(2, f"no check named {name}")
+            stat.summary(ERROR, f"no check named {name}")
             return stat
         stat.summary(int(check.level), check.message)
         for k, v in check.values:
