@@ -81,6 +81,7 @@ def use_planner_from_commit(commit: str) -> None:
         f.write(text)
     spec = importlib.util.spec_from_file_location(f"grasp_{commit}", f.name)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while it runs
     spec.loader.exec_module(module)
     os.unlink(f.name)
     engine_module.plan_grasps = module.plan_grasps
