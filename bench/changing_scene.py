@@ -72,6 +72,7 @@ class Feeder:
     ) -> None:
         self.trainer, self.frame_at, self.rate_hz, self.limit = trainer, frame_at, rate_hz, limit
         self.steps_per_frame = float(steps_per_frame)
+        self._paced_from: Optional[tuple] = None  # (frame index, step) when the pacing began
         self.index = 0
         self.t0: Optional[float] = None
         self.sent_at: List[float] = []
@@ -97,8 +98,11 @@ class Feeder:
     def _run(self) -> None:
         self.t0 = time.perf_counter()
         while not self._stop.is_set() and (self.limit is None or self.index < self.limit):
-            if self.steps_per_frame > 0:
-                while self.trainer.step < self.steps_per_frame * self.index and not self._stop.is_set():
+            if self.steps_per_frame > 0 and self.trainer.step > 0:  # before the first step: the rate
+                if self._paced_from is None:
+                    self._paced_from = (self.index, self.trainer.step)
+                i0, s0 = self._paced_from
+                while self.trainer.step - s0 < self.steps_per_frame * (self.index - i0) and not self._stop.is_set():
                     self._stop.wait(0.005)
             f = self.frame_at(self.index)
             f = dataclasses.replace(f, stamp=100.0 + self.index / self.rate_hz, index=self.index)
