@@ -31,9 +31,11 @@ Times are seconds of stream: wall-clock seconds on this machine (``--threads`` t
 JSON records the machine's load), or with ``--steps-per-frame S`` the stream is paced by training
 steps (a frame every S steps, after the first step) and times are frames / rate: what a machine
 training ``rate * S`` steps per second would see, whatever else runs on this one. The changes
-reported before the events come from a static stream (``static_before_event``). Targets (issue 17): removed within 30 s, moved within 60 s, added within the time a
-new object takes in a static scene (the main benchmark's first-correct-answer figure), and no
-change in the static run.
+reported before the events come from a static stream (``static_before_event``).
+
+Targets (issue 17): removed within 30 s, moved within 60 s, added within the time a new object takes
+in a static scene (the main benchmark's first-correct-answer figure), and no change in the static
+run.
 """
 
 from __future__ import annotations
