@@ -215,6 +215,7 @@ def test_refinement_recovers_a_known_perturbation(scene, tmp_path):
         scene,
         **{
             "trainer.pose_warmup_steps": 150,
+            "trainer.pose_update_every": 1,
             "trainer.pose_lr": 2e-3,
             "trainer.decay_steps": 400,
             "model.num_proposal_samples": (32,),

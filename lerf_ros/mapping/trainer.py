@@ -275,9 +275,13 @@ class Trainer:
                 background = torch.full((3,), 1.0 if bg_kind == "white" else 0.0, device=self.device)
             self.model.train()
             origins, directions = batch.origins, batch.directions
-            refine = lrs["pose"] > 0 and self.corrections.has_pose
-            if refine:
-                origins, directions = self.corrections.correct_rays(origins, directions, batch.slot)
+            corrected = lrs["pose"] > 0 and self.corrections.has_pose
+            # Pose gradients every pose_update_every-th step; the steps between use the corrections
+            # as they are (no backward pass through the sample positions).
+            refine = corrected and (self.step_count - tc.pose_warmup_steps) % tc.pose_update_every == 0
+            if corrected:
+                with torch.set_grad_enabled(refine):
+                    origins, directions = self.corrections.correct_rays(origins, directions, batch.slot)
             with torch.autocast(device_type=self.device.type, dtype=torch.float16, enabled=self.use_amp):
                 out = self.model.render_rays(
                     origins,
