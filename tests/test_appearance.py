@@ -117,6 +117,14 @@ def test_checkpoint_from_before_the_embedding_loads(scene, tmp_path):
     resumed = Trainer.from_checkpoint(old, store)
     assert resumed.cfg.model.appearance_dim == 0 and resumed.step_count == 1
     resumed.step()
-    # a trainer with the embedding refuses it by name (a different architecture)
-    with pytest.raises(ckpt.CheckpointError, match="model.appearance_dim"):
-        Trainer(tiny_cfg(scene), 4, 4, store).load_checkpoint(old)
+    # a trainer with the embedding takes it up (same renders) and its embeddings learn on
+    upgraded = Trainer(tiny_cfg(scene), 4, 4, store)
+    assert upgraded.load_checkpoint(old) == 1
+    torch.testing.assert_close(
+        upgraded.render_view(cam.K, cam.c2w, 30, 40)["rgb"], trainer.render_view(cam.K, cam.c2w, 30, 40)["rgb"]
+    )
+    upgraded.step()
+    assert upgraded.corrections.tables["appearance"].detach().abs().sum() > 0
+    # another architecture change is still refused by name
+    with pytest.raises(ckpt.CheckpointError, match="model.hidden_dim"):
+        Trainer(tiny_cfg(scene, **{"model.hidden_dim": 16}), 4, 4, store).load_checkpoint(old)

@@ -425,14 +425,21 @@ class Trainer:
         ours = self.cfg.to_dict()["model"]
         # The scene bounds are state restored with the weights (buffers), not a property of the architecture.
         diff = sorted(k for k in set(ours) | set(theirs) if ours.get(k) != theirs.get(k) and k not in _BOUNDS_KEYS)
-        if diff:
+        # A model without an appearance embedding renders as this one does with the neutral (zero)
+        # embedding, whatever the colour head's weights on the embedding's inputs: it is taken up with
+        # this model's initial weights there (same renders), and the embedding learns on.
+        add_appearance = diff == ["appearance_dim"] and theirs.get("appearance_dim") == 0
+        if diff and not add_appearance:
             raise ckpt.CheckpointError(
                 f"{path}: model configuration differs in {', '.join('model.' + k for k in diff)}"
             )
+        state, optim = payload["model"], payload.get("optimizer")
+        if add_appearance:
+            state, optim = self._with_appearance_inputs(state, optim)
         with self._lock:
-            self.model.load_state_dict(payload["model"])
-            if payload.get("optimizer") is not None:
-                self.optimizer.load_state_dict(payload["optimizer"])
+            self.model.load_state_dict(state)
+            if optim is not None:
+                self.optimizer.load_state_dict(optim)
             if payload.get("scaler"):
                 self.scaler.load_state_dict(payload["scaler"])
             if payload.get("generator") is not None:
@@ -451,6 +458,35 @@ class Trainer:
             self._slots_seen, self._slots_version = ([], []), -1
             self._sync_slots()
         return self.step_count
+
+    def _with_appearance_inputs(
+        self, state: Dict[str, Any], optim: Optional[Dict[str, Any]]
+    ) -> Tuple[Dict[str, Any], Optional[Dict[str, Any]]]:
+        """A checkpoint's weights (and Adam moments) of a model without an appearance embedding, with
+        columns for the embedding's inputs of the colour head's first layer: this model's initial
+        weights (zero ones would never learn: with zero embeddings both gradients vanish), zero moments."""
+        layer = self.model.field.mlp_head[0].weight
+        key = "field.mlp_head.0.weight"
+        extra = int(self.model.field.appearance_dim)
+
+        def pad(t: torch.Tensor, init: Optional[torch.Tensor] = None) -> torch.Tensor:
+            if t.shape != (layer.shape[0], layer.shape[1] - extra):
+                raise ckpt.CheckpointError(f"colour head weights {tuple(t.shape)} do not fit {tuple(layer.shape)}")
+            cols = t.new_zeros(t.shape[0], extra) if init is None else init.to(t.device, t.dtype)
+            return torch.cat([t, cols], dim=1)
+
+        state = dict(state)
+        state[key] = pad(state[key], layer.detach()[:, -extra:].cpu())
+        if optim is not None:
+            params = [p for group in self.optimizer.param_groups for p in group["params"]]
+            index = next(i for i, p in enumerate(params) if p is layer)
+            optim = {**optim, "state": dict(optim["state"])}
+            if index in optim["state"]:
+                moments = dict(optim["state"][index])
+                for name in ("exp_avg", "exp_avg_sq"):
+                    moments[name] = pad(moments[name])
+                optim["state"][index] = moments
+        return state, optim
 
     @classmethod
     def from_checkpoint(cls, path: str, views: RaySource, device: Optional[str] = None) -> "Trainer":
