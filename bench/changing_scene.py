@@ -17,7 +17,9 @@ For each seed (other than the main benchmark's, ``lerf_ros.bench.settings``):
   snapshot is queried:
 
   - removed: its query's highest relevancy falls below ``query.threshold`` (``removed_gone_s``,
-    from the first frame after the event whose view shows the spot where it stood);
+    from the first frame after the event whose view shows the spot where it stood); measured only
+    when the first check after the events (a field trained on the scene as it was) still finds it
+    (``removed_relevancy_at_event``);
   - moved: the most relevant point lies in its new box (``moved_found_s``, from the first frame
     after the event that sees the new place);
   - added: the most relevant point lies in its box (``added_found_s``, from the first frame that
@@ -285,7 +287,10 @@ def run_changing(seed: int, args) -> Dict[str, Any]:
                 return None if k is None or k >= len(feeder.sent_at) else t - feeder.sent_at[k]
 
             if E is not None and now_idx > E:
-                if t_removed is None and gone and see_removed is not None and now_idx > see_removed:
+                # the first check after the events answers from a field trained on the scene as it was:
+                # a removed object that was not found then cannot be measured going
+                found_before = checks[0]["removed_max_relevancy"] >= thr
+                if t_removed is None and found_before and gone and see_removed is not None and now_idx > see_removed:
                     t_removed = since(see_removed)
                 if t_moved is None and at_new and see_moved is not None and now_idx > see_moved:
                     t_moved = since(see_moved)
@@ -314,6 +319,7 @@ def run_changing(seed: int, args) -> Dict[str, Any]:
         "removed": removed_name,
         "moved": moved_name,
         "added": added_name,
+        "removed_relevancy_at_event": checks[0]["removed_max_relevancy"] if checks else None,
         "removed_gone_s": t_removed,
         "moved_found_s": t_moved,
         "added_found_s": t_added,
