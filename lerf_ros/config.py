@@ -469,7 +469,7 @@ class ChangeConfig:
     the field rendered at its pose; a change confirmed by two or more frames retires the keyframes
     that show the changed region as it was."""
 
-    enabled: bool = False
+    enabled: bool = True
     """Detect changes and retire the keyframes they make stale (online sessions only)."""
     check_every: int = 5
     """Compare every this-many-th frame offered to the session (skipped frames count too)."""
