@@ -120,6 +120,8 @@ class OnlineTrainer:
                 if self._paused or s.step_count >= self.cfg.trainer.max_steps or not s.can_train():
                     self._closing.wait(0.05)
                     continue
+                # A service call (save, pause, reset) waiting for the lock gets it before the next step.
+                s.lock.yield_to_waiters()
                 with s.lock:
                     if self._paused:  # paused while this thread waited for the lock
                         continue

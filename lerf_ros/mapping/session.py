@@ -32,6 +32,7 @@ from lerf_ros.field.frozen import FrozenField
 from lerf_ros.geometry.poses import interpolate_pose, pose_distance
 from lerf_ros.mapping import checkpoint as ckpt
 from lerf_ros.mapping.changes import ChangeCheck, ChangeDetector
+from lerf_ros.mapping.handoff import HandoffLock
 from lerf_ros.mapping.keyframes import KeyframeStore, KeyframeStoreError
 from lerf_ros.mapping.rays import estimate_scene_bounds
 from lerf_ros.mapping.selection import KeyframeDecision, KeyframeSelector, downscale_frame
@@ -102,8 +103,9 @@ class Session:
         """Keyframe poses replaced by late corrections so far (``correct_poses``; a keyframe corrected
         twice counts twice)."""
         self._corrections_lock = threading.Lock()
-        self.lock = threading.RLock()
-        """Guards the model (step, reset, snapshot, checkpoints); hold it to make several calls one."""
+        self.lock = HandoffLock()
+        """Guards the model (step, reset, snapshot, checkpoints); hold it to make several calls one. A
+        loop that steps repeatedly calls ``lock.yield_to_waiters()`` before taking it again."""
         self.has_language = int(self.teacher.clip_dim) > 0
         """False with teacher kind 'none': no features are computed and the model has no language field."""
         self.changes: Optional[ChangeDetector] = (
@@ -383,6 +385,11 @@ class Session:
                 ("translation_mean_m", "translation_max_m", "rotation_mean_deg", "rotation_max_deg"), 0.0
             )
         return trainer.pose_correction_stats()
+
+    def corrected_poses(self) -> Tuple[List[Tuple[int, np.ndarray]], Dict[str, float]]:
+        """``keyframe_poses()`` and ``pose_correction_stats()`` read together, between two training steps."""
+        with self.lock:
+            return self.keyframe_poses(), self.pose_correction_stats()
 
     def reset(self) -> None:
         """A fresh model at step 0 (bounds estimated again); keyframes and their features are kept."""

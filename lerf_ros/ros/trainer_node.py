@@ -205,7 +205,11 @@ class TrainerNode(Node):
             PointCloud2, "/lerf/relevancy_cloud", self._on_relevancy, LATCHED_QOS, callback_group=exporting
         )
         self.create_service(Trigger, "/lerf/export", self._on_export, callback_group=exporting)
-        self.create_timer(1.0 / max(0.1, float(status_rate)), self._publish_status, callback_group=control)
+        # Status has its own group: a status timer that is due again whenever the group frees up would
+        # otherwise keep the control services (save, pause, reset) from ever being taken.
+        self.create_timer(
+            1.0 / max(0.1, float(status_rate)), self._publish_status, callback_group=MutuallyExclusiveCallbackGroup()
+        )
         self._health = TrainerHealth(
             HealthLimits(
                 stall_s=float(params["diagnostics_stall_s"]),
@@ -405,14 +409,15 @@ class TrainerNode(Node):
         msg.loss_rgb, msg.loss_lang, msg.loss_dino, msg.psnr = (
             float(s.losses.get(k, 0.0)) for k in ("rgb", "lang", "dino", "psnr")
         )
-        pc = self.trainer.session.pose_correction_stats()
+        # One read of the corrections for both messages (training moves them between two reads).
+        poses, pc = self.trainer.session.corrected_poses()
         msg.pose_correction_mean_m, msg.pose_correction_max_m = pc["translation_mean_m"], pc["translation_max_m"]
         msg.pose_correction_mean_deg, msg.pose_correction_max_deg = pc["rotation_mean_deg"], pc["rotation_max_deg"]
         msg.checkpoint = s.checkpoint
         msg.message = s.message
         self.status_pub.publish(msg)
         self._publish_changes(msg.header)
-        self._publish_keyframes(msg.header, int(s.step))
+        self._publish_keyframes(msg.header, int(s.step), poses)
 
     def _health_checks(self) -> List[Check]:
         """The trainer's checks for /diagnostics (``lerf_ros.mapping.health``)."""
@@ -465,7 +470,7 @@ class TrainerNode(Node):
             checks.append(dataclasses.replace(check, name=f"camera {camera.name}", values=values))
         return checks
 
-    def _publish_keyframes(self, header, step: int) -> None:
+    def _publish_keyframes(self, header, step: int, keyframe_poses) -> None:
         """Camera poses of the current keyframes (the trajectory RViz shows), with their learned pose
         corrections: when the store changed, or every ``KEYFRAME_REPUBLISH_STEPS`` training steps while
         the corrections are being learned."""
@@ -475,7 +480,7 @@ class TrainerNode(Node):
             return
         self._published_store_version, self._published_step = version, step
         poses = PoseArray(header=header)
-        poses.poses = [matrix_to_pose(c2w) for _, c2w in self.trainer.session.keyframe_poses()]
+        poses.poses = [matrix_to_pose(c2w) for _, c2w in keyframe_poses]
         self.keyframes_pub.publish(poses)
 
     def _publish_changes(self, header) -> None:
