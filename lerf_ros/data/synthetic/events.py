@@ -33,7 +33,6 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from lerf_ros.data.frame import Frame
 from lerf_ros.data.synthetic.layout import (
     PLACEMENT_MARGIN,
     TABLE_SIZE,
@@ -45,7 +44,7 @@ from lerf_ros.data.synthetic.layout import (
 )
 from lerf_ros.data.synthetic.objects import CLASS_BY_NAME, VOCABULARY, normalize_phrase
 from lerf_ros.data.synthetic.render import Geometry, Renderer
-from lerf_ros.data.synthetic.scene import SyntheticScene
+from lerf_ros.data.synthetic.scene import SyntheticScene, rendered_frames
 from lerf_ros.data.synthetic.shapes import Part
 from lerf_ros.data.synthetic.trajectory import intrinsics_from_fov, trajectory
 
@@ -383,20 +382,7 @@ def make_changing_scene(
         first_renderer = first_renderer or renderer
         rgb[a:b], depth[a:b], inst[a:b] = renderer.render(K, c2ws[a:b], width, height, shadows)
     t2 = time.perf_counter()
-    frames = [
-        Frame(
-            rgb=rgb[i],
-            K=K.copy(),
-            c2w=c2ws[i],
-            stamp=start_stamp + i / fps,
-            frame_id=frame_id,
-            depth=depth[i],
-            instance=inst[i],
-            index=i,
-            meta={"source": "synthetic", "segment": segments[i]},
-        )
-        for i in range(total)
-    ]
+    frames = rendered_frames(rgb, depth, inst, K, c2ws, start_stamp, fps, frame_id, segments)
     params = {
         "seed": int(seed),
         "n_objects": len(layout.objects),

@@ -238,6 +238,34 @@ class SyntheticScene:
         return save_preview(self, path, tiles)
 
 
+def rendered_frames(
+    rgb: np.ndarray,
+    depth: np.ndarray,
+    inst: np.ndarray,
+    K: np.ndarray,
+    c2ws: np.ndarray,
+    start_stamp: float,
+    fps: float,
+    frame_id: str,
+    segments,
+) -> List[Frame]:
+    """The frames of a rendered trajectory: (N, H, W, ...) images, (N, 4, 4) poses, stamps at ``fps``."""
+    return [
+        Frame(
+            rgb=rgb[i],
+            K=K.copy(),
+            c2w=c2ws[i],
+            stamp=start_stamp + i / fps,
+            frame_id=frame_id,
+            depth=depth[i],
+            instance=inst[i],
+            index=i,
+            meta={"source": "synthetic", "segment": segments[i]},
+        )
+        for i in range(len(c2ws))
+    ]
+
+
 def make_scene(
     seed: int = 0,
     n_objects: Optional[int] = None,
@@ -287,20 +315,7 @@ def make_scene(
     renderer = Renderer(layout.geoms, nthreads=nthreads)
     rgb, depth, inst = renderer.render(K, c2ws, width, height, shadows)
     t2 = time.perf_counter()
-    frames = [
-        Frame(
-            rgb=rgb[i],
-            K=K.copy(),
-            c2w=c2ws[i],
-            stamp=start_stamp + i / fps,
-            frame_id=frame_id,
-            depth=depth[i],
-            instance=inst[i],
-            index=i,
-            meta={"source": "synthetic", "segment": segments[i]},
-        )
-        for i in range(n_frames)
-    ]
+    frames = rendered_frames(rgb, depth, inst, K, c2ws, start_stamp, fps, frame_id, segments)
     params = {
         "seed": int(seed),
         "n_objects": len(layout.objects),
