@@ -13,8 +13,9 @@ The running trainer writes the same, plus the last answer's relevancy cloud, on 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
+
+from lerf_ros.commands import checkpoint_argument
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -44,7 +45,6 @@ def run(args: argparse.Namespace) -> int:
     from lerf_ros.mapping.checkpoint import (
         CheckpointError,
         config_of,
-        latest_checkpoint,
         load_snapshot,
         read_checkpoint,
     )
@@ -53,14 +53,9 @@ def run(args: argparse.Namespace) -> int:
     if not 1 <= args.poisson_depth <= 12:
         print(f"--poisson-depth {args.poisson_depth}: expected 1..12", file=sys.stderr)
         return 2
-    path = args.checkpoint
-    if os.path.isdir(path):
-        path = latest_checkpoint(
-            [path, os.path.join(path, "checkpoints")], warn=lambda m: print(f"warning: {m}", file=sys.stderr)
-        )
-        if path is None:
-            print(f"no checkpoint in {args.checkpoint}", file=sys.stderr)
-            return 2
+    path = checkpoint_argument(args.checkpoint)
+    if path is None:
+        return 2
     try:
         payload = read_checkpoint(path)
         cfg = config_of(payload)

@@ -18,6 +18,8 @@ import time
 
 import numpy as np
 
+from lerf_ros.commands import checkpoint_argument
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("text", nargs="+", help="what to look for (several queries: several arguments)")
@@ -67,23 +69,15 @@ def _offline(args) -> int:
     from lerf_ros.mapping.checkpoint import (
         CheckpointError,
         config_of,
-        latest_checkpoint,
         load_snapshot,
         read_checkpoint,
     )
     from lerf_ros.query import QueryEngine
     from lerf_ros.teachers import make_teacher
 
-    path = args.checkpoint
-    if os.path.isdir(path):
-        # The newest usable checkpoint of the folder or its checkpoints/ (the trainer's resume and the
-        # query node choose by the same rule).
-        path = latest_checkpoint(
-            [path, os.path.join(path, "checkpoints")], warn=lambda m: print(f"warning: {m}", file=sys.stderr)
-        )
-        if path is None:
-            print(f"no checkpoint in {args.checkpoint}", file=sys.stderr)
-            return 2
+    path = checkpoint_argument(args.checkpoint)
+    if path is None:
+        return 2
     try:
         payload = read_checkpoint(path)
         cfg = config_of(payload)
