@@ -120,6 +120,10 @@ class Streamer:
 
 
 def start_trainer(scene_dir, tmp_path, **extra):
+    # These tests count every frame they send: reliable input with room for a busy executor (the
+    # default best-effort sensor QoS may lose a frame on a loaded machine, as a camera driver would).
+    extra.setdefault("input_qos_reliability", "reliable")
+    extra.setdefault("input_qos_depth", 50)
     params = write_params(tmp_path / "params.yaml", scene_dir, tmp_path / "out", **extra)
     domain = unique_domain_id()
     return domain, start_process(node_argv(params, "lerf_ros.ros.trainer_node"), env=ros_env(domain))
@@ -302,7 +306,12 @@ def test_poses_arriving_after_their_images_are_used(scene, scene_dir, tmp_path):
                 streamer.send_pose(i, stamp)
                 streamer.pause(0.2)
             ok = spin_until(node, lambda: status.last.frames_received >= n and status.last.frames_kept >= n, 20.0)
-            assert ok, (status.last.frames_kept, list(status.last.drop_reasons), process_output(proc))
+            assert ok, (
+                status.last.frames_received,
+                status.last.frames_kept,
+                list(status.last.drop_reasons),
+                process_output(proc),
+            )
             assert status.last.frames_dropped == 0, list(status.last.drop_reasons)
             node.destroy_node()
     finally:

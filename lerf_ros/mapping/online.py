@@ -78,6 +78,9 @@ class OnlineTrainer:
         self.log = log
         self.snapshot_every = max(1, int(snapshot_every))
         self._paused = False
+        # True once a pause has taken effect (the step in flight, if any, finished): what the status
+        # reports, so that a status that says "paused" never precedes one more step.
+        self._pause_effective = False
         self._closing = threading.Event()
         self._thread: Optional[threading.Thread] = None
         self._error = ""
@@ -182,8 +185,11 @@ class OnlineTrainer:
     def set_paused(self, paused: bool) -> None:
         """Pause or resume; when pausing, returns after the step in flight (if any) has finished."""
         self._paused = bool(paused)
+        if not paused:
+            self._pause_effective = False
+            return
         with self.session.lock:
-            pass
+            self._pause_effective = self._paused
 
     def reset(self) -> None:
         """A fresh model at step 0 (scene bounds estimated again); keyframes and their features are kept."""
@@ -216,7 +222,7 @@ class OnlineTrainer:
         s = self.session
         if self._error:
             state = TrainerState.ERROR
-        elif self._paused:
+        elif self._pause_effective:
             state = TrainerState.PAUSED
         elif not s.can_train():
             state = TrainerState.WAITING
