@@ -9,8 +9,14 @@ on (names relative to the node namespace, prefixed with ``--topics PREFIX/`` whe
   ``header.frame_id`` = ``--camera-frame``;
 - ``depth`` (``sensor_msgs/Image``, 32FC1 metres) when the source has depth (not with ``--no-depth``);
 - ``pose`` (``geometry_msgs/PoseStamped``): the camera optical frame's pose in ``--world-frame``
-  (``header.frame_id`` = the world frame), published before the image of the same stamp;
-- ``/tf`` (``tf2_msgs/TFMessage``, world frame -> camera frame) when tf2_msgs is installed;
+  (``header.frame_id`` = the world frame), published before the image of the same stamp (not with
+  ``--no-pose-topic``);
+- ``/tf`` (``tf2_msgs/TFMessage``, world frame -> camera frame) when tf2_msgs is installed (not with
+  ``--no-tf``);
+- ``corrected_path`` (``nav_msgs/Path``; ``--corrected-path-topic``) for a synthetic scene made with
+  ``lerf-ros scene --late-correction``: its ``pose_corrections.json`` (the loop closure), published
+  once per pass right after the last frame, each pose stamped as its frame was published (what a
+  trainer's ``corrected_path_topic`` takes; ``--no-corrected-path`` leaves it out);
 - ``/clock`` (``rosgraph_msgs/Clock``) with ``--clock``, so nodes with ``use_sim_time`` follow
   the replay's time;
 - with ``--cameras 2`` (synthetic sources): a second camera rigidly mounted beside the first
@@ -102,6 +108,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default="wrist_camera_optical_frame",
         help="frame_id of the second camera's images and its TF child frame (default wrist_camera_optical_frame)",
     )
+    parser.add_argument(
+        "--no-pose-topic", action="store_true", help="do not publish the pose topic(s): poses only through /tf"
+    )
+    parser.add_argument("--no-tf", action="store_true", help="do not publish /tf: poses only on the pose topic(s)")
+    parser.add_argument(
+        "--corrected-path-topic",
+        default="corrected_path",
+        metavar="TOPIC",
+        help="topic of the late pose corrections of a scene made with --late-correction (nav_msgs/Path, "
+        "published after the last frame of each pass; prefixed by --topics; default corrected_path)",
+    )
+    parser.add_argument(
+        "--no-corrected-path", action="store_true", help="do not publish a scene's late pose corrections"
+    )
     from lerf_ros.commands.train import add_reader_arguments
 
     add_reader_arguments(parser)
@@ -146,6 +166,18 @@ def run(args: argparse.Namespace) -> int:
                 args.second_camera_frame,
             )
         ]
+    if args.no_pose_topic and args.no_tf:
+        print("lerf-ros replay: --no-pose-topic with --no-tf would publish no poses at all", flush=True)
+        return 2
+    corrected = None
+    if not args.no_corrected_path:
+        corrected = getattr(getattr(frames, "scene", None), "corrected_poses", None)
+        if corrected is not None and not args.corrected_path_topic.strip():
+            print(
+                "lerf-ros replay: --corrected-path-topic must not be empty (--no-corrected-path turns it off)",
+                flush=True,
+            )
+            return 2
     from lerf_ros.ros.replay_node import run_replay
 
     return run_replay(
@@ -165,4 +197,8 @@ def run(args: argparse.Namespace) -> int:
         log_every=args.log_every,
         node_name=args.node_name,
         extra_cameras=extra,
+        publish_pose=not args.no_pose_topic,
+        publish_tf=not args.no_tf,
+        corrected_poses=corrected,
+        corrected_path_topic=args.corrected_path_topic,
     )

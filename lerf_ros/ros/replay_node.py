@@ -8,8 +8,16 @@ to the node namespace, prefixed with ``topic_prefix/`` when given):
   ``header.frame_id`` = the camera frame;
 - ``depth`` (``sensor_msgs/Image``, 32FC1 metres) when the frame has depth (unless disabled);
 - ``pose`` (``geometry_msgs/PoseStamped``): the camera optical frame's pose in the world frame
-  (``header.frame_id`` = the world frame), published before the image of the same stamp;
-- ``/tf`` (``tf2_msgs/TFMessage``, world frame -> camera frame) when tf2_msgs is installed;
+  (``header.frame_id`` = the world frame), published before the image of the same stamp (unless
+  disabled: then the poses come through /tf only);
+- ``/tf`` (``tf2_msgs/TFMessage``, world frame -> camera frame) when tf2_msgs is installed (unless
+  disabled: then the poses come on the pose topic only);
+- ``corrected_path`` (``nav_msgs/Path``, or another topic name) when late pose corrections are given
+  (a synthetic scene made with a late correction: its ``pose_corrections.json``): once per pass,
+  right after the frame from whose stamp the correction is known (the last one: a loop closure at
+  the end of the trajectory), the corrected pose of every frame published in that pass, each with
+  the stamp that frame was published with, in the world frame (what a trainer's
+  ``corrected_path_topic`` takes); reliable and transient-local, so a late subscriber still gets it;
 - ``/clock`` (``rosgraph_msgs/Clock``) on request, so nodes with ``use_sim_time`` follow the
   replay's time;
 - for each extra camera ``<name>`` (``extra_cameras``: frames in step with the source's, e.g. a
@@ -27,11 +35,13 @@ from __future__ import annotations
 import time
 from typing import Iterable, Iterator, Optional, Sequence, Tuple
 
+import numpy as np
 import rclpy
 from geometry_msgs.msg import PoseStamped
+from nav_msgs.msg import Path
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
-from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
+from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from sensor_msgs.msg import CameraInfo, Image
 
 from lerf_ros.data.frame import Frame, FrameError
@@ -77,10 +87,18 @@ class ReplayNode(Node):
         extra_cameras: (name, frames, camera frame) of further cameras: their i-th frame is published
             with the source's i-th frame (same stamp) on ``<name>/image`` ... (``frames`` must be as
             long as the source).
+        publish_pose: publish the pose topics (False: poses only through /tf).
+        publish_tf: publish /tf (False: poses only on the pose topics).
+        corrected_poses: (F, 4, 4) late corrections of the source's F frames (camera-to-world, in
+            the world frame), or None; published as a ``nav_msgs/Path`` on ``corrected_path_topic``
+            right after frame ``corrections_after`` of each pass (default: the last frame).
+        corrected_path_topic: topic of the corrected path (prefixed like the others).
+        corrections_after: index of the source frame from whose stamp the corrections are known.
         node_name: node name (None: ``DEFAULT_NODE_NAME``); further keyword arguments go to ``Node``.
 
     ``done`` becomes True when the stream has finished (end of source or ``max_frames``);
-    ``published`` counts frames sent, ``stamps`` holds their stamps (seconds).
+    ``published`` counts frames sent, ``stamps`` holds their stamps (seconds); ``paths_published``
+    counts corrected paths sent.
     """
 
     def __init__(
@@ -101,6 +119,11 @@ class ReplayNode(Node):
         log_every: float = 5.0,
         node_name: Optional[str] = None,
         extra_cameras: Sequence[Tuple[str, Sequence[Frame], str]] = (),
+        publish_pose: bool = True,
+        publish_tf: bool = True,
+        corrected_poses: Optional[np.ndarray] = None,
+        corrected_path_topic: str = "corrected_path",
+        corrections_after: Optional[int] = None,
         **node_kwargs,
     ):
         super().__init__(node_name or DEFAULT_NODE_NAME, **node_kwargs)
@@ -135,6 +158,22 @@ class ReplayNode(Node):
             self._length: Optional[int] = len(frames)  # type: ignore[arg-type]
         except TypeError:
             self._length = None
+        self.paths_published = 0
+        self._corrected = None
+        self._pass_stamps = {}  # index in the pass -> stamp it was published with
+        if corrected_poses is not None:
+            corrected = np.asarray(corrected_poses, dtype=np.float64)
+            if self._length is None or corrected.shape != (self._length, 4, 4):
+                raise ValueError(
+                    f"corrected_poses must be ({self._length if self._length is not None else 'F'}, 4, 4) "
+                    f"for the source's frames, got {corrected.shape}"
+                )
+            after = self._length - 1 if corrections_after is None else int(corrections_after)
+            if not 0 <= after < self._length:
+                raise ValueError(f"corrections_after must be a frame index in [0, {self._length}), got {after}")
+            if not str(corrected_path_topic).strip():
+                raise ValueError("corrected_path_topic must not be empty when corrected poses are given")
+            self._corrected = (corrected, after)
 
         qos = (
             QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST)
@@ -145,7 +184,19 @@ class ReplayNode(Node):
         self._pub_image = self.create_publisher(Image, self.topics["image"], qos)
         self._pub_info = self.create_publisher(CameraInfo, self.topics["camera_info"], qos)
         self._pub_depth = self.create_publisher(Image, self.topics["depth"], qos) if publish_depth else None
-        self._pub_pose = self.create_publisher(PoseStamped, self.topics["pose"], qos)
+        self._pub_pose = self.create_publisher(PoseStamped, self.topics["pose"], qos) if publish_pose else None
+        if not publish_pose:
+            del self.topics["pose"]
+        self._pub_path = None
+        if self._corrected is not None:
+            self.topics["corrected_path"] = topic_name(topic_prefix, corrected_path_topic)
+            latched = QoSProfile(
+                depth=1,
+                reliability=ReliabilityPolicy.RELIABLE,
+                durability=DurabilityPolicy.TRANSIENT_LOCAL,
+                history=HistoryPolicy.KEEP_LAST,
+            )
+            self._pub_path = self.create_publisher(Path, self.topics["corrected_path"], latched)
         self._extra = []
         for name, extra_frames, extra_frame_id in extra_cameras:
             extra_frames = list(extra_frames)
@@ -153,18 +204,20 @@ class ReplayNode(Node):
                 raise ValueError(
                     f"extra camera '{name}' has {len(extra_frames)} frames, the source {self._length}: they must match"
                 )
-            topics = {k: topic_name(topic_prefix, f"{name}/{k}") for k in ("image", "camera_info", "depth", "pose")}
+            kinds = (
+                ("image", "camera_info") + (("depth",) if publish_depth else ()) + (("pose",) if publish_pose else ())
+            )
+            topics = {k: topic_name(topic_prefix, f"{name}/{k}") for k in kinds}
             self.topics.update({f"{name}/{k}": v for k, v in topics.items()})
             pubs = {
                 k: self.create_publisher(
                     PoseStamped if k == "pose" else CameraInfo if k == "camera_info" else Image, v, qos
                 )
                 for k, v in topics.items()
-                if k != "depth" or publish_depth
             }
             self._extra.append((name, extra_frames, extra_frame_id, pubs))
         self._pub_tf = None
-        if tf_message([]) is not None:
+        if publish_tf and tf_message([]) is not None:
             from tf2_msgs.msg import TFMessage
 
             self._pub_tf = self.create_publisher(TFMessage, "/tf", QoSProfile(depth=100))
@@ -178,11 +231,24 @@ class ReplayNode(Node):
                 self._Clock = Clock
                 self._pub_clock = self.create_publisher(Clock, "/clock", QoSProfile(depth=10))
         extras = [n for n, p in (("/tf", self._pub_tf), ("/clock", self._pub_clock)) if p is not None]
+        if not publish_tf:
+            tf_note = " (no /tf: poses on the pose topic only)"
+        elif self._pub_tf is None:
+            tf_note = " (tf2_msgs not installed: no /tf, use the pose topic)"
+        else:
+            tf_note = ""
+        if self._pub_pose is None and self._pub_tf is None:
+            self._warn_once("neither a pose topic nor /tf is published: a trainer will find no poses for these images")
         self.get_logger().info(
             f"replaying {self._length if self._length is not None else 'a stream of'} frames at {self.rate:g} Hz"
             f"{' (looping)' if self.loop else ''} on {', '.join(self.topics.values())}"
             f"{', ' + ', '.join(extras) if extras else ''}; poses in '{world_frame}', images in '{camera_frame}'"
-            f"{'' if self._pub_tf is not None else ' (tf2_msgs not installed: no /tf, use the pose topic)'}"
+            f"{tf_note}"
+            + (
+                f"; late pose corrections on {self.topics['corrected_path']} after frame {self._corrected[1]}"
+                if self._corrected is not None
+                else ""
+            )
         )
         self._timer = self.create_timer(1.0 / self.rate, self._tick)
 
@@ -203,6 +269,7 @@ class ReplayNode(Node):
             self._iter = iter(self._source)
             self.passes += 1
             self._index_in_pass = 0
+            self._pass_stamps = {}
             frame = next(self._iter)
         self._index_in_pass += 1
         return frame
@@ -255,6 +322,9 @@ class ReplayNode(Node):
             return
         self.published += 1
         self.stamps.append(stamp_s)
+        self._pass_stamps[self._index_in_pass - 1] = stamp_s
+        if self._corrected is not None and self._index_in_pass - 1 == self._corrected[1]:
+            self._publish_corrections()
         now = time.monotonic()
         if now - self._last_log[0] >= self.log_every:
             rate = (self.published - self._last_log[1]) / (now - self._last_log[0])
@@ -286,17 +356,40 @@ class ReplayNode(Node):
             transforms = [matrix_to_transform_stamped(frame.c2w, self.world_frame, self.camera_frame, stamp)]
             transforms += [matrix_to_transform_stamped(f.c2w, self.world_frame, fid, stamp) for f, fid, _ in extra]
             self._pub_tf.publish(tf_message(transforms))
-        self._pub_pose.publish(pose)
+        if self._pub_pose is not None:
+            self._pub_pose.publish(pose)
         self._pub_info.publish(info)
         if depth is not None:
             self._pub_depth.publish(depth)
         self._pub_image.publish(image)
         for f, fid, pubs in extra:
-            pubs["pose"].publish(matrix_to_pose_stamped(f.c2w, self.world_frame, stamp))
+            if "pose" in pubs:
+                pubs["pose"].publish(matrix_to_pose_stamped(f.c2w, self.world_frame, stamp))
             pubs["camera_info"].publish(K_to_camera_info(f.K, f.width, f.height, stamp, fid, f.distortion))
             if "depth" in pubs and f.depth is not None:
                 pubs["depth"].publish(numpy_to_image(f.depth, "32FC1", stamp, fid))
             pubs["image"].publish(numpy_to_image(f.rgb, "rgb8", stamp, fid))
+
+    def _publish_corrections(self) -> None:
+        """The corrected poses of the frames published in this pass, each with its published stamp."""
+        corrected, _ = self._corrected
+        msg = Path()
+        msg.header.frame_id = self.world_frame
+        msg.header.stamp = sec_to_stamp(self._pass_stamps[self._corrected[1]])
+        skipped = 0
+        for i, stamp_s in sorted(self._pass_stamps.items()):
+            try:
+                msg.poses.append(matrix_to_pose_stamped(corrected[i], self.world_frame, sec_to_stamp(stamp_s)))
+            except (ConversionError, ValueError):
+                skipped += 1
+        if skipped:
+            self._warn_once(f"late pose corrections: {skipped} pose(s) that are not rigid transforms left out")
+        self._pub_path.publish(msg)
+        self.paths_published += 1
+        self.get_logger().info(
+            f"published late pose corrections of {len(msg.poses)} frame(s) on {self._pub_path.topic_name} "
+            f"(pass {self.passes})"
+        )
 
 
 def run_replay(frames: Iterable[Frame], **options) -> int:
