@@ -62,8 +62,17 @@ def _write_params(path: Path, scene_dir: Path, out: Path, preset: str, steps: in
 
 
 def run(args: argparse.Namespace) -> int:
-    """Render the scene, start the nodes and the replay as child processes, then follow and query."""
+    """Render the scene, start the nodes and the replay as child processes, then follow and query.
+    SIGTERM stops it as Ctrl-C does (the children are stopped on the way out), also before the ROS
+    client has installed rclpy's own handlers."""
+    import signal
+
     from lerf_ros.data.synthetic import load_scene, make_scene
+
+    def _interrupt(signum, frame):
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    signal.signal(signal.SIGTERM, _interrupt)
 
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -114,8 +123,6 @@ def run(args: argparse.Namespace) -> int:
     try:
         return _client(args, scene, out, env, nodes)
     finally:
-        import signal
-
         for p in (replay, nodes):
             if p.poll() is None:
                 os.killpg(p.pid, signal.SIGINT)
@@ -136,8 +143,8 @@ def _client(args, scene, out: Path, env: dict, nodes) -> int:
 
     client = LerfClient("lerf_demo", follow_status=True)
     t_start = time.monotonic()
+    bar = tqdm(total=args.steps, desc="training", unit="step", dynamic_ncols=True)
     try:
-        bar = tqdm(total=args.steps, desc="training", unit="step", dynamic_ncols=True)
         first_frame_t = None
         while True:
             client.spin_once(0.2)
@@ -194,6 +201,7 @@ def _client(args, scene, out: Path, env: dict, nodes) -> int:
         print("\n" + TEACHER_NOTE)
         return 0
     finally:
+        bar.close()  # ends the bar's line (an interrupt's message starts on its own line)
         client.close()
 
 

@@ -16,7 +16,7 @@ from typing import Optional, Sequence
 import numpy as np
 import rclpy
 from rclpy.context import Context
-from rclpy.executors import SingleThreadedExecutor
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 
 from lerf_ros.msg import TrainingStatus
 from lerf_ros.query.engine import QueryResult
@@ -25,7 +25,12 @@ from lerf_ros.ros.common import QUERY_SERVICE, STATUS_QOS, STATUS_TOPIC, call_se
 from lerf_ros.ros.convert import pointcloud2_to_numpy, pose_to_matrix
 from lerf_ros.srv import Query
 
-__all__ = ["LerfClient", "response_to_result"]
+__all__ = ["Interrupted", "LerfClient", "response_to_result"]
+
+
+class Interrupted(KeyboardInterrupt):
+    """The process was asked to stop (SIGINT or SIGTERM: rclpy's signal handlers shut the context
+    down) while a client waited. A ``KeyboardInterrupt``, so a command line stops quietly."""
 
 
 def response_to_result(resp: Query.Response) -> QueryResult:
@@ -83,8 +88,12 @@ class LerfClient:
         self.status = msg
 
     def spin_once(self, timeout: float) -> None:
-        """Handle what arrived (status messages, answers), waiting at most ``timeout`` seconds."""
-        self.executor.spin_once(timeout_sec=timeout)
+        """Handle what arrived (status messages, answers), waiting at most ``timeout`` seconds.
+        Raises ``Interrupted`` once a signal has shut the ROS context down."""
+        try:
+            self.executor.spin_once(timeout_sec=timeout)
+        except ExternalShutdownException as exc:
+            raise Interrupted("stopped by a signal") from exc
 
     def wait_for_service(self, timeout: float) -> bool:
         """Whether ``/lerf/query`` became available within ``timeout`` seconds."""
