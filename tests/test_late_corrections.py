@@ -135,6 +135,7 @@ def test_corrected_path_over_dds_moves_the_keyframes(scene, tmp_path):
         "    keyframes:\n      min_keyframes_to_train: 2\n      min_translation: 0.001\n      min_rotation_deg: 0.1\n"
         "lerf_trainer:\n  ros__parameters:\n    pose_source: pose\n    status_rate_hz: 5.0\n    resume: false\n"
         "    corrected_path_topic: /slam/corrected_path\n"
+        "    input_qos_reliability: reliable\n    input_qos_depth: 50\n"  # every frame counts here
         "    pose_correction_tolerance_m: 0.01\n    pose_correction_tolerance_deg: 0.5\n"
     )
     domain = unique_domain_id()
