@@ -787,6 +787,13 @@ class NodeParameter:
 
 NODE_PARAMETERS: Tuple[NodeParameter, ...] = (
     NodeParameter(
+        "autostart",
+        True,
+        "Configure and activate the node as it starts (a managed node); false: it waits in 'unconfigured' for "
+        "a lifecycle manager or `ros2 lifecycle set <node> configure`",
+        ("trainer", "query"),
+    ),
+    NodeParameter(
         "world_frame",
         "map",
         "Fixed frame the field is built in and answers are given in by default",

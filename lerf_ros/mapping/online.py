@@ -109,19 +109,33 @@ class OnlineTrainer:
 
     # ------------------------------------------------------------------ training thread
     def start(self) -> None:
+        """Start (or, after ``stop``, restart) the training thread."""
         if self._thread is None:
-            self._thread = threading.Thread(target=self._loop, name="lerf_train", daemon=True)
+            self._closing = threading.Event()  # each thread has its own: one still finishing a step stays stopped
+            self._thread = threading.Thread(target=self._loop, args=(self._closing,), name="lerf_train", daemon=True)
             self._thread.start()
 
-    def _loop(self) -> None:
+    def stop(self, save: bool = False, timeout_s: float = 3.0) -> Optional[str]:
+        """Stop the training thread after the step in flight; the session (model, keyframes, feature
+        worker) stays and ``start`` trains on. With ``save``, then write a checkpoint when the current
+        step has not been saved yet. Returns that checkpoint's path, or None. Bounded by ``timeout_s``
+        (a step that takes longer finishes on its own; no checkpoint is written then)."""
+        deadline = time.monotonic() + timeout_s
+        self._closing.set()
+        thread, self._thread = self._thread, None
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout=timeout_s)
+        return self._save_at_exit(max(0.0, deadline - time.monotonic())) if save else None
+
+    def _loop(self, stop: threading.Event) -> None:
         s = self.session
         last_t, rays = time.perf_counter(), 0
-        while not self._closing.is_set():
+        while not stop.is_set():
             try:
                 self._features_done += s.collect_features()
                 self._report_features()
                 if self._paused or s.step_count >= self.cfg.trainer.max_steps or not s.can_train():
-                    self._closing.wait(0.05)
+                    stop.wait(0.05)
                     continue
                 # A service call (save, pause, reset) waiting for the lock gets it before the next step.
                 s.lock.yield_to_waiters()
@@ -143,7 +157,7 @@ class OnlineTrainer:
             except Exception as exc:  # keep the node alive; report the reason
                 self._error = f"training stopped: {exc!r}"
                 self.log("error", self._error)
-                self._closing.wait(1.0)
+                stop.wait(1.0)
 
     def _report_features(self) -> None:
         """While keyframes wait for teacher features (slow on a CPU: minutes for the first ones with
@@ -260,13 +274,7 @@ class OnlineTrainer:
         is written, with a warning: the weights are mid-update), the feature worker half a second to
         finish its frame (queued frames are dropped). A failed save is logged, not raised, so a
         shutdown always completes."""
-        deadline = time.monotonic() + timeout_s
-        self._closing.set()
-        if self._thread is not None:
-            self._thread.join(timeout=timeout_s)
-        path = None
-        if save:
-            path = self._save_at_exit(max(0.0, deadline - time.monotonic()))
+        path = self.stop(save=save, timeout_s=timeout_s)
         self.session.close(timeout=0.5)
         return path
 

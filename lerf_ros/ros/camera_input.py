@@ -187,21 +187,22 @@ class CameraInput:
         self._image_stamps = StampGuard(node.max_stamp_offset)
         self._pose_stamps = StampGuard(node.max_stamp_offset, max_backward_s=POSE_HISTORY_S)
         self.selector_reset = threading.Event()  # set by the clock-jump callback, done by the ingest thread
+        self._qos, self._callback_group = qos, callback_group
 
-        node.create_subscription(Image, spec.image_topic, self._on_image, qos, callback_group=callback_group)
-        node.create_subscription(
-            CameraInfo, spec.camera_info_topic, self._on_camera_info, qos, callback_group=callback_group
-        )
+    def subscribe(self) -> None:
+        """Create this camera's subscriptions on the node (the managed node does so when it is activated
+        and destroys them when it is deactivated)."""
+        node, spec, qos, group = self.node, self.spec, self._qos, self._callback_group
+        node.create_subscription(Image, spec.image_topic, self._on_image, qos, callback_group=group)
+        node.create_subscription(CameraInfo, spec.camera_info_topic, self._on_camera_info, qos, callback_group=group)
         if node.use_depth and spec.depth_topic.strip():
-            node.create_subscription(Image, spec.depth_topic, self._on_depth, qos, callback_group=callback_group)
+            node.create_subscription(Image, spec.depth_topic, self._on_depth, qos, callback_group=group)
         if node.pose_source == "pose":
             node.create_subscription(
-                PoseStamped, spec.pose_topic, self._on_pose, POSE_QUEUE_DEPTH, callback_group=callback_group
+                PoseStamped, spec.pose_topic, self._on_pose, POSE_QUEUE_DEPTH, callback_group=group
             )
         elif node.pose_source == "odom":
-            node.create_subscription(
-                Odometry, spec.pose_topic, self._on_odom, POSE_QUEUE_DEPTH, callback_group=callback_group
-            )
+            node.create_subscription(Odometry, spec.pose_topic, self._on_odom, POSE_QUEUE_DEPTH, callback_group=group)
 
     # ------------------------------------------------------------------ counting
     def drop(self, reason: str) -> None:

@@ -32,6 +32,8 @@ from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from rclpy.signals import SignalHandlerOptions
 
+from lerf_ros.ros.lifecycle import all_finalized
+
 STATUS_TOPIC = "/lerf/status"
 QUERY_SERVICE = "/lerf/query"
 
@@ -120,8 +122,9 @@ def init_without_signal_handlers(args=None) -> ShutdownRequest:
 
 
 def spin_nodes(nodes: Sequence[ClosableNode], num_threads: int = 4, request: Optional[ShutdownRequest] = None) -> int:
-    """Spin nodes on one multi-threaded executor until SIGINT/SIGTERM (``request``), then shut down
-    in order (see the module docstring). Returns a process exit code (0 on a requested shutdown)."""
+    """Spin nodes on one multi-threaded executor until SIGINT/SIGTERM (``request``) or until every node
+    has been shut down through its lifecycle, then shut down in order (see the module docstring).
+    Returns a process exit code (0 on a requested shutdown)."""
     if request is None:
         request = ShutdownRequest.install()
     request.interrupting = False
@@ -129,7 +132,8 @@ def spin_nodes(nodes: Sequence[ClosableNode], num_threads: int = 4, request: Opt
     for n in nodes:
         executor.add_node(n)
     try:
-        while not request.is_set() and executor.context.ok():
+        # Managed nodes shut down through their lifecycle (``shutdown`` transition) end the process too.
+        while not request.is_set() and executor.context.ok() and not all_finalized(nodes):
             executor.spin_once(timeout_sec=0.1)
     except (KeyboardInterrupt, ExternalShutdownException):
         pass

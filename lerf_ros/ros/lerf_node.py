@@ -2,7 +2,9 @@
 trainer's in-memory snapshots, sharing its teacher (one copy of the CLIP weights).
 
 SIGINT/SIGTERM: the query node stops first, then the trainer writes a checkpoint of its current
-step; the process exits with 0 (``lerf_ros.ros.common``)."""
+step; the process exits with 0 (``lerf_ros.ros.common``). Both are managed nodes
+(``lerf_ros.ros.lifecycle``): with ``autostart`` false, configure lerf_trainer before lerf_query
+(which shares its text encoder); the process ends when both have been shut down."""
 
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ def _build(nodes: List) -> None:
     trainer = TrainerNode()
     nodes.append(trainer)
     nodes.append(
-        QueryNode(snapshot_provider=trainer.snapshot_provider, teacher=trainer.trainer.session.teacher, cfg=trainer.cfg)
+        QueryNode(snapshot_provider=trainer.snapshot_provider, teacher_source=trainer.teacher_provider, cfg=trainer.cfg)
     )
 
 

@@ -17,6 +17,13 @@ for it. The node reports on ``/diagnostics`` (``lerf_ros.ros.diagnostics``). Pre
 next chunk boundary when the node is closed (``close``, called by the executor's shutdown on
 SIGINT/SIGTERM), so the process exits promptly.
 
+A managed (lifecycle) node (``lerf_ros.ros.lifecycle``): configure loads the text encoder (in the
+trainer's process: the trainer's, so lerf_trainer is configured first) and builds the engine, the
+publishers and ``/lerf/query``; activate starts the snapshot preparation and answers; while inactive
+``/lerf/query`` answers ``success: false`` with "lerf_query is inactive ..." (the prepared snapshot
+stays); cleanup drops the engine and the text encoder. ``autostart`` (default true) goes to active
+at start.
+
 Requests are bounded: text, each negative phrase and frame_id at most ``query.max_text_length``
 characters without control characters, at most ``query.max_negatives`` negative phrases;
 ``max_grasps`` and ``max_points`` are clamped (``query.max_grasps_limit``,
@@ -43,7 +50,6 @@ from typing import Callable, Dict, List, Optional
 import numpy as np
 from geometry_msgs.msg import PoseStamped
 from rclpy.callback_groups import ReentrantCallbackGroup
-from rclpy.node import Node
 from sensor_msgs.msg import PointCloud2
 from std_msgs.msg import Header
 from visualization_msgs.msg import MarkerArray
@@ -56,6 +62,7 @@ from lerf_ros.query.request import EXCERPT_CHARS, excerpt, text_problem
 from lerf_ros.ros.common import LATCHED_QOS, QUERY_SERVICE, main_for
 from lerf_ros.ros.convert import matrix_to_pose, points_to_pointcloud2
 from lerf_ros.ros.diagnostics import DiagnosticsPublisher
+from lerf_ros.ros.lifecycle import ManagedNode
 from lerf_ros.ros.markers import grasp_markers
 from lerf_ros.ros.params import QUERY_OWN_PARAMETERS, QUERY_PARAMETERS, declare_config, declare_node_parameters
 from lerf_ros.ros.tf import FrameResolver
@@ -69,7 +76,7 @@ LATENCY_WINDOW = 1000
 LATENCY_WINDOW_S = 60.0
 
 
-class QueryNode(Node):
+class QueryNode(ManagedNode):
     """Serves ``/lerf/query``; see the module docstring.
 
     ``cfg``: the configuration of the trainer this node shares a process with (its ``query`` section
@@ -79,7 +86,7 @@ class QueryNode(Node):
     def __init__(
         self,
         snapshot_provider: Optional[SnapshotProvider] = None,
-        teacher=None,
+        teacher_source: Optional[Callable[[], object]] = None,
         cfg: Optional[LerfConfig] = None,
         name: str = "lerf_query",
         **kwargs,
@@ -93,69 +100,111 @@ class QueryNode(Node):
         self.map_frame = params["world_frame"]
         self.checkpoint_dir = params["checkpoint_dir"]
         self._provider = snapshot_provider
-        self._teacher = teacher
+        self._teacher_source = teacher_source
+        self._teacher = None
         self._engine = None
         self._engine_error = ""
         self._engine_lock = threading.Lock()
         self._loaded_checkpoint: Optional[tuple] = None  # (path, mtime_ns, size) of the last one loaded
         self._closing = threading.Event()
         self._latencies: collections.deque = collections.deque(maxlen=LATENCY_WINDOW)  # (monotonic, ms)
-        self._frames = FrameResolver(self, self.map_frame)
+        share = float(params["prepare_cpu_share"])
+        if not 0.0 < share <= 1.0:
+            raise ValueError(f"prepare_cpu_share {share} is outside (0, 1]: give the share of wall time, e.g. 0.5")
+        self._prepare_settings = dict(
+            period_s=float(params["reload_period_s"]),
+            min_interval_s=float(params["snapshot_min_interval_s"]),
+            cpu_share=share,
+            niceness=int(params["prepare_niceness"]),
+        )
+        self._preparer: Optional[SnapshotPreparer] = None
+        self._stopped_preparers: List[SnapshotPreparer] = []  # stopped, possibly finishing a preparation
+        self._frames: Optional[FrameResolver] = None
+        self.start_lifecycle(bool(params["autostart"]))
 
+    # ------------------------------------------------------------------ lifecycle (lerf_ros.ros.lifecycle)
+    def configure_node(self) -> None:
+        """Load the text encoder (in the trainer's process: take the trainer's), build the query engine,
+        the publishers and the service."""
+        teacher = self._teacher_source() if self._teacher_source is not None else None
+        if self._teacher_source is not None and teacher is None:
+            raise RuntimeError(
+                "the trainer of this process is not configured: configure lerf_trainer first (this node "
+                "uses its text encoder)"
+            )
+        if teacher is None:
+            from lerf_ros.teachers import make_teacher
+
+            try:
+                teacher = make_teacher(self.cfg.teacher, device=self.cfg.device)
+            except Exception as exc:  # weights missing, bad config
+                raise RuntimeError(f"the text encoder could not be loaded: {exc}") from exc
+        from lerf_ros.query import QueryEngine
+
+        engine = QueryEngine(self.cfg.query, teacher.encode_text)
+        with self._engine_lock:
+            self._closing = threading.Event()
+            self._teacher, self._engine, self._engine_error = teacher, engine, ""
+        self._loaded_checkpoint = None
+        self.get_logger().info(f"text encoder: {teacher.description}")
+        self._frames = FrameResolver(self, self.map_frame)
         self.cloud_pub = self.create_publisher(PointCloud2, "/lerf/relevancy_cloud", LATCHED_QOS)
         self.marker_pub = self.create_publisher(MarkerArray, "/lerf/grasp_markers", LATCHED_QOS)
         self.grasp_pub = self.create_publisher(PoseStamped, "/lerf/best_grasp", LATCHED_QOS)
         self.scene_pub = self.create_publisher(PointCloud2, "/lerf/scene_cloud", LATCHED_QOS)
         self.srv = self.create_service(Query, QUERY_SERVICE, self._on_query, callback_group=ReentrantCallbackGroup())
-        share = float(params["prepare_cpu_share"])
-        if not 0.0 < share <= 1.0:
-            raise ValueError(f"prepare_cpu_share {share} is outside (0, 1]: give the share of wall time, e.g. 0.5")
+
+    def activate_node(self) -> None:
+        """Start preparing snapshots (the trainer's in memory, or its newest checkpoint), answer queries,
+        publish diagnostics."""
         self._preparer = SnapshotPreparer(
             self._get_engine,
             self._provider if self._provider is not None else self._load_newest_checkpoint,
-            period_s=float(params["reload_period_s"]),
-            min_interval_s=float(params["snapshot_min_interval_s"]),
-            cpu_share=share,
-            niceness=int(params["prepare_niceness"]),
             on_prepared=self._on_prepared,
             on_error=lambda message: self.get_logger().warning(message, throttle_duration_sec=30.0),
+            **self._prepare_settings,
         ).start()
         self.diagnostics = DiagnosticsPublisher(self, self._health_checks, ("snapshot", "queries"))
-        mode = "in-process snapshots" if snapshot_provider is not None else f"checkpoints in {self._checkpoint_dir()}"
+        mode = "in-process snapshots" if self._provider is not None else f"checkpoints in {self._checkpoint_dir()}"
         self.get_logger().info(f"serving {QUERY_SERVICE} ({mode})")
+
+    def deactivate_node(self) -> None:
+        """Stop looking for new snapshots (a preparation under way finishes on its own); the prepared
+        snapshot stays, queries are refused until the node is activated again."""
+        preparer, self._preparer = self._preparer, None
+        if preparer is not None:
+            preparer.close(timeout_s=0.0)
+            self._stopped_preparers.append(preparer)
+
+    def cleanup_node(self) -> None:
+        """Drop the engine (its prepared snapshot and feature cache) and the text encoder. A preparation
+        still under way stops at its next chunk (waited for up to 2 s)."""
+        self.close_engine()
+        deadline = time.monotonic() + 2.0
+        for preparer in self._stopped_preparers:
+            preparer.close(timeout_s=max(0.0, deadline - time.monotonic()))
+        self._stopped_preparers = []
+        with self._engine_lock:
+            self._engine = self._teacher = None
+        self._frames = None
 
     # ------------------------------------------------------------------ model
     def _checkpoint_dir(self) -> str:
         return self.checkpoint_dir or os.path.join(self.cfg.output_dir, "checkpoints")
 
-    def close(self, timeout_s: float = 2.0) -> None:
-        """Stop serving: preparation in progress stops at its next chunk boundary (waited for up to
-        ``timeout_s``), later queries are refused. Called by the executor's shutdown."""
+    def close_engine(self) -> None:
+        """Stop the engine: a preparation in progress stops at its next chunk boundary, later queries
+        are refused (the lifecycle's cleanup and shutdown)."""
         self._closing.set()
         with self._engine_lock:
             engine = self._engine
         if engine is not None:
             engine.close()
-        self._preparer.close(timeout_s)
 
     def _get_engine(self):
-        """The query engine, built on first use (it needs the teacher's text encoder); None once closed."""
+        """The query engine (None while unconfigured or closing)."""
         with self._engine_lock:
-            if self._closing.is_set():
-                return None
-            if self._engine is None and not self._engine_error:
-                try:
-                    from lerf_ros.query import QueryEngine
-                    from lerf_ros.teachers import make_teacher
-
-                    if self._teacher is None:
-                        self._teacher = make_teacher(self.cfg.teacher, device=self.cfg.device)
-                    self._engine = QueryEngine(self.cfg.query, self._teacher.encode_text)
-                    self.get_logger().info(f"text encoder: {self._teacher.description}")
-                except Exception as exc:  # weights missing, bad config: answer with the reason
-                    self._engine_error = f"the text encoder could not be loaded: {exc}"
-                    self.get_logger().error(self._engine_error)
-            return self._engine
+            return None if self._closing.is_set() else self._engine
 
     def _on_prepared(self, snap: FieldSnapshot, ms: Dict[str, float]) -> None:
         self.get_logger().info(
@@ -181,7 +230,7 @@ class QueryNode(Node):
         st["queries"] = len(recent)
         st["latency_p50_ms"] = float(np.percentile(recent, 50)) if recent else 0.0
         st["latency_p95_ms"] = float(np.percentile(recent, 95)) if recent else 0.0
-        step = self._preparer.preparing_step
+        step = None if self._preparer is None else self._preparer.preparing_step
         st["preparing_step"] = -1 if step is None else step
         return st
 
@@ -228,6 +277,9 @@ class QueryNode(Node):
 
     def _on_query(self, request: Query.Request, response: Query.Response) -> Query.Response:
         t0 = time.perf_counter()
+        frames = self._frames
+        if not self.active or frames is None:
+            return self._refuse(response, self.inactive_message(), request)
         problem = text_problem(
             "frame_id", request.frame_id, self.cfg.query.max_text_length, "query.max_text_length", allow_empty=True
         )
@@ -235,7 +287,7 @@ class QueryNode(Node):
             return self._refuse(response, problem, request)
         frame_id = request.frame_id or self.map_frame
         stamp = self.get_clock().now().to_msg()
-        world_to_target, frame_error = self._frames.world_to(frame_id)
+        world_to_target, frame_error = frames.world_to(frame_id)
         if frame_error:
             if len(frame_id) > EXCERPT_CHARS:  # quote a long frame name by its excerpt only
                 frame_error = frame_error.replace(f"'{frame_id}'", excerpt(frame_id)).replace(frame_id, "(it)")

@@ -35,6 +35,12 @@ fields x y z kind (0: a surface that is gone, 1: a new one), latched; ``lerf_ros
 and the services ``/lerf/save_checkpoint`` (Trigger),
 ``/lerf/pause`` (SetBool: true pauses, false resumes), ``/lerf/reset`` (Trigger) and ``/lerf/export``
 (Trigger: the live map as files in ``export_dir``, with the last answer on ``/lerf/relevancy_cloud``).
+
+A managed (lifecycle) node (``lerf_ros.ros.lifecycle``): configure loads the teacher and builds the
+session (resumed from the newest checkpoint), publishers and services; activate subscribes to the
+inputs and starts ingestion and training; deactivate stops them (a checkpoint of unsaved steps is
+written, the session and its keyframes stay) and the services answer "inactive"; cleanup drops the
+session. ``autostart`` (default true) goes to active at start.
 """
 
 from __future__ import annotations
@@ -49,7 +55,6 @@ from nav_msgs.msg import Path
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.clock import ClockChange, JumpThreshold
 from rclpy.duration import Duration
-from rclpy.node import Node
 from sensor_msgs.msg import PointCloud2
 from std_srvs.srv import SetBool, Trigger
 
@@ -71,6 +76,7 @@ from lerf_ros.ros.convert import (
 )
 from lerf_ros.ros.diagnostics import DiagnosticsPublisher
 from lerf_ros.ros.drops import DropReporter, excerpt, reason_key  # noqa: F401 (reason_key: imported from here too)
+from lerf_ros.ros.lifecycle import ManagedNode
 from lerf_ros.ros.params import TRAINER_PARAMETERS, declare_config, declare_node_parameters
 from lerf_ros.ros.tf import tf2_available
 
@@ -90,7 +96,7 @@ KEYFRAME_REPUBLISH_STEPS = 200
 """While pose corrections are learned, /lerf/keyframes is published again after this many steps."""
 
 
-class TrainerNode(Node):
+class TrainerNode(ManagedNode):
     """See the module docstring."""
 
     def __init__(self, cfg: Optional[LerfConfig] = None, teacher=None, name: str = "lerf_trainer", **kwargs) -> None:
@@ -152,14 +158,37 @@ class TrainerNode(Node):
         self.time_jumps = 0
         # One condition for every camera's ingest queue: callbacks notify it, the ingest thread waits on it.
         self._queue_cv = threading.Condition()
-        self._closing = False
+        self._ingest_stop = threading.Event()  # the running ingest thread's own (see activate_node)
+        self._ingest_thread: Optional[threading.Thread] = None
         self._clock_jump = self.get_clock().create_jump_callback(
             JumpThreshold(min_forward=None, min_backward=Duration(nanoseconds=-1), on_clock_change=True),
             post_callback=self._on_clock_jump,
         )
+        self._teacher = teacher
+        self._camera_specs = [
+            declare_camera(self, name, i == 0, pose_source, body_to_camera) for i, name in enumerate(camera_names)
+        ]
+        self._sensor_qos, self._queue_size = sensor_qos, int(queue_size)
+        self._tf_cache = tf_cache
+        self._corrected_path_topic = corrected_path_topic
+        self._status_rate = float(status_rate)
+        self._health_limits = HealthLimits(
+            stall_s=float(params["diagnostics_stall_s"]),
+            max_drop_fraction=float(params["diagnostics_max_drop_fraction"]),
+        )
+        self.export_dir = str(params["export_dir"]) or f"{self.cfg.output_dir.rstrip('/')}/export"
+        # Built by configure_node, dropped by cleanup_node (lerf_ros.ros.lifecycle).
+        self.trainer: Optional[OnlineTrainer] = None
+        self.cameras: List[CameraInput] = []
+        self._last_relevancy: Optional[PointCloud2] = None
+        self.start_lifecycle(bool(params["autostart"]))
 
+    # ------------------------------------------------------------------ lifecycle (lerf_ros.ros.lifecycle)
+    def configure_node(self) -> None:
+        """Load the teacher, build the session (resumed from the newest checkpoint with ``resume``),
+        the cameras' inputs, the publishers and the services."""
         self.trainer = OnlineTrainer(
-            self.cfg, teacher=teacher, log=self._log_from_trainer, snapshot_every=self.cfg.trainer.snapshot_every
+            self.cfg, teacher=self._teacher, log=self._log_from_trainer, snapshot_every=self.cfg.trainer.snapshot_every
         )
         if self.resume:
             resumed = self.trainer.resume_latest()
@@ -167,18 +196,16 @@ class TrainerNode(Node):
                 self.get_logger().info(f"resumed from checkpoint {resumed} (step {self.trainer.step})")
 
         sensors = MutuallyExclusiveCallbackGroup()
-        self.cameras: List[CameraInput] = []
-        for i, name in enumerate(camera_names):
-            spec = declare_camera(self, name, i == 0, pose_source, body_to_camera)
+        several = len(self._camera_specs) > 1
+        self.cameras = []
+        for i, spec in enumerate(self._camera_specs):
             # The first camera uses the session's selector; each other camera judges its own motion.
             selector = self.trainer.session.selector if i == 0 else KeyframeSelector(self.cfg.keyframes)
-            self.cameras.append(
-                CameraInput(self, spec, selector, sensor_qos, int(queue_size), len(camera_names) > 1, sensors)
-            )
-        if pose_source == "tf":
+            self.cameras.append(CameraInput(self, spec, selector, self._sensor_qos, self._queue_size, several, sensors))
+        if self.pose_source == "tf":
             import tf2_ros
 
-            self._tf_buffer = tf2_ros.Buffer(cache_time=Duration(seconds=tf_cache))
+            self._tf_buffer = tf2_ros.Buffer(cache_time=Duration(seconds=self._tf_cache))
             self._tf_listener = tf2_ros.TransformListener(self._tf_buffer, self)
 
         self.status_pub = self.create_publisher(TrainingStatus, STATUS_TOPIC, STATUS_QOS)
@@ -186,11 +213,6 @@ class TrainerNode(Node):
         self._published_store_version = -1
         self.changes_pub = self.create_publisher(PointCloud2, "/lerf/changes", LATCHED_QOS)
         self._published_changes_version = 0
-        corrections = MutuallyExclusiveCallbackGroup()
-        if corrected_path_topic:
-            self.create_subscription(Path, corrected_path_topic, self._on_corrected_path, 2, callback_group=corrections)
-        if pose_source == "tf" and self.tf_relookup_period > 0:
-            self.create_timer(self.tf_relookup_period, self._relookup_keyframes, callback_group=corrections)
         self._published_step = 0
         control = MutuallyExclusiveCallbackGroup()
         self.create_service(Trigger, "/lerf/save_checkpoint", self._on_save, callback_group=control)
@@ -198,36 +220,15 @@ class TrainerNode(Node):
         self.create_service(Trigger, "/lerf/reset", self._on_reset, callback_group=control)
         # /lerf/export writes the live map as files (lerf_ros.query.export), with the query node's last
         # answer (latched on /lerf/relevancy_cloud); it takes seconds, so it has its own group.
-        exporting = MutuallyExclusiveCallbackGroup()
-        self.export_dir = str(params["export_dir"]) or f"{self.cfg.output_dir.rstrip('/')}/export"
-        self._last_relevancy: Optional[PointCloud2] = None
-        self.create_subscription(
-            PointCloud2, "/lerf/relevancy_cloud", self._on_relevancy, LATCHED_QOS, callback_group=exporting
-        )
-        self.create_service(Trigger, "/lerf/export", self._on_export, callback_group=exporting)
-        # Status has its own group: a status timer that is due again whenever the group frees up would
-        # otherwise keep the control services (save, pause, reset) from ever being taken.
-        self.create_timer(
-            1.0 / max(0.1, float(status_rate)), self._publish_status, callback_group=MutuallyExclusiveCallbackGroup()
-        )
-        self._health = TrainerHealth(
-            HealthLimits(
-                stall_s=float(params["diagnostics_stall_s"]),
-                max_drop_fraction=float(params["diagnostics_max_drop_fraction"]),
-            )
-        )
+        self._exporting = MutuallyExclusiveCallbackGroup()
+        self.create_service(Trigger, "/lerf/export", self._on_export, callback_group=self._exporting)
+        self._health = TrainerHealth(self._health_limits)
         # With several cameras, an input check per camera besides the node's totals.
         self._camera_health = (
             {c.name: TrainerHealth(self._health.limits) for c in self.cameras} if len(self.cameras) > 1 else {}
         )
-        names = ("input", "training", "keyframes") + tuple(f"camera {n}" for n in self._camera_health)
-        self.diagnostics = DiagnosticsPublisher(self, self._health_checks, names)
-
-        self._ingest_thread = threading.Thread(target=self._ingest_loop, name="lerf_ingest", daemon=True)
-        self._ingest_thread.start()
-        self.trainer.start()
         self.get_logger().info(
-            f"preset '{self.cfg.preset}', teacher: {self.trainer.teacher_description}; pose from {pose_source}; "
+            f"preset '{self.cfg.preset}', teacher: {self.trainer.teacher_description}; pose from {self.pose_source}; "
             f"world frame '{self.world_frame}'; output {self.cfg.output_dir}"
             + (
                 "; cameras "
@@ -236,6 +237,59 @@ class TrainerNode(Node):
                 else ""
             )
         )
+
+    def activate_node(self) -> None:
+        """Subscribe to the inputs, start ingestion and training, publish status and diagnostics."""
+        for camera in self.cameras:
+            camera.subscribe()
+        corrections = MutuallyExclusiveCallbackGroup()
+        if self._corrected_path_topic:
+            self.create_subscription(
+                Path, self._corrected_path_topic, self._on_corrected_path, 2, callback_group=corrections
+            )
+        if self.pose_source == "tf" and self.tf_relookup_period > 0:
+            self.create_timer(self.tf_relookup_period, self._relookup_keyframes, callback_group=corrections)
+        self.create_subscription(
+            PointCloud2, "/lerf/relevancy_cloud", self._on_relevancy, LATCHED_QOS, callback_group=self._exporting
+        )
+        # Status has its own group: a status timer that is due again whenever the group frees up would
+        # otherwise keep the control services (save, pause, reset) from ever being taken.
+        self.create_timer(
+            1.0 / max(0.1, self._status_rate), self._publish_status, callback_group=MutuallyExclusiveCallbackGroup()
+        )
+        names = ("input", "training", "keyframes") + tuple(f"camera {n}" for n in self._camera_health)
+        self.diagnostics = DiagnosticsPublisher(self, self._health_checks, names)
+        with self._queue_cv:
+            for camera in self.cameras:
+                camera.queue.clear()  # images that arrived while the node was being deactivated
+        self._ingest_stop = threading.Event()
+        self._ingest_thread = threading.Thread(
+            target=self._ingest_loop, args=(self._ingest_stop,), name="lerf_ingest", daemon=True
+        )
+        self._ingest_thread.start()
+        self.trainer.start()
+
+    def deactivate_node(self) -> None:
+        """Stop ingestion, then training after the step in flight, and write a checkpoint of the current
+        step when it has steps not saved yet (``OnlineTrainer.stop``); bounded. The session stays."""
+        with self._queue_cv:
+            self._ingest_stop.set()
+            self._queue_cv.notify_all()
+        thread, self._ingest_thread = self._ingest_thread, None
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout=0.5)  # the frame in conversion, so nothing is submitted after
+        if self.trainer is not None:
+            self.trainer.stop(save=True, timeout_s=3.0)
+
+    def cleanup_node(self) -> None:
+        """Drop the session (model, keyframes, teacher features, snapshots) and the cameras' inputs."""
+        trainer, self.trainer = self.trainer, None
+        if trainer is not None:
+            trainer.close(save=False, timeout_s=3.0)
+        self.cameras = []
+        self._camera_health = {}
+        self._last_relevancy = None
+        self._tf_buffer = self._tf_listener = None
 
     # ------------------------------------------------------------------ shared by the cameras
     def _too_far(self, c2w: np.ndarray) -> str:
@@ -270,9 +324,9 @@ class TrainerNode(Node):
             camera.clear_time_base()
 
     # ------------------------------------------------------------------ ingestion (own thread)
-    def _ingest_loop(self) -> None:
+    def _ingest_loop(self, stop: threading.Event) -> None:
         while True:
-            item = self._next_image()
+            item = self._next_image(stop)
             if item is None:
                 return
             camera, msg = item
@@ -289,13 +343,13 @@ class TrainerNode(Node):
             except Exception as exc:  # one bad message must never kill ingestion
                 camera.drop(f"unexpected error: {exc!r}")
 
-    def _next_image(self) -> Optional[Tuple[CameraInput, object]]:
+    def _next_image(self, stop: threading.Event) -> Optional[Tuple[CameraInput, object]]:
         """The oldest queued image of any camera once it can be processed (None when closing). With
         poses from a topic, an image newer than every buffered pose of its camera waits for its pose
         up to ``pose_tolerance_s`` after its arrival (the pose callback wakes this thread), as
         message_filters' caches do; meanwhile the other cameras' images go ahead."""
         with self._queue_cv:
-            while not self._closing:
+            while not stop.is_set():
                 best, wait = None, 0.5
                 for camera in self.cameras:
                     if not camera.queue:
@@ -382,6 +436,8 @@ class TrainerNode(Node):
 
     # ------------------------------------------------------------------ status and control
     def _publish_status(self) -> None:
+        if not self.active:  # a tick already due when the node was deactivated
+            return
         s = self.trainer.status()
         msg = TrainingStatus()
         msg.header.stamp = self.get_clock().now().to_msg()
@@ -421,6 +477,8 @@ class TrainerNode(Node):
 
     def _health_checks(self) -> List[Check]:
         """The trainer's checks for /diagnostics (``lerf_ros.mapping.health``)."""
+        if not self.active:
+            return []
         s = self.trainer.status()
         with self._queue_cv:
             depths = {c.name: len(c.queue) for c in self.cameras}
@@ -496,6 +554,8 @@ class TrainerNode(Node):
         )
 
     def _on_save(self, _req, resp):
+        if not self.active:
+            return self._refuse_inactive(resp)
         try:
             path = self.trainer.save_checkpoint()
             resp.success, resp.message = True, f"saved {path} (step {self.trainer.step})"
@@ -511,6 +571,8 @@ class TrainerNode(Node):
         from lerf_ros.query.export import ExportError, export_map
         from lerf_ros.ros.convert import ConversionError, pointcloud2_to_numpy
 
+        if not self.active:
+            return self._refuse_inactive(resp)
         snapshot = self.trainer.latest_snapshot
         note = ""
         try:
@@ -534,11 +596,15 @@ class TrainerNode(Node):
         return resp
 
     def _on_pause(self, req, resp):
+        if not self.active:
+            return self._refuse_inactive(resp)
         self.trainer.set_paused(bool(req.data))
         resp.success, resp.message = True, "paused" if req.data else "resumed"
         return resp
 
     def _on_reset(self, _req, resp):
+        if not self.active:
+            return self._refuse_inactive(resp)
         self.trainer.reset()
         resp.success, resp.message = True, "model reset to step 0 (keyframes kept)"
         return resp
@@ -554,18 +620,20 @@ class TrainerNode(Node):
             logger.info(text)
 
     def snapshot_provider(self):
-        """For an in-process query node: the newest immutable model snapshot (or None)."""
-        return self.trainer.latest_snapshot
+        """For an in-process query node: the newest immutable model snapshot (None before the first
+        training step and while the node is unconfigured)."""
+        trainer = self.trainer
+        return None if trainer is None else trainer.latest_snapshot
 
-    def close(self) -> None:
-        """Stop ingestion, then training; write a checkpoint of the current step when it has steps
-        not saved yet (``OnlineTrainer.close``). Called on SIGINT/SIGTERM by ``spin_nodes``; bounded."""
-        with self._queue_cv:
-            self._closing = True
-            self._queue_cv.notify_all()
-        if self._ingest_thread is not threading.current_thread():
-            self._ingest_thread.join(timeout=0.5)  # the frame in conversion, so nothing is submitted after
-        self.trainer.close(save=True, timeout_s=3.0)
+    def teacher_provider(self):
+        """For an in-process query node: the loaded teacher (its text encoder), None while unconfigured."""
+        trainer = self.trainer
+        return None if trainer is None else trainer.session.teacher
+
+    def _refuse_inactive(self, resp):
+        """The answer of a control service while the node is not active (lerf_ros.ros.lifecycle)."""
+        resp.success, resp.message = False, self.inactive_message()
+        return resp
 
 
 def main(args=None) -> int:

@@ -1,0 +1,245 @@
+"""The trainer and the query node as managed (lifecycle) nodes, driven over DDS with the standard
+lifecycle services (``lifecycle_msgs/srv/ChangeState`` and ``GetState``) from this test process.
+
+- the trainer, started with ``autostart: false``, goes through every transition: unconfigured
+  (nothing served), configure (services answer "inactive"), activate (subscribes and trains on a
+  replayed scene), deactivate (the input subscriptions are gone, no status, a checkpoint written,
+  the session kept: activating again goes on from the same step), cleanup (the resident memory
+  falls), configure again (resumes from the checkpoint), activate, and shutdown from active: the
+  process exits by itself with code 0 and nothing logged at ERROR;
+- the query node of its own process: configure, activate (answers), deactivate (answers
+  "inactive"), cleanup (the service is gone), configure, shutdown from inactive;
+- ``lerf-ros run --no-autostart``: both nodes of the one-process launch wait unconfigured and a
+  shutdown of both from unconfigured ends the process with 0.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from pathlib import Path
+
+import pytest
+
+rclpy = pytest.importorskip("rclpy")
+pytest.importorskip("lifecycle_msgs")
+
+from lifecycle_msgs.msg import Transition  # noqa: E402
+from lifecycle_msgs.srv import ChangeState, GetState  # noqa: E402
+from std_srvs.srv import Trigger  # noqa: E402
+
+from lerf_ros.data.synthetic import make_scene  # noqa: E402
+from lerf_ros.msg import TrainingStatus  # noqa: E402
+from lerf_ros.srv import Query  # noqa: E402
+
+from ros_helpers import (  # noqa: E402
+    call,
+    lerf_ros_argv,
+    process_output,
+    python_argv,
+    ros_context,
+    ros_env,
+    spin_until,
+    start_process,
+    stop_process,
+    unique_domain_id,
+    wait_for_service,
+)
+
+W, H = 64, 48
+#: The ROS log lines that must never appear in a clean run (rcl's own errors included).
+BAD_LOG = re.compile(r"\[ERROR\]|Traceback|Failed to publish|failed to send response|cannot use Destroyable")
+
+
+@pytest.fixture(scope="module")
+def scene_dir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("lifecycle") / "scene"
+    make_scene(seed=5, width=W, height=H, n_frames=16, nthreads=1).save(d, preview=False)
+    return d
+
+
+def write_params(path: Path, scene_dir: Path, output_dir: Path) -> Path:
+    path.write_text(
+        "\n".join(
+            [
+                "/**:",
+                "  ros__parameters:",
+                "    preset: tiny",
+                f"    output_dir: '{output_dir}'",
+                "    world_frame: map",
+                "    autostart: false",
+                "    teacher:",
+                "      kind: ground_truth",
+                f"      scene_dir: '{scene_dir}'",
+                "    trainer:",
+                "      checkpoint_every: 0",
+                "    keyframes:",
+                "      min_keyframes_to_train: 2",
+                "lerf_trainer:",
+                "  ros__parameters:",
+                "    pose_source: pose",
+                "    status_rate_hz: 5.0",
+                "lerf_query:",
+                "  ros__parameters:",
+                "    reload_period_s: 0.5",
+                "    snapshot_min_interval_s: 0.0",
+            ]
+        )
+        + "\n"
+    )
+    return path
+
+
+def rss_mb(pid: int) -> float:
+    """Resident set size of a process (MB), from /proc."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024.0
+    raise AssertionError(f"no VmRSS for pid {pid}")
+
+
+class Lifecycle:
+    """``ros2 lifecycle get / set`` of one managed node, over DDS."""
+
+    def __init__(self, node, target: str, proc) -> None:
+        self.node, self.target, self.proc = node, target, proc
+        self.get_client = node.create_client(GetState, f"/{target}/get_state")
+        self.change_client = node.create_client(ChangeState, f"/{target}/change_state")
+        ok = spin_until(node, lambda: self.get_client.service_is_ready() or proc.poll() is not None, 120.0)
+        assert ok and proc.poll() is None, process_output(proc)
+        assert wait_for_service(self.change_client, 30.0)
+
+    def state(self) -> str:
+        return call(self.node, self.get_client, GetState.Request()).current_state.label
+
+    def set(self, transition: int, timeout: float = 120.0, exits: bool = False) -> bool:
+        """Ask for ``transition`` once (a transition is not idempotent: no second request) and return
+        whether it succeeded. ``exits``: the process may end right after answering."""
+        self.state()  # a call that may be repeated first, so the reply path is matched
+        future = self.change_client.call_async(ChangeState.Request(transition=Transition(id=transition)))
+        done = lambda: future.done() or (exits and self.proc.poll() is not None)  # noqa: E731
+        assert spin_until(self.node, done, timeout), f"{self.target}: no answer to transition {transition}"
+        if not future.done():
+            return False
+        return bool(future.result().success)
+
+
+class StatusWatcher:
+    def __init__(self, node) -> None:
+        self.all = []
+        node.create_subscription(TrainingStatus, "/lerf/status", self.all.append, 10)
+
+    @property
+    def last(self):
+        return self.all[-1] if self.all else None
+
+
+def wait_exit(proc, timeout: float) -> int:
+    try:
+        return proc.wait(timeout=timeout)
+    except Exception:
+        return stop_process(proc, timeout=5.0) or -999
+
+
+def assert_clean_log(proc) -> None:
+    out = process_output(proc, tail=200_000)
+    bad = [line for line in out.splitlines() if BAD_LOG.search(line)]
+    assert not bad, "\n".join(bad[:20])
+
+
+def test_trainer_every_transition_over_dds(scene_dir, tmp_path):
+    out = tmp_path / "out"
+    params = write_params(tmp_path / "params.yaml", scene_dir, out)
+    domain = unique_domain_id()
+    env = ros_env(domain)
+    trainer = start_process(
+        python_argv("-m", "lerf_ros.ros.trainer_node", "--ros-args", "--params-file", str(params)), env=env
+    )
+    replay = None
+    rss = {}
+    try:
+        with ros_context(domain) as ctx:
+            node = rclpy.create_node("test_lifecycle", context=ctx)
+            status = StatusWatcher(node)
+            lc = Lifecycle(node, "lerf_trainer", trainer)
+            save = node.create_client(Trigger, "/lerf/save_checkpoint")
+
+            # unconfigured: nothing loaded, published or served
+            assert lc.state() == "unconfigured"
+            assert not save.wait_for_service(timeout_sec=1.0)
+            assert node.count_publishers("/lerf/status") == 0
+
+            # configure: the services exist and say the node is inactive
+            assert lc.set(Transition.TRANSITION_CONFIGURE)
+            assert lc.state() == "inactive"
+            assert wait_for_service(save, 30.0)
+            resp = call(node, save, Trigger.Request())
+            assert not resp.success and "inactive" in resp.message, resp.message
+            assert node.count_subscribers("/image") == 0
+
+            # activate: subscribes and trains on a replayed stream
+            assert lc.set(Transition.TRANSITION_ACTIVATE)
+            assert lc.state() == "active"
+            replay = start_process(lerf_ros_argv("replay", str(scene_dir), "--rate", "8", "--loop"), env=env)
+            trained = lambda: status.last is not None and status.last.frames_kept >= 3 and status.last.step > 0  # noqa: E731
+            assert spin_until(node, trained, 240.0), (process_output(trainer), process_output(replay))
+            s1 = status.last.step
+            assert spin_until(node, lambda: status.last.step > s1 + 5, 120.0), process_output(trainer)
+            rss["before_deactivate"] = rss_mb(trainer.pid)
+
+            # deactivate: inputs unsubscribed, status stops, a checkpoint of the step reached, session kept
+            assert lc.set(Transition.TRANSITION_DEACTIVATE)
+            assert lc.state() == "inactive"
+            assert spin_until(node, lambda: node.count_subscribers("/image") == 0, 30.0), "still subscribed"
+            rss["after_deactivate"] = rss_mb(trainer.pid)
+            n = len(status.all)
+            t_end = time.monotonic() + 2.0
+            spin_until(node, lambda: time.monotonic() > t_end, 5.0)
+            stopped_at = status.last.step
+            n = len(status.all)
+            t_end = time.monotonic() + 2.0
+            spin_until(node, lambda: time.monotonic() > t_end, 5.0)
+            assert len(status.all) == n, "status published while inactive"
+            resp = call(node, save, Trigger.Request())
+            assert not resp.success and "inactive" in resp.message
+            checkpoints = sorted((out / "checkpoints").glob("*.ckpt"))
+            assert checkpoints, "no checkpoint written on deactivate"
+            assert "saved the checkpoint" in process_output(trainer, tail=200_000)
+
+            # activate again: training goes on from the same session
+            assert lc.set(Transition.TRANSITION_ACTIVATE)
+            assert spin_until(node, lambda: len(status.all) > n, 30.0)
+            assert status.all[n].step >= stopped_at, "the session was not kept while inactive"
+            assert spin_until(node, lambda: status.last.step > stopped_at, 120.0)
+            assert spin_until(node, lambda: node.count_subscribers("/image") >= 1, 30.0)
+
+            # deactivate + cleanup: the session is dropped and the memory handed back
+            assert lc.set(Transition.TRANSITION_DEACTIVATE)
+            stopped_at = status.last.step
+            assert lc.set(Transition.TRANSITION_CLEANUP)
+            assert lc.state() == "unconfigured"
+            rss["after_cleanup"] = rss_mb(trainer.pid)
+            assert spin_until(node, lambda: not save.service_is_ready(), 30.0), "services kept after cleanup"
+
+            # configure again: resumes from the checkpoint written on deactivate
+            assert lc.set(Transition.TRANSITION_CONFIGURE)
+            assert lc.set(Transition.TRANSITION_ACTIVATE)
+            n = len(status.all)
+            assert spin_until(node, lambda: len(status.all) > n, 60.0)
+            assert status.all[n].step >= stopped_at - 1, (status.all[n].step, stopped_at)
+            assert process_output(trainer, tail=200_000).count("resumed from checkpoint") >= 1
+
+            # shutdown from active: the process ends by itself, cleanly
+            assert lc.set(Transition.TRANSITION_ACTIVE_SHUTDOWN, exits=True)
+            code = wait_exit(trainer, 20.0)
+            node.destroy_node()
+    finally:
+        if replay is not None:
+            stop_process(replay, timeout=20.0)
+        if trainer.poll() is None:
+            stop_process(trainer, timeout=20.0)
+    print(f"trainer RSS (MB): {rss}")
+    assert code == 0, process_output(trainer)
+    assert "finalized" in process_output(trainer, tail=200_000)
+    assert_clean_log(trainer)
+    assert rss["after_cleanup"] < rss["before_deactivate"], rss
