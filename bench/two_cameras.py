@@ -16,6 +16,12 @@ Reported per run: training steps, steps/s and rays/s (training throughput while 
 keyframes taken per camera and held at the end, and localization: for every object, whether the most
 relevant point of the query for its class name lies in its box (grown by 2 cm) on the final snapshot.
 Numbers are wall-clock on this machine with ``--threads`` torch threads; the JSON records the load.
+
+With ``--steps-per-frame K`` the stream is paced by training instead of the clock (one frame per camera
+every K training steps, from the first step on) and each run ends at ``--steps`` training steps: the
+localization then does not depend on how busy the machine is (the rates still do).
+
+    python bench/two_cameras.py --seeds 41 42 --steps-per-frame 2 --steps 600
 """
 
 from __future__ import annotations
@@ -67,10 +73,17 @@ def run(seed: int, cameras: int, scene, wrist, args) -> Dict[str, Any]:
     stop = threading.Event()
     sent = [0]
 
+    paced = args.steps_per_frame > 0
+
     def feed() -> None:
         t0 = time.perf_counter()
         k = 0
         while not stop.is_set():
+            if paced and k >= cfg.keyframes.min_keyframes_to_train:
+                # one frame per camera every steps_per_frame training steps (the first ones at once)
+                due = (k - cfg.keyframes.min_keyframes_to_train + 1) * args.steps_per_frame
+                while ot.step < due and not stop.is_set():
+                    stop.wait(0.01)
             stamp = 100.0 + k / args.rate
             for c in range(cameras):
                 f = dataclasses.replace(streams[c][k % len(scene.frames)], stamp=stamp, index=k)
@@ -78,9 +91,10 @@ def run(seed: int, cameras: int, scene, wrist, args) -> Dict[str, Any]:
                     taken[c] += 1
                 sent[0] += 1
             k += 1
-            wait = t0 + k / args.rate - time.perf_counter()
-            if wait > 0:
-                stop.wait(wait)
+            if not paced:
+                wait = t0 + k / args.rate - time.perf_counter()
+                if wait > 0:
+                    stop.wait(wait)
 
     ot.start()
     feeder = threading.Thread(target=feed, daemon=True)
@@ -88,8 +102,14 @@ def run(seed: int, cameras: int, scene, wrist, args) -> Dict[str, Any]:
     feeder.start()
     first_step_t = None
     rays: List[float] = []
-    while time.perf_counter() - t_begin < args.seconds:
-        time.sleep(1.0)
+
+    def running() -> bool:
+        if paced:
+            return ot.step < args.steps
+        return time.perf_counter() - t_begin < args.seconds
+
+    while running():
+        time.sleep(0.2 if paced else 1.0)
         st = ot.status()
         if first_step_t is None and st.step > 0:
             first_step_t = time.perf_counter() - t_begin
@@ -98,9 +118,10 @@ def run(seed: int, cameras: int, scene, wrist, args) -> Dict[str, Any]:
     stop.set()
     feeder.join(timeout=30.0)
     wall = time.perf_counter() - t_begin
+    ot.set_paused(True)  # the step count and the snapshot are final from here on
     st = ot.status()
     steps = int(st.step)
-    snap = ot.latest_snapshot
+    snap = ot.session.snapshot() if steps > 0 else None
     ot.close(save=False, timeout_s=10.0)
 
     engine = QueryEngine(cfg.query, teacher.encode_text)
@@ -136,6 +157,13 @@ def main() -> int:
     p.add_argument("--seeds", type=int, nargs="+", default=[41, 42])
     p.add_argument("--seconds", type=float, default=60.0, help="wall time streamed per run (s)")
     p.add_argument("--rate", type=float, default=4.0, help="frames per second per camera")
+    p.add_argument(
+        "--steps-per-frame",
+        type=float,
+        default=0.0,
+        help="pace the stream by training: one frame per camera every this many steps (0: by the clock)",
+    )
+    p.add_argument("--steps", type=int, default=600, help="with --steps-per-frame: training steps per run")
     p.add_argument("--threads", type=int, default=2, help="torch threads")
     p.add_argument("--width", type=int, default=96)
     p.add_argument("--height", type=int, default=72)
