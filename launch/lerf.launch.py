@@ -5,9 +5,13 @@ optionally RViz.
         camera_info:=/camera/color/camera_info depth:=/camera/aligned_depth_to_color/image_raw rviz:=true
 
 Parameters come from ``params_file`` (default: the installed config/lerf.yaml). The arguments
-``preset``, ``output_dir``, ``world_frame``, ``pose_source`` and ``use_sim_time`` override the
-file only when given: left out, the file's values stand (``lerf_ros.ros.launch_args``, which also
+``preset``, ``output_dir``, ``world_frame``, ``pose_source``, ``use_sim_time`` and ``autostart``
+override the file only when given: left out, the file's values stand (``lerf_ros.ros.launch_args``, which also
 stops the launch with a clear message when the file has an unknown or invalid key).
+
+Both nodes are managed (lifecycle) nodes: by default (``autostart`` true) they configure and
+activate themselves; ``autostart:=false`` leaves them unconfigured for a lifecycle manager
+(``ros2 lifecycle set /lerf_trainer configure``, Nav2's ``lifecycle_manager``).
 """
 
 import os

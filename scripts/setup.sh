@@ -17,11 +17,11 @@ pipq() { "$VPY" -m pip install -q "$@" 2>&1 | { grep -v "^WARNING: Location 'fil
 log() { printf '[setup %3ds] %s\n' "$(( $(date +%s) - t0 ))" "$*"; }
 
 # Bump when the dependency list below changes, so reruns reinstall.
-DEPS_VERSION=5
+DEPS_VERSION=6
 
 ROS_RUNTIME=(ros-rclpy ros-rmw-fastrtps-cpp ros-sensor-msgs ros-geometry-msgs ros-std-msgs
   ros-std-srvs ros-visualization-msgs ros-nav-msgs ros-diagnostic-msgs ros-rcl-interfaces
-  ros-builtin-interfaces ros-rosgraph-msgs)
+  ros-builtin-interfaces ros-rosgraph-msgs ros-lifecycle-msgs ros-rcl-lifecycle)
 ROS_BUILD=(colcon-common-extensions ros-ament-package ros-ament-cmake ros-ament-cmake-core
   ros-ament-cmake-python ros-ament-cmake-ros-core ros-ament-cmake-include-directories
   ros-ament-cmake-libraries ros-ament-cmake-export-definitions ros-ament-cmake-export-dependencies

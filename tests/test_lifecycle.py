@@ -58,7 +58,7 @@ def scene_dir(tmp_path_factory):
     return d
 
 
-def write_params(path: Path, scene_dir: Path, output_dir: Path) -> Path:
+def write_params(path: Path, scene_dir: Path, output_dir: Path, autostart: bool = False) -> Path:
     path.write_text(
         "\n".join(
             [
@@ -67,7 +67,7 @@ def write_params(path: Path, scene_dir: Path, output_dir: Path) -> Path:
                 "    preset: tiny",
                 f"    output_dir: '{output_dir}'",
                 "    world_frame: map",
-                "    autostart: false",
+                f"    autostart: {'true' if autostart else 'false'}",
                 "    teacher:",
                 "      kind: ground_truth",
                 f"      scene_dir: '{scene_dir}'",
@@ -192,8 +192,7 @@ def test_trainer_every_transition_over_dds(scene_dir, tmp_path):
             assert lc.state() == "inactive"
             assert spin_until(node, lambda: node.count_subscribers("/image") == 0, 30.0), "still subscribed"
             rss["after_deactivate"] = rss_mb(trainer.pid)
-            n = len(status.all)
-            t_end = time.monotonic() + 2.0
+            t_end = time.monotonic() + 2.0  # status messages already on their way arrive
             spin_until(node, lambda: time.monotonic() > t_end, 5.0)
             stopped_at = status.last.step
             n = len(status.all)
@@ -243,3 +242,101 @@ def test_trainer_every_transition_over_dds(scene_dir, tmp_path):
     assert "finalized" in process_output(trainer, tail=200_000)
     assert_clean_log(trainer)
     assert rss["after_cleanup"] < rss["before_deactivate"], rss
+
+
+def test_query_node_every_transition_over_dds(scene_dir, tmp_path):
+    params = write_params(tmp_path / "params.yaml", scene_dir, tmp_path / "out")
+    domain = unique_domain_id()
+    argv = python_argv("-m", "lerf_ros.ros.query_node", "--ros-args", "--params-file", str(params))
+    proc = start_process(argv, env=ros_env(domain))
+    try:
+        with ros_context(domain) as ctx:
+            node = rclpy.create_node("test_lifecycle_query", context=ctx)
+            lc = Lifecycle(node, "lerf_query", proc)
+            query = node.create_client(Query, "/lerf/query")
+            assert lc.state() == "unconfigured"
+            assert not query.wait_for_service(timeout_sec=1.0), "/lerf/query served while unconfigured"
+
+            assert lc.set(Transition.TRANSITION_CONFIGURE)
+            assert lc.state() == "inactive"
+            assert wait_for_service(query, 30.0)
+            resp = call(node, query, Query.Request(text="mug"))
+            assert not resp.success and "lerf_query is inactive" in resp.message, resp.message
+
+            assert lc.set(Transition.TRANSITION_ACTIVATE)
+            assert lc.state() == "active"
+            resp = call(node, query, Query.Request(text="mug"))
+            assert "inactive" not in resp.message and "no model yet" in resp.message, resp.message
+
+            assert lc.set(Transition.TRANSITION_DEACTIVATE)
+            resp = call(node, query, Query.Request(text="mug"))
+            assert not resp.success and "inactive" in resp.message, resp.message
+
+            assert lc.set(Transition.TRANSITION_CLEANUP)
+            assert lc.state() == "unconfigured"
+            assert spin_until(node, lambda: not query.service_is_ready(), 30.0), "/lerf/query kept after cleanup"
+
+            assert lc.set(Transition.TRANSITION_CONFIGURE)
+            assert wait_for_service(query, 30.0)
+            # shutdown from inactive: the process ends by itself, cleanly
+            assert lc.set(Transition.TRANSITION_INACTIVE_SHUTDOWN, exits=True)
+            code = wait_exit(proc, 20.0)
+            node.destroy_node()
+    finally:
+        if proc.poll() is None:
+            stop_process(proc, timeout=20.0)
+    assert code == 0, process_output(proc)
+    assert_clean_log(proc)
+
+
+def test_run_without_autostart_waits_unconfigured_and_ends_on_shutdown(scene_dir, tmp_path):
+    """``lerf-ros run --no-autostart`` (one process, both nodes), over a params file that says nothing
+    about autostart: both wait unconfigured; the query node cannot be configured before the trainer
+    it shares the text encoder with (the transition fails with the reason, the node stays
+    unconfigured); the process ends with 0 once both are shut down from unconfigured."""
+    params = write_params(tmp_path / "params.yaml", scene_dir, tmp_path / "out", autostart=True)
+    domain = unique_domain_id()
+    proc = start_process(lerf_ros_argv("run", "--params-file", str(params), "--no-autostart"), env=ros_env(domain))
+    try:
+        with ros_context(domain) as ctx:
+            node = rclpy.create_node("test_lifecycle_run", context=ctx)
+            trainer = Lifecycle(node, "lerf_trainer", proc)
+            query = Lifecycle(node, "lerf_query", proc)
+            assert trainer.state() == "unconfigured" and query.state() == "unconfigured"
+            assert not query.set(Transition.TRANSITION_CONFIGURE)
+            assert query.state() == "unconfigured"
+            assert "configure lerf_trainer first" in process_output(proc)
+
+            assert trainer.set(Transition.TRANSITION_UNCONFIGURED_SHUTDOWN)
+            assert trainer.state() == "finalized"
+            t_end = time.monotonic() + 1.0
+            spin_until(node, lambda: time.monotonic() > t_end, 3.0)
+            assert proc.poll() is None, "the process ended while lerf_query was still running"
+            assert query.set(Transition.TRANSITION_UNCONFIGURED_SHUTDOWN, exits=True)
+            code = wait_exit(proc, 20.0)
+            node.destroy_node()
+    finally:
+        if proc.poll() is None:
+            stop_process(proc, timeout=20.0)
+    assert code == 0, process_output(proc)
+    out = process_output(proc, tail=200_000)
+    assert "configure failed" in out  # the one expected error: the refused configure
+    bad = [line for line in out.splitlines() if BAD_LOG.search(line) and "configure failed" not in line]
+    assert not bad, "\n".join(bad)
+
+
+def test_autostart_argument_of_the_launch_and_of_lerf_ros_run(tmp_path):
+    import argparse
+
+    from lerf_ros.commands import run
+    from lerf_ros.config import node_parameters
+    from lerf_ros.ros.launch_args import NOT_GIVEN, given_overrides
+
+    assert {p.name: p.default for p in node_parameters("trainer")}["autostart"] is True
+    assert {p.name: p.default for p in node_parameters("query")}["autostart"] is True
+    assert given_overrides({"autostart": NOT_GIVEN}) == {}, "not given: the params file's value stands"
+    assert given_overrides({"autostart": "false"}) == {"autostart": False}
+    parser = argparse.ArgumentParser()
+    run.add_arguments(parser)
+    assert "autostart:=false" in run.ros_args(parser.parse_args(["--no-autostart"]))
+    assert not [a for a in run.ros_args(parser.parse_args([])) if a.startswith("autostart")]

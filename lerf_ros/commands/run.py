@@ -2,8 +2,10 @@
 
 Equivalent to ``ros2 launch lerf_ros lerf.launch.py`` on machines that have rclpy from PyPI but no
 ``ros2`` command line: the same executables, the same YAML, the same remappings, and the same rule
-for overrides (``lerf_ros.ros.launch_args``): ``--preset``, ``--output-dir``, ``--world-frame`` and
-``--param`` override the file only when given. The file is checked before any node starts, so an
+for overrides (``lerf_ros.ros.launch_args``): ``--preset``, ``--output-dir``, ``--world-frame``,
+``--no-autostart`` and ``--param`` override the file only when given. The nodes are managed (lifecycle)
+nodes: ``--no-autostart`` leaves them unconfigured for a lifecycle manager, and the command ends once
+they have been shut down through their lifecycle services. The file is checked before any node starts, so an
 unknown or invalid key stops the command with a message naming it.
 
 With ``--separate-processes`` the trainer and the query node run as child processes. SIGINT or
@@ -37,6 +39,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--output-dir", help="override the file's output_dir")
     p.add_argument("--world-frame", help="override the file's world_frame")
     p.add_argument(
+        "--no-autostart",
+        dest="autostart",
+        action="store_false",
+        default=None,
+        help="leave the managed nodes unconfigured for a lifecycle manager (ROS 2 lifecycle services "
+        "/lerf_trainer/change_state, /lerf_query/change_state) instead of configuring and activating them",
+    )
+    p.add_argument(
         "--separate-processes",
         action="store_true",
         help="run the query node as its own process (it then loads the trainer's checkpoints)",
@@ -60,7 +70,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def given_arguments(args: argparse.Namespace) -> Dict[str, str]:
     """The parameter arguments given on the command line ({} when none): launch_args' input."""
     values = {"preset": args.preset, "output_dir": args.output_dir, "world_frame": args.world_frame}
-    return {k: v for k, v in values.items() if v}
+    out = {k: v for k, v in values.items() if v}
+    if args.autostart is False:
+        out["autostart"] = "false"
+    return out
 
 
 def param_overrides(items: List[str]) -> Dict[str, Any]:

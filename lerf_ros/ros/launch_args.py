@@ -26,11 +26,16 @@ PARAMETER_ARGUMENTS: Dict[str, str] = {
     "world_frame": "Fixed frame the field is built in",
     "pose_source": "tf, pose, odom or auto",
     "use_sim_time": "Use /clock (bag replay): true or false",
+    "autostart": "Configure and activate the managed nodes at start (default true); false: they wait "
+    "unconfigured for a lifecycle manager",
 }
 """Launch arguments that set a node parameter: {name (= the parameter's): description}."""
 
-QUERY_ARGUMENTS = ("preset", "output_dir", "world_frame", "use_sim_time")
+QUERY_ARGUMENTS = ("preset", "output_dir", "world_frame", "use_sim_time", "autostart")
 """The parameter arguments a query node in a process of its own takes."""
+
+BOOLEAN_ARGUMENTS = ("use_sim_time", "autostart")
+"""Parameter arguments whose value is a boolean."""
 
 _TRUE = ("true", "1", "yes", "on")
 _FALSE = ("false", "0", "no", "off")
@@ -46,12 +51,12 @@ def is_true(text: str) -> bool:
 
 def given_overrides(arguments: Mapping[str, str]) -> Dict[str, Any]:
     """{parameter: value} for the parameter arguments that were given (not ``NOT_GIVEN``), with
-    ``use_sim_time`` as a bool; arguments that are not parameter arguments are ignored."""
+    the ``BOOLEAN_ARGUMENTS`` as bools; arguments that are not parameter arguments are ignored."""
     out: Dict[str, Any] = {}
     for name in PARAMETER_ARGUMENTS:
         value = str(arguments.get(name, NOT_GIVEN)).strip()
         if value != NOT_GIVEN:
-            out[name] = is_true(value) if name == "use_sim_time" else value
+            out[name] = is_true(value) if name in BOOLEAN_ARGUMENTS else value
     return out
 
 
