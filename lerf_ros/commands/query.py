@@ -4,7 +4,8 @@ Two ways:
 - offline, from a checkpoint file or folder (``--checkpoint``): loads the field, builds the teacher's
   text encoder from the checkpoint's config (or ``--scene`` for a synthetic scene's ground truth),
   and answers with the same engine the query node uses;
-- online, from a running ``/lerf/query`` service (``--service``), over ROS.
+- online, from a running ``/lerf/query`` service (``--service``), over ROS; ``--frame-id`` asks for the
+  answer in another TF frame (stamped, in a moving frame, with the time of the transform used).
 
 Prints the answer and the grasps; ``--ply`` writes the relevancy cloud.
 """
@@ -34,13 +35,22 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threshold", type=float, default=0.0, help="relevancy threshold (0 = default)")
     p.add_argument("--max-grasps", type=int, default=0, help="number of grasps (0 = default)")
     p.add_argument("--ply", help="write the relevancy cloud of each query to this folder as PLY")
+    p.add_argument(
+        "--frame-id",
+        default="",
+        help="with --service: the frame of the answer's cloud and grasps (a TF frame such as base_link; "
+        "default: the world frame). In a moving frame the answer is stamped with the time of the transform used",
+    )
 
 
-def _print(text: str, r, ms: float) -> None:
-    """One answer (a ``lerf_ros.query.QueryResult``, computed here or by the service) and its grasps."""
+def _print(text: str, r, ms: float, frame: str = "") -> None:
+    """One answer (a ``lerf_ros.query.QueryResult``, computed here or by the service) and its grasps;
+    ``frame``: where its positions are (printed when given)."""
     from lerf_ros.geometry.poses import matrix_to_quat
 
     print(f"'{text}': {'ok' if r.success else 'no answer'} ({ms:.0f} ms, model step {r.step}): {r.message}")
+    if frame:
+        print(f"  positions in {frame}")
     for i, g in enumerate(r.grasps):
         pos, quat = g.pose[:3, 3], matrix_to_quat(g.pose)
         print(
@@ -75,6 +85,9 @@ def _offline(args) -> int:
     from lerf_ros.query import QueryEngine
     from lerf_ros.teachers import make_teacher
 
+    if args.frame_id:
+        print("--frame-id needs --service: frames other than the world frame come from the robot's TF", file=sys.stderr)
+        return 2
     path = checkpoint_argument(args.checkpoint)
     if path is None:
         return 2
@@ -106,10 +119,10 @@ def _offline(args) -> int:
 
 def _online(args) -> int:
     from lerf_ros.query.request import control_character, excerpt
-    from lerf_ros.ros.client import LerfClient
+    from lerf_ros.ros.client import LerfClient, answer_frame, response_to_result
 
     # The node refuses control characters too (a NUL would not even reach it: ROS strings end there).
-    for value in list(args.text) + list(args.negatives):
+    for value in list(args.text) + list(args.negatives) + [args.frame_id]:
         i = control_character(value)
         if i >= 0:
             print(
@@ -124,14 +137,21 @@ def _online(args) -> int:
         code = 0
         for text in args.text:
             t0 = time.perf_counter()
-            r = client.query(
-                text, negatives=args.negatives, threshold=args.threshold, max_grasps=args.max_grasps, timeout=60.0
+            resp = client.query_response(
+                text,
+                negatives=args.negatives,
+                threshold=args.threshold,
+                max_grasps=args.max_grasps,
+                frame_id=args.frame_id,
+                timeout=60.0,
             )
             ms = 1000 * (time.perf_counter() - t0)
-            if r is None:
+            if resp is None:
                 print(f"'{text}': no reply within 60 s", file=sys.stderr)
                 return 2
-            _print(text, r, ms)
+            r = response_to_result(resp)
+            frame, stamp = answer_frame(resp)
+            _print(text, r, ms, f"frame '{frame}', stamp {stamp:.3f} s" if frame else "")
             if args.ply and r.success:
                 _write_ply(args.ply, text, r.points, r.relevancy)
             code = code or (0 if r.success else 1)

@@ -43,7 +43,6 @@ from lerf_ros.ros.convert import (
     image_to_numpy,
     pose_to_matrix,
     stamp_to_sec,
-    transform_to_matrix,
 )
 from lerf_ros.ros.drops import DropReporter, excerpt
 
@@ -370,20 +369,9 @@ class CameraInput:
     def _pose_at(self, frame_id: str, stamp_msg, stamp: float):
         node = self.node
         if node.pose_source == "tf":
-            from rclpy.duration import Duration
-            from rclpy.time import Time
-
-            try:
-                tf = node._tf_buffer.lookup_transform(
-                    node.world_frame,
-                    frame_id,
-                    Time.from_msg(stamp_msg),
-                    timeout=Duration(seconds=float(node.tf_timeout)),
-                )
-                T = transform_to_matrix(tf.transform)
-            except Exception as exc:
-                return None, f"no TF from '{node.world_frame}' to '{excerpt(frame_id)}' at {stamp:.3f}: {exc}"
-            return T, None
+            # The process's shared TF feed (lerf_ros.ros.tf); before any /tf arrived the reason says so.
+            T, _, reason = node._tf.lookup(node.world_frame, frame_id, stamp_msg, float(node.tf_timeout))
+            return (T, None) if T is not None else (None, reason)
         try:
             return self._poses.lookup(stamp), None
         except PoseLookupError as exc:

@@ -11,7 +11,7 @@ after discovery is asked again.
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Tuple
 
 import numpy as np
 import rclpy
@@ -25,7 +25,7 @@ from lerf_ros.ros.common import QUERY_SERVICE, STATUS_QOS, STATUS_TOPIC, call_se
 from lerf_ros.ros.convert import pointcloud2_to_numpy, pose_to_matrix
 from lerf_ros.srv import Query
 
-__all__ = ["Interrupted", "LerfClient", "response_to_result"]
+__all__ = ["Interrupted", "LerfClient", "answer_frame", "response_to_result"]
 
 
 class Interrupted(KeyboardInterrupt):
@@ -55,6 +55,16 @@ def response_to_result(resp: Query.Response) -> QueryResult:
         for g, s, w in zip(resp.grasps, resp.grasp_scores, resp.grasp_widths)
     ]
     return result
+
+
+def answer_frame(resp: Query.Response) -> Tuple[str, float]:
+    """(frame_id, stamp in seconds) of a response's cloud and grasps ('' and 0.0 when it has none).
+    In a moving frame the stamp is the time of the transform the node used, not the time of the call."""
+    headers = [resp.cloud.header] + [g.header for g in resp.grasps]
+    for h in headers:
+        if h.frame_id:
+            return str(h.frame_id), int(h.stamp.sec) + int(h.stamp.nanosec) * 1e-9
+    return "", 0.0
 
 
 class LerfClient:
@@ -112,7 +122,22 @@ class LerfClient:
         """Ask ``/lerf/query`` (0 / empty fields: the node's defaults); the answer as a
         ``QueryResult``, or None when no answer came within ``timeout`` seconds. Raises ValueError for
         a control character in a string: ROS strings end at a NUL, so ``bot\\x00tle`` would be sent as
-        ``bot``."""
+        ``bot``. ``query_response`` gives the response itself (with its frame and stamp)."""
+        resp = self.query_response(text, negatives, threshold, max_points, max_grasps, frame_id, timeout)
+        return None if resp is None else response_to_result(resp)
+
+    def query_response(
+        self,
+        text: str,
+        negatives: Sequence[str] = (),
+        threshold: float = 0.0,
+        max_points: int = 0,
+        max_grasps: int = 0,
+        frame_id: str = "",
+        timeout: float = 60.0,
+    ) -> Optional[Query.Response]:
+        """As ``query``, but the ``lerf_ros/srv/Query`` response itself (None on no answer); its
+        frame and stamp: ``answer_frame``."""
         from lerf_ros.query.request import control_character
 
         for what, value in [("text", text), ("frame_id", frame_id)] + [("negative", n) for n in negatives]:
@@ -127,8 +152,7 @@ class LerfClient:
             max_grasps=int(max_grasps),
             frame_id=frame_id,
         )
-        resp = call_service(self._client, req, self.spin_once, timeout=timeout)
-        return None if resp is None else response_to_result(resp)
+        return call_service(self._client, req, self.spin_once, timeout=timeout)
 
     def close(self) -> None:
         """Destroy the node (and shut down the context this client initialised)."""

@@ -186,7 +186,9 @@ class QueryNode(ManagedNode):
         self._stopped_preparers = []
         with self._engine_lock:
             self._engine = self._teacher = None
-        self._frames = None
+        frames, self._frames = self._frames, None
+        if frames is not None:
+            frames.close()  # releases the process's shared TF feed
 
     # ------------------------------------------------------------------ model
     def _checkpoint_dir(self) -> str:
@@ -286,8 +288,10 @@ class QueryNode(ManagedNode):
         if problem:
             return self._refuse(response, problem, request)
         frame_id = request.frame_id or self.map_frame
-        stamp = self.get_clock().now().to_msg()
-        world_to_target, frame_error = frames.world_to(frame_id)
+        where = frames.resolve(frame_id)
+        world_to_target, frame_error = where.world_to_frame, where.error
+        # An answer in a moving frame is stamped with the time of the transform used (lerf_ros.ros.tf).
+        stamp = where.stamp if where.stamp is not None else self.get_clock().now().to_msg()
         if frame_error:
             if len(frame_id) > EXCERPT_CHARS:  # quote a long frame name by its excerpt only
                 frame_error = frame_error.replace(f"'{frame_id}'", excerpt(frame_id)).replace(frame_id, "(it)")

@@ -78,7 +78,7 @@ from lerf_ros.ros.diagnostics import DiagnosticsPublisher
 from lerf_ros.ros.drops import DropReporter, excerpt, reason_key  # noqa: F401 (reason_key: imported from here too)
 from lerf_ros.ros.lifecycle import ManagedNode
 from lerf_ros.ros.params import TRAINER_PARAMETERS, declare_config, declare_node_parameters
-from lerf_ros.ros.tf import tf2_available
+from lerf_ros.ros.tf import acquire_tf_feed, tf2_available
 
 _STATE_CODES = {
     TrainerState.WAITING: TrainingStatus.STATE_WAITING_FOR_FRAMES,
@@ -203,10 +203,10 @@ class TrainerNode(ManagedNode):
             selector = self.trainer.session.selector if i == 0 else KeyframeSelector(self.cfg.keyframes)
             self.cameras.append(CameraInput(self, spec, selector, self._sensor_qos, self._queue_size, several, sensors))
         if self.pose_source == "tf":
-            import tf2_ros
-
-            self._tf_buffer = tf2_ros.Buffer(cache_time=Duration(seconds=self._tf_cache))
-            self._tf_listener = tf2_ros.TransformListener(self._tf_buffer, self)
+            # The process's one TF buffer, fed on a thread of its own (lerf_ros.ros.tf): /tf callbacks
+            # never run on this node's executor.
+            self._tf = acquire_tf_feed(self, self._tf_cache)
+            self._tf_buffer = self._tf.buffer
 
         self.status_pub = self.create_publisher(TrainingStatus, STATUS_TOPIC, STATUS_QOS)
         self.keyframes_pub = self.create_publisher(PoseArray, "/lerf/keyframes", LATCHED_QOS)
@@ -289,7 +289,9 @@ class TrainerNode(ManagedNode):
         self.cameras = []
         self._camera_health = {}
         self._last_relevancy = None
-        self._tf_buffer = self._tf_listener = None
+        tf, self._tf, self._tf_buffer = getattr(self, "_tf", None), None, None
+        if tf is not None:
+            tf.release()
 
     # ------------------------------------------------------------------ shared by the cameras
     def _too_far(self, c2w: np.ndarray) -> str:
