@@ -344,6 +344,10 @@ class TrainerConfig:
     snapshot_every: int = 100
     """Steps between two in-memory snapshots for a query node in the trainer's process (each one a
     copy of the weights; the query node prepares the newest at most every ``snapshot_min_interval_s``)."""
+    query_yield_share: float = 0.5
+    """Queries first: while a query node in the trainer's process answers, the training thread
+    starts no new step (the step in flight finishes), for at most this share of its time over the
+    last few seconds, so a flood of queries cannot stop training. 0 = never wait for queries."""
     pose_refinement: bool = True
     """Learn a per-keyframe camera pose correction (rotation about the camera centre + translation),
     as nerfacto does; the corrected poses are what /lerf/keyframes shows and checkpoints keep."""
@@ -378,6 +382,12 @@ class TrainerConfig:
             _require(getattr(self, key) >= 1, f"trainer.{key}", getattr(self, key), ">= 1")
         for key in ("warmup_steps", "checkpoint_every", "pose_warmup_steps"):
             _require(getattr(self, key) >= 0, f"trainer.{key}", getattr(self, key), ">= 0")
+        _require(
+            0.0 <= self.query_yield_share <= 0.9,
+            "trainer.query_yield_share",
+            self.query_yield_share,
+            "in [0, 0.9]",
+        )
         _require(
             self.schedule in ("exponential", "cosine"), "trainer.schedule", self.schedule, "'exponential' or 'cosine'"
         )
@@ -473,9 +483,10 @@ class ChangeConfig:
     """Detect changes and retire the keyframes they make stale (online sessions only)."""
     check_every: int = 5
     """Compare every this-many-th frame offered to the session (skipped frames count too)."""
-    max_side: int = 48
+    max_side: int = 64
     """Longest side (pixels) of the comparison at most: every s-th pixel of the frame (the smallest
-    integer stride s that fits) is compared with the field rendered through exactly those pixels."""
+    integer stride s that fits) is compared with the field rendered through exactly those pixels. An
+    object must cover a few pixels (``min_region_pixels``) at this resolution to be seen changing."""
     min_steps: int = 400
     """No decision before the field has trained this many steps."""
     max_median_residual: float = 0.05
@@ -483,8 +494,8 @@ class ChangeConfig:
     frame is above this: the field is still learning there."""
     kappa: float = 5.0
     """A pixel's colour residual counts when above median + kappa * 1.4826 * MAD of the frame's residuals ..."""
-    min_color_residual: float = 0.12
-    """... and above this (0..1)."""
+    min_color_residual: float = 0.05
+    """... and above this (0..1): a floor for noise when the frame's residuals are nearly all zero."""
     depth_tolerance: float = 0.02
     """Depth disagreement (m) always tolerated; where the frame has depth a pixel counts only when its
     depth disagrees by more than this plus ``depth_tolerance_rel`` times its distance."""
@@ -505,6 +516,9 @@ class ChangeConfig:
     """... counting only keyframes that see at least this many of the changed points."""
     max_points: int = 4096
     """Most changed surface points kept for display (``/lerf/changes``)."""
+    retire: str = "pixels"
+    """What a stale keyframe loses: 'pixels' (only its pixels within ``voxel_size`` of the changed
+    points: the rest of its view keeps teaching the field) or 'keyframe' (the whole keyframe)."""
 
     def check(self) -> "ChangeConfig":
         """Validate this section; raise ConfigError naming the key."""
@@ -517,6 +531,7 @@ class ChangeConfig:
         _require(self.depth_tolerance_rel >= 0, "changes.depth_tolerance_rel", self.depth_tolerance_rel, ">= 0")
         _require(0 < self.min_stale_fraction <= 1, "changes.min_stale_fraction", self.min_stale_fraction, "in (0, 1]")
         _require(self.max_points >= 1, "changes.max_points", self.max_points, ">= 1")
+        _require(self.retire in ("pixels", "keyframe"), "changes.retire", self.retire, "'pixels' or 'keyframe'")
         _require(self.memory_checks >= self.min_frames, "changes.memory_checks", self.memory_checks, ">= min_frames")
         return self
 

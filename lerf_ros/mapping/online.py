@@ -28,6 +28,7 @@ from typing import Dict, Optional
 
 from lerf_ros.config import LerfConfig
 from lerf_ros.data.frame import Frame
+from lerf_ros.mapping.priority import QueryPriority
 from lerf_ros.mapping.progress import format_duration
 from lerf_ros.mapping.session import LogFn, Session, SubmitResult, print_log
 
@@ -77,6 +78,9 @@ class OnlineTrainer:
         self.cfg = self.session.cfg
         self.log = log
         self.snapshot_every = max(1, int(snapshot_every))
+        self.priority = QueryPriority(self.cfg.trainer.query_yield_share)
+        """Queries answered in this process come first (``lerf_ros.mapping.priority``): wrap each in
+        ``priority.answering()``."""
         self._paused = False
         # True once a pause has taken effect (the step in flight, if any, finished): what the status
         # reports, so that a status that says "paused" never precedes one more step.
@@ -137,7 +141,9 @@ class OnlineTrainer:
                 if self._paused or s.step_count >= self.cfg.trainer.max_steps or not s.can_train():
                     stop.wait(0.05)
                     continue
-                # A service call (save, pause, reset) waiting for the lock gets it before the next step.
+                # A query being answered, then a service call (save, pause, reset) waiting for the
+                # lock, go before the next step.
+                self.priority.wait(self._closing)
                 s.lock.yield_to_waiters()
                 with s.lock:
                     if self._paused:  # paused while this thread waited for the lock

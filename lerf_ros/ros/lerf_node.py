@@ -19,7 +19,12 @@ def _build(nodes: List) -> None:
     trainer = TrainerNode()
     nodes.append(trainer)
     nodes.append(
-        QueryNode(snapshot_provider=trainer.snapshot_provider, teacher_source=trainer.teacher_provider, cfg=trainer.cfg)
+        QueryNode(
+            snapshot_provider=trainer.snapshot_provider,
+            teacher_source=trainer.teacher_provider,
+            cfg=trainer.cfg,
+            priority=trainer.query_priority,
+        )
     )
 
 

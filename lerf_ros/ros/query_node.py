@@ -42,10 +42,11 @@ the trainer (``lerf_ros.ros.params``).
 from __future__ import annotations
 
 import collections
+import contextlib
 import os
 import threading
 import time
-from typing import Callable, Dict, List, Optional
+from typing import Callable, ContextManager, Dict, List, Optional
 
 import numpy as np
 from geometry_msgs.msg import PoseStamped
@@ -89,6 +90,7 @@ class QueryNode(ManagedNode):
         teacher_source: Optional[Callable[[], object]] = None,
         cfg: Optional[LerfConfig] = None,
         name: str = "lerf_query",
+        priority: Optional[Callable[[], ContextManager]] = None,
         **kwargs,
     ) -> None:
         super().__init__(name, **kwargs)
@@ -101,6 +103,8 @@ class QueryNode(ManagedNode):
         self.checkpoint_dir = params["checkpoint_dir"]
         self._provider = snapshot_provider
         self._teacher_source = teacher_source
+        # In the trainer's process: training steps aside while a query is answered (trainer.query_yield_share).
+        self._priority = priority if priority is not None else contextlib.nullcontext
         self._teacher = None
         self._engine = None
         self._engine_error = ""
@@ -300,14 +304,15 @@ class QueryNode(ManagedNode):
         if engine is None:
             message = "the query node is shutting down" if self._closing.is_set() else self._engine_error
             return self._refuse(response, message, request)
-        result = engine.query(
-            request.text,
-            negatives=list(request.negatives),
-            threshold=float(request.threshold),
-            max_points=int(request.max_points),
-            max_grasps=int(request.max_grasps),
-            world_to_target=world_to_target,
-        )
+        with self._priority():
+            result = engine.query(
+                request.text,
+                negatives=list(request.negatives),
+                threshold=float(request.threshold),
+                max_points=int(request.max_points),
+                max_grasps=int(request.max_grasps),
+                world_to_target=world_to_target,
+            )
         response.success = bool(result.success)
         response.message = result.message
         if result.snapshot_version > 0:

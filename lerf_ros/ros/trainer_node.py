@@ -45,6 +45,7 @@ session. ``autostart`` (default true) goes to active at start.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import threading
 from typing import List, Optional, Tuple
@@ -72,7 +73,6 @@ from lerf_ros.ros.convert import (
     points_to_pointcloud2,
     pose_to_matrix,
     stamp_to_sec,
-    transform_to_matrix,
 )
 from lerf_ros.ros.diagnostics import DiagnosticsPublisher
 from lerf_ros.ros.drops import DropReporter, excerpt, reason_key  # noqa: F401 (reason_key: imported from here too)
@@ -203,10 +203,9 @@ class TrainerNode(ManagedNode):
             selector = self.trainer.session.selector if i == 0 else KeyframeSelector(self.cfg.keyframes)
             self.cameras.append(CameraInput(self, spec, selector, self._sensor_qos, self._queue_size, several, sensors))
         if self.pose_source == "tf":
-            # The process's one TF buffer, fed on a thread of its own (lerf_ros.ros.tf): /tf callbacks
-            # never run on this node's executor.
+            # The process's one TF buffer, kept by a listener process of its own (lerf_ros.ros.tf):
+            # /tf costs this process nothing; lookups are one round trip.
             self._tf = acquire_tf_feed(self, self._tf_cache)
-            self._tf_buffer = self._tf.buffer
 
         self.status_pub = self.create_publisher(TrainingStatus, STATUS_TOPIC, STATUS_QOS)
         self.keyframes_pub = self.create_publisher(PoseArray, "/lerf/keyframes", LATCHED_QOS)
@@ -289,7 +288,7 @@ class TrainerNode(ManagedNode):
         self.cameras = []
         self._camera_health = {}
         self._last_relevancy = None
-        tf, self._tf, self._tf_buffer = getattr(self, "_tf", None), None, None
+        tf, self._tf = getattr(self, "_tf", None), None
         if tf is not None:
             tf.release()
 
@@ -375,20 +374,16 @@ class TrainerNode(ManagedNode):
         the latest time. A loop closure does not rewrite the TF history, it publishes a new
         ``map -> odom``: this is how it reaches past keyframes. Keyframes whose TF is no longer buffered
         (older than ``tf_cache_s``) keep their pose."""
-        import tf2_ros
-        from rclpy.time import Time
-
-        pairs, missing = [], 0
-        for kf in self.trainer.keyframes.keyframes():
+        keyframes = list(self.trainer.keyframes.keyframes())
+        requests = []
+        for kf in keyframes:
             ns = kf.meta.get("stamp_ns")
-            when = Time(nanoseconds=int(ns) if ns is not None else int(round(kf.stamp * 1e9)))
-            try:
-                tf = self._tf_buffer.lookup_transform_full(
-                    self.world_frame, Time(), kf.frame_id, when, self.odom_frame, timeout=Duration(nanoseconds=0)
-                )
-                pairs.append((kf.stamp, transform_to_matrix(tf.transform)))
-            except (tf2_ros.TransformException, ConversionError):
-                missing += 1
+            ns = int(ns) if ns is not None else int(round(kf.stamp * 1e9))
+            requests.append((self.world_frame, kf.frame_id, ns, self.odom_frame))
+        # One round trip to the TF listener process for all keyframes (lerf_ros.ros.tf).
+        found = self._tf.lookup_full_many(requests)
+        pairs = [(kf.stamp, T) for kf, T in zip(keyframes, found) if T is not None]
+        missing = len(keyframes) - len(pairs)
         if missing:
             self.drops.note(
                 f"TF re-lookup: {missing} keyframe(s) not found in the TF buffer (older than tf_cache_s, or no "
@@ -626,6 +621,12 @@ class TrainerNode(ManagedNode):
         training step and while the node is unconfigured)."""
         trainer = self.trainer
         return None if trainer is None else trainer.latest_snapshot
+
+    def query_priority(self):
+        """For an in-process query node: a context manager around one answer, during which training
+        starts no new step (``OnlineTrainer.priority``, within ``trainer.query_yield_share``)."""
+        trainer = self.trainer
+        return contextlib.nullcontext() if trainer is None else trainer.priority.answering()
 
     def teacher_provider(self):
         """For an in-process query node: the loaded teacher (its text encoder), None while unconfigured."""
