@@ -14,6 +14,7 @@ line's ``--frame-id``. Where tf2 is importable (``pytest.importorskip``):
 """
 
 import math
+import os
 import subprocess
 import sys
 import time
@@ -107,7 +108,7 @@ def _yaw(deg, x=0.0, y=0.0, z=0.0):
     return T
 
 
-def test_one_feed_per_process_fed_on_its_own_thread():
+def test_one_feed_per_process_kept_by_a_listener_process():
     tf2_msgs = _tf2()
     from rclpy.qos import DurabilityPolicy, QoSProfile
     from rclpy.time import Time
@@ -151,8 +152,8 @@ def test_one_feed_per_process_fed_on_its_own_thread():
         assert T is not None, reason
         np.testing.assert_allclose(T, map_to_base, atol=1e-6)
         assert feed.counters.received and feed.no_tf_reason() == ""
-        names = {t.name for t in __import__("threading").enumerate()}
-        assert "lerf_tf" in names
+        # The buffer lives in a listener process of its own: this process only asked.
+        assert feed._proc.poll() is None and feed._proc.pid != os.getpid()
 
         # A moving frame: the world -> frame transform at the latest time, stamped with that time.
         answer = resolver.resolve("base_link")
@@ -170,11 +171,53 @@ def test_one_feed_per_process_fed_on_its_own_thread():
         assert feed.alive
         feed.release()  # a's: the last
         assert not feed.alive
+        assert feed._proc.wait(10.0) == 0  # the listener process ended with its socket
         again = acquire_tf_feed(a)
         assert again is not feed
         again.release()
         for n in (a, b, pub_node):
             n.destroy_node()
+
+
+ORPHAN = """
+import os, sys, time, rclpy
+from lerf_ros.ros.tf import acquire_tf_feed
+rclpy.init()
+feed = acquire_tf_feed(rclpy.create_node("orphan_user"))
+print(feed._proc.pid, flush=True)
+time.sleep(600)
+"""
+
+
+def test_listener_process_ends_when_its_parent_is_killed():
+    _tf2()
+    import signal
+
+    p = subprocess.Popen(
+        python_argv("-c", ORPHAN), cwd=str(REPO_ROOT), env=ros_env(), stdout=subprocess.PIPE, text=True,
+        start_new_session=True,
+    )  # fmt: skip
+    try:
+        child = int(p.stdout.readline())
+        os.kill(p.pid, signal.SIGKILL)
+        p.wait(10.0)
+        deadline = time.monotonic() + 20.0
+        while time.monotonic() < deadline and os.path.exists(f"/proc/{child}") and "Z" not in _state(child):
+            time.sleep(0.1)
+        assert not os.path.exists(f"/proc/{child}") or "Z" in _state(child), "the listener process outlived its parent"
+    finally:
+        try:
+            os.killpg(p.pid, signal.SIGKILL)  # the group: a listener left behind by a failure too
+        except ProcessLookupError:
+            pass
+
+
+def _state(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return "gone"
 
 
 # ---------------------------------------------------------------------------------------------- trainer process

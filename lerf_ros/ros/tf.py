@@ -1,41 +1,49 @@
-"""TF for the nodes: one shared buffer per process, fed on a thread of its own.
+"""TF for the nodes: one shared TF buffer per process, kept by a listener process of its own.
 
 A robot's ``/tf`` is busy: a mobile manipulator publishes about a thousand transforms a second
-(robot_state_publisher sends an arm's chain in one message at 50 Hz or more). Handled on the
-executor that also ingests images, serves the control services and hands work to the training
-thread, those callbacks delayed the transforms (lookups then failed with "extrapolation into the
-future", the buffer seconds behind) and took the interpreter from training.
+(robot_state_publisher sends an arm's chain in one message at 50 Hz or more). Every message is
+turned into Python objects before tf2 sees it (about a millisecond for 20 transforms). Handled on
+the executor that also ingests images and serves the control services, those callbacks fell behind
+(lookups failed with "extrapolation into the future", the buffer up to a second late), and on a
+thread of the trainer's process they still held the interpreter lock the training thread needs
+(on a loaded machine, a thread preempted while holding it stalls the others).
 
-``TfFeed`` is the one TF buffer of a process (``acquire_tf_feed``: the trainer and the query node of
-one process share it). A small node of its own (``<first user>_tf``, no parameter services) holds the
-``tf2_ros.TransformListener`` subscriptions and spins on a single-threaded executor in the thread
-``lerf_tf``: ``/tf`` callbacks never run on the nodes' executor. Lookups are thread-safe
-(``tf2_ros.Buffer``); the ingest thread waits for a transform at an image's stamp without blocking
-anything else.
+So the buffer lives in a child process (``TfFeed``): ``python -m lerf_ros.ros.tf`` runs a node
+``<first user>_tf`` (in the first user's namespace; ``/tf`` and ``/tf_static`` resolved with its
+remappings) with a ``tf2_ros.Buffer`` and ``tf2_ros.TransformListener`` spun on its own executor, and
+answers lookups over a socket pair: the camera pose at an image's stamp (waiting up to the
+trainer's ``tf_timeout_s``), the keyframes looked up again for late corrections, and a query
+frame's transform. A lookup costs the asking process a round trip of small pickled tuples; ``/tf``
+costs it nothing. The nodes of one process share one feed (``acquire_tf_feed``; the last
+``release`` ends the child). The child ignores SIGINT/SIGTERM and ends when its parent closes the
+socket, also when the parent dies.
 
 Until the first ``/tf`` message arrives, a lookup fails with one plain reason (``NO_TF_YET``), not
 with tf2's "frame does not exist", so the start-up drops of the trainer say what is missing.
 
 ``FrameResolver`` turns a query's ``frame_id`` into the world -> frame transform at the latest time
-TF has for it, and says when that was: answers in a moving frame are stamped with that time.
+TF has it, and says when that was: answers in a moving frame are stamped with that time.
 
-tf2 is not on PyPI. Everything here imports it lazily: ``tf2_available()`` says whether it is
-importable, and without it only the world frame is known (the trainer takes poses from a topic).
+tf2 is not on PyPI. It is imported lazily: ``tf2_available()`` says whether it is importable, and
+without it only the world frame is known (the trainer takes poses from a topic).
 """
 
 from __future__ import annotations
 
+import argparse
+import itertools
+import os
+import signal
+import socket
+import subprocess
+import sys
 import threading
-import time
 from dataclasses import dataclass
-from typing import Callable, Dict, Optional, Tuple
+from multiprocessing.connection import Connection
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
-from rclpy.duration import Duration
 from rclpy.node import Node
-from rclpy.time import Time
-
-from lerf_ros.ros.convert import transform_to_matrix
 
 NO_TF_YET = "no TF received yet on {topic} (is the robot's TF tree published?)"
 """Drop reason while no ``/tf`` message has arrived (``{topic}``: the resolved topic)."""
@@ -43,8 +51,17 @@ NO_TF_YET = "no TF received yet on {topic} (is the robot's TF tree published?)"
 DEFAULT_CACHE_S = 10.0
 """TF history of a feed whose first user asks for none (tf2's own default)."""
 
+START_TIMEOUT_S = 60.0
+"""Longest wait for the listener process to start (imports on a loaded machine)."""
+
+REPLY_MARGIN_S = 10.0
+"""A lookup's answer is given up this long after its own timeout (the listener process stalled)."""
+
+WORKER_THREADS = 4
+"""Lookups the listener process answers at once (one waiting for a late transform does not hold
+the others)."""
+
 SPIN_PERIOD_S = 0.1
-"""Longest wait of the TF thread's executor before it checks whether the feed is closing."""
 
 
 def tf2_available() -> bool:
@@ -56,15 +73,13 @@ def tf2_available() -> bool:
 
 
 class TfCounters:
-    """What the TF thread received (read by any thread)."""
+    """What the listener received; ``snapshot``/``update`` carry it from the child to the parent."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self.messages = 0
         self.transforms = 0
         self.static_transforms = 0
-        self.first_at: Optional[float] = None
-        """``time.monotonic()`` of the first ``/tf`` message (None: none yet)."""
 
     def add(self, n: int, static: bool) -> None:
         with self._lock:
@@ -73,74 +88,49 @@ class TfCounters:
             else:
                 self.messages += 1
                 self.transforms += n
-                if self.first_at is None:
-                    self.first_at = time.monotonic()
 
     @property
     def received(self) -> bool:
         """Whether any ``/tf`` message (not only static transforms) arrived."""
-        return self.first_at is not None
+        return self.messages > 0
+
+    def snapshot(self) -> Tuple[int, int, int]:
+        with self._lock:
+            return self.messages, self.transforms, self.static_transforms
+
+    def update(self, values: Sequence[int]) -> None:
+        with self._lock:
+            self.messages, self.transforms, self.static_transforms = (int(v) for v in values)
 
 
-def _listener_class():
-    """A ``tf2_ros.TransformListener`` that counts what it receives (defined on first use: tf2 may
-    not be installed)."""
-    import tf2_ros
+# ---------------------------------------------------------------------------------------------- the buffer
+class _LocalTf:
+    """A ``tf2_ros.Buffer`` fed by a counting ``TransformListener`` on a node of its own, spun on its
+    own single-threaded executor in the thread ``lerf_tf`` (the listener process's content)."""
 
-    class CountingListener(tf2_ros.TransformListener):
-        def __init__(self, buffer, node, counters: TfCounters, **kwargs) -> None:
-            self.counters = counters
-            super().__init__(buffer, node, **kwargs)
-
-        def callback(self, data) -> None:
-            super().callback(data)
-            self.counters.add(len(data.transforms), static=False)
-
-        def static_callback(self, data) -> None:
-            super().static_callback(data)
-            self.counters.add(len(data.transforms), static=True)
-
-    return CountingListener
-
-
-class TfFeed:
-    """A TF buffer whose listener spins on its own thread and executor (see the module docstring).
-
-    Use ``acquire_tf_feed`` (one per process and ROS context); ``release`` when done.
-
-    Args:
-        context: the ROS context of the nodes that look transforms up.
-        name: name of the feed's own node (namespace ``namespace``).
-        cache_s: TF history kept (s).
-        tf_topic, tf_static_topic: the resolved topics (remappings of the first user applied).
-    """
-
-    def __init__(
-        self,
-        context,
-        name: str,
-        namespace: str = "",
-        cache_s: float = DEFAULT_CACHE_S,
-        tf_topic: str = "/tf",
-        tf_static_topic: str = "/tf_static",
-    ) -> None:
+    def __init__(self, context, name: str, namespace: str, cache_s: float, tf_topic: str, tf_static_topic: str):
         import tf2_ros
+        from rclpy.duration import Duration
         from rclpy.executors import SingleThreadedExecutor
 
-        if not cache_s > 0:
-            raise ValueError(f"TF cache of {cache_s} s: must be > 0")
-        self.cache_s = float(cache_s)
+        counters = self.counters = TfCounters()
         self.tf_topic = tf_topic
-        self.counters = TfCounters()
-        self.buffer = tf2_ros.Buffer(cache_time=Duration(seconds=self.cache_s))
-        self.node = Node(name, namespace=namespace, context=context, start_parameter_services=False)
-        self._listener = _listener_class()(
-            self.buffer, self.node, self.counters, tf_topic=tf_topic, tf_static_topic=tf_static_topic
-        )
+
+        class CountingListener(tf2_ros.TransformListener):
+            def callback(self, data) -> None:
+                super().callback(data)
+                counters.add(len(data.transforms), static=False)
+
+            def static_callback(self, data) -> None:
+                super().static_callback(data)
+                counters.add(len(data.transforms), static=True)
+
+        self.buffer = tf2_ros.Buffer(cache_time=Duration(seconds=float(cache_s)))
+        self.node = Node(name, namespace=namespace or "/", context=context, start_parameter_services=False)
+        self._listener = CountingListener(self.buffer, self.node, tf_topic=tf_topic, tf_static_topic=tf_static_topic)
         self._executor = SingleThreadedExecutor(context=context)
         self._executor.add_node(self.node)
         self._closing = threading.Event()
-        self._users = 0
         self._thread = threading.Thread(target=self._spin, name="lerf_tf", daemon=True)
         self._thread.start()
 
@@ -148,43 +138,219 @@ class TfFeed:
         while not self._closing.is_set():
             try:
                 self._executor.spin_once(timeout_sec=SPIN_PERIOD_S)
-            except Exception:  # the context was shut down (or the executor): nothing more to receive
+            except Exception:  # the context was shut down: nothing more to receive
                 if self._closing.is_set() or not self.node.context.ok():
                     return
                 self._closing.wait(SPIN_PERIOD_S)
 
+    def _reason(self, exc, target: str, source: str, at_ns: Optional[int]) -> str:
+        if not self.counters.received:
+            return NO_TF_YET.format(topic=self.tf_topic)
+        at = "" if at_ns is None else f" at {at_ns * 1e-9:.3f}"
+        return f"no TF from '{_short(target)}' to '{_short(source)}'{at}: {exc}"
+
+    def lookup(self, target: str, source: str, stamp_ns: Optional[int], timeout_s: float):
+        """(4x4 matrix, stamp of the transform used in ns, '') or (None, None, reason)."""
+        import tf2_ros
+        from rclpy.duration import Duration
+        from rclpy.time import Time
+
+        from lerf_ros.ros.convert import ConversionError, transform_to_matrix
+
+        when = Time() if stamp_ns is None else Time(nanoseconds=int(stamp_ns))
+        try:
+            tf = self.buffer.lookup_transform(target, source, when, timeout=Duration(seconds=max(0.0, timeout_s)))
+            used = int(tf.header.stamp.sec) * 1_000_000_000 + int(tf.header.stamp.nanosec)
+            return transform_to_matrix(tf.transform), used, ""
+        except (tf2_ros.TransformException, ConversionError) as exc:
+            return None, None, self._reason(exc, target, source, stamp_ns)
+
+    def lookup_full(self, requests):
+        """For each (target, source, source stamp ns, fixed frame): the 4x4 transform from ``source``
+        at its stamp to ``target`` at the latest time through ``fixed``, or None; no waiting."""
+        import tf2_ros
+        from rclpy.duration import Duration
+        from rclpy.time import Time
+
+        from lerf_ros.ros.convert import ConversionError, transform_to_matrix
+
+        out = []
+        for target, source, source_ns, fixed in requests:
+            try:
+                tf = self.buffer.lookup_transform_full(
+                    target, Time(), source, Time(nanoseconds=int(source_ns)), fixed, timeout=Duration(nanoseconds=0)
+                )
+                out.append(transform_to_matrix(tf.transform))
+            except (tf2_ros.TransformException, ConversionError):
+                out.append(None)
+        return out
+
+    def close(self) -> None:
+        self._closing.set()
+        if self._thread is not threading.current_thread():
+            self._thread.join(1.0)
+        try:
+            self._executor.shutdown(timeout_sec=0)
+            self._listener.unregister()
+            self.node.destroy_node()
+        except Exception:  # the context is already gone: nothing left to release
+            pass
+
+
+# ---------------------------------------------------------------------------------------------- the parent's side
+class TfFeed:
+    """The process's TF buffer, kept by a listener process (see the module docstring).
+
+    Use ``acquire_tf_feed``; ``release`` when done. Thread-safe: the ingest thread, timers and
+    service callbacks may look up at the same time.
+
+    Args:
+        name, namespace: of the listener's node.
+        cache_s: TF history kept (s).
+        tf_topic, tf_static_topic: the resolved topics.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        namespace: str = "",
+        cache_s: float = DEFAULT_CACHE_S,
+        tf_topic: str = "/tf",
+        tf_static_topic: str = "/tf_static",
+        start_timeout_s: float = START_TIMEOUT_S,
+    ) -> None:
+        if not cache_s > 0:
+            raise ValueError(f"TF cache of {cache_s} s: must be > 0")
+        self.cache_s = float(cache_s)
+        self.tf_topic = tf_topic
+        self.counters = TfCounters()
+        self._users = 0
+        self._lock = threading.Lock()
+        self._pending: Dict[int, list] = {}
+        self._ids = itertools.count(1)
+        self._dead = ""
+        ours, theirs = socket.socketpair()
+        argv = [
+            sys.executable, "-m", "lerf_ros.ros.tf", "--fd", str(theirs.fileno()), "--name", name,
+            "--namespace", namespace, "--cache-s", repr(self.cache_s), "--tf-topic", tf_topic,
+            "--tf-static-topic", tf_static_topic,
+        ]  # fmt: skip
+        package_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(
+            [package_root] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+        )
+        try:
+            self._proc = subprocess.Popen(argv, pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL, env=env)
+        finally:
+            theirs.close()
+        # The socket is kept to shut it down on close: closing the descriptor alone would not end a
+        # read blocked on it in the reader thread, and the child would never see the end.
+        self._sock = ours
+        self._conn = Connection(os.dup(ours.fileno()))
+        try:
+            if not self._conn.poll(start_timeout_s):
+                raise RuntimeError(f"the TF listener process did not start within {start_timeout_s:g} s")
+            hello = self._conn.recv()
+        except EOFError:
+            self._proc.wait(5.0)
+            raise RuntimeError(f"the TF listener process exited at start (code {self._proc.returncode})") from None
+        except BaseException:
+            self._end_child()
+            raise
+        if hello[0] != "ready":
+            self._end_child()
+            raise RuntimeError(f"the TF listener process could not start: {hello[1]}")
+        self._reader = threading.Thread(target=self._read, name="lerf_tf_reader", daemon=True)
+        self._reader.start()
+
+    # -------------------------------------------------------------- plumbing
+    def _read(self) -> None:
+        while True:
+            try:
+                rid, result, counts = self._conn.recv()
+            except (EOFError, OSError):
+                break
+            self.counters.update(counts)
+            with self._lock:
+                slot = self._pending.pop(rid, None)
+            if slot is not None:
+                slot[1] = result
+                slot[0].set()
+        code = self._proc.poll()
+        with self._lock:
+            if not self._dead:
+                self._dead = "the TF listener process exited" + ("" if code is None else f" (code {code})")
+            pending, self._pending = list(self._pending.values()), {}
+        for slot in pending:
+            slot[0].set()
+
+    def _call(self, kind: str, payload, wait_s: float):
+        """The listener's answer, or None (it is gone, or did not answer within ``wait_s``)."""
+        slot = [threading.Event(), None]
+        with self._lock:
+            if self._dead:
+                return None
+            rid = next(self._ids)
+            self._pending[rid] = slot
+            try:
+                self._conn.send((rid, kind, payload))
+            except (OSError, ValueError):
+                self._pending.pop(rid, None)
+                return None
+        if not slot[0].wait(wait_s):
+            with self._lock:
+                self._pending.pop(rid, None)
+            return None
+        return slot[1]
+
+    def _gone(self) -> str:
+        return self._dead or "the TF listener process did not answer"
+
+    # -------------------------------------------------------------- lookups
     @property
     def alive(self) -> bool:
-        """Whether the TF thread is still receiving."""
-        return self._thread.is_alive() and not self._closing.is_set()
+        """Whether the listener process is still answering."""
+        return not self._dead
 
     def no_tf_reason(self) -> str:
         """``NO_TF_YET`` for this feed's topic while nothing has arrived on it, else ''."""
         return "" if self.counters.received else NO_TF_YET.format(topic=self.tf_topic)
 
     def lookup(
-        self, target: str, source: str, stamp, timeout_s: float = 0.0
+        self, target: str, source: str, stamp=None, timeout_s: float = 0.0
     ) -> Tuple[Optional[np.ndarray], Optional[object], str]:
         """``source``'s pose in ``target`` at ``stamp`` (a ``builtin_interfaces/Time``, an
-        ``rclpy.time.Time``, or None for the latest), waiting up to ``timeout_s``.
+        ``rclpy.time.Time``, nanoseconds, or None for the latest), waiting up to ``timeout_s``.
 
         Returns (4x4 matrix, the stamp of the transform used (``builtin_interfaces/Time``), '') or
         (None, None, reason): ``NO_TF_YET`` before any ``/tf`` arrived, else tf2's own words."""
-        import tf2_ros
+        from rclpy.time import Time
 
-        from lerf_ros.ros.convert import ConversionError
+        ns = None if stamp is None else _to_ns(stamp)
+        answer = self._call("lookup", (target, source, ns, float(timeout_s)), float(timeout_s) + REPLY_MARGIN_S)
+        if answer is None:
+            return None, None, self._gone()
+        T, used_ns, reason = answer
+        if T is None:
+            return None, None, reason
+        return np.asarray(T, float), Time(nanoseconds=int(used_ns)).to_msg(), ""
 
-        when = Time() if stamp is None else (stamp if isinstance(stamp, Time) else Time.from_msg(stamp))
-        try:
-            tf = self.buffer.lookup_transform(target, source, when, timeout=Duration(seconds=max(0.0, timeout_s)))
-            return transform_to_matrix(tf.transform), tf.header.stamp, ""
-        except (tf2_ros.TransformException, ConversionError) as exc:
-            waiting = self.no_tf_reason()
-            at = "" if stamp is None else f" at {when.nanoseconds * 1e-9:.3f}"
-            return None, None, waiting or f"no TF from '{_short(target)}' to '{_short(source)}'{at}: {exc}"
+    def lookup_full_many(self, requests: Sequence[Tuple[str, str, int, str]]) -> List[Optional[np.ndarray]]:
+        """For each (target, source, source stamp in ns, fixed frame): ``source`` at its stamp in
+        ``target`` at the latest time, through ``fixed`` (held fixed in time); None where TF does not
+        have it. No waiting: one round trip for all."""
+        requests = [(str(t), str(s), int(ns), str(f)) for t, s, ns, f in requests]
+        if not requests:
+            return []
+        answer = self._call("full", requests, REPLY_MARGIN_S)
+        return (
+            [None] * len(requests) if answer is None else [None if T is None else np.asarray(T, float) for T in answer]
+        )
 
+    # -------------------------------------------------------------- lifetime
     def release(self) -> None:
-        """One user is done; the last one closes the feed (``close``)."""
+        """One user is done; the last one ends the listener process (``close``)."""
         with _FEEDS_LOCK:
             self._users -= 1
             if self._users > 0:
@@ -194,19 +360,32 @@ class TfFeed:
                     del _FEEDS[key]
         self.close()
 
-    def close(self, timeout_s: float = 1.0) -> None:
-        """Stop the TF thread and destroy the feed's node (bounded)."""
-        if self._closing.is_set():
-            return
-        self._closing.set()
-        if self._thread is not threading.current_thread():
-            self._thread.join(timeout_s)
+    def close(self, timeout_s: float = 2.0) -> None:
+        """End the listener process (it exits when its socket closes; killed after ``timeout_s``)."""
+        with self._lock:
+            if not self._dead:
+                self._dead = "the TF feed is closed"
+        self._end_child(timeout_s)
+
+    def _end_child(self, timeout_s: float = 2.0) -> None:
+        for end in (lambda: self._sock.shutdown(socket.SHUT_RDWR), self._sock.close, self._conn.close):
+            try:
+                end()
+            except OSError:
+                pass
         try:
-            self._executor.shutdown(timeout_sec=0)
-            self._listener.unregister()
-            self.node.destroy_node()
-        except Exception:  # the context is already gone at process exit: nothing left to release
-            pass
+            self._proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            self._proc.kill()
+            self._proc.wait(5.0)
+
+
+def _to_ns(stamp) -> int:
+    if isinstance(stamp, (int, np.integer)):
+        return int(stamp)
+    if hasattr(stamp, "nanoseconds"):
+        return int(stamp.nanoseconds)
+    return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
 
 
 _FEEDS: Dict[int, TfFeed] = {}
@@ -214,16 +393,15 @@ _FEEDS_LOCK = threading.Lock()
 
 
 def acquire_tf_feed(node: Node, cache_s: float = DEFAULT_CACHE_S) -> TfFeed:
-    """The process's TF feed for ``node``'s context, started on first use (its node is named
-    ``<node>_tf`` in ``node``'s namespace, and ``/tf``, ``/tf_static`` are resolved with ``node``'s
-    remappings). A later user shares it: its history stays that of the first user's ``cache_s``
-    (the trainer, which needs the longest, is built first). Call ``release()`` when done."""
+    """The process's TF feed, started on first use (its node is named ``<node>_tf`` in ``node``'s
+    namespace, and ``/tf``, ``/tf_static`` are resolved with ``node``'s remappings). A later user
+    shares it: its history stays that of the first user's ``cache_s`` (the trainer, which needs the
+    longest, is built first). Call ``release()`` when done."""
     with _FEEDS_LOCK:
         key = id(node.context)
         feed = _FEEDS.get(key)
         if feed is None or not feed.alive:
             feed = TfFeed(
-                node.context,
                 f"{node.get_name()}_tf",
                 namespace=node.get_namespace(),
                 cache_s=cache_s,
@@ -240,6 +418,7 @@ def _short(text: str, limit: int = 48) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
+# ---------------------------------------------------------------------------------------------- query frames
 @dataclass(frozen=True)
 class FrameAnswer:
     """How to express an answer in a requested frame."""
@@ -255,9 +434,7 @@ class FrameAnswer:
 
 class FrameResolver:
     """world -> target transforms for query answers, from the process's shared TF feed. Without tf2
-    only the world frame is known.
-
-    ``stamp_now``: the node's clock, used for answers in frames that do not move."""
+    only the world frame is known."""
 
     def __init__(self, node: Node, world_frame: str, timeout_s: float = 0.2) -> None:
         self.world_frame = world_frame
@@ -302,3 +479,61 @@ class FrameResolver:
 def stamp_or(answer: FrameAnswer, now: Callable[[], object]):
     """The stamp for an answer in ``answer``'s frame: the transform's time, or ``now()``."""
     return answer.stamp if answer.stamp is not None else now()
+
+
+# ---------------------------------------------------------------------------------------------- the listener process
+def _serve(argv: Optional[Sequence[str]] = None) -> int:
+    """``python -m lerf_ros.ros.tf --fd N ...``: the listener process (started by ``TfFeed``)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import rclpy
+    from rclpy.context import Context
+    from rclpy.signals import SignalHandlerOptions
+
+    p = argparse.ArgumentParser(prog="lerf_ros.ros.tf")
+    p.add_argument("--fd", type=int, required=True)
+    p.add_argument("--name", required=True)
+    p.add_argument("--namespace", default="")
+    p.add_argument("--cache-s", type=float, default=DEFAULT_CACHE_S)
+    p.add_argument("--tf-topic", default="/tf")
+    p.add_argument("--tf-static-topic", default="/tf_static")
+    args = p.parse_args(argv)
+    # The parent ends this process by closing the socket (also when it dies); a Ctrl-C or a launch
+    # file's SIGINT to the process group is the parent's to handle.
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_IGN)
+    conn = Connection(args.fd)
+    context = Context()
+    try:
+        rclpy.init(args=[sys.argv[0]], context=context, signal_handler_options=SignalHandlerOptions.NO)
+        tf = _LocalTf(context, args.name, args.namespace, args.cache_s, args.tf_topic, args.tf_static_topic)
+    except Exception as exc:
+        conn.send(("error", repr(exc)))
+        return 1
+    send_lock = threading.Lock()
+
+    def answer(rid: int, kind: str, payload) -> None:
+        try:
+            result = tf.lookup(*payload) if kind == "lookup" else tf.lookup_full(payload)
+        except Exception as exc:  # never leave the asker waiting
+            result = (None, None, f"TF lookup failed: {exc!r}") if kind == "lookup" else [None] * len(payload)
+        with send_lock:
+            try:
+                conn.send((rid, result, tf.counters.snapshot()))
+            except (OSError, ValueError):
+                pass
+
+    conn.send(("ready", os.getpid()))
+    pool = ThreadPoolExecutor(WORKER_THREADS, thread_name_prefix="lerf_tf_lookup")
+    while True:
+        try:
+            rid, kind, payload = conn.recv()
+        except (EOFError, OSError):
+            break
+        pool.submit(answer, rid, kind, payload)
+    # The parent is gone or done: nothing to save, and lookups still waiting need no answer.
+    os._exit(0)
+
+
+if __name__ == "__main__":
+    raise SystemExit(_serve())
