@@ -514,6 +514,11 @@ class ChangeConfig:
     old state there (and it disagrees with the new frame)."""
     min_stale_points: int = 8
     """... counting only keyframes that see at least this many of the changed points."""
+    min_stale_keyframes: int = 2
+    """A region (3D cluster of changed points) is a change when at least this many keyframes ...."""
+    min_stale_share: float = 0.25
+    """... and this share of the keyframes that see it are stale: a real change contradicts the views
+    of the region before it, an occlusion or an edge only a keyframe or two."""
     max_points: int = 4096
     """Most changed surface points kept for display (``/lerf/changes``)."""
     retire: str = "pixels"
@@ -522,7 +527,14 @@ class ChangeConfig:
 
     def check(self) -> "ChangeConfig":
         """Validate this section; raise ConfigError naming the key."""
-        for key in ("check_every", "min_region_pixels", "min_frames", "memory_checks", "min_stale_points"):
+        for key in (
+            "check_every",
+            "min_region_pixels",
+            "min_frames",
+            "memory_checks",
+            "min_stale_points",
+            "min_stale_keyframes",
+        ):
             _require(getattr(self, key) >= 1, f"changes.{key}", getattr(self, key), ">= 1")
         _require(self.max_side >= 8, "changes.max_side", self.max_side, ">= 8")
         _require(self.min_steps >= 0, "changes.min_steps", self.min_steps, ">= 0")
@@ -531,6 +543,7 @@ class ChangeConfig:
         _require(self.depth_tolerance_rel >= 0, "changes.depth_tolerance_rel", self.depth_tolerance_rel, ">= 0")
         _require(0 < self.min_stale_fraction <= 1, "changes.min_stale_fraction", self.min_stale_fraction, "in (0, 1]")
         _require(self.max_points >= 1, "changes.max_points", self.max_points, ">= 1")
+        _require(0 <= self.min_stale_share <= 1, "changes.min_stale_share", self.min_stale_share, "in [0, 1]")
         _require(self.retire in ("pixels", "keyframe"), "changes.retire", self.retire, "'pixels' or 'keyframe'")
         _require(self.memory_checks >= self.min_frames, "changes.memory_checks", self.memory_checks, ">= min_frames")
         return self

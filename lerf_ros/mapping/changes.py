@@ -26,18 +26,25 @@ session and, for every ``changes.check_every``-th of them:
    points (at least ``min_stale_points`` of them in its image with depth) is *stale* when at least
    ``min_stale_fraction`` of the points disagree with the new surface there (its depth in front of
    or behind the new surface by more than the tolerance; without depth: its colour differs) and it
-   agrees with the old surface the field holds. A confirmed change is one with at least one stale
-   keyframe (otherwise the disagreement was the field's own error, or a change whose old views have
-   already left the store). The stale keyframes are retired (``KeyframeStore.remove``) and the new
-   frame is kept as a keyframe, so the colour, density, language and DINO fields relearn the region
-   from views of its new state.
+   agrees with the old surface the field holds. The confirmed pixels are clustered in 3D (touching
+   voxels of the surface nearer the camera: what is gone or what appeared), one cluster per changed
+   object, and each cluster is judged on its own: it is a change when at least
+   ``min_stale_keyframes`` keyframes and ``min_stale_share`` of those that see it are stale
+   (otherwise the disagreement was the field's own error, an occlusion or edge that a keyframe or
+   two see differently, or a change whose old views have already left the store). Pixels a keyframe
+   has already retired do not count in its judgement. The stale keyframes are retired
+   (``KeyframeStore.remove``) and the new frame is kept as a keyframe, so the colour, density,
+   language and DINO fields relearn the region
+   from views of its new state. With ``changes.retire`` 'pixels' (the default) a stale keyframe loses
+   only its pixels within ``voxel_size`` of the cluster's points (``region_mask``,
+   ``KeyframeStore.retire_pixels``), so the unchanged objects it shows keep their evidence.
 
 A change is counted once: a confirmation whose voxels mostly overlap one of the latest changes (those
 kept for display) is the same change (its stale keyframes are still retired).
 The changed points of the latest changes (at most ``max_points``) are kept for display
 (``changed_points``; the trainer node publishes them on ``/lerf/changes``).
 
-Cost: one low-resolution render (at most 48 x 48 rays at the default ``max_side``) every
+Cost: one low-resolution render (at most 64 x 64 rays at the default ``max_side``) every
 ``check_every``-th frame, vectorised comparisons, and a projection of at most ``MAX_CHECK_POINTS``
 points into each keyframe only when a candidate change exists.
 """
@@ -63,7 +70,9 @@ __all__ = [
     "connected_regions",
     "stale_keyframes",
     "voxel_codes",
+    "voxel_clusters",
     "point_sampled",
+    "region_mask",
     "MAX_CHECK_POINTS",
 ]
 
@@ -178,6 +187,26 @@ def voxel_codes(points: np.ndarray, size: float) -> np.ndarray:
     return (k[:, 0] << 42) | (k[:, 1] << 21) | k[:, 2]
 
 
+def voxel_clusters(points: np.ndarray, size: float) -> np.ndarray:
+    """(N,) cluster label of each of the (N, 3) points: points whose ``size``-metre voxels touch (26
+    neighbours) belong to one cluster. Labels propagate along touching voxels (vectorised, at most as
+    many rounds as the longest chain of voxels)."""
+    if len(points) == 0:
+        return np.zeros(0, np.int64)
+    uniq, inv = np.unique(voxel_codes(points, size), return_inverse=True)
+    m = len(uniq)
+    nb = uniq[:, None] + _VOXEL_NEIGHBOURS[None]
+    pos = np.clip(np.searchsorted(uniq, nb), 0, m - 1)
+    nbr = np.where(uniq[pos] == nb, pos, np.arange(m)[:, None])
+    lab = np.arange(m)
+    for _ in range(m):
+        new = lab[nbr].min(1)
+        if np.array_equal(new, lab):
+            break
+        lab = new
+    return lab[inv.reshape(-1)]
+
+
 _VOXEL_NEIGHBOURS = np.array(
     [(dx << 42) + (dy << 21) + dz for dx in (-1, 0, 1) for dy in (-1, 0, 1) for dz in (-1, 0, 1)], np.int64
 )
@@ -234,6 +263,12 @@ def stale_keyframes(
         K, c2w = np.asarray(kf.K, float), np.asarray(kf.c2w, float)
         depth = None if kf.depth is None else _as_numpy(kf.depth)
         vn, un, zn, okn = _project(new_pts, K, c2w, H, W)
+        trusted = getattr(kf, "trusted", None)
+        if trusted is not None:  # its retired pixels no longer speak for the region
+            keep = np.zeros(H * W, bool)
+            keep[_as_numpy(trusted)] = True
+            keep = keep.reshape(H, W)
+            okn &= keep[vn, un]
         if depth is None or new_view is None:
             rgb = _as_numpy(kf.rgb)[vn, un].astype(np.float32) / 255.0
             judged = okn
@@ -245,6 +280,8 @@ def stale_keyframes(
             # surface at the old point; the others (a surface in front of the old one) by the new point
             through = np.linalg.norm(new_pts - centre, axis=1) > np.linalg.norm(old_pts - centre, axis=1)
             vo, uo, _, oko = _project(old_pts, K, c2w, H, W)
+            if trusted is not None:
+                oko &= keep[vo, uo]
             dn = depth[vn, un]
             okn &= (dn > 0) & ~through
             saw_past = okn & (dn > zn + cfg.depth_tolerance + cfg.depth_tolerance_rel * zn)
@@ -265,6 +302,36 @@ def stale_keyframes(
         if e / n >= cfg.min_stale_fraction:
             stale.append(int(kf.key))
     return stale, seeing
+
+
+def region_mask(points: np.ndarray, kf: Any, radius: float) -> np.ndarray:
+    """(H, W) bool: the pixels of keyframe ``kf`` (``K``, ``c2w``, ``rgb`` (H, W, 3)) within ``radius``
+    metres of one of the (N, 3) changed ``points`` (a disc of that radius round each point, at the
+    point's distance): the keyframe's view of the changed region, which its retirement removes from
+    training. Vectorised over the points (a window of the largest disc, at most 33 x 33 pixels)."""
+    H, W = int(kf.rgb.shape[0]), int(kf.rgb.shape[1])
+    K, c2w = np.asarray(kf.K, float), np.asarray(kf.c2w, float)
+    mask = np.zeros((H, W), bool)
+    cam = (np.asarray(points, float) - c2w[:3, 3]) @ c2w[:3, :3]
+    cam = cam[cam[:, 2] > 1e-3]
+    if len(cam) == 0:
+        return mask
+    u = cam[:, 0] / cam[:, 2] * K[0, 0] + K[0, 2]
+    v = cam[:, 1] / cam[:, 2] * K[1, 1] + K[1, 2]
+    r = radius * max(K[0, 0], K[1, 1]) / cam[:, 2]  # the radius in pixels at each point's distance
+    ok = (u > -r) & (u < W + r) & (v > -r) & (v < H + r)
+    u, v, r = u[ok], v[ok], np.minimum(r[ok], 16.0)
+    if len(u) == 0:
+        return mask
+    R = int(np.ceil(r.max()))
+    d = np.arange(-R, R + 1)
+    du, dv = np.meshgrid(d, d)
+    pu = np.floor(u)[:, None] + du.ravel()[None]  # (N, (2R+1)^2) pixel columns
+    pv = np.floor(v)[:, None] + dv.ravel()[None]
+    near = (pu + 0.5 - u[:, None]) ** 2 + (pv + 0.5 - v[:, None]) ** 2 <= np.maximum(r, 0.75)[:, None] ** 2
+    near &= (pu >= 0) & (pu < W) & (pv >= 0) & (pv < H)
+    mask[pv[near].astype(np.int64), pu[near].astype(np.int64)] = True
+    return mask
 
 
 def point_sampled(frame: Frame, max_side: int) -> Tuple[np.ndarray, Optional[np.ndarray], np.ndarray, int, int]:
@@ -314,6 +381,9 @@ class ChangeCheck:
     """Of those, pixels whose voxel other compared frames flagged too."""
     stale_keys: List[int] = field(default_factory=list)
     """Keyframes that show the changed region as it was (to retire)."""
+    stale_masks: Dict[int, np.ndarray] = field(default_factory=dict)
+    """With ``changes.retire`` 'pixels': per stale keyframe, its (H, W) bool pixels that show the
+    changed region (``region_mask``): only those are retired."""
     new_change: bool = False
     """This confirmation is a change not counted before."""
     points: Optional[np.ndarray] = None
@@ -443,46 +513,70 @@ class ChangeDetector:
         if check.confirmed_pixels < cfg.min_region_pixels:
             check.status = "candidate" if check.flagged_pixels else "no_change"
             return self._done(check)
-        idx = np.nonzero(agreed)[0]
-        if len(idx) > MAX_CHECK_POINTS:
-            idx = np.sort(self._rng.choice(idx, MAX_CHECK_POINTS, replace=False))
-        stale, seeing = stale_keyframes(
-            new_pts[idx],
-            old_pts[idx],
-            obs[v[idx], u[idx]],
-            keyframes(),
-            cfg,
-            thr,
-            None if obs_depth is None else (obs_depth, K, c2w),
-        )
-        if not stale:
+        # one stale test per changed object: the agreed pixels clustered in 3D by their foreground
+        # surface (the one nearer the camera: what is gone or what appeared)
+        agreed_idx = np.nonzero(agreed)[0]
+        centre = c2w[:3, 3]
+        nearer_new = np.linalg.norm(new_pts - centre, axis=1) < np.linalg.norm(old_pts - centre, axis=1)
+        fg = np.where(nearer_new[:, None], new_pts, old_pts)[agreed_idx]
+        labels = voxel_clusters(fg, cfg.voxel_size)
+        kfs = list(keyframes())
+        by_key = {int(kf.key): kf for kf in kfs}
+        view = None if obs_depth is None else (obs_depth, K, c2w)
+        stale_pts: Dict[int, List[np.ndarray]] = {}
+        confirmed: List[np.ndarray] = []
+        seeing_all, reasons = 0, []
+        for lab in np.unique(labels):
+            idx = agreed_idx[labels == lab]
+            if len(idx) < cfg.min_region_pixels:
+                continue
+            if len(idx) > MAX_CHECK_POINTS:
+                idx = np.sort(self._rng.choice(idx, MAX_CHECK_POINTS, replace=False))
+            stale, seeing = stale_keyframes(new_pts[idx], old_pts[idx], obs[v[idx], u[idx]], kfs, cfg, thr, view)
+            seeing_all = max(seeing_all, seeing)
+            # a change contradicts the views that saw the region before it; one or two keyframes
+            # disagreeing among many is an occlusion or an edge seen at another angle
+            if len(stale) < max(cfg.min_stale_keyframes, cfg.min_stale_share * seeing):
+                continue
+            confirmed.append(idx)
+            reasons.append(f"{len(stale)} of {seeing} keyframes that see it show it as it was")
+            pts = np.concatenate([old_pts[idx], new_pts[idx]])
+            for key in stale:
+                stale_pts.setdefault(key, []).append(pts)
+        if not confirmed:
             check.status = "candidate"
             check.reason = (
                 f"{check.confirmed_pixels} pixels disagree in {cfg.min_frames}+ frames, but none of the "
-                f"{seeing} keyframes that see them shows them otherwise"
+                f"{seeing_all} keyframes that see them shows them otherwise"
             )
             return self._done(check)
         check.status = "change"
-        check.stale_keys = stale
+        check.stale_keys = sorted(stale_pts)
+        if cfg.retire == "pixels":
+            check.stale_masks = {
+                key: region_mask(np.concatenate(p), by_key[key], cfg.voxel_size) for key, p in stale_pts.items()
+            }
+        idx = np.concatenate(confirmed)
         pts = np.concatenate([old_pts[idx], new_pts[idx]]).astype(np.float32)
         check.points = pts
-        vox = np.unique(np.concatenate([keys_new[idx], keys_old[idx]]))
         with self._lock:
-            # the same change seen again (from another side, or before the field has relearnt it)
-            overlap = max((np.isin(vox, c[1]).mean() for c in self._changes), default=0.0)
-            check.new_change = overlap < 0.5
-            if check.new_change:
-                self.changes_detected += 1
-            kinds = np.repeat(np.array([0, 1], np.float32), len(idx))
-            self._changes.append((now, vox, pts, kinds))
+            for i in confirmed:
+                vox = np.unique(np.concatenate([keys_new[i], keys_old[i]]))
+                # the same change seen again (from another side, or before the field has relearnt it)
+                overlap = max((np.isin(vox, c[1]).mean() for c in self._changes), default=0.0)
+                if overlap < 0.5:
+                    check.new_change = True
+                    self.changes_detected += 1
+                kinds = np.repeat(np.array([0, 1], np.float32), len(i))
+                self._changes.append((now, vox, np.concatenate([old_pts[i], new_pts[i]]).astype(np.float32), kinds))
             total = 0
-            for i in range(len(self._changes) - 1, -1, -1):  # bounded: the newest changes up to max_points
-                total += len(self._changes[i][2])
+            for j in range(len(self._changes) - 1, -1, -1):  # bounded: the newest changes up to max_points
+                total += len(self._changes[j][2])
                 if total > cfg.max_points:
-                    del self._changes[:i]
+                    del self._changes[:j]
                     break
             self.version += 1
-        check.reason = f"{len(stale)} of {seeing} keyframes that see the region show it as it was"
+        check.reason = "; ".join(reasons)
         return self._done(check)
 
     def record_retired(self, n: int) -> None:

@@ -24,7 +24,8 @@ where ``age_i`` counts the keyframes added after it (the newest has age 0). Ever
 least weight 1, so an old one is never starved: with V keyframes its share is at least
 ``1 / (V + recency_boost * recency_tau')`` (``tau'`` ~ ``recency_tau`` for V >> tau); the newest gets
 up to ``1 + recency_boost`` times the share of an old one. ``recency_boost = 0`` gives uniform
-sampling (offline training). Within a keyframe, pixels are drawn uniformly.
+sampling (offline training). Within a keyframe, pixels are drawn uniformly (among its trusted pixels:
+``retire_pixels``).
 """
 
 from __future__ import annotations
@@ -119,6 +120,9 @@ class Keyframe:
         slot: the keyframe's slot in the store, in [0, ``KeyframeStore.num_slots``): the row of its
             per-keyframe learned parameters (pose correction, appearance). A slot freed by an eviction
             goes to the next new keyframe, with its generation increased (``slot_generations``).
+        trusted: flat indices (int64 CPU tensor, where the rays are drawn) of the pixels still drawn for
+            training, or None for all of them: pixels that show a region of the scene as it was before a
+            change are retired (``KeyframeStore.retire_pixels``).
     """
 
     key: int
@@ -133,6 +137,7 @@ class Keyframe:
     features: Any = None
     distortion: Optional[Distortion] = None
     slot: int = -1
+    trusted: Optional[torch.Tensor] = None
 
     @property
     def height(self) -> int:
@@ -406,6 +411,30 @@ class KeyframeStore:
             self._version += 1
         return True
 
+    def retire_pixels(self, key: int, mask: np.ndarray) -> Optional[int]:
+        """Stop training on the pixels of keyframe ``key`` where ``mask`` (H, W) bool is True (they show
+        a region of the scene as it was before a change); its other pixels stay. Returns how many
+        pixels remain trusted, or None when the keyframe is no longer stored. A keyframe left with no
+        trusted pixel is removed (returns 0)."""
+        with self._lock:
+            old = self._items.get(key)
+            if old is None:
+                return None
+            keep = torch.from_numpy(~np.asarray(mask, bool).reshape(-1))
+            if keep.numel() != old.height * old.width:
+                raise ValueError(f"mask of {keep.numel()} pixels for a {old.height}x{old.width} keyframe")
+            if old.trusted is not None:
+                was = torch.zeros_like(keep)
+                was[old.trusted] = True
+                keep &= was
+            idx = torch.nonzero(keep).flatten()
+            if len(idx) == 0:
+                self._drop(key)
+                return 0
+            self._items[key] = dataclasses.replace(old, trusted=idx)
+            self._version += 1
+            return int(len(idx))
+
     def remove(self, key: int) -> Keyframe:
         """Remove and return keyframe ``key`` (KeyError if absent; not counted as evicted)."""
         with self._lock:
@@ -439,7 +468,9 @@ class KeyframeStore:
     def _stack_cameras(self, views: List[Keyframe]) -> Tuple[torch.Tensor, ...]:
         K = torch.as_tensor(np.stack([kf.K for kf in views]), dtype=torch.float32, device=self.device)
         c2w = torch.as_tensor(np.stack([kf.c2w for kf in views]), dtype=torch.float32, device=self.device)
-        hw = torch.tensor([kf.height * kf.width for kf in views], dtype=torch.float64)
+        hw = torch.tensor(
+            [kf.height * kf.width if kf.trusted is None else len(kf.trusted) for kf in views], dtype=torch.float64
+        )
         w = torch.tensor([kf.width for kf in views], dtype=torch.int64)
         tables = [pixel_direction_table(kf.K, kf.width, kf.height, kf.distortion, self.device) for kf in views]
         return K, c2w, hw, w, self.view_weights(len(views)), (tables if any(t is not None for t in tables) else None)

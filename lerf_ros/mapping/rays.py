@@ -77,7 +77,8 @@ def sample_rays(
         views: V keyframes (``rgb`` (H, W, 3) uint8 and ``depth`` (H, W) or None tensors on ``device``,
             ``features`` with ``pyramid`` and optional ``dino`` lookups, or None; ``slot``: int).
         stacked: the views' cameras stacked: K (V, 3, 3) and c2w (V, 4, 4) float32 on ``device``,
-            pixel counts (V,) float64, widths (V,) int64, sampling weights (V,) float64, and
+            pixel counts (V,) float64 (of the trusted pixels of a view with ``trusted``: flat pixel
+            indices drawn among instead of all), widths (V,) int64, sampling weights (V,) float64, and
             optionally a sixth entry: per view the (H*W, 3) undistorted pixel directions of a
             distorted camera (``field.sampling.pixel_direction_table``) or None for a pinhole one;
             the entry itself is None (or absent) when no view is distorted.
@@ -106,6 +107,11 @@ def sample_rays(
     r_pix = torch.rand(n, generator=generator, dtype=torch.float64)
     r_crop = torch.rand(n, generator=generator)
     pix = torch.minimum((r_pix * hw_all[vid]).long(), hw_all[vid].long() - 1)
+    for i in torch.nonzero(counts).flatten().tolist():  # views with retired pixels: draw among the trusted
+        trusted = getattr(views[i], "trusted", None)
+        if trusted is not None:
+            a = int(torch.sum(counts[:i]))
+            pix[a : a + int(counts[i])] = trusted[pix[a : a + int(counts[i])]]
     width = w_all[vid]
     px, py = pix % width, torch.div(pix, width, rounding_mode="floor")
     u = px.float() + 0.5

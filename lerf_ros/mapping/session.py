@@ -169,7 +169,8 @@ class Session:
 
     def _follow_changes(self, frame: Frame, decision: KeyframeDecision, selector: KeyframeSelector) -> KeyframeDecision:
         """Compare a valid frame of the stream with the field (``lerf_ros.mapping.changes``); on a
-        confirmed change, retire the keyframes that show the changed region as it was and keep this
+        confirmed change, retire the keyframes (or, with ``changes.retire`` 'pixels', their pixels) that
+        show the changed region as it was and keep this
         frame as a keyframe (even when the selector skipped it). Returns the decision to follow."""
         trainer = self.trainer
         if trainer is None:
@@ -181,6 +182,10 @@ class Session:
             return decision
         retired = 0
         for key in check.stale_keys:
+            mask = check.stale_masks.get(key)
+            if mask is not None:  # only the pixels that show the changed region as it was
+                retired += self.keyframes.retire_pixels(key, mask) is not None  # None: evicted meanwhile
+                continue
             try:
                 self.keyframes.remove(key)
                 retired += 1
