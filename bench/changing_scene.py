@@ -1,7 +1,7 @@
 """A map that follows a changing scene: how fast the online trainer forgets a removed object, finds a
 moved one at its new place and learns an added one; and that a static stream reports no change.
 
-    python bench/changing_scene.py [--seeds 31 32] [--rate 5] [--threads 2] [--static-frames 1000]
+    python bench/changing_scene.py [--seeds 31 32 41 42] [--rate 5] [--threads 2] [--static-frames 1000]
                                    [--steps-per-frame S] [--rays N] [--runs both|changing|static]
                                    [--out bench/results/changing_scene.json]
 
@@ -316,6 +316,7 @@ def run_changing(seed: int, args) -> Dict[str, Any]:
         "event_at_s": feeder.sent_at[E] if E is not None and len(feeder.sent_at) > E else None,
         "event_at_step": next((c["step"] for c in checks if c["after_event"]), None),
         "static_before_event": before_event,
+        "changes_config": dataclasses.asdict(cfg.changes),
         "removed": removed_name,
         "moved": moved_name,
         "added": added_name,
@@ -370,6 +371,7 @@ def run_static(seed: int, args) -> Dict[str, Any]:
     )
     return {
         "seed": seed,
+        "changes_config": dataclasses.asdict(cfg.changes),
         "frames": feeder.index,
         "final_step": st.step,
         "frames_compared": stats["frames_compared"],
@@ -382,7 +384,7 @@ def run_static(seed: int, args) -> Dict[str, Any]:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--seeds", type=int, nargs="+", default=[31, 32])
+    ap.add_argument("--seeds", type=int, nargs="+", default=[31, 32, 41, 42])
     ap.add_argument("--rate", type=float, default=5.0, help="frames per second of the stream")
     ap.add_argument("--threads", type=int, default=2, help="torch threads")
     ap.add_argument("--width", type=int, default=64)

@@ -21,8 +21,10 @@ from lerf_ros.mapping.changes import (
     connected_regions,
     gain_normalise,
     neighbourhood_residual,
+    region_mask,
     robust_threshold,
     stale_keyframes,
+    voxel_clusters,
 )
 
 SEED = 21  # mug, teapot, potted plant, computer mouse, phone, bowl
@@ -82,11 +84,81 @@ def test_backproject_inverts_projection():
     np.testing.assert_allclose(cam[:, 0] / cam[:, 2] * K[0, 0] + K[0, 2], u + 0.5)
 
 
+def test_voxel_clusters_separate_objects():
+    rng = np.random.default_rng(4)
+    a = rng.uniform(0, 0.08, (30, 3))  # one object: touching 5 cm voxels
+    b = rng.uniform(0, 0.08, (20, 3)) + [0.5, 0.0, 0.0]  # another, 40 cm away
+    lab = voxel_clusters(np.concatenate([a, b]), 0.05)
+    assert len(set(lab[:30])) == 1 and len(set(lab[30:])) == 1 and lab[0] != lab[30]
+    assert voxel_clusters(np.zeros((0, 3)), 0.05).shape == (0,)
+
+
+def test_region_mask_covers_the_points_and_no_more():
+    from lerf_ros.data.synthetic import intrinsics_from_fov, look_at
+
+    K = intrinsics_from_fov(64, 48)
+    c2w = look_at([1.0, 0.0, 0.0], [0, 0, 0])
+    kf = SimpleNamespace(K=K, c2w=c2w, rgb=np.zeros((48, 64, 3), np.uint8))
+    m = region_mask(np.array([[0.0, 0.0, 0.0]]), kf, 0.05)
+    r = 0.05 * K[0, 0]  # radius in pixels at 1 m
+    assert np.pi * r**2 * 0.6 < m.sum() < np.pi * (r + 1.5) ** 2
+    v, u = np.nonzero(m)
+    assert abs(u.mean() + 0.5 - K[0, 2]) < 1.0 and abs(v.mean() + 0.5 - K[1, 2]) < 1.0
+    assert region_mask(np.array([[2.0, 0.0, 0.0]]), kf, 0.05).sum() == 0  # behind the camera
+
+
+def test_retired_pixels_are_never_drawn_and_are_not_judged():
+    from lerf_ros.mapping.keyframes import KeyframeStore
+
+    scene = make_changing_scene(seed=SEED, width=32, height=24, n_frames=3)
+    store = KeyframeStore(preset("tiny").keyframes, torch.device("cpu"))
+    for f in scene.frames:
+        store.add(f)
+    left = np.zeros((24, 32), bool)
+    left[:, :16] = True
+    assert store.retire_pixels(0, left) == 24 * 16
+    assert store.retire_pixels(0, left) == 24 * 16  # idempotent
+    top = np.zeros((24, 32), bool)
+    top[:12] = True
+    assert store.retire_pixels(0, top) == 12 * 16  # retirements add up
+    assert store.retire_pixels(1, np.ones((24, 32), bool)) == 0 and 1 not in store  # nothing left: removed
+    assert store.retire_pixels(99, left) is None
+    with pytest.raises(ValueError, match="mask"):
+        store.retire_pixels(0, np.ones((5, 5), bool))
+    batch = store.sample(6000, torch.Generator().manual_seed(0))
+    first = batch.view_index == 0
+    assert first.sum() > 500
+    assert batch.u[first].min() > 16 and batch.v[first].min() > 12  # only the trusted quarter
+    assert batch.u[~first].min() < 1  # the untouched keyframe: every pixel
+    # a keyframe judges changed points only on its trusted pixels
+    kf = store.get(0)
+    v, u = np.nonzero(np.ones((24, 32), bool))
+    pts = backproject(scene.frames[0].depth, kf.K, kf.c2w, v, u)
+    view = (scene.frames[0].depth, kf.K, kf.c2w)
+    _, seeing_all = stale_keyframes(
+        pts,
+        pts,
+        np.zeros((len(pts), 3)),
+        [SimpleNamespace(**{**vars(kf), "trusted": None})],
+        ChangeConfig(min_stale_points=500),
+        0.1,
+        view,
+    )
+    _, seeing_part = stale_keyframes(
+        pts, pts, np.zeros((len(pts), 3)), [kf], ChangeConfig(min_stale_points=500), 0.1, view
+    )
+    assert seeing_all == 1 and seeing_part == 0  # 192 trusted pixels < 500 points needed
+
+
 def test_change_config_is_checked():
     with pytest.raises(ConfigError, match="changes.min_frames"):
         preset("tiny").override({"changes.min_frames": 0})
     with pytest.raises(ConfigError, match="changes.memory_checks"):
         preset("tiny").override({"changes.min_frames": 5, "changes.memory_checks": 3})
+    with pytest.raises(ConfigError, match="changes.retire"):
+        preset("tiny").override({"changes.retire": "rays"})
+    with pytest.raises(ConfigError, match="changes.min_stale_share"):
+        preset("tiny").override({"changes.min_stale_share": 1.5})
 
 
 # ---------------------------------------------------------------------------- against a perfect field
@@ -286,9 +358,14 @@ def test_trained_session_forgets_a_removed_object(trained, tmp_path):
     s = _continue(trained, trained.removed, tmp_path)
     stats = s.change_stats()
     after = _relevancy(s, "mug")
+    teapot = _relevancy(s, "teapot")
+    trusted = [kf.trusted for kf in s.keyframes.keyframes()]
     s.close()
     assert stats["changes_detected"] >= 1 and stats["keyframes_retired"] >= 1, stats
     assert after < 0.55 and after < trained.before - 0.1, (trained.before, after)
+    # only the pixels near the mug were retired: the keyframes stay and the teapot is still found
+    assert any(t is not None for t in trusted)
+    assert teapot > 0.55, teapot
 
 
 @pytest.mark.timeout(1200)  # the shared trained field is built in the first test that asks
