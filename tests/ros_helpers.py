@@ -15,6 +15,8 @@
 - ``spin_until(node, predicate, timeout)``, ``wait_for_publisher``, ``wait_for_service``.
 - ``call(node, client, request, timeout)``: a service call that asks again when an answer is lost
   (the product's ``call_service``), spinning ``node``.
+- ``Lifecycle(node, target, proc)``: ``ros2 lifecycle get / set`` of a managed node, over DDS;
+  ``rss_mb(pid)``: a process's resident memory.
 """
 
 from __future__ import annotations
@@ -219,3 +221,44 @@ def call(node, client, request, timeout: float = 60.0):
         executor.shutdown(timeout_sec=0)
     assert resp is not None, f"no answer from {client.srv_name} within {timeout:g} s"
     return resp
+
+
+def rss_mb(pid: int) -> float:
+    """Resident set size of a process (MB), from /proc."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024.0
+    raise AssertionError(f"no VmRSS for pid {pid}")
+
+
+class Lifecycle:
+    """``ros2 lifecycle get / set`` of one managed node, over DDS."""
+
+    def __init__(self, node, target: str, proc) -> None:
+        from lifecycle_msgs.srv import ChangeState, GetState
+
+        self.node, self.target, self.proc = node, target, proc
+        self.get_client = node.create_client(GetState, f"/{target}/get_state")
+        self.change_client = node.create_client(ChangeState, f"/{target}/change_state")
+        ok = spin_until(node, lambda: self.get_client.service_is_ready() or proc.poll() is not None, 120.0)
+        assert ok and proc.poll() is None, process_output(proc)
+        assert wait_for_service(self.change_client, 30.0)
+
+    def state(self) -> str:
+        from lifecycle_msgs.srv import GetState
+
+        return call(self.node, self.get_client, GetState.Request()).current_state.label
+
+    def set(self, transition: int, timeout: float = 120.0, exits: bool = False) -> bool:
+        """Ask for ``transition`` once (a transition is not idempotent: no second request) and return
+        whether it succeeded. ``exits``: the process may end right after answering."""
+        from lifecycle_msgs.msg import Transition
+        from lifecycle_msgs.srv import ChangeState
+
+        self.state()  # a call that may be repeated first, so the reply path is matched
+        future = self.change_client.call_async(ChangeState.Request(transition=Transition(id=transition)))
+        done = lambda: future.done() or (exits and self.proc.poll() is not None)  # noqa: E731
+        assert spin_until(self.node, done, timeout), f"{self.target}: no answer to transition {transition}"
+        if not future.done():
+            return False
+        return bool(future.result().success)

@@ -25,7 +25,6 @@ rclpy = pytest.importorskip("rclpy")
 pytest.importorskip("lifecycle_msgs")
 
 from lifecycle_msgs.msg import Transition  # noqa: E402
-from lifecycle_msgs.srv import ChangeState, GetState  # noqa: E402
 from std_srvs.srv import Trigger  # noqa: E402
 
 from lerf_ros.data.synthetic import make_scene  # noqa: E402
@@ -33,12 +32,14 @@ from lerf_ros.msg import TrainingStatus  # noqa: E402
 from lerf_ros.srv import Query  # noqa: E402
 
 from ros_helpers import (  # noqa: E402
+    Lifecycle,
     call,
     lerf_ros_argv,
     process_output,
     python_argv,
     ros_context,
     ros_env,
+    rss_mb,
     spin_until,
     start_process,
     stop_process,
@@ -88,40 +89,6 @@ def write_params(path: Path, scene_dir: Path, output_dir: Path, autostart: bool 
         + "\n"
     )
     return path
-
-
-def rss_mb(pid: int) -> float:
-    """Resident set size of a process (MB), from /proc."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024.0
-    raise AssertionError(f"no VmRSS for pid {pid}")
-
-
-class Lifecycle:
-    """``ros2 lifecycle get / set`` of one managed node, over DDS."""
-
-    def __init__(self, node, target: str, proc) -> None:
-        self.node, self.target, self.proc = node, target, proc
-        self.get_client = node.create_client(GetState, f"/{target}/get_state")
-        self.change_client = node.create_client(ChangeState, f"/{target}/change_state")
-        ok = spin_until(node, lambda: self.get_client.service_is_ready() or proc.poll() is not None, 120.0)
-        assert ok and proc.poll() is None, process_output(proc)
-        assert wait_for_service(self.change_client, 30.0)
-
-    def state(self) -> str:
-        return call(self.node, self.get_client, GetState.Request()).current_state.label
-
-    def set(self, transition: int, timeout: float = 120.0, exits: bool = False) -> bool:
-        """Ask for ``transition`` once (a transition is not idempotent: no second request) and return
-        whether it succeeded. ``exits``: the process may end right after answering."""
-        self.state()  # a call that may be repeated first, so the reply path is matched
-        future = self.change_client.call_async(ChangeState.Request(transition=Transition(id=transition)))
-        done = lambda: future.done() or (exits and self.proc.poll() is not None)  # noqa: E731
-        assert spin_until(self.node, done, timeout), f"{self.target}: no answer to transition {transition}"
-        if not future.done():
-            return False
-        return bool(future.result().success)
 
 
 class StatusWatcher:
