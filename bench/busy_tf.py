@@ -1,11 +1,11 @@
 """A busy /tf against a quiet one: frames dropped and training rate of the trainer node with poses from TF.
 
-    python bench/busy_tf.py [--repeats 2] [--seconds 60] [--warmup 15] [--rate 5] [--arm-hz 50]
-                            [--arm-links 20] [--extra-tf 0] [--out bench/results/busy_tf.json]
+    python bench/busy_tf.py [--runs 1] [--pairs 6] [--phase 25] [--settle 3] [--warmup 15] [--rate 5]
+                            [--arm-hz 50] [--arm-links 20] [--extra-tf 0] [--out bench/results/busy_tf.json]
 
 Needs tf2 (``tf2_ros``, ``tf2_msgs``) importable by this interpreter: it is not on PyPI; see the README.
 
-Each run starts two processes on a ROS domain of its own:
+A run starts two processes on a ROS domain of its own:
 
 - the trainer node (``pose_source: tf``, ``tiny`` preset, ground-truth teacher, reliable input);
 - a streamer that publishes a synthetic scene's images and camera_info at ``--rate`` Hz with the TF
@@ -15,15 +15,19 @@ Each run starts two processes on a ROS domain of its own:
   * ``odom -> base_link`` at each image's stamp, so that ``map -> camera_optical_frame`` at the stamp
     is the scene's camera pose;
   * static mounts on ``/tf_static``: ``base_link -> camera_link -> camera_optical_frame``;
-  * **busy** only: an arm of ``--arm-links`` chained transforms ``base_link -> arm_link_1 -> ...``,
-    all in one message at ``--arm-hz`` (what robot_state_publisher sends), plus ``--extra-tf``
-    transforms a second in messages of 20 (other publishers); **quiet**: no arm.
+  * **busy** phases only: an arm of ``--arm-links`` chained transforms ``base_link -> arm_link_1 ->
+    ...``, all in one message at ``--arm-hz`` (what robot_state_publisher sends), plus ``--extra-tf``
+    transforms a second in messages of 20 (other publishers). The messages are built once and only
+    stamped when sent, so the streamer itself costs little.
 
-Quiet and busy runs alternate (quiet, busy, busy, quiet, ...) so that both see the same load of a shared
-machine. A run waits for training to start, lets ``--warmup`` seconds pass, then measures ``--seconds``
-seconds of wall time from ``/lerf/status``: training steps per second, frames received and dropped
-(with their reasons). The JSON records each run, the load averages and the comparison (busy steps/s as
-a share of quiet, drops).
+Once training runs (and ``--warmup`` seconds more), quiet and busy phases of ``--phase`` seconds
+alternate in the same trainer (quiet, busy, busy, quiet, ...; the streamer's arm is switched with
+SIGUSR1, ``--settle`` seconds before each phase is measured), so both see the same load of a shared
+machine. Each phase reads ``/lerf/status`` at its start and end: training steps, frames received and
+dropped (with their reasons), and the CPU seconds of the trainer process, of its TF listener process
+and of the streamer. The summary gives per mode steps/s, drop fraction, the trainer's CPU per step,
+the load average, and busy steps/s as a share of quiet (overall, and the median of each busy phase
+against the quiet phases next to it). The JSON keeps every phase and the start-up drop reasons.
 """
 
 from __future__ import annotations
@@ -95,8 +99,16 @@ def stream(args: argparse.Namespace) -> int:
     odom_to_map = np.linalg.inv(map_to_odom)
 
     stop = []
+    busy = [False]  # the arm (and --extra-tf) publish while busy; SIGUSR1 switches
     signal.signal(signal.SIGINT, lambda *_: stop.append(1))
     signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
+
+    def switch(*_) -> None:
+        busy[0] = not busy[0]
+        if busy[0]:
+            due.update({k: time.monotonic() for k in ("arm", "extra") if k in due})
+
+    signal.signal(signal.SIGUSR1, switch)
     rclpy.init()
     node = rclpy.create_node("busy_tf_streamer")
     reliable = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
@@ -133,10 +145,30 @@ def stream(args: argparse.Namespace) -> int:
     k = 0
     sent = {"images": 0, "tf_messages": 0, "transforms": 0}
 
-    def send_tf(transforms) -> None:
-        tf_pub.publish(TFMessage(transforms=transforms))
+    def send_msg(msg) -> None:
+        tf_pub.publish(msg)
         sent["tf_messages"] += 1
-        sent["transforms"] += len(transforms)
+        sent["transforms"] += len(msg.transforms)
+
+    def send_tf(transforms) -> None:
+        send_msg(TFMessage(transforms=transforms))
+
+    arm_msgs = []
+    if arm_period is not None:
+        for i in range(max(1, int(round(args.arm_hz)))):
+            phase, chain, parent = i / args.arm_hz, [], "base_link"
+            for j in range(links):
+                T = _translation(0.0, 0.0, 0.08) @ _rot_z(0.5 * math.sin(2 * math.pi * phase + 0.3 * j))
+                chain.append(matrix_to_transform_stamped(T, parent, f"arm_link_{j + 1}"))
+                parent = f"arm_link_{j + 1}"
+            arm_msgs.append(TFMessage(transforms=chain))
+    arm_index = 0
+    extra_msg = TFMessage(
+        transforms=[
+            matrix_to_transform_stamped(_translation(0.01 * j, 0, 0), "base_link", f"sensor_{j}")
+            for j in range(EXTRA_TF_PER_MESSAGE)
+        ]
+    )
 
     while not stop:
         now = time.monotonic()
@@ -149,25 +181,21 @@ def stream(args: argparse.Namespace) -> int:
                 ]
             )
             due["map"] += 1.0 / MAP_TO_ODOM_HZ
-        if arm_period is not None and now >= due["arm"]:
-            ns, phase = now_ns(), now - t0
-            chain = []
-            parent = "base_link"
-            for j in range(links):
-                T = _translation(0.0, 0.0, 0.08) @ _rot_z(0.5 * math.sin(phase * (1.0 + 0.1 * j)))
-                child = f"arm_link_{j + 1}"
-                chain.append(matrix_to_transform_stamped(T, parent, child, stamp(ns)))
-                parent = child
-            send_tf(chain)
+        if busy[0] and arm_period is not None and now >= due["arm"]:
+            # The arm's messages are built once (a second of motion, looped) and only stamped here: the
+            # streamer shares the machine with the trainer, so it must cost little itself.
+            msg = arm_msgs[arm_index % len(arm_msgs)]
+            arm_index += 1
+            st = stamp(now_ns())
+            for t in msg.transforms:
+                t.header.stamp = st
+            send_msg(msg)
             due["arm"] += arm_period
-        if extra_period is not None and now >= due["extra"]:
-            ns = now_ns()
-            send_tf(
-                [
-                    matrix_to_transform_stamped(_translation(0.01 * j, 0, 0), "base_link", f"sensor_{j}", stamp(ns))
-                    for j in range(EXTRA_TF_PER_MESSAGE)
-                ]
-            )
+        if busy[0] and extra_period is not None and now >= due["extra"]:
+            st = stamp(now_ns())
+            for t in extra_msg.transforms:
+                t.header.stamp = st
+            send_msg(extra_msg)
             due["extra"] += extra_period
         if now >= due["image"]:
             f = frames[k % len(frames)]
@@ -179,7 +207,7 @@ def stream(args: argparse.Namespace) -> int:
             sent["images"] += 1
             k += 1
             due["image"] += 1.0 / args.rate
-        wait = min(due.values()) - time.monotonic()
+        wait = min(v for k, v in due.items() if busy[0] or k in ("image", "map")) - time.monotonic()
         if wait > 0:
             time.sleep(min(wait, 0.05))
         for key, when in due.items():  # far behind (a stalled machine): do not burst to catch up
@@ -233,6 +261,36 @@ def _stop(p: subprocess.Popen, timeout: float = 20.0) -> None:
             continue
 
 
+def _cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process so far (0 when it is gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
+def _children(pid: int) -> List[int]:
+    out: List[int] = []
+    try:
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{task}/children") as f:
+                out += [int(c) for c in f.read().split()]
+    except OSError:
+        pass
+    return out
+
+
+def _cpu(trainer: int, streamer: int) -> Dict[str, float]:
+    """CPU seconds so far: the trainer process, its TF listener process(es), the streamer."""
+    return {
+        "trainer": _cpu_s(trainer),
+        "tf_listener": sum(_cpu_s(c) for c in _children(trainer)),
+        "streamer": _cpu_s(streamer),
+    }
+
+
 def _params(path: Path, scene_dir: Path, out_dir: Path) -> Path:
     lines = [
         "/**:",
@@ -261,7 +319,9 @@ def _params(path: Path, scene_dir: Path, out_dir: Path) -> Path:
     return path
 
 
-def run_once(mode: str, index: int, args: argparse.Namespace, scene_dir: Path, work: Path) -> Dict[str, Any]:
+def run(index: int, args: argparse.Namespace, scene_dir: Path, work: Path) -> Dict[str, Any]:
+    """One trainer and one streamer; quiet and busy phases alternate (the streamer's arm is switched
+    on and off with SIGUSR1), so both see the same load of a shared machine."""
     import rclpy
     from rclpy.context import Context
     from rclpy.executors import SingleThreadedExecutor
@@ -271,7 +331,7 @@ def run_once(mode: str, index: int, args: argparse.Namespace, scene_dir: Path, w
 
     domain = 1 + (os.getpid() + 7 * index) % 101
     env = _env(domain)
-    run_dir = work / f"{index:02d}_{mode}"
+    run_dir = work / f"run{index:02d}"
     run_dir.mkdir(parents=True)
     params = _params(run_dir / "params.yaml", scene_dir, run_dir / "out")
     trainer = _start(
@@ -279,27 +339,15 @@ def run_once(mode: str, index: int, args: argparse.Namespace, scene_dir: Path, w
         env,
         run_dir / "trainer.log",
     )
-    arm_hz = args.arm_hz if mode == "busy" else 0.0
-    extra = args.extra_tf if mode == "busy" else 0.0
     streamer = _start(
         [
-            sys.executable,
-            str(Path(__file__).resolve()),
-            "--stream",
-            "--scene-dir",
-            str(scene_dir),
-            "--rate",
-            str(args.rate),
-            "--arm-hz",
-            str(arm_hz),
-            "--arm-links",
-            str(args.arm_links),
-            "--extra-tf",
-            str(extra),
+            sys.executable, str(Path(__file__).resolve()), "--stream", "--scene-dir", str(scene_dir),
+            "--rate", str(args.rate), "--arm-hz", str(args.arm_hz), "--arm-links", str(args.arm_links),
+            "--extra-tf", str(args.extra_tf),
         ],
         env,
         run_dir / "streamer.log",
-    )
+    )  # fmt: skip
     os.environ["ROS_DOMAIN_ID"] = str(domain)
     os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
     ctx = Context()
@@ -320,46 +368,60 @@ def run_once(mode: str, index: int, args: argparse.Namespace, scene_dir: Path, w
             executor.spin_once(timeout_sec=0.1)
         return until is None or bool(until())
 
-    def snap(entry) -> Dict[str, Any]:
-        t, m = entry
+    def snap() -> Dict[str, Any]:
+        t, m = last[0]
         return {
             "t": t,
             "step": int(m.step),
             "received": int(m.frames_received),
             "dropped": int(m.frames_dropped),
-            "kept": int(m.frames_kept),
             "reasons": dict(zip(m.drop_reasons, [int(c) for c in m.drop_counts])),
+            "load": os.getloadavg()[0],
+            "cpu": _cpu(trainer.pid, streamer.pid),
         }
 
-    result: Dict[str, Any] = {"mode": mode, "index": index, "arm_hz": arm_hz, "extra_tf_per_s": extra}
+    result: Dict[str, Any] = {"index": index, "phases": []}
+    busy = False
     try:
         t_start = time.monotonic()
-        ok = spin_for(240.0, lambda: last[0] is not None and last[0][1].step > 0)
+        ok = spin_for(300.0, lambda: last[0] is not None and last[0][1].step > 0)
         if not ok:
-            raise RuntimeError(f"no training within 240 s: {(run_dir / 'trainer.log').read_text()[-3000:]}")
+            raise RuntimeError(f"no training within 300 s: {(run_dir / 'trainer.log').read_text()[-3000:]}")
         result["seconds_to_first_step"] = round(time.monotonic() - t_start, 1)
+        result["startup_drop_reasons"] = snap()["reasons"]
         spin_for(args.warmup)
-        first = snap(last[0])
-        load0 = os.getloadavg()
-        spin_for(args.seconds)
-        end = snap(last[0])
-        load1 = os.getloadavg()
-        dt = end["t"] - first["t"]
-        received = end["received"] - first["received"]
-        dropped = end["dropped"] - first["dropped"]
-        reasons = {k: v - first["reasons"].get(k, 0) for k, v in end["reasons"].items()}
-        result.update(
-            seconds=round(dt, 1),
-            steps=end["step"] - first["step"],
-            steps_per_s=round((end["step"] - first["step"]) / dt, 3),
-            frames_received=received,
-            frames_dropped=dropped,
-            drop_fraction=round(dropped / max(received, 1), 4),
-            drop_reasons={k: v for k, v in reasons.items() if v > 0},
-            keyframes_at_end=end["kept"],
-            startup_drop_reasons=first["reasons"],
-            load_average_1min=[round(load0[0], 2), round(load1[0], 2)],
-        )
+        order: List[str] = []
+        for r in range(args.pairs):
+            order += ["quiet", "busy"] if r % 2 == 0 else ["busy", "quiet"]
+        for k, mode in enumerate(order):
+            if (mode == "busy") != busy:
+                os.kill(streamer.pid, signal.SIGUSR1)
+                busy = not busy
+            spin_for(args.settle)  # the switch reaches the trainer; frames in flight are processed
+            a = snap()
+            spin_for(args.phase)
+            b = snap()
+            dt = b["t"] - a["t"]
+            phase = {
+                "mode": mode,
+                "seconds": round(dt, 2),
+                "steps": b["step"] - a["step"],
+                "frames_received": b["received"] - a["received"],
+                "frames_dropped": b["dropped"] - a["dropped"],
+                "drop_reasons": {
+                    r: n - a["reasons"].get(r, 0) for r, n in b["reasons"].items() if n > a["reasons"].get(r, 0)
+                },
+                "cpu_s": {key: round(b["cpu"][key] - a["cpu"][key], 2) for key in a["cpu"]},
+                "load_average_1min": round((a["load"] + b["load"]) / 2, 2),
+            }
+            phase["steps_per_s"] = round(phase["steps"] / max(dt, 1e-9), 3)
+            result["phases"].append(phase)
+            print(
+                f"  phase {k + 1}/{len(order)} {mode}: {phase['steps_per_s']} steps/s, "
+                f"{phase['frames_dropped']}/{phase['frames_received']} dropped, CPU s {phase['cpu_s']}, "
+                f"load {phase['load_average_1min']}",
+                flush=True,
+            )
     finally:
         node.destroy_node()
         rclpy.try_shutdown(context=ctx)
@@ -373,10 +435,49 @@ def run_once(mode: str, index: int, args: argparse.Namespace, scene_dir: Path, w
     return result
 
 
+def summarize(phases: List[Dict[str, Any]]) -> Dict[str, Any]:
+    """Totals per mode over all phases, and busy against quiet."""
+    out: Dict[str, Any] = {}
+    for mode in ("quiet", "busy"):
+        ph = [p for p in phases if p["mode"] == mode]
+        seconds = sum(p["seconds"] for p in ph)
+        steps = sum(p["steps"] for p in ph)
+        received = sum(p["frames_received"] for p in ph)
+        dropped = sum(p["frames_dropped"] for p in ph)
+        cpu = {k: sum(p["cpu_s"][k] for p in ph) for k in ("trainer", "tf_listener", "streamer")}
+        out[mode] = {
+            "phases": len(ph),
+            "seconds": round(seconds, 1),
+            "steps": steps,
+            "steps_per_s": round(steps / max(seconds, 1e-9), 3),
+            "frames_received": received,
+            "frames_dropped": dropped,
+            "drop_fraction": round(dropped / max(received, 1), 4),
+            "trainer_cpu_share": round(cpu["trainer"] / max(seconds, 1e-9), 3),
+            "trainer_cpu_s_per_step": round(cpu["trainer"] / max(steps, 1), 3),
+            "tf_listener_cpu_share": round(cpu["tf_listener"] / max(seconds, 1e-9), 3),
+            "streamer_cpu_share": round(cpu["streamer"] / max(seconds, 1e-9), 3),
+            "load_average_1min": round(sum(p["load_average_1min"] for p in ph) / max(len(ph), 1), 2),
+        }
+    out["busy_steps_share_of_quiet"] = round(out["busy"]["steps_per_s"] / max(out["quiet"]["steps_per_s"], 1e-9), 3)
+    # Paired: each busy phase against the mean of the quiet phases next to it (load drifts slowly).
+    ratios = []
+    for i, p in enumerate(phases):
+        if p["mode"] != "busy":
+            continue
+        near = [q["steps_per_s"] for q in phases[max(0, i - 1) : i + 2] if q["mode"] == "quiet"]
+        if near and sum(near) > 0:
+            ratios.append(p["steps_per_s"] / (sum(near) / len(near)))
+    out["busy_share_paired_median"] = round(float(sorted(ratios)[len(ratios) // 2]), 3) if ratios else None
+    return out
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--repeats", type=int, default=2, help="quiet/busy pairs (alternating order)")
-    p.add_argument("--seconds", type=float, default=60.0, help="measured wall time per run")
+    p.add_argument("--runs", type=int, default=1, help="trainer processes, one after the other")
+    p.add_argument("--pairs", type=int, default=6, help="quiet/busy phase pairs per run (order alternates)")
+    p.add_argument("--phase", type=float, default=25.0, help="measured seconds per phase")
+    p.add_argument("--settle", type=float, default=3.0, help="seconds after a switch before measuring")
     p.add_argument("--warmup", type=float, default=15.0, help="seconds after the first training step before measuring")
     p.add_argument("--rate", type=float, default=5.0, help="image rate (Hz)")
     p.add_argument("--arm-hz", type=float, default=50.0, help="busy: rate of the arm's message")
@@ -405,42 +506,15 @@ def main(argv=None) -> int:
     make_scene(seed=args.seed, width=args.width, height=args.height, n_frames=args.frames, nthreads=1).save(
         scene_dir, preview=False
     )
-    order = []
-    for r in range(args.repeats):
-        order += ["quiet", "busy"] if r % 2 == 0 else ["busy", "quiet"]
     runs = []
-    for i, mode in enumerate(order):
-        print(f"run {i + 1}/{len(order)}: {mode} ...", flush=True)
-        r = run_once(mode, i, args, scene_dir, work)
-        print(
-            f"  {mode}: {r.get('steps_per_s')} steps/s, {r.get('frames_dropped')}/{r.get('frames_received')} dropped "
-            f"{r.get('drop_reasons')}, load {r.get('load_average_1min')}",
-            flush=True,
-        )
-        runs.append(r)
-
-    def mean(mode: str, key: str) -> float:
-        vals = [r[key] for r in runs if r["mode"] == mode and key in r]
-        return sum(vals) / len(vals) if vals else float("nan")
-
-    busy_received = sum(r.get("frames_received", 0) for r in runs if r["mode"] == "busy")
-    busy_dropped = sum(r.get("frames_dropped", 0) for r in runs if r["mode"] == "busy")
-    summary = {
-        "quiet_steps_per_s": round(mean("quiet", "steps_per_s"), 3),
-        "busy_steps_per_s": round(mean("busy", "steps_per_s"), 3),
-        "busy_share_of_quiet": round(mean("busy", "steps_per_s") / mean("quiet", "steps_per_s"), 3),
-        "busy_drop_fraction": round(busy_dropped / max(busy_received, 1), 4),
-        "quiet_drop_fraction": round(
-            sum(r.get("frames_dropped", 0) for r in runs if r["mode"] == "quiet")
-            / max(sum(r.get("frames_received", 0) for r in runs if r["mode"] == "quiet"), 1),
-            4,
-        ),
-        "busy_tf_per_s": args.arm_hz * args.arm_links + args.extra_tf,
-    }
+    for i in range(args.runs):
+        print(f"run {i + 1}/{args.runs}", flush=True)
+        runs.append(run(i, args, scene_dir, work))
+    summary = summarize([ph for r in runs for ph in r["phases"]])
     out = {
         "settings": {k: v for k, v in vars(args).items() if k not in ("stream", "scene_dir", "out")},
-        "tree": "map->odom 10 Hz stamped 0.2 s ahead; odom->base_link at image stamps; static base_link->camera_link->"
-        "camera_optical_frame; busy: base_link->arm_link_1..N in one message",
+        "tree": "map->odom 10 Hz stamped 0.2 s ahead; odom->base_link at the image stamps; static base_link->"
+        "camera_link->camera_optical_frame; busy: base_link->arm_link_1..N in one message",
         "cpu_count": os.cpu_count(),
         "runs": runs,
         "summary": summary,
