@@ -470,6 +470,8 @@ def run_seed(seed: int, names: List[str], settings: BenchSettings, on, args, log
         rows["clean"] = {}
         variants = [("handling off", HANDLING_OFF), ("handling on", on)]
         for var, ov in variants + [(f"handling on ({label})", ov) for label, ov in extra]:
+            if args.variants and not any(var.startswith(v) for v in args.variants):
+                continue
             log(f"  clean, {var}")
             rows["clean"][var] = run_one(clean, clean, teacher, ov, settings, log)
             save(rows)
@@ -488,6 +490,8 @@ def run_seed(seed: int, names: List[str], settings: BenchSettings, on, args, log
         if name == "poses":
             variants += [(f"handled ({label})", scene, ov) for label, ov in extra]
         for var, sc, ov in variants:
+            if args.variants and not any(var.startswith(v) for v in args.variants):
+                continue
             log(f"  {name}, {var}")
             correct = var.startswith("handled") and scene.corrected_poses is not None
             rows[name][var] = run_one(sc, truth, teacher, ov, settings, log, correct=correct)
@@ -536,6 +540,12 @@ def main(argv: Optional[List[str]] = None) -> int:
         help="comma-separated: clean (the reference rows), " + ", ".join(CONDITIONS),
     )
     ap.add_argument(
+        "--variants",
+        default="",
+        help="comma-separated: train only these variants ('handling off', 'handling on', 'not handled', "
+        "'handled'; a prefix matches) to spread one seed over processes (default: all)",
+    )
+    ap.add_argument(
         "--pose-variant",
         action="append",
         default=[],
@@ -558,6 +568,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     unknown = [c for c in names if c not in CONDITIONS and c != "clean"]
     if unknown:
         ap.error(f"unknown condition(s) {', '.join(unknown)} (known: {', '.join(CONDITIONS)})")
+    args.variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     args.pose_variants = []
     for item in args.pose_variant:
         label, _, items = item.partition(":")
