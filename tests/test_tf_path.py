@@ -8,9 +8,10 @@ line's ``--frame-id``. Where tf2 is importable (``pytest.importorskip``):
   plainly; the last user's release closes it;
 - ``FrameResolver`` gives a moving frame's transform with the stamp of the transform used, and no
   stamp for a frame joined by static transforms only;
-- a real trainer process with ``pose_source: tf``: images before any /tf are dropped with the plain
-  reason, then, with a mobile manipulator's TF tree (an arm of 20 transforms at 50 Hz beside it),
-  frames are kept and training runs.
+- a real process with both nodes (trainer with ``pose_source: tf``): images before any /tf are
+  dropped with the plain reason, then, with a mobile manipulator's TF tree (an arm of 20 transforms
+  at 50 Hz beside it), frames are kept and training runs; the two nodes share one listener process,
+  and an answer in ``base_link`` is stamped with the time of the transform used.
 """
 
 import math
@@ -28,6 +29,7 @@ from lerf_ros.ros.tf import NO_TF_YET, FrameAnswer, TfCounters, stamp_or  # noqa
 
 from ros_helpers import (  # noqa: E402
     REPO_ROOT,
+    call,
     process_output,
     python_argv,
     ros_context,
@@ -246,6 +248,7 @@ def _params(path, scene_dir, out_dir):
                 f"      scene_dir: '{scene_dir}'",
                 "    trainer:",
                 "      checkpoint_every: 0",
+                "      snapshot_every: 10",
                 "    keyframes:",
                 "      min_keyframes_to_train: 2",
                 "lerf_trainer:",
@@ -263,7 +266,20 @@ def _params(path, scene_dir, out_dir):
     return path
 
 
-def test_trainer_says_no_tf_yet_then_trains_beside_a_busy_arm(scene, tmp_path):
+def _listener_processes(pid):
+    """Children of ``pid`` that run the TF listener (``python -m lerf_ros.ros.tf``)."""
+    found = []
+    for task in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{task}/children") as f:
+            for child in f.read().split():
+                with open(f"/proc/{child}/cmdline", "rb") as c:
+                    if b"lerf_ros.ros.tf" in c.read():
+                        found.append(int(child))
+    return found
+
+
+def test_trainer_says_no_tf_yet_then_trains_beside_a_busy_arm_and_answers_in_a_moving_frame(scene, tmp_path):
+    """Both nodes in one process (the default launch): one TF listener process for the two."""
     tf2_msgs = _tf2()
     from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
     from rclpy.time import Time
@@ -271,13 +287,14 @@ def test_trainer_says_no_tf_yet_then_trains_beside_a_busy_arm(scene, tmp_path):
 
     from lerf_ros.msg import TrainingStatus
     from lerf_ros.ros.convert import K_to_camera_info, numpy_to_image
+    from lerf_ros.srv import Query
 
     scene_dir = tmp_path / "scene"
     scene.save(scene_dir, preview=False)
     domain = unique_domain_id()
     params = _params(tmp_path / "params.yaml", scene_dir, tmp_path / "out")
     proc = start_process(
-        python_argv("-m", "lerf_ros.ros.trainer_node", "--ros-args", "--params-file", str(params)), env=ros_env(domain)
+        python_argv("-m", "lerf_ros.ros.lerf_node", "--ros-args", "--params-file", str(params)), env=ros_env(domain)
     )
     try:
         with ros_context(domain) as ctx:
@@ -359,6 +376,7 @@ def test_trainer_says_no_tf_yet_then_trains_beside_a_busy_arm(scene, tmp_path):
                         )
                     )
                     send_image(i, ns)
+                    last_base_ns = ns
                     i += 1
                     next_image += 0.25
                 spin_until(node, lambda: False, 0.02)
@@ -372,6 +390,25 @@ def test_trainer_says_no_tf_yet_then_trains_beside_a_busy_arm(scene, tmp_path):
             # Frames sent with the tree: (almost) all found their pose.
             tf_drops = s.frames_dropped - dropped_before
             assert tf_drops <= max(2, i // 4), (tf_drops, i, list(s.drop_reasons), list(s.drop_counts))
+            # One listener process serves the trainer and the query node.
+            assert len(_listener_processes(proc.pid)) == 1, _listener_processes(proc.pid)
+
+            # An answer in base_link (it moves: odom -> base_link at each image) is stamped with the time
+            # of the transform used: the last base_link sent (the streaming has stopped).
+            client = node.create_client(Query, "/lerf/query")
+            assert spin_until(node, lambda: client.service_is_ready(), 60.0)
+            text = scene.objects[0].class_name
+            resp = None
+            deadline = time.monotonic() + 120.0
+            while time.monotonic() < deadline:
+                resp = call(node, client, Query.Request(text=text, threshold=0.01, frame_id="base_link"))
+                if resp.success or "unknown frame" in resp.message:
+                    break
+                spin_until(node, lambda: False, 2.0)  # the first snapshot is still being prepared
+            assert resp is not None and resp.success, resp.message
+            assert resp.cloud.header.frame_id == "base_link"
+            stamp = resp.cloud.header.stamp
+            assert stamp.sec * 1_000_000_000 + stamp.nanosec == last_base_ns, (stamp, last_base_ns)
             node.destroy_node()
     finally:
         code = stop_process(proc, timeout=30.0)
