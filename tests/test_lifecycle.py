@@ -10,7 +10,8 @@ lifecycle services (``lifecycle_msgs/srv/ChangeState`` and ``GetState``) from th
 - the query node of its own process: configure, activate (answers), deactivate (answers
   "inactive"), cleanup (the service is gone), configure, shutdown from inactive;
 - ``lerf-ros run --no-autostart``: both nodes of the one-process launch wait unconfigured and a
-  shutdown of both from unconfigured ends the process with 0.
+  shutdown of both from unconfigured ends the process with 0;
+- without ROS: ``OnlineTrainer.stop`` / ``start`` (what deactivate and activate do to training).
 """
 
 from __future__ import annotations
@@ -307,3 +308,50 @@ def test_autostart_argument_of_the_launch_and_of_lerf_ros_run(tmp_path):
     run.add_arguments(parser)
     assert "autostart:=false" in run.ros_args(parser.parse_args(["--no-autostart"]))
     assert not [a for a in run.ros_args(parser.parse_args([])) if a.startswith("autostart")]
+
+
+def test_online_trainer_stops_and_starts_again_with_its_session(tmp_path):
+    """What deactivate and activate do to training, without ROS: ``stop`` ends the training thread
+    after the step in flight and writes the unsaved step, the session and keyframes stay, and
+    ``start`` trains on from the same step; a thread still finishing a step stays stopped."""
+    import threading
+
+    from lerf_ros.config import preset
+    from lerf_ros.mapping import checkpoint as ckpt
+    from lerf_ros.mapping.online import OnlineTrainer
+    from lerf_ros.teachers.ground_truth import GroundTruthTeacher
+
+    scene = make_scene(seed=5, width=W, height=H, n_frames=4, nthreads=1)
+    cfg = preset("tiny").override(
+        {
+            "teacher.kind": "ground_truth",
+            "trainer.rays_per_batch": 128,
+            "trainer.checkpoint_every": 0,
+            "output_dir": str(tmp_path),
+            "keyframes.min_keyframes_to_train": 2,
+            "keyframes.min_translation": 0.0,
+            "keyframes.min_rotation_deg": 0.0,
+        }
+    )
+    ot = OnlineTrainer(cfg, teacher=GroundTruthTeacher(scene), log=lambda level, text: None)
+
+    def train_until(steps: int) -> None:
+        deadline = time.monotonic() + 120
+        while ot.step < steps and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert ot.step >= steps
+
+    for f in scene.frames[:3]:
+        ot.submit(f)
+    ot.start()
+    train_until(3)
+    path = ot.stop(save=True)
+    stopped = ot.step
+    assert path is not None and ckpt.read_checkpoint(path)["step"] == stopped
+    assert not [t for t in threading.enumerate() if t.name == "lerf_train"], "the training thread still runs"
+    time.sleep(0.3)
+    assert ot.step == stopped, "trained while stopped"
+    assert ot.keyframes.stats()["count"] == 3
+    ot.start()
+    train_until(stopped + 2)
+    assert ot.close(save=True) is not None
