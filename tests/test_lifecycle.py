@@ -11,6 +11,7 @@ lifecycle services (``lifecycle_msgs/srv/ChangeState`` and ``GetState``) from th
   "inactive"), cleanup (the service is gone), configure, shutdown from inactive;
 - ``lerf-ros run --no-autostart``: both nodes of the one-process launch wait unconfigured and a
   shutdown of both from unconfigured ends the process with 0;
+- with ``autostart``, a node that cannot be configured ends its process with code 2 and the reason;
 - without ROS: ``OnlineTrainer.stop`` / ``start`` (what deactivate and activate do to training).
 """
 
@@ -291,6 +292,18 @@ def test_run_without_autostart_waits_unconfigured_and_ends_on_shutdown(scene_dir
     assert "configure failed" in out  # the one expected error: the refused configure
     bad = [line for line in out.splitlines() if BAD_LOG.search(line) and "configure failed" not in line]
     assert not bad, "\n".join(bad)
+
+
+def test_autostart_that_cannot_configure_ends_the_process_with_the_reason(tmp_path):
+    """With autostart, a configure that fails (here: the teacher's scene folder does not exist) ends
+    the process with code 2 and says why, as a bad configuration always did."""
+    params = write_params(tmp_path / "params.yaml", tmp_path / "no_such_scene", tmp_path / "out", autostart=True)
+    argv = python_argv("-m", "lerf_ros.ros.query_node", "--ros-args", "--params-file", str(params))
+    proc = start_process(argv, env=ros_env(unique_domain_id()))
+    code = wait_exit(proc, 120.0)
+    out = process_output(proc)
+    assert code == 2, out
+    assert "failed to start" in out and "configure failed: the text encoder could not be loaded" in out, out
 
 
 def test_autostart_argument_of_the_launch_and_of_lerf_ros_run(tmp_path):
