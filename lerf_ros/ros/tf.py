@@ -15,8 +15,9 @@ answers lookups over a socket pair: the camera pose at an image's stamp (waiting
 trainer's ``tf_timeout_s``), the keyframes looked up again for late corrections, and a query
 frame's transform. A lookup costs the asking process a round trip of small pickled tuples; ``/tf``
 costs it nothing. The nodes of one process share one feed (``acquire_tf_feed``; the last
-``release`` ends the child). The child ignores SIGINT/SIGTERM and ends when its parent closes the
-socket, also when the parent dies.
+``release`` ends the child). The child runs in a session of its own (where the kernel shares CPU
+time between sessions, its work is not taken from the nodes' share), ignores SIGINT/SIGTERM and
+ends when its parent closes the socket, also when the parent dies.
 
 Until the first ``/tf`` message arrives, a lookup fails with one plain reason (``NO_TF_YET``), not
 with tf2's "frame does not exist", so the start-up drops of the trainer say what is missing.
@@ -241,7 +242,11 @@ class TfFeed:
             [package_root] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
         )
         try:
-            self._proc = subprocess.Popen(argv, pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL, env=env)
+            # A session of its own: where the kernel shares CPU time between sessions (autogroup), the
+            # listener's work is then not taken from the share of the nodes' process.
+            self._proc = subprocess.Popen(
+                argv, pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL, env=env, start_new_session=True
+            )
         finally:
             theirs.close()
         # The socket is kept to shut it down on close: closing the descriptor alone would not end a
