@@ -9,7 +9,7 @@ pytest.importorskip("mujoco")
 from lerf_ros.data.synthetic.objects import CLASS_BY_NAME  # noqa: E402
 from lerf_ros.query.grasp import GripperModel  # noqa: E402
 from lerf_ros.sim import SimWorld, box_object, execute_grasp  # noqa: E402
-from lerf_ros.sim.collision import CONVEX_FILL, convex_pieces, hull_volume, mesh_volume  # noqa: E402
+from lerf_ros.sim.collision import convex_pieces, hull_volume, part_is_convex, part_volume  # noqa: E402
 
 CUBE = 0.05
 
@@ -62,7 +62,7 @@ def test_wrong_name_is_an_error(world):
 def test_collision_pieces_keep_a_mug_hollow():
     rng = np.random.default_rng(0)
     body = CLASS_BY_NAME["mug"].build(rng, 1.0)[0]
-    assert mesh_volume(body.vertices, body.triangles) < CONVEX_FILL * hull_volume(body.vertices)
+    assert not part_is_convex(body)
     pieces = convex_pieces([body])
     assert len(pieces) > 4
     # no piece reaches across the opening: every piece is much smaller than the mug
@@ -70,6 +70,22 @@ def test_collision_pieces_keep_a_mug_hollow():
     assert max(spans) < 0.06
     cube = CLASS_BY_NAME["rubik's cube"].build(rng, 1.0)
     assert len(convex_pieces(cube)) == 1
+    # a roll of tape: every vertex lies on its hull (on the caps), its inner wall does not
+    tape = CLASS_BY_NAME["tape"].build(rng, 1.0)
+    assert not any(part_is_convex(p) for p in tape)
+
+
+def test_lathed_convex_parts_are_one_hull_with_the_hull_volume():
+    """A candle and a soda can are lathed solids whose triangles are not all wound outwards (their
+    signed volume is a fraction of the true one): they are convex, so each is one hull piece and
+    its volume is the hull's (a cylinder's within 3%)."""
+    rng = np.random.default_rng(0)
+    for name, radius, height in (("candle", 0.035, 0.10), ("soda can", 0.033, 0.122)):
+        body = CLASS_BY_NAME[name].build(rng, 1.0)[0]
+        assert part_is_convex(body), name
+        assert len(convex_pieces([body])) == 1, name
+        assert part_volume(body) == pytest.approx(hull_volume(body.vertices))
+        assert part_volume(body) == pytest.approx(np.pi * radius**2 * height, rel=0.1), name
 
 
 def _planned(points, normals, scene, max_grasps=5):

@@ -20,11 +20,11 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 
 from lerf_ros.data.synthetic.shapes import Part
-from lerf_ros.sim.collision import convex_pieces, mesh_volume
+from lerf_ros.sim.collision import convex_pieces, part_volume
 
 __all__ = ["SimSettings", "SimObject", "SimWorld", "DENSITY", "FRICTION", "objects_from_scene", "box_object"]
 
-#: kg/m^3 of each class's enclosed volume (hollow meshes such as a mug's wall enclose only the wall)
+#: kg/m^3 of each class's volume (a convex part's hull; a hollow mesh such as a mug's wall encloses only the wall)
 DENSITY: Dict[str, float] = {
     "mug": 2000.0,
     "bowl": 2000.0,
@@ -161,7 +161,7 @@ def _mjcf(objects: Sequence[SimObject], gripper, s: SimSettings) -> str:
     assets, bodies = [], []
     for i, o in enumerate(objects):
         pieces = convex_pieces(o.parts)
-        vol = sum(mesh_volume(p.vertices, p.triangles) for p in o.parts)
+        vol = sum(part_volume(p) for p in o.parts)
         mass = max(DENSITY.get(o.class_name, DEFAULT_DENSITY) * vol, 0.01)
         sx, sy, sz = o.size
         inertia = mass / 12.0 * np.array([sy * sy + sz * sz, sx * sx + sz * sz, sx * sx + sy * sy])
