@@ -409,6 +409,19 @@ def test_trainer_says_no_tf_yet_then_trains_beside_a_busy_arm_and_answers_in_a_m
             assert resp.cloud.header.frame_id == "base_link"
             stamp = resp.cloud.header.stamp
             assert stamp.sec * 1_000_000_000 + stamp.nanosec == last_base_ns, (stamp, last_base_ns)
+
+            # The command line asks the same and prints the frame and that stamp.
+            argv = ["query", text, "--service", "--threshold", "0.01", "--frame-id", "base_link"]
+            out = subprocess.run(
+                python_argv("-m", "lerf_ros.cli", *argv),
+                cwd=str(REPO_ROOT),
+                env=ros_env(domain),
+                capture_output=True,
+                text=True,
+                timeout=180,
+            )
+            assert out.returncode == 0, out.stdout + out.stderr
+            assert f"positions in frame 'base_link', stamp {last_base_ns * 1e-9:.3f} s" in out.stdout, out.stdout
             node.destroy_node()
     finally:
         code = stop_process(proc, timeout=30.0)
