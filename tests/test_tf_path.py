@@ -167,6 +167,11 @@ def test_one_feed_per_process_kept_by_a_listener_process():
         assert resolver.resolve("map") == FrameAnswer(None, None)
         assert "unknown frame 'nowhere'" in resolver.resolve("nowhere").error
 
+        # A clock jump clears /tf's transforms; /tf_static's stay.
+        assert feed.clear()
+        assert feed.lookup("map", "base_link", t2, 0.0)[0] is None
+        assert resolver.resolve("mast").error == ""
+
         # The last user closes it; a new user gets a new one.
         resolver.close()
         feed.release()  # b's

@@ -353,6 +353,11 @@ class TfFeed:
             [None] * len(requests) if answer is None else [None if T is None else np.asarray(T, float) for T in answer]
         )
 
+    def clear(self) -> bool:
+        """Forget the transforms of ``/tf`` (the ROS clock jumped back: a bag replayed again); those of
+        ``/tf_static`` stay. Whether the listener did it."""
+        return bool(self._call("clear", None, REPLY_MARGIN_S))
+
     # -------------------------------------------------------------- lifetime
     def release(self) -> None:
         """One user is done; the last one ends the listener process (``close``)."""
@@ -519,9 +524,17 @@ def _serve(argv: Optional[Sequence[str]] = None) -> int:
 
     def answer(rid: int, kind: str, payload) -> None:
         try:
-            result = tf.lookup(*payload) if kind == "lookup" else tf.lookup_full(payload)
+            if kind == "lookup":
+                result = tf.lookup(*payload)
+            elif kind == "full":
+                result = tf.lookup_full(payload)
+            else:  # "clear"
+                tf.buffer.clear()
+                result = True
         except Exception as exc:  # never leave the asker waiting
-            result = (None, None, f"TF lookup failed: {exc!r}") if kind == "lookup" else [None] * len(payload)
+            result = {"lookup": (None, None, f"TF lookup failed: {exc!r}"), "full": [None] * len(payload or ())}.get(
+                kind, False
+            )
         with send_lock:
             try:
                 conn.send((rid, result, tf.counters.snapshot()))

@@ -319,10 +319,13 @@ class TrainerNode(ManagedNode):
         self.time_jumps += 1
         self.drops.note(
             f"clock jumped by {jump.delta.nanoseconds * 1e-9:+.3f} s ({jump.clock_change.name}): "
-            "pose, depth and keyframe-selection buffers cleared"
+            "pose, depth, TF and keyframe-selection buffers cleared"
         )
         for camera in self.cameras:
             camera.clear_time_base()
+        tf = getattr(self, "_tf", None)
+        if tf is not None:
+            tf.clear()  # transforms of the old time base would make tf2 refuse the new ones as old
 
     # ------------------------------------------------------------------ ingestion (own thread)
     def _ingest_loop(self, stop: threading.Event) -> None:
