@@ -11,7 +11,8 @@ line's ``--frame-id``. Where tf2 is importable (``pytest.importorskip``):
 - a real process with both nodes (trainer with ``pose_source: tf``): images before any /tf are
   dropped with the plain reason, then, with a mobile manipulator's TF tree (an arm of 20 transforms
   at 50 Hz beside it), frames are kept and training runs; the two nodes share one listener process,
-  and an answer in ``base_link`` is stamped with the time of the transform used.
+  an answer in ``base_link`` is stamped with the time of the transform used (also through
+  ``lerf-ros query --frame-id``), and a moved ``map -> odom`` corrects the keyframes (TF re-lookup).
 """
 
 import math
@@ -264,6 +265,7 @@ def _params(path, scene_dir, out_dir):
                 "    input_qos_reliability: reliable",
                 "    input_qos_depth: 50",
                 "    tf_timeout_s: 0.3",
+                "    tf_relookup_period_s: 1.0",
             ]
         )
         + "\n"
@@ -427,6 +429,18 @@ def test_trainer_says_no_tf_yet_then_trains_beside_a_busy_arm_and_answers_in_a_m
             )
             assert out.returncode == 0, out.stdout + out.stderr
             assert f"positions in frame 'base_link', stamp {last_base_ns * 1e-9:.3f} s" in out.stdout, out.stdout
+
+            # A loop closure: map -> odom moves 20 cm; the keyframes, looked up again at their own stamps
+            # through odom (one request to the listener for all), take the corrected poses.
+            assert last[-1].pose_corrections == 0
+            moved = _yaw(15.0, 0.5, -0.2)
+
+            def corrected():
+                ahead = Time(nanoseconds=now_ns() + 200_000_000).to_msg()
+                tf_pub.publish(tf2_msgs.TFMessage(transforms=[_transform(moved, "map", "odom", ahead)]))
+                return last[-1].pose_corrections >= 1
+
+            assert spin_until(node, corrected, 30.0), (last[-1].pose_corrections, process_output(proc))
             node.destroy_node()
     finally:
         code = stop_process(proc, timeout=30.0)
