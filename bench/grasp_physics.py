@@ -69,7 +69,8 @@ def summarise(rows: List[Dict]) -> Dict:
 
 def use_planner_from_commit(commit: str) -> None:
     """Answer with the grasp planner (``lerf_ros/query/grasp.py``) of an older commit: its
-    ``plan_grasps`` replaces the engine's (the rest of the engine and the physics stay as they are)."""
+    ``plan_grasps`` and ``GripperModel`` (its defaults) replace the engine's (the rest of the engine
+    and the physics stay as they are)."""
     import importlib.util
 
     import lerf_ros.query.engine as engine_module
@@ -85,9 +86,28 @@ def use_planner_from_commit(commit: str) -> None:
     spec.loader.exec_module(module)
     os.unlink(f.name)
     engine_module.plan_grasps = module.plan_grasps
+    engine_module.GripperModel = module.GripperModel  # that commit's gripper defaults too
 
 
-def run(seeds, tag: str, pictures: int, out_dir: str) -> Dict:
+def head_commit() -> str:
+    """Short id of the checkout's HEAD ('' outside a git checkout); ``+`` marks uncommitted changes
+    to the planner or the physics."""
+    try:
+        head = subprocess.run(
+            ["git", "-C", ROOT, "rev-parse", "--short", "HEAD"], check=True, capture_output=True, text=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", ROOT, "status", "--porcelain", "--", "lerf_ros/query/grasp.py", "lerf_ros/sim"],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return ""
+    return head + ("+" if dirty else "")
+
+
+def run(seeds, tag: str, pictures: int, out_dir: str, planner_commit: str = "") -> Dict:
     s = mode_settings("full")
     qc = build_config(s).query
     rows, per_grasp_s, per_grasp_cpu, plan_ms, pic_left = [], [], [], [], pictures
@@ -141,6 +161,8 @@ def run(seeds, tag: str, pictures: int, out_dir: str) -> Dict:
     reasons = collections.Counter(r["physics"]["best_reason"] for r in rows if not r["physics"]["best_success"])
     return {
         "tag": tag,
+        "physics_commit": head_commit(),
+        "planner_commit": planner_commit or head_commit(),
         "date": datetime.datetime.now().isoformat(timespec="seconds"),
         "field": "ground truth (tests/analytic_field.py), not a trained field",
         "scenes": {"seeds": list(seeds), "width": s.width, "height": s.height, "n_frames": s.n_frames},
@@ -174,17 +196,18 @@ def markdown(runs: Dict[str, Dict]) -> str:
         "these numbers isolate the grasp planner. Anchors (real robots, trained fields): LERF-TOGO 69%,",
         "F3RM 62% language-guided grasp success.",
         "",
-        "| run | seeds | objects | grasp returned | geometric valid (best) | physics best | physics any of top 3 | "
-        "physics s per grasp (CPU) | planning ms per query |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| run | planner / physics commit | seeds | objects | grasp returned | geometric valid (best) | physics best | "
+        "physics any of top 3 | physics s per grasp (CPU) | planning ms per query |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for tag, r in runs.items():
         p, t = r["pooled"], r["physics_s_per_grasp"]
         seeds = r["scenes"]["seeds"]
         cpu = f" ({t['cpu_mean']})" if t.get("cpu_mean") is not None else ""
         plan = (r.get("planning_ms_per_query") or {}).get("mean")
+        commits = f"{r.get('planner_commit', '?')} / {r.get('physics_commit', '?')}"
         lines.append(
-            f"| {tag} | {seeds[0]}-{seeds[-1]} | {p['objects']} | {pct(p['grasp_returned'])} | "
+            f"| {tag} | {commits} | {seeds[0]}-{seeds[-1]} | {p['objects']} | {pct(p['grasp_returned'])} | "
             f"{pct(p['geometric_valid'])} | {pct(p['physics_best'])} | {pct(p['physics_any_top3'])} | "
             f"{t['mean']}{cpu} | {'n/a' if plan is None else plan} |"
         )
@@ -220,7 +243,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     torch.set_num_threads(args.threads)
     if args.planner_commit:
         use_planner_from_commit(args.planner_commit)
-    res = run(args.seeds, args.tag, args.pictures, args.out_dir)
+    res = run(args.seeds, args.tag, args.pictures, args.out_dir, args.planner_commit)
     path = os.path.join(args.out_dir, "grasp_physics.json")
     runs = {}
     if os.path.exists(path):
