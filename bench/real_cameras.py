@@ -536,6 +536,16 @@ def combine(paths: List[str], stem: str) -> Dict[str, Any]:
         for seed, rows in d["seeds"].items():
             for name, variants in rows.items():
                 res["seeds"].setdefault(seed, {}).setdefault(name, {}).update(variants)
+    order = ["clean", *CONDITIONS]
+    rank = {
+        v: i
+        for i, v in enumerate(("max_ray_shift_px_if_ignored", "handling off", "handling on", "not handled", "handled"))
+    }
+    for seed, rows in res["seeds"].items():  # the conditions and variants in their usual order
+        res["seeds"][seed] = {
+            name: dict(sorted(rows[name].items(), key=lambda kv: (rank.get(kv[0], len(rank)), kv[0])))
+            for name in sorted(rows, key=lambda n: order.index(n) if n in order else len(order))
+        }
     res["conditions"] = {k: v for d in docs for k, v in d.get("conditions", {}).items()}
     res["timing"] = next((d["timing"] for d in docs if d.get("timing")), None)
     res["total_s"] = sum(d["total_s"] for d in docs)
