@@ -143,9 +143,11 @@ class OnlineTrainer:
                     continue
                 # A query being answered, then a service call (save, pause, reset) waiting for the
                 # lock, go before the next step.
-                self.priority.wait(self._closing)
+                self.priority.wait(stop)
                 s.lock.yield_to_waiters()
                 with s.lock:
+                    if stop.is_set():  # stopped while this thread waited: no step after stop()
+                        break
                     if self._paused:  # paused while this thread waited for the lock
                         continue
                     out = s.step()

@@ -29,6 +29,9 @@ try:  # optional: the ROS 2 diagnostics stack (not on PyPI)
 except ImportError:  # pragma: no cover - depends on the installation
     diagnostic_updater = None
 
+UPDATER_PERIOD_PARAMETER = "diagnostic_updater.period"
+"""The parameter ``diagnostic_updater.Updater`` declares on its node."""
+
 
 def to_status(check: Check, node_name: str, hardware_id: str) -> DiagnosticStatus:
     """One check as a DiagnosticStatus named ``<node_name>: <check.name>``."""
@@ -65,6 +68,10 @@ class DiagnosticsPublisher:
         self._period_s = float(period_s)
         self._failed_logged = False
         if diagnostic_updater is not None:
+            # The Updater declares this parameter and never undeclares it: a managed node that is
+            # activated again (a new Updater on the same node) would otherwise fail to declare it.
+            if node.has_parameter(UPDATER_PERIOD_PARAMETER):
+                node.undeclare_parameter(UPDATER_PERIOD_PARAMETER)
             self._updater = diagnostic_updater.Updater(node, period=self._period_s)
             self._updater.setHardwareID(hardware_id)
             for name in names:

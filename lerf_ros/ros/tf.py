@@ -32,6 +32,7 @@ without it only the world frame is known (the trainer takes poses from a topic).
 from __future__ import annotations
 
 import argparse
+import inspect
 import itertools
 import os
 import signal
@@ -127,8 +128,17 @@ class _LocalTf:
                 counters.add(len(data.transforms), static=True)
 
         self.buffer = tf2_ros.Buffer(cache_time=Duration(seconds=float(cache_s)))
-        self.node = Node(name, namespace=namespace or "/", context=context, start_parameter_services=False)
-        self._listener = CountingListener(self.buffer, self.node, tf_topic=tf_topic, tf_static_topic=tf_static_topic)
+        # tf2_ros takes the topic names as arguments from geometry2 0.39 on; older releases (Jazzy)
+        # subscribe to /tf and /tf_static, which a remapping of the listener's node renames.
+        takes_topics = "tf_topic" in inspect.signature(tf2_ros.TransformListener.__init__).parameters
+        remaps = (
+            [] if takes_topics else ["--ros-args", "-r", f"/tf:={tf_topic}", "-r", f"/tf_static:={tf_static_topic}"]
+        )
+        self.node = Node(
+            name, namespace=namespace or "/", context=context, start_parameter_services=False, cli_args=remaps or None
+        )
+        topics = dict(tf_topic=tf_topic, tf_static_topic=tf_static_topic) if takes_topics else {}
+        self._listener = CountingListener(self.buffer, self.node, **topics)
         self._executor = SingleThreadedExecutor(context=context)
         self._executor.add_node(self.node)
         self._closing = threading.Event()
@@ -182,7 +192,7 @@ class _LocalTf:
                     target, Time(), source, Time(nanoseconds=int(source_ns)), fixed, timeout=Duration(nanoseconds=0)
                 )
                 out.append(transform_to_matrix(tf.transform))
-            except (tf2_ros.TransformException, ConversionError):
+            except (tf2_ros.TransformException, ConversionError, ValueError):  # ValueError: a negative stamp
                 out.append(None)
         return out
 
@@ -258,7 +268,7 @@ class TfFeed:
                 raise RuntimeError(f"the TF listener process did not start within {start_timeout_s:g} s")
             hello = self._conn.recv()
         except EOFError:
-            self._proc.wait(5.0)
+            self._end_child()
             raise RuntimeError(f"the TF listener process exited at start (code {self._proc.returncode})") from None
         except BaseException:
             self._end_child()

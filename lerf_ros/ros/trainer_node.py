@@ -377,14 +377,17 @@ class TrainerNode(ManagedNode):
         the latest time. A loop closure does not rewrite the TF history, it publishes a new
         ``map -> odom``: this is how it reaches past keyframes. Keyframes whose TF is no longer buffered
         (older than ``tf_cache_s``) keep their pose."""
-        keyframes = list(self.trainer.keyframes.keyframes())
+        trainer, tf = self.trainer, self._tf  # cleanup (another thread) may clear them meanwhile
+        if not self.active or trainer is None or tf is None:
+            return
+        keyframes = list(trainer.keyframes.keyframes())
         requests = []
         for kf in keyframes:
             ns = kf.meta.get("stamp_ns")
             ns = int(ns) if ns is not None else int(round(kf.stamp * 1e9))
             requests.append((self.world_frame, kf.frame_id, ns, self.odom_frame))
         # One round trip to the TF listener process for all keyframes (lerf_ros.ros.tf).
-        found = self._tf.lookup_full_many(requests)
+        found = tf.lookup_full_many(requests)
         pairs = [(kf.stamp, T) for kf, T in zip(keyframes, found) if T is not None]
         missing = len(keyframes) - len(pairs)
         if missing:
@@ -436,9 +439,10 @@ class TrainerNode(ManagedNode):
 
     # ------------------------------------------------------------------ status and control
     def _publish_status(self) -> None:
-        if not self.active:  # a tick already due when the node was deactivated
+        trainer, cameras = self.trainer, self.cameras  # cleanup (another thread) may clear them meanwhile
+        if not self.active or trainer is None:  # a tick already due when the node was deactivated
             return
-        s = self.trainer.status()
+        s = trainer.status()
         msg = TrainingStatus()
         msg.header.stamp = self.get_clock().now().to_msg()
         msg.header.frame_id = self.world_frame
@@ -453,42 +457,43 @@ class TrainerNode(ManagedNode):
         msg.drop_reasons = [k for k, _ in counts]
         msg.drop_counts = [int(n) for _, n in counts]
         msg.time_jumps = int(self.time_jumps)
-        msg.pose_corrections = int(self.trainer.session.pose_corrections)
+        msg.pose_corrections = int(trainer.session.pose_corrections)
         msg.changes_detected = int(s.changes_detected)
         msg.keyframes_retired = int(s.keyframes_retired)
         msg.features_pending = int(s.features_pending)
-        msg.camera_names = [c.name for c in self.cameras]
-        msg.camera_frames_received = [int(c.frames_received) for c in self.cameras]
-        msg.camera_frames_dropped = [int(c.dropped) for c in self.cameras]
-        msg.camera_keyframes = [int(c.keyframes) for c in self.cameras]
+        msg.camera_names = [c.name for c in cameras]
+        msg.camera_frames_received = [int(c.frames_received) for c in cameras]
+        msg.camera_frames_dropped = [int(c.dropped) for c in cameras]
+        msg.camera_keyframes = [int(c.keyframes) for c in cameras]
         msg.rays_per_second = float(s.rays_per_second)
         msg.loss_rgb, msg.loss_lang, msg.loss_dino, msg.psnr = (
             float(s.losses.get(k, 0.0)) for k in ("rgb", "lang", "dino", "psnr")
         )
         # One read of the corrections for both messages (training moves them between two reads).
-        poses, pc = self.trainer.session.corrected_poses()
+        poses, pc = trainer.session.corrected_poses()
         msg.pose_correction_mean_m, msg.pose_correction_max_m = pc["translation_mean_m"], pc["translation_max_m"]
         msg.pose_correction_mean_deg, msg.pose_correction_max_deg = pc["rotation_mean_deg"], pc["rotation_max_deg"]
         msg.checkpoint = s.checkpoint
         msg.message = s.message
         self.status_pub.publish(msg)
-        self._publish_changes(msg.header)
-        self._publish_keyframes(msg.header, int(s.step), poses)
+        self._publish_changes(trainer, msg.header)
+        self._publish_keyframes(trainer, msg.header, int(s.step), poses)
 
     def _health_checks(self) -> List[Check]:
         """The trainer's checks for /diagnostics (``lerf_ros.mapping.health``)."""
-        if not self.active:
+        trainer, cameras = self.trainer, self.cameras  # cleanup (another thread) may clear them meanwhile
+        if not self.active or trainer is None:
             return []
-        s = self.trainer.status()
+        s = trainer.status()
         with self._queue_cv:
-            depths = {c.name: len(c.queue) for c in self.cameras}
+            depths = {c.name: len(c.queue) for c in cameras}
         kcfg = self.cfg.keyframes
         checks = self._health.checks(
             TrainerCounters(
                 frames_received=int(self.frames_received),
                 drops=self.drops.counts(),
                 queue_depth=sum(depths.values()),
-                queue_size=sum(int(c.queue.maxlen or 0) for c in self.cameras),
+                queue_size=sum(int(c.queue.maxlen or 0) for c in cameras),
                 state=s.state.value,
                 error=s.message if s.state == TrainerState.ERROR else "",
                 step=int(s.step),
@@ -503,7 +508,7 @@ class TrainerNode(ManagedNode):
                 keyframes_retired=int(s.keyframes_retired),
             )
         )
-        for camera in self.cameras:
+        for camera in cameras:
             health = self._camera_health.get(camera.name)
             if health is None:
                 continue
@@ -528,11 +533,11 @@ class TrainerNode(ManagedNode):
             checks.append(dataclasses.replace(check, name=f"camera {camera.name}", values=values))
         return checks
 
-    def _publish_keyframes(self, header, step: int, keyframe_poses) -> None:
+    def _publish_keyframes(self, trainer, header, step: int, keyframe_poses) -> None:
         """Camera poses of the current keyframes (the trajectory RViz shows), with their learned pose
         corrections: when the store changed, or every ``KEYFRAME_REPUBLISH_STEPS`` training steps while
         the corrections are being learned."""
-        version = self.trainer.keyframes.version
+        version = trainer.keyframes.version
         refining = self.cfg.trainer.pose_refinement and step >= self._published_step + KEYFRAME_REPUBLISH_STEPS
         if version == self._published_store_version and not refining:
             return
@@ -541,10 +546,10 @@ class TrainerNode(ManagedNode):
         poses.poses = [matrix_to_pose(c2w) for _, c2w in keyframe_poses]
         self.keyframes_pub.publish(poses)
 
-    def _publish_changes(self, header) -> None:
+    def _publish_changes(self, trainer, header) -> None:
         """Surface points of the latest confirmed scene changes (x y z, kind: 0 gone, 1 new), when
         they changed."""
-        detector = self.trainer.session.changes
+        detector = trainer.session.changes
         if detector is None or detector.version == self._published_changes_version:
             return
         self._published_changes_version = detector.version
@@ -554,11 +559,12 @@ class TrainerNode(ManagedNode):
         )
 
     def _on_save(self, _req, resp):
-        if not self.active:
+        trainer = self.trainer  # cleanup (another thread) may clear it meanwhile
+        if not self.active or trainer is None:
             return self._refuse_inactive(resp)
         try:
-            path = self.trainer.save_checkpoint()
-            resp.success, resp.message = True, f"saved {path} (step {self.trainer.step})"
+            path = trainer.save_checkpoint()
+            resp.success, resp.message = True, f"saved {path} (step {trainer.step})"
         except Exception as exc:
             resp.success, resp.message = False, f"could not save a checkpoint: {exc}"
         return resp
@@ -571,9 +577,10 @@ class TrainerNode(ManagedNode):
         from lerf_ros.query.export import ExportError, export_map
         from lerf_ros.ros.convert import ConversionError, pointcloud2_to_numpy
 
-        if not self.active:
+        trainer = self.trainer  # cleanup (another thread) may clear it meanwhile
+        if not self.active or trainer is None:
             return self._refuse_inactive(resp)
-        snapshot = self.trainer.latest_snapshot
+        snapshot = trainer.latest_snapshot
         note = ""
         try:
             if snapshot is None:
