@@ -8,7 +8,11 @@ A checkpoint is one ``torch.save`` file holding:
 - ``step``; ``model`` (state dict); ``optimizer``, ``scaler`` and ``generator`` states (exact
   resumption); ``cameras``: the training views' cameras (for snapshots / visibility), with their
   learned pose corrections; ``camera_corrections`` (optional, absent before pose refinement): per
-  keyframe its identity, input pose and learned correction rows (``Trainer.load_checkpoint``).
+  keyframe its identity, input pose and learned correction rows (``Trainer.load_checkpoint``);
+  ``retired_pixels`` (optional, absent before scene changes were followed; written by
+  ``Session.save_checkpoint``): per keyframe that lost pixels for a scene change, its identity and
+  packed mask of retired pixels (``KeyframeStore.retired_state``), retired again when a resumed
+  session stores that keyframe again.
 
 Writing goes to a temporary file in the destination folder (``.<name>.<pid>-<random>.tmp``, locked
 while it is written), is flushed and fsync'ed, then ``os.replace``'d over the destination (and the

@@ -181,6 +181,21 @@ class Keyframe:
         return CameraView(self.K, self.c2w, self.height, self.width)
 
 
+def _identity(kf: Keyframe) -> Tuple[float, str, int]:
+    """What names a keyframe across runs (its key does not): stamp, frame id and source index."""
+    return (float(kf.stamp), str(kf.frame_id), int(kf.index))
+
+
+def _unpack_mask(entry: Dict[str, Any]) -> np.ndarray:
+    """The (H, W) bool retired-pixel mask of a ``KeyframeStore.retired_state`` entry."""
+    h, w = int(entry["height"]), int(entry["width"])
+    packed = entry["retired"]
+    packed = packed.numpy() if isinstance(packed, torch.Tensor) else np.asarray(packed, np.uint8)
+    if packed.size != (h * w + 7) // 8:
+        raise ValueError(f"retired-pixel mask of {packed.size} bytes for a {h}x{w} keyframe")
+    return np.unpackbits(packed.astype(np.uint8), count=h * w).astype(bool).reshape(h, w)
+
+
 def make_keyframe(key: int, frame: Frame, device: torch.device) -> Keyframe:
     """Copy ``frame``'s pixels once onto ``device`` (depth: non-finite and negative values -> 0)."""
     rgb = torch.from_numpy(np.array(frame.rgb, dtype=np.uint8, copy=True)).to(device)
@@ -249,6 +264,8 @@ class KeyframeStore:
         self._free_slots: List[int] = []  # heap of freed slots (the lowest is reused first)
         self._slot_generation: List[int] = []  # per slot: keyframes it has held
         self._slot_pose_version: List[int] = []  # per slot: input poses its keyframe has had
+        # retired pixels restored from a checkpoint, by keyframe identity, until that keyframe comes back
+        self._pending_retired: Dict[Tuple[float, str, int], Dict[str, Any]] = {}
         self._lock = threading.RLock()
 
     # -------------------------------------------------------------- reading
@@ -361,6 +378,9 @@ class KeyframeStore:
             self._bytes += kf.nbytes
             self._added += 1
             self._version += 1
+            pending = self._pending_retired.pop(_identity(kf), None)
+            if pending is not None and (pending["height"], pending["width"]) == (kf.height, kf.width):
+                self.retire_pixels(key, _unpack_mask(pending))
             evicted = self._enforce_bounds()
         self._trim_after(evicted)
         return key, evicted
@@ -434,6 +454,46 @@ class KeyframeStore:
             self._items[key] = dataclasses.replace(old, trusted=idx)
             self._version += 1
             return int(len(idx))
+
+    def retired_state(self) -> List[Dict[str, Any]]:
+        """The retired pixels to keep in a checkpoint: per keyframe that has retired some, its identity
+        (``stamp``, ``frame_id``, ``index``: what names it across runs), ``height``, ``width`` and
+        ``retired`` (its (H, W) retired-pixel mask: ``np.packbits`` of the row-major flat mask, as a uint8
+        tensor); also
+        those restored by ``restore_retired`` whose keyframe has not come back yet."""
+        with self._lock:
+            out = [dict(e) for e in self._pending_retired.values()]
+            for kf in self._items.values():
+                if kf.trusted is not None:
+                    mask = np.ones(kf.height * kf.width, bool)
+                    mask[kf.trusted.numpy()] = False
+                    stamp, frame_id, index = _identity(kf)
+                    out.append(
+                        {
+                            "stamp": stamp,
+                            "frame_id": frame_id,
+                            "index": index,
+                            "height": kf.height,
+                            "width": kf.width,
+                            "retired": torch.from_numpy(np.packbits(mask)),
+                        }
+                    )
+            return out
+
+    def restore_retired(self, entries: List[Dict[str, Any]]) -> int:
+        """Retire again the pixels of ``retired_state`` entries (from a checkpoint): at once for a stored
+        keyframe of the same identity and size, else when that keyframe is added (a resumed session
+        sees its frames again). Replaces what an earlier call left pending. Returns how many entries
+        applied at once."""
+        with self._lock:
+            self._pending_retired = {(float(e["stamp"]), str(e["frame_id"]), int(e["index"])): dict(e) for e in entries}
+            applied = 0
+            for key, kf in list(self._items.items()):
+                e = self._pending_retired.pop(_identity(kf), None)
+                if e is not None and (int(e["height"]), int(e["width"])) == (kf.height, kf.width):
+                    self.retire_pixels(key, _unpack_mask(e))
+                    applied += 1
+            return applied
 
     def remove(self, key: int) -> Keyframe:
         """Remove and return keyframe ``key`` (KeyError if absent; not counted as evicted)."""

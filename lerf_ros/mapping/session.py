@@ -416,7 +416,9 @@ class Session:
             if periodic:
                 os.makedirs(self.checkpoint_dir, exist_ok=True)
                 path = os.path.join(self.checkpoint_dir, ckpt.checkpoint_name(self.step_count))
-            self.trainer.save_checkpoint(path)
+            payload = self.trainer.state_payload()
+            payload["retired_pixels"] = self.keyframes.retired_state()  # pixels retired for scene changes
+            ckpt.write_atomic(path, payload)
             if periodic:
                 ckpt.prune_checkpoints(self.checkpoint_dir, keep=self.cfg.trainer.keep_checkpoints)
             self.last_checkpoint = path
@@ -435,6 +437,8 @@ class Session:
             self.bounds = checkpoint_bounds(payload)
             self.trainer = None
             self.ensure_model().load_checkpoint(path, payload=payload)
+            # absent from older checkpoints: nothing retired
+            self.keyframes.restore_retired(payload.get("retired_pixels", []))
             self.last_checkpoint = path
         return path
 
