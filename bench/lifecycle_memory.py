@@ -54,17 +54,26 @@ STAGES = ("activated", "trained", "deactivated", "cleaned_up", "configured_again
 
 
 def write_params(path: str, scene_dir: str, out_dir: str, args) -> None:
-    with open(path, "w") as f:
-        f.write(
-            "/**:\n  ros__parameters:\n"
-            f"    preset: {args.preset}\n    output_dir: '{out_dir}'\n    world_frame: map\n"
-            f"    device: {args.device}\n    autostart: false\n"
-            f"    teacher:\n      kind: ground_truth\n      scene_dir: '{scene_dir}'\n"
-            f"    trainer:\n      checkpoint_every: {args.steps}\n      max_steps: {args.steps}\n"
-            "    keyframes:\n      min_keyframes_to_train: 2\n"
-            "lerf_trainer:\n  ros__parameters:\n    pose_source: pose\n    status_rate_hz: 2.0\n"
-            "lerf_query:\n  ros__parameters:\n    reload_period_s: 0.5\n    snapshot_min_interval_s: 0.0\n"
-        )
+    from lerf_ros.ros.params import write_params_file
+
+    common = {
+        "preset": args.preset,
+        "output_dir": out_dir,
+        "world_frame": "map",
+        "device": args.device,
+        "autostart": False,
+        "teacher": {"kind": "ground_truth", "scene_dir": scene_dir},
+        "trainer": {"checkpoint_every": args.steps, "max_steps": args.steps},
+        "keyframes": {"min_keyframes_to_train": 2},
+    }
+    write_params_file(
+        path,
+        {
+            "/**": common,
+            "lerf_trainer": {"pose_source": "pose", "status_rate_hz": 2.0},
+            "lerf_query": {"reload_period_s": 0.5, "snapshot_min_interval_s": 0.0},
+        },
+    )
 
 
 def gpu_mb(pids) -> Optional[Dict[int, float]]:

@@ -17,6 +17,8 @@
   (the product's ``call_service``), spinning ``node``.
 - ``Lifecycle(node, target, proc)``: ``ros2 lifecycle get / set`` of a managed node, over DDS;
   ``rss_mb(pid)``: a process's resident memory.
+- ``write_node_params(path, scene_dir, output_dir, ...)``: the nodes' params file for a synthetic
+  scene, with each test's own values merged over it.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Callable, Dict, Iterator, List, Optional, Sequence
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -84,6 +86,50 @@ def ros_context(domain_id: Optional[int] = None) -> Iterator["object"]:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+def _merged(base: Dict[str, Any], over: Optional[Dict[str, Any]]) -> Dict[str, Any]:
+    out = dict(base)
+    for key, value in (over or {}).items():
+        out[key] = _merged(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def write_node_params(
+    path: os.PathLike,
+    scene_dir: os.PathLike,
+    output_dir: os.PathLike,
+    common: Optional[Dict[str, Any]] = None,
+    trainer: Optional[Dict[str, Any]] = None,
+    query: Optional[Dict[str, Any]] = None,
+) -> Path:
+    """Write the nodes' params file for a synthetic scene saved in ``scene_dir`` and return ``path``.
+
+    Every node (``/**``): preset tiny, ``output_dir``, world frame ``map``, the scene's ground-truth
+    semantics as the teacher, no periodic checkpoints, training from 2 keyframes; ``lerf_trainer``:
+    poses from a topic, status at 5 Hz. ``common``, ``trainer`` and ``query`` (nested dicts, merged
+    key by key over those) add or change values of every node, of ``lerf_trainer`` and of
+    ``lerf_query`` (a section only when given)."""
+    from lerf_ros.ros.params import write_params_file
+
+    sections = {
+        "/**": _merged(
+            {
+                "preset": "tiny",
+                "output_dir": str(output_dir),
+                "world_frame": "map",
+                "teacher": {"kind": "ground_truth", "scene_dir": str(scene_dir)},
+                "trainer": {"checkpoint_every": 0},
+                "keyframes": {"min_keyframes_to_train": 2},
+            },
+            common,
+        ),
+        "lerf_trainer": _merged({"pose_source": "pose", "status_rate_hz": 5.0}, trainer),
+    }
+    if query is not None:
+        sections["lerf_query"] = dict(query)
+    write_params_file(path, sections)
+    return Path(path)
 
 
 def python_argv(*args: str) -> List[str]:

@@ -186,18 +186,13 @@ def test_export_service_over_dds_writes_the_live_map_and_the_last_answer(scene_d
         stop_process,
         unique_domain_id,
         wait_for_service,
+        write_node_params,
     )
 
     scene, folder = scene_dir
     export_dir = tmp_path / "exported"
-    params = tmp_path / "params.yaml"
-    params.write_text(
-        "/**:\n  ros__parameters:\n    preset: tiny\n"
-        f"    output_dir: '{tmp_path / 'out'}'\n    world_frame: map\n"
-        f"    teacher:\n      kind: ground_truth\n      scene_dir: '{folder}'\n"
-        "    trainer:\n      checkpoint_every: 0\n    keyframes:\n      min_keyframes_to_train: 2\n"
-        "lerf_trainer:\n  ros__parameters:\n    pose_source: pose\n    status_rate_hz: 5.0\n"
-        f"    export_dir: '{export_dir}'\n"
+    params = write_node_params(
+        tmp_path / "params.yaml", folder, tmp_path / "out", trainer={"export_dir": str(export_dir)}
     )
     domain = unique_domain_id()
     env = ros_env(domain)

@@ -47,6 +47,7 @@ from ros_helpers import (  # noqa: E402
     stop_process,
     unique_domain_id,
     wait_for_service,
+    write_node_params,
 )
 
 W, H = 64, 48
@@ -62,35 +63,8 @@ def scene_dir(tmp_path_factory):
 
 
 def write_params(path: Path, scene_dir: Path, output_dir: Path, autostart: bool = False) -> Path:
-    path.write_text(
-        "\n".join(
-            [
-                "/**:",
-                "  ros__parameters:",
-                "    preset: tiny",
-                f"    output_dir: '{output_dir}'",
-                "    world_frame: map",
-                f"    autostart: {'true' if autostart else 'false'}",
-                "    teacher:",
-                "      kind: ground_truth",
-                f"      scene_dir: '{scene_dir}'",
-                "    trainer:",
-                "      checkpoint_every: 0",
-                "    keyframes:",
-                "      min_keyframes_to_train: 2",
-                "lerf_trainer:",
-                "  ros__parameters:",
-                "    pose_source: pose",
-                "    status_rate_hz: 5.0",
-                "lerf_query:",
-                "  ros__parameters:",
-                "    reload_period_s: 0.5",
-                "    snapshot_min_interval_s: 0.0",
-            ]
-        )
-        + "\n"
-    )
-    return path
+    query = {"reload_period_s": 0.5, "snapshot_min_interval_s": 0.0}
+    return write_node_params(path, scene_dir, output_dir, common={"autostart": autostart}, query=query)
 
 
 class StatusWatcher:
@@ -368,3 +342,96 @@ def test_online_trainer_stops_and_starts_again_with_its_session(tmp_path):
     ot.start()
     train_until(stopped + 2)
     assert ot.close(save=True) is not None
+
+
+def test_query_node_activate_deactivate_cycles_keep_one_preparer():
+    """Deactivating the query node while a snapshot is being prepared, then activating it again, many
+    times: one preparer (thread) serves every activation (paused while inactive, its preparation under
+    way finished), none is left behind; it prepares the newer snapshots after each activation, and
+    cleanup ends it."""
+    import gc
+    import itertools
+    import threading
+
+    from rclpy.lifecycle import TransitionCallbackReturn
+    from rclpy.parameter import Parameter
+
+    from lerf_ros.query.preparer import SnapshotPreparer
+    from lerf_ros.ros.query_node import QueryNode
+    from lerf_ros.teachers.ground_truth import GroundTruthTeacher
+
+    from analytic_field import AnalyticSnapshot
+
+    class SlowSnapshot(AnalyticSnapshot):
+        def render(self, K, c2w, height, width):
+            time.sleep(0.05)  # a preparation of seconds: each deactivation finds one under way
+            return super().render(K, c2w, height, width)
+
+    scene = make_scene(seed=5, width=W, height=H, n_frames=8, nthreads=1)
+    teacher = GroundTruthTeacher(scene)
+    steps = itertools.count(10_000, 10_000)  # each one far enough ahead to render the surface again
+    offered = []
+
+    def provider():
+        offered.append(SlowSnapshot(scene, teacher.encode_text, step=next(steps)))
+        return offered[-1]
+
+    def preparers():
+        gc.collect()
+        return [o for o in gc.get_objects() if isinstance(o, SnapshotPreparer)]
+
+    def prepare_threads():
+        return [t for t in threading.enumerate() if t.name == "lerf_prepare" and t.is_alive()]
+
+    overrides = [
+        Parameter("preset", value="tiny"),
+        Parameter("autostart", value=False),
+        Parameter("reload_period_s", value=0.05),
+        Parameter("snapshot_min_interval_s", value=0.0),
+        Parameter("prepare_cpu_share", value=1.0),
+    ]
+    with ros_context() as ctx:
+        node = QueryNode(
+            snapshot_provider=provider,
+            teacher_source=lambda: teacher,
+            name="lerf_query_cycles",
+            context=ctx,
+            parameter_overrides=overrides,
+        )
+        try:
+            assert node.trigger_configure() == TransitionCallbackReturn.SUCCESS
+            for cycle in range(6):
+                assert node.trigger_activate() == TransitionCallbackReturn.SUCCESS
+                under_way = lambda: node.status()["preparing_step"] > 0  # noqa: E731
+                deadline = time.monotonic() + 60.0
+                while not under_way() and time.monotonic() < deadline:
+                    time.sleep(0.01)
+                assert under_way(), f"cycle {cycle}: no preparation under way"
+                assert node.trigger_deactivate() == TransitionCallbackReturn.SUCCESS
+                assert len(preparers()) <= 1, f"cycle {cycle}: {len(preparers())} preparers"
+                assert len(prepare_threads()) <= 1, f"cycle {cycle}: {len(prepare_threads())} preparation threads"
+            # Inactive: the preparation under way is finished and swapped in, nothing newer is fetched.
+            settled = lambda: node.status()["preparing_step"] <= 0 and node.status()["step"] == offered[-1].step  # noqa: E731
+            deadline = time.monotonic() + 60.0
+            while not settled() and time.monotonic() < deadline:
+                time.sleep(0.02)
+            assert settled(), (node.status(), offered[-1].step)
+            fetched, answering = len(offered), node.status()["step"]
+            time.sleep(0.5)
+            assert len(offered) == fetched, "the inactive node went on fetching snapshots"
+            # Active again: newer snapshots are prepared (by the same preparer).
+            assert node.trigger_activate() == TransitionCallbackReturn.SUCCESS
+            deadline = time.monotonic() + 60.0
+            while node.status()["step"] <= answering and time.monotonic() < deadline:
+                time.sleep(0.02)
+            assert node.status()["step"] > answering
+            assert len(preparers()) == 1 and len(prepare_threads()) == 1
+            assert node.trigger_deactivate() == TransitionCallbackReturn.SUCCESS
+            assert node.trigger_cleanup() == TransitionCallbackReturn.SUCCESS
+            deadline = time.monotonic() + 10.0
+            while prepare_threads() and time.monotonic() < deadline:
+                time.sleep(0.02)
+            assert not prepare_threads() and not preparers(), "cleanup left a preparer"
+        finally:
+            node.close()
+            node.destroy_node()

@@ -43,6 +43,7 @@ from ros_helpers import (  # noqa: E402
     stop_process,
     unique_domain_id,
     wait_for_service,
+    write_node_params,
 )
 
 W, H = 64, 48
@@ -60,30 +61,10 @@ def scene_dir(scene, tmp_path_factory):
     return d
 
 
-def write_params(path, scene_dir, output_dir, **extra):
-    lines = [
-        "/**:",
-        "  ros__parameters:",
-        "    preset: tiny",
-        f"    output_dir: '{output_dir}'",
-        "    world_frame: map",
-        "    teacher:",
-        "      kind: ground_truth",
-        f"      scene_dir: '{scene_dir}'",
-        "    trainer:",
-        "      checkpoint_every: 0",
-        "    keyframes:",
-        "      min_keyframes_to_train: 2",
-        "    query:",
-        "      threshold: 0.6",
-        "lerf_trainer:",
-        "  ros__parameters:",
-        "    pose_source: pose",
-        "    status_rate_hz: 5.0",
-    ]
-    lines += [f"    {k}: {v}" for k, v in extra.items()]
-    path.write_text("\n".join(lines) + "\n")
-    return path
+def write_params(path, scene_dir, output_dir, **trainer):
+    """The nodes' params file (``query.threshold`` 0.6 for every node); ``trainer``: more values of
+    lerf_trainer."""
+    return write_node_params(path, scene_dir, output_dir, common={"query": {"threshold": 0.6}}, trainer=trainer)
 
 
 class StatusWatcher:

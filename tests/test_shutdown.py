@@ -25,7 +25,7 @@ from lerf_ros.mapping import checkpoint as ckpt
 from lerf_ros.mapping.online import OnlineTrainer
 from lerf_ros.teachers.ground_truth import GroundTruthTeacher
 
-from ros_helpers import REPO_ROOT, lerf_ros_argv, python_argv, ros_env, unique_domain_id
+from ros_helpers import REPO_ROOT, lerf_ros_argv, python_argv, ros_env, unique_domain_id, write_node_params
 
 W, H = 64, 48
 BUDGET_S = 5.0
@@ -45,34 +45,10 @@ def scene_dir(scene, tmp_path_factory):
 
 
 def write_params(path: Path, scene_dir: Path, output_dir: Path) -> Path:
-    path.write_text(
-        "\n".join(
-            [
-                "/**:",
-                "  ros__parameters:",
-                "    preset: tiny",
-                f"    output_dir: '{output_dir}'",
-                "    world_frame: map",
-                "    teacher:",
-                "      kind: ground_truth",
-                f"      scene_dir: '{scene_dir}'",
-                "    trainer:",
-                "      checkpoint_every: 0",  # "only on request and at exit"
-                "      rays_per_batch: 256",  # short steps: the test is about stopping, on a shared CPU
-                "    keyframes:",
-                "      min_keyframes_to_train: 2",
-                "lerf_trainer:",
-                "  ros__parameters:",
-                "    pose_source: pose",
-                "    status_rate_hz: 5.0",
-                "lerf_query:",
-                "  ros__parameters:",
-                "    reload_period_s: 0.5",
-            ]
-        )
-        + "\n"
-    )
-    return path
+    # checkpoint_every 0: "only on request and at exit"; short steps: the test is about stopping, on a
+    # shared CPU
+    common = {"trainer": {"rays_per_batch": 256}}
+    return write_node_params(path, scene_dir, output_dir, common=common, query={"reload_period_s": 0.5})
 
 
 class Proc:

@@ -39,6 +39,7 @@ from ros_helpers import (  # noqa: E402
     start_process,
     stop_process,
     unique_domain_id,
+    write_node_params,
 )
 
 
@@ -241,36 +242,16 @@ def scene():
 
 
 def _params(path, scene_dir, out_dir):
-    path.write_text(
-        "\n".join(
-            [
-                "/**:",
-                "  ros__parameters:",
-                "    preset: tiny",
-                f"    output_dir: '{out_dir}'",
-                "    world_frame: map",
-                "    teacher:",
-                "      kind: ground_truth",
-                f"      scene_dir: '{scene_dir}'",
-                "    trainer:",
-                "      checkpoint_every: 0",
-                "      snapshot_every: 10",
-                "    keyframes:",
-                "      min_keyframes_to_train: 2",
-                "lerf_trainer:",
-                "  ros__parameters:",
-                "    pose_source: tf",
-                "    odom_frame: odom",
-                "    status_rate_hz: 4.0",
-                "    input_qos_reliability: reliable",
-                "    input_qos_depth: 50",
-                "    tf_timeout_s: 0.3",
-                "    tf_relookup_period_s: 1.0",
-            ]
-        )
-        + "\n"
-    )
-    return path
+    trainer = {
+        "pose_source": "tf",
+        "odom_frame": "odom",
+        "status_rate_hz": 4.0,
+        "input_qos_reliability": "reliable",
+        "input_qos_depth": 50,
+        "tf_timeout_s": 0.3,
+        "tf_relookup_period_s": 1.0,
+    }
+    return write_node_params(path, scene_dir, out_dir, common={"trainer": {"snapshot_every": 10}}, trainer=trainer)
 
 
 def _listener_processes(pid):

@@ -13,8 +13,10 @@ The thread gives the CPU to training and to the queries in two ways:
   field) it pauses so that it takes at most ``cpu_share`` of the wall time
   (``lerf_ros.query.cancel.PacedStop``), which also releases the interpreter lock.
 
-Swaps are at least ``min_interval_s`` apart (each one costs a preparation). ``close`` stops a
-preparation in progress at its next chunk and joins the thread (bounded).
+Swaps are at least ``min_interval_s`` apart (each one costs a preparation). ``pause`` stops looking
+for new snapshots (a preparation under way finishes) and ``resume`` looks again, on the same thread:
+a managed node deactivated and activated again keeps one preparer. ``close`` stops a preparation in
+progress at its next chunk and joins the thread (bounded).
 """
 
 from __future__ import annotations
@@ -87,6 +89,7 @@ class SnapshotPreparer:
         self._on_error = on_error or (lambda message: None)
         self._wake = threading.Event()
         self._closing = threading.Event()
+        self._paused = threading.Event()
         self._last_swap = -float("inf")
         self._last_step: Optional[int] = None
         self.preparing_step: Optional[int] = None
@@ -103,6 +106,25 @@ class SnapshotPreparer:
         """Look for a newer snapshot now instead of at the end of the period."""
         self._wake.set()
 
+    def pause(self) -> None:
+        """Stop looking for new snapshots (a preparation under way finishes and is swapped in); the
+        thread waits for ``resume`` or ``close``."""
+        self._paused.set()
+
+    def resume(self) -> None:
+        """Look for new snapshots again (at once)."""
+        self._paused.clear()
+        self._wake.set()
+
+    @property
+    def paused(self) -> bool:
+        return self._paused.is_set()
+
+    @property
+    def alive(self) -> bool:
+        """Whether the thread is running (started and not ended)."""
+        return self._thread.is_alive()
+
     def close(self, timeout_s: float = 2.0) -> bool:
         """Stop the thread (the engine's own ``close`` stops a preparation in progress at its next
         chunk); waits up to ``timeout_s``. Returns whether the thread has ended."""
@@ -117,10 +139,11 @@ class SnapshotPreparer:
         if self.priority_note:
             self._on_error(self.priority_note)
         while not self._closing.is_set():
-            try:
-                self.run_once()
-            except Cancelled:
-                return
+            if not self._paused.is_set():
+                try:
+                    self.run_once()
+                except Cancelled:
+                    return
             self._wake.wait(self.period_s)
             self._wake.clear()
 

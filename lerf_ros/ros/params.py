@@ -21,6 +21,7 @@ them; ``preset`` picks the defaults and is read first. The configuration paramet
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import Any, Dict, Optional, Sequence
 
 from rcl_interfaces.msg import ParameterDescriptor
@@ -106,9 +107,37 @@ def declare_node_parameters(node: Node, role: str) -> Dict[str, Any]:
     return out
 
 
+def params_file_text(sections: Dict[str, Dict[str, Any]]) -> str:
+    """A params file in the ``node_name: ros__parameters:`` form (what ``--params-file``, ``lerf-ros
+    run --params-file`` and the launch file's ``params_file`` read): ``sections`` maps node names
+    (``/**`` for every node) to their parameters, nested maps giving the dotted names. Paths may be
+    given as ``os.PathLike``."""
+    import yaml
+
+    def plain(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {str(k): plain(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [plain(v) for v in value]
+        return os.fspath(value) if isinstance(value, os.PathLike) else value
+
+    return yaml.safe_dump(
+        {name: {"ros__parameters": plain(params)} for name, params in sections.items()}, sort_keys=False
+    )
+
+
+def write_params_file(path: "os.PathLike[str] | str", sections: Dict[str, Dict[str, Any]]) -> str:
+    """Write ``params_file_text(sections)`` to ``path``; returns the path."""
+    with open(path, "w") as f:
+        f.write(params_file_text(sections))
+    return os.fspath(path)
+
+
 __all__ = [
     "declare_config",
     "declare_node_parameters",
+    "params_file_text",
+    "write_params_file",
     "ConfigError",
     "TRAINER_PARAMETERS",
     "QUERY_PARAMETERS",

@@ -121,8 +121,8 @@ class QueryNode(ManagedNode):
             cpu_share=share,
             niceness=int(params["prepare_niceness"]),
         )
+        # One per configure: paused while inactive (a preparation under way finishes), closed at cleanup.
         self._preparer: Optional[SnapshotPreparer] = None
-        self._stopped_preparers: List[SnapshotPreparer] = []  # stopped, possibly finishing a preparation
         self._frames: Optional[FrameResolver] = None
         self.start_lifecycle(bool(params["autostart"]))
 
@@ -160,34 +160,35 @@ class QueryNode(ManagedNode):
 
     def activate_node(self) -> None:
         """Start preparing snapshots (the trainer's in memory, or its newest checkpoint), answer queries,
-        publish diagnostics."""
-        self._preparer = SnapshotPreparer(
-            self._get_engine,
-            self._provider if self._provider is not None else self._load_newest_checkpoint,
-            on_prepared=self._on_prepared,
-            on_error=lambda message: self.get_logger().warning(message, throttle_duration_sec=30.0),
-            **self._prepare_settings,
-        ).start()
+        publish diagnostics. The preparer of an earlier activation (paused since) goes on."""
+        if self._preparer is not None and self._preparer.alive:
+            self._preparer.resume()
+        else:
+            self._preparer = SnapshotPreparer(
+                self._get_engine,
+                self._provider if self._provider is not None else self._load_newest_checkpoint,
+                on_prepared=self._on_prepared,
+                on_error=lambda message: self.get_logger().warning(message, throttle_duration_sec=30.0),
+                **self._prepare_settings,
+            ).start()
         self.diagnostics = DiagnosticsPublisher(self, self._health_checks, ("snapshot", "queries"))
         mode = "in-process snapshots" if self._provider is not None else f"checkpoints in {self._checkpoint_dir()}"
         self.get_logger().info(f"serving {QUERY_SERVICE} ({mode})")
 
     def deactivate_node(self) -> None:
-        """Stop looking for new snapshots (a preparation under way finishes on its own); the prepared
-        snapshot stays, queries are refused until the node is activated again."""
-        preparer, self._preparer = self._preparer, None
-        if preparer is not None:
-            preparer.close(timeout_s=0.0)
-            self._stopped_preparers.append(preparer)
+        """Stop looking for new snapshots (a preparation under way finishes on its own; the preparer
+        waits, paused, for the next activation); the prepared snapshot stays, queries are refused until
+        the node is activated again."""
+        if self._preparer is not None:
+            self._preparer.pause()
 
     def cleanup_node(self) -> None:
         """Drop the engine (its prepared snapshot and feature cache) and the text encoder. A preparation
         still under way stops at its next chunk (waited for up to 2 s)."""
         self.close_engine()
-        deadline = time.monotonic() + 2.0
-        for preparer in self._stopped_preparers:
-            preparer.close(timeout_s=max(0.0, deadline - time.monotonic()))
-        self._stopped_preparers = []
+        preparer, self._preparer = self._preparer, None
+        if preparer is not None:
+            preparer.close(timeout_s=2.0)
         with self._engine_lock:
             self._engine = self._teacher = None
         frames, self._frames = self._frames, None
