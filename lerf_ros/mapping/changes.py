@@ -59,6 +59,14 @@ import numpy as np
 
 from lerf_ros.config import ChangeConfig
 from lerf_ros.data.frame import Frame
+from lerf_ros.geometry.camera import (
+    Distortion,
+    denormalise,
+    effective_distortion,
+    normalise,
+    pixel_directions,
+    project_distorted,
+)
 
 __all__ = [
     "ChangeCheck",
@@ -148,12 +156,25 @@ def robust_threshold(values: np.ndarray, kappa: float, floor: float) -> Tuple[fl
     return max(float(floor), med + kappa * MAD_TO_SIGMA * mad), med
 
 
-def backproject(depth: np.ndarray, K: np.ndarray, c2w: np.ndarray, v: np.ndarray, u: np.ndarray) -> np.ndarray:
+def backproject(
+    depth: np.ndarray,
+    K: np.ndarray,
+    c2w: np.ndarray,
+    v: np.ndarray,
+    u: np.ndarray,
+    distortion: Optional[Distortion] = None,
+) -> np.ndarray:
     """World points (N, 3) of pixels (v, u) (row, column index arrays) at z-depth ``depth[v, u]``
-    of a pinhole camera K (3, 3), c2w (4, 4) (OpenCV convention, pixel centres at +0.5)."""
+    of a camera K (3, 3), c2w (4, 4) (OpenCV convention, pixel centres at +0.5), through its lens
+    ``distortion`` (None: a pinhole)."""
     z = depth[v, u].astype(np.float64)
-    x = (u + 0.5 - K[0, 2]) / K[0, 0] * z
-    y = (v + 0.5 - K[1, 2]) / K[1, 1] * z
+    d = effective_distortion(distortion)
+    if d is None:
+        x = (u + 0.5 - K[0, 2]) / K[0, 0] * z
+        y = (v + 0.5 - K[1, 2]) / K[1, 1] * z
+    else:
+        x, y = d.undistort(*normalise(K, u + 0.5, v + 0.5))
+        x, y = x * z, y * z
     cam = np.stack([x, y, z], 1)
     return cam @ np.asarray(c2w)[:3, :3].T + np.asarray(c2w)[:3, 3]
 
@@ -213,14 +234,27 @@ _VOXEL_NEIGHBOURS = np.array(
 """Code offsets of a voxel's 27 neighbours (itself included) in ``voxel_codes``."""
 
 
-def _project(points: np.ndarray, K: np.ndarray, c2w: np.ndarray, height: int, width: int):
-    """Pixel rows/columns (N,) int, depth (N,) and in-image mask (N,) of world points in a camera."""
-    cam = (points - c2w[:3, 3]) @ c2w[:3, :3]
+def _in_view(points: np.ndarray, K: np.ndarray, c2w: np.ndarray, height: int, width: int, distortion) -> np.ndarray:
+    """(N,) bool: the world points lie in front of a distorted camera within the widest angle of its
+    pixels' rays (so a lens polynomial evaluated far outside the image cannot fold them back in)."""
+    cam = (np.asarray(points, np.float64) - c2w[:3, 3]) @ c2w[:3, :3]
+    dirs = pixel_directions(K, width, height, distortion)
+    limit = float(np.max(np.hypot(dirs[:, 0], dirs[:, 1]) / np.maximum(dirs[:, 2], 1e-6)))
     z = cam[:, 2]
-    zs = np.where(z > 1e-6, z, 1.0)
-    u = cam[:, 0] / zs * K[0, 0] + K[0, 2]
-    v = cam[:, 1] / zs * K[1, 1] + K[1, 2]
-    ok = (z > 1e-6) & (u >= 0) & (u < width) & (v >= 0) & (v < height)
+    return (z > 1e-6) & (np.hypot(cam[:, 0], cam[:, 1]) <= 1.05 * limit * np.maximum(z, 1e-6))
+
+
+def _project(
+    points: np.ndarray, K: np.ndarray, c2w: np.ndarray, height: int, width: int, distortion: Optional[Distortion] = None
+):
+    """Pixel rows/columns (N,) int, depth (N,) and in-image mask (N,) of world points in a camera
+    (through its lens distortion, if any)."""
+    distortion = effective_distortion(distortion)
+    u, v, z = project_distorted(points, K, c2w, distortion)
+    ok = (z > 1e-6) & np.isfinite(u) & np.isfinite(v) & (u >= 0) & (u < width) & (v >= 0) & (v < height)
+    if distortion is not None:
+        ok &= _in_view(points, K, c2w, height, width, distortion)
+    u, v = np.nan_to_num(u), np.nan_to_num(v)
     ui = np.clip(np.floor(u), 0, width - 1).astype(np.int64)
     vi = np.clip(np.floor(v), 0, height - 1).astype(np.int64)
     return vi, ui, z, ok
@@ -261,8 +295,9 @@ def stale_keyframes(
     for kf in keyframes:
         H, W = int(kf.rgb.shape[0]), int(kf.rgb.shape[1])
         K, c2w = np.asarray(kf.K, float), np.asarray(kf.c2w, float)
+        dist = getattr(kf, "distortion", None)
         depth = None if kf.depth is None else _as_numpy(kf.depth)
-        vn, un, zn, okn = _project(new_pts, K, c2w, H, W)
+        vn, un, zn, okn = _project(new_pts, K, c2w, H, W, dist)
         trusted = getattr(kf, "trusted", None)
         if trusted is not None:  # its retired pixels no longer speak for the region
             keep = np.zeros(H * W, bool)
@@ -279,7 +314,7 @@ def stale_keyframes(
             # see-through pixels (the new surface lies beyond the old one): judged by the keyframe's
             # surface at the old point; the others (a surface in front of the old one) by the new point
             through = np.linalg.norm(new_pts - centre, axis=1) > np.linalg.norm(old_pts - centre, axis=1)
-            vo, uo, _, oko = _project(old_pts, K, c2w, H, W)
+            vo, uo, _, oko = _project(old_pts, K, c2w, H, W, dist)
             if trusted is not None:
                 oko &= keep[vo, uo]
             dn = depth[vn, un]
@@ -287,7 +322,7 @@ def stale_keyframes(
             saw_past = okn & (dn > zn + cfg.depth_tolerance + cfg.depth_tolerance_rel * zn)
             oko &= through
             oko[oko] = depth[vo[oko], uo[oko]] > 0
-            surf = backproject(depth, K, c2w, vo[oko], uo[oko])
+            surf = backproject(depth, K, c2w, vo[oko], uo[oko], dist)
             vv, uu, zz, okv = _project(surf, nK, nc2w, nd.shape[0], nd.shape[1])
             dnew = nd[vv, uu]
             okv &= dnew > 0
@@ -305,56 +340,92 @@ def stale_keyframes(
 
 
 def region_mask(points: np.ndarray, kf: Any, radius: float) -> np.ndarray:
-    """(H, W) bool: the pixels of keyframe ``kf`` (``K``, ``c2w``, ``rgb`` (H, W, 3)) within ``radius``
-    metres of one of the (N, 3) changed ``points`` (a disc of that radius round each point, at the
-    point's distance): the keyframe's view of the changed region, which its retirement removes from
-    training. Vectorised over the points (a window of the largest disc, at most 33 x 33 pixels)."""
+    """(H, W) bool: the pixels of keyframe ``kf`` (``K``, ``c2w``, ``rgb`` (H, W, 3), optional
+    ``distortion``) whose rays pass within ``radius`` metres of one of the (N, 3) changed ``points``
+    (a disc of that radius round each point, across the ray), and the pixel each point falls in: the
+    keyframe's view of the changed region, which its retirement removes from training. The points
+    are projected through the keyframe's lens distortion and its pixels' rays are the distorted
+    camera's (``pixel_directions``), so the mask is right for a distorted camera too. Vectorised over
+    the points (a window of the largest disc, at most 33 x 33 pixels)."""
     H, W = int(kf.rgb.shape[0]), int(kf.rgb.shape[1])
     K, c2w = np.asarray(kf.K, float), np.asarray(kf.c2w, float)
+    dist = effective_distortion(getattr(kf, "distortion", None))
     mask = np.zeros((H, W), bool)
-    cam = (np.asarray(points, float) - c2w[:3, 3]) @ c2w[:3, :3]
-    cam = cam[cam[:, 2] > 1e-3]
+    pts = np.asarray(points, float).reshape(-1, 3)
+    cam = (pts - c2w[:3, 3]) @ c2w[:3, :3]
+    front = cam[:, 2] > 1e-3
+    if dist is not None:
+        front &= _in_view(pts, K, c2w, H, W, dist)
+    pts, cam = pts[front], cam[front]
     if len(cam) == 0:
         return mask
-    u = cam[:, 0] / cam[:, 2] * K[0, 0] + K[0, 2]
-    v = cam[:, 1] / cam[:, 2] * K[1, 1] + K[1, 2]
-    r = radius * max(K[0, 0], K[1, 1]) / cam[:, 2]  # the radius in pixels at each point's distance
-    ok = (u > -r) & (u < W + r) & (v > -r) & (v < H + r)
-    u, v, r = u[ok], v[ok], np.minimum(r[ok], 16.0)
+    u, v, z = project_distorted(pts, K, c2w, dist)
+    # the disc's radius in pixels: how far the points move in the image when shifted by ``radius``
+    # across the line of sight (the lens's local magnification included)
+    r = np.zeros(len(cam))
+    for axis in ((1.0, 0.0, 0.0), (0.0, 1.0, 0.0)):
+        off = (cam + radius * np.asarray(axis)) @ c2w[:3, :3].T + c2w[:3, 3]
+        uo, vo, _ = project_distorted(off, K, c2w, dist)
+        r = np.maximum(r, np.hypot(uo - u, vo - v))
+    ok = np.isfinite(r) & (u > -r) & (u < W + r) & (v > -r) & (v < H + r)
+    u, v, r, cam = u[ok], v[ok], np.minimum(r[ok], 16.0), cam[ok]
     if len(u) == 0:
         return mask
-    R = int(np.ceil(r.max()))
+    R = int(np.ceil(r.max())) + 1
     d = np.arange(-R, R + 1)
     du, dv = np.meshgrid(d, d)
     pu = np.floor(u)[:, None] + du.ravel()[None]  # (N, (2R+1)^2) pixel columns
     pv = np.floor(v)[:, None] + dv.ravel()[None]
-    near = (pu + 0.5 - u[:, None]) ** 2 + (pv + 0.5 - v[:, None]) ** 2 <= np.maximum(r, 0.75)[:, None] ** 2
-    near &= (pu >= 0) & (pu < W) & (pv >= 0) & (pv < H)
+    inside = (pu >= 0) & (pu < W) & (pv >= 0) & (pv < H)
+    window = (pu + 0.5 - u[:, None]) ** 2 + (pv + 0.5 - v[:, None]) ** 2 <= (r + 1.0)[:, None] ** 2
+    dirs = pixel_directions(K, W, H, dist)  # (H*W, 3) unit rays of the camera's pixels
+    flat = (np.clip(pv, 0, H - 1) * W + np.clip(pu, 0, W - 1)).astype(np.int64)
+    ray = dirs[flat].astype(np.float64)  # (N, M, 3)
+    along = np.einsum("nmk,nk->nm", ray, cam)
+    across = np.linalg.norm(cam[:, None, :] - along[..., None] * ray, axis=-1)
+    near = (across <= radius) & (along > 0) & window
+    near |= (pu == np.floor(u)[:, None]) & (pv == np.floor(v)[:, None])  # the pixel each point falls in
+    near &= inside
     mask[pv[near].astype(np.int64), pu[near].astype(np.int64)] = True
     return mask
 
 
-def point_sampled(frame: Frame, max_side: int) -> Tuple[np.ndarray, Optional[np.ndarray], np.ndarray, int, int]:
+def point_sampled(
+    frame: Frame, max_side: int
+) -> Tuple[np.ndarray, Optional[np.ndarray], np.ndarray, int, int, np.ndarray]:
     """Every s-th pixel of the frame (s the smallest integer stride giving at most ``max_side`` pixels
     on the longest side, the pixel in the middle of each s x s cell) and the intrinsics of a camera
     whose pixel centres are exactly those pixels' centres: a render with it samples the same rays,
-    so a textured surface aliases alike in both. Returns (rgb (h, w, 3) float32 in [0, 1], depth
-    (h, w) float32 (0 = none) or None, K (3, 3), h, w)."""
+    so a textured surface aliases alike in both. A frame with lens distortion is resampled onto that
+    pinhole camera: each of its pixels takes the frame's pixel its ray falls in through the lens
+    (nearest; z-depth is the same along a ray), so the pinhole render and the frame see the same
+    rays. Returns (rgb (h, w, 3) float32 in [0, 1], depth (h, w) float32 (0 = none) or None, K (3, 3),
+    h, w, valid (h, w) bool: False where a pinhole pixel's ray falls outside the distorted frame)."""
     H, W = frame.height, frame.width
     st = max(1, -(-max(H, W) // int(max_side)))
     off = st // 2
     h, w = (H - off + st - 1) // st, (W - off + st - 1) // st
-    rgb = np.asarray(frame.rgb)[off::st, off::st][:h, :w].astype(np.float32) / 255.0
-    depth = None
-    if frame.depth is not None:
-        d = np.asarray(frame.depth, np.float32)[off::st, off::st][:h, :w]
-        depth = np.where(np.isfinite(d) & (d > 0), d, np.float32(0.0))
     K = np.array(frame.K, np.float64)
     # small pixel i's centre (i + 0.5) is full pixel (st * i + off)'s centre
     K[0, 0], K[1, 1], K[0, 1] = K[0, 0] / st, K[1, 1] / st, K[0, 1] / st
     K[0, 2] = (K[0, 2] - off - 0.5) / st + 0.5
     K[1, 2] = (K[1, 2] - off - 0.5) / st + 0.5
-    return rgb, depth, K, h, w
+    dist = effective_distortion(frame.distortion)
+    if dist is None:
+        rows, cols = np.arange(off, H, st)[:h, None], np.arange(off, W, st)[None, :w]
+        valid = np.ones((h, w), bool)
+    else:
+        vv, uu = np.meshgrid(np.arange(h) + 0.5, np.arange(w) + 0.5, indexing="ij")
+        ud, vd = denormalise(frame.K, *dist.distort(*normalise(K, uu, vv)))
+        valid = np.isfinite(ud) & np.isfinite(vd) & (ud >= 0) & (ud < W) & (vd >= 0) & (vd < H)
+        cols = np.clip(np.floor(np.nan_to_num(ud)), 0, W - 1).astype(np.int64)
+        rows = np.clip(np.floor(np.nan_to_num(vd)), 0, H - 1).astype(np.int64)
+    rgb = np.asarray(frame.rgb)[rows, cols].astype(np.float32) / 255.0
+    depth = None
+    if frame.depth is not None:
+        d = np.asarray(frame.depth, np.float32)[rows, cols]
+        depth = np.where(np.isfinite(d) & (d > 0) & valid, d, np.float32(0.0))
+    return rgb, depth, K, h, w, valid
 
 
 def _as_numpy(x: Any) -> np.ndarray:
@@ -461,13 +532,13 @@ class ChangeDetector:
         cfg = self.cfg
         if step < cfg.min_steps:
             return self._done(ChangeCheck("not_ready", f"{step} training steps < changes.min_steps ({cfg.min_steps})"))
-        obs, obs_depth, K, H, W = point_sampled(frame, cfg.max_side)
+        obs, obs_depth, K, H, W, valid = point_sampled(frame, cfg.max_side)
         c2w = np.asarray(frame.c2w, np.float64)
         out = render(K, c2w, H, W)
         ren = _as_numpy(out["rgb"]).astype(np.float32).reshape(H, W, 3)
         ren_depth = _as_numpy(out["depth"]).astype(np.float32).reshape(H, W)
         acc = _as_numpy(out["accumulation"]).astype(np.float32).reshape(H, W)
-        covered = acc > 0.5
+        covered = (acc > 0.5) & valid
         if obs_depth is not None:
             covered &= obs_depth > 0
         if np.count_nonzero(covered) < max(16, cfg.min_region_pixels):
