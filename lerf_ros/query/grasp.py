@@ -377,26 +377,40 @@ def support_height(P: np.ndarray, S: np.ndarray, up: np.ndarray, spacing: float)
 def batch_collisions(
     poses: np.ndarray, widths: np.ndarray, gripper: GripperModel, scene: np.ndarray, pad: float = 0.0
 ) -> np.ndarray:
-    """``gripper_collisions`` of K poses at once: (K, 4, 4) poses, (K,) widths -> (K,) counts."""
+    """``gripper_collisions`` of K poses at once: (K, 4, 4) poses, (K,) widths -> (K,) counts.
+
+    Only the scene points inside the box around all K gripper volumes are transformed, all poses
+    in one matrix product."""
     K = len(poses)
     out = np.zeros(K, np.int64)
     if K == 0 or len(scene) == 0:
         return out
+    poses = np.asarray(poses, np.float64)
+    widths = np.asarray(widths, np.float64)
     half_b = gripper.finger_breadth / 2 + pad
+    outer = widths / 2 + gripper.finger_thickness + pad
+    back = gripper.finger_depth + gripper.approach_clearance
+    # The corners of each pose's volume (fingers, palm and corridor: one box) bound what it can hit.
+    R, o = poses[:, :3, :3], poses[:, :3, 3]
+    reach = np.abs(R[:, :, 0]) * half_b + np.abs(R[:, :, 1]) * outer[:, None]  # (K, 3) half sizes
+    lo = np.minimum(o, o - back * R[:, :, 2]) - reach
+    hi = np.maximum(o, o - back * R[:, :, 2]) + reach
+    scene = scene[np.all((scene >= lo.min(axis=0) - 1e-6) & (scene <= hi.max(axis=0) + 1e-6), axis=1)]
+    if len(scene) == 0:
+        return out
     chunk = max(1, 2_000_000 // len(scene))
     for k0 in range(0, K, chunk):
-        Pk, wk = poses[k0 : k0 + chunk], widths[k0 : k0 + chunk]
-        q = (
-            np.einsum("mj,kji->kmi", scene, Pk[:, :3, :3])
-            - np.einsum("kj,kji->ki", Pk[:, :3, 3], Pk[:, :3, :3])[:, None]
-        )
-        outer = (wk / 2 + gripper.finger_thickness + pad)[:, None]
+        Rk, ok, wk, outk = R[k0 : k0 + chunk], o[k0 : k0 + chunk], widths[k0 : k0 + chunk], outer[k0 : k0 + chunk]
+        n = len(Rk)
+        # (M, 3) @ (3, 3n) -> the points in each gripper frame, minus each origin's coordinates.
+        q = (np.asarray(scene, np.float64) @ Rk.transpose(1, 0, 2).reshape(3, 3 * n)).reshape(len(scene), n, 3)
+        q = q.transpose(1, 0, 2) - np.einsum("kj,kji->ki", ok, Rk)[:, None]
         in_x = np.abs(q[..., 0]) <= half_b
         ay = np.abs(q[..., 1])
         z = q[..., 2]
-        fingers = (z <= 0) & (z >= -gripper.finger_depth) & (ay >= (wk / 2)[:, None]) & (ay <= outer)
-        back = (z < -gripper.finger_depth) & (z >= -gripper.finger_depth - gripper.approach_clearance) & (ay <= outer)
-        out[k0 : k0 + chunk] = np.count_nonzero(in_x & (fingers | back), axis=1)
+        fingers = (z <= 0) & (z >= -gripper.finger_depth) & (ay >= (wk / 2)[:, None]) & (ay <= outk[:, None])
+        behind = (z < -gripper.finger_depth) & (z >= -back) & (ay <= outk[:, None])
+        out[k0 : k0 + chunk] = np.count_nonzero(in_x & (fingers | behind), axis=1)
     return out
 
 
@@ -411,8 +425,8 @@ def _grasp_candidates(
     spacing: float,
     support: float,
     n_yaws: int = 8,
-) -> List[Tuple[np.ndarray, float, str, float]]:
-    """Candidate grasps on one object cluster: list of (pose 4x4, width, kind, quality in [0, 1]).
+) -> "_Candidates":
+    """Candidate grasps on one object cluster: poses (4x4), widths, kinds and qualities in [0, 1].
 
     For each approach (top-down with ``n_yaws`` closing directions over 180 degrees; for tall
     objects also four horizontal side approaches closing horizontally) the object is cut into
@@ -479,126 +493,319 @@ def _grasp_candidates(
     if tall:
         for d in (major, -major, minor, -minor):
             approaches.append((d, _unit(np.cross(up, d)), "side", 0.9))
-    out = []
-    for a, y, kind, prior in approaches:
-        x = np.cross(y, a)
-        px, py, pa = P @ x, P @ y, P @ a
-        sy_all = S @ y
-        keep = (sy_all >= py.min() - gripper.max_width) & (sy_all <= py.max() + gripper.max_width)
-        Sk = S[keep]
-        sx, sy, sa = Sk @ x, sy_all[keep], Sk @ a
-        # Centre of the object's mass along the jaws (x) and along the approach.
-        cx = float(centre @ x)
-        half_len = max(0.5 * float(np.ptp(px)), gripper.finger_breadth / 2)
-        if kind == "top":
-            xlo, xhi = _extent(px)
-            mid = 0.5 * (xlo + xhi)
-            m = int(np.floor(0.5 * (xhi - xlo) / step))
-            slices = mid + step * np.arange(-m, m + 1)
-        else:
-            # x is the world's down direction here: slices at heights where the pads clear the support.
-            lowest = max(base, support) + gripper.support_clearance + half_b
-            hs = np.arange(top - half_b, lowest - 1e-9, -step) if top - half_b >= lowest else np.zeros(0)
-            slices = hs * float(x @ up)  # px of a point at height hs
-        for u in slices:
-            p_in = np.flatnonzero(np.abs(px - u) <= half_b)
-            if len(p_in) < 3:
-                continue
-            near, far = float(pa[p_in].min()), float(pa[p_in].max())
-            if kind == "top":
-                # fingertips no lower than tip_clearance above the support
-                deepest = float(-(support + gripper.tip_clearance) * (a @ -up)) - near
-                deepest = min(deepest, max_insertion)
-            else:
-                deepest = min(far - near, max_insertion)
-            if deepest < MIN_INSERTION:
-                continue  # nothing in this slice for the fingers to close on
-            s_in = np.abs(sx - u) <= half_b + pad
-            # From the deepest up in steps of half a spacing (at least DEPTH_STEP): the deepest
-            # level that fits is where a fruit too wide at its middle is held best. At most
-            # DEPTH_LEVELS levels give candidates.
-            depth_step = max(DEPTH_STEP, 0.5 * spacing)
-            depths = deepest - depth_step * np.arange(int((deepest - MIN_INSERTION) / depth_step) + 1)
-            levels = 0
-            for insertion in depths:
-                if levels >= DEPTH_LEVELS:
-                    break
-                found = len(out)
-                bottom = near + insertion + 1e-9
-                # What lies between the fingers, and half a spacing beyond their tips (above them,
-                # the palm's collision check decides).
-                s_slab = np.flatnonzero(s_in & (sa <= bottom + pad) & (sa >= bottom - gripper.finger_depth))
-                s_order = s_slab[np.argsort(sy[s_slab])]
-                slab_y = sy[s_order]
-                p_slab = p_in[pa[p_in] <= bottom + pad]
-                if len(p_slab) < 3 or len(slab_y) == 0:
-                    continue
-                p_y = py[p_slab]
-                runs = [(float(slab_y[s0]), float(slab_y[s1 - 1])) for s0, s1 in _slab_segments(slab_y, min_gap)]
-                ours = [(a0, a1) for a0, a1 in runs if a1 >= p_y.min() - 1e-9 and a0 <= p_y.max() + 1e-9]
-                if not ours:
-                    continue
-                whole = (min(r0 for r0, _ in ours), max(r1 for _, r1 in ours))
-                if len(ours) > 1 and whole[1] - whole[0] + gripper.min_clearance <= gripper.max_width:
-                    ours = [whole]
-                for ylo, yhi in ours:
-                    mine = p_slab[(p_y >= ylo - 1e-9) & (p_y <= yhi + 1e-9)]
-                    if len(mine) < 3:
-                        continue
-                    extent = yhi - ylo
-                    if extent + gripper.min_clearance > gripper.max_width:
-                        out.append((np.eye(4), extent + max(gripper.width_margin, gripper.min_clearance), kind, 0.0))
-                        continue
-                    width = min(extent + margin, gripper.max_width)
-                    # The normals at the jaws decide, except where the sampling cannot show them:
-                    # on an object too flat for its sides to be sampled (the fingers then reach its
-                    # whole height) and on a part narrower than three spacings (a stem, a neck); a
-                    # shallow pinch of a wider cap or ridge is checked like any other.
-                    if insertion >= 2.0 * spacing or (insertion < deepest - 1e-6 and extent >= 3.0 * spacing):
-                        d_min = 0.4 * insertion
-                        ys_m, dep_m = py[mine], pa[mine] - near
-                        cos_ = min(
-                            _contact_cos(ys_m, dep_m, N[mine], y, ylo, band, d_min),
-                            _contact_cos(ys_m, dep_m, N[mine], y, yhi, band, d_min),
-                        )
-                    else:
-                        cos_ = 1.0
-                    run = s_order[(slab_y >= ylo) & (slab_y <= yhi)]
-                    cos_ = min(cos_, _outline_cos(sx[run], sy[run], u, max(spacing, gripper.finger_breadth / 4)))
-                    if cos_ < gripper.min_contact_cos:
-                        continue
-                    origin = x * u + y * (0.5 * (ylo + yhi)) + a * (near + insertion)
-                    quality = _quality(
-                        prior,
-                        cos_,
-                        insertion / max(deepest, 1e-6),
-                        abs(u - cx) / half_len,
-                        (width - extent) / margin,
-                        float(np.mean(w[mine])),
-                    )
-                    pose = np.eye(4)
-                    pose[:3, 0], pose[:3, 1], pose[:3, 2], pose[:3, 3] = x, y, a, origin
-                    out.append((pose, float(width), kind, float(quality)))
-                levels += int(any(c[3] > 0 for c in out[found:]))
-    return out
+    parts = [
+        _approach_candidates(
+            P,
+            N,
+            w,
+            S,
+            up,
+            gripper,
+            spacing,
+            support,
+            a,
+            y,
+            kind,
+            prior,
+            centre,
+            base,
+            top,
+            step,
+            half_b,
+            pad,
+            min_gap,
+            band,
+            margin,
+            max_insertion,
+        )
+        for a, y, kind, prior in approaches
+    ]
+    return _Candidates.join(parts)
 
 
-def _quality(prior: float, cos_: float, depth: float, off_centre: float, clearance: float, relevancy: float) -> float:
-    """Quality in [0, 1] of a grasp, from what predicts that it holds: ``cos_`` the contact
-    squareness (mean |normal . closing axis| at the jaws: the friction-cone margin), ``depth`` the
-    insertion as a share of the deepest the slice allows (contacts near the object's widest part,
-    not its cap), ``off_centre`` the distance of the jaws from the object's mass centre along the
-    jaws as a share of its half length (a grasp at one end turns the object about the closing
-    axis), ``clearance`` the opening beyond the object's extent as a share of the width margin (a
-    tight opening scrapes the object on the way in), ``relevancy`` the mean relevancy of the points
-    in the grasp (in [0, 1])."""
+@dataclass
+class _Candidates:
+    """Candidate grasps as arrays: poses (K, 4, 4), widths (K,), kinds (K,) 'top'/'side', quality
+    (K,) in [0, 1] (0: too wide for the gripper; its width is the opening it would need)."""
+
+    poses: np.ndarray
+    widths: np.ndarray
+    kinds: np.ndarray
+    quality: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.widths)
+
+    @staticmethod
+    def empty() -> "_Candidates":
+        return _Candidates(np.zeros((0, 4, 4)), np.zeros(0), np.zeros(0, dtype="<U4"), np.zeros(0))
+
+    @staticmethod
+    def join(parts: Sequence["_Candidates"]) -> "_Candidates":
+        parts = [p for p in parts if len(p)]
+        if not parts:
+            return _Candidates.empty()
+        return _Candidates(
+            *(np.concatenate([getattr(p, f) for p in parts]) for f in ("poses", "widths", "kinds", "quality"))
+        )
+
+
+def _first_last(flag: np.ndarray, starts: np.ndarray, stops: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    """Index of the first and of the last True of ``flag`` in each range [starts, stops) (non-empty
+    ranges); -1 where a range holds none."""
+    idx = np.arange(len(flag))
+    big = len(flag)
+    nxt = np.minimum.accumulate(np.where(flag, idx, big)[::-1])[::-1]
+    prv = np.maximum.accumulate(np.where(flag, idx, -1))
+    first = nxt[starts]
+    last = prv[stops - 1]
+    ok = first < stops
+    return np.where(ok, first, -1), np.where(ok, last, -1)
+
+
+def _outline_cos_runs(
+    xs: np.ndarray, ys: np.ndarray, u: np.ndarray, starts: np.ndarray, stops: np.ndarray, spacing: float
+) -> np.ndarray:
+    """:func:`_outline_cos` of many runs at once. ``xs``, ``ys`` (M,): points of all the runs, each
+    run a range [starts, stops) sorted by ``ys``; ``u`` (M,): each point's slice position."""
+    left = xs < u
+    lf, ll = _first_last(left, starts, stops)
+    rf, rl = _first_last(~left, starts, stops)
+    both = (lf >= 0) & (rf >= 0)
+    worst = np.zeros(len(starts))
+    # Sorted by ys, the smallest ys of a half is its first point, the largest its last.
+    for i, j in ((lf, rf), (ll, rl)):
+        i, j = np.where(both, i, 0), np.where(both, j, 0)
+        dx = np.maximum(np.abs(xs[j] - xs[i]), max(0.5 * spacing, 1e-4))
+        worst = np.maximum(worst, np.abs(ys[j] - ys[i]) / dx)
+    return np.where(both, 1.0 / np.sqrt(1.0 + worst * worst), 1.0)
+
+
+def _contact_cos_runs(
+    mine: np.ndarray,
+    py: np.ndarray,
+    depth: np.ndarray,
+    cos_y: np.ndarray,
+    end: np.ndarray,
+    band: float,
+    d_min: np.ndarray,
+) -> np.ndarray:
+    """:func:`_contact_cos` of many runs at once. ``mine`` (R, n): each run's object points;
+    ``py``, ``cos_y`` (n,): the points' position along the closing axis and |normal . closing
+    axis|; ``depth`` (R, n): their depth below each run's near side; ``end``, ``d_min`` (R,)."""
+    near_end = mine & (np.abs(py[None] - end[:, None]) <= band)
+    sel = near_end & (depth >= d_min[:, None])
+    sel = np.where(sel.any(axis=1)[:, None], sel, near_end)
+    count = np.count_nonzero(sel, axis=1)
+    total = sel.astype(np.float64) @ cos_y
+    return np.where(count > 0, total / np.maximum(count, 1), 1.0)
+
+
+def _approach_candidates(
+    P: np.ndarray,
+    N: np.ndarray,
+    w: np.ndarray,
+    S: np.ndarray,
+    up: np.ndarray,
+    gripper: GripperModel,
+    spacing: float,
+    support: float,
+    a: np.ndarray,
+    y: np.ndarray,
+    kind: str,
+    prior: float,
+    centre: np.ndarray,
+    base: float,
+    top: float,
+    step: float,
+    half_b: float,
+    pad: float,
+    min_gap: float,
+    band: float,
+    margin: float,
+    max_insertion: float,
+) -> _Candidates:
+    """The candidates of one approach ``a`` closing along ``y`` (see :func:`_grasp_candidates`), as
+    arrays over slices x insertion depths x runs of points."""
+    x = np.cross(y, a)
+    px, py, pa = P @ x, P @ y, P @ a
+    sy_all = S @ y
+    keep = (sy_all >= py.min() - gripper.max_width) & (sy_all <= py.max() + gripper.max_width)
+    Sk = S[keep]
+    # The surroundings sorted along the closing axis: every selection of them below stays sorted.
+    order = np.argsort(sy_all[keep], kind="stable")
+    Sk = Sk[order]
+    sx, sy, sa = Sk @ x, sy_all[keep][order], Sk @ a
+    # Centre of the object's mass along the jaws (x) and along the approach.
+    cx = float(centre @ x)
+    half_len = max(0.5 * float(np.ptp(px)), gripper.finger_breadth / 2)
+    if kind == "top":
+        xlo, xhi = _extent(px)
+        mid = 0.5 * (xlo + xhi)
+        m = int(np.floor(0.5 * (xhi - xlo) / step))
+        slices = mid + step * np.arange(-m, m + 1)
+    else:
+        # x is the world's down direction here: slices at heights where the pads clear the support.
+        lowest = max(base, support) + gripper.support_clearance + half_b
+        hs = np.arange(top - half_b, lowest - 1e-9, -step) if top - half_b >= lowest else np.zeros(0)
+        slices = hs * float(x @ up)  # px of a point at height hs
+    if len(slices) == 0:
+        return _Candidates.empty()
+    # --- slices (L) x object points (n)
+    p_in = np.abs(px[None] - slices[:, None]) <= half_b
+    ok_slice = np.count_nonzero(p_in, axis=1) >= 3
+    near = np.where(p_in, pa[None], np.inf).min(axis=1)
+    far = np.where(p_in, pa[None], -np.inf).max(axis=1)
+    if kind == "top":
+        # fingertips no lower than tip_clearance above the support
+        deepest = np.minimum(float(-(support + gripper.tip_clearance) * (a @ -up)) - near, max_insertion)
+    else:
+        deepest = np.minimum(far - near, max_insertion)
+    ok_slice &= deepest >= MIN_INSERTION  # else nothing in the slice for the fingers to close on
+    if not ok_slice.any():
+        return _Candidates.empty()
+    # From the deepest up in steps of half a spacing (at least DEPTH_STEP): the deepest level that
+    # fits is where a fruit too wide at its middle is held best. At most DEPTH_LEVELS levels (the
+    # first that give candidates) are kept.
+    depth_step = max(DEPTH_STEP, 0.5 * spacing)
+    n_depths = np.where(ok_slice, np.floor((np.where(ok_slice, deepest, 0) - MIN_INSERTION) / depth_step) + 1, 0)
+    D = int(n_depths.max())
+    L = len(slices)
+    grid = np.arange(D)[None] < n_depths[:, None]  # (L, D) depths tried
+    cl, cj = np.nonzero(grid)  # combos (slice, depth), slice-major
+    insertion = deepest[cl] - depth_step * cj
+    bottom = near[cl] + insertion + 1e-9
+    C = len(cl)
+    # --- combos x object points: the object's points between the fingers
+    p_slab = p_in[cl] & (pa[None] <= (bottom + pad)[:, None])  # (C, n)
+    ok_combo = np.count_nonzero(p_slab, axis=1) >= 3
+    p_lo = np.where(p_slab, py[None], np.inf).min(axis=1)
+    p_hi = np.where(p_slab, py[None], -np.inf).max(axis=1)
+    # --- combos x surrounding points, as (combo, point) pairs sorted by combo then sy. What lies
+    # between the fingers, and half a spacing beyond their tips (above them, the palm's collision
+    # check decides).
+    sl, st = np.nonzero(np.abs(sx[None] - slices[:, None]) <= half_b + pad)  # (slice, point), by slice then sy
+    combo_of = np.full((L, D), -1)
+    combo_of[cl, cj] = np.arange(C)
+    pc = combo_of[sl]  # (pairs, D)
+    bot = np.where(pc >= 0, bottom[np.maximum(pc, 0)], np.nan)
+    sa_p = sa[st][:, None]
+    inside = (pc >= 0) & (sa_p <= bot + pad) & (sa_p >= bot - gripper.finger_depth)
+    pi, pj = np.nonzero(inside)
+    pcombo = pc[pi, pj]
+    o = np.argsort(pcombo, kind="stable")
+    pcombo, pt = pcombo[o], st[pi[o]]
+    if len(pt) == 0:
+        return _Candidates.empty()
+    ys_p = sy[pt]
+    # --- runs: split where the combo changes or a gap leaves room for a finger
+    brk = np.ones(len(pt), bool)
+    brk[1:] = (pcombo[1:] != pcombo[:-1]) | (np.diff(ys_p) > min_gap)
+    seg_start = np.flatnonzero(brk)
+    seg_stop = np.append(seg_start[1:], len(pt))
+    seg_c = pcombo[seg_start]
+    y0, y1 = ys_p[seg_start], ys_p[seg_stop - 1]
+    ours = ok_combo[seg_c] & (y1 >= p_lo[seg_c] - 1e-9) & (y0 <= p_hi[seg_c] + 1e-9)
+    # The runs that hold points of the object are consecutive: merged when they fit together.
+    n_ours = np.bincount(seg_c[ours], minlength=C)
+    first_o = np.full(C, len(ours))
+    last_o = np.full(C, -1)
+    oi = np.flatnonzero(ours)
+    np.minimum.at(first_o, seg_c[oi], oi)
+    np.maximum.at(last_o, seg_c[oi], oi)
+    merge = n_ours > 1
+    mc = np.flatnonzero(merge)
+    merge[mc] = y1[last_o[mc]] - y0[first_o[mc]] + gripper.min_clearance <= gripper.max_width
+    single = ours & ~merge[seg_c]
+    mc = np.flatnonzero(merge)
+    r_seg = np.concatenate([np.flatnonzero(single), first_o[mc]])
+    r_last = np.concatenate([np.flatnonzero(single), last_o[mc]])
+    ro = np.argsort(r_seg, kind="stable")  # runs in the order of combos, then along y
+    r_seg, r_last = r_seg[ro], r_last[ro]
+    rc = seg_c[r_seg]
+    ylo, yhi = y0[r_seg], y1[r_last]
+    r_start, r_stop = seg_start[r_seg], seg_stop[r_last]
+    # --- runs x object points
+    mine = p_slab[rc] & (py[None] >= (ylo - 1e-9)[:, None]) & (py[None] <= (yhi + 1e-9)[:, None])
+    enough = np.count_nonzero(mine, axis=1) >= 3
+    extent = yhi - ylo
+    too_wide = enough & (extent + gripper.min_clearance > gripper.max_width)
+    width = np.where(too_wide, extent + max(gripper.width_margin, gripper.min_clearance), 0.0)
+    width = np.where(too_wide, width, np.minimum(extent + margin, gripper.max_width))
+    ins_r = insertion[rc]
+    deep_r = deepest[cl[rc]]
+    near_r = near[cl[rc]]
+    u_r = slices[cl[rc]]
+    # The normals at the jaws decide, except where the sampling cannot show them: on an object too
+    # flat for its sides to be sampled (the fingers then reach its whole height) and on a part
+    # narrower than three spacings (a stem, a neck); a shallow pinch of a wider cap or ridge is
+    # checked like any other.
+    use_normals = (ins_r >= 2.0 * spacing) | ((ins_r < deep_r - 1e-6) & (extent >= 3.0 * spacing))
+    cos_ = np.ones(len(rc))
+    chk = np.flatnonzero(enough & ~too_wide & use_normals)
+    if len(chk):
+        cos_y = np.abs(N @ y)
+        dep = pa[None] - near_r[chk][:, None]
+        d_min = 0.4 * ins_r[chk]
+        m_chk = mine[chk]
+        cos_[chk] = np.minimum(
+            _contact_cos_runs(m_chk, py, dep, cos_y, ylo[chk], band, d_min),
+            _contact_cos_runs(m_chk, py, dep, cos_y, yhi[chk], band, d_min),
+        )
+    cos_ = np.minimum(
+        cos_,
+        _outline_cos_runs(sx[pt], ys_p, slices[cl[pcombo]], r_start, r_stop, max(spacing, gripper.finger_breadth / 4)),
+    )
+    good = enough & ~too_wide & (cos_ >= gripper.min_contact_cos)
+    # Depth levels: a combo counts when it gives a candidate; a slice stops after DEPTH_LEVELS.
+    productive = np.zeros((L, D), bool)
+    productive[cl[rc[good]], cj[rc[good]]] = True
+    before = np.cumsum(productive, axis=1) - productive
+    kept_combo = before[cl, cj] < DEPTH_LEVELS
+    sel = np.flatnonzero((good | too_wide) & kept_combo[rc])
+    K = len(sel)
+    poses = np.tile(np.eye(4), (K, 1, 1))
+    g = sel[~too_wide[sel]]
+    gk = ~too_wide[sel]
+    origin = (
+        u_r[g][:, None] * x[None]
+        + (0.5 * (ylo[g] + yhi[g]))[:, None] * y[None]
+        + (near_r[g] + ins_r[g])[:, None] * a[None]
+    )
+    sub = poses[gk]
+    sub[:, :3, 0], sub[:, :3, 1], sub[:, :3, 2], sub[:, :3, 3] = x, y, a, origin
+    poses[gk] = sub
+    quality = np.zeros(K)
+    if len(g):
+        mine_g = mine[g]
+        rel = (mine_g.astype(np.float64) @ w) / np.count_nonzero(mine_g, axis=1)
+        quality[gk] = _quality(
+            prior,
+            cos_[g],
+            ins_r[g] / np.maximum(deep_r[g], 1e-6),
+            np.abs(u_r[g] - cx) / half_len,
+            (width[g] - extent[g]) / margin,
+            rel,
+        )
+    return _Candidates(poses, width[sel], np.full(K, kind, dtype="<U4"), quality)
+
+
+def _quality(prior: float, cos_, depth, off_centre, clearance, relevancy):
+    """Quality in [0, 1] of grasps (arrays or floats), from what predicts that a grasp holds:
+    ``cos_`` the contact squareness (mean |normal . closing axis| at the jaws: the friction-cone
+    margin), ``depth`` the insertion as a share of the deepest the slice allows (contacts near the
+    object's widest part, not its cap), ``off_centre`` the distance of the jaws from the object's
+    mass centre along the jaws as a share of its half length (a grasp at one end turns the object
+    about the closing axis), ``clearance`` the opening beyond the object's extent as a share of the
+    width margin (a tight opening scrapes the object on the way in), ``relevancy`` the mean
+    relevancy of the points in the grasp (in [0, 1])."""
     return (
         prior
-        * (0.3 + 0.7 * float(np.clip((cos_ - 0.7) / 0.3, 0.0, 1.0)))
-        * (0.6 + 0.4 * float(np.clip(depth, 0.0, 1.0)))
-        * (1.0 - 0.5 * float(np.clip(off_centre, 0.0, 1.0)))
-        * (0.7 + 0.3 * float(np.clip(clearance, 0.0, 1.0)))
-        * (0.5 + 0.5 * float(np.clip(relevancy, 0.0, 1.0)))
+        * (0.3 + 0.7 * np.clip((np.asarray(cos_) - 0.7) / 0.3, 0.0, 1.0))
+        * (0.6 + 0.4 * np.clip(depth, 0.0, 1.0))
+        * (1.0 - 0.5 * np.clip(off_centre, 0.0, 1.0))
+        * (0.7 + 0.3 * np.clip(clearance, 0.0, 1.0))
+        * (0.5 + 0.5 * np.clip(relevancy, 0.0, 1.0))
     )
 
 
@@ -677,13 +884,12 @@ def plan_grasps(
         cands = _grasp_candidates(
             P, normals[idx], relevancy[idx], near_scene, up_v, gripper, tall_ratio, float(point_spacing), support
         )
-        feasible = [c for c in cands if c[1] <= gripper.max_width]
-        too_wide += [c[1] for c in cands if c[1] > gripper.max_width]
-        if not feasible:
+        feasible = cands.widths <= gripper.max_width
+        too_wide += cands.widths[~feasible].tolist()
+        if not feasible.any():
             continue
-        poses = np.stack([c[0] for c in feasible])
-        widths = np.array([c[1] for c in feasible])
-        scores = np.array([c[3] for c in feasible]) * cl.score / best_score
+        poses, widths, kinds = cands.poses[feasible], cands.widths[feasible], cands.kinds[feasible]
+        scores = cands.quality[feasible] * cl.score / best_score
         # Best first; the collision checks run on batches of candidates until enough distinct
         # grasps are found.
         order = np.argsort(-scores, kind="stable")
@@ -699,9 +905,7 @@ def plan_grasps(
                 if any(_similar(poses[k], g.pose, point_spacing) for g in plan.grasps):
                     continue
                 plan.grasps.append(
-                    Grasp(
-                        pose=poses[k], score=float(scores[k]), width=float(widths[k]), kind=feasible[k][2], cluster=ci
-                    )
+                    Grasp(pose=poses[k], score=float(scores[k]), width=float(widths[k]), kind=str(kinds[k]), cluster=ci)
                 )
         if plan.grasps:
             break
