@@ -92,6 +92,102 @@ def test_cli_frame_id_needs_the_service(tmp_path):
     assert "--frame-id needs --service" in out.stderr
 
 
+#: A stand-in for the listener process (the same protocol, no tf2): answers each call with its own pid,
+#: never answers "stall"; exits at start while the file named by its second argument exists.
+FAKE_LISTENER = """
+import os, sys
+from multiprocessing.connection import Connection
+conn = Connection(int(sys.argv[1]))
+if os.path.exists(sys.argv[2]):
+    os._exit(7)
+conn.send(("ready", os.getpid()))
+while True:
+    try:
+        rid, kind, payload = conn.recv()
+    except (EOFError, OSError):
+        break
+    if kind != "stall":
+        conn.send((rid, (kind, payload, os.getpid()), (1, 2, 3)))
+"""
+
+
+def _wait(predicate, timeout):
+    deadline = time.monotonic() + timeout
+    while not predicate() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return predicate()
+
+
+def test_listener_that_dies_is_restarted_with_backoff_and_lookups_say_so_meanwhile(tmp_path):
+    """``ListenerLink`` (what ``TfFeed`` talks to its listener process through) over a stand-in child:
+    a child that dies fails the calls waiting for it and is logged once; calls meanwhile fail at once
+    with "TF listener restarting (...)"; it is started again (with back-off while starts fail: one log
+    line for all of them) and answers; a waiting call is given up when its cancel event is set; after
+    ``close`` nothing is restarted."""
+    import signal
+    import threading
+
+    from lerf_ros.ros.tf import CANCELLED, ListenerLink
+
+    broken = tmp_path / "broken"
+    logs = []
+    extras = []
+    link = ListenerLink(
+        lambda fd: python_argv("-c", FAKE_LISTENER, str(fd), str(broken)),
+        log=logs.append,
+        on_extra=extras.append,
+        backoff_s=(0.2, 1.0),
+    )
+    try:
+        answer, why = link.call("lookup", "a", 30.0)
+        first = link.process.pid
+        assert why == "" and answer == ("lookup", "a", first) and extras[-1] == (1, 2, 3)
+
+        # A call waiting when the child dies fails at once (not after its 30 s), with the reason.
+        broken.touch()  # the next starts fail: the back-off and its single log line
+        waiting = []
+        caller = threading.Thread(target=lambda: waiting.append(link.call("stall", None, 30.0)))
+        caller.start()
+        time.sleep(0.3)
+        t0 = time.monotonic()
+        os.kill(first, signal.SIGKILL)
+        caller.join(10.0)
+        assert waiting and waiting[0][0] is None and time.monotonic() - t0 < 5.0
+        assert waiting[0][1].startswith("TF listener restarting (the TF listener process exited (code -9))"), waiting
+        assert link.restarts == 0 and link.alive
+
+        # Meanwhile calls fail at once, saying why; the failed starts are logged once.
+        t0 = time.monotonic()
+        answer, why = link.call("lookup", "b", 30.0)
+        assert answer is None and why.startswith("TF listener restarting") and time.monotonic() - t0 < 1.0
+        assert _wait(lambda: any("could not restart" in line for line in logs), 20.0), logs
+        time.sleep(1.5)  # a few more failed starts (every 1 s at most)
+        assert sum("could not restart" in line for line in logs) == 1, logs
+        assert sum("exited" in line and "restarting it" in line for line in logs) == 1, logs
+
+        # Starts work again: a new child answers.
+        broken.unlink()
+        assert _wait(lambda: link.call("lookup", "c", 5.0)[0] is not None, 20.0), (link.down_reason, logs)
+        answer, why = link.call("lookup", "c", 5.0)
+        assert answer[2] != first and link.process.pid == answer[2] and link.restarts == 1 and link.down_reason == ""
+        assert sum("restarted" in line for line in logs) == 1, logs
+
+        # A waiting call is given up when its cancel event is set.
+        cancel = threading.Event()
+        threading.Timer(0.3, cancel.set).start()
+        t0 = time.monotonic()
+        assert link.call("stall", None, 30.0, cancel) == (None, CANCELLED)
+        assert time.monotonic() - t0 < 3.0
+        assert link.call("lookup", "d", 5.0)[0] is not None  # the link still answers
+    finally:
+        link.close()
+    second = link.process
+    assert second.wait(10.0) == 0  # ended with its socket
+    assert not link.alive and link.call("lookup", "e", 1.0) == (None, "the TF listener is closed")
+    time.sleep(0.5)
+    assert link.restarts == 1 and link.process is second  # nothing restarted after close
+
+
 # ---------------------------------------------------------------------------------------------- with tf2
 def _tf2():
     pytest.importorskip("tf2_ros")
@@ -157,7 +253,7 @@ def test_one_feed_per_process_kept_by_a_listener_process():
         np.testing.assert_allclose(T, map_to_base, atol=1e-6)
         assert feed.counters.received and feed.no_tf_reason() == ""
         # The buffer lives in a listener process of its own: this process only asked.
-        assert feed._proc.poll() is None and feed._proc.pid != os.getpid()
+        assert feed.process.poll() is None and feed.process.pid != os.getpid()
 
         # A moving frame: the world -> frame transform at the latest time, stamped with that time.
         answer = resolver.resolve("base_link")
@@ -180,7 +276,7 @@ def test_one_feed_per_process_kept_by_a_listener_process():
         assert feed.alive
         feed.release()  # a's: the last
         assert not feed.alive
-        assert feed._proc.wait(10.0) == 0  # the listener process ended with its socket
+        assert feed.process.wait(10.0) == 0  # the listener process ended with its socket
         again = acquire_tf_feed(a)
         assert again is not feed
         again.release()
@@ -193,7 +289,7 @@ import os, sys, time, rclpy
 from lerf_ros.ros.tf import acquire_tf_feed
 rclpy.init()
 feed = acquire_tf_feed(rclpy.create_node("orphan_user"))
-print(feed._proc.pid, flush=True)
+print(feed.process.pid, flush=True)
 time.sleep(600)
 """
 
@@ -227,6 +323,147 @@ def _state(pid):
             return f.read().rsplit(")", 1)[1].split()[0]
     except OSError:
         return "gone"
+
+
+def test_a_killed_listener_process_is_restarted_and_its_feed_answers_again():
+    """The real listener process killed: lookups say "TF listener restarting" (not a hang, not tf2's
+    words), the feed starts a new one by itself (logged by the first user's node), and once /tf
+    arrives again the lookups answer; /diagnostics' ``tf`` check counts the restart."""
+    import signal
+
+    tf2_msgs = _tf2()
+    from rclpy.time import Time
+
+    from lerf_ros.mapping.health import OK, WARN
+    from lerf_ros.ros.tf import acquire_tf_feed
+
+    with ros_context() as ctx:
+        user = rclpy.create_node("tf_restart_user", context=ctx)
+        pub_node = rclpy.create_node("tf_restart_pub", context=ctx)
+        tf_pub = pub_node.create_publisher(tf2_msgs.TFMessage, "/tf", 100)
+        feed = acquire_tf_feed(user)
+        try:
+            T_base = _yaw(20.0, 1.0, 0.5)
+            stamp = Time(seconds=50).to_msg()
+
+            def found():
+                tf_pub.publish(tf2_msgs.TFMessage(transforms=[_transform(T_base, "map", "base_link", stamp)]))
+                return feed.lookup("map", "base_link", stamp, 0.0)[0] is not None
+
+            assert _wait(found, 30.0)
+            assert feed.check().level == OK and feed.check().value("listener restarts") == "0"
+            first = feed.process
+            first.send_signal(signal.SIGKILL)
+            assert _wait(lambda: feed.down_reason != "" or feed.restarts > 0, 20.0)
+            if feed.restarts == 0:  # still restarting (the back-off): the reason says so
+                T, _, reason = feed.lookup("map", "base_link", stamp, 5.0)
+                assert T is None and reason.startswith("TF listener restarting (the TF listener process exited"), reason
+                assert feed.check().level == WARN and "restarting" in feed.check().message
+            assert _wait(lambda: feed.restarts == 1 and feed.down_reason == "", 60.0), feed.down_reason
+            assert feed.process.pid != first.pid and feed.process.poll() is None
+            assert first.poll() is not None  # the dead one was reaped
+            assert _wait(found, 30.0), feed.lookup("map", "base_link", stamp, 0.0)
+            check = feed.check()
+            assert check.level == OK and check.value("listener restarts") == "1" and "restarted 1 time" in check.message
+        finally:
+            feed.release()
+            user.destroy_node()
+            pub_node.destroy_node()
+    assert not feed.alive and feed.process.wait(10.0) == 0
+
+
+def test_deactivate_gives_up_a_waiting_tf_lookup_and_no_frame_reaches_the_session_after(scene, tmp_path):
+    """An image whose pose TF does not have yet waits in its lookup (up to ``tf_timeout_s``, 30 s
+    here); deactivating the trainer then must not leave the ingest thread behind: the lookup is given
+    up, the thread has ended when deactivate returns, and when the transform arrives afterwards, no
+    frame reaches the session (no keyframe, no drop)."""
+    import threading
+
+    tf2_msgs = _tf2()
+    from rclpy.executors import MultiThreadedExecutor
+    from rclpy.lifecycle import TransitionCallbackReturn
+    from rclpy.parameter import Parameter
+    from rclpy.qos import QoSProfile, ReliabilityPolicy
+    from rclpy.time import Time
+    from sensor_msgs.msg import CameraInfo, Image
+
+    from lerf_ros.config import preset
+    from lerf_ros.ros.convert import K_to_camera_info, numpy_to_image
+    from lerf_ros.ros.trainer_node import TrainerNode
+    from lerf_ros.teachers.ground_truth import GroundTruthTeacher
+
+    cfg = preset("tiny").override(
+        {
+            "teacher.kind": "ground_truth",
+            "output_dir": str(tmp_path),
+            "trainer.checkpoint_every": 0,
+            "keyframes.min_keyframes_to_train": 2,
+        }
+    )
+    overrides = [
+        Parameter("autostart", value=False),
+        Parameter("pose_source", value="tf"),
+        Parameter("world_frame", value="map"),
+        Parameter("tf_timeout_s", value=30.0),
+        Parameter("tf_relookup_period_s", value=0.0),
+        Parameter("input_qos_reliability", value="reliable"),
+    ]
+    ingest_threads = lambda: [t for t in threading.enumerate() if t.name == "lerf_ingest" and t.is_alive()]  # noqa: E731
+    with ros_context() as ctx:
+        trainer = TrainerNode(
+            cfg,
+            teacher=GroundTruthTeacher(scene),
+            name="lerf_trainer_cancel",
+            context=ctx,
+            parameter_overrides=overrides,
+        )
+        pub_node = rclpy.create_node("tf_cancel_pub", context=ctx)
+        executor = MultiThreadedExecutor(num_threads=2, context=ctx)
+        executor.add_node(trainer)
+        spinner = threading.Thread(target=executor.spin, daemon=True)
+        spinner.start()
+        try:
+            assert trainer.trigger_configure() == TransitionCallbackReturn.SUCCESS
+            assert trainer.trigger_activate() == TransitionCallbackReturn.SUCCESS
+            qos = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
+            image_pub = pub_node.create_publisher(Image, "image", qos)
+            info_pub = pub_node.create_publisher(CameraInfo, "camera_info", qos)
+            tf_pub = pub_node.create_publisher(tf2_msgs.TFMessage, "/tf", 100)
+            f = scene.frames[0]
+            early, late = Time(seconds=100).to_msg(), Time(seconds=105).to_msg()
+
+            def send_tf(stamp):
+                tf_pub.publish(tf2_msgs.TFMessage(transforms=[_transform(f.c2w, "map", CAMERA, stamp)]))
+
+            # TF up to t = 100 s: the listener has /tf, but not the camera at 105 s.
+            assert _wait(lambda: send_tf(early) or trainer._tf.lookup("map", CAMERA, early, 0.0)[0] is not None, 30.0)
+            assert _wait(lambda: image_pub.get_subscription_count() > 0, 30.0)
+            info_pub.publish(K_to_camera_info(f.K, f.width, f.height, late, CAMERA))
+            time.sleep(0.5)
+            image_pub.publish(numpy_to_image(f.rgb, "rgb8", late, CAMERA))
+            # The image is taken by the ingest thread, which now waits in its TF lookup.
+            assert _wait(lambda: trainer.frames_received >= 1 and not trainer.cameras[0].queue, 30.0)
+            time.sleep(1.0)
+            assert trainer.drops.count == 0 and trainer.trainer.keyframes.stats()["count"] == 0
+            assert ingest_threads()
+
+            t0 = time.monotonic()
+            assert trainer.trigger_deactivate() == TransitionCallbackReturn.SUCCESS
+            took = time.monotonic() - t0
+            assert not ingest_threads(), "the ingest thread outlived deactivate"
+            assert took < 10.0, took
+            # The transform arrives: the lookup would now succeed, but it was given up.
+            for _ in range(10):
+                send_tf(late)
+                time.sleep(0.2)
+            assert trainer.trainer.keyframes.stats()["count"] == 0 and trainer.cameras[0].keyframes == 0
+            assert trainer.drops.count == 0, trainer.drops.counts()
+            assert trainer.trigger_cleanup() == TransitionCallbackReturn.SUCCESS
+        finally:
+            executor.shutdown(timeout_sec=5.0)
+            trainer.close()
+            trainer.destroy_node()
+            pub_node.destroy_node()
 
 
 # ---------------------------------------------------------------------------------------------- trainer process

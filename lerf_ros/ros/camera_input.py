@@ -306,8 +306,9 @@ class CameraInput:
             return 0.0
         return arrived + float(self.node.pose_tolerance) - time.monotonic()
 
-    def to_frame(self, msg: Image):
-        """(Frame, None) or (None, reason). The frame's ``meta`` names the camera."""
+    def to_frame(self, msg: Image, cancel: Optional[threading.Event] = None):
+        """(Frame, None) or (None, reason). The frame's ``meta`` names the camera. ``cancel``: set
+        while a TF lookup waits, it gives the lookup up at once (the node is being deactivated)."""
         node = self.node
         if self.selector_reset.is_set():
             self.selector_reset.clear()
@@ -338,7 +339,7 @@ class CameraInput:
         if rgb.shape[:2] != (h, w):
             return None, f"image is {rgb.shape[1]}x{rgb.shape[0]} but camera_info says {w}x{h}"
         frame_id = self.spec.frame_id or msg.header.frame_id
-        c2w, err = self._pose_at(frame_id, msg.header.stamp, stamp)
+        c2w, err = self._pose_at(frame_id, msg.header.stamp, stamp, cancel)
         if c2w is None:
             return None, err
         far = node._too_far(c2w)
@@ -366,11 +367,11 @@ class CameraInput:
         self._image_stamps.commit(stamp)
         return frame, None
 
-    def _pose_at(self, frame_id: str, stamp_msg, stamp: float):
+    def _pose_at(self, frame_id: str, stamp_msg, stamp: float, cancel: Optional[threading.Event] = None):
         node = self.node
         if node.pose_source == "tf":
             # The process's shared TF feed (lerf_ros.ros.tf); before any /tf arrived the reason says so.
-            T, _, reason = node._tf.lookup(node.world_frame, frame_id, stamp_msg, float(node.tf_timeout))
+            T, _, reason = node._tf.lookup(node.world_frame, frame_id, stamp_msg, float(node.tf_timeout), cancel)
             return (T, None) if T is not None else (None, reason)
         try:
             return self._poses.lookup(stamp), None

@@ -19,6 +19,13 @@ costs it nothing. The nodes of one process share one feed (``acquire_tf_feed``; 
 time between sessions, its work is not taken from the nodes' share), ignores SIGINT/SIGTERM and
 ends when its parent closes the socket, also when the parent dies.
 
+A listener process that dies (killed, out of memory) is seen at once (its end of the socket closes)
+and started again by ``ListenerLink``: logged once, after a back-off (``RESTART_BACKOFF_S``, doubling
+while starts fail), counted in ``TfFeed.restarts`` and in the trainer's ``tf`` check of
+/diagnostics (``TfFeed.check``). Lookups waiting for it fail at once, and lookups meanwhile fail with
+"TF listener restarting (<why>)". A lookup may be given up by its caller (``cancel``): a deactivated
+trainer does not wait for a transform that may never come.
+
 Until the first ``/tf`` message arrives, a lookup fails with one plain reason (``NO_TF_YET``), not
 with tf2's "frame does not exist", so the start-up drops of the trainer say what is missing.
 
@@ -40,12 +47,15 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 from rclpy.node import Node
+
+from lerf_ros.mapping.health import OK, WARN, Check
 
 NO_TF_YET = "no TF received yet on {topic} (is the robot's TF tree published?)"
 """Drop reason while no ``/tf`` message has arrived (``{topic}``: the resolved topic)."""
@@ -64,6 +74,19 @@ WORKER_THREADS = 4
 the others)."""
 
 SPIN_PERIOD_S = 0.1
+
+RESTART_BACKOFF_S = (0.5, 30.0)
+"""First and longest wait (s) before a listener process that died is started again (doubling while
+starts fail or the new one dies within the longest wait)."""
+
+RESTARTING = "{what} restarting ({why})"
+"""Why a lookup failed while the listener process is being restarted ("TF listener restarting (...)")."""
+
+CANCELLED = "the lookup was cancelled"
+"""Why a lookup failed when its ``cancel`` event was set while it waited."""
+
+CANCEL_POLL_S = 0.05
+"""How often a waiting lookup looks at its ``cancel`` event."""
 
 
 def tf2_available() -> bool:
@@ -208,17 +231,258 @@ class _LocalTf:
             pass
 
 
+# ---------------------------------------------------------------------------------------------- a supervised child
+class _Child:
+    """One listener process and this process's end of its socket pair (see ``ListenerLink``)."""
+
+    def __init__(self, argv_for_fd: Callable[[int], List[str]], env, start_timeout_s: float, what: str) -> None:
+        ours, theirs = socket.socketpair()
+        try:
+            # A session of its own: where the kernel shares CPU time between sessions (autogroup), the
+            # listener's work is then not taken from the share of the nodes' process.
+            self.proc = subprocess.Popen(
+                argv_for_fd(theirs.fileno()),
+                pass_fds=(theirs.fileno(),),
+                stdin=subprocess.DEVNULL,
+                env=env,
+                start_new_session=True,
+            )
+        except BaseException:
+            ours.close()
+            raise
+        finally:
+            theirs.close()
+        self.started = time.monotonic()
+        # The socket is kept to shut it down on close: closing the descriptor alone would not end a
+        # read blocked on it in the reader thread, and the child would never see the end.
+        self.sock = ours
+        self.conn = Connection(os.dup(ours.fileno()))
+        try:
+            if not self.conn.poll(start_timeout_s):
+                raise RuntimeError(f"the {what} process did not start within {start_timeout_s:g} s")
+            hello = self.conn.recv()
+        except EOFError:
+            self.end()
+            raise RuntimeError(f"the {what} process exited at start (code {self.proc.returncode})") from None
+        except BaseException:
+            self.end()
+            raise
+        if hello[0] != "ready":
+            self.end()
+            raise RuntimeError(f"the {what} process could not start: {hello[1]}")
+
+    def start_reader(self, on_message: Callable[[tuple], None], on_exit: Callable[["_Child"], None]) -> None:
+        def read() -> None:
+            while True:
+                try:
+                    message = self.conn.recv()
+                except (EOFError, OSError):
+                    break
+                on_message(message)
+            on_exit(self)
+
+        threading.Thread(target=read, name="lerf_tf_reader", daemon=True).start()
+
+    def exit_code(self, wait_s: float) -> Optional[int]:
+        """The process's exit code, waiting up to ``wait_s`` for it to end (None: still running)."""
+        try:
+            return self.proc.wait(wait_s)
+        except subprocess.TimeoutExpired:
+            return None
+
+    def end(self, timeout_s: float = 2.0) -> None:
+        """Close the socket (the child exits when it sees the end; killed after ``timeout_s``) and reap it."""
+        for end in (lambda: self.sock.shutdown(socket.SHUT_RDWR), self.sock.close, self.conn.close):
+            try:
+                end()
+            except OSError:
+                pass
+        try:
+            self.proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(5.0)
+
+
+class ListenerLink:
+    """Calls answered by a child process over a socket pair; the child is restarted when it dies.
+
+    The child (``argv_for_fd(fd)``: its command line, given the descriptor of its end of the pair)
+    first sends ``("ready", pid)`` (or ``("error", why)``), then answers each ``(id, kind, payload)``
+    with ``(id, result, extra)``; ``on_extra`` receives each answer's ``extra``. A child that exits
+    (its end of the socket closes) is logged once (``log``), the calls waiting for it fail, and it is
+    started again after ``backoff_s[0]`` seconds, the wait doubling up to ``backoff_s[1]`` while
+    starts fail or the new child dies within ``backoff_s[1]``; calls meanwhile fail at once with
+    ``RESTARTING``. ``restarts`` counts the children started again. The first start's failure is
+    raised by the constructor. Thread-safe.
+    """
+
+    def __init__(
+        self,
+        argv_for_fd: Callable[[int], List[str]],
+        what: str = "TF listener",
+        env: Optional[Dict[str, str]] = None,
+        start_timeout_s: float = START_TIMEOUT_S,
+        log: Optional[Callable[[str], None]] = None,
+        on_extra: Optional[Callable[[object], None]] = None,
+        backoff_s: Tuple[float, float] = RESTART_BACKOFF_S,
+    ) -> None:
+        self.what = what
+        self._argv_for_fd, self._env, self._start_timeout_s = argv_for_fd, env, float(start_timeout_s)
+        self._log = log or (lambda text: None)
+        self._on_extra = on_extra or (lambda extra: None)
+        self.backoff_s = (float(backoff_s[0]), float(backoff_s[1]))
+        self._lock = threading.Lock()
+        self._pending: Dict[int, list] = {}
+        self._ids = itertools.count(1)
+        self._closed = threading.Event()
+        self._down = ""  # why calls fail now ('' while a child answers)
+        self._delay = self.backoff_s[0]  # the wait before the next restart
+        self.restarts = 0
+        """Children started again after one died."""
+        self._child: Optional[_Child] = self._start()
+        self.process: subprocess.Popen = self._child.proc
+        """The newest child process (kept after ``close``)."""
+        self._child.start_reader(self._on_message, self._child_exited)
+
+    def _start(self) -> _Child:
+        return _Child(self._argv_for_fd, self._env, self._start_timeout_s, self.what)
+
+    # -------------------------------------------------------------- state
+    @property
+    def alive(self) -> bool:
+        """Not closed (while a child is being restarted too)."""
+        return not self._closed.is_set()
+
+    @property
+    def down_reason(self) -> str:
+        """Why calls fail now: ``RESTARTING`` while the child is being restarted, or that the link is
+        closed; '' while a child answers."""
+        return self._down
+
+    # -------------------------------------------------------------- calls
+    def call(self, kind: str, payload, wait_s: float, cancel: Optional[threading.Event] = None) -> Tuple[object, str]:
+        """(the child's answer, '') or (None, why not): the child is being restarted, did not answer
+        within ``wait_s``, died meanwhile, or ``cancel`` was set while waiting (``CANCELLED``)."""
+        slot = [threading.Event(), _NO_ANSWER]
+        with self._lock:
+            if self._child is None:
+                return None, self._down
+            rid = next(self._ids)
+            self._pending[rid] = slot
+            try:
+                self._child.conn.send((rid, kind, payload))
+            except (OSError, ValueError):
+                self._pending.pop(rid, None)
+                return None, self._down or f"the {self.what} process is gone"
+        deadline = time.monotonic() + float(wait_s)
+        while True:
+            remaining = deadline - time.monotonic()
+            step = max(0.0, remaining) if cancel is None else min(max(0.0, remaining), CANCEL_POLL_S)
+            if slot[0].wait(step):
+                break
+            if cancel is not None and cancel.is_set():
+                why = CANCELLED
+            elif remaining <= 0:
+                why = f"the {self.what} process did not answer within {wait_s:g} s"
+            else:
+                continue
+            with self._lock:
+                self._pending.pop(rid, None)
+            return None, why
+        if slot[1] is _NO_ANSWER:
+            return None, self._down or f"the {self.what} process is gone"
+        return slot[1], ""
+
+    def _on_message(self, message) -> None:
+        rid, result, extra = message
+        self._on_extra(extra)
+        with self._lock:
+            slot = self._pending.pop(rid, None)
+        if slot is not None:
+            slot[1] = result
+            slot[0].set()
+
+    # -------------------------------------------------------------- supervision
+    def _child_exited(self, child: _Child) -> None:
+        """The reader saw the end of ``child``'s socket: unless closing, fail its calls, log once and
+        restart it (``_supervise``)."""
+        if self._closed.is_set():
+            return
+        code = child.exit_code(2.0)
+        why = f"the {self.what} process exited" + (f" (code {code})" if code is not None else "")
+        with self._lock:
+            if self._closed.is_set() or child is not self._child:
+                return
+            self._child = None
+            self._down = RESTARTING.format(what=self.what, why=why)
+            pending, self._pending = list(self._pending.values()), {}
+            # A child that lived long resets the back-off; one that died soon after its start keeps it.
+            if time.monotonic() - child.started > self.backoff_s[1]:
+                self._delay = self.backoff_s[0]
+        for slot in pending:
+            slot[0].set()
+        child.end(0.5)
+        self._log(f"{why}: restarting it in {self._delay:g} s (lookups fail meanwhile: {self._down})")
+        threading.Thread(target=self._supervise, name="lerf_tf_restart", daemon=True).start()
+
+    def _supervise(self) -> None:
+        failures = 0
+        while not self._closed.wait(self._delay):
+            self._delay = min(2.0 * self._delay, self.backoff_s[1])
+            try:
+                child = self._start()
+            except Exception as exc:  # imports failing, no memory: try again later
+                failures += 1
+                if failures == 1:
+                    self._log(
+                        f"could not restart the {self.what} process: {exc}; trying again (every "
+                        f"{self.backoff_s[1]:g} s at most)"
+                    )
+                continue
+            with self._lock:
+                if self._closed.is_set():
+                    child.end(0.5)
+                    return
+                self._child, self._down, self.process = child, "", child.proc
+                self.restarts += 1
+                n = self.restarts
+            child.start_reader(self._on_message, self._child_exited)
+            tries = f" after {failures + 1} attempts" if failures else ""
+            self._log(f"the {self.what} process restarted{tries} (restart {n}, pid {child.proc.pid})")
+            return
+
+    # -------------------------------------------------------------- lifetime
+    def close(self, timeout_s: float = 2.0) -> None:
+        """End the child (it exits when its socket closes; killed after ``timeout_s``); no restart."""
+        with self._lock:
+            self._closed.set()
+            child, self._child = self._child, None
+            self._down = f"the {self.what} is closed"
+            pending, self._pending = list(self._pending.values()), {}
+        for slot in pending:
+            slot[0].set()
+        if child is not None:
+            child.end(timeout_s)
+
+
+_NO_ANSWER = object()
+
+
 # ---------------------------------------------------------------------------------------------- the parent's side
 class TfFeed:
     """The process's TF buffer, kept by a listener process (see the module docstring).
 
     Use ``acquire_tf_feed``; ``release`` when done. Thread-safe: the ingest thread, timers and
-    service callbacks may look up at the same time.
+    service callbacks may look up at the same time. A listener process that dies is started again
+    (``ListenerLink``: logged once, with back-off, counted in ``restarts``); lookups meanwhile fail
+    with "TF listener restarting (...)".
 
     Args:
         name, namespace: of the listener's node.
         cache_s: TF history kept (s).
         tf_topic, tf_static_topic: the resolved topics.
+        log: where the listener's exits and restarts are reported (a warning).
     """
 
     def __init__(
@@ -229,6 +493,8 @@ class TfFeed:
         tf_topic: str = "/tf",
         tf_static_topic: str = "/tf_static",
         start_timeout_s: float = START_TIMEOUT_S,
+        log: Optional[Callable[[str], None]] = None,
+        backoff_s: Tuple[float, float] = RESTART_BACKOFF_S,
     ) -> None:
         if not cache_s > 0:
             raise ValueError(f"TF cache of {cache_s} s: must be > 0")
@@ -236,116 +502,91 @@ class TfFeed:
         self.tf_topic = tf_topic
         self.counters = TfCounters()
         self._users = 0
-        self._lock = threading.Lock()
-        self._pending: Dict[int, list] = {}
-        self._ids = itertools.count(1)
-        self._dead = ""
-        ours, theirs = socket.socketpair()
-        argv = [
-            sys.executable, "-m", "lerf_ros.ros.tf", "--fd", str(theirs.fileno()), "--name", name,
-            "--namespace", namespace, "--cache-s", repr(self.cache_s), "--tf-topic", tf_topic,
-            "--tf-static-topic", tf_static_topic,
-        ]  # fmt: skip
+
+        def argv_for_fd(fd: int) -> List[str]:
+            return [
+                sys.executable, "-m", "lerf_ros.ros.tf", "--fd", str(fd), "--name", name,
+                "--namespace", namespace, "--cache-s", repr(self.cache_s), "--tf-topic", tf_topic,
+                "--tf-static-topic", tf_static_topic,
+            ]  # fmt: skip
+
         package_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(
             [package_root] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
         )
-        try:
-            # A session of its own: where the kernel shares CPU time between sessions (autogroup), the
-            # listener's work is then not taken from the share of the nodes' process.
-            self._proc = subprocess.Popen(
-                argv, pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL, env=env, start_new_session=True
-            )
-        finally:
-            theirs.close()
-        # The socket is kept to shut it down on close: closing the descriptor alone would not end a
-        # read blocked on it in the reader thread, and the child would never see the end.
-        self._sock = ours
-        self._conn = Connection(os.dup(ours.fileno()))
-        try:
-            if not self._conn.poll(start_timeout_s):
-                raise RuntimeError(f"the TF listener process did not start within {start_timeout_s:g} s")
-            hello = self._conn.recv()
-        except EOFError:
-            self._end_child()
-            raise RuntimeError(f"the TF listener process exited at start (code {self._proc.returncode})") from None
-        except BaseException:
-            self._end_child()
-            raise
-        if hello[0] != "ready":
-            self._end_child()
-            raise RuntimeError(f"the TF listener process could not start: {hello[1]}")
-        self._reader = threading.Thread(target=self._read, name="lerf_tf_reader", daemon=True)
-        self._reader.start()
+        self._link = ListenerLink(
+            argv_for_fd,
+            env=env,
+            start_timeout_s=start_timeout_s,
+            log=log,
+            on_extra=self.counters.update,
+            backoff_s=backoff_s,
+        )
 
-    # -------------------------------------------------------------- plumbing
-    def _read(self) -> None:
-        while True:
-            try:
-                rid, result, counts = self._conn.recv()
-            except (EOFError, OSError):
-                break
-            self.counters.update(counts)
-            with self._lock:
-                slot = self._pending.pop(rid, None)
-            if slot is not None:
-                slot[1] = result
-                slot[0].set()
-        code = self._proc.poll()
-        with self._lock:
-            if not self._dead:
-                self._dead = "the TF listener process exited" + ("" if code is None else f" (code {code})")
-            pending, self._pending = list(self._pending.values()), {}
-        for slot in pending:
-            slot[0].set()
-
-    def _call(self, kind: str, payload, wait_s: float):
-        """The listener's answer, or None (it is gone, or did not answer within ``wait_s``)."""
-        slot = [threading.Event(), None]
-        with self._lock:
-            if self._dead:
-                return None
-            rid = next(self._ids)
-            self._pending[rid] = slot
-            try:
-                self._conn.send((rid, kind, payload))
-            except (OSError, ValueError):
-                self._pending.pop(rid, None)
-                return None
-        if not slot[0].wait(wait_s):
-            with self._lock:
-                self._pending.pop(rid, None)
-            return None
-        return slot[1]
-
-    def _gone(self) -> str:
-        return self._dead or "the TF listener process did not answer"
-
-    # -------------------------------------------------------------- lookups
+    # -------------------------------------------------------------- state
     @property
     def alive(self) -> bool:
-        """Whether the listener process is still answering."""
-        return not self._dead
+        """Whether the feed is open (also while its listener process is being restarted)."""
+        return self._link.alive
+
+    @property
+    def down_reason(self) -> str:
+        """Why lookups fail now ("TF listener restarting (...)", or closed); '' while the listener answers."""
+        return self._link.down_reason
+
+    @property
+    def restarts(self) -> int:
+        """Listener processes started again after one died."""
+        return self._link.restarts
+
+    @property
+    def process(self) -> subprocess.Popen:
+        """The newest listener process."""
+        return self._link.process
 
     def no_tf_reason(self) -> str:
         """``NO_TF_YET`` for this feed's topic while nothing has arrived on it, else ''."""
         return "" if self.counters.received else NO_TF_YET.format(topic=self.tf_topic)
 
+    def check(self) -> Check:
+        """The ``tf`` check of /diagnostics: OK while the listener process answers, WARN while it is
+        being restarted; the restarts so far and what it received."""
+        messages, transforms, static = self.counters.snapshot()
+        values = (
+            ("listener restarts", str(self.restarts)),
+            ("listener pid", str(self.process.pid)),
+            ("/tf messages", str(messages)),
+            ("/tf transforms", str(transforms)),
+            ("/tf_static transforms", str(static)),
+        )
+        down = self.down_reason
+        if down:
+            return Check("tf", WARN, down, values)
+        if not self.counters.received:
+            return Check("tf", WARN, self.no_tf_reason(), values)
+        restarted = f" (restarted {self.restarts} time{'s' if self.restarts != 1 else ''})" if self.restarts else ""
+        return Check("tf", OK, f"TF listener running{restarted}", values)
+
+    # -------------------------------------------------------------- lookups
     def lookup(
-        self, target: str, source: str, stamp=None, timeout_s: float = 0.0
+        self, target: str, source: str, stamp=None, timeout_s: float = 0.0, cancel: Optional[threading.Event] = None
     ) -> Tuple[Optional[np.ndarray], Optional[object], str]:
         """``source``'s pose in ``target`` at ``stamp`` (a ``builtin_interfaces/Time``, an
-        ``rclpy.time.Time``, nanoseconds, or None for the latest), waiting up to ``timeout_s``.
+        ``rclpy.time.Time``, nanoseconds, or None for the latest), waiting up to ``timeout_s``; given
+        up at once when ``cancel`` is set (reason ``CANCELLED``).
 
         Returns (4x4 matrix, the stamp of the transform used (``builtin_interfaces/Time``), '') or
-        (None, None, reason): ``NO_TF_YET`` before any ``/tf`` arrived, else tf2's own words."""
+        (None, None, reason): ``NO_TF_YET`` before any ``/tf`` arrived, "TF listener restarting
+        (...)" while the listener process is being restarted, else tf2's own words."""
         from rclpy.time import Time
 
         ns = None if stamp is None else _to_ns(stamp)
-        answer = self._call("lookup", (target, source, ns, float(timeout_s)), float(timeout_s) + REPLY_MARGIN_S)
+        answer, why = self._link.call(
+            "lookup", (target, source, ns, float(timeout_s)), float(timeout_s) + REPLY_MARGIN_S, cancel
+        )
         if answer is None:
-            return None, None, self._gone()
+            return None, None, why
         T, used_ns, reason = answer
         if T is None:
             return None, None, reason
@@ -358,7 +599,7 @@ class TfFeed:
         requests = [(str(t), str(s), int(ns), str(f)) for t, s, ns, f in requests]
         if not requests:
             return []
-        answer = self._call("full", requests, REPLY_MARGIN_S)
+        answer, _ = self._link.call("full", requests, REPLY_MARGIN_S)
         return (
             [None] * len(requests) if answer is None else [None if T is None else np.asarray(T, float) for T in answer]
         )
@@ -366,7 +607,7 @@ class TfFeed:
     def clear(self) -> bool:
         """Forget the transforms of ``/tf`` (the ROS clock jumped back: a bag replayed again); those of
         ``/tf_static`` stay. Whether the listener did it."""
-        return bool(self._call("clear", None, REPLY_MARGIN_S))
+        return bool(self._link.call("clear", None, REPLY_MARGIN_S)[0])
 
     # -------------------------------------------------------------- lifetime
     def release(self) -> None:
@@ -382,22 +623,7 @@ class TfFeed:
 
     def close(self, timeout_s: float = 2.0) -> None:
         """End the listener process (it exits when its socket closes; killed after ``timeout_s``)."""
-        with self._lock:
-            if not self._dead:
-                self._dead = "the TF feed is closed"
-        self._end_child(timeout_s)
-
-    def _end_child(self, timeout_s: float = 2.0) -> None:
-        for end in (lambda: self._sock.shutdown(socket.SHUT_RDWR), self._sock.close, self._conn.close):
-            try:
-                end()
-            except OSError:
-                pass
-        try:
-            self._proc.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            self._proc.kill()
-            self._proc.wait(5.0)
+        self._link.close(timeout_s)
 
 
 def _to_ns(stamp) -> int:
@@ -414,19 +640,22 @@ _FEEDS_LOCK = threading.Lock()
 
 def acquire_tf_feed(node: Node, cache_s: float = DEFAULT_CACHE_S) -> TfFeed:
     """The process's TF feed, started on first use (its node is named ``<node>_tf`` in ``node``'s
-    namespace, and ``/tf``, ``/tf_static`` are resolved with ``node``'s remappings). A later user
-    shares it: its history stays that of the first user's ``cache_s`` (the trainer, which needs the
-    longest, is built first). Call ``release()`` when done."""
+    namespace, and ``/tf``, ``/tf_static`` are resolved with ``node``'s remappings; its listener's
+    exits and restarts are logged by ``node``). A later user shares it: its history stays that of
+    the first user's ``cache_s`` (the trainer, which needs the longest, is built first). Call
+    ``release()`` when done."""
     with _FEEDS_LOCK:
         key = id(node.context)
         feed = _FEEDS.get(key)
         if feed is None or not feed.alive:
+            logger = node.get_logger()
             feed = TfFeed(
                 f"{node.get_name()}_tf",
                 namespace=node.get_namespace(),
                 cache_s=cache_s,
                 tf_topic=node.resolve_topic_name("/tf"),
                 tf_static_topic=node.resolve_topic_name("/tf_static"),
+                log=lambda text: logger.warning(text),
             )
             _FEEDS[key] = feed
         feed._users += 1

@@ -159,6 +159,9 @@ class TrainerNode(ManagedNode):
         # One condition for every camera's ingest queue: callbacks notify it, the ingest thread waits on it.
         self._queue_cv = threading.Condition()
         self._ingest_stop = threading.Event()  # the running ingest thread's own (see activate_node)
+        # Held while a frame is handed to the session; deactivate sets the stop event under it, so no
+        # frame reaches the session after deactivate returned.
+        self._submit_lock = threading.Lock()
         self._ingest_thread: Optional[threading.Thread] = None
         self._clock_jump = self.get_clock().create_jump_callback(
             JumpThreshold(min_forward=None, min_backward=Duration(nanoseconds=-1), on_clock_change=True),
@@ -257,6 +260,7 @@ class TrainerNode(ManagedNode):
             1.0 / max(0.1, self._status_rate), self._publish_status, callback_group=MutuallyExclusiveCallbackGroup()
         )
         names = ("input", "training", "keyframes") + tuple(f"camera {n}" for n in self._camera_health)
+        names += ("tf",) if self.pose_source == "tf" else ()
         self.diagnostics = DiagnosticsPublisher(self, self._health_checks, names)
         with self._queue_cv:
             for camera in self.cameras:
@@ -271,12 +275,15 @@ class TrainerNode(ManagedNode):
     def deactivate_node(self) -> None:
         """Stop ingestion, then training after the step in flight, and write a checkpoint of the current
         step when it has steps not saved yet (``OnlineTrainer.stop``); bounded. The session stays."""
-        with self._queue_cv:
-            self._ingest_stop.set()
-            self._queue_cv.notify_all()
+        with self._submit_lock:  # a frame being handed over finishes; none is handed over after this
+            with self._queue_cv:
+                self._ingest_stop.set()
+                self._queue_cv.notify_all()
         thread, self._ingest_thread = self._ingest_thread, None
         if thread is not None and thread is not threading.current_thread():
-            thread.join(timeout=0.5)  # the frame in conversion, so nothing is submitted after
+            # A TF lookup in flight is given up (its cancel event is the stop event): the thread ends
+            # at once; a frame it still converts is discarded (the stop event, under the lock).
+            thread.join(timeout=2.0)
         if self.trainer is not None:
             self.trainer.stop(save=True, timeout_s=3.0)
 
@@ -335,11 +342,14 @@ class TrainerNode(ManagedNode):
                 return
             camera, msg = item
             try:
-                frame, reason = camera.to_frame(msg)
-                if frame is None:
-                    camera.drop(reason)
-                    continue
-                result = self.trainer.submit(frame, selector=camera.selector)
+                frame, reason = camera.to_frame(msg, cancel=stop)
+                with self._submit_lock:
+                    if stop.is_set():
+                        return  # deactivated meanwhile: the frame is discarded, the session gets nothing more
+                    if frame is None:
+                        camera.drop(reason)
+                        continue
+                    result = self.trainer.submit(frame, selector=camera.selector)
                 if result.rejected:
                     camera.drop(result.reason)
                 elif result.kept:
@@ -531,6 +541,9 @@ class TrainerNode(ManagedNode):
             topic = self.resolve_topic_name(camera.spec.image_topic)
             values = (("image topic", topic), ("keyframes taken", str(camera.keyframes))) + tuple(check.values)
             checks.append(dataclasses.replace(check, name=f"camera {camera.name}", values=values))
+        tf = getattr(self, "_tf", None) if self.pose_source == "tf" else None
+        if tf is not None:
+            checks.append(tf.check())  # the TF listener: running or restarting, its restarts (lerf_ros.ros.tf)
         return checks
 
     def _publish_keyframes(self, trainer, header, step: int, keyframe_poses) -> None:
