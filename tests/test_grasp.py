@@ -7,7 +7,7 @@ import pytest
 
 from lerf_ros.query.grasp import (
     GripperModel,
-    _outline_cos,
+    _outline_cos_runs,
     cluster_dbscan,
     gripper_collisions,
     plan_grasps,
@@ -249,12 +249,18 @@ def test_gap_inside_an_object_that_fits_is_not_a_part():
             assert g.width >= size[0] - 0.002
 
 
+def outline_cos(xs, ys, u, spacing):
+    """The planner's outline measure of one run of points."""
+    o = np.argsort(ys, kind="stable")
+    return float(_outline_cos_runs(xs[o], ys[o], np.full(len(xs), u), np.array([0]), np.array([len(xs)]), spacing)[0])
+
+
 def test_outline_slope_tells_a_straight_side_from_a_corner():
     xs = np.repeat(np.linspace(-0.01, 0.01, 5), 7)
     straight = np.tile(np.linspace(-0.03, 0.03, 7), 5)
-    assert _outline_cos(xs, straight, 0.0, 0.005) > 0.99
+    assert outline_cos(xs, straight, 0.0, 0.005) > 0.99
     corner = np.concatenate([np.linspace(-0.03 + x + 0.01, 0.03 - x - 0.01, 7) for x in np.linspace(-0.01, 0.01, 5)])
-    assert 0.6 < _outline_cos(xs, corner, 0.0, 0.005) < 0.75  # 45-degree ends: cos 45 = 0.71
+    assert 0.6 < outline_cos(xs, corner, 0.0, 0.005) < 0.75  # 45-degree ends: cos 45 = 0.71
 
 
 def test_padding_catches_a_finger_between_sparse_samples():

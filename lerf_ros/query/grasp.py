@@ -306,51 +306,11 @@ def gripper_collisions(
     return int(np.count_nonzero(fingers | back))
 
 
-def _slab_segments(ys: np.ndarray, min_gap: float) -> List[Tuple[int, int]]:
-    """Runs of sorted values ``ys`` separated by gaps wider than ``min_gap``: [(start, stop), ...]
-    index ranges into ``ys`` (stop exclusive)."""
-    cut = np.flatnonzero(np.diff(ys) > min_gap) + 1
-    bounds = np.concatenate([[0], cut, [len(ys)]])
-    return [(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:])]
-
-
-def _contact_cos(
-    ys: np.ndarray, depth: np.ndarray, normals: np.ndarray, y: np.ndarray, end: float, band: float, min_depth: float
-) -> float:
-    """Mean |normal . closing axis| of the slab points within ``band`` of one jaw's contact ``end``
-    and at least ``min_depth`` deep (the part of the surface the finger pad closes on), or of all
-    the points within ``band`` of it when none is that deep; 1.0 when there are none at all."""
-    near_end = np.abs(ys - end) <= band
-    sel = near_end & (depth >= min_depth)
-    if not np.any(sel):
-        sel = near_end
-    if not np.any(sel):
-        return 1.0
-    return float(np.mean(np.abs(normals[sel] @ y)))
-
-
 def _similar(a: np.ndarray, b: np.ndarray, spacing: float) -> bool:
     """Whether two grasp poses are near duplicates: origins within max(1 cm, spacing), the same
     approach and closing axes (up to the gripper's symmetry) within about 15 degrees."""
     close = np.linalg.norm(a[:3, 3] - b[:3, 3]) <= max(0.01, spacing)
     return bool(close and a[:3, 2] @ b[:3, 2] > 0.966 and abs(a[:3, 1] @ b[:3, 1]) > 0.966)
-
-
-def _outline_cos(xs: np.ndarray, ys: np.ndarray, u: float, spacing: float) -> float:
-    """How square the jaws meet the object's outline: 1 / sqrt(1 + slope^2) of the steeper of the
-    two ends of a slice's run of points (``xs`` across the closing axis, ``ys`` along it). An end's
-    slope is how far it moves between the slice's two halves (``xs < u`` and ``>= u``): the
-    difference of the halves' extreme ``ys`` over that of their ``xs`` (at least half the spacing). A
-    box's straight side gives about 1, its corner about 0.7; 1.0 when a half is empty."""
-    left, right = np.flatnonzero(xs < u), np.flatnonzero(xs >= u)
-    if len(left) == 0 or len(right) == 0:
-        return 1.0
-    worst = 0.0
-    for pick in (np.argmin, np.argmax):
-        i, j = left[pick(ys[left])], right[pick(ys[right])]
-        dx = max(abs(float(xs[j] - xs[i])), 0.5 * spacing, 1e-4)
-        worst = max(worst, abs(float(ys[j] - ys[i])) / dx)
-    return float(1.0 / np.sqrt(1.0 + worst * worst))
 
 
 def support_height(P: np.ndarray, S: np.ndarray, up: np.ndarray, spacing: float) -> float:
@@ -440,7 +400,9 @@ def _grasp_candidates(
     object fit between the fingers together, they make one candidate (a gap inside an object may
     be a part nobody has seen); otherwise each run that holds points of the object is one
     candidate: a part of it (a bowl's or a roll of tape's wall at the rim, a mug's handle).
-    Shallower depths give the cap of a fruit that is too wide at its middle.
+    Shallower depths give the cap of a fruit that is too wide at its middle. Each approach is
+    computed as arrays over its slices x depths x runs of points (:func:`_approach_candidates`),
+    not one candidate at a time.
 
     A candidate's width is its extent plus ``gripper.width_margin``, capped at the maximum opening
     when the extent plus ``gripper.min_clearance`` still fits; otherwise the uncapped width is
@@ -566,8 +528,15 @@ def _first_last(flag: np.ndarray, starts: np.ndarray, stops: np.ndarray) -> Tupl
 def _outline_cos_runs(
     xs: np.ndarray, ys: np.ndarray, u: np.ndarray, starts: np.ndarray, stops: np.ndarray, spacing: float
 ) -> np.ndarray:
-    """:func:`_outline_cos` of many runs at once. ``xs``, ``ys`` (M,): points of all the runs, each
-    run a range [starts, stops) sorted by ``ys``; ``u`` (M,): each point's slice position."""
+    """How square the jaws meet the object's outline, for many runs of points at once: 1 / sqrt(1 +
+    slope^2) of the steeper of the two ends of each run (``xs`` across the closing axis, ``ys``
+    along it). An end's slope is how far it moves between the slice's two halves (``xs < u`` and
+    ``>= u``): the difference of the halves' extreme ``ys`` over that of their ``xs`` (at least half
+    the spacing). A box's straight side gives about 1, its corner about 0.7; 1.0 when a half is
+    empty.
+
+    ``xs``, ``ys`` (M,): the points of all the runs, each run a range [starts, stops) sorted by
+    ``ys``; ``u`` (M,): the position of each point's slice across the closing axis."""
     left = xs < u
     lf, ll = _first_last(left, starts, stops)
     rf, rl = _first_last(~left, starts, stops)
@@ -582,23 +551,29 @@ def _outline_cos_runs(
 
 
 def _contact_cos_runs(
-    mine: np.ndarray,
-    py: np.ndarray,
-    depth: np.ndarray,
-    cos_y: np.ndarray,
-    end: np.ndarray,
-    band: float,
-    d_min: np.ndarray,
+    rid: np.ndarray, R: int, ys: np.ndarray, cos_y: np.ndarray, deep: np.ndarray, end: np.ndarray, band: float
 ) -> np.ndarray:
-    """:func:`_contact_cos` of many runs at once. ``mine`` (R, n): each run's object points;
-    ``py``, ``cos_y`` (n,): the points' position along the closing axis and |normal . closing
-    axis|; ``depth`` (R, n): their depth below each run's near side; ``end``, ``d_min`` (R,)."""
-    near_end = mine & (np.abs(py[None] - end[:, None]) <= band)
-    sel = near_end & (depth >= d_min[:, None])
-    sel = np.where(sel.any(axis=1)[:, None], sel, near_end)
-    count = np.count_nonzero(sel, axis=1)
-    total = sel.astype(np.float64) @ cos_y
-    return np.where(count > 0, total / np.maximum(count, 1), 1.0)
+    """Mean |normal . closing axis| of the points within ``band`` of one jaw's contact ``end`` that
+    lie deep enough (the part of the surface the finger pad closes on), or of all the points
+    within ``band`` of it when none is that deep; 1.0 when there are none at all: for R runs at
+    once, from (run, point) pairs. ``rid`` the run of each pair, ``ys`` the point's position along
+    the closing axis, ``cos_y`` its |normal . closing axis|, ``deep`` whether it lies deep enough;
+    ``end`` (R,) each run's jaw contact."""
+    near_end = np.abs(ys - end[rid]) <= band
+    sel = near_end & deep
+    n_sel = np.bincount(rid[sel], minlength=R)
+    t_sel = np.bincount(rid[sel], weights=cos_y[sel], minlength=R)
+    n_end = np.bincount(rid[near_end], minlength=R)
+    t_end = np.bincount(rid[near_end], weights=cos_y[near_end], minlength=R)
+    return np.where(n_sel > 0, t_sel / np.maximum(n_sel, 1), np.where(n_end > 0, t_end / np.maximum(n_end, 1), 1.0))
+
+
+def _ranges(starts: np.ndarray, counts: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    """The ranges [starts[i], starts[i] + counts[i]) one after the other: (group i of each element,
+    the element's index)."""
+    gid = np.repeat(np.arange(len(counts)), counts)
+    offset = np.arange(len(gid)) - np.repeat(np.cumsum(counts) - counts, counts)
+    return gid, np.repeat(starts, counts) + offset
 
 
 def _approach_candidates(
@@ -676,25 +651,34 @@ def _approach_candidates(
     insertion = deepest[cl] - depth_step * cj
     bottom = near[cl] + insertion + 1e-9
     C = len(cl)
-    # --- combos x object points: the object's points between the fingers
-    p_slab = p_in[cl] & (pa[None] <= (bottom + pad)[:, None])  # (C, n)
-    ok_combo = np.count_nonzero(p_slab, axis=1) >= 3
-    p_lo = np.where(p_slab, py[None], np.inf).min(axis=1)
-    p_hi = np.where(p_slab, py[None], -np.inf).max(axis=1)
-    # --- combos x surrounding points, as (combo, point) pairs sorted by combo then sy. What lies
-    # between the fingers, and half a spacing beyond their tips (above them, the palm's collision
-    # check decides).
+    # --- combos x object points, as (combo, point) pairs, combo-major: the object's points
+    # between the fingers
+    pl, pp = np.nonzero(p_in)  # (slice, point), slice-major
+    p_cnt = np.bincount(pl, minlength=L)
+    pc, k = _ranges((np.cumsum(p_cnt) - p_cnt)[cl], p_cnt[cl])
+    cp = pp[k]
+    slab = pa[cp] <= bottom[pc] + pad
+    pc, cp = pc[slab], cp[slab]
+    n_slab = np.bincount(pc, minlength=C)
+    ok_combo = n_slab >= 3
+    py_c = py[cp]
+    slab_start = np.cumsum(n_slab) - n_slab
+    nz = np.flatnonzero(n_slab)
+    p_lo = np.full(C, np.inf)
+    p_hi = np.full(C, -np.inf)
+    if len(nz):
+        p_lo[nz] = np.minimum.reduceat(py_c, slab_start[nz])
+        p_hi[nz] = np.maximum.reduceat(py_c, slab_start[nz])
+    # --- combos x surrounding points, as (combo, point) pairs, combo-major and sorted by sy within
+    # a combo. What lies between the fingers, and half a spacing beyond their tips (above them, the
+    # palm's collision check decides).
     sl, st = np.nonzero(np.abs(sx[None] - slices[:, None]) <= half_b + pad)  # (slice, point), by slice then sy
-    combo_of = np.full((L, D), -1)
-    combo_of[cl, cj] = np.arange(C)
-    pc = combo_of[sl]  # (pairs, D)
-    bot = np.where(pc >= 0, bottom[np.maximum(pc, 0)], np.nan)
-    sa_p = sa[st][:, None]
-    inside = (pc >= 0) & (sa_p <= bot + pad) & (sa_p >= bot - gripper.finger_depth)
-    pi, pj = np.nonzero(inside)
-    pcombo = pc[pi, pj]
-    o = np.argsort(pcombo, kind="stable")
-    pcombo, pt = pcombo[o], st[pi[o]]
+    s_cnt = np.bincount(sl, minlength=L)
+    pcombo, k = _ranges((np.cumsum(s_cnt) - s_cnt)[cl], s_cnt[cl])
+    pt = st[k]
+    sa_p, bot = sa[pt], bottom[pcombo]
+    inside = (sa_p <= bot + pad) & (sa_p >= bot - gripper.finger_depth)
+    pcombo, pt = pcombo[inside], pt[inside]
     if len(pt) == 0:
         return _Candidates.empty()
     ys_p = sy[pt]
@@ -723,15 +707,24 @@ def _approach_candidates(
     ro = np.argsort(r_seg, kind="stable")  # runs in the order of combos, then along y
     r_seg, r_last = r_seg[ro], r_last[ro]
     rc = seg_c[r_seg]
+    R = len(rc)
     ylo, yhi = y0[r_seg], y1[r_last]
     r_start, r_stop = seg_start[r_seg], seg_stop[r_last]
-    # --- runs x object points
-    mine = p_slab[rc] & (py[None] >= (ylo - 1e-9)[:, None]) & (py[None] <= (yhi + 1e-9)[:, None])
-    enough = np.count_nonzero(mine, axis=1) >= 3
+    # --- runs x object points, as (run, point) pairs: the object's points each run holds
+    rid, k = _ranges(slab_start[rc], n_slab[rc])
+    mp = cp[k]
+    yv = py_c[k]
+    inm = (yv >= ylo[rid] - 1e-9) & (yv <= yhi[rid] + 1e-9)
+    rid, mp, yv = rid[inm], mp[inm], yv[inm]
+    n_mine = np.bincount(rid, minlength=R)
+    enough = n_mine >= 3
     extent = yhi - ylo
     too_wide = enough & (extent + gripper.min_clearance > gripper.max_width)
-    width = np.where(too_wide, extent + max(gripper.width_margin, gripper.min_clearance), 0.0)
-    width = np.where(too_wide, width, np.minimum(extent + margin, gripper.max_width))
+    width = np.where(
+        too_wide,
+        extent + max(gripper.width_margin, gripper.min_clearance),
+        np.minimum(extent + margin, gripper.max_width),
+    )
     ins_r = insertion[rc]
     deep_r = deepest[cl[rc]]
     near_r = near[cl[rc]]
@@ -741,16 +734,18 @@ def _approach_candidates(
     # narrower than three spacings (a stem, a neck); a shallow pinch of a wider cap or ridge is
     # checked like any other.
     use_normals = (ins_r >= 2.0 * spacing) | ((ins_r < deep_r - 1e-6) & (extent >= 3.0 * spacing))
-    cos_ = np.ones(len(rc))
-    chk = np.flatnonzero(enough & ~too_wide & use_normals)
-    if len(chk):
-        cos_y = np.abs(N @ y)
-        dep = pa[None] - near_r[chk][:, None]
-        d_min = 0.4 * ins_r[chk]
-        m_chk = mine[chk]
-        cos_[chk] = np.minimum(
-            _contact_cos_runs(m_chk, py, dep, cos_y, ylo[chk], band, d_min),
-            _contact_cos_runs(m_chk, py, dep, cos_y, yhi[chk], band, d_min),
+    cos_ = np.ones(R)
+    chk = enough & ~too_wide & use_normals
+    if chk.any():
+        cos_y = np.abs(N[mp] @ y)
+        deep_enough = pa[mp] - near_r[rid] >= 0.4 * ins_r[rid]
+        cos_ = np.where(
+            chk,
+            np.minimum(
+                _contact_cos_runs(rid, R, yv, cos_y, deep_enough, ylo, band),
+                _contact_cos_runs(rid, R, yv, cos_y, deep_enough, yhi, band),
+            ),
+            1.0,
         )
     cos_ = np.minimum(
         cos_,
@@ -765,20 +760,17 @@ def _approach_candidates(
     sel = np.flatnonzero((good | too_wide) & kept_combo[rc])
     K = len(sel)
     poses = np.tile(np.eye(4), (K, 1, 1))
-    g = sel[~too_wide[sel]]
     gk = ~too_wide[sel]
-    origin = (
+    g = sel[gk]
+    poses[gk, :3, 0], poses[gk, :3, 1], poses[gk, :3, 2] = x, y, a
+    poses[gk, :3, 3] = (
         u_r[g][:, None] * x[None]
         + (0.5 * (ylo[g] + yhi[g]))[:, None] * y[None]
         + (near_r[g] + ins_r[g])[:, None] * a[None]
     )
-    sub = poses[gk]
-    sub[:, :3, 0], sub[:, :3, 1], sub[:, :3, 2], sub[:, :3, 3] = x, y, a, origin
-    poses[gk] = sub
     quality = np.zeros(K)
     if len(g):
-        mine_g = mine[g]
-        rel = (mine_g.astype(np.float64) @ w) / np.count_nonzero(mine_g, axis=1)
+        rel = np.bincount(rid, weights=w[mp], minlength=R)[g] / n_mine[g]
         quality[gk] = _quality(
             prior,
             cos_[g],
