@@ -378,7 +378,7 @@ def test_query_node_activate_deactivate_cycles_keep_one_preparer():
 
     def preparers():
         gc.collect()
-        return [o for o in gc.get_objects() if isinstance(o, SnapshotPreparer)]
+        return [o for o in gc.get_objects() if type(o) is SnapshotPreparer]
 
     def prepare_threads():
         return [t for t in threading.enumerate() if t.name == "lerf_prepare" and t.is_alive()]
