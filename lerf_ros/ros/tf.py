@@ -364,6 +364,8 @@ class ListenerLink:
     def call(self, kind: str, payload, wait_s: float, cancel: Optional[threading.Event] = None) -> Tuple[object, str]:
         """(the child's answer, '') or (None, why not): the child is being restarted, did not answer
         within ``wait_s``, died meanwhile, or ``cancel`` was set while waiting (``CANCELLED``)."""
+        if cancel is not None and cancel.is_set():
+            return None, CANCELLED
         slot = [threading.Event(), _NO_ANSWER]
         with self._lock:
             if self._child is None:
@@ -423,8 +425,15 @@ class ListenerLink:
         for slot in pending:
             slot[0].set()
         child.end(0.5)
-        self._log(f"{why}: restarting it in {self._delay:g} s (lookups fail meanwhile: {self._down})")
+        delay = self._delay
         threading.Thread(target=self._supervise, name="lerf_tf_restart", daemon=True).start()
+        self._say(f"{why}: restarting it in {delay:g} s (lookups fail meanwhile: {self._down})")
+
+    def _say(self, text: str) -> None:
+        try:
+            self._log(text)
+        except Exception:  # a logger already gone must not stop the supervision
+            pass
 
     def _supervise(self) -> None:
         failures = 0
@@ -435,7 +444,7 @@ class ListenerLink:
             except Exception as exc:  # imports failing, no memory: try again later
                 failures += 1
                 if failures == 1:
-                    self._log(
+                    self._say(
                         f"could not restart the {self.what} process: {exc}; trying again (every "
                         f"{self.backoff_s[1]:g} s at most)"
                     )
@@ -449,7 +458,7 @@ class ListenerLink:
                 n = self.restarts
             child.start_reader(self._on_message, self._child_exited)
             tries = f" after {failures + 1} attempts" if failures else ""
-            self._log(f"the {self.what} process restarted{tries} (restart {n}, pid {child.proc.pid})")
+            self._say(f"the {self.what} process restarted{tries} (restart {n}, pid {child.proc.pid})")
             return
 
     # -------------------------------------------------------------- lifetime
