@@ -437,7 +437,7 @@ def test_deactivate_gives_up_a_waiting_tf_lookup_and_no_frame_reaches_the_sessio
 
             # TF up to t = 100 s: the listener has /tf, but not the camera at 105 s.
             assert _wait(lambda: send_tf(early) or trainer._tf.lookup("map", CAMERA, early, 0.0)[0] is not None, 30.0)
-            assert _wait(lambda: image_pub.get_subscription_count() > 0, 30.0)
+            assert _wait(lambda: min(image_pub.get_subscription_count(), info_pub.get_subscription_count()) > 0, 30.0)
             info_pub.publish(K_to_camera_info(f.K, f.width, f.height, late, CAMERA))
             time.sleep(0.5)
             image_pub.publish(numpy_to_image(f.rgb, "rgb8", late, CAMERA))
