@@ -446,6 +446,9 @@ def test_deactivate_gives_up_a_waiting_tf_lookup_and_no_frame_reaches_the_sessio
             time.sleep(1.0)
             assert trainer.drops.count == 0 and trainer.trainer.keyframes.stats()["count"] == 0
             assert ingest_threads()
+            # /diagnostics has the TF listener's check (running, no restarts).
+            tf_check = next(c for c in trainer._health_checks() if c.name == "tf")
+            assert tf_check.level == 0 and tf_check.value("listener restarts") == "0", tf_check
 
             t0 = time.monotonic()
             assert trainer.trigger_deactivate() == TransitionCallbackReturn.SUCCESS
