@@ -252,7 +252,7 @@ def test_gap_inside_an_object_that_fits_is_not_a_part():
 def outline_cos(xs, ys, u, spacing):
     """The planner's outline measure of one run of points."""
     o = np.argsort(ys, kind="stable")
-    return float(_outline_cos_runs(xs[o], ys[o], np.full(len(xs), u), np.array([0]), np.array([len(xs)]), spacing)[0])
+    return float(_outline_cos_runs(xs[o], ys[o], np.full(len(xs), u), np.array([len(xs)]), spacing)[0])
 
 
 def test_outline_slope_tells_a_straight_side_from_a_corner():

@@ -157,7 +157,7 @@ def test_outline_and_contact_measures_match_one_run_at_a_time():
         ref_lo.append(_contact_cos(yq, dq, nq, np.array([0.0, 1.0, 0.0]), ylo, 0.008, 0.01))
         ref_hi.append(_contact_cos(yq, dq, nq, np.array([0.0, 1.0, 0.0]), yhi, 0.008, 0.01))
     got = _outline_cos_runs(
-        np.concatenate(xs_all), np.concatenate(ys_all), np.concatenate(u_all), np.array(starts), np.array(stops), 0.005
+        np.concatenate(xs_all), np.concatenate(ys_all), np.concatenate(u_all), np.array(stops) - np.array(starts), 0.005
     )
     np.testing.assert_allclose(got, ref_outline, atol=1e-12)
     args = (np.concatenate(rid), 60, np.concatenate(py), np.concatenate(cos_y), np.concatenate(deep))

@@ -232,8 +232,16 @@ def _extent(values: np.ndarray, lo: float = 1.0, hi: float = 99.0) -> Tuple[floa
     """Robust (min, max) of 1D values: percentiles, so one stray point does not decide."""
     if len(values) < 20:
         return float(values.min()), float(values.max())
-    a, b = np.percentile(values, [lo, hi])
-    return float(a), float(b)
+    # np.percentile's linear interpolation, from a partial sort of the four values it needs.
+    n = len(values)
+    at = (n - 1) * (np.array([lo, hi]) / 100.0)
+    below = np.floor(at).astype(np.int64)
+    above = np.minimum(below + 1, n - 1)
+    v = np.partition(np.asarray(values, np.float64), np.unique(np.concatenate([below, above])))
+    a, b, t = v[below], v[above], at - below
+    d = b - a
+    out = np.where(t >= 0.5, b - d * (1 - t), a + d * t)
+    return float(out[0]), float(out[1])
 
 
 # ---------------------------------------------------------------------------- clustering
@@ -512,22 +520,7 @@ class _Candidates:
         )
 
 
-def _first_last(flag: np.ndarray, starts: np.ndarray, stops: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
-    """Index of the first and of the last True of ``flag`` in each range [starts, stops) (non-empty
-    ranges); -1 where a range holds none."""
-    idx = np.arange(len(flag))
-    big = len(flag)
-    nxt = np.minimum.accumulate(np.where(flag, idx, big)[::-1])[::-1]
-    prv = np.maximum.accumulate(np.where(flag, idx, -1))
-    first = nxt[starts]
-    last = prv[stops - 1]
-    ok = first < stops
-    return np.where(ok, first, -1), np.where(ok, last, -1)
-
-
-def _outline_cos_runs(
-    xs: np.ndarray, ys: np.ndarray, u: np.ndarray, starts: np.ndarray, stops: np.ndarray, spacing: float
-) -> np.ndarray:
+def _outline_cos_runs(xs: np.ndarray, ys: np.ndarray, u: np.ndarray, counts: np.ndarray, spacing: float) -> np.ndarray:
     """How square the jaws meet the object's outline, for many runs of points at once: 1 / sqrt(1 +
     slope^2) of the steeper of the two ends of each run (``xs`` across the closing axis, ``ys``
     along it). An end's slope is how far it moves between the slice's two halves (``xs < u`` and
@@ -535,14 +528,20 @@ def _outline_cos_runs(
     the spacing). A box's straight side gives about 1, its corner about 0.7; 1.0 when a half is
     empty.
 
-    ``xs``, ``ys`` (M,): the points of all the runs, each run a range [starts, stops) sorted by
-    ``ys``; ``u`` (M,): the position of each point's slice across the closing axis."""
+    ``xs``, ``ys`` (M,): the points of the runs one after the other, ``counts`` (R,) of them (none
+    empty) in each, each run sorted by ``ys``; ``u`` (M,): the position of each point's slice across
+    the closing axis."""
+    M = len(xs)
+    starts = np.cumsum(counts) - counts
+    idx = np.arange(M)
     left = xs < u
-    lf, ll = _first_last(left, starts, stops)
-    rf, rl = _first_last(~left, starts, stops)
-    both = (lf >= 0) & (rf >= 0)
-    worst = np.zeros(len(starts))
     # Sorted by ys, the smallest ys of a half is its first point, the largest its last.
+    lf = np.minimum.reduceat(np.where(left, idx, M), starts)
+    ll = np.maximum.reduceat(np.where(left, idx, -1), starts)
+    rf = np.minimum.reduceat(np.where(left, M, idx), starts)
+    rl = np.maximum.reduceat(np.where(left, -1, idx), starts)
+    both = (lf < M) & (rf < M)
+    worst = np.zeros(len(counts))
     for i, j in ((lf, rf), (ll, rl)):
         i, j = np.where(both, i, 0), np.where(both, j, 0)
         dx = np.maximum(np.abs(xs[j] - xs[i]), max(0.5 * spacing, 1e-4))
@@ -604,13 +603,6 @@ def _approach_candidates(
     arrays over slices x insertion depths x runs of points."""
     x = np.cross(y, a)
     px, py, pa = P @ x, P @ y, P @ a
-    sy_all = S @ y
-    keep = (sy_all >= py.min() - gripper.max_width) & (sy_all <= py.max() + gripper.max_width)
-    Sk = S[keep]
-    # The surroundings sorted along the closing axis: every selection of them below stays sorted.
-    order = np.argsort(sy_all[keep], kind="stable")
-    Sk = Sk[order]
-    sx, sy, sa = Sk @ x, sy_all[keep][order], Sk @ a
     # Centre of the object's mass along the jaws (x) and along the approach.
     cx = float(centre @ x)
     half_len = max(0.5 * float(np.ptp(px)), gripper.finger_breadth / 2)
@@ -651,6 +643,18 @@ def _approach_candidates(
     insertion = deepest[cl] - depth_step * cj
     bottom = near[cl] + insertion + 1e-9
     C = len(cl)
+    # The surroundings that can lie between the fingers of some combo (across the closing axis
+    # within reach of the object, in some slice, within the depths tried), sorted along the closing
+    # axis: every selection of them below stays sorted.
+    sy = S @ y
+    sx = S @ x
+    sa = S @ a
+    keep = (sy >= py.min() - gripper.max_width) & (sy <= py.max() + gripper.max_width)
+    keep &= (sx >= slices.min() - half_b - pad) & (sx <= slices.max() + half_b + pad)
+    keep &= (sa >= float(bottom.min()) - gripper.finger_depth) & (sa <= float(bottom.max()) + pad)
+    keep = np.flatnonzero(keep)
+    keep = keep[np.argsort(sy[keep], kind="stable")]
+    sx, sy, sa = sx[keep], sy[keep], sa[keep]
     # --- combos x object points, as (combo, point) pairs, combo-major: the object's points
     # between the fingers
     pl, pp = np.nonzero(p_in)  # (slice, point), slice-major
@@ -747,9 +751,12 @@ def _approach_candidates(
             ),
             1.0,
         )
+    run_of, on_run = _ranges(r_start, r_stop - r_start)  # the surrounding points of each run
     cos_ = np.minimum(
         cos_,
-        _outline_cos_runs(sx[pt], ys_p, slices[cl[pcombo]], r_start, r_stop, max(spacing, gripper.finger_breadth / 4)),
+        _outline_cos_runs(
+            sx[pt[on_run]], ys_p[on_run], u_r[run_of], r_stop - r_start, max(spacing, gripper.finger_breadth / 4)
+        ),
     )
     good = enough & ~too_wide & (cos_ >= gripper.min_contact_cos)
     # Depth levels: a combo counts when it gives a candidate; a slice stops after DEPTH_LEVELS.
