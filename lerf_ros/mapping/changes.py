@@ -309,16 +309,22 @@ def stale_keyframes(
             judged = okn
             evidence = okn & (np.abs(rgb - new_rgb).mean(-1) > color_threshold)
         else:
-            nd, nK, nc2w = new_view
+            nd, nK, nc2w = new_view[:3]
             centre = nc2w[:3, 3]
             # see-through pixels (the new surface lies beyond the old one): judged by the keyframe's
-            # surface at the old point; the others (a surface in front of the old one) by the new point
-            through = np.linalg.norm(new_pts - centre, axis=1) > np.linalg.norm(old_pts - centre, axis=1)
+            # surface at the old point; a surface in front of the old one by the new point; a surface
+            # where the old one was (within the tolerance: a flat object, a changed colour) by colour
+            rn = np.linalg.norm(new_pts - centre, axis=1)
+            ro = np.linalg.norm(old_pts - centre, axis=1)
+            in_place = np.abs(rn - ro) <= cfg.depth_tolerance + cfg.depth_tolerance_rel * rn
+            in_place &= len(new_view) > 3  # without the frame's unchanged surface: judged by depth alone
+            through = (rn > ro) & ~in_place
             vo, uo, _, oko = _project(old_pts, K, c2w, H, W, dist)
             if trusted is not None:
                 oko &= keep[vo, uo]
             dn = depth[vn, un]
-            okn &= (dn > 0) & ~through
+            seen = okn & (dn > 0) & in_place & (np.abs(dn - zn) <= cfg.depth_tolerance + cfg.depth_tolerance_rel * zn)
+            okn &= (dn > 0) & ~through & ~in_place
             saw_past = okn & (dn > zn + cfg.depth_tolerance + cfg.depth_tolerance_rel * zn)
             oko &= through
             oko[oko] = depth[vo[oko], uo[oko]] > 0
@@ -329,6 +335,14 @@ def stale_keyframes(
             in_free = okv & (zz < dnew - (cfg.depth_tolerance + cfg.depth_tolerance_rel * dnew))
             judged = int(np.count_nonzero(okn)) + int(np.count_nonzero(okv))
             evidence = int(np.count_nonzero(saw_past)) + int(np.count_nonzero(in_free))
+            if len(new_view) > 3 and seen.any():
+                # the same surface, seen unoccluded: its colour in the keyframe (at the keyframe's
+                # exposure, brought to the new frame's by their unchanged surfaces) differs
+                rgb = _as_numpy(kf.rgb).astype(np.float32) / 255.0
+                gain = _keyframe_gain(rgb, depth, K, c2w, dist, new_view[3], new_view[4], cfg)
+                recol = _colour_distance(rgb * gain, vn[seen], un[seen], new_rgb[seen]) > color_threshold
+                judged += int(np.count_nonzero(seen))
+                evidence += int(np.count_nonzero(recol))
         n = int(np.count_nonzero(judged)) if isinstance(judged, np.ndarray) else int(judged)
         e = int(np.count_nonzero(evidence)) if isinstance(evidence, np.ndarray) else int(evidence)
         if n < need:
@@ -337,6 +351,37 @@ def stale_keyframes(
         if e / n >= cfg.min_stale_fraction:
             stale.append(int(kf.key))
     return stale, seeing
+
+
+def _keyframe_gain(
+    rgb: np.ndarray,
+    depth: np.ndarray,
+    K: np.ndarray,
+    c2w: np.ndarray,
+    distortion: Optional[Distortion],
+    pts: np.ndarray,
+    pts_rgb: np.ndarray,
+    cfg: ChangeConfig,
+) -> np.ndarray:
+    """Per-channel gains (3,) from a keyframe's colours to the new frame's: ``gain_normalise`` over the
+    new frame's unchanged surface points ``pts`` (M, 3) (colours ``pts_rgb``) that the keyframe sees
+    unoccluded (its depth within the tolerance); ones when it sees fewer than 16 of them."""
+    H, W = rgb.shape[:2]
+    v, u, z, ok = _project(pts, K, c2w, H, W, distortion)
+    ok &= np.abs(depth[v, u] - z) <= cfg.depth_tolerance + cfg.depth_tolerance_rel * z
+    if np.count_nonzero(ok) < 16:
+        return np.ones(3, np.float32)
+    return gain_normalise(pts_rgb[ok][:, None], rgb[v[ok], u[ok]][:, None], np.ones((int(ok.sum()), 1), bool))
+
+
+def _colour_distance(rgb: np.ndarray, v: np.ndarray, u: np.ndarray, colours: np.ndarray) -> np.ndarray:
+    """(N,) smallest mean absolute difference between ``colours`` (N, 3) and the image ``rgb`` (H, W, 3)
+    in the 3x3 neighbourhood of pixels (v, u) (a pixel of pose error costs nothing)."""
+    H, W = rgb.shape[:2]
+    dv, du = np.meshgrid(np.arange(-1, 2), np.arange(-1, 2), indexing="ij")
+    vv = np.clip(v[:, None] + dv.ravel()[None], 0, H - 1)
+    uu = np.clip(u[:, None] + du.ravel()[None], 0, W - 1)
+    return np.abs(rgb[vv, uu] - colours[:, None]).mean(-1).min(1)
 
 
 def region_mask(points: np.ndarray, kf: Any, radius: float) -> np.ndarray:
@@ -560,7 +605,11 @@ class ChangeDetector:
             )
         flag = covered & (col > thr)
         if dep is not None:
-            flag &= dep > cfg.depth_tolerance + cfg.depth_tolerance_rel * obs_depth
+            deep = dep > cfg.depth_tolerance + cfg.depth_tolerance_rel * obs_depth
+            # a colour change where the depth agrees (a flat object, shorter than the tolerance)
+            # counts only inside a region of changed colour (all 8 neighbours changed too): edges and
+            # slivers are where pose error and shading differ between views
+            flag &= deep | _shifts(flag, 1).all(0)
         flag = connected_regions(flag, cfg.min_region_pixels)
         v, u = np.nonzero(flag)
         check = ChangeCheck("no_change", "", med, flagged_pixels=len(v))
@@ -593,7 +642,14 @@ class ChangeDetector:
         labels = voxel_clusters(fg, cfg.voxel_size)
         kfs = list(keyframes())
         by_key = {int(kf.key): kf for kf in kfs}
-        view = None if obs_depth is None else (obs_depth, K, c2w)
+        view = None
+        if obs_depth is not None:
+            # the frame's unchanged surface, for the keyframes' exposure gains (colour judgements)
+            sv, su = np.nonzero(covered & ~flag)
+            if len(sv) > MAX_CHECK_POINTS:
+                pick = np.sort(self._rng.choice(len(sv), MAX_CHECK_POINTS, replace=False))
+                sv, su = sv[pick], su[pick]
+            view = (obs_depth, K, c2w, backproject(obs_depth, K, c2w, sv, su), obs[sv, su])
         stale_pts: Dict[int, List[np.ndarray]] = {}
         confirmed: List[np.ndarray] = []
         seeing_all, reasons = 0, []
