@@ -124,7 +124,7 @@ def reference_candidates(
         Sk = S[keep]
         sx, sy, sa = Sk @ x, sy_all[keep], Sk @ a
         # Centre of the object's mass along the jaws (x) and along the approach.
-        cx = float(centre @ x)
+        cx, cy = float(centre @ x), float(centre @ y)
         half_len = max(0.5 * float(np.ptp(px)), gripper.finger_breadth / 2)
         if kind == "top":
             xlo, xhi = _extent(px)
@@ -208,7 +208,7 @@ def reference_candidates(
                         prior,
                         cos_,
                         insertion / max(deepest, 1e-6),
-                        abs(u - cx) / half_len,
+                        float(np.hypot(u - cx, 0.5 * (ylo + yhi) - cy)) / half_len,
                         (width - extent) / margin,
                         float(np.mean(w[mine])),
                     )

@@ -604,7 +604,7 @@ def _approach_candidates(
     x = np.cross(y, a)
     px, py, pa = P @ x, P @ y, P @ a
     # Centre of the object's mass along the jaws (x) and along the approach.
-    cx = float(centre @ x)
+    cx, cy = float(centre @ x), float(centre @ y)
     half_len = max(0.5 * float(np.ptp(px)), gripper.finger_breadth / 2)
     if kind == "top":
         xlo, xhi = _extent(px)
@@ -782,7 +782,7 @@ def _approach_candidates(
             prior,
             cos_[g],
             ins_r[g] / np.maximum(deep_r[g], 1e-6),
-            np.abs(u_r[g] - cx) / half_len,
+            np.hypot(u_r[g] - cx, 0.5 * (ylo[g] + yhi[g]) - cy) / half_len,
             (width[g] - extent[g]) / margin,
             rel,
         )
@@ -793,11 +793,14 @@ def _quality(prior: float, cos_, depth, off_centre, clearance, relevancy):
     """Quality in [0, 1] of grasps (arrays or floats), from what predicts that a grasp holds:
     ``cos_`` the contact squareness (mean |normal . closing axis| at the jaws: the friction-cone
     margin), ``depth`` the insertion as a share of the deepest the slice allows (contacts near the
-    object's widest part, not its cap), ``off_centre`` the distance of the jaws from the object's
-    mass centre along the jaws as a share of its half length (a grasp at one end turns the object
-    about the closing axis), ``clearance`` the opening beyond the object's extent as a share of the
-    width margin (a tight opening scrapes the object on the way in), ``relevancy`` the mean
-    relevancy of the points in the grasp (in [0, 1])."""
+    object's widest part, not its cap), ``off_centre`` the distance of the grasp's centre from the
+    object's mass centre across the approach (along the jaws and along the closing axis) as a share
+    of its half length along the jaws (a grasp at one end turns the object about the closing axis,
+    held only by the pads' torsional friction; one beside the mass centre along the closing axis
+    turns it about the jaws, held by a friction couple no wider than the opening), ``clearance``
+    the opening beyond the object's extent as a share of the width margin (a tight opening scrapes
+    the object on the way in), ``relevancy`` the mean relevancy of the points in the grasp (in [0,
+    1])."""
     return (
         prior
         * (0.3 + 0.7 * np.clip((np.asarray(cos_) - 0.7) / 0.3, 0.0, 1.0))
