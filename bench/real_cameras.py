@@ -28,7 +28,13 @@ validity from ``lerf_ros.bench.evaluate.evaluate_snapshot`` (the benchmark's own
 only, no 2D views, no physics), and for the pose conditions the camera pose error of the training
 keyframes against the ground truth before (the input poses) and after (the corrected poses), raw and
 after the best rigid alignment of the camera centres (the world of a refined map may sit slightly
-off the truth as a whole). The summary averages over the seeds and checks the issue's targets.
+off the truth as a whole). The same scores are also taken in the map's world (``map_alignment``):
+a map trained from drifting poses sits in their world, which no refinement can observe, so, as
+pose-refinement papers evaluate (BARF), the held-out views' true poses and the ground-truth objects
+are moved by the best rigid alignment of the training keyframes' true camera centres onto the
+map's; it uses the training poses only, never a held-out image, and is the identity when the map's
+poses are the truth (clean, handling off). The pose target is judged on these aligned scores. The
+summary averages over the seeds and checks the issue's targets.
 Training rays/s with every handling on against every handling off is timed on the clean scene in
 alternating blocks of steps (two trainers, so a change of machine load hits both).
 
@@ -140,6 +146,36 @@ def pose_errors(est: np.ndarray, truth: np.ndarray) -> Dict[str, float]:
     return out
 
 
+def map_alignment(map_poses: np.ndarray, truth_poses: np.ndarray) -> np.ndarray:
+    """The 4x4 rigid transform from the true world to the map's world: the best rigid alignment of
+    the training keyframes' true camera centres onto their centres in the map (``map_poses``, the
+    corrected poses the field was trained with; both (N, 4, 4)).
+
+    A map built from drifting, noisy poses sits in the world of those poses: refinement can make
+    the keyframes agree with each other, never find where the true world is (moving every camera and
+    the scene together explains the images equally well; the corrections are kept zero-mean over
+    the keyframes, so the map stays where the input poses put it on average). As pose-refinement
+    papers do (BARF: Procrustes alignment of the trajectories before held-out evaluation), the
+    aligned scores read the held-out views and the objects through this transform; it uses only the
+    training keyframes' poses, never a held-out image."""
+    return rigid_alignment(truth_poses[:, :3, 3], map_poses[:, :3, 3])
+
+
+def scene_in_map(scene, T: np.ndarray):
+    """``scene`` (the clean ground truth) moved into the map's world by ``T`` (``map_alignment``):
+    every frame's pose, object box and surface point; the table height moves with the table's
+    centre (the origin)."""
+    R, t = T[:3, :3], T[:3, 3]
+    objects = [
+        dataclasses.replace(
+            o, center=R @ o.center + t, rotation=R @ o.rotation, surface_points=o.surface_points @ R.T + t
+        )
+        for o in scene.objects
+    ]
+    frames = [dataclasses.replace(f, c2w=T @ f.c2w) for f in scene.frames]
+    return dataclasses.replace(scene, frames=frames, objects=objects, table_height=float(scene.table_height + t[2]))
+
+
 def refined_poses(trainer, n: int) -> np.ndarray:
     """The corrected camera-to-world poses (n, 4, 4) of the ``n`` keyframes added to a fresh session,
     in the order they were added (keys 0 .. n-1; ``Trainer.keyframe_poses``)."""
@@ -207,25 +243,50 @@ def run_one(
         "steps": off["steps"],
         "train_s": round(off["train_s"], 1),
         "rays_per_s": round(off["rays_per_s"]),
-        "eval_s": round(time.perf_counter() - t0, 1),
         "wrong": [o["name"] for o in ev["objects"] if not o["correct"]],
     }
+    train_idx = [i for i in range(len(scene.frames)) if i % st.holdout_every != 0]
+    truth = (
+        scene.ground_truth_poses[train_idx]
+        if scene.ground_truth_poses is not None
+        else np.stack([scene.frames[i].c2w for i in train_idx])
+    )
+    map_poses = refined_poses(trainer, len(train_idx))
+    # The same scores in the map's world (``map_alignment``); the identity when the map's poses are the truth.
+    T = map_alignment(map_poses, truth)
+    angle = float(np.degrees(np.arccos(np.clip((np.trace(T[:3, :3]) - 1.0) / 2.0, -1.0, 1.0))))
+    aligned: Dict[str, Any] = {
+        "translation_cm": round(100 * float(np.linalg.norm(T[:3, 3])), 3),
+        "rotation_deg": round(angle, 4),
+    }
+    if np.allclose(T, np.eye(4), atol=1e-9):
+        aligned.update({k: row[k] for k in ("heldout_psnr", "loc3d_accuracy_name", "grasp_valid_rate", "wrong")})
+    else:
+        moved = scene_in_map(truth_scene, T)
+        ev = evaluate_snapshot(moved, trainer.snapshot(), cfg, teacher, st, progress, with_2d=False, with_physics=False)
+        aligned.update(
+            {
+                "heldout_psnr": round(heldout_psnr(trainer, moved.frames), 2),
+                "loc3d_accuracy_name": ev["metrics"]["loc3d_accuracy_name"],
+                "grasp_valid_rate": ev["metrics"]["grasp_valid_rate"],
+                "wrong": [o["name"] for o in ev["objects"] if not o["correct"]],
+            }
+        )
+    row["aligned"] = aligned
+    row["eval_s"] = round(time.perf_counter() - t0, 1)
     if scene.ground_truth_poses is not None:
-        train_idx = [i for i in range(len(scene.frames)) if i % st.holdout_every != 0]
         frames = [scene.frames[i] for i in train_idx]
-        truth = scene.ground_truth_poses[train_idx]
         row["pose_error_input"] = pose_errors(np.stack([f.c2w for f in frames]), truth)
         if cfg.trainer.pose_refinement or correct:
-            row["pose_error_refined"] = pose_errors(refined_poses(trainer, len(frames)), truth)
+            row["pose_error_refined"] = pose_errors(map_poses, truth)
     elif cfg.trainer.pose_refinement:  # exact input poses: how far refinement moves them (it should not)
-        train_idx = [i for i in range(len(scene.frames)) if i % st.holdout_every != 0]
-        truth = np.stack([scene.frames[i].c2w for i in train_idx])
         row["pose_error_input"] = pose_errors(truth, truth)
-        row["pose_error_refined"] = pose_errors(refined_poses(trainer, len(train_idx)), truth)
+        row["pose_error_refined"] = pose_errors(map_poses, truth)
     if correct:
         row["pose_corrections"] = off["pose_corrections"]
     log(
-        f"    PSNR {row['heldout_psnr']:.2f} dB, 3D {row['loc3d_accuracy_name']:.0%}, "
+        f"    PSNR {row['heldout_psnr']:.2f} dB (aligned {aligned['heldout_psnr']:.2f}), "
+        f"3D {row['loc3d_accuracy_name']:.0%} (aligned {aligned['loc3d_accuracy_name']:.0%}), "
         f"grasp valid {row['grasp_valid_rate']:.0%}, {row['rays_per_s']} rays/s, "
         f"{row['train_s']:.0f} s training + {row['eval_s']:.0f} s evaluation"
     )
@@ -328,6 +389,23 @@ def summary(res: Dict[str, Any]) -> List[Dict[str, Any]]:
                 "d_loc_points": d_loc,
                 "grasp_valid": float(np.mean([r["grasp_valid_rate"] for r, _ in per])),
             }
+            if all("aligned" in r and "aligned" in ref for r, ref in per):  # the scores in the map's world
+                row["aligned"] = {
+                    "heldout_psnr": float(np.mean([r["aligned"]["heldout_psnr"] for r, _ in per])),
+                    "d_psnr": float(
+                        np.mean([r["aligned"]["heldout_psnr"] - ref["aligned"]["heldout_psnr"] for r, ref in per])
+                    ),
+                    "loc3d": float(np.mean([r["aligned"]["loc3d_accuracy_name"] for r, _ in per])),
+                    "d_loc_points": float(
+                        np.mean(
+                            [
+                                100 * (r["aligned"]["loc3d_accuracy_name"] - ref["aligned"]["loc3d_accuracy_name"])
+                                for r, ref in per
+                            ]
+                        )
+                    ),
+                    "grasp_valid": float(np.mean([r["aligned"]["grasp_valid_rate"] for r, _ in per])),
+                }
             for key in ("pose_error_input", "pose_error_refined"):
                 errs = [r[key] for r, _ in per if key in r]
                 if errs:
@@ -335,6 +413,8 @@ def summary(res: Dict[str, Any]) -> List[Dict[str, Any]]:
             group = next((g for g, members in GROUPS.items() if name in members), None)
             if var.startswith("handled") and group is not None:
                 lim_db, lim_pts = LIMITS[group]
+                if group == "poses" and "aligned" in row:  # judged in the map's world (``map_alignment``)
+                    d_psnr, d_loc = row["aligned"]["d_psnr"], row["aligned"]["d_loc_points"]
                 ok = (lim_db is None or d_psnr >= -lim_db) and (lim_pts is None or d_loc >= -lim_pts)
                 if "pose_error_refined" in row and group in ("poses", "late_correction"):
                     # refinement: closer after the best rigid alignment (the world of a refined map may sit
@@ -363,13 +443,17 @@ def markdown(res: Dict[str, Any]) -> str:
         "'not handled' is compared with clean with every handling off, 'handled' with clean with every "
         "handling on (pose refinement, appearance embedding, lens modelled). Pose errors: mean over the "
         "training keyframes against the ground truth, after the best rigid alignment of the camera centres "
-        "(raw in the JSON).",
+        "(raw in the JSON). 'In the map's world': the same scores with the held-out views' true poses and the "
+        "objects moved by the best rigid alignment of the training keyframes' true camera centres onto the "
+        "map's (refined) ones, as pose-refinement papers evaluate (a map built from drifting poses sits in "
+        "their world, which no refinement can observe); the pose target is judged there, where measured.",
         "",
         f"## Summary (mean over seeds {seeds})",
         "",
         "| condition | variant | held-out PSNR (dB) | vs clean (dB) | 3D localization | vs clean (points) "
-        "| best grasp valid | pose error input -> refined (cm / deg) | target met |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| best grasp valid | in the map's world: PSNR (vs clean) | 3D (vs clean, points) "
+        "| pose error input -> refined (cm / deg) | target met |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in summary(res):
         pe = "-"
@@ -385,9 +469,13 @@ def markdown(res: Dict[str, Any]) -> str:
             a = r["pose_error_input"]
             pe = f"{a['aligned_translation_cm_mean']:.2f} / {a['aligned_rotation_deg_mean']:.2f} (input)"
         met = {True: "yes", False: "no", None: "-"}[r.get("target_met")]
+        al = r.get("aligned")
+        al_psnr = f"{al['heldout_psnr']:.2f} ({al['d_psnr']:+.2f})" if al else "-"
+        al_loc = f"{100 * al['loc3d']:.0f}% ({al['d_loc_points']:+.1f})" if al else "-"
         lines.append(
             f"| {r['condition']} | {r['variant']} | {r['heldout_psnr']:.2f} | {r['d_psnr']:+.2f} "
-            f"| {100 * r['loc3d']:.0f}% | {r['d_loc_points']:+.1f} | {100 * r['grasp_valid']:.0f}% | {pe} | {met} |"
+            f"| {100 * r['loc3d']:.0f}% | {r['d_loc_points']:+.1f} | {100 * r['grasp_valid']:.0f}% "
+            f"| {al_psnr} | {al_loc} | {pe} | {met} |"
         )
     lines.append("")
     for seed, rows in res["seeds"].items():
@@ -395,8 +483,8 @@ def markdown(res: Dict[str, Any]) -> str:
             f"## Seed {seed}",
             "",
             "| condition | variant | held-out PSNR (dB) | vs clean (dB) | 3D localization | vs clean (points) "
-            "| best grasp valid | wrong names |",
-            "|---|---|---|---|---|---|---|---|",
+            "| best grasp valid | wrong names | in the map's world: PSNR / 3D / grasp (alignment cm / deg) |",
+            "|---|---|---|---|---|---|---|---|---|",
         ]
         for cond, variants in rows.items():
             label = cond
@@ -408,10 +496,18 @@ def markdown(res: Dict[str, Any]) -> str:
                 ref = reference(rows, var)
                 d_psnr = r["heldout_psnr"] - ref["heldout_psnr"]
                 d_loc = 100 * (r["loc3d_accuracy_name"] - ref["loc3d_accuracy_name"])
+                al, al_ref = r.get("aligned"), ref.get("aligned")
+                al_text = "-"
+                if al:
+                    d_al = f" ({al['heldout_psnr'] - al_ref['heldout_psnr']:+.2f})" if al_ref else ""
+                    al_text = (
+                        f"{al['heldout_psnr']:.2f}{d_al} / {fmt(al['loc3d_accuracy_name'], 'pct')} / "
+                        f"{fmt(al['grasp_valid_rate'], 'pct')} ({al['translation_cm']:.2f} / {al['rotation_deg']:.2f})"
+                    )
                 lines.append(
                     f"| {label} | {var} | {fmt(r['heldout_psnr'], 'db')} | {d_psnr:+.2f} "
                     f"| {fmt(r['loc3d_accuracy_name'], 'pct')} | {d_loc:+.0f} "
-                    f"| {fmt(r['grasp_valid_rate'], 'pct')} | {', '.join(r.get('wrong', [])) or '-'} |"
+                    f"| {fmt(r['grasp_valid_rate'], 'pct')} | {', '.join(r.get('wrong', [])) or '-'} | {al_text} |"
                 )
         for cond in ("poses", "late_correction"):
             pose_rows = [
