@@ -5,8 +5,8 @@ teaching the field. ``ChangeDetector.observe`` is called with every frame offere
 session and, for every ``changes.check_every``-th of them:
 
 1. renders the current field at the frame's pose at low resolution (longest side
-   ``changes.max_side``) and downsamples the frame to the same size (colour area-averaged, depth
-   nearest);
+   ``changes.max_side``) through every s-th pixel of the frame (``point_sampled``; a frame with lens
+   distortion is resampled onto those pinhole rays through its lens);
 2. normalises the exposure: per colour channel, the median ratio of frame to render over the
    pixels the field covers is taken out (a camera's gain change is not a change of the scene);
 3. compares each pixel with the render's pixels in its 3x3 neighbourhood (the smallest residual
@@ -17,7 +17,10 @@ session and, for every ``changes.check_every``-th of them:
    or while the median colour residual of the frame is above ``changes.max_median_residual``;
 5. a pixel disagrees when its colour residual is above both ``min_color_residual`` and the frame's
    robust level ``median + kappa * 1.4826 * MAD`` (what the field's own error explains), and (with
-   depth) its depth disagrees; connected regions smaller than ``min_region_pixels`` are dropped;
+   depth) its depth disagrees, or all 8 of its neighbours disagree in colour too (inside a region of
+   changed colour: a flat object, shorter than the depth tolerance, changes only the colour; edges
+   and slivers, where pose error and shading differ between views, need the depth);
+   connected regions smaller than ``min_region_pixels`` are dropped;
 6. the disagreeing pixels become 3D points: the surface the frame sees now (its depth, or the
    render's without depth) and the surface the field holds (the render's depth). Their voxels
    (``voxel_size``) are counted over the last ``memory_checks`` compared frames; points whose voxel
@@ -25,8 +28,10 @@ session and, for every ``changes.check_every``-th of them:
 7. the candidate is checked against the stored keyframes: each keyframe that sees the changed
    points (at least ``min_stale_points`` of them in its image with depth) is *stale* when at least
    ``min_stale_fraction`` of the points disagree with the new surface there (its depth in front of
-   or behind the new surface by more than the tolerance; without depth: its colour differs) and it
-   agrees with the old surface the field holds. The confirmed pixels are clustered in 3D (touching
+   or behind the new surface by more than the tolerance; where the new surface lies where the old
+   one was, within the tolerance, or without depth: its colour differs, at the new frame's exposure
+   through gains over the unchanged surface both see) and it agrees with the old surface the field
+   holds. Keyframes are projected through their lens distortion. The confirmed pixels are clustered in 3D (touching
    voxels of the surface nearer the camera: what is gone or what appeared), one cluster per changed
    object, and each cluster is judged on its own: it is a change when at least
    ``min_stale_keyframes`` keyframes and ``min_stale_share`` of those that see it are stale
