@@ -34,7 +34,9 @@ JSON records the machine's load), or with ``--steps-per-frame S`` the stream is 
 steps (a frame every S steps, after the first step) and times are frames / rate: what a machine
 training ``rate * S`` steps per second would see, whatever else runs on this one. The changes
 counted when the events are decided come from a static stream (``static_before_event``, with the
-training step then).
+training step then). ``resolved_at`` says, per event, when it was resolved in frames (since the
+first frame that saw its place) and training steps (the snapshot's, and since the events): with a
+wall-clock stream on a busy machine these read independently of the load.
 
 Targets (issue 17): removed within 30 s, moved within 60 s, added within the time a new object takes
 in a static scene (the main benchmark's first-correct-answer figure), and no change in the static
@@ -143,6 +145,16 @@ def _sees(frame, obj, min_pixels: int = 5) -> bool:
     return len(set(zip(u[seen].tolist(), v[seen].tolist()))) >= min_pixels
 
 
+def _resolved(now_idx: int, seeing: int, step: int, before_event: Dict[str, Any]) -> Dict[str, int]:
+    """When an event was resolved, independent of the machine's load: stream frames since the first
+    frame that saw its place, the snapshot's training step, and training steps since the events."""
+    return {
+        "frames_after_seen": int(now_idx - seeing),
+        "step": int(step),
+        "steps_after_event": int(step - before_event.get("step", step)),
+    }
+
+
 def _config(tmp: str, rays: int = 0):
     over = {
         "teacher.kind": "ground_truth",
@@ -231,6 +243,7 @@ def run_changing(seed: int, args) -> Dict[str, Any]:
     thr = cfg.query.threshold
     checks: List[Dict[str, Any]] = []
     t_removed = t_moved = t_added = None
+    resolved: Dict[str, Dict[str, int]] = {}  # per event: frames and training steps it took
     ot_ref[0] = ot
     ot.start()
     feeder = Feeder(ot, frame_at, args.rate, steps_per_frame=args.steps_per_frame).start()
@@ -297,10 +310,13 @@ def run_changing(seed: int, args) -> Dict[str, Any]:
                 found_before = checks[0]["removed_max_relevancy"] >= thr
                 if t_removed is None and found_before and gone and see_removed is not None and now_idx > see_removed:
                     t_removed = since(see_removed)
+                    resolved["removed"] = _resolved(now_idx, see_removed, snap.step, before_event)
                 if t_moved is None and at_new and see_moved is not None and now_idx > see_moved:
                     t_moved = since(see_moved)
+                    resolved["moved"] = _resolved(now_idx, see_moved, snap.step, before_event)
                 if t_added is None and found_added and see_added is not None and now_idx > see_added:
                     t_added = since(see_added)
+                    resolved["added"] = _resolved(now_idx, see_added, snap.step, before_event)
             if (
                 E is not None
                 and now_idx > E
@@ -329,6 +345,7 @@ def run_changing(seed: int, args) -> Dict[str, Any]:
         "removed_gone_s": t_removed,
         "moved_found_s": t_moved,
         "added_found_s": t_added,
+        "resolved_at": resolved,
         "unchanged_correct": last.get("unchanged_correct"),
         "unchanged_total": last.get("unchanged_total"),
         "changes_detected": last.get("changes_detected"),
@@ -442,7 +459,8 @@ def main() -> int:
     for r in out["changing"]:
         print(
             f"seed {r['seed']}: removed {r['removed']} gone after {r['removed_gone_s']} s, moved {r['moved']} found "
-            f"after {r['moved_found_s']} s, added {r['added']} found after {r['added_found_s']} s; "
+            f"after {r['moved_found_s']} s, added {r['added']} found after {r['added_found_s']} s "
+            f"(frames / steps: {r['resolved_at']}); "
             f"unchanged {r['unchanged_correct']}/{r['unchanged_total']}; changes {r['changes_detected']}, "
             f"retired {r['keyframes_retired']}"
         )
