@@ -285,9 +285,14 @@ def run_changing(seed: int, args) -> Dict[str, Any]:
                     "after_event": E is not None and now_idx > E,
                     "removed_max_relevancy": float(res[removed_name].max_relevancy),
                     "moved_at_new_place": at_new,
+                    "moved_at_old_place": bool(
+                        res[moved_name].success and before[moved_name].contains(res[moved_name].points[:1], GROW)[0]
+                    ),
+                    "moved_max_relevancy": float(res[moved_name].max_relevancy),
                     "added_found": found_added,
                     "unchanged_correct": sum(others.values()),
                     "unchanged_total": len(others),
+                    "unchanged_missed": sorted(nm for nm, ok in others.items() if not ok),
                     "changes_detected": st.changes_detected,
                     "keyframes_retired": st.keyframes_retired,
                     "keyframes": st.keyframes,
