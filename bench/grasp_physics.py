@@ -193,7 +193,8 @@ def markdown(runs: Dict[str, Dict]) -> str:
         "these numbers isolate the grasp planner. Anchors (real robots, trained fields): LERF-TOGO 69%,",
         "F3RM 62% language-guided grasp success. Planning ms per query and physics s per grasp are wall clock",
         "on a shared 2-core machine (busy: mostly waiting for a CPU); the CPU time per grasp is in brackets.",
-        "The planner's CPU time on the same inputs is about 90 ms per query (mean, p95 about 140 ms).",
+        "The planner's CPU time on the same inputs was about 90 ms per query (mean, p95 about 140 ms) with its loops",
+        "over slices and depths; as arrays (from 60a0b60 on) about 12 ms (p95 about 20 ms), the same grasps.",
         "",
         "| run | planner / physics commit | seeds | objects | grasp returned | geometric valid (best) | physics best | "
         "physics any of top 3 | physics s per grasp (CPU) | planning ms per query |",
