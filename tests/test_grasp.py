@@ -342,3 +342,27 @@ def test_flat_object_is_pinched_near_the_table():
     assert best.position[2] == pytest.approx(GRIPPER.tip_clearance, abs=1e-3)
     assert best.position[2] < size[2] - 0.005
     assert abs(best.closing_axis @ rot_z(0.3)[:, 1]) > 0.95  # across the 6 cm side
+
+
+@pytest.mark.parametrize("yaw", [0.0, 0.4, 1.0])
+def test_grasp_beside_the_mass_centre_along_the_closing_axis_ranks_below_a_centred_one(yaw):
+    """A flat square frame wider than the gripper with a bar across its middle (a handle): pinching
+    a wall of the frame holds the object 4 cm beside its mass centre along the closing axis (it
+    turns about the jaws on the lift); pinching the bar holds it at its centre, and ranks first."""
+    parts, normals = [], []
+    for c, size in (
+        ((0, 0.042, 0.004), (0.09, 0.006, 0.008)),
+        ((0, -0.042, 0.004), (0.09, 0.006, 0.008)),
+        ((0.042, 0, 0.004), (0.006, 0.078, 0.008)),
+        ((-0.042, 0, 0.004), (0.006, 0.078, 0.008)),
+        ((0, 0, 0.004), (0.078, 0.006, 0.008)),  # the bar
+    ):
+        p, n = box_surface(c, size, yaw)
+        parts.append(p)
+        normals.append(n)
+    pts, nrm = np.concatenate(parts), np.concatenate(normals)
+    scene = np.concatenate([pts, table()])
+    plan = plan_grasps(pts, nrm, np.full(len(pts), 0.9), scene, GRIPPER, 0.02, 10, 5, point_spacing=SPACING)
+    assert plan.grasps, plan.message
+    best = plan.grasps[0]
+    assert np.linalg.norm(best.position[:2]) < 0.015, best.position
