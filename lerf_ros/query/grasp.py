@@ -463,33 +463,9 @@ def _grasp_candidates(
     if tall:
         for d in (major, -major, minor, -minor):
             approaches.append((d, _unit(np.cross(up, d)), "side", 0.9))
-    parts = [
-        _approach_candidates(
-            P,
-            N,
-            w,
-            S,
-            up,
-            gripper,
-            spacing,
-            support,
-            a,
-            y,
-            kind,
-            prior,
-            centre,
-            base,
-            top,
-            step,
-            half_b,
-            pad,
-            min_gap,
-            band,
-            margin,
-            max_insertion,
-        )
-        for a, y, kind, prior in approaches
-    ]
+    obj = _Object(P, N, w, S, centre, base, top, support)
+    cut = _Cuts(step, half_b, pad, min_gap, band, margin, max_insertion, spacing)
+    parts = [_approach_candidates(obj, cut, up, gripper, a, y, kind, prior) for a, y, kind, prior in approaches]
     return _Candidates.join(parts)
 
 
@@ -575,35 +551,69 @@ def _ranges(starts: np.ndarray, counts: np.ndarray) -> Tuple[np.ndarray, np.ndar
     return gid, np.repeat(starts, counts) + offset
 
 
+@dataclass(frozen=True)
+class _Object:
+    """One object cluster as the candidate generation sees it."""
+
+    P: np.ndarray
+    """(n, 3) its points."""
+    N: np.ndarray
+    """(n, 3) their unit normals (either sign)."""
+    w: np.ndarray
+    """(n,) their relevancy over the cluster's highest."""
+    S: np.ndarray
+    """(m, 3) the surface points around it, its own included, the support's left out."""
+    centre: np.ndarray
+    """(3,) its relevancy-weighted centroid: where its mass is taken to be."""
+    base: float
+    """Its lowest height (robust) along ``up``."""
+    top: float
+    """Its highest height (robust) along ``up``."""
+    support: float
+    """Height of the surface it stands on."""
+
+
+@dataclass(frozen=True)
+class _Cuts:
+    """How an object is cut into slices and runs (see :func:`_grasp_candidates`)."""
+
+    step: float
+    """Distance (m) between the slices."""
+    half_b: float
+    """Half the breadth (m) of a slice (the finger pads')."""
+    pad: float
+    """Growth (m) of what the fingers sweep, for the sampling: half the point spacing."""
+    min_gap: float
+    """Least gap (m) along the closing axis that a finger fits in."""
+    band: float
+    """Distance (m) from a jaw's contact within which points count for its normals."""
+    margin: float
+    """Added (m) to a part's extent to give the opening."""
+    max_insertion: float
+    """Deepest (m) the fingers reach past a slice's near side."""
+    spacing: float
+    """Distance (m) between neighbouring points."""
+
+
 def _approach_candidates(
-    P: np.ndarray,
-    N: np.ndarray,
-    w: np.ndarray,
-    S: np.ndarray,
+    obj: _Object,
+    cut: _Cuts,
     up: np.ndarray,
     gripper: GripperModel,
-    spacing: float,
-    support: float,
     a: np.ndarray,
     y: np.ndarray,
     kind: str,
     prior: float,
-    centre: np.ndarray,
-    base: float,
-    top: float,
-    step: float,
-    half_b: float,
-    pad: float,
-    min_gap: float,
-    band: float,
-    margin: float,
-    max_insertion: float,
-) -> _Candidates:
+) -> "_Candidates":
     """The candidates of one approach ``a`` closing along ``y`` (see :func:`_grasp_candidates`), as
     arrays over slices x insertion depths x runs of points."""
+    P, N, w, S, centre = obj.P, obj.N, obj.w, obj.S, obj.centre
+    base, top, support = obj.base, obj.top, obj.support
+    step, half_b, pad, min_gap = cut.step, cut.half_b, cut.pad, cut.min_gap
+    band, margin, max_insertion, spacing = cut.band, cut.margin, cut.max_insertion, cut.spacing
     x = np.cross(y, a)
     px, py, pa = P @ x, P @ y, P @ a
-    # Centre of the object's mass along the jaws (x) and along the approach.
+    # The object's mass centre along the jaws (x) and along the closing axis (y).
     cx, cy = float(centre @ x), float(centre @ y)
     half_len = max(0.5 * float(np.ptp(px)), gripper.finger_breadth / 2)
     if kind == "top":
