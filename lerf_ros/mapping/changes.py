@@ -28,10 +28,9 @@ session and, for every ``changes.check_every``-th of them:
 7. the candidate is checked against the stored keyframes: each keyframe that sees the changed
    points (at least ``min_stale_points`` of them in its image with depth) is *stale* when at least
    ``min_stale_fraction`` of the points disagree with the new surface there (its depth in front of
-   or behind the new surface by more than the tolerance; where the new surface lies where the old
-   one was, within the tolerance, or without depth: its colour differs, at the new frame's exposure
-   through gains over the unchanged surface both see) and it agrees with the old surface the field
-   holds. Keyframes are projected through their lens distortion. The confirmed pixels are clustered in 3D (touching
+   or behind the new surface by more than the tolerance; without depth: its colour differs) and it
+   agrees with the old surface the field holds. Keyframes are projected through their lens
+   distortion. The confirmed pixels are clustered in 3D (touching
    voxels of the surface nearer the camera: what is gone or what appeared), one cluster per changed
    object, and each cluster is judged on its own: it is a change when at least
    ``min_stale_keyframes`` keyframes and ``min_stale_share`` of those that see it are stale
@@ -314,22 +313,16 @@ def stale_keyframes(
             judged = okn
             evidence = okn & (np.abs(rgb - new_rgb).mean(-1) > color_threshold)
         else:
-            nd, nK, nc2w = new_view[:3]
+            nd, nK, nc2w = new_view
             centre = nc2w[:3, 3]
             # see-through pixels (the new surface lies beyond the old one): judged by the keyframe's
-            # surface at the old point; a surface in front of the old one by the new point; a surface
-            # where the old one was (within the tolerance: a flat object, a changed colour) by colour
-            rn = np.linalg.norm(new_pts - centre, axis=1)
-            ro = np.linalg.norm(old_pts - centre, axis=1)
-            in_place = np.abs(rn - ro) <= cfg.depth_tolerance + cfg.depth_tolerance_rel * rn
-            in_place &= len(new_view) > 3  # without the frame's unchanged surface: judged by depth alone
-            through = (rn > ro) & ~in_place
+            # surface at the old point; the others (a surface in front of the old one) by the new point
+            through = np.linalg.norm(new_pts - centre, axis=1) > np.linalg.norm(old_pts - centre, axis=1)
             vo, uo, _, oko = _project(old_pts, K, c2w, H, W, dist)
             if trusted is not None:
                 oko &= keep[vo, uo]
             dn = depth[vn, un]
-            seen = okn & (dn > 0) & in_place & (np.abs(dn - zn) <= cfg.depth_tolerance + cfg.depth_tolerance_rel * zn)
-            okn &= (dn > 0) & ~through & ~in_place
+            okn &= (dn > 0) & ~through
             saw_past = okn & (dn > zn + cfg.depth_tolerance + cfg.depth_tolerance_rel * zn)
             oko &= through
             oko[oko] = depth[vo[oko], uo[oko]] > 0
@@ -340,14 +333,6 @@ def stale_keyframes(
             in_free = okv & (zz < dnew - (cfg.depth_tolerance + cfg.depth_tolerance_rel * dnew))
             judged = int(np.count_nonzero(okn)) + int(np.count_nonzero(okv))
             evidence = int(np.count_nonzero(saw_past)) + int(np.count_nonzero(in_free))
-            if len(new_view) > 3 and seen.any():
-                # the same surface, seen unoccluded: its colour in the keyframe (at the keyframe's
-                # exposure, brought to the new frame's by their unchanged surfaces) differs
-                rgb = _as_numpy(kf.rgb).astype(np.float32) / 255.0
-                gain = _keyframe_gain(rgb, depth, K, c2w, dist, new_view[3], new_view[4], cfg)
-                recol = _colour_distance(rgb * gain, vn[seen], un[seen], new_rgb[seen]) > color_threshold
-                judged += int(np.count_nonzero(seen))
-                evidence += int(np.count_nonzero(recol))
         n = int(np.count_nonzero(judged)) if isinstance(judged, np.ndarray) else int(judged)
         e = int(np.count_nonzero(evidence)) if isinstance(evidence, np.ndarray) else int(evidence)
         if n < need:
@@ -356,37 +341,6 @@ def stale_keyframes(
         if e / n >= cfg.min_stale_fraction:
             stale.append(int(kf.key))
     return stale, seeing
-
-
-def _keyframe_gain(
-    rgb: np.ndarray,
-    depth: np.ndarray,
-    K: np.ndarray,
-    c2w: np.ndarray,
-    distortion: Optional[Distortion],
-    pts: np.ndarray,
-    pts_rgb: np.ndarray,
-    cfg: ChangeConfig,
-) -> np.ndarray:
-    """Per-channel gains (3,) from a keyframe's colours to the new frame's: ``gain_normalise`` over the
-    new frame's unchanged surface points ``pts`` (M, 3) (colours ``pts_rgb``) that the keyframe sees
-    unoccluded (its depth within the tolerance); ones when it sees fewer than 16 of them."""
-    H, W = rgb.shape[:2]
-    v, u, z, ok = _project(pts, K, c2w, H, W, distortion)
-    ok &= np.abs(depth[v, u] - z) <= cfg.depth_tolerance + cfg.depth_tolerance_rel * z
-    if np.count_nonzero(ok) < 16:
-        return np.ones(3, np.float32)
-    return gain_normalise(pts_rgb[ok][:, None], rgb[v[ok], u[ok]][:, None], np.ones((int(ok.sum()), 1), bool))
-
-
-def _colour_distance(rgb: np.ndarray, v: np.ndarray, u: np.ndarray, colours: np.ndarray) -> np.ndarray:
-    """(N,) smallest mean absolute difference between ``colours`` (N, 3) and the image ``rgb`` (H, W, 3)
-    in the 3x3 neighbourhood of pixels (v, u) (a pixel of pose error costs nothing)."""
-    H, W = rgb.shape[:2]
-    dv, du = np.meshgrid(np.arange(-1, 2), np.arange(-1, 2), indexing="ij")
-    vv = np.clip(v[:, None] + dv.ravel()[None], 0, H - 1)
-    uu = np.clip(u[:, None] + du.ravel()[None], 0, W - 1)
-    return np.abs(rgb[vv, uu] - colours[:, None]).mean(-1).min(1)
 
 
 def region_mask(points: np.ndarray, kf: Any, radius: float) -> np.ndarray:
@@ -647,14 +601,7 @@ class ChangeDetector:
         labels = voxel_clusters(fg, cfg.voxel_size)
         kfs = list(keyframes())
         by_key = {int(kf.key): kf for kf in kfs}
-        view = None
-        if obs_depth is not None:
-            # the frame's unchanged surface, for the keyframes' exposure gains (colour judgements)
-            sv, su = np.nonzero(covered & ~flag)
-            if len(sv) > MAX_CHECK_POINTS:
-                pick = np.sort(self._rng.choice(len(sv), MAX_CHECK_POINTS, replace=False))
-                sv, su = sv[pick], su[pick]
-            view = (obs_depth, K, c2w, backproject(obs_depth, K, c2w, sv, su), obs[sv, su])
+        view = None if obs_depth is None else (obs_depth, K, c2w)
         stale_pts: Dict[int, List[np.ndarray]] = {}
         confirmed: List[np.ndarray] = []
         seeing_all, reasons = 0, []
