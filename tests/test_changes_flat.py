@@ -1,6 +1,7 @@
 """Flat objects change only the colour where the camera gives depth (they are shorter than the depth
-tolerance): a removed plate and a moved remote control are still found, against the scene rendered
-exactly (a converged field), and the same stream without the events finds nothing."""
+tolerance): a moved banana and a moved remote control are still found where they were and where
+they are now, against the scene rendered exactly (a converged field), and the same stream without
+the events finds nothing."""
 
 import dataclasses
 from types import SimpleNamespace
@@ -43,7 +44,7 @@ def _confirmed_points(det, frames, kfs, render):
 @pytest.mark.parametrize(
     "seed, events, flat",
     [
-        (61, ["remove:plate@{N}"], "plate"),  # 2 cm tall
+        (42, ["move:banana@{N}"], "banana"),  # 3.5 cm tall
         (64, ["move:remote control@{N}"], "remote control"),  # 2.4 cm tall
     ],
 )
@@ -53,7 +54,8 @@ def test_a_flat_object_that_changed_is_found(seed, events, flat):
     static = make_changing_scene(**kw)
     before = {o.class_name: o for o in objects_at(changed, N - 1)}
     after = {o.class_name: o for o in objects_at(changed, 2 * N - 1)}
-    assert before[flat].size[2] < ChangeConfig().depth_tolerance + 0.01  # flatter than the depth test sees
+    # flatter than the depth tolerance at the camera's distance (2 cm + 3% of 0.5 to 1.2 m)
+    assert before[flat].size[2] < ChangeConfig().depth_tolerance + 0.02
     render = _perfect_field(static)
     kfs = _keyframes(changed.frames[:N])
     cfg = ChangeConfig(check_every=1)
@@ -62,8 +64,7 @@ def test_a_flat_object_that_changed_is_found(seed, events, flat):
     assert det.stats()["changes_detected"] >= 1
     at_old = before[flat].contains(pts, 0.03)
     assert at_old.sum() >= 20  # where it was
-    if flat in after:
-        assert after[flat].contains(pts, 0.03).sum() >= 10  # where it is now
+    assert after[flat].contains(pts, 0.03).sum() >= 10  # where it is now
     # the same stream without the event, with an exposure change and a few millimetres of pose error
     rng = np.random.default_rng(seed)
     frames = []
