@@ -73,7 +73,6 @@ def write_params(path: str, scene_dir: str, out_dir: str, args) -> None:
             "lerf_query:\n  ros__parameters:\n    reload_period_s: 0.5\n"
             f"    snapshot_min_interval_s: {args.swap_interval}\n"
             f"    prepare_cpu_share: {args.cpu_share}\n    prepare_niceness: {args.niceness}\n"
-            f"    query:\n      threads: {args.query_threads}\n"
         )
 
 
@@ -189,7 +188,6 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--cpu-share", type=float, default=0.5, help="prepare_cpu_share")
     p.add_argument("--niceness", type=int, default=10, help="prepare_niceness")
     p.add_argument("--rate", type=float, default=2.0, help="replay frames per second")
-    p.add_argument("--query-threads", type=int, default=0, help="query.threads (0: the process's setting)")
     p.add_argument("--domain", type=int, default=None, help="ROS_DOMAIN_ID (default: from the pid)")
     p.add_argument("--output", default=os.path.join(ROOT, "bench", "results", "query_latency.json"))
     args = p.parse_args(argv)
@@ -230,7 +228,6 @@ def main(argv: Optional[List[str]] = None) -> int:
             "snapshot_min_interval_s": args.swap_interval,
             "prepare_cpu_share": args.cpu_share,
             "prepare_niceness": args.niceness,
-            "query.threads": args.query_threads,
             "replay_rate_hz": args.rate,
             "trainer.max_steps": args.max_steps,
             "during_preparation": "a query counts as asked during a preparation when the query node's "

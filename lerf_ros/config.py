@@ -608,9 +608,6 @@ class QueryConfig:
     """Surface points kept for scoring (random subsample beyond this)."""
     field_chunk_points: int = 8192
     """Points per language-field call in the scale search (memory bound)."""
-    threads: int = 0
-    """CPU threads a query is answered with (0: the process's setting). Where training runs in the
-    same process on few cores, 1 keeps a query from competing with the training step for them."""
     feature_cache_mb: float = 512.0
     """Memory (MiB) for the language field at every surface point and scale of the current snapshot,
     stored in the field's output basis so that queries skip the field (0 disables)."""
@@ -676,7 +673,6 @@ class QueryConfig:
         )
         _require(0 <= self.grasp_focus <= 1, "query.grasp_focus", self.grasp_focus, "in [0, 1]")
         _require(self.max_negatives >= 0, "query.max_negatives", self.max_negatives, ">= 0")
-        _require(self.threads >= 0, "query.threads", self.threads, ">= 0 (0: the process's setting)")
         _require(
             self.max_grasps <= self.max_grasps_limit,
             "query.max_grasps",

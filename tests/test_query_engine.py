@@ -596,34 +596,3 @@ def test_close_stops_preparation_at_the_next_chunk(scene, teacher):
     assert len(calls) < 20 * len(snap.cameras)  # far from all views were rendered
     r = eng.query(scene.objects[0].class_name)
     assert not r.success and "shutting down" in r.message and r.step == 7
-
-
-def test_intra_op_threads_hold_for_the_answering_thread_only():
-    """``query.threads``: the answering thread runs with that many intra-op threads and gets its own
-    setting back; a thread training meanwhile keeps its own (PyTorch's OpenMP backend)."""
-
-    from lerf_ros.query.engine import _PER_THREAD_SETTING, intra_op_threads
-
-    if not _PER_THREAD_SETTING:
-        pytest.skip("this PyTorch's thread setting is process-wide: query.threads is ignored there")
-    before = torch.get_num_threads()
-    target = 1 if before != 1 else 2
-    seen = {}
-    inside, release = threading.Event(), threading.Event()
-
-    def answer():
-        with intra_op_threads(target):
-            seen["inside"] = torch.get_num_threads()
-            inside.set()
-            release.wait(10)
-        seen["after"] = torch.get_num_threads()
-
-    t = threading.Thread(target=answer)
-    t.start()
-    assert inside.wait(10)
-    seen["other thread"] = torch.get_num_threads()
-    release.set()
-    t.join(10)
-    assert seen == {"inside": target, "other thread": before, "after": before}, seen
-    with intra_op_threads(0):
-        assert torch.get_num_threads() == before

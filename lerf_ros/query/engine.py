@@ -38,7 +38,6 @@ A preparation that fails leaves the previous snapshot answering; the failure is 
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import threading
@@ -64,24 +63,6 @@ NO_MODEL_MESSAGE = "no model yet: the trainer has not produced a snapshot (waiti
 CLOSED_MESSAGE = "the query engine is shutting down: ask again once the node is back"
 
 log = logging.getLogger(__name__)
-
-_PER_THREAD_SETTING = "OpenMP" in torch.__config__.parallel_info()
-"""With PyTorch's OpenMP backend ``torch.set_num_threads`` holds for the calling thread only."""
-
-
-@contextlib.contextmanager
-def intra_op_threads(n: int):
-    """Run the block with ``n`` intra-op CPU threads on the calling thread; 0 (or a backend whose
-    setting is process-wide, where changing it would slow other threads down too) leaves it as is."""
-    old = torch.get_num_threads()
-    if n <= 0 or n == old or not _PER_THREAD_SETTING:
-        yield
-        return
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
 
 
 @dataclass
@@ -397,8 +378,7 @@ class QueryEngine:
         if error:
             return QueryResult(False, error, step=step, timings=self._total(timings, t0))
         try:
-            with intra_op_threads(self.cfg.threads):
-                return self._answer(text, negatives, threshold, max_points, max_grasps, world_to_target, timings, t0)
+            return self._answer(text, negatives, threshold, max_points, max_grasps, world_to_target, timings, t0)
         except Cancelled:
             return QueryResult(False, CLOSED_MESSAGE, step=step, timings=self._total(timings, t0))
         except Exception as exc:  # a service must answer; the traceback goes to the log
