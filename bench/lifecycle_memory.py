@@ -224,7 +224,7 @@ def main() -> int:
             "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
             "load_1min": os.getloadavg()[0],
         },
-        "settings": vars(args),
+        "settings": {k: v for k, v in vars(args).items() if k != "out"},
         "scene_objects": len(scene.objects),
         "stages": list(STAGES),
         "memory": memory,

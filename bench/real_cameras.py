@@ -51,6 +51,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import argparse  # noqa: E402
 import dataclasses  # noqa: E402
 import json  # noqa: E402
+import shlex  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 from typing import Any, Dict, List, Optional  # noqa: E402
@@ -661,6 +662,21 @@ def combine(paths: List[str], stem: str) -> Dict[str, Any]:
     return res
 
 
+def run_command(argv: List[str]) -> str:
+    """The command line of a run as a shell would take it, without its output path (which names
+    this machine's folders)."""
+    kept: List[str] = []
+    skip = False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == "--out":
+            skip = True
+        elif not a.startswith("--out="):
+            kept.append(a)
+    return shlex.join(["python", "bench/real_cameras.py", *kept])
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="one seed, 120 steps per run")
@@ -737,7 +753,7 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     t_start = time.perf_counter()
     res: Dict[str, Any] = {
-        "command": "python bench/real_cameras.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "command": run_command(argv if argv is not None else sys.argv[1:]),
         "scene": {"width": args.width, "height": args.height, "frames": args.frames, "hfov_deg": HFOV},
         "holdout_every": settings.holdout_every,
         "preset": "tiny",

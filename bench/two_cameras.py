@@ -185,7 +185,7 @@ def main() -> int:
                 flush=True,
             )
     result = {
-        "args": vars(args),
+        "args": {k: v for k, v in vars(args).items() if k != "out"},
         "load_average": os.getloadavg(),
         "cpu_count": os.cpu_count(),
         "rows": rows,

@@ -119,7 +119,10 @@ def params_file_text(sections: Dict[str, Dict[str, Any]]) -> str:
             return {str(k): plain(v) for k, v in value.items()}
         if isinstance(value, (list, tuple)):
             return [plain(v) for v in value]
-        return os.fspath(value) if isinstance(value, os.PathLike) else value
+        if isinstance(value, os.PathLike):
+            return os.fspath(value)
+        item = getattr(value, "item", None)  # a numpy scalar (np.float64, np.int64, np.bool_)
+        return item() if callable(item) and getattr(value, "shape", None) == () else value
 
     return yaml.safe_dump(
         {name: {"ros__parameters": plain(params)} for name, params in sections.items()}, sort_keys=False
