@@ -95,7 +95,7 @@ def test_cli_frame_id_needs_the_service(tmp_path):
 #: A stand-in for the listener process (the same protocol, no tf2): answers each call with its own pid,
 #: never answers "stall"; exits at start while the file named by its second argument exists.
 FAKE_LISTENER = """
-import os, sys
+import os, sys, time
 from multiprocessing.connection import Connection
 conn = Connection(int(sys.argv[1]))
 if os.path.exists(sys.argv[2]):
@@ -106,9 +106,26 @@ while True:
         rid, kind, payload = conn.recv()
     except (EOFError, OSError):
         break
-    if kind != "stall":
+    if kind == "garbage":
+        conn.send("not an answer")
+    elif kind == "deaf":
+        time.sleep(120)  # stops reading
+    elif kind != "stall":
         conn.send((rid, (kind, payload, os.getpid()), (1, 2, 3)))
 """
+
+#: The stand-in, writing its pid to the file named by its third argument, then slow to start (60 s)
+#: while the file named by its fourth argument exists.
+SLOW_LISTENER = (
+    """
+import os, sys, time
+with open(sys.argv[3], "a") as f:
+    f.write(f"{os.getpid()}\\n")
+if os.path.exists(sys.argv[4]):
+    time.sleep(60)
+"""
+    + FAKE_LISTENER
+)
 
 
 def _wait(predicate, timeout):
@@ -186,6 +203,86 @@ def test_listener_that_dies_is_restarted_with_backoff_and_lookups_say_so_meanwhi
     assert not link.alive and link.call("lookup", "e", 1.0) == (None, "the TF listener is closed")
     time.sleep(0.5)
     assert link.restarts == 1 and link.process is second  # nothing restarted after close
+
+
+def _running(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def test_close_during_a_restart_ends_the_child_being_started(tmp_path):
+    """``close`` while a child is being started again (slow to start: it would send "ready" after
+    60 s) ends that child too, and returns within a few seconds."""
+    from lerf_ros.ros.tf import ListenerLink
+
+    pids, slow = tmp_path / "pids", tmp_path / "slow"
+    link = ListenerLink(
+        lambda fd: python_argv("-c", SLOW_LISTENER, str(fd), str(tmp_path / "broken"), str(pids), str(slow)),
+        backoff_s=(0.1, 0.5),
+    )
+    try:
+        first = link.process.pid
+        slow.touch()
+        os.kill(first, 9)
+        assert _wait(lambda: len(pids.read_text().split()) >= 2, 30.0), pids.read_text()
+        starting = int(pids.read_text().split()[1])
+        assert _running(starting) and link.restarts == 0
+    finally:
+        t0 = time.monotonic()
+        link.close(timeout_s=1.0)
+        took = time.monotonic() - t0
+    assert took < 10.0, took
+    assert _wait(lambda: not _running(starting), 5.0), "the child being started outlived close"
+    time.sleep(0.5)
+    assert link.restarts == 0 and len(pids.read_text().split()) == 2  # nothing started after close
+
+
+def test_a_bad_answer_is_logged_once_and_the_link_keeps_reading(tmp_path):
+    """An answer that is not ``(id, result, extra)`` is logged once; the reader goes on, later calls
+    are answered."""
+    from lerf_ros.ros.tf import ListenerLink
+
+    logs = []
+    link = ListenerLink(lambda fd: python_argv("-c", FAKE_LISTENER, str(fd), str(tmp_path / "broken")), log=logs.append)
+    try:
+        for _ in range(2):
+            assert link.call("garbage", None, 0.5)[0] is None
+            answer, why = link.call("lookup", "a", 30.0)
+            assert why == "" and answer[:2] == ("lookup", "a"), (why, logs)
+        assert sum("could not be taken" in line for line in logs) == 1, logs
+        assert link.restarts == 0
+    finally:
+        link.close()
+
+
+def test_a_child_that_stops_reading_blocks_neither_other_calls_nor_close(tmp_path):
+    """A call whose send blocks (the child stopped reading; the socket's buffer is full) holds up
+    neither another call (it fails within its wait) nor ``close`` (which ends the blocked send)."""
+    import threading
+
+    from lerf_ros.ros.tf import ListenerLink
+
+    link = ListenerLink(lambda fd: python_argv("-c", FAKE_LISTENER, str(fd), str(tmp_path / "broken")))
+    blocked = []
+    try:
+        assert link.call("deaf", None, 0.3)[0] is None  # the child now sleeps, reading nothing
+        sender = threading.Thread(target=lambda: blocked.append(link.call("lookup", b"x" * (32 << 20), 1.0)))
+        sender.start()
+        time.sleep(1.0)
+        assert sender.is_alive()  # blocked in its send
+        t0 = time.monotonic()
+        answer, why = link.call("lookup", "a", 1.0)
+        assert answer is None and "did not" in why and time.monotonic() - t0 < 5.0, why
+    finally:
+        t0 = time.monotonic()
+        link.close(timeout_s=1.0)
+        took = time.monotonic() - t0
+    assert took < 10.0, took
+    sender.join(10.0)
+    assert not sender.is_alive() and blocked and blocked[0][0] is None, blocked
 
 
 # ---------------------------------------------------------------------------------------------- with tf2

@@ -235,7 +235,9 @@ class _LocalTf:
 class _Child:
     """One listener process and this process's end of its socket pair (see ``ListenerLink``)."""
 
-    def __init__(self, argv_for_fd: Callable[[int], List[str]], env, start_timeout_s: float, what: str) -> None:
+    def __init__(self, argv_for_fd: Callable[[int], List[str]], env, what: str) -> None:
+        """Start the process; ``wait_ready`` then waits for its first message."""
+        self.what = what
         ours, theirs = socket.socketpair()
         try:
             # A session of its own: where the kernel shares CPU time between sessions (autogroup), the
@@ -257,6 +259,11 @@ class _Child:
         # read blocked on it in the reader thread, and the child would never see the end.
         self.sock = ours
         self.conn = Connection(os.dup(ours.fileno()))
+
+    def wait_ready(self, start_timeout_s: float) -> None:
+        """Wait for the child's ``("ready", pid)``; raises (the child ended) when it does not come
+        within ``start_timeout_s``, says why not, or the child is ended meanwhile (``end``)."""
+        what = self.what
         try:
             if not self.conn.poll(start_timeout_s):
                 raise RuntimeError(f"the {what} process did not start within {start_timeout_s:g} s")
@@ -273,13 +280,15 @@ class _Child:
 
     def start_reader(self, on_message: Callable[[tuple], None], on_exit: Callable[["_Child"], None]) -> None:
         def read() -> None:
-            while True:
-                try:
-                    message = self.conn.recv()
-                except (EOFError, OSError):
-                    break
-                on_message(message)
-            on_exit(self)
+            try:
+                while True:
+                    try:
+                        message = self.conn.recv()
+                    except (EOFError, OSError):
+                        break
+                    on_message(message)
+            finally:  # whatever ended the loop, the link learns of it (and restarts the child)
+                on_exit(self)
 
         threading.Thread(target=read, name="lerf_tf_reader", daemon=True).start()
 
@@ -333,6 +342,11 @@ class ListenerLink:
         self._on_extra = on_extra or (lambda extra: None)
         self.backoff_s = (float(backoff_s[0]), float(backoff_s[1]))
         self._lock = threading.Lock()
+        # Sends are serialised by a lock of their own: a child that stops reading blocks its sender
+        # (until the child dies or ``close`` shuts the socket down), not the link.
+        self._send_lock = threading.Lock()
+        self._starting: Optional[_Child] = None  # a child started again, not ready yet
+        self._bad_message_logged = False
         self._pending: Dict[int, list] = {}
         self._ids = itertools.count(1)
         self._closed = threading.Event()
@@ -346,7 +360,9 @@ class ListenerLink:
         self._child.start_reader(self._on_message, self._child_exited)
 
     def _start(self) -> _Child:
-        return _Child(self._argv_for_fd, self._env, self._start_timeout_s, self.what)
+        child = _Child(self._argv_for_fd, self._env, self.what)
+        child.wait_ready(self._start_timeout_s)
+        return child
 
     # -------------------------------------------------------------- state
     @property
@@ -367,17 +383,25 @@ class ListenerLink:
         if cancel is not None and cancel.is_set():
             return None, CANCELLED
         slot = [threading.Event(), _NO_ANSWER]
+        deadline = time.monotonic() + float(wait_s)
         with self._lock:
-            if self._child is None:
+            child = self._child
+            if child is None:
                 return None, self._down
             rid = next(self._ids)
             self._pending[rid] = slot
-            try:
-                self._child.conn.send((rid, kind, payload))
-            except (OSError, ValueError):
+        if not self._send_lock.acquire(timeout=max(0.0, float(wait_s))):
+            with self._lock:
                 self._pending.pop(rid, None)
-                return None, self._down or f"the {self.what} process is gone"
-        deadline = time.monotonic() + float(wait_s)
+            return None, f"the {self.what} process did not take the call within {wait_s:g} s"
+        try:
+            child.conn.send((rid, kind, payload))
+        except (OSError, ValueError, TypeError):  # TypeError: closed by ``close`` mid-send
+            with self._lock:
+                self._pending.pop(rid, None)
+            return None, self._down or f"the {self.what} process is gone"
+        finally:
+            self._send_lock.release()
         while True:
             remaining = deadline - time.monotonic()
             step = max(0.0, remaining) if cancel is None else min(max(0.0, remaining), CANCEL_POLL_S)
@@ -397,8 +421,14 @@ class ListenerLink:
         return slot[1], ""
 
     def _on_message(self, message) -> None:
-        rid, result, extra = message
-        self._on_extra(extra)
+        try:
+            rid, result, extra = message
+            self._on_extra(extra)
+        except Exception as exc:  # a malformed answer or a failing ``on_extra``: keep reading
+            if not self._bad_message_logged:
+                self._bad_message_logged = True
+                self._say(f"an answer of the {self.what} process could not be taken: {exc!r} (logged once)")
+            return
         with self._lock:
             slot = self._pending.pop(rid, None)
         if slot is not None:
@@ -424,9 +454,12 @@ class ListenerLink:
                 self._delay = self.backoff_s[0]
         for slot in pending:
             slot[0].set()
-        child.end(0.5)
         delay = self._delay
         threading.Thread(target=self._supervise, name="lerf_tf_restart", daemon=True).start()
+        try:
+            child.end(0.5)
+        except Exception:  # already reaped: the restart does not depend on it
+            pass
         self._say(f"{why}: restarting it in {delay:g} s (lookups fail meanwhile: {self._down})")
 
     def _say(self, text: str) -> None:
@@ -440,8 +473,22 @@ class ListenerLink:
         while not self._closed.wait(self._delay):
             self._delay = min(2.0 * self._delay, self.backoff_s[1])
             try:
-                child = self._start()
+                child = _Child(self._argv_for_fd, self._env, self.what)
+                with self._lock:
+                    closed = self._closed.is_set()
+                    if not closed:
+                        self._starting = child  # ``close`` ends it while it starts
+                if closed:
+                    child.end(0.5)
+                    return
+                try:
+                    child.wait_ready(self._start_timeout_s)
+                finally:
+                    with self._lock:
+                        self._starting = None
             except Exception as exc:  # imports failing, no memory: try again later
+                if self._closed.is_set():
+                    return
                 failures += 1
                 if failures == 1:
                     self._say(
@@ -450,12 +497,14 @@ class ListenerLink:
                     )
                 continue
             with self._lock:
-                if self._closed.is_set():
-                    child.end(0.5)
-                    return
-                self._child, self._down, self.process = child, "", child.proc
-                self.restarts += 1
+                closed = self._closed.is_set()
+                if not closed:
+                    self._child, self._down, self.process = child, "", child.proc
+                    self.restarts += 1
                 n = self.restarts
+            if closed:  # closed while it started: ended outside the lock
+                child.end(0.5)
+                return
             child.start_reader(self._on_message, self._child_exited)
             tries = f" after {failures + 1} attempts" if failures else ""
             self._say(f"the {self.what} process restarted{tries} (restart {n}, pid {child.proc.pid})")
@@ -463,15 +512,17 @@ class ListenerLink:
 
     # -------------------------------------------------------------- lifetime
     def close(self, timeout_s: float = 2.0) -> None:
-        """End the child (it exits when its socket closes; killed after ``timeout_s``); no restart."""
+        """End the child, and one being started again (each exits when its socket closes; killed after
+        ``timeout_s``); no restart. Returns when they have ended."""
+        self._closed.set()
         with self._lock:
-            self._closed.set()
-            child, self._child = self._child, None
+            children = [c for c in (self._child, self._starting) if c is not None]
+            self._child = self._starting = None
             self._down = f"the {self.what} is closed"
             pending, self._pending = list(self._pending.values()), {}
         for slot in pending:
             slot[0].set()
-        if child is not None:
+        for child in children:  # outside the lock: a send blocked on the socket ends when it shuts down
             child.end(timeout_s)
 
 
