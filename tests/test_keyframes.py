@@ -344,3 +344,59 @@ def test_heap_trim_returns_evicted_images_to_the_system():
         freed[mode] = float(out.stdout.strip().splitlines()[-1])
     # 100 freed buffers of 300 KB between kept ones: about 29 MB go back with the trim, almost nothing without
     assert freed["trim"] > 25.0 and freed["default"] < 5.0, freed
+
+
+# ---------------------------------------------------------------------------- retired pixels across runs
+def _retired_entries(stamps, seed=0):
+    """``retired_state`` entries of keyframes at ``stamps``, each with its left half retired."""
+    src = KeyframeStore(cfg(max_keyframes=len(stamps) + 3))
+    half = np.zeros((H, W), bool)
+    half[:, : W // 2] = True
+    for s in stamps:
+        key, _ = src.add(frame(s, seed=seed))
+        assert src.retire_pixels(key, half) == H * W // 2
+    return src.retired_state()
+
+
+def test_retired_pixels_restored_when_keyframe_returns():
+    entries = _retired_entries([1.0, 2.0])
+    store = KeyframeStore(cfg(max_keyframes=4))
+    assert store.restore_retired(entries) == 0
+    key, _ = store.add(frame(2.0))
+    kf = store.get(key)
+    assert kf.trusted is not None and int(kf.trusted.numel()) == H * W // 2
+    assert sorted(e["stamp"] for e in store.retired_state()) == [1.0, 2.0]  # 1.0 still pending
+
+
+def test_malformed_retired_entry_is_skipped_with_one_log_line(caplog):
+    bad = dict(_retired_entries([5.0])[0])
+    bad["retired"] = bad["retired"][:-3]  # truncated mask
+    store = KeyframeStore(cfg(max_keyframes=3))
+    for i in range(3):
+        store.add(frame(4.0 - i, t=(0.5 * i, 0, 0)))
+    with caplog.at_level("WARNING", logger="lerf_ros.mapping.keyframes"):
+        store.restore_retired([bad])  # pending: applied when its keyframe comes
+        key, evicted = store.add(frame(5.0))  # must not raise, and bounds still hold
+    assert len(store) == 3 and evicted and key in store and store.get(key).trusted is None
+    assert sum("retired-pixel mask" in r.getMessage() for r in caplog.records) == 1
+    # at once, for a stored keyframe: a resume is not aborted
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="lerf_ros.mapping.keyframes"):
+        assert store.restore_retired([bad]) == 0
+    assert sum("retired-pixel mask" in r.getMessage() for r in caplog.records) == 1
+
+
+def test_pending_retired_entries_are_bounded(monkeypatch):
+    import lerf_ros.mapping.keyframes as kfmod
+
+    entries = _retired_entries([1.0, 2.0, 100.0])
+    store = KeyframeStore(cfg(max_keyframes=4))
+    store.restore_retired(entries)
+    assert len(store.retired_state()) == 3
+    store.add(frame(2.0 + kfmod.PENDING_RETIRED_MARGIN_S + 50.0))  # long past 1.0 and 2.0, not 100.0
+    assert [e["stamp"] for e in store.retired_state()] == [100.0]
+    # and a count cap, the oldest dropped first, even with no keyframe stored
+    monkeypatch.setattr(kfmod, "MAX_PENDING_RETIRED", 2)
+    store = KeyframeStore(cfg(max_keyframes=4))
+    store.restore_retired(entries)
+    assert sorted(e["stamp"] for e in store.retired_state()) == [2.0, 100.0]

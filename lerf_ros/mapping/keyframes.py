@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import dataclasses
 import heapq
+import logging
 import math
 import threading
 import time
@@ -48,6 +49,14 @@ from lerf_ros.field.snapshot import CameraView
 from lerf_ros.geometry.camera import Distortion
 from lerf_ros.geometry.poses import pose_distance
 from lerf_ros.mapping.rays import RayBatch, sample_rays
+
+log = logging.getLogger(__name__)
+
+# restored retired-pixel masks whose keyframe has not come back are dropped once they are this many
+# seconds older than the oldest stored keyframe (a stream seen again has passed them), and beyond
+# this many entries (the oldest first)
+PENDING_RETIRED_MARGIN_S = 60.0
+MAX_PENDING_RETIRED = 1024
 
 __all__ = ["Keyframe", "KeyframeStore", "KeyframeStoreError", "features_nbytes", "release_free_heap"]
 
@@ -380,7 +389,8 @@ class KeyframeStore:
             self._version += 1
             pending = self._pending_retired.pop(_identity(kf), None)
             if pending is not None and (pending["height"], pending["width"]) == (kf.height, kf.width):
-                self.retire_pixels(key, _unpack_mask(pending))
+                self._apply_retired(key, pending)
+            self._prune_pending()
             evicted = self._enforce_bounds()
         self._trim_after(evicted)
         return key, evicted
@@ -491,9 +501,33 @@ class KeyframeStore:
             for key, kf in list(self._items.items()):
                 e = self._pending_retired.pop(_identity(kf), None)
                 if e is not None and (int(e["height"]), int(e["width"])) == (kf.height, kf.width):
-                    self.retire_pixels(key, _unpack_mask(e))
-                    applied += 1
+                    applied += int(self._apply_retired(key, e))
+            self._prune_pending()
             return applied
+
+    def _apply_retired(self, key: int, entry: Dict[str, Any]) -> bool:
+        """Retire keyframe ``key``'s pixels of a ``retired_state`` entry; a malformed entry is skipped
+        with one log line (it cannot stop a keyframe's insertion or a resume)."""
+        try:
+            mask = _unpack_mask(entry)
+        except (ValueError, TypeError, KeyError) as e:
+            log.warning("skipping a restored retired-pixel mask of keyframe %s: %s", key, e)
+            return False
+        self.retire_pixels(key, mask)
+        return True
+
+    def _prune_pending(self) -> None:
+        """Bound the restored masks still waiting for their keyframe (see ``PENDING_RETIRED_MARGIN_S``)."""
+        pending = self._pending_retired
+        if not pending:
+            return
+        if self._items:
+            oldest = min(float(kf.stamp) for kf in self._items.values())
+            for ident in [i for i in pending if i[0] < oldest - PENDING_RETIRED_MARGIN_S]:
+                del pending[ident]
+        if len(pending) > MAX_PENDING_RETIRED:
+            for ident in sorted(pending, key=lambda i: i[0])[: len(pending) - MAX_PENDING_RETIRED]:
+                del pending[ident]
 
     def remove(self, key: int) -> Keyframe:
         """Remove and return keyframe ``key`` (KeyError if absent; not counted as evicted)."""
