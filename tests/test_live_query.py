@@ -189,3 +189,34 @@ def test_preparation_thread_runs_at_lower_priority():
     t.join()
     assert seen["note"] == "" and seen["nice"] == min(19, main_nice + 5)
     assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == main_nice  # only that thread
+
+
+def test_a_pause_during_the_fetch_drops_the_fetched_snapshot(scene, teacher):
+    """A ``pause`` that lands while the preparer fetches a snapshot: nothing is prepared or swapped in
+    after ``pause`` returned (the lifecycle's deactivate); after ``resume`` it is."""
+    eng = QueryEngine(qcfg(surface_max_views=4), teacher.encode_text)
+    eng.set_snapshot(AnalyticSnapshot(scene, teacher.encode_text, step=10))
+    eng.prepare()
+    fetching, release = threading.Event(), threading.Event()
+    new = AnalyticSnapshot(scene, teacher.encode_text, step=20)
+
+    def fetch():
+        fetching.set()
+        assert release.wait(30.0)
+        return new
+
+    swapped = threading.Event()
+    prep = SnapshotPreparer(
+        lambda: eng, fetch, period_s=0.05, cpu_share=1.0, on_prepared=lambda snap, ms: swapped.set()
+    ).start()
+    try:
+        assert fetching.wait(30.0)
+        prep.pause()
+        release.set()
+        assert not swapped.wait(1.5), "a preparation started after pause returned"
+        assert prep.preparing_step is None and eng.status()["offered_step"] == 10 and eng.current_step() == 10
+        prep.resume()
+        assert swapped.wait(60.0), "not prepared after resume"
+    finally:
+        prep.close()
+    assert eng.query(scene.objects[0].class_name).step == 20

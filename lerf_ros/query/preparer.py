@@ -90,6 +90,9 @@ class SnapshotPreparer:
         self._wake = threading.Event()
         self._closing = threading.Event()
         self._paused = threading.Event()
+        # Held from the last look at ``_paused`` to the start of a preparation: once ``pause`` returns,
+        # a preparation has either started (and finishes) or will not start.
+        self._start_lock = threading.Lock()
         self._last_swap = -float("inf")
         self._last_step: Optional[int] = None
         self.preparing_step: Optional[int] = None
@@ -107,9 +110,11 @@ class SnapshotPreparer:
         self._wake.set()
 
     def pause(self) -> None:
-        """Stop looking for new snapshots (a preparation under way finishes and is swapped in); the
-        thread waits for ``resume`` or ``close``."""
-        self._paused.set()
+        """Stop looking for new snapshots (a preparation under way finishes and is swapped in; none
+        starts after this returns, a snapshot fetched meanwhile is dropped); the thread waits for
+        ``resume`` or ``close``."""
+        with self._start_lock:
+            self._paused.set()
 
     def resume(self) -> None:
         """Look for new snapshots again (at once)."""
@@ -149,7 +154,8 @@ class SnapshotPreparer:
 
     def run_once(self) -> bool:
         """One round on the calling thread: fetch, and prepare what is newer. Returns whether a new
-        snapshot was swapped in. Raises ``Cancelled`` when the engine is closed meanwhile."""
+        snapshot was swapped in. Raises ``Cancelled`` when the engine is closed meanwhile. A snapshot
+        fetched while paused (or closing) is dropped."""
         if self._last_step is not None and time.monotonic() - self._last_swap < self.min_interval_s:
             return False
         try:
@@ -160,11 +166,12 @@ class SnapshotPreparer:
         if snap is None or (self._last_step is not None and int(snap.step) == self._last_step):
             return False
         engine = self._engine()
-        if engine is None or self._closing.is_set():
-            return False
-        engine.set_snapshot(snap)
-        self._last_step = int(snap.step)
-        self.preparing_step = int(snap.step)
+        with self._start_lock:
+            if engine is None or self._closing.is_set() or self._paused.is_set():
+                return False
+            engine.set_snapshot(snap)
+            self._last_step = int(snap.step)
+            self.preparing_step = int(snap.step)
         try:
             ms = engine.prepare(cpu_share=self.cpu_share)
         except Cancelled:
