@@ -16,11 +16,13 @@ What each state holds (``ManagedNode``; the node classes fill in the hooks):
 - **activate** -> active: input subscriptions, training (trainer), snapshot preparation and answers
   (query node), /lerf/status and /diagnostics.
 - **deactivate** -> inactive: everything ``activate`` created is destroyed again (subscriptions,
-  timers, /diagnostics), ingestion stops at once (a TF lookup still waiting is given up; no frame
-  reaches the session after the transition), training stops after the step in flight and a
-  checkpoint of unsaved steps is written; the query node's snapshot preparer pauses (``activate``
-  resumes the same one). The model, the keyframes and the last prepared snapshot stay, so
-  ``activate`` goes on where it stopped. On CUDA the allocator's cached blocks are handed back (``release_memory``).
+  timers, /diagnostics), ingestion stops (a TF lookup still waiting is given up; a frame being handed
+  over to the session, if any, is waited for, which may take as long as that frame's keyframe and
+  change checks; no frame reaches the session after the transition), training stops after the step in
+  flight and a checkpoint of unsaved steps is written; the query node's snapshot preparer pauses (a
+  preparation under way finishes, none starts after; ``activate`` resumes the same one). The model,
+  the keyframes and the last prepared snapshot stay, so ``activate`` goes on where it stopped. On
+  CUDA the allocator's cached blocks are handed back (``release_memory``).
 - **cleanup** -> unconfigured: everything ``configure`` created is destroyed; the model, keyframes,
   teacher and snapshots are dropped and the freed memory returned to the system (the resident set
   falls); ``configure`` loads them again (the trainer resumes from its checkpoint).

@@ -275,7 +275,9 @@ class TrainerNode(ManagedNode):
     def deactivate_node(self) -> None:
         """Stop ingestion, then training after the step in flight, and write a checkpoint of the current
         step when it has steps not saved yet (``OnlineTrainer.stop``); bounded. The session stays."""
-        with self._submit_lock:  # a frame being handed over finishes; none is handed over after this
+        # A frame being handed over finishes first (its keyframe and change checks may take a while);
+        # none is handed over after this.
+        with self._submit_lock:
             with self._queue_cv:
                 self._ingest_stop.set()
                 self._queue_cv.notify_all()
