@@ -107,6 +107,71 @@ def test_region_mask_covers_the_points_and_no_more():
     assert region_mask(np.array([[2.0, 0.0, 0.0]]), kf, 0.05).sum() == 0  # behind the camera
 
 
+def _region_mask_reference(points, kf, radius):
+    """Every pixel's ray against every point (slow, plain): the pixels whose rays pass within
+    ``radius`` of a point in front of the camera, plus the pixel each point falls in. No disc window."""
+    H, W = kf.rgb.shape[:2]
+    K, c2w = np.asarray(kf.K, float), np.asarray(kf.c2w, float)
+    v, u = np.mgrid[0:H, 0:W]
+    d = np.stack([(u + 0.5 - K[0, 2]) / K[0, 0], (v + 0.5 - K[1, 2]) / K[1, 1], np.ones((H, W))], -1)
+    d = (d / np.linalg.norm(d, axis=-1, keepdims=True)).astype(np.float32).astype(np.float64)
+    mask = np.zeros((H, W), bool)
+    for p in points:
+        c = (p - c2w[:3, 3]) @ c2w[:3, :3]
+        if c[2] <= 1e-3:
+            continue
+        along = d @ c
+        mask |= (np.linalg.norm(c - along[..., None] * d, axis=-1) <= radius) & (along > 0)
+        pu, pv = K[0, 0] * c[0] / c[2] + K[0, 2], K[1, 1] * c[1] / c[2] + K[1, 2]
+        if 0 <= pu < W and 0 <= pv < H:
+            mask[int(pv), int(pu)] = True
+    return mask
+
+
+def test_region_mask_matches_every_ray_against_every_point():
+    from lerf_ros.data.synthetic import intrinsics_from_fov, look_at
+
+    K = intrinsics_from_fov(80, 60)
+    kf = SimpleNamespace(K=K, c2w=look_at([1.5, 0.2, 0.3], [0, 0, 0]), rgb=np.zeros((60, 80, 3), np.uint8))
+    rng = np.random.default_rng(3)
+    pts = rng.uniform(-0.4, 0.4, (300, 3))
+    pts[0] = [3.0, 0.0, 0.0]  # behind the camera
+    m = region_mask(pts, kf, 0.04)
+    ref = _region_mask_reference(pts, kf, 0.04)
+    assert m.any() and np.array_equal(m, ref)
+
+
+def test_region_mask_memory_is_bounded():
+    """4096 points in a 640 x 480 keyframe: the ray test used to build (points, window, 3) float64
+    arrays (616 MB); in chunks it stays well under 60 MB."""
+    import tracemalloc
+
+    from lerf_ros.data.synthetic import intrinsics_from_fov, look_at
+
+    K = intrinsics_from_fov(640, 480)
+    kf = SimpleNamespace(K=K, c2w=look_at([1.0, 0.0, 0.0], [0, 0, 0]), rgb=np.zeros((480, 640, 3), np.uint8))
+    rng = np.random.default_rng(0)
+    pts = rng.uniform(-0.3, 0.3, (4096, 3))
+    region_mask(pts[:8], kf, 0.05)
+    tracemalloc.start()
+    try:
+        m = region_mask(pts, kf, 0.05)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert m.any() and peak < 60e6, f"region_mask peak {peak / 1e6:.0f} MB"
+
+
+def test_all_neighbours_changed_does_not_count_the_frame_border():
+    from lerf_ros.mapping.changes import _shifts
+
+    flag = np.ones((6, 7), bool)
+    inner = _shifts(flag, 1, fill=False).all(0)
+    assert not inner[0].any() and not inner[-1].any() and not inner[:, 0].any() and not inner[:, -1].any()
+    assert inner[1:-1, 1:-1].all()
+    assert _shifts(flag, 1).all(0).all()  # edge-replicated copies (the residual's use) are unchanged
+
+
 def test_retired_pixels_are_never_drawn_and_are_not_judged():
     from lerf_ros.mapping.keyframes import KeyframeStore
 
