@@ -8,6 +8,8 @@ import pytest
 
 pytest.importorskip("mujoco")
 
+from grasp_shapes import box_surface  # noqa: E402
+
 from lerf_ros.data.synthetic.objects import CLASS_BY_NAME  # noqa: E402
 from lerf_ros.data.synthetic.shapes import vertex_normals  # noqa: E402
 from lerf_ros.query.grasp import GripperModel, plan_grasps  # noqa: E402
@@ -64,28 +66,6 @@ def test_thin_marker_lying_on_the_table_is_grasped_and_lifted():
     assert out.success, out
 
 
-def _box_surface(center, size):
-    """Points and outward normals on a box's faces, its bottom left out (it rests on the table)."""
-    pts, nrm = [], []
-    for axis in range(3):
-        for sign in (-1.0, 1.0):
-            if axis == 2 and sign < 0:
-                continue
-            a, b = [i for i in range(3) if i != axis]
-            A, B = np.meshgrid(
-                np.arange(-size[a] / 2, size[a] / 2 + 1e-9, SPACING),
-                np.arange(-size[b] / 2, size[b] / 2 + 1e-9, SPACING),
-                indexing="ij",
-            )
-            p = np.zeros((A.size, 3))
-            p[:, a], p[:, b], p[:, axis] = A.ravel(), B.ravel(), sign * size[axis] / 2
-            n = np.zeros_like(p)
-            n[:, axis] = sign
-            pts.append(p)
-            nrm.append(n)
-    return np.concatenate(pts) + np.asarray(center), np.concatenate(nrm)
-
-
 def test_best_grasp_next_to_a_neighbour_does_not_go_through_it():
     """A 5 x 6 cm box with a tall box 1.2 cm beside its long side (less than a finger and its
     clearance): the box's narrow side is across y, towards the neighbour, so the grasp that closes
@@ -94,8 +74,8 @@ def test_best_grasp_next_to_a_neighbour_does_not_go_through_it():
     at the same place collides with the neighbour."""
     size, wall = np.array([0.06, 0.05, 0.05]), np.array([0.14, 0.03, 0.10])
     center, wall_c = np.array([0.0, 0.0, 0.025]), np.array([0.0, 0.025 + 0.012 + 0.015, 0.05])
-    pts, nrm = _box_surface(center, size)
-    wpts, _ = _box_surface(wall_c, wall)
+    pts, nrm = box_surface(center, size)
+    wpts, _ = box_surface(wall_c, wall)
     plan = _plan(pts, nrm, np.concatenate([pts, wpts, _table()]))
     assert plan.grasps, plan.message
     best = plan.grasps[0]

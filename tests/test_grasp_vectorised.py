@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from grasp_reference import _contact_cos, _outline_cos, reference_candidates
+from grasp_shapes import box_surface
 
 from lerf_ros.query.grasp import (
     GripperModel,
@@ -19,35 +20,6 @@ from lerf_ros.query.grasp import (
 )
 
 GRIPPER = GripperModel()
-
-
-def rot_z(yaw):
-    c, s = np.cos(yaw), np.sin(yaw)
-    return np.array([[c, -s, 0], [s, c, 0], [0, 0, 1.0]])
-
-
-def box(center, size, yaw, spacing):
-    """Surface points and outward normals of a box on the table (no bottom face)."""
-    size = np.asarray(size, float)
-    pts, nrm = [], []
-    for axis in range(3):
-        for sign in (-1.0, 1.0):
-            if axis == 2 and sign < 0:
-                continue
-            a, b = [i for i in range(3) if i != axis]
-            A, B = np.meshgrid(
-                np.arange(-size[a] / 2, size[a] / 2 + 1e-9, spacing),
-                np.arange(-size[b] / 2, size[b] / 2 + 1e-9, spacing),
-                indexing="ij",
-            )
-            p = np.zeros((A.size, 3))
-            p[:, a], p[:, b], p[:, axis] = A.ravel(), B.ravel(), sign * size[axis] / 2
-            n = np.zeros_like(p)
-            n[:, axis] = sign
-            pts.append(p)
-            nrm.append(n)
-    R = rot_z(yaw)
-    return np.concatenate(pts) @ R.T + center, np.concatenate(nrm) @ R.T
 
 
 def cylinder(center, radius, height, spacing, wall=0.0):
@@ -83,25 +55,25 @@ def scenes():
     for spacing in (0.005, 0.01):
         rng = np.random.default_rng(int(spacing * 1000))
         cases = {
-            "box": box(np.array([0.02, -0.01, 0.025]), (0.04, 0.10, 0.05), 0.37, spacing),
-            "tall box": box(np.array([0.0, 0.0, 0.09]), (0.05, 0.06, 0.18), 1.1, spacing),
-            "flat box": box(np.array([0.0, 0.0, 0.006]), (0.12, 0.07, 0.012), 0.2, spacing),
-            "wide box": box(np.array([0.0, 0.0, 0.03]), (0.15, 0.12, 0.06), 0.5, spacing),
+            "box": box_surface(np.array([0.02, -0.01, 0.025]), (0.04, 0.10, 0.05), 0.37, spacing),
+            "tall box": box_surface(np.array([0.0, 0.0, 0.09]), (0.05, 0.06, 0.18), 1.1, spacing),
+            "flat box": box_surface(np.array([0.0, 0.0, 0.006]), (0.12, 0.07, 0.012), 0.2, spacing),
+            "wide box": box_surface(np.array([0.0, 0.0, 0.03]), (0.15, 0.12, 0.06), 0.5, spacing),
             "can": cylinder(np.array([0.01, 0.02, 0.0]), 0.033, 0.12, spacing),
             "bowl": cylinder(np.array([0.0, 0.0, 0.0]), 0.07, 0.05, spacing, wall=0.006),
             # two walls with a gap a finger fits in, as one object: runs merged when they fit together
             "two walls": tuple(
                 np.concatenate(z)
                 for z in zip(
-                    box(np.array([0.0, -0.02, 0.02]), (0.08, 0.01, 0.04), 0.3, spacing),
-                    box(np.array([0.0, 0.02, 0.02]), (0.08, 0.01, 0.04), 0.3, spacing),
+                    box_surface(np.array([0.0, -0.02, 0.02]), (0.08, 0.01, 0.04), 0.3, spacing),
+                    box_surface(np.array([0.0, 0.02, 0.02]), (0.08, 0.01, 0.04), 0.3, spacing),
                 )
             ),
         }
         for name, (P, N) in cases.items():
             # Sampling noise, as on a field's surface, and a neighbour close by.
             P = P + rng.normal(0, 0.1 * spacing, P.shape)
-            nb, _ = box(np.array([0.0, 0.09, 0.03]), (0.04, 0.04, 0.06), 0.0, spacing)
+            nb, _ = box_surface(np.array([0.0, 0.09, 0.03]), (0.04, 0.04, 0.06), 0.0, spacing)
             out.append((f"{name} {spacing}", P, N, np.concatenate([P, table(spacing)]), spacing))
             out.append((f"{name} {spacing} + neighbour", P, N, np.concatenate([P, nb, table(spacing)]), spacing))
     return out
