@@ -102,12 +102,16 @@ def test_three_cameras_feed_one_trainer_and_a_covered_one_harms_no_other(scene, 
         tmp_path / "params.yaml",
         scene_dir,
         tmp_path / "out",
-        cameras="[camera, wrist, covered]",
-        covered="{image_topic: cam3/image, camera_info_topic: cam3/camera_info, depth_topic: cam3/depth, "
-        "pose_topic: cam3/pose}",
+        cameras=["camera", "wrist", "covered"],
+        covered={
+            "image_topic": "cam3/image",
+            "camera_info_topic": "cam3/camera_info",
+            "depth_topic": "cam3/depth",
+            "pose_topic": "cam3/pose",
+        },
         input_qos_reliability="reliable",
         input_qos_depth=7,
-        resume="false",
+        resume=False,
     )
     domain = unique_domain_id()
     proc = start_process(node_argv(params, "lerf_ros.ros.trainer_node"), env=ros_env(domain))
