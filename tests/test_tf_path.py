@@ -144,7 +144,7 @@ def test_listener_that_dies_is_restarted_with_backoff_and_lookups_say_so_meanwhi
     import signal
     import threading
 
-    from lerf_ros.ros.tf import CANCELLED, ListenerLink
+    from lerf_ros.ros.tf_link import CANCELLED, ListenerLink
 
     broken = tmp_path / "broken"
     logs = []
@@ -216,7 +216,7 @@ def _running(pid):
 def test_close_during_a_restart_ends_the_child_being_started(tmp_path):
     """``close`` while a child is being started again (slow to start: it would send "ready" after
     60 s) ends that child too, and returns within a few seconds."""
-    from lerf_ros.ros.tf import ListenerLink
+    from lerf_ros.ros.tf_link import ListenerLink
 
     pids, slow = tmp_path / "pids", tmp_path / "slow"
     link = ListenerLink(
@@ -243,7 +243,7 @@ def test_close_during_a_restart_ends_the_child_being_started(tmp_path):
 def test_a_bad_answer_is_logged_once_and_the_link_keeps_reading(tmp_path):
     """An answer that is not ``(id, result, extra)`` is logged once; the reader goes on, later calls
     are answered."""
-    from lerf_ros.ros.tf import ListenerLink
+    from lerf_ros.ros.tf_link import ListenerLink
 
     logs = []
     link = ListenerLink(lambda fd: python_argv("-c", FAKE_LISTENER, str(fd), str(tmp_path / "broken")), log=logs.append)
@@ -263,7 +263,7 @@ def test_a_child_that_stops_reading_blocks_neither_other_calls_nor_close(tmp_pat
     neither another call (it fails within its wait) nor ``close`` (which ends the blocked send)."""
     import threading
 
-    from lerf_ros.ros.tf import ListenerLink
+    from lerf_ros.ros.tf_link import ListenerLink
 
     link = ListenerLink(lambda fd: python_argv("-c", FAKE_LISTENER, str(fd), str(tmp_path / "broken")))
     blocked = []

@@ -20,9 +20,9 @@ time between sessions, its work is not taken from the nodes' share), ignores SIG
 ends when its parent closes the socket, also when the parent dies.
 
 A listener process that dies (killed, out of memory) is seen at once (its end of the socket closes)
-and started again by ``ListenerLink``: logged once, after a back-off (``RESTART_BACKOFF_S``, doubling
-while starts fail), counted in ``TfFeed.restarts`` and in the trainer's ``tf`` check of
-/diagnostics (``TfFeed.check``). Lookups waiting for it fail at once, and lookups meanwhile fail with
+and started again by ``ListenerLink`` (``lerf_ros.ros.tf_link``): logged once, after a back-off
+(``RESTART_BACKOFF_S``, doubling while starts fail), counted in ``TfFeed.restarts`` and in the
+trainer's ``tf`` check of /diagnostics (``TfFeed.check``). Lookups waiting for it fail at once, and lookups meanwhile fail with
 "TF listener restarting (<why>)". A lookup may be given up by its caller (``cancel``): a deactivated
 trainer does not wait for a transform that may never come.
 
@@ -40,14 +40,11 @@ from __future__ import annotations
 
 import argparse
 import inspect
-import itertools
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
-import time
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
@@ -56,15 +53,20 @@ import numpy as np
 from rclpy.node import Node
 
 from lerf_ros.mapping.health import OK, WARN, Check
+from lerf_ros.ros.tf_link import (  # noqa: F401  (re-exported: the link's names were defined here before)
+    CANCEL_POLL_S,
+    CANCELLED,
+    RESTART_BACKOFF_S,
+    RESTARTING,
+    START_TIMEOUT_S,
+    ListenerLink,
+)
 
 NO_TF_YET = "no TF received yet on {topic} (is the robot's TF tree published?)"
 """Drop reason while no ``/tf`` message has arrived (``{topic}``: the resolved topic)."""
 
 DEFAULT_CACHE_S = 10.0
 """TF history of a feed whose first user asks for none (tf2's own default)."""
-
-START_TIMEOUT_S = 60.0
-"""Longest wait for the listener process to start (imports on a loaded machine)."""
 
 REPLY_MARGIN_S = 10.0
 """A lookup's answer is given up this long after its own timeout (the listener process stalled)."""
@@ -74,19 +76,6 @@ WORKER_THREADS = 4
 the others)."""
 
 SPIN_PERIOD_S = 0.1
-
-RESTART_BACKOFF_S = (0.5, 30.0)
-"""First and longest wait (s) before a listener process that died is started again (doubling while
-starts fail or the new one dies within the longest wait)."""
-
-RESTARTING = "{what} restarting ({why})"
-"""Why a lookup failed while the listener process is being restarted ("TF listener restarting (...)")."""
-
-CANCELLED = "the lookup was cancelled"
-"""Why a lookup failed when its ``cancel`` event was set while it waited."""
-
-CANCEL_POLL_S = 0.05
-"""How often a waiting lookup looks at its ``cancel`` event."""
 
 
 def tf2_available() -> bool:
@@ -229,304 +218,6 @@ class _LocalTf:
             self.node.destroy_node()
         except Exception:  # the context is already gone: nothing left to release
             pass
-
-
-# ---------------------------------------------------------------------------------------------- a supervised child
-class _Child:
-    """One listener process and this process's end of its socket pair (see ``ListenerLink``)."""
-
-    def __init__(self, argv_for_fd: Callable[[int], List[str]], env, what: str) -> None:
-        """Start the process; ``wait_ready`` then waits for its first message."""
-        self.what = what
-        ours, theirs = socket.socketpair()
-        try:
-            # A session of its own: where the kernel shares CPU time between sessions (autogroup), the
-            # listener's work is then not taken from the share of the nodes' process.
-            self.proc = subprocess.Popen(
-                argv_for_fd(theirs.fileno()),
-                pass_fds=(theirs.fileno(),),
-                stdin=subprocess.DEVNULL,
-                env=env,
-                start_new_session=True,
-            )
-        except BaseException:
-            ours.close()
-            raise
-        finally:
-            theirs.close()
-        self.started = time.monotonic()
-        # The socket is kept to shut it down on close: closing the descriptor alone would not end a
-        # read blocked on it in the reader thread, and the child would never see the end.
-        self.sock = ours
-        self.conn = Connection(os.dup(ours.fileno()))
-
-    def wait_ready(self, start_timeout_s: float) -> None:
-        """Wait for the child's ``("ready", pid)``; raises (the child ended) when it does not come
-        within ``start_timeout_s``, says why not, or the child is ended meanwhile (``end``)."""
-        what = self.what
-        try:
-            if not self.conn.poll(start_timeout_s):
-                raise RuntimeError(f"the {what} process did not start within {start_timeout_s:g} s")
-            hello = self.conn.recv()
-        except EOFError:
-            self.end()
-            raise RuntimeError(f"the {what} process exited at start (code {self.proc.returncode})") from None
-        except BaseException:
-            self.end()
-            raise
-        if hello[0] != "ready":
-            self.end()
-            raise RuntimeError(f"the {what} process could not start: {hello[1]}")
-
-    def start_reader(self, on_message: Callable[[tuple], None], on_exit: Callable[["_Child"], None]) -> None:
-        def read() -> None:
-            try:
-                while True:
-                    try:
-                        message = self.conn.recv()
-                    except (EOFError, OSError):
-                        break
-                    on_message(message)
-            finally:  # whatever ended the loop, the link learns of it (and restarts the child)
-                on_exit(self)
-
-        threading.Thread(target=read, name="lerf_tf_reader", daemon=True).start()
-
-    def exit_code(self, wait_s: float) -> Optional[int]:
-        """The process's exit code, waiting up to ``wait_s`` for it to end (None: still running)."""
-        try:
-            return self.proc.wait(wait_s)
-        except subprocess.TimeoutExpired:
-            return None
-
-    def end(self, timeout_s: float = 2.0) -> None:
-        """Close the socket (the child exits when it sees the end; killed after ``timeout_s``) and reap it."""
-        for end in (lambda: self.sock.shutdown(socket.SHUT_RDWR), self.sock.close, self.conn.close):
-            try:
-                end()
-            except OSError:
-                pass
-        try:
-            self.proc.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(5.0)
-
-
-class ListenerLink:
-    """Calls answered by a child process over a socket pair; the child is restarted when it dies.
-
-    The child (``argv_for_fd(fd)``: its command line, given the descriptor of its end of the pair)
-    first sends ``("ready", pid)`` (or ``("error", why)``), then answers each ``(id, kind, payload)``
-    with ``(id, result, extra)``; ``on_extra`` receives each answer's ``extra``. A child that exits
-    (its end of the socket closes) is logged once (``log``), the calls waiting for it fail, and it is
-    started again after ``backoff_s[0]`` seconds, the wait doubling up to ``backoff_s[1]`` while
-    starts fail or the new child dies within ``backoff_s[1]``; calls meanwhile fail at once with
-    ``RESTARTING``. ``restarts`` counts the children started again. The first start's failure is
-    raised by the constructor. Thread-safe.
-    """
-
-    def __init__(
-        self,
-        argv_for_fd: Callable[[int], List[str]],
-        what: str = "TF listener",
-        env: Optional[Dict[str, str]] = None,
-        start_timeout_s: float = START_TIMEOUT_S,
-        log: Optional[Callable[[str], None]] = None,
-        on_extra: Optional[Callable[[object], None]] = None,
-        backoff_s: Tuple[float, float] = RESTART_BACKOFF_S,
-    ) -> None:
-        self.what = what
-        self._argv_for_fd, self._env, self._start_timeout_s = argv_for_fd, env, float(start_timeout_s)
-        self._log = log or (lambda text: None)
-        self._on_extra = on_extra or (lambda extra: None)
-        self.backoff_s = (float(backoff_s[0]), float(backoff_s[1]))
-        self._lock = threading.Lock()
-        # Sends are serialised by a lock of their own: a child that stops reading blocks its sender
-        # (until the child dies or ``close`` shuts the socket down), not the link.
-        self._send_lock = threading.Lock()
-        self._starting: Optional[_Child] = None  # a child started again, not ready yet
-        self._bad_message_logged = False
-        self._pending: Dict[int, list] = {}
-        self._ids = itertools.count(1)
-        self._closed = threading.Event()
-        self._down = ""  # why calls fail now ('' while a child answers)
-        self._delay = self.backoff_s[0]  # the wait before the next restart
-        self.restarts = 0
-        """Children started again after one died."""
-        self._child: Optional[_Child] = self._start()
-        self.process: subprocess.Popen = self._child.proc
-        """The newest child process (kept after ``close``)."""
-        self._child.start_reader(self._on_message, self._child_exited)
-
-    def _start(self) -> _Child:
-        child = _Child(self._argv_for_fd, self._env, self.what)
-        child.wait_ready(self._start_timeout_s)
-        return child
-
-    # -------------------------------------------------------------- state
-    @property
-    def alive(self) -> bool:
-        """Not closed (while a child is being restarted too)."""
-        return not self._closed.is_set()
-
-    @property
-    def down_reason(self) -> str:
-        """Why calls fail now: ``RESTARTING`` while the child is being restarted, or that the link is
-        closed; '' while a child answers."""
-        return self._down
-
-    # -------------------------------------------------------------- calls
-    def call(self, kind: str, payload, wait_s: float, cancel: Optional[threading.Event] = None) -> Tuple[object, str]:
-        """(the child's answer, '') or (None, why not): the child is being restarted, did not answer
-        within ``wait_s``, died meanwhile, or ``cancel`` was set while waiting (``CANCELLED``)."""
-        if cancel is not None and cancel.is_set():
-            return None, CANCELLED
-        slot = [threading.Event(), _NO_ANSWER]
-        deadline = time.monotonic() + float(wait_s)
-        with self._lock:
-            child = self._child
-            if child is None:
-                return None, self._down
-            rid = next(self._ids)
-            self._pending[rid] = slot
-        if not self._send_lock.acquire(timeout=max(0.0, float(wait_s))):
-            with self._lock:
-                self._pending.pop(rid, None)
-            return None, f"the {self.what} process did not take the call within {wait_s:g} s"
-        try:
-            child.conn.send((rid, kind, payload))
-        except (OSError, ValueError, TypeError):  # TypeError: closed by ``close`` mid-send
-            with self._lock:
-                self._pending.pop(rid, None)
-            return None, self._down or f"the {self.what} process is gone"
-        finally:
-            self._send_lock.release()
-        while True:
-            remaining = deadline - time.monotonic()
-            step = max(0.0, remaining) if cancel is None else min(max(0.0, remaining), CANCEL_POLL_S)
-            if slot[0].wait(step):
-                break
-            if cancel is not None and cancel.is_set():
-                why = CANCELLED
-            elif remaining <= 0:
-                why = f"the {self.what} process did not answer within {wait_s:g} s"
-            else:
-                continue
-            with self._lock:
-                self._pending.pop(rid, None)
-            return None, why
-        if slot[1] is _NO_ANSWER:
-            return None, self._down or f"the {self.what} process is gone"
-        return slot[1], ""
-
-    def _on_message(self, message) -> None:
-        try:
-            rid, result, extra = message
-            self._on_extra(extra)
-        except Exception as exc:  # a malformed answer or a failing ``on_extra``: keep reading
-            if not self._bad_message_logged:
-                self._bad_message_logged = True
-                self._say(f"an answer of the {self.what} process could not be taken: {exc!r} (logged once)")
-            return
-        with self._lock:
-            slot = self._pending.pop(rid, None)
-        if slot is not None:
-            slot[1] = result
-            slot[0].set()
-
-    # -------------------------------------------------------------- supervision
-    def _child_exited(self, child: _Child) -> None:
-        """The reader saw the end of ``child``'s socket: unless closing, fail its calls, log once and
-        restart it (``_supervise``)."""
-        if self._closed.is_set():
-            return
-        code = child.exit_code(2.0)
-        why = f"the {self.what} process exited" + (f" (code {code})" if code is not None else "")
-        with self._lock:
-            if self._closed.is_set() or child is not self._child:
-                return
-            self._child = None
-            self._down = RESTARTING.format(what=self.what, why=why)
-            pending, self._pending = list(self._pending.values()), {}
-            # A child that lived long resets the back-off; one that died soon after its start keeps it.
-            if time.monotonic() - child.started > self.backoff_s[1]:
-                self._delay = self.backoff_s[0]
-        for slot in pending:
-            slot[0].set()
-        delay = self._delay
-        threading.Thread(target=self._supervise, name="lerf_tf_restart", daemon=True).start()
-        try:
-            child.end(0.5)
-        except Exception:  # already reaped: the restart does not depend on it
-            pass
-        self._say(f"{why}: restarting it in {delay:g} s (lookups fail meanwhile: {self._down})")
-
-    def _say(self, text: str) -> None:
-        try:
-            self._log(text)
-        except Exception:  # a logger already gone must not stop the supervision
-            pass
-
-    def _supervise(self) -> None:
-        failures = 0
-        while not self._closed.wait(self._delay):
-            self._delay = min(2.0 * self._delay, self.backoff_s[1])
-            try:
-                child = _Child(self._argv_for_fd, self._env, self.what)
-                with self._lock:
-                    closed = self._closed.is_set()
-                    if not closed:
-                        self._starting = child  # ``close`` ends it while it starts
-                if closed:
-                    child.end(0.5)
-                    return
-                try:
-                    child.wait_ready(self._start_timeout_s)
-                finally:
-                    with self._lock:
-                        self._starting = None
-            except Exception as exc:  # imports failing, no memory: try again later
-                if self._closed.is_set():
-                    return
-                failures += 1
-                if failures == 1:
-                    self._say(
-                        f"could not restart the {self.what} process: {exc}; trying again (every "
-                        f"{self.backoff_s[1]:g} s at most)"
-                    )
-                continue
-            with self._lock:
-                closed = self._closed.is_set()
-                if not closed:
-                    self._child, self._down, self.process = child, "", child.proc
-                    self.restarts += 1
-                n = self.restarts
-            if closed:  # closed while it started: ended outside the lock
-                child.end(0.5)
-                return
-            child.start_reader(self._on_message, self._child_exited)
-            tries = f" after {failures + 1} attempts" if failures else ""
-            self._say(f"the {self.what} process restarted{tries} (restart {n}, pid {child.proc.pid})")
-            return
-
-    # -------------------------------------------------------------- lifetime
-    def close(self, timeout_s: float = 2.0) -> None:
-        """End the child, and one being started again (each exits when its socket closes; killed after
-        ``timeout_s``); no restart. Returns when they have ended."""
-        self._closed.set()
-        with self._lock:
-            children = [c for c in (self._child, self._starting) if c is not None]
-            self._child = self._starting = None
-            self._down = f"the {self.what} is closed"
-            pending, self._pending = list(self._pending.values()), {}
-        for slot in pending:
-            slot[0].set()
-        for child in children:  # outside the lock: a send blocked on the socket ends when it shuts down
-            child.end(timeout_s)
-
-
-_NO_ANSWER = object()
 
 
 # ---------------------------------------------------------------------------------------------- the parent's side
