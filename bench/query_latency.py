@@ -61,19 +61,33 @@ PREPARED_RE = re.compile(r"answering from the model at step (\d+) \(prepared in 
 
 
 def write_params(path: str, scene_dir: str, out_dir: str, args) -> None:
-    with open(path, "w") as f:
-        f.write(
-            "/**:\n  ros__parameters:\n    preset: tiny\n"
-            f"    output_dir: '{out_dir}'\n    world_frame: map\n    resume: false\n"
-            f"    teacher:\n      kind: ground_truth\n      scene_dir: '{scene_dir}'\n"
-            f"    trainer:\n      checkpoint_every: 0\n      snapshot_every: {args.snapshot_every}\n"
-            f"      max_steps: {args.max_steps}\n"
-            "    keyframes:\n      min_keyframes_to_train: 2\n"
-            "lerf_trainer:\n  ros__parameters:\n    pose_source: pose\n"
-            "lerf_query:\n  ros__parameters:\n    reload_period_s: 0.5\n"
-            f"    snapshot_min_interval_s: {args.swap_interval}\n"
-            f"    prepare_cpu_share: {args.cpu_share}\n    prepare_niceness: {args.niceness}\n"
-        )
+    from lerf_ros.ros.params import write_params_file
+
+    write_params_file(
+        path,
+        {
+            "/**": {
+                "preset": "tiny",
+                "output_dir": out_dir,
+                "world_frame": "map",
+                "resume": False,
+                "teacher": {"kind": "ground_truth", "scene_dir": scene_dir},
+                "trainer": {
+                    "checkpoint_every": 0,
+                    "snapshot_every": args.snapshot_every,
+                    "max_steps": args.max_steps,
+                },
+                "keyframes": {"min_keyframes_to_train": 2},
+            },
+            "lerf_trainer": {"pose_source": "pose"},
+            "lerf_query": {
+                "reload_period_s": 0.5,
+                "snapshot_min_interval_s": args.swap_interval,
+                "prepare_cpu_share": args.cpu_share,
+                "prepare_niceness": args.niceness,
+            },
+        },
+    )
 
 
 def pinned(argv: List[str], cpus: str) -> List[str]:
