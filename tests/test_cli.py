@@ -3,7 +3,10 @@
 import subprocess
 import sys
 
-from lerf_ros.config import preset
+import pytest
+
+from lerf_ros.commands import key_values
+from lerf_ros.config import ConfigError, preset
 from lerf_ros.data.synthetic import make_scene
 from lerf_ros.mapping.checkpoint import checkpoint_name
 from lerf_ros.mapping.session import Session
@@ -47,3 +50,15 @@ def test_query_a_checkpoint_folder(tmp_path, one_thread):
     (tmp_path / "empty").mkdir()
     empty = lerf_ros("query", name, "--checkpoint", str(tmp_path / "empty"))
     assert empty.returncode == 2 and "no checkpoint in" in empty.stderr
+
+
+def test_key_value_arguments_parse_as_yaml_and_bad_ones_are_named():
+    """``--set`` / ``--reader-option`` items: one parser for train, weights, export and the readers."""
+    got = key_values(["query.voxel_size= 0.005", "cameras=[a, b]", "name=x: y: z", " resume =true"])
+    assert got == {"query.voxel_size": 0.005, "cameras": ["a", "b"], "name": "x: y: z", "resume": True}
+    with pytest.raises(ConfigError, match=r"--set 'teacher': expected KEY=VALUE"):
+        key_values(["teacher"], "--set", ConfigError)
+    with pytest.raises(ValueError, match=r"--reader-option 'tolerance': expected KEY=VALUE"):
+        key_values(["tolerance"], "--reader-option")
+    with pytest.raises(ConfigError, match=r"expected query\.KEY=VALUE"):
+        key_values(["trainer.max_steps=3"], "--set", ConfigError, prefix="query.")

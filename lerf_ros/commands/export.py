@@ -40,7 +40,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Load the checkpoint's field and write its map to ``--out``."""
-    from lerf_ros.commands.train import _parse_value
+    from lerf_ros.commands import key_values
     from lerf_ros.config import ConfigError
     from lerf_ros.mapping.checkpoint import (
         CheckpointError,
@@ -59,12 +59,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         payload = read_checkpoint(path)
         cfg = config_of(payload)
-        overrides = {}
-        for item in args.set:
-            key, sep, value = item.partition("=")
-            if not sep or not key.strip().startswith("query."):
-                raise ConfigError(f"--set {item!r}: expected query.KEY=VALUE")
-            overrides[key.strip()] = _parse_value(value.strip())
+        overrides = key_values(args.set, "--set", ConfigError, prefix="query.")
         if overrides:
             cfg = cfg.override(overrides)
         snap = load_snapshot(path, payload=payload)

@@ -31,6 +31,8 @@ from typing import Any, Dict, List
 
 import numpy as np
 
+from lerf_ros.commands import key_values
+
 # PyTorch's worker threads sleep instead of spinning while they wait: on a CPU shared with other
 # processes (ROS nodes, other jobs) spinning OpenMP threads slow training down many times over.
 # Effective only if set before torch starts its thread pool, i.e. before torch is imported.
@@ -114,13 +116,7 @@ def add_reader_arguments(p: argparse.ArgumentParser) -> None:
 def reader_options(items: List[str]) -> Dict[str, Any]:
     """``KEY=VALUE`` items -> keyword arguments for ``open_source`` (values parsed as YAML).
     Raises ValueError for an item without '='."""
-    out: Dict[str, Any] = {}
-    for item in items:
-        if "=" not in item:
-            raise ValueError(f"--reader-option {item!r}: expected KEY=VALUE")
-        k, v = item.split("=", 1)
-        out[k.strip()] = _parse_value(v.strip())
-    return out
+    return key_values(items, "--reader-option")
 
 
 def open_with_options(spec: str, items: List[str]):
@@ -135,24 +131,10 @@ def open_with_options(spec: str, items: List[str]):
         raise ValueError(f"{spec}: reader option not accepted ({exc}); known: {READER_OPTIONS_HELP}") from None
 
 
-def _parse_value(text: str) -> Any:
-    import yaml
-
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError:
-        return text
-
-
 def _build_config(args: argparse.Namespace):
     from lerf_ros.config import ConfigError, LerfConfig, preset
 
-    overrides: Dict[str, Any] = {}
-    for item in args.set:
-        if "=" not in item:
-            raise ConfigError(f"--set {item!r}: expected KEY=VALUE")
-        k, v = item.split("=", 1)
-        overrides[k.strip()] = _parse_value(v.strip())
+    overrides = key_values(args.set, "--set", ConfigError)
     if args.device:
         overrides["device"] = args.device
     if args.no_pose_refinement:

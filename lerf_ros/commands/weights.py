@@ -113,15 +113,10 @@ class Need:
 
 # ------------------------------------------------------------------------------- configuration
 def _build_config(args: argparse.Namespace):
-    from lerf_ros.commands.train import _parse_value
+    from lerf_ros.commands import key_values
     from lerf_ros.config import ConfigError, LerfConfig, preset
 
-    overrides: Dict[str, Any] = {}
-    for item in args.set:
-        if "=" not in item:
-            raise ConfigError(f"--set {item!r}: expected KEY=VALUE")
-        k, v = item.split("=", 1)
-        overrides[k.strip()] = _parse_value(v.strip())
+    overrides = key_values(args.set, "--set", ConfigError)
     cfg = LerfConfig.load_yaml(args.config) if args.config else preset(args.preset)
     return cfg.override(overrides) if overrides else cfg
 
