@@ -1,28 +1,9 @@
 """rosbag2 files (sqlite3 ``.db3`` and ``.mcap``) as posed frames, without ROS: the ``rosbags`` library.
 
-Reads ``sensor_msgs/Image`` (rgb8, bgr8, rgba8, bgra8, mono8, and 16-bit variants; decoded by
-``lerf_ros.geometry.image``, the decoder the ROS nodes use too) or ``sensor_msgs/CompressedImage``
-(JPEG/PNG), ``sensor_msgs/CameraInfo``, optional aligned depth (``16UC1`` / ``mono16``
-millimetres or ``32FC1`` metres), and the camera pose either
-
-- from TF (``/tf`` + ``/tf_static``): the chain ``world_frame -> camera frame`` (the image's
-  ``header.frame_id``) looked up at the image stamp, each dynamic link interpolated between the
-  bracketing samples (linear translation, slerp rotation), or
-- from a ``geometry_msgs/PoseStamped``, ``PoseWithCovarianceStamped`` or ``nav_msgs/Odometry``
-  topic matched by stamp the same way (the pose is of ``pose_child_frame``: the camera optical
-  frame by default, or e.g. ``base_link`` with ``/tf_static`` supplying the rest of the chain).
-
-A link sample counts when it brackets the stamp with a gap of at most ``max_interpolation_gap``
-seconds, or lies within ``tolerance`` seconds of it (then the nearest one is used). Images without a
-pose are dropped and counted in :attr:`RosbagSource.stats`.
-
-Conventions: ROS camera optical frames already use the OpenCV axes of :class:`Frame` (x right,
-y down, z forward), so poses need no axis change. ROS intrinsics put pixel centres at integer
-coordinates, this package at ``u + 0.5``: ``cx``/``cy`` are shifted by +0.5 on reading
-(:func:`ros_k_to_frame_k`) and back on writing (:func:`frame_k_to_ros_k`). CameraInfo lens
-distortion (``plumb_bob``, ``rational_polynomial``, ``equidistant``) becomes the frames'
-``distortion`` (an unknown model is refused, naming it); ``use_projection_matrix=True`` (rectified
-images) takes ``P`` and no distortion.
+Colour (or compressed) images, camera info, optional aligned depth, and the camera pose from TF or a
+pose/odometry topic become :class:`Frame` objects (:class:`RosbagSource`, :func:`read_rosbag`; what
+is read, how poses are matched and the conventions: :mod:`lerf_ros.data.rosbag_read`), and frames are
+written into a bag (:func:`write_rosbag`).
 
 The code lives in :mod:`lerf_ros.data.rosbag_read` (:class:`RosbagSource`, :func:`read_rosbag`),
 :mod:`lerf_ros.data.rosbag_write` (:func:`write_rosbag`, which writes frames into a bag for the tests

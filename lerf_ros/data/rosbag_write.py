@@ -151,28 +151,24 @@ def write_rosbag(
             encoding
         ]
         Image, Info, Roi = T[IMAGE], T[CAMERA_INFO], T["sensor_msgs/msg/RegionOfInterest"]
+
+        def image(f: Frame, image_encoding: str, step: int, data: np.ndarray):
+            return Image(
+                header=header(f.stamp, cam),
+                height=f.height,
+                width=f.width,
+                encoding=image_encoding,
+                is_bigendian=0,
+                step=step,
+                data=data,
+            )
+
         for f in frames:
             f.validate()
             h, wd = f.height, f.width
             rgba = np.concatenate([f.rgb, np.full((h, wd, 1), 255, np.uint8)], axis=2)
             data = np.ascontiguousarray(rgba[..., chans]).reshape(-1)
-            c = len(chans)
-            msgs.append(
-                (
-                    stamp_ns(f.stamp),
-                    c_img,
-                    Image(
-                        header=header(f.stamp, cam),
-                        height=h,
-                        width=wd,
-                        encoding=encoding,
-                        is_bigendian=0,
-                        step=wd * c,
-                        data=data,
-                    ),
-                    IMAGE,
-                )
-            )
+            msgs.append((stamp_ns(f.stamp), c_img, image(f, encoding, wd * len(chans), data), IMAGE))
             K = frame_k_to_ros_k(f.K)
             P = np.zeros((3, 4))
             P[:, :3] = K
@@ -205,22 +201,7 @@ def write_rosbag(
                 else:
                     raw = d.astype("<f4").view(np.uint8).reshape(-1)
                     step = wd * 4
-                msgs.append(
-                    (
-                        stamp_ns(f.stamp) + 1,
-                        c_depth,
-                        Image(
-                            header=header(f.stamp, cam),
-                            height=h,
-                            width=wd,
-                            encoding=depth_encoding,
-                            is_bigendian=0,
-                            step=step,
-                            data=raw,
-                        ),
-                        IMAGE,
-                    )
-                )
+                msgs.append((stamp_ns(f.stamp) + 1, c_depth, image(f, depth_encoding, step, raw), IMAGE))
         msgs.sort(key=lambda m: m[0])
         for t_ns, conn, msg, typ in msgs:
             w.write(conn, t_ns, ts.serialize_cdr(msg, typ))

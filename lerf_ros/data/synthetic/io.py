@@ -149,19 +149,27 @@ def write_scene(scene, directory: Union[str, os.PathLike]) -> Path:
     return d
 
 
-def read_scene_json(path: Path) -> dict:
-    """The parsed ``scene.json`` at ``path``; SceneFormatError when it is missing, not JSON, or has
-    another format tag."""
+def _read_tagged_json(path: Path, tag: str, what: str, missing: str = "no such file") -> dict:
+    """The JSON object in ``path`` whose ``format`` is ``tag``; SceneFormatError (``missing`` when
+    the file is not there; ``what`` names the kind of file expected) otherwise."""
     if not path.is_file():
-        raise SceneFormatError(f"{path}: no such file (not a synthetic scene folder)")
+        raise SceneFormatError(f"{path}: {missing}")
     try:
         doc = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as e:
         raise SceneFormatError(f"{path}: cannot parse JSON: {e}") from e
-    if not isinstance(doc, dict) or doc.get("format") != SCENE_FORMAT:
+    if not isinstance(doc, dict) or doc.get("format") != tag:
         found = doc.get("format") if isinstance(doc, dict) else None
-        raise SceneFormatError(f"{path}: not a synthetic scene file (format {found!r}, expected {SCENE_FORMAT!r})")
+        raise SceneFormatError(f"{path}: not {what} (format {found!r}, expected {tag!r})")
     return doc
+
+
+def read_scene_json(path: Path) -> dict:
+    """The parsed ``scene.json`` at ``path``; SceneFormatError when it is missing, not JSON, or has
+    another format tag."""
+    return _read_tagged_json(
+        path, SCENE_FORMAT, "a synthetic scene file", "no such file (not a synthetic scene folder)"
+    )
 
 
 def read_scene(directory: Union[str, os.PathLike]) -> Dict[str, Any]:
@@ -293,15 +301,7 @@ def read_poses(path: Union[str, os.PathLike]) -> Tuple[np.ndarray, np.ndarray, D
     the file's other entries such as ``kind`` and ``available_after``). Raises SceneFormatError
     naming the file and the entry for anything malformed (a pose that is not rigid included)."""
     path = Path(path)
-    if not path.is_file():
-        raise SceneFormatError(f"{path}: no such file")
-    try:
-        doc = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise SceneFormatError(f"{path}: cannot parse JSON: {e}") from e
-    if not isinstance(doc, dict) or doc.get("format") != POSES_FORMAT:
-        found = doc.get("format") if isinstance(doc, dict) else None
-        raise SceneFormatError(f"{path}: not a pose file (format {found!r}, expected {POSES_FORMAT!r})")
+    doc = _read_tagged_json(path, POSES_FORMAT, "a pose file")
     entries = doc.get("poses")
     if not isinstance(entries, list):
         raise SceneFormatError(f"{path}: 'poses' must be a list")
