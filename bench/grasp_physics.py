@@ -14,6 +14,7 @@ and a few pictures (bench/results/grasps/).
     python bench/grasp_physics.py --tag after
     python bench/grasp_physics.py --tag before --planner-commit 0dada35   # an older planner, same physics
     python bench/grasp_physics.py --seeds 1000 1001 1002 1003 1004 --tag fresh   # scenes never tuned on
+    python bench/grasp_physics.py --gripper-max-width 0.14 --tag wide   # a 14 cm opening, planner and physics
 """
 
 from __future__ import annotations
@@ -104,9 +105,16 @@ def last_commit(*paths: str) -> str:
     return out[0] + ("+" if out[1] else "")
 
 
-def run(seeds, tag: str, pictures: int, out_dir: str, planner_commit: str = "") -> Dict:
+def run(
+    seeds, tag: str, pictures: int, out_dir: str, planner_commit: str = "", gripper_max_width: Optional[float] = None
+) -> Dict:
     s = mode_settings("full")
-    qc = build_config(s).query
+    cfg = build_config(s)
+    if gripper_max_width is not None:
+        # one gripper: the planner's GripperModel (and the geometric check) and the simulated fingers
+        # (SimWorld is built from the engine's GripperModel) both take this opening
+        cfg = cfg.override({"query.gripper_max_width": float(gripper_max_width)})
+    qc = cfg.query
     rows, per_grasp_s, per_grasp_cpu, plan_ms, pic_left = [], [], [], [], pictures
     t_all = time.perf_counter()
     for seed in seeds:
@@ -163,6 +171,7 @@ def run(seeds, tag: str, pictures: int, out_dir: str, planner_commit: str = "") 
         "date": datetime.datetime.now().isoformat(timespec="seconds"),
         "field": "ground truth (tests/analytic_field.py), not a trained field",
         "scenes": {"seeds": list(seeds), "width": s.width, "height": s.height, "n_frames": s.n_frames},
+        "gripper_max_width": float(qc.gripper_max_width),
         "pooled": summarise(rows),
         "per_class": {c: summarise(v) for c, v in sorted(classes.items())},
         "best_failure_reasons": dict(reasons),
@@ -239,11 +248,18 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument(
         "--planner-commit", default="", help="answer with the grasp planner of this git commit (a before row)"
     )
+    ap.add_argument(
+        "--gripper-max-width",
+        type=float,
+        default=None,
+        help="opening of the gripper in metres, for the planner (query.gripper_max_width) and the simulated "
+        "fingers alike (default: the configuration's, 0.08)",
+    )
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     if args.planner_commit:
         use_planner_from_commit(args.planner_commit)
-    res = run(args.seeds, args.tag, args.pictures, args.out_dir, args.planner_commit)
+    res = run(args.seeds, args.tag, args.pictures, args.out_dir, args.planner_commit, args.gripper_max_width)
     path = os.path.join(args.out_dir, "grasp_physics.json")
     runs = {}
     if os.path.exists(path):
