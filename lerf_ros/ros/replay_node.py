@@ -41,11 +41,11 @@ from geometry_msgs.msg import PoseStamped
 from nav_msgs.msg import Path
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
-from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
+from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from sensor_msgs.msg import CameraInfo, Image
 
 from lerf_ros.data.frame import Frame, FrameError
-from lerf_ros.ros.common import init_without_signal_handlers
+from lerf_ros.ros.common import LATCHED_QOS, init_without_signal_handlers
 from lerf_ros.ros.convert import (
     ConversionError,
     K_to_camera_info,
@@ -190,13 +190,7 @@ class ReplayNode(Node):
         self._pub_path = None
         if self._corrected is not None:
             self.topics["corrected_path"] = topic_name(topic_prefix, corrected_path_topic)
-            latched = QoSProfile(
-                depth=1,
-                reliability=ReliabilityPolicy.RELIABLE,
-                durability=DurabilityPolicy.TRANSIENT_LOCAL,
-                history=HistoryPolicy.KEEP_LAST,
-            )
-            self._pub_path = self.create_publisher(Path, self.topics["corrected_path"], latched)
+            self._pub_path = self.create_publisher(Path, self.topics["corrected_path"], LATCHED_QOS)
         self._extra = []
         for name, extra_frames, extra_frame_id in extra_cameras:
             extra_frames = list(extra_frames)
