@@ -519,6 +519,16 @@ class ChangeConfig:
     min_stale_share: float = 0.25
     """... and this share of the keyframes that see it are stale: a real change contradicts the views
     of the region before it, an occlusion or an edge only a keyframe or two."""
+    move_window: int = 40
+    """For this many compared frames after a confirmed change that removed a surface, a cluster the
+    keyframes' depth cannot confirm (a flat object: its new place is within the depth tolerance of
+    the table) is judged by colour when its colours are those of the removed surface (a moved
+    object seen at its new place); 0 turns this off. A static scene confirms no removal, so this
+    never confirms anything there."""
+    move_color_match: float = 0.5
+    """... colours match when at least this fraction of the cluster's new colours lie within the
+    frame's colour threshold of a removed colour and this fraction of the removed colours within
+    that of the cluster's."""
     max_points: int = 4096
     """Most changed surface points kept for display (``/lerf/changes``)."""
     retire: str = "pixels"
@@ -544,6 +554,8 @@ class ChangeConfig:
         _require(0 < self.min_stale_fraction <= 1, "changes.min_stale_fraction", self.min_stale_fraction, "in (0, 1]")
         _require(self.max_points >= 1, "changes.max_points", self.max_points, ">= 1")
         _require(0 <= self.min_stale_share <= 1, "changes.min_stale_share", self.min_stale_share, "in [0, 1]")
+        _require(self.move_window >= 0, "changes.move_window", self.move_window, ">= 0")
+        _require(0 < self.move_color_match <= 1, "changes.move_color_match", self.move_color_match, "in (0, 1]")
         _require(self.retire in ("pixels", "keyframe"), "changes.retire", self.retire, "'pixels' or 'keyframe'")
         _require(self.memory_checks >= self.min_frames, "changes.memory_checks", self.memory_checks, ">= min_frames")
         return self

@@ -12,6 +12,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+from change_scenes import as_keyframes, perfect_field
 
 from lerf_ros.config import ChangeConfig, ConfigError, preset
 from lerf_ros.data.synthetic.events import make_changing_scene, objects_at
@@ -233,23 +234,6 @@ def scenes():
     return make_changing_scene(events=[f"remove:mug@{N}"], **kw), make_changing_scene(**kw)
 
 
-def _as_keyframes(frames, first_key=0):
-    return [
-        SimpleNamespace(key=first_key + i, K=f.K, c2w=f.c2w, rgb=torch.from_numpy(f.rgb), depth=f.depth)
-        for i, f in enumerate(frames)
-    ]
-
-
-def _perfect_field(scene):
-    """The scene as it was, rendered exactly: what a converged field would show."""
-
-    def render(K, c2w, h, w):
-        rgb, depth, _ = scene.render_view(c2w, K=K, width=w, height=h)
-        return {"rgb": rgb / 255.0, "depth": depth, "accumulation": (depth > 0).astype(np.float32)}
-
-    return render
-
-
 def _stream(detector, scene, frames, keyframes, render):
     checks = []
     for f in frames:
@@ -266,8 +250,8 @@ def test_stale_keyframes_are_those_that_show_the_removed_object(scenes):
     new_pts = backproject(after.depth, after.K, after.c2w, v, u)
     old_pts = backproject(before.depth, before.K, before.c2w, v, u)
     cfg = ChangeConfig()
-    kfs_before = _as_keyframes(removed.frames[:N])
-    kfs_after = _as_keyframes(removed.frames[N:], first_key=100)
+    kfs_before = as_keyframes(removed.frames[:N])
+    kfs_after = as_keyframes(removed.frames[N:], first_key=100)
     col_new = after.rgb[v, u] / 255.0
     view = (after.depth, after.K, after.c2w)
     stale, seeing = stale_keyframes(new_pts, old_pts, col_new, kfs_before + kfs_after, cfg, 0.12, view)
@@ -284,8 +268,8 @@ def test_stale_keyframes_are_those_that_show_the_removed_object(scenes):
 
 def test_detector_finds_a_removal_and_nothing_in_the_static_stream(scenes):
     removed, static = scenes
-    render = _perfect_field(static)  # the field holds the scene before the removal
-    kfs = _as_keyframes(removed.frames[:N])
+    render = perfect_field(static)  # the field holds the scene before the removal
+    kfs = as_keyframes(removed.frames[:N])
     cfg = ChangeConfig(check_every=1)
     # the static stream: with an exposure change and a pose error of a few millimetres
     det = ChangeDetector(cfg)
@@ -318,7 +302,7 @@ def test_detector_finds_a_moved_and_an_added_object():
     changed = make_changing_scene(events=[f"move:teapot@{N}", f"add:banana@{N}"], **kw)
     static = make_changing_scene(**kw)
     det = ChangeDetector(ChangeConfig(check_every=1))
-    checks = _stream(det, changed, changed.frames[N:], _as_keyframes(changed.frames[:N]), _perfect_field(static))
+    checks = _stream(det, changed, changed.frames[N:], as_keyframes(changed.frames[:N]), perfect_field(static))
     assert any(c.status == "change" for c in checks)
     pts, kinds = det.changed_points()
     before = {o.class_name: o for o in objects_at(changed, N - 1)}

@@ -6,6 +6,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from change_scenes import perfect_field
 
 from lerf_ros.config import ChangeConfig
 from lerf_ros.data.synthetic import intrinsics_from_fov, look_at, make_scene
@@ -64,16 +65,6 @@ def distorted():
     )
 
 
-def _perfect_field(scene):
-    """The scene rendered exactly through pinhole rays: what a converged field renders."""
-
-    def render(K, c2w, h, w):
-        rgb, depth, _ = scene.render_view(c2w, K=K, width=w, height=h)
-        return {"rgb": rgb / 255.0, "depth": depth, "accumulation": (depth > 0).astype(np.float32)}
-
-    return render
-
-
 def test_point_sampled_resamples_a_distorted_frame_onto_the_pinhole_rays(distorted):
     f = distorted.frames[4]
     assert f.distortion is not None
@@ -93,7 +84,7 @@ def test_point_sampled_resamples_a_distorted_frame_onto_the_pinhole_rays(distort
 def test_a_static_distorted_stream_shows_no_change(distorted):
     """Against a perfect field, a distorted static stream disagrees nowhere once the lens is honoured;
     the same frames with the lens ignored disagree at many pixels (the test can fail)."""
-    render = _perfect_field(distorted)
+    render = perfect_field(distorted)
     cfg = ChangeConfig(check_every=1, min_frames=1)
 
     def run(frames):

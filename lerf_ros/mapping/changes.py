@@ -90,6 +90,10 @@ __all__ = [
 
 MAX_CHECK_POINTS = 512
 """Most changed points projected into the keyframes per confirmation (a random subset beyond)."""
+_REMOVED_COLOURS = 256
+"""Colours kept of one removed surface (a random subset beyond)."""
+_REMOVED_KEPT = 16
+"""Removed surfaces remembered at most (the newest)."""
 MAD_TO_SIGMA = 1.4826
 """Scale of the median absolute deviation to a normal distribution's standard deviation."""
 
@@ -272,6 +276,7 @@ def stale_keyframes(
     cfg: ChangeConfig,
     color_threshold: float,
     new_view: Optional[Tuple[np.ndarray, np.ndarray, np.ndarray]] = None,
+    by_colour: bool = False,
 ) -> Tuple[List[int], int]:
     """Keys of the keyframes that show the changed region as it was, and how many keyframes saw it.
 
@@ -290,7 +295,11 @@ def stale_keyframes(
       colour by more than ``color_threshold``.
 
     With depth, pixels where the new frame sees through the old surface are judged by the second
-    test, the others (a new surface in front of the old one) by the first.
+    test, the others (a new surface in front of the old one) by the first. ``by_colour``: every point
+    is judged by colour (a keyframe's pixels within one of the point's pixel, the nearest colour
+    counting, so a pixel of pose error or aliasing is no evidence); where the keyframe has depth, only
+    the points it sees (nothing in front of them beyond the tolerance) are judged. For a surface the
+    depth cannot tell from the one before it (a flat object at a new place on the table).
 
     Stale: at least ``min(min_stale_points, N)`` points judged and at least ``min_stale_fraction`` of
     them are such evidence."""
@@ -308,7 +317,19 @@ def stale_keyframes(
             keep[_as_numpy(trusted)] = True
             keep = keep.reshape(H, W)
             okn &= keep[vn, un]
-        if depth is None or new_view is None:
+        if by_colour:
+            judged = okn
+            if depth is not None:  # the points it sees: nothing in front of them
+                dn = depth[vn, un]
+                judged = okn & (dn > 0) & (dn >= zn - (cfg.depth_tolerance + cfg.depth_tolerance_rel * zn))
+            img = _as_numpy(kf.rgb)
+            diff = np.full(len(vn), np.inf, np.float32)
+            for dy in (-1, 0, 1):
+                for dx in (-1, 0, 1):
+                    rgb = img[np.clip(vn + dy, 0, H - 1), np.clip(un + dx, 0, W - 1)].astype(np.float32) / 255.0
+                    diff = np.minimum(diff, np.abs(rgb - new_rgb).mean(-1))
+            evidence = judged & (diff > color_threshold)
+        elif depth is None or new_view is None:
             rgb = _as_numpy(kf.rgb)[vn, un].astype(np.float32) / 255.0
             judged = okn
             evidence = okn & (np.abs(rgb - new_rgb).mean(-1) > color_threshold)
@@ -514,6 +535,7 @@ class ChangeDetector:
         self._checks = 0  # compared frames
         self._flagged: List[Tuple[int, np.ndarray]] = []  # (check, its flagged voxel codes) of recent checks
         self._changes: List[Tuple[int, np.ndarray, np.ndarray, np.ndarray]] = []  # (check, voxels, points, kinds)
+        self._removed: List[Tuple[int, np.ndarray]] = []  # (check, colours (M, 3)) of recently removed surfaces
         self.changes_detected = 0
         self.keyframes_retired = 0
         self.frames_compared = 0
@@ -526,6 +548,7 @@ class ChangeDetector:
         """Forget flagged voxels (e.g. after the model was reset); counters are kept."""
         with self._lock:
             self._flagged.clear()
+            self._removed.clear()
 
     def stats(self) -> Dict[str, Any]:
         """changes_detected, keyframes_retired, frames_compared, last_residual_median, last_status."""
@@ -640,14 +663,27 @@ class ChangeDetector:
                 continue
             if len(idx) > MAX_CHECK_POINTS:
                 idx = np.sort(self._rng.choice(idx, MAX_CHECK_POINTS, replace=False))
-            stale, seeing = stale_keyframes(new_pts[idx], old_pts[idx], obs[v[idx], u[idx]], kfs, cfg, thr, view)
+            colours = obs[v[idx], u[idx]]
+            stale, seeing = stale_keyframes(new_pts[idx], old_pts[idx], colours, kfs, cfg, thr, view)
             seeing_all = max(seeing_all, seeing)
+            how = ""
             # a change contradicts the views that saw the region before it; one or two keyframes
             # disagreeing among many is an occlusion or an edge seen at another angle
             if len(stale) < max(cfg.min_stale_keyframes, cfg.min_stale_share * seeing):
-                continue
+                # what the depth cannot tell (a flat object at a new place) is judged by colour, only
+                # where a surface of these colours was just removed (a move): a static scene never
+                # gets here, and textures that alias differently in every view do not count
+                since = self._moved_from(colours, thr, now) if view is not None else None
+                if since is None:
+                    continue
+                stale, seeing = stale_keyframes(new_pts[idx], old_pts[idx], colours, kfs, cfg, thr, view, True)
+                if len(stale) < max(cfg.min_stale_keyframes, cfg.min_stale_share * seeing):
+                    continue
+                how = f" by colour (a removed surface's colours, {since} compared frames before)"
+            else:
+                self._remember_removed(new_pts[idx], old_pts[idx], ren_n[v[idx], u[idx]], centre, now)
             confirmed.append(idx)
-            reasons.append(f"{len(stale)} of {seeing} keyframes that see it show it as it was")
+            reasons.append(f"{len(stale)} of {seeing} keyframes that see it show it as it was{how}")
             pts = np.concatenate([old_pts[idx], new_pts[idx]])
             for key in stale:
                 stale_pts.setdefault(key, []).append(pts)
@@ -686,6 +722,41 @@ class ChangeDetector:
             self.version += 1
         check.reason = "; ".join(reasons)
         return self._done(check)
+
+    def _remember_removed(
+        self, new_pts: np.ndarray, old_pts: np.ndarray, old_rgb: np.ndarray, centre: np.ndarray, now: int
+    ) -> None:
+        """Keep the colours (the field's, gain-normalised) of a confirmed cluster's pixels where the
+        new frame sees through the surface the field held: what was removed (at most 256 of them). Only
+        a cluster seen through at most of its pixels counts (something vanished there)."""
+        cfg = self.cfg
+        if cfg.move_window <= 0:
+            return
+        through = np.linalg.norm(new_pts - centre, axis=1) > np.linalg.norm(old_pts - centre, axis=1)
+        if np.count_nonzero(through) < max(cfg.min_region_pixels, 0.5 * len(through)):
+            return
+        rgb = np.asarray(old_rgb, np.float32)[through]
+        if len(rgb) > _REMOVED_COLOURS:
+            rgb = rgb[self._rng.choice(len(rgb), _REMOVED_COLOURS, replace=False)]
+        with self._lock:
+            self._removed.append((now, rgb))
+            del self._removed[:-_REMOVED_KEPT]
+
+    def _moved_from(self, colours: np.ndarray, threshold: float, now: int) -> Optional[int]:
+        """Compared frames since a surface of these colours was removed (within ``move_window``), or None:
+        at least ``move_color_match`` of ``colours`` (N, 3) lie within ``threshold`` (mean absolute
+        channel difference) of one removal's colours, and that share of its colours within ``threshold``
+        of ``colours``."""
+        cfg = self.cfg
+        with self._lock:
+            self._removed = [r for r in self._removed if r[0] > now - cfg.move_window]
+            removed = list(self._removed)
+        c = np.asarray(colours, np.float32)
+        for check, rgb in reversed(removed):
+            near = np.abs(c[:, None, :] - rgb[None]).mean(-1) <= threshold
+            if near.any(1).mean() >= cfg.move_color_match and near.any(0).mean() >= cfg.move_color_match:
+                return now - check
+        return None
 
     def record_retired(self, n: int) -> None:
         """Count ``n`` keyframes the caller retired for a change."""
