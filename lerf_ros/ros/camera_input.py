@@ -42,6 +42,7 @@ from lerf_ros.ros.convert import (
     camera_info_to_K,
     image_to_numpy,
     pose_to_matrix,
+    stamp_to_ns,
     stamp_to_sec,
 )
 from lerf_ros.ros.drops import DropReporter, excerpt
@@ -348,7 +349,7 @@ class CameraInput:
         depth, err = self._depth_at(stamp, (h, w))
         if err is not None:
             return None, err
-        stamp_ns = int(msg.header.stamp.sec) * 1_000_000_000 + int(msg.header.stamp.nanosec)
+        stamp_ns = stamp_to_ns(msg.header.stamp)
         frame = Frame(
             rgb=rgb,
             K=K,

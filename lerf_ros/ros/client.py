@@ -22,7 +22,7 @@ from lerf_ros.msg import TrainingStatus
 from lerf_ros.query.engine import QueryResult
 from lerf_ros.query.grasp import Grasp
 from lerf_ros.ros.common import QUERY_SERVICE, STATUS_QOS, STATUS_TOPIC, call_service
-from lerf_ros.ros.convert import pointcloud2_to_numpy, pose_to_matrix
+from lerf_ros.ros.convert import pointcloud2_to_numpy, pose_to_matrix, stamp_to_sec
 from lerf_ros.srv import Query
 
 __all__ = ["Interrupted", "LerfClient", "answer_frame", "response_to_result"]
@@ -63,7 +63,7 @@ def answer_frame(resp: Query.Response) -> Tuple[str, float]:
     headers = [resp.cloud.header] + [g.header for g in resp.grasps]
     for h in headers:
         if h.frame_id:
-            return str(h.frame_id), int(h.stamp.sec) + int(h.stamp.nanosec) * 1e-9
+            return str(h.frame_id), stamp_to_sec(h.stamp)
     return "", 0.0
 
 

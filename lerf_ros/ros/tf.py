@@ -22,9 +22,9 @@ ends when its parent closes the socket, also when the parent dies.
 A listener process that dies (killed, out of memory) is seen at once (its end of the socket closes)
 and started again by ``ListenerLink`` (``lerf_ros.ros.tf_link``): logged once, after a back-off
 (``RESTART_BACKOFF_S``, doubling while starts fail), counted in ``TfFeed.restarts`` and in the
-trainer's ``tf`` check of /diagnostics (``TfFeed.check``). Lookups waiting for it fail at once, and lookups meanwhile fail with
-"TF listener restarting (<why>)". A lookup may be given up by its caller (``cancel``): a deactivated
-trainer does not wait for a transform that may never come.
+trainer's ``tf`` check of /diagnostics (``TfFeed.check``). Lookups waiting for it fail at once, and
+lookups meanwhile fail with "TF listener restarting (<why>)". A lookup may be given up by its caller
+(``cancel``): a deactivated trainer does not wait for a transform that may never come.
 
 Until the first ``/tf`` message arrives, a lookup fails with one plain reason (``NO_TF_YET``), not
 with tf2's "frame does not exist", so the start-up drops of the trainer say what is missing.
@@ -178,12 +178,12 @@ class _LocalTf:
         from rclpy.duration import Duration
         from rclpy.time import Time
 
-        from lerf_ros.ros.convert import ConversionError, transform_to_matrix
+        from lerf_ros.ros.convert import ConversionError, stamp_to_ns, transform_to_matrix
 
         when = Time() if stamp_ns is None else Time(nanoseconds=int(stamp_ns))
         try:
             tf = self.buffer.lookup_transform(target, source, when, timeout=Duration(seconds=max(0.0, timeout_s)))
-            used = int(tf.header.stamp.sec) * 1_000_000_000 + int(tf.header.stamp.nanosec)
+            used = stamp_to_ns(tf.header.stamp)
             return transform_to_matrix(tf.transform), used, ""
         except (tf2_ros.TransformException, ConversionError) as exc:
             return None, None, self._reason(exc, target, source, stamp_ns)
@@ -378,11 +378,13 @@ class TfFeed:
 
 
 def _to_ns(stamp) -> int:
+    from lerf_ros.ros.convert import stamp_to_ns
+
     if isinstance(stamp, (int, np.integer)):
         return int(stamp)
     if hasattr(stamp, "nanoseconds"):
         return int(stamp.nanoseconds)
-    return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
+    return stamp_to_ns(stamp)
 
 
 _FEEDS: Dict[int, TfFeed] = {}
