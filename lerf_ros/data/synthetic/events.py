@@ -38,6 +38,7 @@ from lerf_ros.data.synthetic.layout import (
     TABLE_SIZE,
     SceneObject,
     build_layout,
+    centred_parts,
     footprints_overlap,
     place_object,
     rot_z,
@@ -199,13 +200,6 @@ def _moved_geoms(geoms: Sequence[Geometry], old: SceneObject, new: SceneObject) 
     return out
 
 
-def _centred_parts(parts: Sequence[Part]) -> Tuple[List[Part], np.ndarray]:
-    allv = np.concatenate([p.vertices for p in parts])
-    lo, hi = allv.min(0), allv.max(0)
-    shift = np.array([-(lo[0] + hi[0]) / 2, -(lo[1] + hi[1]) / 2, -lo[2]])
-    return [Part(p.vertices + shift, p.triangles, p.material, p.smooth) for p in parts], hi - lo
-
-
 def _resolve(
     seed: int, layout, events: Sequence[SceneEvent], n_surface_points: int
 ) -> Tuple[List[SceneObject], List[dict], Dict[int, List[Geometry]]]:
@@ -252,7 +246,7 @@ def _resolve(
             if cls_name in by_class:
                 raise ValueError(f"event '{ev.text()}': the scene already has a {cls_name} (add a class it lacks)")
             cls = CLASS_BY_NAME[cls_name]
-            parts, size = _centred_parts(cls.build(rng, float(rng.uniform(0.9, 1.1))))
+            parts, size = centred_parts(cls.build(rng, float(rng.uniform(0.9, 1.1))))
             taken = [fp(o) for o in state.values() if o] if ev.position else history
             xy, yaw = _spot(rng, size, taken, ev.position, ev.yaw_deg, f"event '{ev.text()}'")
             iid = len(objects) + 1

@@ -183,7 +183,7 @@ class Layout:
     geoms: List[Geometry]
 
 
-def _centred(parts: Sequence[Part]) -> Tuple[List[Part], np.ndarray]:
+def centred_parts(parts: Sequence[Part]) -> Tuple[List[Part], np.ndarray]:
     """The parts shifted so their bounding box is centred on the local z axis and rests on z = 0,
     and the (3,) box size."""
     allv = np.concatenate([p.vertices for p in parts])
@@ -224,7 +224,7 @@ def place_object(
     n_surface_points: int,
     rng: np.random.Generator,
 ) -> Tuple[SceneObject, List[Geometry]]:
-    """Put an object (``parts`` centred as by :func:`_centred`, box ``size``) on the table at
+    """Put an object (``parts`` centred as by :func:`centred_parts`, box ``size``) on the table at
     ``position`` (3,) turned by ``yaw``: its ground truth (surface points drawn from ``rng``) and
     its world-space geometry for the renderer."""
     R = rot_z(yaw)
@@ -265,7 +265,7 @@ def build_layout(seed: int, n_objects: Optional[int], n_surface_points: int) -> 
         if len(placed) == n_objects:
             break
         cls = VOCABULARY[ci]
-        parts, size = _centred(cls.build(rng, float(rng.uniform(0.9, 1.1))))
+        parts, size = centred_parts(cls.build(rng, float(rng.uniform(0.9, 1.1))))
         spot = _find_spot(rng, size, footprints, hx, hy)
         if spot is not None:
             xy, yaw, fp = spot
