@@ -193,22 +193,23 @@ def run_nodes(build: Callable[[List[ClosableNode]], None], args=None) -> int:
     code (2: the nodes could not be built)."""
     request = init_without_signal_handlers(args)
     nodes: List[ClosableNode] = []
+
+    def close_built() -> None:
+        for n in reversed(nodes):
+            n.close()
+            n.destroy_node()
+        rclpy.try_shutdown()
+
     try:
         build(nodes)
     except KeyboardInterrupt:  # a signal during start-up: close what was built
         request.interrupting = False
-        for n in reversed(nodes):
-            n.close()
-            n.destroy_node()
-        rclpy.try_shutdown()
+        close_built()
         exit_process(0)
     except Exception as exc:  # a bad configuration: say why and exit non-zero, no traceback spam
         request.interrupting = False
         print(f"[lerf_ros] failed to start: {exc}", file=sys.stderr)
-        for n in reversed(nodes):
-            n.close()
-            n.destroy_node()
-        rclpy.try_shutdown()
+        close_built()
         return 2
     exit_process(spin_nodes(nodes, request=request))
     return 0  # not reached
