@@ -527,8 +527,7 @@ class ChangeConfig:
     never confirms anything there."""
     move_color_match: float = 0.5
     """... colours match when at least this fraction of the cluster's new colours lie within the
-    frame's colour threshold of a removed colour and this fraction of the removed colours within
-    that of the cluster's."""
+    frame's colour threshold of one removed surface's colours."""
     max_points: int = 4096
     """Most changed surface points kept for display (``/lerf/changes``)."""
     retire: str = "pixels"

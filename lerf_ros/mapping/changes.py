@@ -342,15 +342,19 @@ def stale_keyframes(
             vo, uo, _, oko = _project(old_pts, K, c2w, H, W, dist)
             if trusted is not None:
                 oko &= keep[vo, uo]
+            # like the comparison, the judgement forgives a pixel: the view that sees past or through
+            # a point must do so at every valid pixel round it. At a depth edge (the table's rim or a
+            # box's top against the floor far below) a point a pixel off sees past anything, while
+            # where an object vanished or appeared that view saw no nearer surface anywhere near
             dn = depth[vn, un]
             okn &= (dn > 0) & ~through
-            saw_past = okn & (dn > zn + cfg.depth_tolerance + cfg.depth_tolerance_rel * zn)
+            saw_past = okn & (_nearest3(depth, vn, un) > zn + cfg.depth_tolerance + cfg.depth_tolerance_rel * zn)
             oko &= through
             oko[oko] = depth[vo[oko], uo[oko]] > 0
             surf = backproject(depth, K, c2w, vo[oko], uo[oko], dist)
             vv, uu, zz, okv = _project(surf, nK, nc2w, nd.shape[0], nd.shape[1])
-            dnew = nd[vv, uu]
-            okv &= dnew > 0
+            dnew = _nearest3(nd, vv, uu)
+            okv &= (nd[vv, uu] > 0) & (dnew > 0)
             in_free = okv & (zz < dnew - (cfg.depth_tolerance + cfg.depth_tolerance_rel * dnew))
             judged = int(np.count_nonzero(okn)) + int(np.count_nonzero(okv))
             evidence = int(np.count_nonzero(saw_past)) + int(np.count_nonzero(in_free))
@@ -362,6 +366,19 @@ def stale_keyframes(
         if e / n >= cfg.min_stale_fraction:
             stale.append(int(kf.key))
     return stale, seeing
+
+
+def _nearest3(depth: np.ndarray, v: np.ndarray, u: np.ndarray) -> np.ndarray:
+    """(N,) the nearest valid depth (> 0) among the 3x3 pixels round each (v, u) of ``depth`` (H, W)
+    (edges replicated); 0 where none is valid."""
+    H, W = depth.shape
+    d = np.asarray(depth, np.float32)
+    out = np.full(len(v), np.inf, np.float32)
+    for dy in (-1, 0, 1):
+        for dx in (-1, 0, 1):
+            x = d[np.clip(v + dy, 0, H - 1), np.clip(u + dx, 0, W - 1)]
+            out = np.minimum(out, np.where(x > 0, x, np.float32(np.inf)))
+    return np.where(np.isfinite(out), out, np.float32(0.0))
 
 
 _REGION_CHUNK = 256  # points per step of ``region_mask`` (bounds its memory)
@@ -745,8 +762,8 @@ class ChangeDetector:
     def _moved_from(self, colours: np.ndarray, threshold: float, now: int) -> Optional[int]:
         """Compared frames since a surface of these colours was removed (within ``move_window``), or None:
         at least ``move_color_match`` of ``colours`` (N, 3) lie within ``threshold`` (mean absolute
-        channel difference) of one removal's colours, and that share of its colours within ``threshold``
-        of ``colours``."""
+        channel difference) of one removal's colours (a view of the new place may show only part of
+        the object: its lit top, not its shaded sides)."""
         cfg = self.cfg
         with self._lock:
             self._removed = [r for r in self._removed if r[0] > now - cfg.move_window]
@@ -754,7 +771,7 @@ class ChangeDetector:
         c = np.asarray(colours, np.float32)
         for check, rgb in reversed(removed):
             near = np.abs(c[:, None, :] - rgb[None]).mean(-1) <= threshold
-            if near.any(1).mean() >= cfg.move_color_match and near.any(0).mean() >= cfg.move_color_match:
+            if near.any(1).mean() >= cfg.move_color_match:
                 return now - check
         return None
 
