@@ -312,7 +312,7 @@ def test_poses_arriving_after_their_images_are_used(scene, scene_dir, tmp_path):
                 streamer.pause(0.1)  # the pose comes 0.1 s after its image
                 streamer.send_pose(i, stamp)
                 streamer.pause(0.2)
-            ok = spin_until(node, lambda: status.last.frames_received >= n and status.last.frames_kept >= n, 20.0)
+            ok = spin_until(node, lambda: status.last.frames_received >= n and status.last.frames_kept >= n, 60.0)
             assert ok, (
                 status.last.frames_received,
                 status.last.frames_kept,
