@@ -343,19 +343,22 @@ def stale_keyframes(
             if trusted is not None:
                 oko &= keep[vo, uo]
             # like the comparison, the judgement forgives a pixel: the view that sees past or through
-            # a point must do so at every valid pixel round it. At a depth edge (the table's rim or a
-            # box's top against the floor far below) a point a pixel off sees past anything, while
-            # where an object vanished or appeared that view saw no nearer surface anywhere near
+            # a point must see no surface at or in front of it (within ``depth_tolerance``) at any
+            # valid pixel round it either. At a depth edge (the table's rim or a box's top against the
+            # floor far below) a point a pixel off sees past anything, while where an object vanished
+            # or appeared that view saw no such surface nearby (a slanted table's next pixel lies a few
+            # centimetres nearer, not in front of the point)
+            tol0 = cfg.depth_tolerance
             dn = depth[vn, un]
             okn &= (dn > 0) & ~through
-            saw_past = okn & (_nearest3(depth, vn, un) > zn + cfg.depth_tolerance + cfg.depth_tolerance_rel * zn)
+            saw_past = okn & (dn > zn + tol0 + cfg.depth_tolerance_rel * zn) & (_nearest3(depth, vn, un) > zn + tol0)
             oko &= through
             oko[oko] = depth[vo[oko], uo[oko]] > 0
             surf = backproject(depth, K, c2w, vo[oko], uo[oko], dist)
             vv, uu, zz, okv = _project(surf, nK, nc2w, nd.shape[0], nd.shape[1])
-            dnew = _nearest3(nd, vv, uu)
-            okv &= (nd[vv, uu] > 0) & (dnew > 0)
-            in_free = okv & (zz < dnew - (cfg.depth_tolerance + cfg.depth_tolerance_rel * dnew))
+            dnew = nd[vv, uu]
+            okv &= dnew > 0
+            in_free = okv & (zz < dnew - (tol0 + cfg.depth_tolerance_rel * dnew)) & (zz < _nearest3(nd, vv, uu) - tol0)
             judged = int(np.count_nonzero(okn)) + int(np.count_nonzero(okv))
             evidence = int(np.count_nonzero(saw_past)) + int(np.count_nonzero(in_free))
         n = int(np.count_nonzero(judged)) if isinstance(judged, np.ndarray) else int(judged)
