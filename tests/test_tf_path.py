@@ -27,6 +27,7 @@ import pytest
 rclpy = pytest.importorskip("rclpy")
 
 from lerf_ros.ros.tf import NO_TF_YET, FrameAnswer, TfCounters, stamp_or  # noqa: E402
+from lerf_ros.ros.tf_link import CANCELLED, ListenerLink  # noqa: E402
 
 from ros_helpers import (  # noqa: E402
     REPO_ROOT,
@@ -92,8 +93,9 @@ def test_cli_frame_id_needs_the_service(tmp_path):
     assert "--frame-id needs --service" in out.stderr
 
 
-#: A stand-in for the listener process (the same protocol, no tf2): answers each call with its own pid,
-#: never answers "stall"; exits at start while the file named by its second argument exists.
+#: A stand-in for the listener process (the same protocol, no tf2): answers each call (and ping) with
+#: its own pid, never answers "stall"; after "sick" it answers pings saying it is stuck; exits at
+#: start while the file named by its second argument exists.
 FAKE_LISTENER = """
 import os, sys, time
 from multiprocessing.connection import Connection
@@ -101,12 +103,17 @@ conn = Connection(int(sys.argv[1]))
 if os.path.exists(sys.argv[2]):
     os._exit(7)
 conn.send(("ready", os.getpid()))
+sick = False
 while True:
     try:
         rid, kind, payload = conn.recv()
     except (EOFError, OSError):
         break
-    if kind == "garbage":
+    if kind == "sick":
+        sick = True
+    if kind == "ping" and sick:
+        conn.send((0, "its ROS thread has not come back for 11 s", (1, 2, 3)))
+    elif kind == "garbage":
         conn.send("not an answer")
     elif kind == "deaf":
         time.sleep(120)  # stops reading
@@ -143,8 +150,6 @@ def test_listener_that_dies_is_restarted_with_backoff_and_lookups_say_so_meanwhi
     ``close`` nothing is restarted."""
     import signal
     import threading
-
-    from lerf_ros.ros.tf_link import CANCELLED, ListenerLink
 
     broken = tmp_path / "broken"
     logs = []
@@ -205,6 +210,119 @@ def test_listener_that_dies_is_restarted_with_backoff_and_lookups_say_so_meanwhi
     assert link.restarts == 1 and link.process is second  # nothing restarted after close
 
 
+def test_a_listener_that_stops_answering_is_ended_and_restarted(tmp_path):
+    """A child that runs but stops answering (SIGSTOP: as one stuck in a call that never returns) is
+    found by its pings: within the liveness timeout (2 s here) the calls waiting for it fail with "TF
+    listener restarting (...)", it is killed, logged once, and a new child answers (a restart, counted
+    as one after a death). A quiet child that answers its pings is left alone; one that says it is
+    stuck is ended too."""
+    import signal
+    import threading
+
+    logs = []
+    link = ListenerLink(
+        lambda fd: python_argv("-c", FAKE_LISTENER, str(fd), str(tmp_path / "broken")),
+        log=logs.append,
+        backoff_s=(0.2, 1.0),
+        liveness_s=2.0,
+    )
+    try:
+        first = link.process
+        time.sleep(5.0)  # idle, well past the liveness timeout: the pings keep it
+        assert link.restarts == 0 and link.process is first and link.down_reason == "", logs
+        answer, why = link.call("lookup", "a", 30.0)
+        assert why == "" and answer[2] == first.pid
+
+        waiting = []
+        caller = threading.Thread(target=lambda: waiting.append(link.call("stall", None, 60.0)))
+        caller.start()
+        time.sleep(0.3)
+        t0 = time.monotonic()
+        first.send_signal(signal.SIGSTOP)
+        caller.join(30.0)
+        took = time.monotonic() - t0
+        assert waiting and waiting[0][0] is None, waiting
+        assert waiting[0][1].startswith("TF listener restarting (the TF listener process did not answer for"), waiting
+        assert 1.5 < took < 20.0, took
+        assert first.wait(10.0) == -signal.SIGKILL  # killed (a stopped process takes no other signal) and reaped
+        assert _wait(lambda: link.restarts == 1 and link.down_reason == "", 30.0), (link.down_reason, logs)
+        answer, why = link.call("lookup", "b", 30.0)
+        assert why == "" and answer[2] == link.process.pid != first.pid
+        assert sum("did not answer for" in line for line in logs) == 1, logs
+        assert any(f"ended it (pid {first.pid})" in line for line in logs), logs
+
+        # A child that says it is stuck (a part of it: the listener's ROS thread) is ended too.
+        second = link.process
+        link.call("sick", None, 30.0)
+        assert _wait(lambda: link.restarts == 2 and link.down_reason == "", 30.0), (link.down_reason, logs)
+        assert second.wait(10.0) is not None and link.process is not second
+        assert any("is stuck (its ROS thread has not come back for 11 s)" in line for line in logs), logs
+        assert link.call("lookup", "c", 30.0)[0] is not None
+    finally:
+        link.close()
+    assert link.process.wait(10.0) == 0
+
+
+#: A stand-in with one worker (as the listener's pool, smaller): "wait" waits up to 60 s for its
+#: "cancel" before answering, "lookup" is answered by the same worker; its table of calls in flight
+#: is carried in each answer's extra.
+ONE_WORKER_LISTENER = """
+import os, queue, sys, threading
+from multiprocessing.connection import Connection
+conn = Connection(int(sys.argv[1]))
+conn.send(("ready", os.getpid()))
+calls, in_flight, lock = queue.Queue(), {}, threading.Lock()
+def work():
+    while True:
+        rid, kind, payload = calls.get()
+        if kind == "wait":
+            in_flight[rid].wait(60.0)
+        with lock:
+            in_flight.pop(rid)
+            conn.send((rid, (kind, payload), len(in_flight)))
+threading.Thread(target=work, daemon=True).start()
+while True:
+    try:
+        rid, kind, payload = conn.recv()
+    except (EOFError, OSError):
+        break
+    with lock:
+        if kind == "ping":
+            conn.send((0, "", len(in_flight)))
+        elif kind == "cancel":
+            if payload in in_flight:
+                in_flight[payload].set()
+        else:
+            in_flight[rid] = threading.Event()
+            calls.put((rid, kind, payload))
+"""
+
+
+def test_cancelled_calls_are_given_up_by_the_child_too():
+    """A call given up by its cancel event is told to the child ("cancel"), whose worker stops
+    waiting for it: after more cancelled calls than the child has workers, the next call is answered
+    at once (not after the 60 s the cancelled ones would have waited); no table keeps an entry."""
+    import threading
+
+    in_flight = []
+    link = ListenerLink(lambda fd: python_argv("-c", ONE_WORKER_LISTENER, str(fd)), on_extra=in_flight.append)
+    try:
+        for i in range(2):  # one more than the child's one worker
+            cancel = threading.Event()
+            threading.Timer(0.2, cancel.set).start()
+            t0 = time.monotonic()
+            assert link.call("wait", i, 60.0, cancel) == (None, CANCELLED)
+            assert time.monotonic() - t0 < 5.0
+        t0 = time.monotonic()
+        answer, why = link.call("lookup", "a", 60.0)
+        assert why == "" and answer == ("lookup", "a") and time.monotonic() - t0 < 10.0, why
+        assert link.calls_waiting == 0
+        assert _wait(lambda: in_flight[-1] == 0, 10.0), in_flight  # the child's table is empty again (pings)
+        assert link.restarts == 0
+    finally:
+        link.close()
+
+
 def _running(pid):
     try:
         os.kill(pid, 0)
@@ -216,8 +334,6 @@ def _running(pid):
 def test_close_during_a_restart_ends_the_child_being_started(tmp_path):
     """``close`` while a child is being started again (slow to start: it would send "ready" after
     60 s) ends that child too, and returns within a few seconds."""
-    from lerf_ros.ros.tf_link import ListenerLink
-
     pids, slow = tmp_path / "pids", tmp_path / "slow"
     link = ListenerLink(
         lambda fd: python_argv("-c", SLOW_LISTENER, str(fd), str(tmp_path / "broken"), str(pids), str(slow)),
@@ -243,8 +359,6 @@ def test_close_during_a_restart_ends_the_child_being_started(tmp_path):
 def test_a_bad_answer_is_logged_once_and_the_link_keeps_reading(tmp_path):
     """An answer that is not ``(id, result, extra)`` is logged once; the reader goes on, later calls
     are answered."""
-    from lerf_ros.ros.tf_link import ListenerLink
-
     logs = []
     link = ListenerLink(lambda fd: python_argv("-c", FAKE_LISTENER, str(fd), str(tmp_path / "broken")), log=logs.append)
     try:
@@ -262,8 +376,6 @@ def test_a_child_that_stops_reading_blocks_neither_other_calls_nor_close(tmp_pat
     """A call whose send blocks (the child stopped reading; the socket's buffer is full) holds up
     neither another call (it fails within its wait) nor ``close`` (which ends the blocked send)."""
     import threading
-
-    from lerf_ros.ros.tf_link import ListenerLink
 
     link = ListenerLink(lambda fd: python_argv("-c", FAKE_LISTENER, str(fd), str(tmp_path / "broken")))
     blocked = []
@@ -467,6 +579,108 @@ def test_a_killed_listener_process_is_restarted_and_its_feed_answers_again():
             user.destroy_node()
             pub_node.destroy_node()
     assert not feed.alive and feed.process.wait(10.0) == 0
+
+
+def test_a_stopped_listener_process_is_replaced_and_its_feed_answers_again():
+    """The real listener process stopped (SIGSTOP: alive, answering nothing, as one stuck in a DDS
+    call): a lookup waiting for it fails with "TF listener restarting (... did not answer ...)"
+    within the liveness timeout (3 s here), the stopped process is killed, a new one is started
+    (counted in the ``tf`` check's restarts) and, once /tf arrives again, answers."""
+    import signal
+    import threading
+
+    tf2_msgs = _tf2()
+    from rclpy.time import Time
+
+    from lerf_ros.mapping.health import OK
+    from lerf_ros.ros.tf import TfFeed
+
+    logs = []
+    with ros_context() as ctx:
+        pub_node = rclpy.create_node("tf_stop_pub", context=ctx)
+        tf_pub = pub_node.create_publisher(tf2_msgs.TFMessage, "/tf", 100)
+        feed = TfFeed("tf_stop_user_tf", log=logs.append, liveness_s=3.0, backoff_s=(0.2, 2.0))
+        try:
+            T_base = _yaw(40.0, 0.5, 0.5)
+            stamp = Time(seconds=70).to_msg()
+
+            def found():
+                tf_pub.publish(tf2_msgs.TFMessage(transforms=[_transform(T_base, "map", "base_link", stamp)]))
+                return feed.lookup("map", "base_link", stamp, 0.0)[0] is not None
+
+            assert _wait(found, 30.0)
+            time.sleep(4.0)  # quiet past the liveness timeout: a listener that answers its pings stays
+            assert feed.restarts == 0 and feed.check().level == OK, logs
+            first = feed.process
+            waiting = []
+            later = Time(seconds=80).to_msg()  # never sent: the lookup waits (up to 60 s)
+            caller = threading.Thread(target=lambda: waiting.append(feed.lookup("map", "base_link", later, 60.0)))
+            caller.start()
+            time.sleep(0.5)
+            t0 = time.monotonic()
+            first.send_signal(signal.SIGSTOP)
+            caller.join(40.0)
+            assert waiting and waiting[0][0] is None, waiting
+            reason = waiting[0][2]
+            assert reason.startswith("TF listener restarting (the TF listener process did not answer for"), reason
+            assert time.monotonic() - t0 < 30.0
+            assert first.wait(10.0) == -signal.SIGKILL
+            assert _wait(lambda: feed.restarts == 1 and feed.down_reason == "", 60.0), (feed.down_reason, logs)
+            assert feed.process.pid != first.pid and feed.process.poll() is None
+            assert _wait(found, 30.0), feed.lookup("map", "base_link", stamp, 0.0)
+            check = feed.check()
+            assert check.level == OK and check.value("listener restarts") == "1", check
+            assert sum("did not answer for" in line for line in logs) == 1, logs
+        finally:
+            feed.close()
+            pub_node.destroy_node()
+    assert feed.process.wait(10.0) == 0
+
+
+def test_cancelled_lookups_free_the_listener_processes_workers():
+    """Lookups given up by their caller (``cancel``) while they wait for a transform that does not
+    come: the listener process stops waiting too, so after more cancelled lookups than it has
+    workers, a lookup of a transform it has is answered at once (not after the 30 s the cancelled
+    ones asked for), and no table keeps their entries (the link's, the listener's in flight)."""
+    import threading
+
+    tf2_msgs = _tf2()
+    from rclpy.time import Time
+
+    from lerf_ros.ros.tf import WORKER_THREADS, TfFeed
+
+    with ros_context() as ctx:
+        pub_node = rclpy.create_node("tf_cancel_free_pub", context=ctx)
+        tf_pub = pub_node.create_publisher(tf2_msgs.TFMessage, "/tf", 100)
+        feed = TfFeed("tf_cancel_free_tf")
+        try:
+            T_base = _yaw(-30.0, 1.5)
+            stamp, later = Time(seconds=20).to_msg(), Time(seconds=25).to_msg()
+
+            def found():
+                tf_pub.publish(tf2_msgs.TFMessage(transforms=[_transform(T_base, "map", "base_link", stamp)]))
+                return feed.lookup("map", "base_link", stamp, 0.0)[0] is not None
+
+            assert _wait(found, 30.0)
+            for _ in range(WORKER_THREADS + 1):
+                cancel = threading.Event()
+                threading.Timer(0.3, cancel.set).start()
+                t0 = time.monotonic()
+                assert feed.lookup("map", "base_link", later, 30.0, cancel) == (None, None, CANCELLED)
+                assert time.monotonic() - t0 < 5.0
+            t0 = time.monotonic()
+            T, used, reason = feed.lookup("map", "base_link", stamp, 0.0)
+            took = time.monotonic() - t0
+            assert T is not None, reason
+            np.testing.assert_allclose(T, T_base, atol=1e-6)
+            assert took < 5.0, took
+            assert feed._link.calls_waiting == 0
+            assert _wait(lambda: feed.in_flight == 0, 10.0), feed.in_flight  # refreshed by each ping's answer
+            assert feed.check().value("listener lookups in flight") == "0"
+            assert feed.restarts == 0
+        finally:
+            feed.close()
+            pub_node.destroy_node()
 
 
 def test_deactivate_gives_up_a_waiting_tf_lookup_and_no_frame_reaches_the_session_after(scene, tmp_path):

@@ -23,8 +23,13 @@ A listener process that dies (killed, out of memory) is seen at once (its end of
 and started again by ``ListenerLink`` (``lerf_ros.ros.tf_link``): logged once, after a back-off
 (``RESTART_BACKOFF_S``, doubling while starts fail), counted in ``TfFeed.restarts`` and in the
 trainer's ``tf`` check of /diagnostics (``TfFeed.check``). Lookups waiting for it fail at once, and
-lookups meanwhile fail with "TF listener restarting (<why>)". A lookup may be given up by its caller
-(``cancel``): a deactivated trainer does not wait for a transform that may never come.
+lookups meanwhile fail with "TF listener restarting (<why>)". One that runs but stops answering
+(stopped with SIGSTOP, stuck in a call that does not return) is found by its pings: not heard from
+for ``LIVENESS_TIMEOUT_S`` (or its ROS thread not back for as long: it says so when pinged), it is
+ended (killed) and started again the same way, "TF listener restarting (the TF listener process did
+not answer for 10 s)" meanwhile. A lookup may be given up by its caller (``cancel``): a deactivated
+trainer does not wait for a transform that may never come, and the listener process, told so, stops
+waiting for it too (its workers are free again at once).
 
 Until the first ``/tf`` message arrives, a lookup fails with one plain reason (``NO_TF_YET``), not
 with tf2's "frame does not exist", so the start-up drops of the trainer say what is missing.
@@ -45,6 +50,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
@@ -56,6 +62,7 @@ from lerf_ros.mapping.health import OK, WARN, Check
 from lerf_ros.ros.tf_link import (  # noqa: F401  (re-exported: the link's names were defined here before)
     CANCEL_POLL_S,
     CANCELLED,
+    LIVENESS_TIMEOUT_S,
     RESTART_BACKOFF_S,
     RESTARTING,
     START_TIMEOUT_S,
@@ -74,6 +81,10 @@ REPLY_MARGIN_S = 10.0
 WORKER_THREADS = 4
 """Lookups the listener process answers at once (one waiting for a late transform does not hold
 the others)."""
+
+LOOKUP_POLL_S = 0.02
+"""How often a lookup waiting for its transform looks at the buffer again (tf2's own wait polls
+as often) and at its cancel event."""
 
 SPIN_PERIOD_S = 0.1
 
@@ -154,11 +165,13 @@ class _LocalTf:
         self._executor = SingleThreadedExecutor(context=context)
         self._executor.add_node(self.node)
         self._closing = threading.Event()
+        self._turned = time.monotonic()  # when the spinning thread last came round
         self._thread = threading.Thread(target=self._spin, name="lerf_tf", daemon=True)
         self._thread.start()
 
     def _spin(self) -> None:
         while not self._closing.is_set():
+            self._turned = time.monotonic()
             try:
                 self._executor.spin_once(timeout_sec=SPIN_PERIOD_S)
             except Exception:  # the context was shut down: nothing more to receive
@@ -166,23 +179,47 @@ class _LocalTf:
                     return
                 self._closing.wait(SPIN_PERIOD_S)
 
+    def stuck(self, limit_s: float) -> str:
+        """Why the buffer is no longer fed ('' while it is): the thread that spins the listener's node
+        has not come round for more than ``limit_s`` (stuck in a call), or has ended."""
+        age = time.monotonic() - self._turned
+        if not self._thread.is_alive():
+            return "its ROS thread has ended"
+        return f"its ROS thread has not come back for {age:.0f} s" if age > limit_s else ""
+
     def _reason(self, exc, target: str, source: str, at_ns: Optional[int]) -> str:
         if not self.counters.received:
             return NO_TF_YET.format(topic=self.tf_topic)
         at = "" if at_ns is None else f" at {at_ns * 1e-9:.3f}"
         return f"no TF from '{_short(target)}' to '{_short(source)}'{at}: {exc}"
 
-    def lookup(self, target: str, source: str, stamp_ns: Optional[int], timeout_s: float):
-        """(4x4 matrix, stamp of the transform used in ns, '') or (None, None, reason)."""
+    def lookup(
+        self,
+        target: str,
+        source: str,
+        stamp_ns: Optional[int],
+        timeout_s: float,
+        cancel: Optional[threading.Event] = None,
+    ):
+        """(4x4 matrix, stamp of the transform used in ns, '') or (None, None, reason), waiting up to
+        ``timeout_s`` for the transform; given up (``CANCELLED``) as soon as ``cancel`` is set."""
         import tf2_ros
-        from rclpy.duration import Duration
         from rclpy.time import Time
 
         from lerf_ros.ros.convert import ConversionError, stamp_to_ns, transform_to_matrix
 
         when = Time() if stamp_ns is None else Time(nanoseconds=int(stamp_ns))
+        cancel = cancel or threading.Event()
         try:
-            tf = self.buffer.lookup_transform(target, source, when, timeout=Duration(seconds=max(0.0, timeout_s)))
+            # tf2's own wait (``timeout=``) cannot be given up: wait here, as it does, by polling.
+            deadline = time.monotonic() + max(0.0, float(timeout_s))
+            while not self.buffer.can_transform(target, source, when):
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                if cancel.wait(min(LOOKUP_POLL_S, remaining)):
+                    return None, None, CANCELLED
+            tf = self.buffer.lookup_transform(target, source, when)
             used = stamp_to_ns(tf.header.stamp)
             return transform_to_matrix(tf.transform), used, ""
         except (tf2_ros.TransformException, ConversionError) as exc:
@@ -234,6 +271,8 @@ class TfFeed:
         cache_s: TF history kept (s).
         tf_topic, tf_static_topic: the resolved topics.
         log: where the listener's exits and restarts are reported (a warning).
+        liveness_s: a listener process not heard from for this long (or whose ROS thread is stuck as
+            long) is ended and started again.
     """
 
     def __init__(
@@ -246,19 +285,22 @@ class TfFeed:
         start_timeout_s: float = START_TIMEOUT_S,
         log: Optional[Callable[[str], None]] = None,
         backoff_s: Tuple[float, float] = RESTART_BACKOFF_S,
+        liveness_s: float = LIVENESS_TIMEOUT_S,
     ) -> None:
         if not cache_s > 0:
             raise ValueError(f"TF cache of {cache_s} s: must be > 0")
         self.cache_s = float(cache_s)
         self.tf_topic = tf_topic
         self.counters = TfCounters()
+        self.in_flight = 0
+        """Calls the listener process was working on at its last answer (lookups waiting for a transform)."""
         self._users = 0
 
         def argv_for_fd(fd: int) -> List[str]:
             return [
                 sys.executable, "-m", "lerf_ros.ros.tf", "--fd", str(fd), "--name", name,
                 "--namespace", namespace, "--cache-s", repr(self.cache_s), "--tf-topic", tf_topic,
-                "--tf-static-topic", tf_static_topic,
+                "--tf-static-topic", tf_static_topic, "--stuck-s", repr(float(liveness_s)),
             ]  # fmt: skip
 
         package_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -271,9 +313,15 @@ class TfFeed:
             env=env,
             start_timeout_s=start_timeout_s,
             log=log,
-            on_extra=self.counters.update,
+            on_extra=self._on_extra,
             backoff_s=backoff_s,
+            liveness_s=liveness_s,
         )
+
+    def _on_extra(self, extra: Sequence[int]) -> None:
+        """What each answer of the listener process carries: its counters, and its calls in flight."""
+        self.counters.update(extra[:3])
+        self.in_flight = int(extra[3])
 
     # -------------------------------------------------------------- state
     @property
@@ -288,7 +336,7 @@ class TfFeed:
 
     @property
     def restarts(self) -> int:
-        """Listener processes started again after one died."""
+        """Listener processes started again after one died or was ended for not answering."""
         return self._link.restarts
 
     @property
@@ -302,11 +350,13 @@ class TfFeed:
 
     def check(self) -> Check:
         """The ``tf`` check of /diagnostics: OK while the listener process answers, WARN while it is
-        being restarted; the restarts so far and what it received."""
+        being restarted (it died, or stopped answering); the restarts so far, the lookups it is
+        working on, and what it received."""
         messages, transforms, static = self.counters.snapshot()
         values = (
             ("listener restarts", str(self.restarts)),
             ("listener pid", str(self.process.pid)),
+            ("listener lookups in flight", str(self.in_flight)),
             ("/tf messages", str(messages)),
             ("/tf transforms", str(transforms)),
             ("/tf_static transforms", str(static)),
@@ -499,6 +549,7 @@ def _serve(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--cache-s", type=float, default=DEFAULT_CACHE_S)
     p.add_argument("--tf-topic", default="/tf")
     p.add_argument("--tf-static-topic", default="/tf_static")
+    p.add_argument("--stuck-s", type=float, default=LIVENESS_TIMEOUT_S)
     args = p.parse_args(argv)
     # The parent ends this process by closing the socket (also when it dies); a Ctrl-C or a launch
     # file's SIGINT to the process group is the parent's to handle.
@@ -513,11 +564,24 @@ def _serve(argv: Optional[Sequence[str]] = None) -> int:
         conn.send(("error", repr(exc)))
         return 1
     send_lock = threading.Lock()
+    # The calls being worked on, each with the event that gives it up (the parent's "cancel"); an
+    # entry lives from the call's arrival to its answer.
+    in_flight: Dict[int, threading.Event] = {}
+    table_lock = threading.Lock()
 
-    def answer(rid: int, kind: str, payload) -> None:
+    def send(rid: int, result) -> None:
+        with table_lock:
+            n = len(in_flight)
+        with send_lock:
+            try:
+                conn.send((rid, result, tf.counters.snapshot() + (n,)))
+            except (OSError, ValueError):
+                pass
+
+    def answer(rid: int, kind: str, payload, cancel: threading.Event) -> None:
         try:
             if kind == "lookup":
-                result = tf.lookup(*payload)
+                result = tf.lookup(*payload, cancel=cancel)
             elif kind == "full":
                 result = tf.lookup_full(payload)
             else:  # "clear"
@@ -527,11 +591,9 @@ def _serve(argv: Optional[Sequence[str]] = None) -> int:
             result = {"lookup": (None, None, f"TF lookup failed: {exc!r}"), "full": [None] * len(payload or ())}.get(
                 kind, False
             )
-        with send_lock:
-            try:
-                conn.send((rid, result, tf.counters.snapshot()))
-            except (OSError, ValueError):
-                pass
+        with table_lock:
+            in_flight.pop(rid, None)
+        send(rid, result)
 
     conn.send(("ready", os.getpid()))
     pool = ThreadPoolExecutor(WORKER_THREADS, thread_name_prefix="lerf_tf_lookup")
@@ -540,7 +602,18 @@ def _serve(argv: Optional[Sequence[str]] = None) -> int:
             rid, kind, payload = conn.recv()
         except (EOFError, OSError):
             break
-        pool.submit(answer, rid, kind, payload)
+        if kind == "ping":  # answered here, not by a worker: that this loop reads is what it asks
+            send(0, tf.stuck(args.stuck_s))
+        elif kind == "cancel":  # a call given up: its worker stops waiting (no entry made for one done)
+            with table_lock:
+                given_up = in_flight.get(payload)
+            if given_up is not None:
+                given_up.set()
+        else:
+            cancel = threading.Event()
+            with table_lock:
+                in_flight[rid] = cancel
+            pool.submit(answer, rid, kind, payload, cancel)
     # The parent is gone or done: nothing to save, and lookups still waiting need no answer.
     os._exit(0)
 

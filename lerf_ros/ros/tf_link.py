@@ -3,14 +3,17 @@
 ``lerf_ros.ros.tf`` keeps the process's TF buffer in such a child (the TF listener process); this
 module is what keeps the child running: it starts it (a session of its own), waits for its first
 message, reads its answers on a thread of its own, matches them to the calls waiting for them,
-serialises the sends, and starts a child that died again after a back-off (logged once, counted).
-It knows nothing of TF or ROS: the child's command line and what its answers carry are the caller's.
+serialises the sends, pings it and ends one that stops answering (stopped, stuck), tells it of the
+calls given up, and starts a child that died or was ended again after a back-off (logged once,
+counted). It knows nothing of TF or ROS: the child's command line and what its answers carry are
+the caller's.
 """
 
 from __future__ import annotations
 
 import itertools
 import os
+import select
 import socket
 import subprocess
 import threading
@@ -33,6 +36,19 @@ CANCELLED = "the lookup was cancelled"
 
 CANCEL_POLL_S = 0.05
 """How often a waiting lookup looks at its ``cancel`` event."""
+
+LIVENESS_TIMEOUT_S = 10.0
+"""A listener process that has not answered a ping (sent every second) for this long, while it runs,
+is ended and started again (stopped, or stuck in a call that does not return); also the longest a
+child may find a part of itself stuck before it says so in its answer to a ping. Far above anything
+the child may legitimately block for between two reads of its socket (a few milliseconds)."""
+
+PING_PERIOD_S = 1.0
+"""How often the link pings its child (at most; a quarter of the liveness timeout when that is shorter)."""
+
+END_GRACE_S = 0.5
+"""How long a child that stopped answering is given to exit after its socket is shut down, before
+it is killed (SIGKILL: the listener ignores SIGTERM, and a stopped process takes no other signal)."""
 
 
 class _Child:
@@ -62,6 +78,10 @@ class _Child:
         # read blocked on it in the reader thread, and the child would never see the end.
         self.sock = ours
         self.conn = Connection(os.dup(ours.fileno()))
+        self.heard = self.started
+        """When the child was last heard from (``time.monotonic``): its ready, any answer."""
+        self.unwell = ""
+        """Why the child says it is stuck (its answer to a ping), '' while it is well."""
 
     def wait_ready(self, start_timeout_s: float) -> None:
         """Wait for the child's ``("ready", pid)``; raises (the child ended) when it does not come
@@ -80,8 +100,9 @@ class _Child:
         if hello[0] != "ready":
             self.end()
             raise RuntimeError(f"the {what} process could not start: {hello[1]}")
+        self.heard = time.monotonic()
 
-    def start_reader(self, on_message: Callable[[tuple], None], on_exit: Callable[["_Child"], None]) -> None:
+    def start_reader(self, on_message: Callable[["_Child", tuple], None], on_exit: Callable[["_Child"], None]) -> None:
         def read() -> None:
             try:
                 while True:
@@ -89,11 +110,35 @@ class _Child:
                         message = self.conn.recv()
                     except (EOFError, OSError):
                         break
-                    on_message(message)
+                    self.heard = time.monotonic()
+                    on_message(self, message)
             finally:  # whatever ended the loop, the link learns of it (and restarts the child)
                 on_exit(self)
 
         threading.Thread(target=read, name="lerf_tf_reader", daemon=True).start()
+
+    def try_send(self, message: tuple, send_lock: threading.Lock, wait_s: float) -> bool:
+        """Send a small ``message`` unless that could block: the send lock is not free within
+        ``wait_s`` (a call is being sent), or the socket has no room (the child stopped reading).
+        Whether it was sent."""
+        if not send_lock.acquire(timeout=wait_s):
+            return False
+        try:
+            if not select.select([], [self.conn.fileno()], [], 0)[1]:
+                return False
+            self.conn.send(message)
+            return True
+        except (OSError, ValueError, TypeError):  # closed meanwhile
+            return False
+        finally:
+            send_lock.release()
+
+    def has_unread(self) -> bool:
+        """Whether the child's messages (or its end) wait unread in the socket (the reader is late)."""
+        try:
+            return bool(select.select([self.conn.fileno()], [], [], 0)[0])
+        except (OSError, ValueError):
+            return False
 
     def exit_code(self, wait_s: float) -> Optional[int]:
         """The process's exit code, waiting up to ``wait_s`` for it to end (None: still running)."""
@@ -117,16 +162,24 @@ class _Child:
 
 
 class ListenerLink:
-    """Calls answered by a child process over a socket pair; the child is restarted when it dies.
+    """Calls answered by a child process over a socket pair; the child is restarted when it dies or
+    stops answering.
 
     The child (``argv_for_fd(fd)``: its command line, given the descriptor of its end of the pair)
     first sends ``("ready", pid)`` (or ``("error", why)``), then answers each ``(id, kind, payload)``
-    with ``(id, result, extra)``; ``on_extra`` receives each answer's ``extra``. A child that exits
-    (its end of the socket closes) is logged once (``log``), the calls waiting for it fail, and it is
-    started again after ``backoff_s[0]`` seconds, the wait doubling up to ``backoff_s[1]`` while
-    starts fail or the new child dies within ``backoff_s[1]``; calls meanwhile fail at once with
-    ``RESTARTING``. ``restarts`` counts the children started again. The first start's failure is
-    raised by the constructor. Thread-safe.
+    (ids from 1) with ``(id, result, extra)``; ``on_extra`` receives each answer's ``extra``. Two
+    messages have the id 0: ``(0, "ping", None)``, sent every ``PING_PERIOD_S``, which the child
+    answers at once with ``(0, why, extra)`` (``why``: '' while it is well, else why a part of it is
+    stuck), and ``(0, "cancel", id)``, sent when a call is given up, which needs no answer (the child
+    may stop working on that call).
+
+    A child that exits (its end of the socket closes) is logged once (``log``), the calls waiting for
+    it fail, and it is started again after ``backoff_s[0]`` seconds, the wait doubling up to
+    ``backoff_s[1]`` while starts fail or the new child dies within ``backoff_s[1]``; calls meanwhile
+    fail at once with ``RESTARTING``. A child that runs but has not been heard from for
+    ``liveness_s`` (stopped, stuck) or says it is stuck is ended (its socket shut down, killed after
+    ``END_GRACE_S``) and then handled the same way. ``restarts`` counts the children started again.
+    The first start's failure is raised by the constructor. Thread-safe.
     """
 
     def __init__(
@@ -138,12 +191,17 @@ class ListenerLink:
         log: Optional[Callable[[str], None]] = None,
         on_extra: Optional[Callable[[object], None]] = None,
         backoff_s: Tuple[float, float] = RESTART_BACKOFF_S,
+        liveness_s: float = LIVENESS_TIMEOUT_S,
     ) -> None:
+        if not liveness_s > 0:
+            raise ValueError(f"liveness timeout of {liveness_s} s: must be > 0")
         self.what = what
         self._argv_for_fd, self._env, self._start_timeout_s = argv_for_fd, env, float(start_timeout_s)
         self._log = log or (lambda text: None)
         self._on_extra = on_extra or (lambda extra: None)
         self.backoff_s = (float(backoff_s[0]), float(backoff_s[1]))
+        self.liveness_s = float(liveness_s)
+        self._ping_period_s = min(PING_PERIOD_S, self.liveness_s / 4.0)
         self._lock = threading.Lock()
         # Sends are serialised by a lock of their own: a child that stops reading blocks its sender
         # (until the child dies or ``close`` shuts the socket down), not the link.
@@ -156,11 +214,12 @@ class ListenerLink:
         self._down = ""  # why calls fail now ('' while a child answers)
         self._delay = self.backoff_s[0]  # the wait before the next restart
         self.restarts = 0
-        """Children started again after one died."""
+        """Children started again after one died or was ended for not answering."""
         self._child: Optional[_Child] = self._start()
         self.process: subprocess.Popen = self._child.proc
         """The newest child process (kept after ``close``)."""
         self._child.start_reader(self._on_message, self._child_exited)
+        threading.Thread(target=self._watch, name="lerf_tf_watch", daemon=True).start()
 
     def _start(self) -> _Child:
         child = _Child(self._argv_for_fd, self._env, self.what)
@@ -179,10 +238,18 @@ class ListenerLink:
         closed; '' while a child answers."""
         return self._down
 
+    @property
+    def calls_waiting(self) -> int:
+        """Calls sent to the child and waiting for its answer."""
+        with self._lock:
+            return len(self._pending)
+
     # -------------------------------------------------------------- calls
     def call(self, kind: str, payload, wait_s: float, cancel: Optional[threading.Event] = None) -> Tuple[object, str]:
         """(the child's answer, '') or (None, why not): the child is being restarted, did not answer
-        within ``wait_s``, died meanwhile, or ``cancel`` was set while waiting (``CANCELLED``)."""
+        within ``wait_s``, died or was ended meanwhile, or ``cancel`` was set while waiting
+        (``CANCELLED``). A call given up (cancelled, or no answer in time) is then told to the child
+        (``(0, "cancel", id)``), so it can stop working on it."""
         if cancel is not None and cancel.is_set():
             return None, CANCELLED
         slot = [threading.Event(), _NO_ANSWER]
@@ -217,13 +284,15 @@ class ListenerLink:
             else:
                 continue
             with self._lock:
-                self._pending.pop(rid, None)
+                gone = self._pending.pop(rid, None) is None
+            if not gone:  # the child may still work on it: it can stop (best effort, never blocks long)
+                child.try_send((0, "cancel", rid), self._send_lock, CANCEL_POLL_S)
             return None, why
         if slot[1] is _NO_ANSWER:
             return None, self._down or f"the {self.what} process is gone"
         return slot[1], ""
 
-    def _on_message(self, message) -> None:
+    def _on_message(self, child: _Child, message) -> None:
         try:
             rid, result, extra = message
             self._on_extra(extra)
@@ -231,6 +300,9 @@ class ListenerLink:
             if not self._bad_message_logged:
                 self._bad_message_logged = True
                 self._say(f"an answer of the {self.what} process could not be taken: {exc!r} (logged once)")
+            return
+        if rid == 0:  # a ping's answer: '' while the child is well, else why it is stuck
+            child.unwell = result if isinstance(result, str) else ""
             return
         with self._lock:
             slot = self._pending.pop(rid, None)
@@ -240,12 +312,37 @@ class ListenerLink:
 
     # -------------------------------------------------------------- supervision
     def _child_exited(self, child: _Child) -> None:
-        """The reader saw the end of ``child``'s socket: unless closing, fail its calls, log once and
-        restart it (``_supervise``)."""
+        """The reader saw the end of ``child``'s socket: unless closing (or the child was already
+        ended by ``_watch``), fail its calls, log once and restart it (``_lose``)."""
         if self._closed.is_set():
             return
         code = child.exit_code(2.0)
-        why = f"the {self.what} process exited" + (f" (code {code})" if code is not None else "")
+        self._lose(child, f"the {self.what} process exited" + (f" (code {code})" if code is not None else ""))
+
+    def _watch(self) -> None:
+        """Ping the child every ``_ping_period_s``; end one not heard from for ``liveness_s`` or that
+        says it is stuck (``_lose``: restarted like one that died)."""
+        period, last = self._ping_period_s, time.monotonic()
+        while not self._closed.wait(period):
+            now = time.monotonic()
+            late, last = now - last - period, now
+            with self._lock:
+                child = self._child
+            if child is None:  # being restarted: its start has a timeout of its own
+                continue
+            if late > self.liveness_s / 2:  # this process did not run (suspended, starved): not the child's silence
+                child.heard = max(child.heard, now)
+            silent = now - child.heard
+            if child.unwell:
+                self._lose(child, f"the {self.what} process is stuck ({child.unwell})", ended=True)
+            elif silent > self.liveness_s and not child.has_unread():
+                self._lose(child, f"the {self.what} process did not answer for {silent:.0f} s", ended=True)
+            else:
+                child.try_send((0, "ping", None), self._send_lock, 0.0)
+
+    def _lose(self, child: _Child, why: str, ended: bool = False) -> None:
+        """``child`` exited, or is to be ended (``ended``: it stopped answering): unless closing or it
+        is no longer the link's child, fail its calls, end it, log once and restart it (``_supervise``)."""
         with self._lock:
             if self._closed.is_set() or child is not self._child:
                 return
@@ -260,10 +357,11 @@ class ListenerLink:
         delay = self._delay
         threading.Thread(target=self._supervise, name="lerf_tf_restart", daemon=True).start()
         try:
-            child.end(0.5)
+            child.end(END_GRACE_S)
         except Exception:  # already reaped: the restart does not depend on it
             pass
-        self._say(f"{why}: restarting it in {delay:g} s (lookups fail meanwhile: {self._down})")
+        ending = f": ended it (pid {child.proc.pid})," if ended else ":"
+        self._say(f"{why}{ending} restarting it in {delay:g} s (lookups fail meanwhile: {self._down})")
 
     def _say(self, text: str) -> None:
         try:
