@@ -251,6 +251,25 @@ def test_padding_catches_a_finger_between_sparse_samples():
     assert gripper_collisions(pose, width, GRIPPER, sheet, pad=0.0075) > GRIPPER.collision_tolerance
 
 
+def test_palm_spans_the_full_opening_whatever_the_grasp_width():
+    """A narrow grasp's fingers fit beside a bulge behind them, but the palm is as wide as the fully
+    open gripper (it does not close with the fingers): points there, and in the corridor it sweeps
+    on the way in, collide; beyond the palm's edge they do not."""
+    pose = np.eye(4)  # approach +z: the palm starts at z = -finger_depth
+    width = 0.03
+    outer = width / 2 + GRIPPER.finger_thickness  # the fingers' outer faces
+    palm = GRIPPER.max_width / 2 + GRIPPER.finger_thickness
+    xs = np.linspace(-0.008, 0.008, 5)
+    for z in (-GRIPPER.finger_depth - 0.01, -GRIPPER.finger_depth - 0.06):
+        beside = np.stack([xs, np.full(5, 0.5 * (outer + palm)), np.full(5, z)], 1)
+        assert gripper_collisions(pose, width, GRIPPER, beside) == 5
+        beyond = np.stack([xs, np.full(5, palm + 0.003), np.full(5, z)], 1)
+        assert gripper_collisions(pose, width, GRIPPER, beyond) == 0
+    # beside the fingers themselves (in front of the palm) the opening decides
+    level = np.stack([xs, np.full(5, 0.5 * (outer + palm)), np.full(5, -0.02)], 1)
+    assert gripper_collisions(pose, width, GRIPPER, level) == 0
+
+
 def test_cluster_as_wide_as_the_table_is_skipped_fast():
     """A query with a very low threshold makes the whole table relevant: no grasp, a reason, and
     no long search."""

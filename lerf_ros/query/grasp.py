@@ -283,6 +283,14 @@ def rank_clusters(xyz: np.ndarray, relevancy: np.ndarray, labels: np.ndarray, si
 
 
 # ---------------------------------------------------------------------------- geometry of one grasp
+def _palm_half_width(gripper: GripperModel, pad: float = 0.0) -> float:
+    """Half the palm's size along the closing axis (m): the fully open fingers' outer faces, grown
+    by ``pad``. The palm is this wide whatever opening a grasp needs, and on the way in it sweeps
+    the approach corridor behind the fingers: a grasp whose fingers fit beside a round object's
+    flank can still put the palm into its bulge (a ball as wide as the open gripper)."""
+    return gripper.max_width / 2 + gripper.finger_thickness + pad
+
+
 def gripper_collisions(
     pose: np.ndarray, width: float, gripper: GripperModel, scene: np.ndarray, pad: float = 0.0
 ) -> int:
@@ -304,12 +312,13 @@ def gripper_collisions(
     ay = np.abs(q[:, 1])
     # Fingers: from the fingertips (z = 0) back to the palm (z = -finger_depth), outside the opening.
     fingers = in_x & (q[:, 2] <= 0) & (q[:, 2] >= -gripper.finger_depth) & (ay >= width / 2) & (ay <= outer)
-    # Palm and the corridor behind it, as wide as the open gripper.
+    # Palm and the corridor behind it: the palm spans the fully open gripper whatever the opening,
+    # and sweeps the corridor on the way in.
     back = (
         in_x
         & (q[:, 2] < -gripper.finger_depth)
         & (q[:, 2] >= -gripper.finger_depth - gripper.approach_clearance)
-        & (ay <= outer)
+        & (ay <= max(outer, _palm_half_width(gripper, pad)))
     )
     return int(np.count_nonzero(fingers | back))
 
@@ -357,10 +366,11 @@ def batch_collisions(
     widths = np.asarray(widths, np.float64)
     half_b = gripper.finger_breadth / 2 + pad
     outer = widths / 2 + gripper.finger_thickness + pad
+    palm = np.maximum(outer, _palm_half_width(gripper, pad))
     back = gripper.finger_depth + gripper.approach_clearance
     # The corners of each pose's volume (fingers, palm and corridor: one box) bound what it can hit.
     R, o = poses[:, :3, :3], poses[:, :3, 3]
-    reach = np.abs(R[:, :, 0]) * half_b + np.abs(R[:, :, 1]) * outer[:, None]  # (K, 3) half sizes
+    reach = np.abs(R[:, :, 0]) * half_b + np.abs(R[:, :, 1]) * palm[:, None]  # (K, 3) half sizes
     lo = np.minimum(o, o - back * R[:, :, 2]) - reach
     hi = np.maximum(o, o - back * R[:, :, 2]) + reach
     scene = scene[np.all((scene >= lo.min(axis=0) - 1e-6) & (scene <= hi.max(axis=0) + 1e-6), axis=1)]
@@ -369,6 +379,7 @@ def batch_collisions(
     chunk = max(1, 2_000_000 // len(scene))
     for k0 in range(0, K, chunk):
         Rk, ok, wk, outk = R[k0 : k0 + chunk], o[k0 : k0 + chunk], widths[k0 : k0 + chunk], outer[k0 : k0 + chunk]
+        palmk = palm[k0 : k0 + chunk]
         n = len(Rk)
         # (M, 3) @ (3, 3n) -> the points in each gripper frame, minus each origin's coordinates.
         q = (np.asarray(scene, np.float64) @ Rk.transpose(1, 0, 2).reshape(3, 3 * n)).reshape(len(scene), n, 3)
@@ -377,7 +388,7 @@ def batch_collisions(
         ay = np.abs(q[..., 1])
         z = q[..., 2]
         fingers = (z <= 0) & (z >= -gripper.finger_depth) & (ay >= (wk / 2)[:, None]) & (ay <= outk[:, None])
-        behind = (z < -gripper.finger_depth) & (z >= -back) & (ay <= outk[:, None])
+        behind = (z < -gripper.finger_depth) & (z >= -back) & (ay <= palmk[:, None])
         out[k0 : k0 + chunk] = np.count_nonzero(in_x & (fingers | behind), axis=1)
     return out
 
