@@ -591,8 +591,9 @@ def _serve(argv: Optional[Sequence[str]] = None) -> int:
             result = {"lookup": (None, None, f"TF lookup failed: {exc!r}"), "full": [None] * len(payload or ())}.get(
                 kind, False
             )
-        with table_lock:
-            in_flight.pop(rid, None)
+        finally:
+            with table_lock:
+                in_flight.pop(rid, None)
         send(rid, result)
 
     conn.send(("ready", os.getpid()))
