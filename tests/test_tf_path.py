@@ -243,7 +243,7 @@ def test_a_listener_that_stops_answering_is_ended_and_restarted(tmp_path):
         took = time.monotonic() - t0
         assert waiting and waiting[0][0] is None, waiting
         assert waiting[0][1].startswith("TF listener restarting (the TF listener process did not answer for"), waiting
-        assert 1.5 < took < 20.0, took
+        assert took < 20.0, took
         assert first.wait(10.0) == -signal.SIGKILL  # killed (a stopped process takes no other signal) and reaped
         assert _wait(lambda: link.restarts == 1 and link.down_reason == "", 30.0), (link.down_reason, logs)
         answer, why = link.call("lookup", "b", 30.0)
