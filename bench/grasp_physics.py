@@ -115,6 +115,9 @@ def run(
         # (SimWorld is built from the engine's GripperModel) both take this opening
         cfg = cfg.override({"query.gripper_max_width": float(gripper_max_width)})
     qc = cfg.query
+    # the code this run answers with: read now, not after the run (the files may change meanwhile)
+    physics_commit = last_commit("lerf_ros/sim")
+    planner_commit = planner_commit or last_commit("lerf_ros/query/grasp.py")
     rows, per_grasp_s, per_grasp_cpu, plan_ms, pic_left = [], [], [], [], pictures
     t_all = time.perf_counter()
     for seed in seeds:
@@ -166,8 +169,8 @@ def run(
     reasons = collections.Counter(r["physics"]["best_reason"] for r in rows if not r["physics"]["best_success"])
     return {
         "tag": tag,
-        "physics_commit": last_commit("lerf_ros/sim"),
-        "planner_commit": planner_commit or last_commit("lerf_ros/query/grasp.py"),
+        "physics_commit": physics_commit,
+        "planner_commit": planner_commit,
         "date": datetime.datetime.now().isoformat(timespec="seconds"),
         "field": "ground truth (tests/analytic_field.py), not a trained field",
         "scenes": {"seeds": list(seeds), "width": s.width, "height": s.height, "n_frames": s.n_frames},
@@ -205,9 +208,10 @@ def markdown(runs: Dict[str, Dict]) -> str:
         "The planner's CPU time on the same inputs was about 90 ms per query (mean, p95 about 140 ms) with its loops",
         "over slices and depths; as arrays (from 60a0b60 on) about 12 ms (p95 about 20 ms), the same grasps.",
         "",
-        "| run | planner / physics commit | seeds | objects | grasp returned | geometric valid (best) | physics best | "
-        "physics any of top 3 | physics s per grasp (CPU) | planning ms per query |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| run | planner / physics commit | gripper opening (m) | seeds | objects | grasp returned | "
+        "geometric valid (best) | physics best | physics any of top 3 | physics s per grasp (CPU) | "
+        "planning ms per query |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for tag, r in runs.items():
         p, t = r["pooled"], r["physics_s_per_grasp"]
@@ -216,7 +220,8 @@ def markdown(runs: Dict[str, Dict]) -> str:
         plan = (r.get("planning_ms_per_query") or {}).get("mean")
         commits = f"{r.get('planner_commit', '?')} / {r.get('physics_commit', '?')}"
         lines.append(
-            f"| {tag} | {commits} | {seeds[0]}-{seeds[-1]} | {p['objects']} | {pct(p['grasp_returned'])} | "
+            f"| {tag} | {commits} | {r.get('gripper_max_width', 0.08):g} | {seeds[0]}-{seeds[-1]} | {p['objects']} | "
+            f"{pct(p['grasp_returned'])} | "
             f"{pct(p['geometric_valid'])} | {pct(p['physics_best'])} | {pct(p['physics_any_top3'])} | "
             f"{t['mean']}{cpu} | {'n/a' if plan is None else plan} |"
         )
@@ -225,7 +230,7 @@ def markdown(runs: Dict[str, Dict]) -> str:
             "",
             f"## {tag}: per class",
             "",
-            f"Best-grasp failures: {r['best_failure_reasons']}",
+            f"Gripper opening {r.get('gripper_max_width', 0.08):g} m. Best-grasp failures: {r['best_failure_reasons']}",
             "",
             "| class | objects | geometric valid | physics best | any of top 3 |",
             "|---|---|---|---|---|",
