@@ -54,6 +54,18 @@ def test_grasp_through_a_neighbour_reports_the_collision(world):
     assert "neighbour" in out.hit
 
 
+def test_the_simulated_fingers_open_as_wide_as_the_planners_gripper():
+    """One gripper: a box 11 cm across is lifted by the fingers of a 14 cm gripper; with the 8 cm
+    default the same grasp cannot open that far and its fingers come down onto the box."""
+    box = [box_object("wide box", (0.05, 0.11, 0.05), (0.0, 0.0, 0.025))]
+    pose = top_down(0.0, 0.0, 0.03)
+    wide = execute_grasp(SimWorld(box, GripperModel(max_width=0.14)), pose, 0.13, "wide box")
+    assert wide.success, wide
+    narrow = execute_grasp(SimWorld(box, GripperModel()), pose, 0.13, "wide box")
+    assert not narrow.success
+    assert narrow.reason == "collision" and "wide box" in narrow.hit, narrow
+
+
 def test_wrong_name_is_an_error(world):
     with pytest.raises(KeyError):
         execute_grasp(world, top_down(0.0, 0.0, 0.03), 0.06, "giraffe")
