@@ -28,14 +28,19 @@ session and, for every ``changes.check_every``-th of them:
 7. the candidate is checked against the stored keyframes: each keyframe that sees the changed
    points (at least ``min_stale_points`` of them in its image with depth) is *stale* when at least
    ``min_stale_fraction`` of the points disagree with the new surface there (its depth in front of
-   or behind the new surface by more than the tolerance; without depth: its colour differs) and it
-   agrees with the old surface the field holds. Keyframes are projected through their lens
-   distortion. The confirmed pixels are clustered in 3D (touching
+   or behind the new surface by more than the tolerance, and no pixel round it sees a surface at or
+   in front of the point: a pixel of error at a depth edge is forgiven as in the comparison; without
+   depth: its colour differs) and it agrees with the old surface the field holds. Keyframes are
+   projected through their lens distortion. The confirmed pixels are clustered in 3D (touching
    voxels of the surface nearer the camera: what is gone or what appeared), one cluster per changed
    object, and each cluster is judged on its own: it is a change when at least
    ``min_stale_keyframes`` keyframes and ``min_stale_share`` of those that see it are stale
    (otherwise the disagreement was the field's own error, an occlusion or edge that a keyframe or
-   two see differently, or a change whose old views have already left the store). Pixels a keyframe
+   two see differently, or a change whose old views have already left the store). For
+   ``move_window`` compared frames after a confirmed change that removed a surface, a cluster the
+   depth does not confirm whose colours are mostly among that surface's (``move_color_match``) is
+   judged by colour instead (a moved flat object at its new place, where the keyframes' depth cannot
+   tell it from the table), and needs ``COLOUR_STALE_SHARE`` of the keyframes that see it stale. Pixels a keyframe
    has already retired do not count in its judgement. The stale keyframes are retired
    (``KeyframeStore.remove``) and the new frame is kept as a keyframe, so the colour, density,
    language and DINO fields relearn the region
@@ -90,6 +95,9 @@ __all__ = [
 
 MAX_CHECK_POINTS = 512
 """Most changed points projected into the keyframes per confirmation (a random subset beyond)."""
+COLOUR_STALE_SHARE = 0.5
+"""A cluster judged by colour (``changes.move_window``) is a change when at least this share of the
+keyframes that see it are stale (and ``min_stale_keyframes``): colour is weaker evidence than depth."""
 _REMOVED_COLOURS = 256
 """Colours kept of one removed surface (a random subset beyond)."""
 _REMOVED_KEPT = 16
@@ -697,7 +705,8 @@ class ChangeDetector:
                 if since is None:
                     continue
                 stale, seeing = stale_keyframes(new_pts[idx], old_pts[idx], colours, kfs, cfg, thr, view, True)
-                if len(stale) < max(cfg.min_stale_keyframes, cfg.min_stale_share * seeing):
+                # colour is weaker evidence than depth: most of the keyframes that see it must agree
+                if len(stale) < max(cfg.min_stale_keyframes, COLOUR_STALE_SHARE * seeing):
                     continue
                 how = f" by colour (a removed surface's colours, {since} compared frames before)"
             else:
