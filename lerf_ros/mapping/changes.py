@@ -699,8 +699,8 @@ class ChangeDetector:
             # disagreeing among many is an occlusion or an edge seen at another angle
             if len(stale) < max(cfg.min_stale_keyframes, cfg.min_stale_share * seeing):
                 # what the depth cannot tell (a flat object at a new place) is judged by colour, only
-                # where a surface of these colours was just removed (a move): a static scene never
-                # gets here, and textures that alias differently in every view do not count
+                # where a surface of these colours was just removed (a move): a static scene, where a
+                # texture aliases differently in every view, never gets here
                 since = self._moved_from(colours, thr, now) if view is not None else None
                 if since is None:
                     continue
