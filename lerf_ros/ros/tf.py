@@ -27,7 +27,7 @@ lookups meanwhile fail with "TF listener restarting (<why>)". One that runs but 
 (stopped with SIGSTOP, stuck in a call that does not return) is found by its pings: not heard from
 for ``LIVENESS_TIMEOUT_S`` (or its ROS thread not back for as long: it says so when pinged), it is
 ended (killed) and started again the same way, "TF listener restarting (the TF listener process did
-not answer for 10 s)" meanwhile. A lookup may be given up by its caller (``cancel``): a deactivated
+not answer for more than 10 s)" meanwhile. A lookup may be given up by its caller (``cancel``): a deactivated
 trainer does not wait for a transform that may never come, and the listener process, told so, stops
 waiting for it too (its workers are free again at once).
 

@@ -336,7 +336,9 @@ class ListenerLink:
             if child.unwell:
                 self._lose(child, f"the {self.what} process is stuck ({child.unwell})", ended=True)
             elif silent > self.liveness_s and not child.has_unread():
-                self._lose(child, f"the {self.what} process did not answer for {silent:.0f} s", ended=True)
+                self._lose(
+                    child, f"the {self.what} process did not answer for more than {self.liveness_s:g} s", ended=True
+                )
             else:
                 child.try_send((0, "ping", None), self._send_lock, 0.0)
 
