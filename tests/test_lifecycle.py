@@ -344,7 +344,7 @@ def test_online_trainer_stops_and_starts_again_with_its_session(tmp_path):
     assert ot.close(save=True) is not None
 
 
-def test_query_node_activate_deactivate_cycles_keep_one_preparer():
+def test_query_node_activate_deactivate_cycles_keep_one_preparer(monkeypatch):
     """Deactivating the query node while a snapshot is being prepared, then activating it again, many
     times: one preparer (thread) serves every activation (paused while inactive, its preparation under
     way finished), none is left behind; it prepares the newer snapshots after each activation, and
@@ -352,6 +352,7 @@ def test_query_node_activate_deactivate_cycles_keep_one_preparer():
     import gc
     import itertools
     import threading
+    import weakref
 
     from rclpy.lifecycle import TransitionCallbackReturn
     from rclpy.parameter import Parameter
@@ -376,9 +377,22 @@ def test_query_node_activate_deactivate_cycles_keep_one_preparer():
         offered.append(SlowSnapshot(scene, teacher.encode_text, step=next(steps)))
         return offered[-1]
 
+    # Preparers are counted through weak references taken when they are made, not by scanning
+    # gc.get_objects(): that list holds a reference to every object, so a tuple being built on the
+    # preparer's thread meanwhile could not be resized there (CPython's SystemError "bad argument to
+    # internal function") and the preparation failed because of the test.
+    made = weakref.WeakSet()
+    construct = SnapshotPreparer.__init__
+
+    def recording_init(self, *args, **kwargs):
+        construct(self, *args, **kwargs)
+        made.add(self)
+
+    monkeypatch.setattr(SnapshotPreparer, "__init__", recording_init)
+
     def preparers():
         gc.collect()
-        return [o for o in gc.get_objects() if type(o) is SnapshotPreparer]
+        return list(made)
 
     def prepare_threads():
         return [t for t in threading.enumerate() if t.name == "lerf_prepare" and t.is_alive()]
