@@ -6,6 +6,8 @@ import pytest
 
 pytest.importorskip("mujoco")
 
+from grasp_shapes import box_surface  # noqa: E402
+
 from lerf_ros.data.synthetic.objects import CLASS_BY_NAME  # noqa: E402
 from lerf_ros.data.synthetic.shapes import Part  # noqa: E402
 from lerf_ros.query.grasp import GripperModel  # noqa: E402
@@ -142,34 +144,11 @@ def _table_points(extent=0.25, spacing=0.01):
     return np.stack([X.ravel(), Y.ravel(), np.zeros(X.size)], axis=1)
 
 
-def _box_points(center, size, yaw, spacing=0.005):
-    """Seen faces of a box on the table (not its bottom) with outward normals."""
-    c, s = np.cos(yaw), np.sin(yaw)
-    R = np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])
-    pts, nrm = [], []
-    for axis in range(3):
-        for sign in (-1.0, 1.0):
-            if axis == 2 and sign < 0:
-                continue
-            a, b = [i for i in range(3) if i != axis]
-            A, B = np.meshgrid(
-                np.arange(-size[a] / 2, size[a] / 2 + 1e-9, spacing),
-                np.arange(-size[b] / 2, size[b] / 2 + 1e-9, spacing),
-            )
-            p = np.zeros((A.size, 3))
-            p[:, a], p[:, b], p[:, axis] = A.ravel(), B.ravel(), sign * size[axis] / 2
-            n = np.zeros_like(p)
-            n[:, axis] = sign
-            pts.append(p)
-            nrm.append(n)
-    return np.concatenate(pts) @ R.T + np.asarray(center), np.concatenate(nrm) @ R.T
-
-
 def test_planned_grasp_on_a_flat_object_lifts_it():
     """A phone-like box 1.2 cm thick: the planner pinches it by its sides near the table, and the
     grasp lifts it in physics."""
     center, size, yaw = (0.02, -0.01, 0.006), (0.14, 0.06, 0.012), 0.4
-    pts, nrm = _box_points(center, size, yaw)
+    pts, nrm = box_surface(center, size, yaw)
     plan = _planned(pts, nrm, np.concatenate([pts, _table_points()]))
     assert plan.grasps, plan.message
     best = plan.grasps[0]
