@@ -24,6 +24,7 @@ import collections
 import datetime
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -33,6 +34,9 @@ from typing import Dict, List, Optional
 import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+#: the grasp planner's files (git pathspecs, and the pattern of their paths)
+PLANNER_PATHS = ("lerf_ros/query/grasp.py", "lerf_ros/query/grasp_*.py")
+PLANNER_FILE = re.compile(r"lerf_ros/query/grasp(_\w+)?\.py")
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "tests"))
 
@@ -69,23 +73,31 @@ def summarise(rows: List[Dict]) -> Dict:
 
 
 def use_planner_from_commit(commit: str) -> None:
-    """Answer with the grasp planner (``lerf_ros/query/grasp.py``) of an older commit: its
-    ``plan_grasps`` and ``GripperModel`` (its defaults) replace the engine's (the rest of the engine
-    and the physics stay as they are)."""
-    import importlib.util
+    """Answer with the grasp planner of an older commit (``lerf_ros/query/grasp.py`` and its
+    ``grasp_*.py`` modules where it has them): its ``plan_grasps`` and ``GripperModel`` (its
+    defaults) replace the engine's (the rest of the engine and the physics stay as they are). The
+    commit's planner files are imported as a package of their own, their imports of each other
+    pointed at it, so no module of the current planner answers for them."""
+    import importlib
 
     import lerf_ros.query.engine as engine_module
 
-    text = subprocess.run(
-        ["git", "-C", ROOT, "show", f"{commit}:lerf_ros/query/grasp.py"], check=True, capture_output=True, text=True
-    ).stdout
-    with tempfile.NamedTemporaryFile("w", suffix=".py", delete=False) as f:
-        f.write(text)
-    spec = importlib.util.spec_from_file_location(f"grasp_{commit}", f.name)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while it runs
-    spec.loader.exec_module(module)
-    os.unlink(f.name)
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-C", ROOT, *args], check=True, capture_output=True, text=True).stdout
+
+    files = [f for f in git("ls-tree", "--name-only", commit, "lerf_ros/query/").split() if PLANNER_FILE.fullmatch(f)]
+    package = "planner_" + re.sub(r"\W", "_", commit)
+    with tempfile.TemporaryDirectory() as tmp:
+        os.makedirs(os.path.join(tmp, package))
+        open(os.path.join(tmp, package, "__init__.py"), "w").close()
+        for f in files:
+            with open(os.path.join(tmp, package, os.path.basename(f)), "w") as out:
+                out.write(git("show", f"{commit}:{f}").replace("lerf_ros.query.grasp", f"{package}.grasp"))
+        sys.path.insert(0, tmp)
+        try:
+            module = importlib.import_module(f"{package}.grasp")
+        finally:
+            sys.path.remove(tmp)
     engine_module.plan_grasps = module.plan_grasps
     engine_module.GripperModel = module.GripperModel  # that commit's gripper defaults too
 
@@ -117,7 +129,7 @@ def run(
     qc = cfg.query
     # the code this run answers with: read now, not after the run (the files may change meanwhile)
     physics_commit = last_commit("lerf_ros/sim")
-    planner_commit = planner_commit or last_commit("lerf_ros/query/grasp.py")
+    planner_commit = planner_commit or last_commit(*PLANNER_PATHS)
     rows, per_grasp_s, per_grasp_cpu, plan_ms, pic_left = [], [], [], [], pictures
     t_all = time.perf_counter()
     for seed in seeds:
