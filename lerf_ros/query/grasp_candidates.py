@@ -67,6 +67,25 @@ def _grasp_candidates(
     surface points around the object (may include P); spacing: distance between neighbouring
     points (m); support: height of the surface the object stands on (along ``up``).
     """
+    obj, cut, approaches = _prepare_object(P, N, r, S, up, gripper, tall_ratio, spacing, support, n_yaws)
+    parts = [_approach_candidates(obj, cut, up, gripper, a, y, kind, prior) for a, y, kind, prior in approaches]
+    return _Candidates.join(parts)
+
+
+def _prepare_object(
+    P: np.ndarray,
+    N: np.ndarray,
+    r: np.ndarray,
+    S: np.ndarray,
+    up: np.ndarray,
+    gripper: GripperModel,
+    tall_ratio: float,
+    spacing: float,
+    support: float,
+    n_yaws: int = 8,
+) -> Tuple["_Object", "_Cuts", List[Tuple[np.ndarray, np.ndarray, str, float]]]:
+    """What :func:`_grasp_candidates` works on (same arguments): the object, how it is cut, and the
+    approaches (approach direction, closing axis, kind, prior quality) tried on it."""
     step = max(gripper.finger_breadth / 2, spacing)
     # Bound the work on big clusters: at most MAX_SLICES slices per approach.
     span = float(np.ptp(P, axis=0).max()) if len(P) else 0.0
@@ -108,8 +127,7 @@ def _grasp_candidates(
             approaches.append((d, _unit(np.cross(up, d)), "side", 0.9))
     obj = _Object(P, N, w, S, centre, base, top, support)
     cut = _Cuts(step, half_b, pad, min_gap, band, margin, max_insertion, spacing)
-    parts = [_approach_candidates(obj, cut, up, gripper, a, y, kind, prior) for a, y, kind, prior in approaches]
-    return _Candidates.join(parts)
+    return obj, cut, approaches
 
 
 @dataclass
