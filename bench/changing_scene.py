@@ -26,6 +26,9 @@ For each seed (other than the main benchmark's, ``lerf_ros.bench.settings``):
     sees it);
   - the other objects: still found in their boxes (``unchanged_correct``, at the last check).
 
+  Each check records the step of the surface points the query scored (``surface_step``: refreshed
+  after a scene change, ``lerf_ros.query.surface``).
+
 - **static**: the same layout with no event, ``--static-frames`` frames streamed at ``--rate`` Hz:
   ``changes_detected`` and ``keyframes_retired`` must stay 0.
 
@@ -282,6 +285,7 @@ def run_changing(seed: int, args) -> Dict[str, Any]:
                     "t_s": t,
                     "frames": now_idx,
                     "step": int(snap.step),
+                    "surface_step": int(res[removed_name].surface_step),
                     "after_event": E is not None and now_idx > E,
                     "removed_max_relevancy": float(res[removed_name].max_relevancy),
                     "moved_at_new_place": at_new,
@@ -355,6 +359,7 @@ def run_changing(seed: int, args) -> Dict[str, Any]:
         "unchanged_total": last.get("unchanged_total"),
         "changes_detected": last.get("changes_detected"),
         "keyframes_retired": last.get("keyframes_retired"),
+        "last_change_step": ot.session.change_stats().get("last_change_step"),
         "checks": checks,
         "messages": [m for m in messages if "scene change" in m or m.startswith(("warning", "error"))][:40],
     }

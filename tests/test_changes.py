@@ -283,11 +283,13 @@ def test_detector_finds_a_removal_and_nothing_in_the_static_stream(scenes):
     checks = _stream(det, static, frames, kfs, render)
     assert [c.status for c in checks].count("change") == 0
     assert det.stats()["changes_detected"] == 0 and det.changed_points()[0].shape == (0, 3)
+    assert det.stats()["last_change_step"] == -1  # snapshots tell the query nothing changed
     # the stream after the removal
     det = ChangeDetector(cfg)
     checks = _stream(det, removed, removed.frames[N:], kfs, render)
     found = [c for c in checks if c.status == "change"]
     assert found and det.stats()["changes_detected"] >= 1
+    assert det.stats()["last_change_step"] == 10_000  # the step of the change, for the query's surface
     mug = [o for o in objects_at(removed, N - 1) if o.class_name == "mug"][0]
     pts, kinds = det.changed_points()
     gone = pts[kinds == 0]
@@ -317,6 +319,14 @@ def test_detector_finds_a_moved_and_an_added_object():
         before["teapot"].contains(pts, 0.08) | after["teapot"].contains(pts, 0.08) | after["banana"].contains(pts, 0.08)
     )
     assert near.mean() > 0.9
+    # where each change is reported: on the changed object (its pixels' nearer surface), not between
+    # it and what it hid or revealed behind it
+    places = [before["teapot"], after["teapot"], after["banana"]]
+    centres = np.array([c.centre for c in checks if c.status == "change"])
+    on = np.zeros(len(centres), bool)
+    for o in places:
+        on |= o.contains(centres, 0.05)
+    assert on.mean() > 0.7, centres
 
 
 def test_detector_waits_for_the_field():

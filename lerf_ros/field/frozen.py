@@ -46,6 +46,9 @@ class FrozenField:
             p.requires_grad_(False)
         self._model = m
         self.step = int(step)
+        self.scene_change_step = -1
+        """Training step of the newest scene change the trainer counted before this snapshot (-1:
+        none); the query's surface points are refreshed after it (``lerf_ros.query.surface``)."""
         self.clip_dim = m.clip_dim
         self.dino_dim = m.dino_dim
         self.teacher = teacher

@@ -49,7 +49,10 @@ session and, for every ``changes.check_every``-th of them:
    ``KeyframeStore.retire_pixels``), so the unchanged objects it shows keep their evidence.
 
 A change is counted once: a confirmation whose voxels mostly overlap one of the latest changes (those
-kept for display) is the same change (its stale keyframes are still retired).
+kept for display) is the same change (its stale keyframes are still retired). The training step of
+the newest change counted (``last_change_step``) goes with every snapshot
+(``FrozenField.scene_change_step``): the query re-extracts its surface points after it
+(``lerf_ros.query.surface``), so that a moved or added object is scored on its new surface.
 The changed points of the latest changes (at most ``max_points``) are kept for display
 (``changed_points``; the trainer node publishes them on ``/lerf/changes``).
 
@@ -540,6 +543,10 @@ class ChangeCheck:
     """This confirmation is a change not counted before."""
     points: Optional[np.ndarray] = None
     """(M, 3) changed surface points of a confirmed change (old and new surfaces)."""
+    centre: Optional[np.ndarray] = None
+    """(3,) where a confirmed change is: the mean of its pixels' nearer surface (what is gone or what
+    appeared; the mean of ``points`` also holds what the changed object hid or revealed, e.g. the
+    floor far behind a table's edge)."""
 
     @property
     def keep_frame(self) -> bool:
@@ -566,6 +573,10 @@ class ChangeDetector:
         self._removed: List[Tuple[int, np.ndarray]] = []  # (check, colours (M, 3)) of recently removed surfaces
         self.changes_detected = 0
         self.keyframes_retired = 0
+        self.last_change_step = -1
+        """Training step of the newest change counted (-1: none yet). Snapshots carry it
+        (``FrozenField.scene_change_step``) so that the query's surface points follow the relearnt
+        region (``lerf_ros.query.surface.SurfaceCache``)."""
         self.frames_compared = 0
         self.last_residual_median = float("nan")
         self.last_status = ""
@@ -579,7 +590,8 @@ class ChangeDetector:
             self._removed.clear()
 
     def stats(self) -> Dict[str, Any]:
-        """changes_detected, keyframes_retired, frames_compared, last_residual_median, last_status."""
+        """changes_detected, keyframes_retired, frames_compared, last_residual_median, last_status,
+        last_change_step."""
         with self._lock:
             return {
                 "changes_detected": self.changes_detected,
@@ -587,6 +599,7 @@ class ChangeDetector:
                 "frames_compared": self.frames_compared,
                 "last_residual_median": self.last_residual_median,
                 "last_status": self.last_status,
+                "last_change_step": self.last_change_step,
             }
 
     def changed_points(self) -> Tuple[np.ndarray, np.ndarray]:
@@ -732,6 +745,7 @@ class ChangeDetector:
         idx = np.concatenate(confirmed)
         pts = np.concatenate([old_pts[idx], new_pts[idx]]).astype(np.float32)
         check.points = pts
+        check.centre = np.where(nearer_new[idx, None], new_pts[idx], old_pts[idx]).mean(0)
         with self._lock:
             for i in confirmed:
                 vox = np.unique(np.concatenate([keys_new[i], keys_old[i]]))
@@ -740,6 +754,7 @@ class ChangeDetector:
                 if overlap < 0.5:
                     check.new_change = True
                     self.changes_detected += 1
+                    self.last_change_step = int(step)
                 kinds = np.repeat(np.array([0, 1], np.float32), len(i))
                 self._changes.append((now, vox, np.concatenate([old_pts[i], new_pts[i]]).astype(np.float32), kinds))
             total = 0

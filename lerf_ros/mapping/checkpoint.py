@@ -228,13 +228,15 @@ def load_snapshot(path: str, device: Optional[str | torch.device] = None, payloa
         model.load_state_dict(payload["model"])
     except RuntimeError as exc:
         raise CheckpointError(f"{path}: weights do not fit the model its config describes: {exc}") from exc
-    return FrozenField(
+    snap = FrozenField(
         model.to(dev),
         cameras_from_payload(payload["cameras"]),
         int(payload["step"]),
         teacher=str(payload["teacher"]),
         copy_model=False,
     )
+    snap.scene_change_step = int(payload.get("scene_change_step", -1))  # absent from older checkpoints
+    return snap
 
 
 def checkpoint_name(step: int) -> str:

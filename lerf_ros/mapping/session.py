@@ -193,7 +193,7 @@ class Session:
                 pass
         self.changes.record_retired(retired)
         if check.new_change:
-            c = check.points.mean(0) if check.points is not None and len(check.points) else np.zeros(3)
+            c = check.centre if check.centre is not None else np.zeros(3)  # its nearer surface's mean
             self.log(
                 "info",
                 f"scene change near ({c[0]:+.2f}, {c[1]:+.2f}, {c[2]:+.2f}) m at step {trainer.step_count}: "
@@ -208,7 +208,7 @@ class Session:
     def change_stats(self) -> Dict[str, Any]:
         """Change detection counters: changes_detected, keyframes_retired, frames_compared (zeros when off)."""
         if self.changes is None:
-            return {"changes_detected": 0, "keyframes_retired": 0, "frames_compared": 0}
+            return {"changes_detected": 0, "keyframes_retired": 0, "frames_compared": 0, "last_change_step": -1}
         return self.changes.stats()
 
     def collect_features(self) -> int:
@@ -363,9 +363,16 @@ class Session:
             return stats
 
     def snapshot(self) -> FrozenField:
-        """An immutable snapshot of the current model for queries."""
+        """An immutable snapshot of the current model for queries (with the step of the newest scene
+        change, ``FrozenField.scene_change_step``)."""
         with self.lock:
-            return self.ensure_model().snapshot()
+            snap = self.ensure_model().snapshot()
+            snap.scene_change_step = self.scene_change_step()
+            return snap
+
+    def scene_change_step(self) -> int:
+        """Training step of the newest scene change counted (-1: none, or change detection off)."""
+        return -1 if self.changes is None else int(self.changes.last_change_step)
 
     def render_view(
         self, K: np.ndarray, c2w: np.ndarray, height: int, width: int, scale: Optional[float] = None
@@ -418,6 +425,7 @@ class Session:
                 path = os.path.join(self.checkpoint_dir, ckpt.checkpoint_name(self.step_count))
             payload = self.trainer.state_payload()
             payload["retired_pixels"] = self.keyframes.retired_state()  # pixels retired for scene changes
+            payload["scene_change_step"] = self.scene_change_step()  # a query process's surface refresh
             ckpt.write_atomic(path, payload)
             if periodic:
                 ckpt.prune_checkpoints(self.checkpoint_dir, keep=self.cfg.trainer.keep_checkpoints)

@@ -15,7 +15,9 @@ the points seen by the most views are kept (ties broken at random, seeded by the
 a refresh is reproducible).
 
 ``SurfaceCache`` keeps the result per snapshot and recomputes it only when the snapshot's step has
-advanced by ``refresh_every_steps`` (or went backwards: a reset trainer), not for every query.
+advanced by ``refresh_every_steps`` (or went backwards: a reset trainer), not for every query; after
+a scene change (the snapshot's ``scene_change_step``) also as early in training, whenever the steps
+since the change have doubled, so that a moved or added object is scored on its new surface.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ __all__ = [
     "SurfaceError",
     "SurfacePoints",
     "SurfaceCache",
+    "CHANGE_REFRESH_STEPS",
     "select_views",
     "extract_surface",
     "backproject",
@@ -243,6 +246,24 @@ def extract_surface(snapshot: FieldSnapshot, cfg: QueryConfig, stop: Optional[St
     )
 
 
+CHANGE_REFRESH_STEPS = 20
+"""Training steps after a scene change before the surface points are first refreshed for it."""
+
+
+def _relearning(step: int, surface_step: int, change_step: int) -> bool:
+    """Whether surface points extracted at ``surface_step`` are stale at ``step`` because the scene
+    changed at ``change_step`` (-1: never): the field relearns the changed region from then on, a
+    young part of the field again, so the points are refreshed as early in training: first
+    ``CHANGE_REFRESH_STEPS`` steps after the change, then whenever the steps since the change have
+    doubled since the last extraction (until ``refresh_every_steps`` takes over). Without this a
+    moved or added object is scored on the surface of before the change (the table under it) until
+    the next regular refresh."""
+    if change_step < 0 or step <= change_step:
+        return False
+    age = surface_step - change_step  # steps since the change at the last extraction (< 0: before it)
+    return step - change_step >= max(CHANGE_REFRESH_STEPS, 2 * age)
+
+
 class SurfaceCache:
     """The surface of the newest snapshot, recomputed only when training has moved on enough.
 
@@ -269,7 +290,9 @@ class SurfaceCache:
             return True
         # Early on the geometry changes fast: refresh whenever training has doubled its step count,
         # then every refresh_every_steps.
-        return step - s.step >= min(self.cfg.refresh_every_steps, max(s.step, 1))
+        if step - s.step >= min(self.cfg.refresh_every_steps, max(s.step, 1)):
+            return True
+        return _relearning(step, s.step, int(getattr(snapshot, "scene_change_step", -1)))
 
     def get(self, snapshot: FieldSnapshot, stop: Optional[StopFlag] = None) -> Tuple[SurfacePoints, bool]:
         """(surface for ``snapshot``, whether this call computed it). ``stop``: checked between chunks
