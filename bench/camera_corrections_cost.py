@@ -2,6 +2,7 @@
 appearance embedding both on, against both off.
 
     python bench/camera_corrections_cost.py [--rounds 6] [--steps 20] [--rays 1024] [--threads 1]
+        [--set KEY=VALUE ...] [--out PATH]
 
 Both trainers live in one process on the same keyframes (``tiny`` preset, a synthetic scene with
 depth, ground-truth teacher features) and take turns: each round times ``--steps`` steps of one,
@@ -41,6 +42,13 @@ def main() -> int:
     ap.add_argument("--rays", type=int, default=1024, help="rays per step")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--seed", type=int, default=7, help="synthetic scene seed")
+    ap.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a config override of the 'on' trainer (repeatable), e.g. trainer.pose_update_every=1",
+    )
     ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", "camera_corrections_cost.json"))
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -60,8 +68,14 @@ def main() -> int:
     store = KeyframeStore(bounded=False, recency_boost=0.0)
     for f in scene.frames:
         store.add(f, compute_frame_features(teacher, f, base.teacher))
+    on = {"trainer.pose_refinement": True, "model.appearance_dim": 8}
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep:
+            ap.error(f"--set {item!r}: expected KEY=VALUE")
+        on[key.strip()] = value.strip()
     configs = {
-        "on": base.override({"trainer.pose_refinement": True, "model.appearance_dim": 8}),
+        "on": base.override(on),
         "off": base.override({"trainer.pose_refinement": False, "model.appearance_dim": 0}),
     }
     trainers = {k: Trainer(c, teacher.clip_dim, teacher.dino_dim, store) for k, c in configs.items()}
@@ -85,6 +99,7 @@ def main() -> int:
         "steps_per_round": args.steps,
         "rounds": args.rounds,
         "threads": args.threads,
+        "on_overrides": on,
         "rays_per_cpu_second_on": rays / statistics.median(cpu["on"]),
         "rays_per_cpu_second_off": rays / statistics.median(cpu["off"]),
         "median_cpu_time_ratio_on_over_off": statistics.median(ratios(cpu)),

@@ -34,14 +34,15 @@ rows are what checkpoints keep, by keyframe (``row_state``/``set_row_state``).
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from typing import Dict, Iterable, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 
 import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["CameraCorrections", "so3_exp"]
+__all__ = ["CameraCorrections", "pose_grad_rows", "render_with_pose_rows", "so3_exp"]
 
 _BETAS = (0.9, 0.999)
 _EPS = 1e-12
@@ -66,6 +67,62 @@ def so3_exp(w: torch.Tensor) -> torch.Tensor:
     hat = torch.stack([zero, -z, y, z, zero, -x, -y, x, zero], dim=-1).view(-1, 3, 3)
     eye = torch.eye(3, dtype=w.dtype, device=w.device).expand_as(hat)
     return eye + a[:, None, None] * hat + b[:, None, None] * (hat @ hat)
+
+
+def pose_grad_rows(n: int, every: int, step: int, device: Optional[torch.device] = None) -> torch.Tensor:
+    """Rows of a batch of ``n`` rays that carry pose gradients on ``step`` when they are spread over
+    the rays (every ``every``-th ray, the start turning with the step so each row gets its turn)."""
+    if every < 1:
+        raise ValueError(f"every must be >= 1, got {every}")
+    return torch.arange(step % every, n, every, device=device)
+
+
+def render_with_pose_rows(
+    render: Callable[..., Any],
+    origins: torch.Tensor,
+    dirs: torch.Tensor,
+    rows: torch.Tensor,
+    *,
+    background: Optional[torch.Tensor] = None,
+    appearance: Optional[torch.Tensor] = None,
+    **kwargs: Any,
+):
+    """Render corrected rays so that only ``rows`` back-propagate into the camera corrections.
+
+    Autograd differentiates a tensor as a whole: one pass over the batch with some rays' positions
+    requiring grad would take the (costly) gradient of every sample position. The batch is rendered
+    in two passes instead, ``rows`` with their corrected rays as they are, the others detached, and
+    the outputs are put back in the batch's order. ``render`` is ``LerfModel.render_rays``;
+    ``background`` ((R, 3) or (3,)) and ``appearance`` ((R, A) or None) are split alike, the other
+    keyword arguments go to both passes. Returns the ``RenderOutput`` of the whole batch."""
+    n = origins.shape[0]
+    mask = torch.zeros(n, dtype=torch.bool, device=origins.device)
+    mask[rows] = True
+    keep = mask.nonzero().squeeze(1)
+    rest = (~mask).nonzero().squeeze(1)
+    if keep.numel() == 0 or rest.numel() == 0:
+        o, d = (origins, dirs) if rest.numel() == 0 else (origins.detach(), dirs.detach())
+        return render(o, d, background=background, appearance=appearance, **kwargs)
+
+    def part(idx: torch.Tensor, grad: bool):
+        o, d = origins[idx], dirs[idx]
+        if not grad:
+            o, d = o.detach(), d.detach()
+        bg = background[idx] if background is not None and background.ndim == 2 else background
+        app = appearance[idx] if appearance is not None else None
+        return render(o, d, background=bg, appearance=app, **kwargs)
+
+    a, b = part(keep, True), part(rest, False)
+    order = torch.argsort(torch.cat([keep, rest]))
+
+    def merge(x, y):
+        if isinstance(x, list):
+            return [merge(u, v) for u, v in zip(x, y)]
+        return torch.cat([x, y])[order]
+
+    return dataclasses.replace(
+        a, **{f.name: merge(getattr(a, f.name), getattr(b, f.name)) for f in dataclasses.fields(a)}
+    )
 
 
 class CameraCorrections(nn.Module):

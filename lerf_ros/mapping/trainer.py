@@ -46,7 +46,7 @@ from lerf_ros.field.frozen import FrozenField, render_image
 from lerf_ros.field.model import LerfModel, geometry_losses, language_losses, total_loss
 from lerf_ros.field.snapshot import CameraView
 from lerf_ros.mapping import checkpoint as ckpt
-from lerf_ros.mapping.camera_opt import CameraCorrections
+from lerf_ros.mapping.camera_opt import CameraCorrections, pose_grad_rows, render_with_pose_rows
 from lerf_ros.mapping.rays import RayBatch
 
 _GROUPS = ("fields", "proposal", "lang")
@@ -279,18 +279,25 @@ class Trainer:
             # Pose gradients every pose_update_every-th step; the steps between use the corrections
             # as they are (no backward pass through the sample positions).
             refine = corrected and (self.step_count - tc.pose_warmup_steps) % tc.pose_update_every == 0
+            # trainer.pose_ray_subset: every step, through every pose_update_every-th ray instead.
+            grad_rows = None
+            if corrected and tc.pose_ray_subset and tc.pose_update_every > 1:
+                refine = True
+                grad_rows = pose_grad_rows(n, tc.pose_update_every, self.step_count, self.device)
             if corrected:
                 with torch.set_grad_enabled(refine):
                     origins, directions = self.corrections.correct_rays(origins, directions, batch.slot)
             with torch.autocast(device_type=self.device.type, dtype=torch.float16, enabled=self.use_amp):
-                out = self.model.render_rays(
-                    origins,
-                    directions,
+                render = dict(
                     generator=self.generator,
                     step=self.step_count,
                     background=background,
                     appearance=self.corrections.appearance_at(batch.slot),
                 )
+                if grad_rows is None:
+                    out = self.model.render_rays(origins, directions, **render)
+                else:
+                    out = render_with_pose_rows(self.model.render_rays, origins, directions, grad_rows, **render)
                 losses = geometry_losses(out, batch.rgb, tc, batch.depth, batch.dir_z, float(self.model.scene_scale))
                 rows = batch.feature_rows
                 if batch.clip is not None and rows.numel() > 0:
@@ -301,7 +308,9 @@ class Trainer:
                 loss = total_loss(losses, tc)
             if refine and tc.pose_regularization > 0:
                 pose_reg = self.corrections.regularization(self._live)
-                loss = loss + tc.pose_regularization * pose_reg
+                # Spread over rays, the images pull with a share of the batch: so does the penalty.
+                share = 1.0 if grad_rows is None else grad_rows.numel() / n
+                loss = loss + tc.pose_regularization * share * pose_reg
                 losses["pose_reg"] = pose_reg
             if not torch.isfinite(loss):
                 raise FloatingPointError(
