@@ -479,7 +479,13 @@ def markdown(res: Dict[str, Any]) -> str:
     lines = [
         "# Real cameras: clean vs corrupted vs handled",
         "",
-        f"`{res['command']}`: {res['scene']['width']}x{res['scene']['height']}, {res['scene']['frames']} frames "
+        f"`{res['command']}`"
+        + (
+            f" and {len(res['combined_from']) - 1} more runs (`combined_from` in the JSON)"
+            if len(res.get("combined_from", [])) > 1
+            else ""
+        )
+        + f": {res['scene']['width']}x{res['scene']['height']}, {res['scene']['frames']} frames "
         f"(every {res['holdout_every']}th held out), hfov {res['scene']['hfov_deg']} deg, preset tiny, "
         f"{res['steps']} steps (fixed: the numbers do not depend on machine load), ground-truth teacher, "
         f"{res['threads']} threads; seeds {seeds}; {res['total_s']:.0f} s in all.",
@@ -492,6 +498,14 @@ def markdown(res: Dict[str, Any]) -> str:
         "objects moved by the best rigid alignment of the training keyframes' true camera centres onto the "
         "map's (refined) ones, as pose-refinement papers evaluate (a map built from drifting poses sits in "
         "their world, which no refinement can observe); the pose target is judged there, where measured.",
+        *(
+            [
+                "Pose variants (rows '(LABEL)', every handling on plus these overrides): "
+                + "; ".join(f"{k}: {json.dumps(v)}" for k, v in res["pose_variants"].items())
+            ]
+            if res.get("pose_variants")
+            else []
+        ),
         "",
         "## Summary (mean over the seeds each row was measured on)",
         "",
@@ -709,6 +723,13 @@ def combine(paths: List[str], stem: str) -> Dict[str, Any]:
             for name in sorted(rows, key=lambda n: order.index(n) if n in order else len(order))
         }
     res["conditions"] = {k: v for d in docs for k, v in d.get("conditions", {}).items()}
+    measured = {v for rows in res["seeds"].values() for variants in rows.values() for v in variants}
+    res["pose_variants"] = {
+        k: v
+        for d in docs
+        for k, v in d.get("pose_variants", {}).items()
+        if {f"handling on ({k})", f"handled ({k})"} & measured
+    }
     res["timing"] = next((d["timing"] for d in docs if d.get("timing")), None)
     res["total_s"] = sum(d["total_s"] for d in docs)
     res["combined_from"] = [d["command"] for d in docs]
