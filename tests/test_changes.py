@@ -327,6 +327,7 @@ def test_detector_finds_a_moved_and_an_added_object():
     for o in places:
         on |= o.contains(centres, 0.05)
     assert on.mean() > 0.7, centres
+    assert all("near (" in c.reason for c in checks if c.status == "change")  # each object's own place
 
 
 def test_detector_waits_for_the_field():

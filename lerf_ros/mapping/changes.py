@@ -546,7 +546,8 @@ class ChangeCheck:
     centre: Optional[np.ndarray] = None
     """(3,) where a confirmed change is: the mean of its pixels' nearer surface (what is gone or what
     appeared; the mean of ``points`` also holds what the changed object hid or revealed, e.g. the
-    floor far behind a table's edge)."""
+    floor far behind a table's edge). With several changed objects in one frame, ``reason`` gives
+    each one's."""
 
     @property
     def keep_frame(self) -> bool:
@@ -725,7 +726,11 @@ class ChangeDetector:
             else:
                 self._remember_removed(new_pts[idx], old_pts[idx], ren_n[v[idx], u[idx]], centre, now)
             confirmed.append(idx)
-            reasons.append(f"{len(stale)} of {seeing} keyframes that see it show it as it was{how}")
+            c = np.where(nearer_new[idx, None], new_pts[idx], old_pts[idx]).mean(0)  # where this object is
+            reasons.append(
+                f"{len(stale)} of {seeing} keyframes that see it show it as it was{how} "
+                f"(near ({c[0]:+.2f}, {c[1]:+.2f}, {c[2]:+.2f}) m)"
+            )
             pts = np.concatenate([old_pts[idx], new_pts[idx]])
             for key in stale:
                 stale_pts.setdefault(key, []).append(pts)
