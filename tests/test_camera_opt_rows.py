@@ -119,3 +119,30 @@ def test_refinement_spread_over_rays_recovers_a_known_perturbation(scene):  # no
     print("rotation deg", np.round(r_in, 2), "->", np.round(r_out, 2))
     assert np.mean(t_out) < 0.75 * np.mean(t_in) and np.mean(r_out) < 0.9 * np.mean(r_in)
     assert float(trainer.corrections.tables["pose"].detach()[: len(kfs)].mean(0).abs().max()) < 1e-6
+
+
+@pytest.mark.parametrize("subset", [True, False])
+def test_poses_move_between_update_steps_only_when_spread_over_rays(scene, subset):  # noqa: F811
+    """With pose_update_every 4, a step that is not an update step leaves the pose table alone unless
+    the updates are spread over rays (then every step moves it): the trainer really takes the path."""
+    store = KeyframeStore(bounded=False, recency_boost=0.0)
+    for f in scene.frames:
+        store.add(f)
+    cfg = tiny_cfg(
+        scene,
+        **{
+            "trainer.pose_warmup_steps": 3,
+            "trainer.pose_update_every": 4,
+            "trainer.pose_ray_subset": subset,
+            "model.num_proposal_samples": (16,),
+            "model.num_nerf_samples": 8,
+        },
+    )
+    trainer = Trainer(cfg, 4, 4, store)
+    for _ in range(5):  # steps 0-4: warm-up, then the update step 3 and step 4 (not an update step)
+        trainer.step()
+    before = trainer.corrections.tables["pose"].detach().clone()
+    assert float(before.abs().max()) > 0  # step 3 updated the poses in both modes
+    trainer.step()  # step 5: (5 - 3) % 4 != 0
+    moved = float((trainer.corrections.tables["pose"].detach() - before).abs().max())
+    assert (moved > 0) == subset

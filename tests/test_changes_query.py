@@ -143,7 +143,21 @@ def test_snapshots_and_checkpoints_carry_the_newest_change(tmp_path):
     s.changes.last_change_step = 7  # as a confirmed change at step 7 sets it
     assert s.snapshot().scene_change_step == 7
     assert ckpt.load_snapshot(s.save_checkpoint(str(tmp_path / "b.ckpt"))).scene_change_step == 7
+    # a resumed session keeps it (and writes it again), a reset model starts without one
+    again = Session(cfg, GroundTruthTeacher(scene), online=True, log=lambda *a: None)
+    assert again.resume(str(tmp_path / "b.ckpt")) is not None
+    assert again.scene_change_step() == 7 and again.snapshot().scene_change_step == 7
+    again.reset()
+    assert again.scene_change_step() == -1
+    # a checkpoint written before the step was kept: no change known
+    payload = ckpt.read_checkpoint(str(tmp_path / "b.ckpt"))
+    del payload["scene_change_step"]
+    ckpt.write_atomic(str(tmp_path / "old.ckpt"), payload)
+    assert ckpt.load_snapshot(str(tmp_path / "old.ckpt")).scene_change_step == -1
+    s.resume(str(tmp_path / "old.ckpt"))
+    assert s.scene_change_step() == -1
     off = Session(cfg.override({"changes.enabled": False}), GroundTruthTeacher(scene), online=True, log=lambda *a: None)
     assert off.scene_change_step() == -1
     s.close()
+    again.close()
     off.close()

@@ -87,7 +87,8 @@ class TrainerConfig:
     the squared rotation vector in radians plus the squared translation in metres)."""
     pose_update_every: int = 4
     """Steps between two updates of the pose corrections (the steps between use them without the
-    backward pass through the sample positions, which costs about 40% of a CPU step); 1 = every step."""
+    backward pass through the sample positions, which costs about 40% of a CPU step); 1 = every step.
+    With ``pose_ray_subset``: every step, through every this-many-th ray of its batch instead."""
     pose_ray_subset: bool = False
     """Spread the pose updates over rays instead of steps: after the warm-up, every step updates the
     pose corrections from every ``pose_update_every``-th ray of its batch (the same backward cost)."""

@@ -28,7 +28,11 @@ class CameraView:
 class FieldSnapshot(Protocol):
     """Read-only access to a trained LERF: everything the query engine uses. All methods run under
     ``torch.no_grad()``. Implemented by ``lerf_ros.field.frozen.FrozenField`` (and by the test
-    suite's analytic field)."""
+    suite's analytic field).
+
+    Optional (read with a default, so fields without it still satisfy the protocol):
+    ``scene_change_step`` (int), the training step of the newest scene change the trainer counted,
+    -1 when none; the query re-extracts its surface points after it (``lerf_ros.query.surface``)."""
 
     step: int
     """Training step the weights come from."""

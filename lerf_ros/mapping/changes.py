@@ -691,7 +691,8 @@ class ChangeDetector:
         agreed_idx = np.nonzero(agreed)[0]
         centre = c2w[:3, 3]
         nearer_new = np.linalg.norm(new_pts - centre, axis=1) < np.linalg.norm(old_pts - centre, axis=1)
-        fg = np.where(nearer_new[:, None], new_pts, old_pts)[agreed_idx]
+        surface = np.where(nearer_new[:, None], new_pts, old_pts)  # the foreground surface per pixel
+        fg = surface[agreed_idx]
         labels = voxel_clusters(fg, cfg.voxel_size)
         kfs = list(keyframes())
         by_key = {int(kf.key): kf for kf in kfs}
@@ -726,7 +727,7 @@ class ChangeDetector:
             else:
                 self._remember_removed(new_pts[idx], old_pts[idx], ren_n[v[idx], u[idx]], centre, now)
             confirmed.append(idx)
-            c = np.where(nearer_new[idx, None], new_pts[idx], old_pts[idx]).mean(0)  # where this object is
+            c = surface[idx].mean(0)  # where this object is
             reasons.append(
                 f"{len(stale)} of {seeing} keyframes that see it show it as it was{how} "
                 f"(near ({c[0]:+.2f}, {c[1]:+.2f}, {c[2]:+.2f}) m)"
@@ -750,7 +751,7 @@ class ChangeDetector:
         idx = np.concatenate(confirmed)
         pts = np.concatenate([old_pts[idx], new_pts[idx]]).astype(np.float32)
         check.points = pts
-        check.centre = np.where(nearer_new[idx, None], new_pts[idx], old_pts[idx]).mean(0)
+        check.centre = surface[idx].mean(0)
         with self._lock:
             for i in confirmed:
                 vox = np.unique(np.concatenate([keys_new[i], keys_old[i]]))

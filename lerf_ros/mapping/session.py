@@ -206,7 +206,8 @@ class Session:
         return KeyframeDecision("keep", "kept: it shows a change of the scene", "keyframe", prepared)
 
     def change_stats(self) -> Dict[str, Any]:
-        """Change detection counters: changes_detected, keyframes_retired, frames_compared (zeros when off)."""
+        """Change detection counters: changes_detected, keyframes_retired, frames_compared (zeros when off),
+        and last_change_step (the training step of the newest change; -1: none)."""
         if self.changes is None:
             return {"changes_detected": 0, "keyframes_retired": 0, "frames_compared": 0, "last_change_step": -1}
         return self.changes.stats()
@@ -411,6 +412,8 @@ class Session:
             self.losses = {}
             if self.changes is not None:
                 self.changes.reset()
+                # the newest change's step belongs to the old model's step count
+                self.changes.last_change_step = -1
 
     # ------------------------------------------------------------------ checkpoints
     def save_checkpoint(self, path: Optional[str] = None) -> str:
@@ -447,6 +450,8 @@ class Session:
             self.ensure_model().load_checkpoint(path, payload=payload)
             # absent from older checkpoints: nothing retired
             self.keyframes.restore_retired(payload.get("retired_pixels", []))
+            if self.changes is not None:  # absent from older checkpoints: no change known
+                self.changes.last_change_step = int(payload.get("scene_change_step", -1))
             self.last_checkpoint = path
         return path
 
