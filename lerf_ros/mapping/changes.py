@@ -577,7 +577,9 @@ class ChangeDetector:
         self.last_change_step = -1
         """Training step of the newest change counted (-1: none yet). Snapshots carry it
         (``FrozenField.scene_change_step``) so that the query's surface points follow the relearnt
-        region (``lerf_ros.query.surface.SurfaceCache``)."""
+        region (``lerf_ros.query.surface.SurfaceCache``). It is the step at which the frame showing the
+        change was offered, and a change seen again (mostly the same voxels) does not move it, even when
+        it retires more keyframes."""
         self.frames_compared = 0
         self.last_residual_median = float("nan")
         self.last_status = ""
