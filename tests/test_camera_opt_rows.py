@@ -1,12 +1,10 @@
 """Pose updates spread over rays (``trainer.pose_ray_subset``): the two-pass render gives the batch's
 output and only the chosen rays' gradient, and training that way recovers a known perturbation."""
 
-import dataclasses
-
 import numpy as np
 import pytest
 import torch
-from test_pose_refine import perturb, rotation_deg, scene, tiny_cfg  # noqa: F401  (scene: a fixture)
+from test_pose_refine import perturbed_errors, perturbed_store, scene, tiny_cfg  # noqa: F401  (scene: a fixture)
 
 from lerf_ros.config import ConfigError, preset
 from lerf_ros.field.model import LerfModel
@@ -83,14 +81,7 @@ def test_pose_ray_subset_takes_a_boolean():
 def test_refinement_spread_over_rays_recovers_a_known_perturbation(scene):  # noqa: F811
     """As test_pose_refine's recovery test, with the pose updates spread over rays: every step
     learns the poses from a quarter of its rays (trainer.pose_update_every 4), 80 steps after the warm-up."""
-    rng = np.random.default_rng(11)
-    perturbed = [2, 5, 8]
-    store = KeyframeStore(bounded=False, recency_boost=0.0)
-    truth = []
-    for i, f in enumerate(scene.frames):
-        truth.append(f.c2w.copy())
-        g = dataclasses.replace(f, c2w=perturb(f.c2w, rng, 0.05, 3.0)) if i in perturbed else f
-        store.add(g)
+    store, truth = perturbed_store(scene)
     cfg = tiny_cfg(
         scene,
         **{
@@ -106,17 +97,8 @@ def test_refinement_spread_over_rays_recovers_a_known_perturbation(scene):  # no
     trainer = Trainer(cfg, 4, 4, store)
     for _ in range(230):
         trainer.step()
-    poses = dict(trainer.keyframe_poses())
+    t_in, t_out, r_in, r_out = perturbed_errors(trainer, store, truth)
     kfs = store.keyframes()
-    t_in, t_out, r_in, r_out = [], [], [], []
-    for i in perturbed:
-        kf, gt = kfs[i], truth[i]
-        t_in.append(np.linalg.norm(kf.c2w[:3, 3] - gt[:3, 3]))
-        t_out.append(np.linalg.norm(poses[kf.key][:3, 3] - gt[:3, 3]))
-        r_in.append(rotation_deg(kf.c2w[:3, :3], gt[:3, :3]))
-        r_out.append(rotation_deg(poses[kf.key][:3, :3], gt[:3, :3]))
-    print("translation cm", np.round(np.array(t_in) * 100, 2), "->", np.round(np.array(t_out) * 100, 2))
-    print("rotation deg", np.round(r_in, 2), "->", np.round(r_out, 2))
     assert np.mean(t_out) < 0.75 * np.mean(t_in) and np.mean(r_out) < 0.9 * np.mean(r_in)
     assert float(trainer.corrections.tables["pose"].detach()[: len(kfs)].mean(0).abs().max()) < 1e-6
 
