@@ -145,7 +145,7 @@ def test_trainer_every_transition_over_dds(scene_dir, tmp_path):
             resp = call(node, save, Trigger.Request())
             assert not resp.success and "inactive" in resp.message
             checkpoints = sorted((out / "checkpoints").glob("*.ckpt"))
-            assert checkpoints, "no checkpoint written on deactivate"
+            assert checkpoints, "no checkpoint written on deactivate\n" + process_output(trainer)
             assert "saved the checkpoint" in process_output(trainer, tail=200_000)
 
             # activate again: training goes on from the same session

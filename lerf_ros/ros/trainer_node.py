@@ -92,6 +92,10 @@ _STATE_CODES = {
 PATH_MAX_GAP_S = 1.0
 """Widest gap (s) between two poses of a corrected path that is interpolated across."""
 
+DEACTIVATE_SAVE_TIMEOUT_S = 10.0
+"""Deactivate waits this long at most for the training step in flight and the checkpoint of unsaved
+steps (no checkpoint, and a warning, when the step has not finished by then)."""
+
 KEYFRAME_REPUBLISH_STEPS = 200
 """While pose corrections are learned, /lerf/keyframes is published again after this many steps."""
 
@@ -287,7 +291,8 @@ class TrainerNode(ManagedNode):
             # at once; a frame it still converts is discarded (the stop event, under the lock).
             thread.join(timeout=2.0)
         if self.trainer is not None:
-            self.trainer.stop(save=True, timeout_s=3.0)
+            # a step slowed down by a loaded machine still gets its checkpoint (it usually takes < 1 s)
+            self.trainer.stop(save=True, timeout_s=DEACTIVATE_SAVE_TIMEOUT_S)
 
     def cleanup_node(self) -> None:
         """Drop the session (model, keyframes, teacher features, snapshots) and the cameras' inputs."""
