@@ -164,13 +164,13 @@ def test_region_mask_memory_is_bounded():
 
 
 def test_all_neighbours_changed_does_not_count_the_frame_border():
-    from lerf_ros.mapping.changes import _shifts
+    from lerf_ros.mapping.change_kernels import shifted_copies
 
     flag = np.ones((6, 7), bool)
-    inner = _shifts(flag, 1, fill=False).all(0)
+    inner = shifted_copies(flag, 1, fill=False).all(0)
     assert not inner[0].any() and not inner[-1].any() and not inner[:, 0].any() and not inner[:, -1].any()
     assert inner[1:-1, 1:-1].all()
-    assert _shifts(flag, 1).all(0).all()  # edge-replicated copies (the residual's use) are unchanged
+    assert shifted_copies(flag, 1).all(0).all()  # edge-replicated copies (the residual's use) are unchanged
 
 
 def test_retired_pixels_are_never_drawn_and_are_not_judged():
