@@ -158,7 +158,7 @@ def _resolved(now_idx: int, seeing: int, step: int, before_event: Dict[str, Any]
     }
 
 
-def _config(tmp: str, rays: int = 0):
+def _config(tmp: str, rays: int = 0, focus_share: Optional[float] = None):
     over = {
         "teacher.kind": "ground_truth",
         "device": "cpu",
@@ -169,6 +169,8 @@ def _config(tmp: str, rays: int = 0):
     }
     if rays:
         over["trainer.rays_per_batch"] = rays
+    if focus_share is not None:
+        over["changes.focus_share"] = focus_share
     return preset("tiny").override(over)
 
 
@@ -233,7 +235,7 @@ def run_changing(seed: int, args) -> Dict[str, Any]:
 
     see_removed = see_moved = see_added = E = None
     tmp = tempfile.mkdtemp(prefix="lerf_changes_")
-    cfg = _config(tmp, args.rays)
+    cfg = _config(tmp, args.rays, args.focus_share)
     teacher = GroundTruthTeacher(scene)
     messages: List[str] = []
     ot_ref.append(None)
@@ -300,6 +302,7 @@ def run_changing(seed: int, args) -> Dict[str, Any]:
                     "changes_detected": st.changes_detected,
                     "keyframes_retired": st.keyframes_retired,
                     "keyframes": st.keyframes,
+                    "focus": ot.session.keyframes.focus_stats(),
                 }
             )
             print(
@@ -371,7 +374,7 @@ def run_static(seed: int, args) -> Dict[str, Any]:
 
     scene = make_changing_scene(seed=seed, width=args.width, height=args.height, n_frames=args.frames)
     tmp = tempfile.mkdtemp(prefix="lerf_static_")
-    cfg = _config(tmp, args.rays)
+    cfg = _config(tmp, args.rays, args.focus_share)
     messages: List[str] = []
     ot = OnlineTrainer(
         cfg, teacher=GroundTruthTeacher(scene), log=lambda lvl, t: messages.append(f"{lvl}: {t}"), snapshot_every=10**6
@@ -437,6 +440,13 @@ def main() -> int:
         "in stream seconds (frames / rate): what a machine training rate * this steps/s would see",
     )
     ap.add_argument("--rays", type=int, default=0, help="trainer.rays_per_batch (0: the preset's)")
+    ap.add_argument(
+        "--focus-share",
+        type=float,
+        default=None,
+        help="changes.focus_share: share of each batch drawn where kept frames disagreed with the field "
+        "(default: the config's; 0: off)",
+    )
     ap.add_argument("--runs", choices=("both", "changing", "static"), default="both", help="which runs to make")
     ap.add_argument("--out", default="bench/results/changing_scene.json")
     args = ap.parse_args()

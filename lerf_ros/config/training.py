@@ -263,6 +263,19 @@ class ChangeConfig:
     retire: str = "pixels"
     """What a stale keyframe loses: 'pixels' (only its pixels within ``voxel_size`` of the changed
     points: the rest of its view keeps teaching the field) or 'keyframe' (the whole keyframe)."""
+    focus_share: float = 0.125
+    """Share of each training batch drawn from the pixels where compared keyframes disagreed with the
+    field (colour residual above the frame's robust level, grown by a pixel; never retired pixels):
+    a new or moved object a few pixels wide is learnt from more than the few rays a step that
+    uniform drawing gives it. Only compared frames kept as keyframes within ``focus_window``
+    compared frames of a confirmed change carry such pixels, so a static scene is trained as
+    before. 0 turns it off."""
+    focus_steps: int = 200
+    """A keyframe's disagreeing pixels are drawn from for this many training steps after it was
+    stored (newer compared frames show where the field is still wrong)."""
+    focus_window: int = 100
+    """Compared frames after the newest confirmed change during which kept frames carry their
+    disagreeing pixels (``focus_share``)."""
 
     def check(self) -> "ChangeConfig":
         """Validate this section; raise ConfigError naming the key."""
@@ -286,5 +299,8 @@ class ChangeConfig:
         _require(self.move_window >= 0, "changes.move_window", self.move_window, ">= 0")
         _require(0 < self.move_color_match <= 1, "changes.move_color_match", self.move_color_match, "in (0, 1]")
         _require(self.retire in ("pixels", "keyframe"), "changes.retire", self.retire, "'pixels' or 'keyframe'")
+        _require(0 <= self.focus_share < 1, "changes.focus_share", self.focus_share, "in [0, 1)")
+        _require(self.focus_steps >= 1, "changes.focus_steps", self.focus_steps, ">= 1")
+        _require(self.focus_window >= 0, "changes.focus_window", self.focus_window, ">= 0")
         _require(self.memory_checks >= self.min_frames, "changes.memory_checks", self.memory_checks, ">= min_frames")
         return self

@@ -36,6 +36,7 @@ __all__ = [
     "point_sampled",
     "project_pixels",
     "region_mask",
+    "resample_mask",
     "robust_threshold",
     "shifted_copies",
     "voxel_clusters",
@@ -339,6 +340,37 @@ def point_sampled(
         d = np.asarray(frame.depth, np.float32)[rows, cols]
         depth = np.where(np.isfinite(d) & (d > 0) & valid, d, np.float32(0.0))
     return rgb, depth, K, h, w, valid
+
+
+def resample_mask(
+    mask: np.ndarray,
+    K_small: np.ndarray,
+    K: np.ndarray,
+    height: int,
+    width: int,
+    distortion: Optional[Distortion] = None,
+    grow: int = 1,
+) -> np.ndarray:
+    """(height, width) bool: ``mask`` (h, w) of the comparison's pinhole camera ``K_small``
+    (``point_sampled``) carried onto an image of the same pose with intrinsics ``K`` (3, 3) and lens
+    ``distortion``: each pixel takes the comparison pixel its ray falls in (nearest), after ``mask``
+    is grown by ``grow`` pixels (the comparison forgives a pixel of shift; an object a pixel or two
+    wide keeps its edges). Pixels whose ray falls outside the comparison are False. Vectorised over
+    the image's pixels."""
+    m = np.asarray(mask, bool)
+    if grow > 0 and m.any():
+        m = shifted_copies(m, grow, fill=False).any(0)
+    h, w = m.shape
+    v, u = np.meshgrid(np.arange(height) + 0.5, np.arange(width) + 0.5, indexing="ij")
+    x, y = normalise(K, u, v)
+    dist = effective_distortion(distortion)
+    if dist is not None:
+        x, y = dist.undistort(x, y)
+    us, vs = denormalise(K_small, x, y)
+    ok = np.isfinite(us) & np.isfinite(vs) & (us >= 0) & (us < w) & (vs >= 0) & (vs < h)
+    ui = np.clip(np.floor(np.nan_to_num(us)), 0, w - 1).astype(np.int64)
+    vi = np.clip(np.floor(np.nan_to_num(vs)), 0, h - 1).astype(np.int64)
+    return ok & m[vi, ui]
 
 
 def as_numpy(x: Any) -> np.ndarray:

@@ -258,6 +258,13 @@ class ChangeCheck:
     appeared; the mean of ``points`` also holds what the changed object hid or revealed, e.g. the
     floor far behind a table's edge). With several changed objects in one frame, ``reason`` gives
     each one's."""
+    focus: Optional[np.ndarray] = None
+    """(h, w) bool at the comparison resolution: the pixels whose colour residual is above the frame's
+    robust level (where the field is wrong), or None (not compared, the field not ready, or
+    ``changes.focus_share`` 0). The session has a kept frame's rays drawn from them
+    (``changes.focus_share``) while ``ChangeDetector.focus_open``."""
+    focus_K: Optional[np.ndarray] = None
+    """(3, 3) intrinsics of the comparison's pinhole camera (``point_sampled``) that ``focus`` is in."""
 
     @property
     def keep_frame(self) -> bool:
@@ -284,6 +291,7 @@ class ChangeDetector:
         self._removed: List[Tuple[int, np.ndarray]] = []  # (check, colours (M, 3)) of recently removed surfaces
         self.changes_detected = 0
         self.keyframes_retired = 0
+        self._confirmed_check = None  # compared-frame count of the newest confirmation
         self.last_change_step = -1
         """Training step of the newest change counted (-1: none yet). Snapshots carry it
         (``FrozenField.scene_change_step``) so that the query's surface points follow the relearnt
@@ -301,6 +309,14 @@ class ChangeDetector:
         with self._lock:
             self._flagged.clear()
             self._removed.clear()
+            self._confirmed_check = None
+
+    def focus_open(self) -> bool:
+        """Whether kept frames carry their disagreeing pixels (``ChangeCheck.focus``): within
+        ``changes.focus_window`` compared frames of the newest confirmed change (a static scene
+        confirms none)."""
+        with self._lock:
+            return self._confirmed_check is not None and self._checks - self._confirmed_check <= self.cfg.focus_window
 
     def stats(self) -> Dict[str, Any]:
         """changes_detected, keyframes_retired, frames_compared, last_residual_median, last_status,
@@ -378,6 +394,10 @@ class ChangeDetector:
         flag = connected_regions(flag, cfg.min_region_pixels)
         v, u = np.nonzero(flag)
         check = ChangeCheck("no_change", "", med, flagged_pixels=len(v))
+        if cfg.focus_share > 0:
+            focus = covered & (col > thr)
+            if focus.any():
+                check.focus, check.focus_K = focus, K
         with self._lock:
             self._checks += 1
             now = self._checks
@@ -465,6 +485,7 @@ class ChangeDetector:
         check.points = pts
         check.centre = surface[idx].mean(0)
         with self._lock:
+            self._confirmed_check = now
             for i in confirmed:
                 vox = np.unique(np.concatenate([keys_new[i], keys_old[i]]))
                 # the same change seen again (from another side, or before the field has relearnt it)

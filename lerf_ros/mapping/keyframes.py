@@ -26,6 +26,13 @@ least weight 1, so an old one is never starved: with V keyframes its share is at
 up to ``1 + recency_boost`` times the share of an old one. ``recency_boost = 0`` gives uniform
 sampling (offline training). Within a keyframe, pixels are drawn uniformly (among its trusted pixels:
 ``retire_pixels``).
+
+Focus pixels. A keyframe may carry, for a number of draws, the pixels where the field disagreed with
+it when it was stored (``set_focus``: a scene change's new or moved object, a few pixels wide, that
+uniform drawing reaches with a few rays a step). With ``focus_share`` > 0 and such keyframes
+present, ``round(focus_share * n)`` of a batch's rays are drawn uniformly among all of their focus
+pixels and the rest as above; a retired pixel is never a focus pixel. Without any (a static scene),
+the batch is the same, random number for random number, as with ``focus_share`` 0.
 """
 
 from __future__ import annotations
@@ -57,6 +64,8 @@ log = logging.getLogger(__name__)
 # this many entries (the oldest first)
 PENDING_RETIRED_MARGIN_S = 60.0
 MAX_PENDING_RETIRED = 1024
+MAX_FOCUS_PIXELS = 4096
+"""Most focus pixels kept per keyframe (a random subset beyond): bounds their memory (32 KB)."""
 
 __all__ = ["Keyframe", "KeyframeStore", "KeyframeStoreError", "features_nbytes", "release_free_heap"]
 
@@ -132,6 +141,9 @@ class Keyframe:
         trusted: flat indices (int64 CPU tensor, where the rays are drawn) of the pixels still drawn for
             training, or None for all of them: pixels that show a region of the scene as it was before a
             change are retired (``KeyframeStore.retire_pixels``).
+        focus: flat indices (int64 CPU tensor) of the pixels where the field disagreed with this view
+            when it was stored, drawn from more often (``KeyframeStore.set_focus``), or None.
+        focus_until: the store's draw count after which ``focus`` is no longer drawn from.
     """
 
     key: int
@@ -147,6 +159,8 @@ class Keyframe:
     distortion: Optional[Distortion] = None
     slot: int = -1
     trusted: Optional[torch.Tensor] = None
+    focus: Optional[torch.Tensor] = None
+    focus_until: int = -1
 
     @property
     def height(self) -> int:
@@ -235,6 +249,7 @@ class KeyframeStore:
         device: where the images live and ray batches are built.
         bounded: False for a store that never evicts (offline training on a whole dataset).
         recency_boost, recency_tau: view weighting when sampling rays (module doc).
+        focus_share: share of each batch drawn from the keyframes' focus pixels (module doc; 0: off).
     """
 
     def __init__(
@@ -244,6 +259,7 @@ class KeyframeStore:
         bounded: bool = True,
         recency_boost: float = 4.0,
         recency_tau: float = 8.0,
+        focus_share: float = 0.0,
     ):
         self.cfg = (cfg or KeyframeConfig()).check()
         if recency_boost < 0 or recency_tau <= 0:
@@ -254,6 +270,12 @@ class KeyframeStore:
         self.max_bytes = int(self.cfg.max_memory_mb * 1024 * 1024) if bounded else math.inf
         self.recency_boost = float(recency_boost)
         self.recency_tau = float(recency_tau)
+        if not 0 <= focus_share < 1:
+            raise ValueError(f"focus_share must be in [0, 1), got {focus_share}")
+        self.focus_share = float(focus_share)
+        self._draws = 0  # sample() calls: focus pixels expire after a number of them
+        self._focus_set = 0  # set_focus() calls (the focus table's cache key)
+        self._focus: Optional[Tuple[Any, Tuple[torch.Tensor, torch.Tensor]]] = None  # (key, table) cache
         w = self.cfg.rotation_weight
         if w <= 0:
             w = (
@@ -461,9 +483,47 @@ class KeyframeStore:
             if len(idx) == 0:
                 self._drop(key)
                 return 0
-            self._items[key] = dataclasses.replace(old, trusted=idx)
+            focus = old.focus
+            if focus is not None:  # a retired pixel is never drawn, focus or not
+                focus = focus[keep[focus]]
+                focus = focus if len(focus) else None
+            self._items[key] = dataclasses.replace(old, trusted=idx, focus=focus)
             self._version += 1
             return int(len(idx))
+
+    def set_focus(self, key: int, mask: Optional[np.ndarray], draws: int) -> int:
+        """Draw ``focus_share`` of the coming ``draws`` batches from keyframe ``key``'s pixels where
+        ``mask`` (H, W) bool is True (where the field disagrees with it), among its trusted pixels (at
+        most ``MAX_FOCUS_PIXELS``, a random subset beyond); None or an empty mask clears them. Returns
+        how many focus pixels it has (0 also when the keyframe is no longer stored)."""
+        with self._lock:
+            old = self._items.get(key)
+            if old is None:
+                return 0
+            idx = None
+            if mask is not None:
+                flat = torch.from_numpy(np.asarray(mask, bool).reshape(-1).copy())
+                if flat.numel() != old.height * old.width:
+                    raise ValueError(f"mask of {flat.numel()} pixels for a {old.height}x{old.width} keyframe")
+                if old.trusted is not None:
+                    allowed = torch.zeros_like(flat)
+                    allowed[old.trusted] = True
+                    flat &= allowed
+                idx = torch.nonzero(flat).flatten()
+                if len(idx) > MAX_FOCUS_PIXELS:
+                    g = torch.Generator().manual_seed(int(key))
+                    idx = torch.sort(idx[torch.randperm(len(idx), generator=g)[:MAX_FOCUS_PIXELS]]).values
+                if len(idx) == 0:
+                    idx = None
+            self._items[key] = dataclasses.replace(old, focus=idx, focus_until=self._draws + int(draws))
+            self._focus_set += 1
+            return 0 if idx is None else int(len(idx))
+
+    def focus_stats(self) -> Dict[str, int]:
+        """keyframes: how many carry focus pixels still drawn from; pixels: their focus pixels."""
+        with self._lock:
+            live = [kf for kf in self._items.values() if kf.focus is not None and self._draws < kf.focus_until]
+            return {"keyframes": len(live), "pixels": sum(len(kf.focus) for kf in live)}
 
     def retired_state(self) -> List[Dict[str, Any]]:
         """The retired pixels to keep in a checkpoint: per keyframe that has retired some, its identity
@@ -557,7 +617,29 @@ class KeyframeStore:
             if self._cameras is None or self._cameras[0] != self._version:
                 self._cameras = (self._version, self._stack_cameras(views))
             stacked = self._cameras[1]
-        return sample_rays(views, stacked, n, generator, self.device)
+            focus = self._focus_table(views) if self.focus_share > 0 else None
+            self._draws += 1
+        n_focus = 0 if focus is None else int(round(self.focus_share * n))
+        return sample_rays(views, stacked, n, generator, self.device, focus=focus, n_focus=n_focus)
+
+    def _focus_table(self, views: List[Keyframe]) -> Optional[Tuple[torch.Tensor, torch.Tensor]]:
+        """(view index (F,), flat pixel (F,)) int64 of the focus pixels still drawn from, or None."""
+        live = []
+        for i, kf in enumerate(views):
+            if kf.focus is None:
+                continue
+            if self._draws >= kf.focus_until:  # expired: free it
+                self._items[kf.key] = dataclasses.replace(kf, focus=None)
+                continue
+            live.append(i)
+        if not live:
+            return None
+        cache_key = (self._version, self._focus_set, tuple(live))
+        if self._focus is None or self._focus[0] != cache_key:
+            pix = [views[i].focus for i in live]
+            vid = torch.repeat_interleave(torch.tensor(live, dtype=torch.int64), torch.tensor([len(p) for p in pix]))
+            self._focus = (cache_key, (vid, torch.cat(pix)))
+        return self._focus[1]
 
     def _stack_cameras(self, views: List[Keyframe]) -> Tuple[torch.Tensor, ...]:
         K = torch.as_tensor(np.stack([kf.K for kf in views]), dtype=torch.float32, device=self.device)

@@ -70,6 +70,8 @@ def sample_rays(
     n: int,
     generator: Optional[torch.Generator],
     device: torch.device,
+    focus: Optional[Tuple[torch.Tensor, torch.Tensor]] = None,
+    n_focus: int = 0,
 ) -> RayBatch:
     """Draw ``n`` random rays from ``views``.
 
@@ -84,6 +86,10 @@ def sample_rays(
             the entry itself is None (or absent) when no view is distorted.
         n: rays to draw (>= 1).
         generator: CPU generator for every random number (a seeded one gives a reproducible batch).
+        focus: (view index (F,), flat pixel index (F,)) int64 CPU tensors of focus pixels (trusted
+            ones), or None; ``n_focus`` (< n) of the rays are drawn uniformly among them, the others
+            as without them. With no focus pixels (or ``n_focus`` 0) the batch is exactly the one
+            drawn without: the same random numbers in the same order.
 
     Rays of distorted views go through the inverse of their lens distortion (the raw pixels are
     used as they are); pinhole views take the pinhole formula. Rays are grouped by view. Views
@@ -101,10 +107,15 @@ def sample_rays(
             f"c2w {tuple(c2w_all.shape)}, weights {tuple(weights.shape)}"
         )
     dev = device
-    vid = torch.multinomial(weights, n, replacement=True, generator=generator)
+    if focus is None or len(focus[0]) == 0:
+        n_focus = 0
+    if not 0 <= n_focus < n:
+        raise ValueError(f"cannot draw {n_focus} of {n} rays from focus pixels")
+    n_rest = n - n_focus
+    vid = torch.multinomial(weights, n_rest, replacement=True, generator=generator)
     counts = torch.bincount(vid, minlength=n_views)
     vid = torch.repeat_interleave(torch.arange(n_views), counts)  # grouped by view
-    r_pix = torch.rand(n, generator=generator, dtype=torch.float64)
+    r_pix = torch.rand(n_rest, generator=generator, dtype=torch.float64)
     r_crop = torch.rand(n, generator=generator)
     pix = torch.minimum((r_pix * hw_all[vid]).long(), hw_all[vid].long() - 1)
     for i in torch.nonzero(counts).flatten().tolist():  # views with retired pixels: draw among the trusted
@@ -112,6 +123,11 @@ def sample_rays(
         if trusted is not None:
             a = int(torch.sum(counts[:i]))
             pix[a : a + int(counts[i])] = trusted[pix[a : a + int(counts[i])]]
+    if n_focus:  # uniformly among the focus pixels, then grouped by view again
+        j = torch.randint(len(focus[0]), (n_focus,), generator=generator)
+        vid, order = torch.sort(torch.cat([vid, focus[0][j]]), stable=True)
+        pix = torch.cat([pix, focus[1][j]])[order]
+        counts = torch.bincount(vid, minlength=n_views)
     width = w_all[vid]
     px, py = pix % width, torch.div(pix, width, rounding_mode="floor")
     u = px.float() + 0.5

@@ -31,6 +31,7 @@ from lerf_ros.data.frame import Frame, FrameError, check_pose
 from lerf_ros.field.frozen import FrozenField
 from lerf_ros.geometry.poses import interpolate_pose, pose_distance
 from lerf_ros.mapping import checkpoint as ckpt
+from lerf_ros.mapping.change_kernels import resample_mask
 from lerf_ros.mapping.changes import ChangeCheck, ChangeDetector
 from lerf_ros.mapping.handoff import HandoffLock
 from lerf_ros.mapping.keyframes import KeyframeStore, KeyframeStoreError
@@ -88,7 +89,11 @@ class Session:
         self.device = torch.device(cfg.resolved_device())
         self.selector = KeyframeSelector(cfg.keyframes)
         self.keyframes = KeyframeStore(
-            cfg.keyframes, device=self.device, bounded=self.online, recency_boost=4.0 if self.online else 0.0
+            cfg.keyframes,
+            device=self.device,
+            bounded=self.online,
+            recency_boost=4.0 if self.online else 0.0,
+            focus_share=cfg.changes.focus_share if self.online and cfg.changes.enabled else 0.0,
         )
         self.checkpoint_dir = os.path.join(cfg.output_dir, "checkpoints")
         stale = ckpt.remove_stale_temp_files(self.checkpoint_dir)  # left by a writer that was killed
@@ -134,8 +139,9 @@ class Session:
             raise RuntimeError("submit() is for online sessions; use add() for a recorded dataset")
         selector = self.selector if selector is None else selector
         decision = selector.consider(frame)
+        check = None
         if self.changes is not None and not decision.rejected:
-            decision = self._follow_changes(frame, decision, selector)
+            decision, check = self._follow_changes(frame, decision, selector)
         if not decision.keep:
             return SubmitResult(False, decision.rejected, decision.reason, decision.kind)
         try:
@@ -146,6 +152,11 @@ class Session:
             kf = self.keyframes.get(key)
         except KeyError:  # evicted at once (protect_newest = 0 and the most redundant pose)
             return SubmitResult(False, False, "evicted as the most redundant keyframe", "redundant")
+        if check is not None and check.focus is not None and self.changes.focus_open():
+            # where the field disagrees with this view, soon after a change: drawn from more often
+            ch = self.cfg.changes
+            mask = resample_mask(check.focus, check.focus_K, kf.K, kf.height, kf.width, kf.distortion)
+            self.keyframes.set_focus(key, mask, ch.focus_steps)
         if self._worker is None:  # teacher kind 'none': nothing to compute
             return SubmitResult(True, False, "keyframe", "keyframe")
         # The worker reads the stored pixels (no second copy); the instance map of a synthetic frame
@@ -167,19 +178,22 @@ class Session:
         key, _ = self.keyframes.add(frame, features)
         return key
 
-    def _follow_changes(self, frame: Frame, decision: KeyframeDecision, selector: KeyframeSelector) -> KeyframeDecision:
+    def _follow_changes(
+        self, frame: Frame, decision: KeyframeDecision, selector: KeyframeSelector
+    ) -> Tuple[KeyframeDecision, Optional[ChangeCheck]]:
         """Compare a valid frame of the stream with the field (``lerf_ros.mapping.changes``); on a
         confirmed change, retire the keyframes (or, with ``changes.retire`` 'pixels', their pixels) that
         show the changed region as it was and keep this
-        frame as a keyframe (even when the selector skipped it). Returns the decision to follow."""
+        frame as a keyframe (even when the selector skipped it). Returns the decision to follow and
+        the comparison (None before training starts)."""
         trainer = self.trainer
         if trainer is None:
-            return decision
+            return decision, None
         check: ChangeCheck = self.changes.observe(
             frame, trainer.render_view, trainer.step_count, self.keyframes.keyframes
         )
         if check.status != "change":
-            return decision
+            return decision, check
         retired = 0
         for key in check.stale_keys:
             mask = check.stale_masks.get(key)
@@ -200,10 +214,10 @@ class Session:
                 f"{check.reason}; {retired} keyframe(s) retired",
             )
         if decision.keep:
-            return decision
+            return decision, check
         prepared = downscale_frame(frame, self.cfg.keyframes.max_image_side)
         selector.mark_kept(prepared)
-        return KeyframeDecision("keep", "kept: it shows a change of the scene", "keyframe", prepared)
+        return KeyframeDecision("keep", "kept: it shows a change of the scene", "keyframe", prepared), check
 
     def change_stats(self) -> Dict[str, Any]:
         """Change detection counters: changes_detected, keyframes_retired, frames_compared (zeros when off),
