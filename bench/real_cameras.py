@@ -3,7 +3,8 @@ distortion of each model, pose noise and drift, exposure and white-balance chang
 late loop closure corrects), trained with the condition handled and not handled.
 
     python bench/real_cameras.py [--quick] [--seeds 51,52,53] [--steps 400] [--threads 1]
-        [--conditions clean,poses,...] [--pose-variant LABEL:KEY=VALUE,...] [--timing-steps 60]
+        [--conditions clean,poses,...] [--pose-variant LABEL:KEY=VALUE,...]
+        [--variant-conditions clean,poses,...] [--timing-steps 60]
     python bench/real_cameras.py --combine A.json B.json ... [--out STEM]
 
 For each seed (fresh scenes: the main benchmark uses seeds 0 to 4, pose refinement was developed on
@@ -41,6 +42,10 @@ summary averages over the seeds and checks the issue's targets (for poses, with 
 and, beside it, with the test-time one).
 Training rays/s with every handling on against every handling off is timed on the clean scene in
 alternating blocks of steps (two trainers, so a change of machine load hits both).
+
+A pose variant (``--pose-variant LABEL:KEY=VALUE``) adds rows with every handling on plus its
+overrides: 'handling on (LABEL)' on clean and 'handled (LABEL)' on each other condition named by
+``--variant-conditions`` (default: poses); each is compared with clean trained with the same variant.
 
 Conditions (and seeds) can run in separate processes (``--conditions``, ``--seeds``) and be merged
 with ``--combine``. Results: ``bench/results/real_cameras.json`` and ``.md`` (``--out`` changes the stem).
@@ -676,7 +681,7 @@ def run_seed(seed: int, names: List[str], settings: BenchSettings, on, args, log
                 cond.lens.max_displacement_px(clean.K, args.width, args.height), 1
             )
         variants = [("not handled", ignored, HANDLING_OFF), ("handled", scene, on)]
-        if name == "poses":
+        if name in args.variant_conditions:
             variants += [(f"handled ({label})", scene, ov) for label, ov in extra]
         for var, sc, ov in variants:
             if args.variants and not any(var.startswith(v) for v in args.variants):
@@ -732,7 +737,8 @@ def combine(paths: List[str], stem: str) -> Dict[str, Any]:
     }
     res["timing"] = next((d["timing"] for d in docs if d.get("timing")), None)
     res["total_s"] = sum(d["total_s"] for d in docs)
-    res["combined_from"] = [d["command"] for d in docs]
+    # a result that was itself merged names the runs it came from
+    res["combined_from"] = [c for d in docs for c in d.get("combined_from", [d["command"]])]
     write(stem, res)
     return res
 
@@ -780,8 +786,14 @@ def main(argv: Optional[List[str]] = None) -> int:
         action="append",
         default=[],
         metavar="LABEL:KEY=VALUE[,KEY=VALUE]",
-        help="also train clean and poses with every handling on and these overrides (rows 'handling on "
-        "(LABEL)', 'handled (LABEL)'), e.g. lr4:trainer.pose_lr=0.0024 (repeatable)",
+        help="also train clean and the --variant-conditions with every handling on and these overrides "
+        "(rows 'handling on (LABEL)', 'handled (LABEL)'), e.g. lr4:trainer.pose_lr=0.0024 (repeatable)",
+    )
+    ap.add_argument(
+        "--variant-conditions",
+        default="poses",
+        help="comma-separated conditions (besides clean) that get a 'handled (LABEL)' row for each "
+        "--pose-variant (default: poses; e.g. " + ",".join(CONDITIONS) + ")",
     )
     ap.add_argument("--out", default="bench/results/real_cameras", help="output stem (.json and .md)")
     ap.add_argument(
@@ -799,6 +811,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     if unknown:
         ap.error(f"unknown condition(s) {', '.join(unknown)} (known: {', '.join(CONDITIONS)})")
     args.variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    args.variant_conditions = [c.strip() for c in args.variant_conditions.split(",") if c.strip()]
+    unknown = [c for c in args.variant_conditions if c not in CONDITIONS]
+    if unknown:
+        ap.error(f"--variant-conditions: unknown condition(s) {', '.join(unknown)} (known: {', '.join(CONDITIONS)})")
     args.pose_variants = []
     for item in args.pose_variant:
         label, _, items = item.partition(":")
