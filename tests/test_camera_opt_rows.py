@@ -89,6 +89,7 @@ def test_refinement_spread_over_rays_recovers_a_known_perturbation(scene):  # no
             "trainer.pose_update_every": 4,
             "trainer.pose_ray_subset": True,
             "trainer.pose_lr": 2e-3,
+            "trainer.pose_regularization": 1e-2,  # as test_pose_refine's: the mechanism, not the pull
             "trainer.decay_steps": 400,
             "model.num_proposal_samples": (32,),
             "model.num_nerf_samples": 16,

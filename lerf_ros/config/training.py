@@ -82,14 +82,14 @@ class TrainerConfig:
     ratio lr_final_fields / lr_fields over decay_steps)."""
     pose_warmup_steps: int = 500
     """Steps before pose corrections are learned at all (the field must first learn something)."""
-    pose_regularization: float = 1e-2
+    pose_regularization: float = 1.0
     """Weight of the L2 penalty pulling each pose correction toward zero (mean over the keyframes of
     the squared rotation vector in radians plus the squared translation in metres)."""
     pose_update_every: int = 4
     """Steps between two updates of the pose corrections (the steps between use them without the
     backward pass through the sample positions, which costs about 40% of a CPU step); 1 = every step.
     With ``pose_ray_subset``: every step, through every this-many-th ray of its batch instead."""
-    pose_ray_subset: bool = False
+    pose_ray_subset: bool = True
     """Spread the pose updates over rays instead of steps: after the warm-up, every step updates the
     pose corrections from every ``pose_update_every``-th ray of its batch (the same backward cost)."""
 
