@@ -519,6 +519,15 @@ class KeyframeStore:
             self._focus_set += 1
             return 0 if idx is None else int(len(idx))
 
+    def clear_focus(self) -> None:
+        """Forget every keyframe's focus pixels (they were where a model, now replaced, disagreed)."""
+        with self._lock:
+            for key, kf in list(self._items.items()):
+                if kf.focus is not None:
+                    self._items[key] = dataclasses.replace(kf, focus=None)
+            self._focus_set += 1
+            self._focus = None
+
     def focus_stats(self) -> Dict[str, int]:
         """keyframes: how many carry focus pixels still drawn from; pixels: their focus pixels."""
         with self._lock:
@@ -619,7 +628,8 @@ class KeyframeStore:
             stacked = self._cameras[1]
             focus = self._focus_table(views) if self.focus_share > 0 else None
             self._draws += 1
-        n_focus = 0 if focus is None else int(round(self.focus_share * n))
+        # at least one ray stays uniform (a share near 1 on a batch of a few rays)
+        n_focus = 0 if focus is None else min(int(round(self.focus_share * n)), n - 1)
         return sample_rays(views, stacked, n, generator, self.device, focus=focus, n_focus=n_focus)
 
     def _focus_table(self, views: List[Keyframe]) -> Optional[Tuple[torch.Tensor, torch.Tensor]]:

@@ -428,6 +428,7 @@ class Session:
                 self.changes.reset()
                 # the newest change's step belongs to the old model's step count
                 self.changes.last_change_step = -1
+            self.keyframes.clear_focus()  # pixels where the old model disagreed
 
     # ------------------------------------------------------------------ checkpoints
     def save_checkpoint(self, path: Optional[str] = None) -> str:
