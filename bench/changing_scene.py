@@ -2,7 +2,8 @@
 moved one at its new place and learns an added one; and that a static stream reports no change.
 
     python bench/changing_scene.py [--seeds 31 32 41 42] [--rate 5] [--threads 2] [--static-frames 1000]
-                                   [--steps-per-frame S] [--rays N] [--runs both|changing|static]
+                                   [--steps-per-frame S] [--rays N] [--focus-share F]
+                                   [--runs both|changing|static]
                                    [--out bench/results/changing_scene.json]
 
 For each seed (other than the main benchmark's, ``lerf_ros.bench.settings``):

@@ -149,4 +149,132 @@ def test_frames_carry_focus_pixels_only_after_a_confirmed_change(scenes):
     off = ChangeDetector(ChangeConfig(check_every=1, focus_share=0.0))
     for f in removed.frames[N:]:
         assert off.observe(f, render, 10_000, lambda: kfs).focus is None
-    assert ChangeDetector(ChangeConfig(check_every=1, focus_window=0)).focus_open() is False
+
+
+JUDGED = ("no_change", "candidate", "change")  # statuses of the frames the window counts
+
+
+def _confirm(det, scenes, render, kfs):
+    """Stream the removal until a change is confirmed; returns how many frames it took."""
+    removed, _ = scenes
+    for i, f in enumerate(removed.frames[N:]):
+        if det.observe(f, render, 10_000, lambda: kfs).status == "change":
+            return i + 1
+    raise AssertionError("the removal was never confirmed")
+
+
+@pytest.mark.parametrize("window", [0, 3])
+def test_the_focus_window_spans_the_confirming_check_and_window_more_judged_frames(scenes, window):
+    """``focus_open`` counts judged frames (those compared with the field: status no_change, candidate
+    or change) since the newest confirmed change: open on the confirming check and for
+    ``focus_window`` more judged frames, closed from the next one on. Frames that are not judged (not
+    ready: too few training steps; skipped by ``check_every``) do not count."""
+    removed, static = scenes
+    render = perfect_field(static)
+    kfs = as_keyframes(removed.frames[:N])
+    det = ChangeDetector(ChangeConfig(check_every=1, min_steps=100, focus_window=window))
+    assert not det.focus_open()
+    used = _confirm(det, scenes, render, kfs)
+    assert det.focus_open()  # on the confirming check
+    for _ in range(2):  # not judged: they do not move the window
+        assert det.observe(removed.frames[N], render, 0, lambda: kfs).status == "not_ready"
+        assert det.focus_open()
+    # frames of the scene as the field holds it: judged, and none confirms the change again
+    later = static.frames[N + used :]
+    for j, f in enumerate(later[: window + 1]):
+        status = det.observe(f, render, 10_000, lambda: kfs).status
+        assert status in JUDGED and status != "change", status
+        assert det.focus_open() is (j < window), (j, window)
+    det.reset()  # a reset model: no window
+    assert not det.focus_open()
+
+
+def test_the_focus_window_reopens_on_the_next_confirmation(scenes):
+    removed, static = scenes
+    render = perfect_field(static)
+    kfs = as_keyframes(removed.frames[:N])
+    det = ChangeDetector(ChangeConfig(check_every=1, focus_window=0))
+    used = _confirm(det, scenes, render, kfs)
+    assert det.observe(static.frames[N + used], render, 10_000, lambda: kfs).status in JUDGED
+    assert not det.focus_open()
+    _confirm(det, scenes, render, kfs)  # the removal seen again
+    assert det.focus_open()
+
+
+def _online(tmp_path, name):
+    from lerf_ros.mapping.session import Session
+
+    cfg = preset("tiny").override(
+        {
+            "teacher.kind": "none",
+            "output_dir": str(tmp_path / name),
+            "changes.enabled": True,
+            "changes.check_every": 1,
+            "changes.min_steps": 0,
+        }
+    )
+    return Session(cfg, online=True, log=lambda *a: None)
+
+
+def _stream(session, frames, render):
+    """Offer ``frames`` to a session whose model is built and judges against ``render`` (a field that
+    holds the scene before the removal) in place of its own rendering; returns the index of the frame
+    that confirmed the first change (None: none did)."""
+    trainer = session.ensure_model()
+    trainer.render_view = render  # the detector compares the frames with a converged field
+    confirmed = None
+    for f in frames:
+        assert session.submit(f).kept  # the second pass is new to the selector: every frame is kept
+        if confirmed is None and session.change_stats()["changes_detected"]:
+            confirmed = f.index
+    return confirmed
+
+
+def test_a_session_sets_focus_pixels_on_frames_kept_after_a_confirmed_change(scenes, tmp_path):
+    """The session's wiring: a compared frame kept as a keyframe while the detector's window is open
+    gets its disagreeing pixels as focus pixels (``KeyframeStore.set_focus``), from the frame that
+    confirms the change on; frames kept before it (their pixels disagree too: candidates) and the frames
+    of a static stream get none; ``Session.reset`` forgets them. The field is a perfect rendering of the
+    scene before the removal, injected as the trainer's ``render_view`` (the session's model is built,
+    not trained)."""
+    removed, static = scenes
+    render = perfect_field(static)
+    for name, scene in (("static", static), ("removed", removed)):
+        s = _online(tmp_path, name)
+        try:
+            for f in scene.frames[:N]:  # the scene as the field holds it: no model yet, nothing compared
+                s.submit(f)
+            assert s.can_train() and s.keyframes.focus_stats()["pixels"] == 0
+            confirmed = _stream(s, scene.frames[N:], render)
+            focus = s.keyframes.focus_stats()
+            with_focus = sorted(kf.index for kf in s.keyframes.keyframes() if kf.focus is not None)
+            if name == "static":
+                assert s.change_stats()["frames_compared"] >= N - 2 and confirmed is None
+                assert focus == {"keyframes": 0, "pixels": 0} and with_focus == []
+                continue
+            assert confirmed is not None and confirmed > N  # a candidate frame came first
+            assert with_focus and with_focus[0] == confirmed  # the confirming frame is the first
+            assert focus["keyframes"] == len(with_focus) and focus["pixels"] > 0
+            assert s.changes.focus_open()
+            s.reset()
+            assert s.keyframes.focus_stats() == {"keyframes": 0, "pixels": 0}
+            assert not any(kf.focus is not None for kf in s.keyframes.keyframes())
+        finally:
+            s.close()
+
+
+def test_a_share_near_1_on_a_batch_of_a_few_rays_keeps_one_uniform_ray(small):
+    """``focus_share`` 0.9 on batches of 1, 2 and 3 rays: round(0.9 n) would leave no uniform ray (it
+    raised ValueError); at most n - 1 rays come from the focus pixels, here exactly n - 1."""
+    spot = np.zeros((H, W), bool)
+    spot[3:5, 3:5] = True  # 4 of the 4 x 768 pixels: a uniform ray lands there about once in 770
+    store = _store(0.9, small.frames)
+    assert store.set_focus(1, spot, draws=1000) == 4
+    g = torch.Generator().manual_seed(3)
+    for n in (1, 2, 3):
+        for _ in range(20):
+            b = store.sample(n, g)
+            assert len(b.u) == n
+            on = int(spot.reshape(-1)[_flat(b, 1)].sum())
+            assert on == n - 1, (n, on)
+    assert store.focus_stats() == {"keyframes": 1, "pixels": 4}
