@@ -167,8 +167,8 @@ def _confirm(det, scenes, render, kfs):
 def test_the_focus_window_spans_the_confirming_check_and_window_more_judged_frames(scenes, window):
     """``focus_open`` counts judged frames (those compared with the field: status no_change, candidate
     or change) since the newest confirmed change: open on the confirming check and for
-    ``focus_window`` more judged frames, closed from the next one on. Frames that are not judged (not
-    ready: too few training steps; skipped by ``check_every``) do not count."""
+    ``focus_window`` more judged frames, closed from the next one on. A frame that is not judged (not
+    ready: too few training steps) does not count."""
     removed, static = scenes
     render = perfect_field(static)
     kfs = as_keyframes(removed.frames[:N])
@@ -190,6 +190,7 @@ def test_the_focus_window_spans_the_confirming_check_and_window_more_judged_fram
 
 
 def test_the_focus_window_reopens_on_the_next_confirmation(scenes):
+    """The same change confirmed again (not a new change) opens the window again."""
     removed, static = scenes
     render = perfect_field(static)
     kfs = as_keyframes(removed.frames[:N])

@@ -28,9 +28,15 @@ def doc(command: str, seeds: dict, **extra) -> dict:
     return {"command": command, "seeds": seeds, **header, **extra}
 
 
-def test_unknown_variant_condition_is_refused_with_its_name(capsys):
+def test_unknown_variant_condition_is_refused_with_its_name(capsys, tmp_path):
+    # were the check lost, this would be a short run (one seed, one step, clean only, 32x24, 8 frames,
+    # no timing: about 20 s on a busy machine) that ends without SystemExit and writes under tmp_path,
+    # not the whole benchmark over bench/results
+    small = ["--seeds", "51", "--steps", "1", "--conditions", "clean", "--variants", "handling on"]
+    small += ["--timing-steps", "0", "--threads", "1", "--width", "32", "--height", "24", "--frames", "8"]
+    small += ["--out", str(tmp_path / "rc")]
     with pytest.raises(SystemExit):
-        rc.main(["--variant-conditions", "exposure,fisheye", "--pose-variant", "v:trainer.pose_lr=0.001"])
+        rc.main(["--variant-conditions", "exposure,fisheye", "--pose-variant", "v:trainer.pose_lr=0.001", *small])
     assert "fisheye" in capsys.readouterr().err
 
 
