@@ -70,6 +70,18 @@ MAX_FOCUS_PIXELS = 4096
 __all__ = ["Keyframe", "KeyframeStore", "KeyframeStoreError", "features_nbytes", "release_free_heap"]
 
 
+def _among_trusted(kf: "Keyframe", mask: np.ndarray) -> torch.Tensor:
+    """(H*W,) bool tensor: ``mask`` (H, W) of keyframe ``kf``, False where its pixels are retired."""
+    flat = torch.from_numpy(np.array(mask, dtype=bool).reshape(-1))
+    if flat.numel() != kf.height * kf.width:
+        raise ValueError(f"mask of {flat.numel()} pixels for a {kf.height}x{kf.width} keyframe")
+    if kf.trusted is not None:
+        allowed = torch.zeros_like(flat)
+        allowed[kf.trusted] = True
+        flat &= allowed
+    return flat
+
+
 class KeyframeStoreError(ValueError):
     """A keyframe that cannot be stored (e.g. larger than the whole memory bound)."""
 
@@ -472,13 +484,7 @@ class KeyframeStore:
             old = self._items.get(key)
             if old is None:
                 return None
-            keep = torch.from_numpy(~np.asarray(mask, bool).reshape(-1))
-            if keep.numel() != old.height * old.width:
-                raise ValueError(f"mask of {keep.numel()} pixels for a {old.height}x{old.width} keyframe")
-            if old.trusted is not None:
-                was = torch.zeros_like(keep)
-                was[old.trusted] = True
-                keep &= was
+            keep = _among_trusted(old, ~np.asarray(mask, bool))
             idx = torch.nonzero(keep).flatten()
             if len(idx) == 0:
                 self._drop(key)
@@ -502,14 +508,7 @@ class KeyframeStore:
                 return 0
             idx = None
             if mask is not None:
-                flat = torch.from_numpy(np.asarray(mask, bool).reshape(-1).copy())
-                if flat.numel() != old.height * old.width:
-                    raise ValueError(f"mask of {flat.numel()} pixels for a {old.height}x{old.width} keyframe")
-                if old.trusted is not None:
-                    allowed = torch.zeros_like(flat)
-                    allowed[old.trusted] = True
-                    flat &= allowed
-                idx = torch.nonzero(flat).flatten()
+                idx = torch.nonzero(_among_trusted(old, np.asarray(mask, bool))).flatten()
                 if len(idx) > MAX_FOCUS_PIXELS:
                     g = torch.Generator().manual_seed(int(key))
                     idx = torch.sort(idx[torch.randperm(len(idx), generator=g)[:MAX_FOCUS_PIXELS]]).values
