@@ -92,6 +92,11 @@ class TrainerConfig:
     pose_ray_subset: bool = True
     """Spread the pose updates over rays instead of steps: after the warm-up, every step updates the
     pose corrections from every ``pose_update_every``-th ray of its batch (the same backward cost)."""
+    pose_coarse_to_fine_steps: int = 0
+    """With pose refinement: over this many steps from the start, the radiance field's hash levels are
+    switched on from coarse to fine (the coarsest from the start, each next one eased in over the
+    steps' share of a level, as BARF anneals its frequencies), so early pose gradients come from a
+    smooth field. 0 = every level from the start."""
 
     def check(self) -> "TrainerConfig":
         """Validate this section; raise ConfigError naming the key."""
@@ -110,7 +115,7 @@ class TrainerConfig:
             _require(getattr(self, key) > 0, f"trainer.{key}", getattr(self, key), "> 0")
         for key in ("decay_steps", "lang_decay_steps", "keep_checkpoints", "pose_update_every", "snapshot_every"):
             _require(getattr(self, key) >= 1, f"trainer.{key}", getattr(self, key), ">= 1")
-        for key in ("warmup_steps", "checkpoint_every", "pose_warmup_steps"):
+        for key in ("warmup_steps", "checkpoint_every", "pose_warmup_steps", "pose_coarse_to_fine_steps"):
             _require(getattr(self, key) >= 0, f"trainer.{key}", getattr(self, key), ">= 0")
         _require(
             0.0 <= self.query_yield_share <= 0.9,

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Tuple
+from typing import Optional, Tuple
 
 import numpy as np
 import torch
@@ -287,6 +287,17 @@ def hash_grid_forward_torch(x: torch.Tensor, params: torch.Tensor, layout: HashG
     return _HashGridTable.apply(rows, weights, params, fpl)
 
 
+def coarse_to_fine_weights(step: int, total_steps: int, num_levels: int) -> Optional[torch.Tensor]:
+    """Level weights (num_levels,) for ``step`` of a coarse-to-fine schedule over ``total_steps``: the
+    coarsest level always 1, the switch-on point sweeping linearly over the others, each eased in by
+    half a cosine over one level's share; None once every level is fully on (or with 0 steps)."""
+    if total_steps <= 0 or step >= total_steps or num_levels <= 1:
+        return None
+    alpha = 1.0 + (num_levels - 1) * max(step, 0) / total_steps
+    t = (alpha - torch.arange(num_levels, dtype=torch.float32)).clamp(0.0, 1.0)
+    return 0.5 * (1.0 - torch.cos(math.pi * t))
+
+
 class HashEncoding(nn.Module):
     """Multi-resolution hash encoding of positions in [0, 1]^3.
 
@@ -319,6 +330,7 @@ class HashEncoding(nn.Module):
         self.backend = backend
         self.params = nn.Parameter(torch.empty(self.layout.num_params).uniform_(-init_scale, init_scale))
         self._tcnn = None  # the tinycudann module, built on first CUDA use (not part of state_dict)
+        self.level_weights: Optional[torch.Tensor] = None  # (num_levels,) or None: every level as it is
 
     @property
     def output_dim(self) -> int:
@@ -335,13 +347,30 @@ class HashEncoding(nn.Module):
             )
         return "tcnn" if ok else "torch"
 
+    def set_level_weights(self, weights: Optional[torch.Tensor]) -> None:
+        """Scale each level's features by ``weights`` (num_levels,) in [0, 1] (coarse-to-fine training:
+        a level at 0 gives no features and gets no gradient), or None for every level as it is.
+        Not part of the state: a copy of the weights (a snapshot) renders every level."""
+        if weights is not None:
+            weights = torch.as_tensor(weights, dtype=torch.float32).flatten()
+            if weights.numel() != self.layout.num_levels or not bool(torch.isfinite(weights).all()):
+                raise ValueError(
+                    f"level weights: expected {self.layout.num_levels} finite values, got {weights.tolist()}"
+                )
+        self.level_weights = weights
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.ndim != 2 or x.shape[1] != 3:
             raise ValueError(f"hash encoding input must be (N, 3), got {tuple(x.shape)}")
         if self.active_backend(x.device) == "tcnn":
-            return self._forward_tcnn(x)
-        with torch.autocast(device_type=x.device.type, enabled=False):
-            return hash_grid_forward_torch(x.float(), self.params, self.layout)
+            out = self._forward_tcnn(x)
+        else:
+            with torch.autocast(device_type=x.device.type, enabled=False):
+                out = hash_grid_forward_torch(x.float(), self.params, self.layout)
+        if self.level_weights is None:
+            return out
+        w = self.level_weights.to(out.device).repeat_interleave(self.layout.features_per_level)
+        return out * w
 
     def _forward_tcnn(self, x: torch.Tensor) -> torch.Tensor:
         tcnn = tcnn_module()

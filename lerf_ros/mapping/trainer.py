@@ -43,6 +43,7 @@ import torch
 
 from lerf_ros.config import ConfigError, LerfConfig
 from lerf_ros.field.frozen import FrozenField, render_image
+from lerf_ros.field.hash_encoding import coarse_to_fine_weights
 from lerf_ros.field.model import LerfModel, geometry_losses, language_losses, total_loss
 from lerf_ros.field.snapshot import CameraView
 from lerf_ros.mapping import checkpoint as ckpt
@@ -274,6 +275,12 @@ class Trainer:
             else:
                 background = torch.full((3,), 1.0 if bg_kind == "white" else 0.0, device=self.device)
             self.model.train()
+            if tc.pose_refinement and tc.pose_coarse_to_fine_steps > 0:  # hash levels eased in, coarse first
+                self.model.field.encoding.set_level_weights(
+                    coarse_to_fine_weights(
+                        self.step_count, tc.pose_coarse_to_fine_steps, self.model.field.encoding.layout.num_levels
+                    )
+                )
             origins, directions = batch.origins, batch.directions
             corrected = lrs["pose"] > 0 and self.corrections.has_pose
             # Pose gradients every pose_update_every-th step; the steps between use the corrections
