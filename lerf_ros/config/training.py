@@ -96,7 +96,9 @@ class TrainerConfig:
     """With pose refinement: over this many steps from the start, the radiance field's hash levels are
     switched on from coarse to fine (the coarsest from the start, each next one eased in over the
     steps' share of a level, as BARF anneals its frequencies), so early pose gradients come from a
-    smooth field. 0 = every level from the start."""
+    smooth field. Counted from step 0: only its part after ``pose_warmup_steps`` smooths pose
+    gradients. Renders meanwhile (held-out views, change detection, snapshots) show the field as
+    trained, with the levels of their step. 0 = every level from the start."""
 
     def check(self) -> "TrainerConfig":
         """Validate this section; raise ConfigError naming the key."""

@@ -349,14 +349,17 @@ class HashEncoding(nn.Module):
 
     def set_level_weights(self, weights: Optional[torch.Tensor]) -> None:
         """Scale each level's features by ``weights`` (num_levels,) in [0, 1] (coarse-to-fine training:
-        a level at 0 gives no features and gets no gradient), or None for every level as it is.
-        Not part of the state: a copy of the weights (a snapshot) renders every level."""
+        a level at 0 gives no features and gets no gradient), or None for every level as it is. A copy
+        of the module (a snapshot) keeps them: it renders the field as trained at that step. Not in
+        the state dict: a checkpoint loaded elsewhere renders every level."""
         if weights is not None:
             weights = torch.as_tensor(weights, dtype=torch.float32).flatten()
-            if weights.numel() != self.layout.num_levels or not bool(torch.isfinite(weights).all()):
+            ok = weights.numel() == self.layout.num_levels and bool(((weights >= 0) & (weights <= 1)).all())
+            if not ok:
                 raise ValueError(
-                    f"level weights: expected {self.layout.num_levels} finite values, got {weights.tolist()}"
+                    f"level weights: expected {self.layout.num_levels} values in [0, 1], got {weights.tolist()}"
                 )
+            weights = weights.to(self.params.device)
         self.level_weights = weights
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -369,7 +372,7 @@ class HashEncoding(nn.Module):
                 out = hash_grid_forward_torch(x.float(), self.params, self.layout)
         if self.level_weights is None:
             return out
-        w = self.level_weights.to(out.device).repeat_interleave(self.layout.features_per_level)
+        w = self.level_weights.to(out.device, non_blocking=True).repeat_interleave(self.layout.features_per_level)
         return out * w
 
     def _forward_tcnn(self, x: torch.Tensor) -> torch.Tensor:
