@@ -312,7 +312,7 @@ def test_store_thread_safety():
 _HOLES = """
 import sys
 import numpy as np
-from lerf_ros.mapping.keyframes import release_free_heap
+from lerf_ros.mapping.memory import release_free_heap
 
 def rss_mb():
     with open("/proc/self/status") as fh:

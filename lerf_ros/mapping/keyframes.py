@@ -55,6 +55,7 @@ from lerf_ros.field.sampling import pixel_direction_table
 from lerf_ros.field.snapshot import CameraView
 from lerf_ros.geometry.camera import Distortion
 from lerf_ros.geometry.poses import pose_distance
+from lerf_ros.mapping.memory import TRIM_INTERVAL_S, features_nbytes, release_free_heap, tensor_nbytes
 from lerf_ros.mapping.rays import RayBatch, sample_rays
 
 log = logging.getLogger(__name__)
@@ -67,7 +68,7 @@ MAX_PENDING_RETIRED = 1024
 MAX_FOCUS_PIXELS = 4096
 """Most focus pixels kept per keyframe (a random subset beyond): bounds their memory (32 KB)."""
 
-__all__ = ["Keyframe", "KeyframeStore", "KeyframeStoreError", "features_nbytes", "release_free_heap"]
+__all__ = ["Keyframe", "KeyframeStore", "KeyframeStoreError"]
 
 
 def _among_trusted(kf: "Keyframe", mask: np.ndarray) -> torch.Tensor:
@@ -84,50 +85,6 @@ def _among_trusted(kf: "Keyframe", mask: np.ndarray) -> torch.Tensor:
 
 class KeyframeStoreError(ValueError):
     """A keyframe that cannot be stored (e.g. larger than the whole memory bound)."""
-
-
-def features_nbytes(feats: Any) -> int:
-    """Bytes held by teacher features: objects with ``nbytes()`` (or an ``nbytes`` attribute,
-    as numpy arrays and torch tensors have), or dicts/lists/tuples of them; None is 0."""
-    if feats is None:
-        return 0
-    if isinstance(feats, dict):
-        return sum(features_nbytes(v) for v in feats.values())
-    if isinstance(feats, (list, tuple)):
-        return sum(features_nbytes(v) for v in feats)
-    n = getattr(feats, "nbytes", None)
-    if n is None:
-        raise TypeError(f"teacher features of type {type(feats).__name__} do not report their size (nbytes)")
-    return int(n() if callable(n) else n)
-
-
-TRIM_INTERVAL_S = 2.0
-"""Shortest time between two heap trims after evictions (see ``release_free_heap``)."""
-
-
-def release_free_heap() -> bool:
-    """Give the free pages inside the C heap back to the operating system (glibc ``malloc_trim``).
-    Returns False where that is not available (not glibc).
-
-    Evicted keyframes leave holes between the buffers of the keyframes still held, and glibc keeps
-    such holes resident: after 1000 streamed frames the resident memory grew about 1.5 times a
-    192 MB bound. Trimming after evictions returns them; it does not change how the trainer's own
-    allocations are served (pinning glibc's mmap threshold instead made training steps 1.7 times
-    slower), and costs a few milliseconds, at most every ``TRIM_INTERVAL_S``.
-    """
-    import ctypes
-    import ctypes.util
-
-    try:
-        trim = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
-    except (OSError, AttributeError):
-        return False
-    trim(ctypes.c_size_t(0))
-    return True
-
-
-def _tensor_nbytes(t: Optional[torch.Tensor]) -> int:
-    return 0 if t is None else int(t.numel() * t.element_size())
 
 
 def _numpy_view(t: torch.Tensor) -> np.ndarray:
@@ -185,7 +142,7 @@ class Keyframe:
     @property
     def image_nbytes(self) -> int:
         """Bytes of the image and depth tensors."""
-        return _tensor_nbytes(self.rgb) + _tensor_nbytes(self.depth)
+        return tensor_nbytes(self.rgb) + tensor_nbytes(self.depth)
 
     @property
     def nbytes(self) -> int:
