@@ -1,11 +1,12 @@
-"""Process memory of the keyframe store: the size of teacher features and tensors, and giving the C
-heap's free pages back to the operating system after evictions."""
+"""Process memory: the size of teacher features and tensors (the keyframe store's bound), and giving the
+C heap's free pages back to the operating system (after evictions and lifecycle transitions)."""
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
-import torch
+if TYPE_CHECKING:  # annotations only: the ROS lifecycle code uses this module without importing torch
+    import torch
 
 __all__ = ["TRIM_INTERVAL_S", "features_nbytes", "release_free_heap", "tensor_nbytes"]
 

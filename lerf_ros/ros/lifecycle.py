@@ -41,13 +41,14 @@ creates (subscriptions, publishers, services, clients, timers) is destroyed at c
 
 from __future__ import annotations
 
-import ctypes
 import gc
 import sys
 import threading
 from typing import Dict, List, Sequence
 
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
+
+from lerf_ros.mapping.memory import release_free_heap
 
 SUCCESS = TransitionCallbackReturn.SUCCESS
 FAILURE = TransitionCallbackReturn.FAILURE
@@ -66,11 +67,7 @@ def release_memory() -> None:
     torch = sys.modules.get("torch")
     if torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized():
         torch.cuda.empty_cache()
-    if sys.platform.startswith("linux"):
-        try:
-            ctypes.CDLL("libc.so.6").malloc_trim(0)
-        except (OSError, AttributeError):
-            pass
+    release_free_heap()
 
 
 class TransitionFailed(RuntimeError):
