@@ -82,9 +82,12 @@ class TrainerConfig:
     ratio lr_final_fields / lr_fields over decay_steps)."""
     pose_warmup_steps: int = 500
     """Steps before pose corrections are learned at all (the field must first learn something)."""
-    pose_regularization: float = 1.0
+    pose_regularization: float = 0.0
     """Weight of the L2 penalty pulling each pose correction toward zero (mean over the keyframes of
-    the squared rotation vector in radians plus the squared translation in metres)."""
+    the squared rotation vector in radians plus the squared translation in metres). Off by default:
+    with drifting poses the pull stops the corrections converging (the zero-mean anchoring, the
+    warm-up and the decaying rate keep exact poses within a few millimetres without it); a value
+    such as 1.0 holds poses known to be good a little closer to their input."""
     pose_update_every: int = 4
     """Steps between two updates of the pose corrections (the steps between use them without the
     backward pass through the sample positions, which costs about 40% of a CPU step); 1 = every step.

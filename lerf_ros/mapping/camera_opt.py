@@ -18,8 +18,8 @@ Gauge. Moving every camera by one rigid motion, and the scene with them, explain
 equally well, so the corrections alone would let the whole world slide. It is anchored by keeping
 each table zero-mean over the live keyframes (after every optimiser step the mean row of the live
 slots is subtracted): a common rotation and translation of all cameras is removed at first order,
-and the world stays where the input poses put it on average. An L2 penalty toward zero
-(``trainer.pose_regularization``) keeps each keyframe's correction small.
+and the world stays where the input poses put it on average. An optional L2 penalty toward zero
+(``trainer.pose_regularization``, off by default) keeps each keyframe's correction small.
 
 Appearance (table ``appearance``, (S, A)): a vector per keyframe fed to the colour head only,
 zero-initialised and kept zero-mean over the live keyframes in the same way; the neutral appearance
