@@ -80,12 +80,12 @@ class TrainerConfig:
     pose_lr: float = 6e-4
     """Learning rate of the pose corrections when the warm-up ends (Adam; then decays by the fields'
     ratio lr_final_fields / lr_fields over decay_steps)."""
-    pose_warmup_steps: int = 40
-    """Steps before pose corrections are learned at all (the field must first learn something). Short
-    by default: with centimetre pose errors from the first frame (odometry, SLAM), a field trained
+    pose_warmup_steps: int = 500
+    """Steps before pose corrections are learned at all (the field must first learn something). With
+    centimetre pose errors from the first frame (odometry, SLAM) set it low, e.g. 40: a field trained
     longer on the wrong poses bakes their disagreement into its geometry and the corrections then
-    converge less; set it to several hundred steps (or ``pose_refinement`` false) for poses known to
-    be good to a millimetre, which otherwise wander a few millimetres."""
+    converge less. The default keeps the first minutes of a run at full speed (the pose updates cost
+    a second render pass) and exact poses from wandering."""
     pose_regularization: float = 0.0
     """Weight of the L2 penalty pulling each pose correction toward zero (mean over the keyframes of
     the squared rotation vector in radians plus the squared translation in metres). Off by default:
