@@ -298,6 +298,9 @@ def test_the_shipped_yaml_loads_for_the_cli_and_the_nodes():
     assert cfg.preset == raw["preset"] and cfg.output_dir == raw["output_dir"]
     assert cfg.query.threshold == raw["query"]["threshold"]
     assert cfg.keyframes.max_keyframes == raw["keyframes"]["max_keyframes"]
+    # a robot's poses come from TF (odometry, SLAM): the file starts pose refinement earlier than the preset
+    assert cfg.trainer.pose_warmup_steps == raw["trainer"]["pose_warmup_steps"]
+    assert cfg.trainer.pose_warmup_steps < preset(cfg.preset).trainer.pose_warmup_steps
     assert split_node_settings(raw)[1]["world_frame"] == "map"
     for node in ("lerf_trainer", "lerf_query"):
         assert LerfConfig.load_yaml(str(SHIPPED), nodes=(node,)) == cfg
